@@ -1,0 +1,167 @@
+"""The correlator: connections (two tuples) into directional flows."""
+
+import ipaddress
+
+import pytest
+
+from nfflowd.conntrack import EV_DESTROY, EV_DUMP, EV_NEW, CtEvent, CtTuple
+from nfflowd.correlate import Correlator, flows_of, nat_event_of
+from nfflowd.record import END_OF_FLOW, ORIGINAL, REPLY
+
+S = 1_000_000_000  # ns per second
+
+
+def a(text):
+    return ipaddress.ip_address(text).packed
+
+
+def ev(kind, orig, reply, ct_id=7, counters=(10, 1000, 8, 4000), start=0, stop=0, family=None):
+    o = CtTuple(a(orig[0]), a(orig[1]), orig[2], orig[3], orig[4])
+    r = CtTuple(a(reply[0]), a(reply[1]), reply[2], reply[3], reply[4])
+    fam = family or (6 if len(o.src) == 16 else 4)
+    return CtEvent(kind, fam, ct_id, 0, o, r, *counters, start, stop)
+
+
+SNAT = (("198.51.100.2", "203.0.113.2", 6, 40000, 80),
+        ("203.0.113.2", "203.0.113.1", 6, 80, 61000))
+DNAT = (("203.0.113.2", "203.0.113.1", 6, 50000, 8080),
+        ("198.51.100.2", "203.0.113.2", 6, 80, 50000))
+ROUTED = (("198.51.100.2", "203.0.113.2", 17, 5353, 53),
+          ("203.0.113.2", "198.51.100.2", 17, 53, 5353))
+ICMP = (("198.51.100.2", "203.0.113.2", 1, 4037, 8 * 256),
+        ("203.0.113.2", "203.0.113.1", 1, 4037, 0))
+GRE = (("198.51.100.2", "203.0.113.2", 47, 0, 0),
+       ("203.0.113.2", "203.0.113.1", 47, 0, 0))
+NAT66 = (("2001:db8:1::2", "2001:db8:2::2", 17, 33000, 8080),
+         ("2001:db8:2::2", "2001:db8:2::1", 17, 8080, 33000))
+
+
+def view(f):
+    """(pre src, pre dst, sport, dport, post src, post dst, sport, dport)"""
+    ip = lambda b: str(ipaddress.ip_address(b))  # noqa: E731
+    return (ip(f.src), ip(f.dst), f.sport, f.dport,
+            ip(f.post_src), ip(f.post_dst), f.post_sport, f.post_dport)
+
+
+@pytest.mark.parametrize("conn, orig_view, reply_view, translated", [
+    (SNAT,
+     ("198.51.100.2", "203.0.113.2", 40000, 80, "203.0.113.1", "203.0.113.2", 61000, 80),
+     ("203.0.113.2", "203.0.113.1", 80, 61000, "203.0.113.2", "198.51.100.2", 80, 40000),
+     True),
+    (DNAT,
+     ("203.0.113.2", "203.0.113.1", 50000, 8080, "203.0.113.2", "198.51.100.2", 50000, 80),
+     ("198.51.100.2", "203.0.113.2", 80, 50000, "203.0.113.1", "203.0.113.2", 8080, 50000),
+     True),
+    (ROUTED,
+     ("198.51.100.2", "203.0.113.2", 5353, 53, "198.51.100.2", "203.0.113.2", 5353, 53),
+     ("203.0.113.2", "198.51.100.2", 53, 5353, "203.0.113.2", "198.51.100.2", 53, 5353),
+     False),
+    # ICMP: sport 0, dport type*256+code; the id is not a port
+    (ICMP,
+     ("198.51.100.2", "203.0.113.2", 0, 2048, "203.0.113.1", "203.0.113.2", 0, 2048),
+     ("203.0.113.2", "203.0.113.1", 0, 0, "203.0.113.2", "198.51.100.2", 0, 0),
+     True),
+    (GRE,
+     ("198.51.100.2", "203.0.113.2", 0, 0, "203.0.113.1", "203.0.113.2", 0, 0),
+     ("203.0.113.2", "203.0.113.1", 0, 0, "203.0.113.2", "198.51.100.2", 0, 0),
+     True),
+    (NAT66,
+     ("2001:db8:1::2", "2001:db8:2::2", 33000, 8080, "2001:db8:2::1", "2001:db8:2::2", 33000, 8080),
+     ("2001:db8:2::2", "2001:db8:2::1", 8080, 33000, "2001:db8:2::2", "2001:db8:1::2", 8080, 33000),
+     True),
+])
+def test_flows_of_every_nat_kind(conn, orig_view, reply_view, translated):
+    o, r = flows_of(ev(EV_DESTROY, *conn), 5 * S, 9 * S)
+    assert view(o) == orig_view
+    assert view(r) == reply_view
+    assert o.translated is translated
+    assert (o.direction, r.direction) == (ORIGINAL, REPLY)
+    assert (o.packets, o.octets, r.packets, r.octets) == (10, 1000, 8, 4000)
+    assert (o.start_ms, o.end_ms) == (5000, 9000)
+    assert o.end_reason == END_OF_FLOW and o.conn_id == 7
+    assert o.family == r.family == (6 if ":" in orig_view[0] else 4)
+
+
+def test_destroy_with_kernel_timestamps_keeps_no_state():
+    c = Correlator(kernel_timestamps=True)
+    assert c.handle(ev(EV_NEW, *SNAT), 1 * S) == ()
+    assert c.tracked == 0
+    flows = c.handle(ev(EV_DESTROY, *SNAT, start=2 * S + 5_000_000, stop=3 * S), 4 * S)
+    assert [(f.start_ms, f.end_ms) for f in flows] == [(2005, 3000), (2005, 3000)]
+    assert c.counters["connections_exported"] == 1
+
+
+def test_without_kernel_timestamps_new_time_is_remembered():
+    c = Correlator(kernel_timestamps=False)
+    c.handle(ev(EV_NEW, *SNAT, ct_id=1), 10 * S)
+    assert c.tracked == 1
+    flows = c.handle(ev(EV_DESTROY, *SNAT, ct_id=1), 25 * S)
+    assert [(f.start_ms, f.end_ms) for f in flows] == [(10_000, 25_000)] * 2
+    assert c.tracked == 0
+
+
+def test_destroy_of_unknown_connection_without_times_starts_at_its_end():
+    c = Correlator(kernel_timestamps=False)
+    flows = c.handle(ev(EV_DESTROY, *ROUTED, ct_id=99), 25 * S)
+    assert [(f.start_ms, f.end_ms) for f in flows] == [(25_000, 25_000)] * 2
+
+
+def test_ttl_purge_forgets_and_counts_unfinished_connections():
+    c = Correlator(ttl=100, kernel_timestamps=False)
+    c.handle(ev(EV_NEW, *SNAT, ct_id=1), 0)
+    c.handle(ev(EV_NEW, *DNAT, ct_id=2), 50 * S)
+    assert c.purge(120 * S) == 1          # id 1 is 120 s old, id 2 is 70 s
+    assert c.tracked == 1 and c.counters["purged_ttl"] == 1
+    assert c.purge(151 * S) == 1
+    assert c.tracked == 0 and c.counters["purged_ttl"] == 2
+
+
+def test_connections_from_the_start_dump_are_exported_when_they_vanish():
+    c = Correlator(kernel_timestamps=True)
+    old = ev(EV_DUMP, *SNAT, ct_id=5, counters=(1, 60, 1, 60), start=1 * S)
+    other = ev(EV_DUMP, *ROUTED, ct_id=6, counters=(2, 100, 2, 100), start=1 * S)
+    assert c.add_dumped([old, other], 10 * S) == 2
+    # first poll: both still there, counters grew on one
+    grown = old._replace(orig_packets=4, orig_bytes=400)
+    assert c.reconcile([grown, other], 20 * S) == []
+    # second poll: the SNAT one is gone -> exported with the last counters
+    flows = c.reconcile([other], 30 * S)
+    assert [f.conn_id for f in flows] == [5, 5]
+    assert (flows[0].packets, flows[0].octets) == (4, 400)
+    assert (flows[0].start_ms, flows[0].end_ms) == (1000, 20_000)  # last seen at 20 s
+    assert c.dumped_pending == 1
+    assert c.counters["exported_by_poll"] == 1
+    # a late DESTROY for the one the poll exported is a duplicate, not a second export
+    assert c.handle(ev(EV_DESTROY, *SNAT, ct_id=5), 31 * S) == ()
+    assert c.counters["duplicate_destroy"] == 1
+    # a DESTROY for the other ends it normally and stops it being polled
+    flows = c.handle(ev(EV_DESTROY, *ROUTED, ct_id=6, counters=(3, 150, 3, 150)), 32 * S)
+    assert flows[0].start_ms == 1000 and flows[0].packets == 3
+    assert c.dumped_pending == 0
+    assert c.counters["connections_exported"] == 2
+
+
+def test_dumped_connection_without_timestamps_starts_when_first_seen():
+    c = Correlator(kernel_timestamps=False)
+    c.add_dumped([ev(EV_DUMP, *SNAT, ct_id=5)], 10 * S)
+    flows = c.reconcile([], 15 * S)
+    assert (flows[0].start_ms, flows[0].end_ms) == (10_000, 10_000)
+
+
+def test_a_reused_id_with_another_tuple_is_a_different_connection():
+    c = Correlator()
+    c.add_dumped([ev(EV_DUMP, *SNAT, ct_id=5)], 10 * S)
+    c.handle(ev(EV_DESTROY, *DNAT, ct_id=5), 11 * S)
+    assert c.dumped_pending == 1
+
+
+def test_nat_events_for_translated_connections_only():
+    c = Correlator(nat_events=True)
+    c.handle(ev(EV_NEW, *SNAT, ct_id=1), 10 * S)
+    c.handle(ev(EV_NEW, *ROUTED, ct_id=2), 10 * S)
+    c.handle(ev(EV_DESTROY, *SNAT, ct_id=1, stop=12 * S), 12 * S)
+    nats = c.take_nat_events()
+    assert [(n.created, n.time_ms, n.sport, n.post_sport) for n in nats] == [
+        (True, 10_000, 40000, 61000), (False, 12_000, 40000, 61000)]
+    assert c.take_nat_events() == []
+    assert nat_event_of(ev(EV_NEW, *ROUTED), 0, True) is None
