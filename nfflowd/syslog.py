@@ -1,0 +1,246 @@
+"""The syslog mirror: flow-tools CSV lines -> syslog messages -> a socket.
+
+Strategy: formatting is sans-IO (``SyslogFormatter``: the time and the pid are
+passed in); only ``SyslogSink`` touches sockets.  Two wire formats:
+
+- local unix datagram socket (/dev/log): what glibc's syslog(3) sends, without
+  hostname and without a trailing newline or NUL::
+
+      <182>Jul 30 11:14:40 nfflowd[1234]: 1248952480,737235000,...
+
+- UDP to host:port: RFC 3164, the hostname after the timestamp::
+
+      <182>Jul 30 11:14:40 gw1 nfflowd[1234]: 1248952480,737235000,...
+
+The timestamp is local time, month names in English whatever the locale, the
+day space-padded ("Jul  3"), as syslog(3) does.
+
+The sink never raises on the data path.  Sends are non-blocking; a line that
+cannot be sent now (EAGAIN, ENOBUFS, the socket not there because syslog is
+not running, a refused UDP port) stays in a bounded backlog retried on the next
+``send``/``flush``; lines beyond the bound are dropped (oldest first) and
+counted in ``dropped``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+from collections import deque
+from typing import Iterable
+
+FACILITIES = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5,
+    "lpr": 6, "news": 7, "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11,
+    "local0": 16, "local1": 17, "local2": 18, "local3": 19, "local4": 20,
+    "local5": 21, "local6": 22, "local7": 23,
+}
+PRIORITIES = {
+    "emerg": 0, "alert": 1, "crit": 2, "err": 3, "error": 3, "warning": 4,
+    "warn": 4, "notice": 5, "info": 6, "debug": 7,
+}
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
+           "Nov", "Dec")
+
+DEFAULT_BACKLOG = 100_000
+
+
+def _code(value, table, what, hi) -> int:
+    if isinstance(value, str):
+        try:
+            return table[value.lower()]
+        except KeyError:
+            raise ValueError(f"unknown syslog {what} {value!r}") from None
+    v = int(value)
+    if not 0 <= v <= hi:
+        raise ValueError(f"syslog {what} out of range: {v}")
+    return v
+
+
+def pri(facility="local6", priority="info") -> int:
+    """The PRI value: facility*8 + severity (names or numbers)."""
+    return _code(facility, FACILITIES, "facility", 23) * 8 + _code(priority, PRIORITIES,
+                                                                    "priority", 7)
+
+
+def timestamp(now: float) -> str:
+    """RFC 3164 / syslog(3) timestamp "Mmm dd hh:mm:ss" of ``now`` (epoch s), local time."""
+    t = time.localtime(now)
+    return f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+
+
+class SyslogFormatter:
+    """Sans-IO formatting of syslog messages.
+
+    ``hostname`` None gives the local (/dev/log) form, a string the RFC 3164
+    form with that hostname.
+    """
+
+    def __init__(self, facility="local6", priority="info", ident="nfflowd",
+                 pid: int = 0, hostname: str | None = None):
+        self.pri = pri(facility, priority)
+        self.ident = ident
+        self.pid = pid
+        self.hostname = hostname
+        self._prefix_sec = None
+        self._prefix = b""
+
+    def prefix(self, now: float) -> bytes:
+        """Everything before the message, for a message sent at ``now``."""
+        sec = int(now)
+        if sec != self._prefix_sec:
+            host = f"{self.hostname} " if self.hostname else ""
+            self._prefix = (f"<{self.pri}>{timestamp(sec)} {host}"
+                            f"{self.ident}[{self.pid}]: ").encode()
+            self._prefix_sec = sec
+        return self._prefix
+
+    def format(self, message: str, now: float) -> bytes:
+        return self.prefix(now) + message.encode()
+
+    def format_many(self, messages: Iterable[str], now: float) -> list[bytes]:
+        p = self.prefix(now)
+        return [p + m.encode() for m in messages]
+
+
+def parse_address(address: str):
+    """"/path" -> (AF_UNIX, path); "host:port" or "[v6]:port" -> (None, (host, port))."""
+    if address.startswith("/"):
+        return socket.AF_UNIX, address
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected a unix socket path or host:port, got {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return None, (host, int(port))
+
+
+# Errors after which the line is kept and retried later (the receiver is not
+# there or not keeping up) rather than dropped.
+_RETRY = {errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.ENOENT, errno.ECONNREFUSED,
+          errno.ENOTCONN, errno.EDESTADDRREQ, errno.ENETUNREACH, errno.EHOSTUNREACH,
+          errno.ENETDOWN, errno.EHOSTDOWN, errno.ECONNRESET}
+
+
+class SyslogSink:
+    """Sends messages to a local unix datagram socket or to host:port over UDP.
+
+    Counters: ``sent``, ``dropped`` (lines lost past the backlog bound or
+    too large to send), ``send_errors`` (failed send attempts),
+    ``unavailable`` (connect attempts that found no listener), ``last_error``.
+    """
+
+    def __init__(self, address: str = "/dev/log", facility="local6", priority="info",
+                 ident: str = "nfflowd", *, pid: int | None = None,
+                 hostname: str | None = None, backlog: int = DEFAULT_BACKLOG):
+        self.address = address
+        family, target = parse_address(address)
+        self._unix = family == socket.AF_UNIX
+        self._target = target
+        if not self._unix:
+            hostname = hostname or socket.gethostname().split(".")[0] or "-"
+        else:
+            hostname = None
+        self.formatter = SyslogFormatter(facility, priority, ident,
+                                         os.getpid() if pid is None else pid, hostname)
+        self.backlog: deque[bytes] = deque()
+        self.max_backlog = backlog
+        self.sent = 0
+        self.dropped = 0
+        self.send_errors = 0
+        self.unavailable = 0
+        self.last_error: str | None = None
+        self._sock: socket.socket | None = None
+        self._resolved = None       # UDP: (family, sockaddr)
+
+    # -- connection ---------------------------------------------------------
+    def _connect(self) -> bool:
+        if self._sock is not None:
+            return True
+        try:
+            if self._unix:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                addr = self._target
+            else:
+                if self._resolved is None:
+                    host, port = self._target
+                    ai = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
+                    self._resolved = (ai[0], ai[4])
+                fam, addr = self._resolved
+                s = socket.socket(fam, socket.SOCK_DGRAM)
+        except OSError as e:
+            self.unavailable += 1
+            self.last_error = f"{type(e).__name__}: {e}"
+            return False
+        s.setblocking(False)
+        try:
+            s.connect(addr)
+        except OSError as e:
+            s.close()
+            self.unavailable += 1
+            self.last_error = errno.errorcode.get(e.errno, str(e))
+            return False
+        self._sock = s
+        return True
+
+    def _disconnect(self):
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    # -- data path ------------------------------------------------------------
+    def send(self, lines: Iterable[str], now: float | None = None) -> None:
+        """Queue ``lines`` (formatted with the time ``now``, default the
+        clock) and send what can be sent.  Never raises."""
+        msgs = self.formatter.format_many(lines, time.time() if now is None else now)
+        self.backlog.extend(msgs)
+        over = len(self.backlog) - self.max_backlog
+        if over > 0:
+            self.dropped += over
+            for _ in range(over):
+                self.backlog.popleft()
+        self.flush()
+
+    def flush(self) -> int:
+        """Send as much of the backlog as the socket takes now; returns how
+        many messages were sent.  Never raises."""
+        if not self.backlog or not self._connect():
+            return 0
+        bl = self.backlog
+        send = self._sock.send
+        n = 0
+        for _ in range(len(bl)):
+            msg = bl[0]
+            try:
+                send(msg)
+            except OSError as e:
+                self.send_errors += 1
+                self.last_error = errno.errorcode.get(e.errno, str(e))
+                if e.errno in _RETRY:
+                    if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS):
+                        # syslogd restarted or went away: reconnect next time
+                        self._disconnect()
+                    break
+                # EMSGSIZE and the like: this message can never go; drop it.
+                bl.popleft()
+                self.dropped += 1
+                continue
+            bl.popleft()
+            n += 1
+        self.sent += n
+        return n
+
+    def close(self) -> None:
+        """Send what can be sent, then close.  What remains is counted as dropped."""
+        try:
+            self.flush()
+        finally:
+            self.dropped += len(self.backlog)
+            self.backlog.clear()
+            self._disconnect()
+
+    def stats(self) -> dict:
+        return {"sent": self.sent, "dropped": self.dropped, "send_errors": self.send_errors,
+                "unavailable": self.unavailable, "backlog": len(self.backlog)}
