@@ -1,0 +1,87 @@
+"""The one registry of information elements nfflowd exports (NetFlow v9 and IPFIX).
+
+Strategy: NetFlow v9 field type numbers 1-127 and the IPFIX information element
+ids of the IANA registry are the same numbers (RFC 7012 took them over from
+RFC 3954), and Cisco's v9 exporters use the IANA ids above 127 too (ASA NSEL:
+225-228, 230, 281, 282, 323; 152/153 for absolute times).  So one table serves
+both encoders.  Every element here is an IANA element (enterprise number 0).
+
+Each entry is ``name -> IE(id, length, fmt)``: ``length`` is the length we
+send (the registry's natural length; no reduced-size encoding) and ``fmt`` the
+``struct`` code packing a value of that length, so a template's record layout
+is the concatenation of its elements' codes (see ``template.py``).
+
+Checked against the IANA "IP Flow Information Export (IPFIX) Entities"
+registry and RFC 7012 / RFC 8158:
+
+  id  name                               type                 length
+   1  octetDeltaCount                    unsigned64           8
+   2  packetDeltaCount                   unsigned64           8
+   4  protocolIdentifier                 unsigned8            1
+   7  sourceTransportPort                unsigned16           2
+   8  sourceIPv4Address                  ipv4Address          4
+  11  destinationTransportPort           unsigned16           2
+  12  destinationIPv4Address             ipv4Address          4
+  27  sourceIPv6Address                  ipv6Address          16
+  28  destinationIPv6Address             ipv6Address          16
+  32  icmpTypeCodeIPv4                   unsigned16           2   type*256+code
+ 136  flowEndReason                      unsigned8            1
+ 139  icmpTypeCodeIPv6                   unsigned16           2
+ 152  flowStartMilliseconds              dateTimeMilliseconds 8   epoch ms
+ 153  flowEndMilliseconds                dateTimeMilliseconds 8
+ 225  postNATSourceIPv4Address           ipv4Address          4
+ 226  postNATDestinationIPv4Address      ipv4Address          4
+ 227  postNAPTSourceTransportPort        unsigned16           2
+ 228  postNAPTDestinationTransportPort   unsigned16           2
+ 230  natEvent                           unsigned8            1   RFC 8158
+ 281  postNATSourceIPv6Address           ipv6Address          16
+ 282  postNATDestinationIPv6Address      ipv6Address          16
+ 323  observationTimeMilliseconds        dateTimeMilliseconds 8
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class IE(NamedTuple):
+    id: int
+    length: int
+    fmt: str            # struct code for one value of ``length`` bytes
+    enterprise: int = 0
+
+
+ELEMENTS: dict[str, IE] = {
+    "octetDeltaCount": IE(1, 8, "Q"),
+    "packetDeltaCount": IE(2, 8, "Q"),
+    "protocolIdentifier": IE(4, 1, "B"),
+    "sourceTransportPort": IE(7, 2, "H"),
+    "sourceIPv4Address": IE(8, 4, "4s"),
+    "destinationTransportPort": IE(11, 2, "H"),
+    "destinationIPv4Address": IE(12, 4, "4s"),
+    "sourceIPv6Address": IE(27, 16, "16s"),
+    "destinationIPv6Address": IE(28, 16, "16s"),
+    "icmpTypeCodeIPv4": IE(32, 2, "H"),
+    "flowEndReason": IE(136, 1, "B"),
+    "icmpTypeCodeIPv6": IE(139, 2, "H"),
+    "flowStartMilliseconds": IE(152, 8, "Q"),
+    "flowEndMilliseconds": IE(153, 8, "Q"),
+    "postNATSourceIPv4Address": IE(225, 4, "4s"),
+    "postNATDestinationIPv4Address": IE(226, 4, "4s"),
+    "postNAPTSourceTransportPort": IE(227, 2, "H"),
+    "postNAPTDestinationTransportPort": IE(228, 2, "H"),
+    "natEvent": IE(230, 1, "B"),
+    "postNATSourceIPv6Address": IE(281, 16, "16s"),
+    "postNATDestinationIPv6Address": IE(282, 16, "16s"),
+    "observationTimeMilliseconds": IE(323, 8, "Q"),
+}
+
+BY_ID: dict[int, str] = {ie.id: name for name, ie in ELEMENTS.items()}
+
+
+def element(name: str) -> IE:
+    """The registry entry of ``name``; KeyError names the unknown element."""
+    try:
+        return ELEMENTS[name]
+    except KeyError:
+        raise KeyError(f"unknown information element {name!r}") from None

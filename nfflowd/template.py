@@ -1,0 +1,417 @@
+"""Templates, sets and size-bounded datagrams shared by NetFlow v9 and IPFIX.
+
+Strategy: NetFlow v9 (RFC 3954) and IPFIX (RFC 7011) are the same template
+protocol with different headers.  Everything that is the same lives here, once:
+
+- ``Template``: a template id and a tuple of information element names (see
+  ``ie.py``), compiled once into a ``struct.Struct`` for its data records and
+  into the bytes of its template record.
+- ``Datagram``: a preallocated buffer of at most ``max_size`` bytes that
+  takes a template set and data sets and says how much room is left
+  (``room``, ``fits``); the encoder writes the header last.
+- ``TemplateEncoder``: the record layer both encoders share: which templates
+  (per address family, with or without ICMP, NAT events per family), how a
+  ``Flow`` / ``NatEvent`` maps onto them, when templates are (re)sent, and the
+  loop that packs records into datagrams.  ``netflow9.NetflowV9Encoder`` and
+  ``ipfix.IpfixEncoder`` only supply the header, the set ids, the padding and
+  the sequence rule.
+
+Set layout (both protocols): a 4-byte set header (set id / FlowSet id,
+length including the header and any padding), then records back to back.
+A template record is template id, field count, then (element id, length)
+pairs; all our elements are IANA ones (no enterprise bit), so a template set
+is always a multiple of 4 bytes.  Padding of data sets is the subclass's
+``PAD``: NetFlow v9 pads every FlowSet to 4 bytes (RFC 3954 section 5.3,
+"SHOULD"), IPFIX does not pad (RFC 7011 section 3.3.1: padding "MAY" be
+inserted; without it no collector has to tell padding from a record).
+Padding bytes are zero and always shorter than a record.
+
+Hot path: records are grouped per template (order kept within a template),
+then each data set is packed with ``Struct.pack_into`` straight from the
+``Flow`` tuple through an ``operator.itemgetter`` - no per-record objects.
+
+Templates go before the first data set, then again in the first datagram
+once ``template_refresh_packets`` datagrams were sent since the last ones, or
+``template_refresh_seconds`` elapsed (``now_ms`` is passed in), or after
+``force_templates()`` (IPFIX over TCP after a reconnect, a collector restart).
+Each refresh carries every template of the enabled record kinds.
+"""
+
+from __future__ import annotations
+
+import struct
+from operator import itemgetter
+from typing import Callable, Iterable, Sequence
+
+from .ie import element
+from .record import (NAT44_SESSION_CREATE, NAT44_SESSION_DELETE, NAT_CREATE, NAT_DELETE,
+                     Flow, NatEvent)
+
+SET_HEADER = struct.Struct("!HH")
+
+
+class Template:
+    """A template: id (>= 256) and element names, compiled."""
+
+    __slots__ = ("id", "names", "struct", "size", "record", "pack_into")
+
+    def __init__(self, template_id: int, names: Sequence[str]):
+        if not 256 <= template_id <= 0xFFFF:
+            raise ValueError("template ids are 256-65535")
+        ies = [element(n) for n in names]
+        self.id = template_id
+        self.names = tuple(names)
+        self.struct = struct.Struct("!" + "".join(ie.fmt for ie in ies))
+        self.size = self.struct.size
+        assert self.size == sum(ie.length for ie in ies)
+        self.pack_into = self.struct.pack_into
+        self.record = SET_HEADER.pack(template_id, len(ies)) + b"".join(
+            SET_HEADER.pack(ie.id, ie.length) for ie in ies)
+
+    def __repr__(self):
+        return f"Template({self.id}, {self.names})"
+
+
+def padded(n: int, pad: int) -> int:
+    """``n`` rounded up to a multiple of ``pad`` (1 = no padding)."""
+    return n + (-n % pad)
+
+
+def template_set(set_id: int, templates: Sequence[Template], pad: int = 4) -> bytes:
+    """A whole template set (FlowSet id 0 in v9, set id 2 in IPFIX)."""
+    body = b"".join(t.record for t in templates)
+    n = padded(4 + len(body), pad)
+    return SET_HEADER.pack(set_id, n) + body + bytes(n - 4 - len(body))
+
+
+def data_set(template: Template, rows: Iterable[Sequence], pad: int = 4) -> bytes:
+    """A whole data set of ``rows`` (value tuples in template order); for tests
+    and tools - the encoders use ``Datagram.add_data_set``."""
+    body = b"".join(template.struct.pack(*r) for r in rows)
+    n = padded(4 + len(body), pad)
+    return SET_HEADER.pack(template.id, n) + body + bytes(n - 4 - len(body))
+
+
+class Datagram:
+    """One export datagram under construction, never longer than ``max_size``.
+
+    ``header_size`` bytes are left for the header, which the encoder packs
+    into ``buf`` at the end (``finish``)."""
+
+    __slots__ = ("buf", "off", "max_size", "pad", "data_records", "template_records",
+                 "has_templates")
+
+    def __init__(self, max_size: int, header_size: int, pad: int):
+        self.buf = bytearray(max_size)
+        self.off = header_size
+        self.max_size = max_size
+        self.pad = pad
+        self.data_records = 0
+        self.template_records = 0
+        self.has_templates = False
+
+    @property
+    def room(self) -> int:
+        """Bytes left in the datagram."""
+        return self.max_size - self.off
+
+    def fits(self, template: Template) -> int:
+        """How many records of ``template`` a new data set here can take."""
+        room = self.max_size - self.off - 4
+        if room < template.size:
+            return 0
+        n = room // template.size
+        if padded(4 + n * template.size, self.pad) > room + 4:
+            n -= 1      # the padding would not fit; one record less leaves room for it
+        return n
+
+    def add_template_set(self, set_id: int, templates: Sequence[Template]) -> bool:
+        """Append a template set; False (and nothing written) if it does not fit."""
+        b = template_set(set_id, templates, self.pad)
+        if len(b) > self.room:
+            return False
+        self.buf[self.off:self.off + len(b)] = b
+        self.off += len(b)
+        self.template_records += len(templates)
+        self.has_templates = True
+        return True
+
+    def add_data_set(self, template: Template, items: Sequence, start: int, n: int,
+                     args: Callable) -> int:
+        """Pack ``items[start:start+n]`` (``args(item)`` gives the values in
+        template order) as one data set.  The caller checked ``fits``.
+        Records whose values do not fit their fields are skipped; returns the
+        number skipped."""
+        buf = self.buf
+        set_off = self.off
+        off = set_off + 4
+        size = template.size
+        pack = template.pack_into
+        bad = 0
+        for i in range(start, start + n):
+            try:
+                pack(buf, off, *args(items[i]))
+            except (struct.error, TypeError):
+                bad += 1
+                continue
+            off += size
+        good = n - bad
+        if good == 0:
+            return bad
+        end = off + (-(off - set_off) % self.pad)
+        if end > off:
+            buf[off:end] = bytes(end - off)
+        SET_HEADER.pack_into(buf, set_off, template.id, end - set_off)
+        self.off = end
+        self.data_records += good
+        return bad
+
+    def finish(self) -> bytes:
+        """The datagram's bytes (the header must have been packed)."""
+        return bytes(memoryview(self.buf)[:self.off])
+
+
+# -- the templates nfflowd sends ------------------------------------------------
+
+_FLOW_COMMON_HEAD = ("protocolIdentifier",)
+_FLOW_COUNTERS = ("octetDeltaCount", "packetDeltaCount", "flowStartMilliseconds",
+                  "flowEndMilliseconds", "flowEndReason")
+
+FLOW4 = ("sourceIPv4Address", "destinationIPv4Address", "sourceTransportPort",
+         "destinationTransportPort", *_FLOW_COMMON_HEAD, *_FLOW_COUNTERS,
+         "postNATSourceIPv4Address", "postNATDestinationIPv4Address",
+         "postNAPTSourceTransportPort", "postNAPTDestinationTransportPort")
+FLOW6 = ("sourceIPv6Address", "destinationIPv6Address", "sourceTransportPort",
+         "destinationTransportPort", *_FLOW_COMMON_HEAD, *_FLOW_COUNTERS,
+         "postNATSourceIPv6Address", "postNATDestinationIPv6Address",
+         "postNAPTSourceTransportPort", "postNAPTDestinationTransportPort")
+FLOW4_ICMP = ("sourceIPv4Address", "destinationIPv4Address", *_FLOW_COMMON_HEAD,
+              "icmpTypeCodeIPv4", *_FLOW_COUNTERS,
+              "postNATSourceIPv4Address", "postNATDestinationIPv4Address")
+FLOW6_ICMP = ("sourceIPv6Address", "destinationIPv6Address", *_FLOW_COMMON_HEAD,
+              "icmpTypeCodeIPv6", *_FLOW_COUNTERS,
+              "postNATSourceIPv6Address", "postNATDestinationIPv6Address")
+# RFC 8158 section 4.4 (NAT44 / NAT64 session create/delete), less the VRF id.
+NAT4 = ("observationTimeMilliseconds", "natEvent", "protocolIdentifier",
+        "sourceIPv4Address", "sourceTransportPort",
+        "postNATSourceIPv4Address", "postNAPTSourceTransportPort",
+        "destinationIPv4Address", "destinationTransportPort",
+        "postNATDestinationIPv4Address", "postNAPTDestinationTransportPort")
+NAT6 = ("observationTimeMilliseconds", "natEvent", "protocolIdentifier",
+        "sourceIPv6Address", "sourceTransportPort",
+        "postNATSourceIPv6Address", "postNAPTSourceTransportPort",
+        "destinationIPv6Address", "destinationTransportPort",
+        "postNATDestinationIPv6Address", "postNAPTDestinationTransportPort")
+
+TID_FLOW4, TID_FLOW6, TID_FLOW4_ICMP, TID_FLOW6_ICMP, TID_NAT4, TID_NAT6 = range(256, 262)
+
+# Which record field carries each element.  ``Flow`` fields by name; for NAT
+# events the natEvent code is appended to the NatEvent tuple (index 13).
+_FLOW_SOURCE = {
+    "sourceIPv4Address": "src", "sourceIPv6Address": "src",
+    "destinationIPv4Address": "dst", "destinationIPv6Address": "dst",
+    "sourceTransportPort": "sport", "destinationTransportPort": "dport",
+    "icmpTypeCodeIPv4": "dport", "icmpTypeCodeIPv6": "dport",
+    "protocolIdentifier": "proto",
+    "octetDeltaCount": "octets", "packetDeltaCount": "packets",
+    "flowStartMilliseconds": "start_ms", "flowEndMilliseconds": "end_ms",
+    "flowEndReason": "end_reason",
+    "postNATSourceIPv4Address": "post_src", "postNATSourceIPv6Address": "post_src",
+    "postNATDestinationIPv4Address": "post_dst", "postNATDestinationIPv6Address": "post_dst",
+    "postNAPTSourceTransportPort": "post_sport",
+    "postNAPTDestinationTransportPort": "post_dport",
+}
+_NAT_SOURCE = dict(_FLOW_SOURCE, observationTimeMilliseconds="time_ms", natEvent="code")
+_NAT_FIELDS = NatEvent._fields + ("code",)
+
+
+def _getter(names: Sequence[str], source: dict, fields: Sequence[str]) -> Callable:
+    idx = [fields.index(source[n]) for n in names]
+    if len(idx) == 1:
+        i = idx[0]
+        return lambda r: (r[i],)
+    return itemgetter(*idx)
+
+
+FLOW_TEMPLATES = {TID_FLOW4: FLOW4, TID_FLOW6: FLOW6,
+                  TID_FLOW4_ICMP: FLOW4_ICMP, TID_FLOW6_ICMP: FLOW6_ICMP}
+NAT_TEMPLATES = {TID_NAT4: NAT4, TID_NAT6: NAT6}
+
+RECORD_KINDS = ("flows", "nat_events")
+NAT_CODES = {
+    # (codes, family) -> (create, delete).  RFC 8158 defines session events for
+    # NAT44 and NAT64 only; an IPv6-to-IPv6 translation (NPTv6, NAT66) gets
+    # the NAT44 session codes, as the closest defined "address family kept"
+    # event, rather than NAT64 ones which say the family changed.
+    ("rfc8158", 4): (NAT44_SESSION_CREATE, NAT44_SESSION_DELETE),
+    ("rfc8158", 6): (NAT44_SESSION_CREATE, NAT44_SESSION_DELETE),
+    ("legacy", 4): (NAT_CREATE, NAT_DELETE),
+    ("legacy", 6): (NAT_CREATE, NAT_DELETE),
+}
+
+
+class TemplateEncoder:
+    """The record layer shared by the v9 and IPFIX encoders (subclass it).
+
+    Subclasses set HEADER_SIZE, TEMPLATE_SET_ID, PAD and implement
+    ``_pack_header(dg, now_ms, boot_ms)``, which also advances the sequence.
+    """
+
+    HEADER_SIZE = 0
+    TEMPLATE_SET_ID = 0
+    PAD = 1
+    MAX_SIZE_LIMIT = 65535
+
+    def __init__(self, records: Sequence[str] = RECORD_KINDS, nat_event_codes: str = "rfc8158",
+                 max_size: int = 1400, template_refresh_packets: int = 20,
+                 template_refresh_seconds: float = 60):
+        records = tuple(records)
+        if not records or any(r not in RECORD_KINDS for r in records):
+            raise ValueError(f"records: a non-empty subset of {RECORD_KINDS}, not {records!r}")
+        if nat_event_codes not in ("rfc8158", "legacy"):
+            raise ValueError("nat_event_codes is 'rfc8158' or 'legacy'")
+        if template_refresh_packets is not None and template_refresh_packets < 0:
+            raise ValueError("template_refresh_packets must be >= 0 (0: no count refresh)")
+        if template_refresh_seconds is not None and template_refresh_seconds < 0:
+            raise ValueError("template_refresh_seconds must be >= 0 (0: no time refresh)")
+        self.records = records
+        self.nat_event_codes = nat_event_codes
+        self.refresh_packets = template_refresh_packets or 0
+        self.refresh_ms = int((template_refresh_seconds or 0) * 1000)
+
+        self.templates: list[Template] = []
+        self._flow_tpl: dict = {}
+        if "flows" in records:
+            t = {tid: Template(tid, names) for tid, names in FLOW_TEMPLATES.items()}
+            self.templates += t.values()
+            self._flow_get = {tid: _getter(tpl.names, _FLOW_SOURCE, Flow._fields)
+                              for tid, tpl in t.items()}
+            self._flow_by_key = {(4, 1): t[TID_FLOW4_ICMP], (6, 58): t[TID_FLOW6_ICMP]}
+            self._flow_by_family = {4: t[TID_FLOW4], 6: t[TID_FLOW6]}
+        if "nat_events" in records:
+            t = {tid: Template(tid, names) for tid, names in NAT_TEMPLATES.items()}
+            self.templates += t.values()
+            self._nat_get = {tid: _getter(tpl.names, _NAT_SOURCE, _NAT_FIELDS)
+                             for tid, tpl in t.items()}
+            self._nat_by_family = {4: t[TID_NAT4], 6: t[TID_NAT6]}
+
+        tset = len(template_set(self.TEMPLATE_SET_ID, self.templates, self.PAD))
+        biggest = max(t.size for t in self.templates)
+        need = self.HEADER_SIZE + tset + padded(4 + biggest, self.PAD)
+        if not need <= max_size <= self.MAX_SIZE_LIMIT:
+            raise ValueError(f"max_size must be {need}-{self.MAX_SIZE_LIMIT} "
+                             f"(header, templates and one record)")
+        self.max_size = max_size
+
+        self._templates_sent = False    # ever, or since force_templates()
+        self._forced = False            # force_templates() called, not yet sent
+        self._since_templates = 0       # datagrams sent since the last templates
+        self._templates_ms = 0          # now_ms of the last templates
+        # statistics
+        self.datagrams_sent = 0
+        self.records_sent = 0           # data records, flows and NAT events
+        self.template_sends = 0         # datagrams that carried templates
+        self.invalid = 0                # records skipped: bad family or values
+        self.last_counts: list[int] = []  # data records per datagram of the last encode()
+
+    # -- templates ---------------------------------------------------------------
+    def force_templates(self) -> None:
+        """Send the templates with the next datagram (and let ``encode`` return
+        a templates-only message if it has no records): a new TCP connection,
+        a collector known to have restarted."""
+        self._templates_sent = False
+        self._forced = True
+
+    reset_templates = force_templates
+
+    def templates_due(self, now_ms: int) -> bool:
+        if not self._templates_sent:
+            return True
+        if self.refresh_packets and self._since_templates >= self.refresh_packets:
+            return True
+        if self.refresh_ms and not 0 <= now_ms - self._templates_ms < self.refresh_ms:
+            return True     # also when the clock went back
+        return False
+
+    def _new_datagram(self, now_ms: int) -> Datagram:
+        dg = Datagram(self.max_size, self.HEADER_SIZE, self.PAD)
+        if self.templates_due(now_ms):
+            ok = dg.add_template_set(self.TEMPLATE_SET_ID, self.templates)
+            assert ok       # checked against max_size in __init__
+            self._templates_sent = True
+            self._forced = False
+            self._since_templates = 0
+            self._templates_ms = now_ms
+            self.template_sends += 1
+        return dg
+
+    # -- records ---------------------------------------------------------------
+    def _groups(self, flows: Sequence[Flow], nat_events: Sequence[NatEvent]):
+        """[(template, items, getter)], first-seen order of templates."""
+        groups: dict[int, tuple] = {}
+        invalid = 0
+        if flows and "flows" in self.records:
+            by_key, by_fam = self._flow_by_key, self._flow_by_family
+            per: dict[int, list] = {}
+            for f in flows:
+                t = by_key.get((f[0], f[1])) or by_fam.get(f[0])
+                if t is None:
+                    invalid += 1
+                    continue
+                lst = per.get(t.id)
+                if lst is None:
+                    lst = per[t.id] = []
+                    groups[t.id] = (t, lst, self._flow_get[t.id])
+                lst.append(f)
+        if nat_events and "nat_events" in self.records:
+            codes = self.nat_event_codes
+            for ev in nat_events:
+                t = self._nat_by_family.get(ev[0])
+                if t is None:
+                    invalid += 1
+                    continue
+                create, delete = NAT_CODES[(codes, ev[0])]
+                g = groups.get(t.id)
+                if g is None:
+                    g = groups[t.id] = (t, [], self._nat_get[t.id])
+                g[1].append(ev + (create if ev[11] else delete,))
+        self.invalid += invalid
+        return list(groups.values())
+
+    def _encode(self, flows, nat_events, now_ms: int, boot_ms: int) -> list[bytes]:
+        out: list[bytes] = []
+        counts: list[int] = []
+        dg = None
+        invalid = 0
+        for tpl, items, getter in self._groups(flows, nat_events):
+            i, n = 0, len(items)
+            while i < n:
+                if dg is None:
+                    dg = self._new_datagram(now_ms)
+                k = dg.fits(tpl)
+                if k == 0:
+                    self._close(dg, now_ms, boot_ms, out, counts)
+                    dg = None
+                    continue
+                k = min(k, n - i)
+                invalid += dg.add_data_set(tpl, items, i, k, getter)
+                i += k
+        if dg is None and self._forced:
+            dg = self._new_datagram(now_ms)     # forced: templates only
+        if dg is not None:
+            if dg.data_records or dg.has_templates:
+                self._close(dg, now_ms, boot_ms, out, counts)
+        self.invalid += invalid
+        self.last_counts = counts
+        return out
+
+    def _close(self, dg: Datagram, now_ms, boot_ms, out, counts) -> None:
+        self._pack_header(dg, now_ms, boot_ms)
+        out.append(dg.finish())
+        counts.append(dg.data_records)
+        self.datagrams_sent += 1
+        self.records_sent += dg.data_records
+        self._since_templates += 1
+
+    def _pack_header(self, dg: Datagram, now_ms: int, boot_ms: int) -> None:
+        raise NotImplementedError

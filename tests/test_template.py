@@ -1,0 +1,165 @@
+"""The shared template/record layer: the IE registry, template records, sets,
+padding and the size-bounded datagram builder."""
+
+import struct
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from nfflowd import ie
+from nfflowd.template import (FLOW4, FLOW4_ICMP, FLOW6, FLOW6_ICMP, NAT4, NAT6, Datagram,
+                              Template, data_set, padded, template_set)
+
+ALL_TEMPLATES = (FLOW4, FLOW6, FLOW4_ICMP, FLOW6_ICMP, NAT4, NAT6)
+
+# The IANA registry (https://www.iana.org/assignments/ipfix), copied by hand:
+# name -> (element id, abstract data type).
+IANA = {
+    "octetDeltaCount": (1, "unsigned64"), "packetDeltaCount": (2, "unsigned64"),
+    "protocolIdentifier": (4, "unsigned8"), "sourceTransportPort": (7, "unsigned16"),
+    "sourceIPv4Address": (8, "ipv4Address"), "destinationTransportPort": (11, "unsigned16"),
+    "destinationIPv4Address": (12, "ipv4Address"), "sourceIPv6Address": (27, "ipv6Address"),
+    "destinationIPv6Address": (28, "ipv6Address"), "icmpTypeCodeIPv4": (32, "unsigned16"),
+    "flowEndReason": (136, "unsigned8"), "icmpTypeCodeIPv6": (139, "unsigned16"),
+    "flowStartMilliseconds": (152, "dateTimeMilliseconds"),
+    "flowEndMilliseconds": (153, "dateTimeMilliseconds"),
+    "postNATSourceIPv4Address": (225, "ipv4Address"),
+    "postNATDestinationIPv4Address": (226, "ipv4Address"),
+    "postNAPTSourceTransportPort": (227, "unsigned16"),
+    "postNAPTDestinationTransportPort": (228, "unsigned16"),
+    "natEvent": (230, "unsigned8"),
+    "postNATSourceIPv6Address": (281, "ipv6Address"),
+    "postNATDestinationIPv6Address": (282, "ipv6Address"),
+    "observationTimeMilliseconds": (323, "dateTimeMilliseconds"),
+}
+NATURAL_LENGTH = {"unsigned8": 1, "unsigned16": 2, "unsigned64": 8, "ipv4Address": 4,
+                  "ipv6Address": 16, "dateTimeMilliseconds": 8}
+
+
+def test_registry_matches_iana():
+    assert set(ie.ELEMENTS) == set(IANA)
+    for name, entry in ie.ELEMENTS.items():
+        eid, dtype = IANA[name]
+        assert (entry.id, entry.length, entry.enterprise) == (eid, NATURAL_LENGTH[dtype], 0), name
+        assert struct.calcsize("!" + entry.fmt) == entry.length
+        assert ie.BY_ID[eid] == name
+    with pytest.raises(KeyError, match="noSuchElement"):
+        ie.element("noSuchElement")
+
+
+def test_registry_matches_the_pypi_netflow_table():
+    ipfix = pytest.importorskip("netflow.ipfix")
+    for name, entry in ie.ELEMENTS.items():
+        ft = ipfix.IPFIXFieldTypes.by_id(entry.id)
+        assert ft is not None and ft.name == name, (name, ft)
+        assert NATURAL_LENGTH[ft.type] == entry.length
+
+
+def test_every_template_uses_each_element_once():
+    for names in ALL_TEMPLATES:
+        assert len(set(names)) == len(names)
+    # no template carries fields of the other address family
+    for names in (FLOW4, FLOW4_ICMP, NAT4):
+        assert not any("IPv6" in n for n in names)
+    for names in (FLOW6, FLOW6_ICMP, NAT6):
+        assert not any("IPv4" in n for n in names)
+
+
+def test_template_record_byte_exact():
+    t = Template(300, ("sourceIPv4Address", "octetDeltaCount", "postNATSourceIPv6Address"))
+    assert t.record == bytes.fromhex(
+        "012c" "0003"           # template id 300, 3 fields
+        "0008" "0004"           # sourceIPv4Address, 4 bytes
+        "0001" "0008"           # octetDeltaCount, 8 bytes
+        "0119" "0010")          # postNATSourceIPv6Address (281), 16 bytes
+    assert t.size == 28
+    assert t.struct.pack(b"\xc6\x33\x64\x07", 2**40, bytes(range(16))) == (
+        bytes.fromhex("c6336407" "0000010000000000") + bytes(range(16)))
+
+
+def test_template_id_range():
+    with pytest.raises(ValueError):
+        Template(255, ("protocolIdentifier",))
+    with pytest.raises(KeyError):
+        Template(256, ("protocolIdentifer",))
+
+
+def test_template_set_byte_exact_and_padding():
+    a = Template(256, ("protocolIdentifier",))
+    b = Template(257, ("sourceTransportPort", "destinationTransportPort"))
+    expected = bytes.fromhex(
+        "0002" "0018"                               # set id 2, length 24
+        "0100" "0001" "0004" "0001"                 # 256: protocolIdentifier/1
+        "0101" "0002" "0007" "0002" "000b" "0002")  # 257: ports/2
+    assert template_set(2, [a, b], pad=1) == expected
+    # IANA-only template records are multiples of 4: padding never adds bytes
+    assert template_set(2, [a, b], pad=4) == expected
+    assert template_set(0, [a, b], pad=4)[:2] == b"\x00\x00"
+
+
+def test_data_set_padding():
+    t = Template(258, ("protocolIdentifier", "sourceTransportPort"))     # 3-byte records
+    rows = [(6, 80), (17, 53)]
+    body = "06" "0050" "11" "0035"
+    assert data_set(t, rows, pad=1) == bytes.fromhex("0102" "000a" + body)
+    # v9: padded to 4 bytes with zeros, the length counting the padding
+    assert data_set(t, rows, pad=4) == bytes.fromhex("0102" "000c" + body + "0000")
+    assert data_set(t, rows[:1] * 4, pad=4) == bytes.fromhex("0102" "0010" + "060050" * 4)
+
+
+def test_padded():
+    assert [padded(n, 4) for n in range(9)] == [0, 4, 4, 4, 4, 8, 8, 8, 8]
+    assert [padded(n, 1) for n in range(4)] == [0, 1, 2, 3]
+
+
+def test_datagram_room_and_fits():
+    t = Template(256, ("protocolIdentifier", "sourceTransportPort"))     # 3 bytes
+    dg = Datagram(40, 16, pad=4)
+    assert dg.room == 24
+    assert dg.fits(t) == 6      # 4 + 18 = 22 -> padded 24: fits exactly
+    dg = Datagram(41, 16, pad=4)
+    assert dg.room == 25
+    # 7 records would be 4 + 21 = 25 bytes, but padded to 28: only 6
+    assert dg.fits(t) == 6
+    assert Datagram(41, 16, pad=1).fits(t) == 7
+    assert Datagram(23, 16, pad=1).fits(t) == 1
+    assert Datagram(22, 16, pad=1).fits(t) == 0
+
+
+def test_datagram_add_sets_and_skip_bad_values():
+    t = Template(256, ("protocolIdentifier", "sourceTransportPort"))
+    dg = Datagram(64, 16, pad=4)
+    assert dg.add_template_set(2, [t])
+    assert dg.off == 16 + 16 and dg.template_records == 1
+    items = [(6, 80), (6, 70000), (17, 53)]
+    bad = dg.add_data_set(t, items, 0, 3, lambda r: r)
+    assert bad == 1 and dg.data_records == 2
+    assert dg.finish()[32:] == bytes.fromhex("0100" "000c" "060050" "110035" "0000")
+    # a template set that does not fit is refused and nothing is written
+    big = Template(257, ("sourceIPv6Address",) * 10)
+    off = dg.off
+    assert not dg.add_template_set(2, [big]) and dg.off == off
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.sampled_from(ALL_TEMPLATES), min_size=1, max_size=6),
+       max_size=st.integers(min_value=150, max_value=3000), pad=st.sampled_from([1, 4]),
+       header=st.sampled_from([16, 20]))
+def test_datagram_never_exceeds_max_size(sizes, max_size, pad, header):
+    dg = Datagram(max_size, header, pad)
+    for i, names in enumerate(sizes):
+        t = Template(256 + i, names)
+        vals = tuple(bytes(ie.ELEMENTS[f].length) if ie.ELEMENTS[f].fmt.endswith("s") else 0
+                     for f in names)
+        before = dg.off
+        n = dg.fits(t)
+        assert n >= 0
+        # n records fit, one more would not
+        assert n == 0 or before + padded(4 + n * t.size, pad) <= max_size
+        assert before + padded(4 + (n + 1) * t.size, pad) > max_size
+        if n:
+            assert dg.add_data_set(t, [None] * n, 0, n, lambda _: vals) == 0
+            assert dg.off - before == padded(4 + n * t.size, pad)
+            assert (dg.off - header) % pad == 0
+        assert dg.off <= max_size
+    assert len(dg.finish()) == dg.off <= max_size
