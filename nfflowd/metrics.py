@@ -1,0 +1,198 @@
+"""An optional Prometheus endpoint (prometheus-client).
+
+The daemon's own counter dicts are the only state: a custom collector calls
+``get_counters()`` at scrape time and turns the flat dict into metric
+families.  ``get_counters`` runs in the HTTP server's thread, so it should
+return a fresh snapshot (``{**daemon.counters, **correlator.counters,
+**pipeline.summary()}``); reading ints the loop is updating is safe under the
+GIL, iterating a dict the loop is resizing is not (a RuntimeError is retried
+once).
+
+The mapping from daemon counter names to metrics is ``COUNTERS`` and
+``PER_COLLECTOR`` below.  A key ``"<collector>.<stat>"`` (as in
+``Pipeline.summary()``, e.g. ``"127.0.0.1:2055/v5.records"``) becomes a
+sample labelled ``collector="127.0.0.1:2055/v5"``; a dict value
+``{"records": {"127.0.0.1:2055/v5": 10}}`` is read the same way.  A numeric
+key that is not in the tables is still exported, as a gauge
+``nfflowd_<key>`` (add it to the tables to name it properly).
+"""
+
+from __future__ import annotations
+
+import re
+
+from . import __version__
+from .errors import NfflowdError
+
+PREFIX = "nfflowd_"
+
+# daemon counter -> (metric name without prefix and _total, help, labels)
+COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "events_new": ("events", "Conntrack events received, by kind", {"kind": "new"}),
+    "events_destroy": ("events", "Conntrack events received, by kind", {"kind": "destroy"}),
+    "events_other": ("events", "Conntrack events received, by kind", {"kind": "other"}),
+    "malformed": ("netlink_messages_skipped", "Netlink messages skipped, by reason",
+                  {"reason": "malformed"}),
+    "unknown": ("netlink_messages_skipped", "Netlink messages skipped, by reason",
+                {"reason": "unknown"}),
+    "overruns": ("netlink_overruns", "Netlink receive buffer overruns (the kernel dropped "
+                 "events)", {}),
+    "polls": ("table_polls", "Conntrack table dumps for connections older than nfflowd", {}),
+    "connections_exported": ("connections_exported", "Connections exported as records", {}),
+    "exported_by_poll": ("connections_exported_by_poll",
+                         "Connections exported because a table poll found them gone", {}),
+    "purged_ttl": ("connections_purged", "Connections forgotten after conntrack.ttl", {}),
+    "duplicate_destroy": ("duplicate_destroy_events", "DESTROY events for connections "
+                          "already exported", {}),
+    "skipped_ipv6": ("records_skipped_ipv6", "IPv6 records NetFlow v5 cannot carry "
+                     "(still mirrored to syslog)", {}),
+    "syslog_lines": ("syslog_lines", "Flow-tools CSV lines sent to syslog", {}),
+    "syslog_dropped": ("syslog_lines_dropped", "Flow-tools CSV lines syslog did not take", {}),
+}
+
+# per-collector stat -> (metric name without prefix and _total, help)
+PER_COLLECTOR: dict[str, tuple[str, str]] = {
+    "records": ("records_sent", "Flow records sent, by collector"),
+    "datagrams": ("datagrams_sent", "Export datagrams sent, by collector"),
+    "send_errors": ("send_errors", "Export datagrams that could not be sent, by collector"),
+}
+
+_BAD = re.compile(r"[^a-zA-Z0-9_]")
+
+
+class MetricsError(NfflowdError):
+    """The metrics endpoint cannot be started."""
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``127.0.0.1:9469``, ``[::1]:9469``, ``:9469`` (all addresses)."""
+    host, sep, port = str(listen).rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise MetricsError(f"metrics listen address {listen!r}: expected host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0", int(port)
+
+
+def families(counters: dict) -> list:
+    """The metric families for one snapshot of the daemon's counters."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    out: dict[str, object] = {}
+
+    def counter(name, help_, labels: dict, value):
+        fam = out.get(name)
+        if fam is None:
+            fam = out[name] = CounterMetricFamily(PREFIX + name, help_, labels=sorted(labels))
+        fam.add_metric([labels[k] for k in sorted(labels)], value)
+
+    def gauge(name, labels: dict, value):
+        fam = out.get("g:" + name)
+        if fam is None:
+            fam = out["g:" + name] = GaugeMetricFamily(
+                PREFIX + name, f"nfflowd counter {name} (not mapped to a metric name)",
+                labels=sorted(labels))
+        fam.add_metric([labels[k] for k in sorted(labels)], value)
+
+    def one(key: str, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        if key in COUNTERS:
+            name, help_, labels = COUNTERS[key]
+            counter(name, help_, labels, value)
+            return
+        collector, dot, stat = key.rpartition(".")
+        if dot and stat in PER_COLLECTOR:
+            name, help_ = PER_COLLECTOR[stat]
+            counter(name, help_, {"collector": collector}, value)
+            return
+        gauge(_BAD.sub("_", key), {}, value)
+
+    for key, value in counters.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                if key in PER_COLLECTOR:
+                    one(f"{sub}.{key}", v)
+                elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                    gauge(_BAD.sub("_", str(key)), {"key": str(sub)}, v)
+        else:
+            one(str(key), value)
+    return list(out.values())
+
+
+class _Collector:
+    def __init__(self, get_counters):
+        self.get_counters = get_counters
+        self.errors = 0
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        info = GaugeMetricFamily(PREFIX + "info", "nfflowd version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        ok = GaugeMetricFamily(PREFIX + "counters_up", "Whether the daemon's counters "
+                               "could be read at this scrape")
+        snapshot = None
+        for _ in range(2):
+            try:
+                snapshot = dict(self.get_counters())
+                break
+            except RuntimeError:  # a dict resized while copied: once more
+                continue
+            except Exception:  # noqa: BLE001 - a scrape must not kill anything
+                break
+        if snapshot is None:
+            self.errors += 1
+            ok.add_metric([], 0)
+            yield ok
+            return
+        ok.add_metric([], 1)
+        yield ok
+        yield from families(snapshot)
+
+
+class MetricsServer:
+    """Serves ``/metrics`` on ``listen`` from a prometheus-client HTTP server
+    thread.  ``port`` is the port actually bound (useful with port 0)."""
+
+    def __init__(self, listen: str = "127.0.0.1:9469", get_counters=dict,
+                 process_metrics: bool = True):
+        try:
+            from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+        except ImportError:
+            raise MetricsError("the metrics endpoint needs prometheus-client "
+                               "(pip install prometheus-client)") from None
+        host, port = parse_listen(listen)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.collector = _Collector(get_counters)
+        self.registry.register(self.collector)
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+        try:
+            self._httpd, self._thread = start_http_server(port, addr=host,
+                                                          registry=self.registry)
+        except OSError as e:
+            raise MetricsError(f"metrics: cannot listen on {listen}: {e.strerror or e}") from None
+        self.host = host
+        self.port = self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self, timeout: float = 5.0) -> None:
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.server_close()
+        self._thread.join(timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

@@ -1,0 +1,105 @@
+"""The Prometheus endpoint: a real HTTP server on 127.0.0.1 (a free port),
+scraped with urllib; values read from the daemon's dicts at scrape time."""
+
+import urllib.error
+import urllib.request
+
+import pytest
+
+prometheus_client = pytest.importorskip("prometheus_client")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from nfflowd import metrics  # noqa: E402
+from nfflowd.metrics import MetricsError, MetricsServer  # noqa: E402
+
+
+def scrape(url) -> dict:
+    """{(sample name, frozenset(labels)): value}"""
+    with urllib.request.urlopen(url, timeout=5) as r:
+        assert r.status == 200
+        text = r.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def daemon_like_counters():
+    """The shape the daemon has: Daemon.counters, Correlator.counters and
+    Pipeline.summary(), merged."""
+    return {
+        "events_new": 10, "events_destroy": 7, "events_other": 1, "malformed": 2,
+        "unknown": 0, "overruns": 1, "polls": 3,
+        "connections_exported": 7, "exported_by_poll": 1, "purged_ttl": 0,
+        "duplicate_destroy": 0,
+        "127.0.0.1:2055/v5.records": 21, "127.0.0.1:2055/v5.datagrams": 1,
+        "127.0.0.1:2055/v5.send_errors": 0,
+        "[::1]:9995/v5.records": 18, "[::1]:9995/v5.datagrams": 1,
+        "[::1]:9995/v5.send_errors": 2,
+        "skipped_ipv6": 3, "syslog_lines": 21, "syslog_dropped": 0,
+    }
+
+
+def test_scrape_reads_the_live_dicts():
+    counters = daemon_like_counters()
+    with MetricsServer("127.0.0.1:0", lambda: dict(counters)) as m:
+        assert m.port > 0 and m.url == f"http://127.0.0.1:{m.port}/metrics"
+        got = scrape(m.url)
+        L = lambda **kw: frozenset(kw.items())  # noqa: E731
+        assert got[("nfflowd_events_total", L(kind="new"))] == 10
+        assert got[("nfflowd_events_total", L(kind="destroy"))] == 7
+        assert got[("nfflowd_events_total", L(kind="other"))] == 1
+        assert got[("nfflowd_netlink_messages_skipped_total", L(reason="malformed"))] == 2
+        assert got[("nfflowd_netlink_overruns_total", L())] == 1
+        assert got[("nfflowd_records_sent_total", L(collector="127.0.0.1:2055/v5"))] == 21
+        assert got[("nfflowd_records_sent_total", L(collector="[::1]:9995/v5"))] == 18
+        assert got[("nfflowd_send_errors_total", L(collector="[::1]:9995/v5"))] == 2
+        assert got[("nfflowd_records_skipped_ipv6_total", L())] == 3
+        assert got[("nfflowd_syslog_lines_total", L())] == 21
+        assert got[("nfflowd_counters_up", L())] == 1
+        assert got[("nfflowd_info", L(version=metrics.__version__))] == 1
+        assert ("process_resident_memory_bytes", L()) in got
+        # no duplicated state: the next scrape sees the dict as it is then
+        counters["events_destroy"] = 8
+        counters["[::1]:9995/v5.records"] = 21
+        got = scrape(m.url)
+        assert got[("nfflowd_events_total", L(kind="destroy"))] == 8
+        assert got[("nfflowd_records_sent_total", L(collector="[::1]:9995/v5"))] == 21
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(m.url, timeout=2)      # closed
+
+
+def test_unmapped_and_nested_counters_and_a_failing_source():
+    state = {"fail": False}
+
+    def get():
+        if state["fail"]:
+            raise OSError("gone")
+        return {"new_thing": 4.5, "flag": True, "name": "x",
+                "records": {"10.0.0.1:2055/v5": 5}, "per_queue": {"q1": 2}}
+
+    with MetricsServer("127.0.0.1:0", get, process_metrics=False) as m:
+        got = scrape(m.url)
+        assert got[("nfflowd_new_thing", frozenset())] == 4.5
+        assert got[("nfflowd_records_sent_total",
+                    frozenset({"collector": "10.0.0.1:2055/v5"}.items()))] == 5
+        assert got[("nfflowd_per_queue", frozenset({"key": "q1"}.items()))] == 2
+        assert not any(name.startswith("nfflowd_flag") or name.startswith("nfflowd_name")
+                       for name, _ in got)
+        state["fail"] = True
+        got = scrape(m.url)                            # still answers
+        assert got[("nfflowd_counters_up", frozenset())] == 0
+        assert not any(n.startswith("nfflowd_events") for n, _ in got)
+
+
+def test_listen_addresses_and_errors():
+    assert metrics.parse_listen("127.0.0.1:9469") == ("127.0.0.1", 9469)
+    assert metrics.parse_listen("[::1]:9469") == ("::1", 9469)
+    assert metrics.parse_listen(":9469") == ("0.0.0.0", 9469)
+    for bad in ("127.0.0.1", "host:port", "1.2.3.4:70000"):
+        with pytest.raises(MetricsError):
+            metrics.parse_listen(bad)
+    with MetricsServer("127.0.0.1:0", dict, process_metrics=False) as m:
+        with pytest.raises(MetricsError, match="cannot listen"):
+            MetricsServer(f"127.0.0.1:{m.port}", dict)
