@@ -36,6 +36,10 @@ from .record import END_OF_FLOW, ORIGINAL, REPLY, Flow, NatEvent
 
 _ICMP_PROTOS = (1, 58)
 _NS_PER_MS = 1_000_000
+# Flow(...) goes through NamedTuple.__new__ (keyword handling, defaults);
+# tuple.__new__ with every field given is ~2.5x faster on this hot path.
+# Every call below passes all 19 fields in Flow's order.
+_new = tuple.__new__
 # A connection exported by the poller is remembered this long so that a late
 # DESTROY event for it is recognised as a duplicate instead of exported twice.
 _POLL_EXPORT_MEMORY_NS = 600 * 1_000_000_000
@@ -44,30 +48,26 @@ _POLL_EXPORT_MEMORY_NS = 600 * 1_000_000_000
 def flows_of(ev: CtEvent, start_ns: int, end_ns: int,
              end_reason: int = END_OF_FLOW) -> tuple[Flow, Flow]:
     """The two directional flows of one connection (original, reply)."""
-    o = ev.orig
-    r = ev.reply
-    fam = ev.family
-    proto = o.proto
+    # Unpacking is much cheaper than NamedTuple attribute access on this path.
+    _kind, fam, ct_id, _status, o, r, opk, oby, rpk, rby = ev[:10]
+    osrc, odst, proto, osport, odport = o
+    rsrc, rdst, _proto, rsport, rdport = r
     start_ms = start_ns // _NS_PER_MS
     end_ms = end_ns // _NS_PER_MS
     if proto in _ICMP_PROTOS:
         # NetFlow convention: sport 0, dport type*256+code.  The ICMP id (which
         # NAT may rewrite) is not a port and is not exported.
         return (
-            Flow(fam, proto, o.src, o.dst, 0, o.dport, r.dst, r.src, 0, o.dport,
-                 ev.orig_packets, ev.orig_bytes, start_ms, end_ms, ORIGINAL,
-                 end_reason, 0, 0, ev.ct_id),
-            Flow(fam, proto, r.src, r.dst, 0, r.dport, o.dst, o.src, 0, r.dport,
-                 ev.reply_packets, ev.reply_bytes, start_ms, end_ms, REPLY,
-                 end_reason, 0, 0, ev.ct_id),
+            _new(Flow, (fam, proto, osrc, odst, 0, odport, rdst, rsrc, 0, odport,
+                        opk, oby, start_ms, end_ms, ORIGINAL, end_reason, 0, 0, ct_id)),
+            _new(Flow, (fam, proto, rsrc, rdst, 0, rdport, odst, osrc, 0, rdport,
+                        rpk, rby, start_ms, end_ms, REPLY, end_reason, 0, 0, ct_id)),
         )
     return (
-        Flow(fam, proto, o.src, o.dst, o.sport, o.dport, r.dst, r.src, r.dport, r.sport,
-             ev.orig_packets, ev.orig_bytes, start_ms, end_ms, ORIGINAL,
-             end_reason, 0, 0, ev.ct_id),
-        Flow(fam, proto, r.src, r.dst, r.sport, r.dport, o.dst, o.src, o.dport, o.sport,
-             ev.reply_packets, ev.reply_bytes, start_ms, end_ms, REPLY,
-             end_reason, 0, 0, ev.ct_id),
+        _new(Flow, (fam, proto, osrc, odst, osport, odport, rdst, rsrc, rdport, rsport,
+                    opk, oby, start_ms, end_ms, ORIGINAL, end_reason, 0, 0, ct_id)),
+        _new(Flow, (fam, proto, rsrc, rdst, rsport, rdport, odst, osrc, odport, osport,
+                    rpk, rby, start_ms, end_ms, REPLY, end_reason, 0, 0, ct_id)),
     )
 
 
@@ -104,6 +104,9 @@ class Correlator:
         self._poll_exported: dict = {}          # key -> time exported by the poller
         self.nat_events: list[NatEvent] = []    # pending, taken by the caller
         self.counters = {
+            "events_new": 0,
+            "events_destroy": 0,
+            "events_other": 0,         # updates, dump entries
             "connections_exported": 0,
             "exported_by_poll": 0,
             "purged_ttl": 0,
@@ -111,40 +114,66 @@ class Correlator:
         }
 
     # -- hot path -----------------------------------------------------------
-    def handle(self, ev: CtEvent, now_ns: int) -> tuple[Flow, ...]:
-        """One event in; the flows it ends (empty for NEW/UPDATE) out."""
-        kind = ev.kind
-        if kind == EV_DESTROY:
-            start = ev.start_ns
-            if self._new_ns:
-                remembered = self._new_ns.pop(ev.ct_id, 0)
+    def handle_batch(self, events, now_ns: int, out: list) -> None:
+        """Every event of a batch, in order; the flows that the DESTROY events
+        end are appended to ``out`` (original, then reply, per connection)."""
+        new_ns = self._new_ns
+        dumped = self._dumped
+        poll_exported = self._poll_exported
+        keep_new_times = not self.kernel_timestamps
+        want_nat = self.want_nat_events
+        extend = out.extend
+        exported = duplicates = new = other = 0
+        for ev in events:
+            kind = ev[0]
+            if kind == EV_DESTROY:
+                ct_id = ev[2]
+                start = ev[10]                      # start_ns
+                if new_ns:
+                    remembered = new_ns.pop(ct_id, 0)
+                    if not start:
+                        start = remembered
+                if dumped or poll_exported:
+                    key = (ct_id, ev[4])            # (ct_id, orig): see _key
+                    if poll_exported.pop(key, None) is not None:
+                        duplicates += 1
+                        continue
+                    entry = dumped.pop(key, None)
+                    if entry is not None and not start:
+                        start = entry[0].start_ns or entry[1]
+                end = ev[11] or now_ns              # stop_ns
                 if not start:
-                    start = remembered
-            if self._dumped or self._poll_exported:
-                key = _key(ev)
-                if self._poll_exported.pop(key, None) is not None:
-                    self.counters["duplicate_destroy"] += 1
-                    return ()
-                dumped = self._dumped.pop(key, None)
-                if dumped is not None and not start:
-                    start = dumped[0].start_ns or dumped[1]
-            end = ev.stop_ns or now_ns
-            if not start:
-                start = end
-            self.counters["connections_exported"] += 1
-            if self.want_nat_events:
-                nat = nat_event_of(ev, end, False)
-                if nat is not None:
-                    self.nat_events.append(nat)
-            return flows_of(ev, start, end)
-        if kind == EV_NEW:
-            if not self.kernel_timestamps:
-                self._new_ns[ev.ct_id] = now_ns
-            if self.want_nat_events:
-                nat = nat_event_of(ev, now_ns, True)
-                if nat is not None:
-                    self.nat_events.append(nat)
-        return ()
+                    start = end
+                exported += 1
+                if want_nat:
+                    nat = nat_event_of(ev, end, False)
+                    if nat is not None:
+                        self.nat_events.append(nat)
+                extend(flows_of(ev, start, end))
+            elif kind == EV_NEW:
+                new += 1
+                if keep_new_times:
+                    new_ns[ev[2]] = now_ns
+                if want_nat:
+                    nat = nat_event_of(ev, now_ns, True)
+                    if nat is not None:
+                        self.nat_events.append(nat)
+            else:
+                other += 1
+        c = self.counters
+        c["events_new"] += new
+        c["events_destroy"] += exported + duplicates
+        c["events_other"] += other
+        if exported:
+            self.counters["connections_exported"] += exported
+        if duplicates:
+            self.counters["duplicate_destroy"] += duplicates
+
+    def handle(self, ev: CtEvent, now_ns: int) -> list[Flow]:
+        """One event in; the flows it ends (none for NEW/UPDATE) out."""
+        out: list[Flow] = []
+        self.handle_batch((ev,), now_ns, out)
+        return out
 
     def take_nat_events(self) -> list[NatEvent]:
         events, self.nat_events = self.nat_events, []

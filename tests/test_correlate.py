@@ -84,7 +84,7 @@ def test_flows_of_every_nat_kind(conn, orig_view, reply_view, translated):
 
 def test_destroy_with_kernel_timestamps_keeps_no_state():
     c = Correlator(kernel_timestamps=True)
-    assert c.handle(ev(EV_NEW, *SNAT), 1 * S) == ()
+    assert c.handle(ev(EV_NEW, *SNAT), 1 * S) == []
     assert c.tracked == 0
     flows = c.handle(ev(EV_DESTROY, *SNAT, start=2 * S + 5_000_000, stop=3 * S), 4 * S)
     assert [(f.start_ms, f.end_ms) for f in flows] == [(2005, 3000), (2005, 3000)]
@@ -132,7 +132,7 @@ def test_connections_from_the_start_dump_are_exported_when_they_vanish():
     assert c.dumped_pending == 1
     assert c.counters["exported_by_poll"] == 1
     # a late DESTROY for the one the poll exported is a duplicate, not a second export
-    assert c.handle(ev(EV_DESTROY, *SNAT, ct_id=5), 31 * S) == ()
+    assert c.handle(ev(EV_DESTROY, *SNAT, ct_id=5), 31 * S) == []
     assert c.counters["duplicate_destroy"] == 1
     # a DESTROY for the other ends it normally and stops it being polled
     flows = c.handle(ev(EV_DESTROY, *ROUTED, ct_id=6, counters=(3, 150, 3, 150)), 32 * S)
@@ -165,3 +165,20 @@ def test_nat_events_for_translated_connections_only():
         (True, 10_000, 40000, 61000), (False, 12_000, 40000, 61000)]
     assert c.take_nat_events() == []
     assert nat_event_of(ev(EV_NEW, *ROUTED), 0, True) is None
+
+
+def test_event_field_positions_used_by_the_hot_path():
+    # handle_batch indexes events by position for speed
+    assert CtEvent._fields[:12] == (
+        "kind", "family", "ct_id", "status", "orig", "reply", "orig_packets",
+        "orig_bytes", "reply_packets", "reply_bytes", "start_ns", "stop_ns")
+
+
+def test_batch_counts_event_kinds():
+    c = Correlator()
+    out = []
+    c.handle_batch([ev(EV_NEW, *SNAT), ev(EV_DUMP, *SNAT), ev(EV_DESTROY, *SNAT),
+                    ev(EV_DESTROY, *DNAT, ct_id=8)], 5 * S, out)
+    assert len(out) == 4
+    assert [c.counters[k] for k in ("events_new", "events_destroy", "events_other",
+                                    "connections_exported")] == [1, 2, 1, 2]

@@ -1,0 +1,305 @@
+"""The configuration file: YAML in, one validated ``Config`` out.
+
+Strategy: the file is parsed with PyYAML, then checked against a small schema
+written out below, key by key, so that every problem is reported at once with
+the file and the dotted key (``export.collectors[0].port``) and what was
+expected.  Defaults live in the dataclasses; ``conf/nfflowd.yaml`` documents
+them.  A bad config stops start-up with exit status 2 (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_PATH = "/etc/nfflowd.yaml"
+
+FACILITIES = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5,
+    "lpr": 6, "news": 7, "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11,
+    "local0": 16, "local1": 17, "local2": 18, "local3": 19, "local4": 20,
+    "local5": 21, "local6": 22, "local7": 23,
+}
+PRIORITIES = {
+    "emerg": 0, "alert": 1, "crit": 2, "err": 3, "error": 3, "warning": 4,
+    "warn": 4, "notice": 5, "info": 6, "debug": 7,
+}
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+RECORD_KINDS = ("flows", "nat_events")
+NAT_EVENT_CODES = ("rfc8158", "legacy")
+VERSIONS = (5, 9, 10)
+
+
+@dataclass(frozen=True)
+class Collector:
+    host: str
+    port: int = 2055
+    version: int = 5
+    transport: str = "udp"
+    # what this collector gets: v5 carries flows only; v9 and IPFIX default to
+    # flows and RFC 8158 NAT session events
+    records: tuple[str, ...] = ("flows",)
+    nat_event_codes: str = "rfc8158"
+    observation_domain: int | None = None   # None: export.observation_domain
+
+    @property
+    def name(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        proto = "" if self.transport == "udp" else f"/{self.transport}"
+        return f"{host}:{self.port}/v{self.version}{proto}"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    source: str | None = None
+    engine_type: int = 0
+    engine_id: int = 0
+    collectors: tuple[Collector, ...] = (Collector("127.0.0.1"),)
+    flush_interval: float = 1.0
+    # v9 source ID / IPFIX observation domain ID of this exporting process
+    observation_domain: int = 1
+    max_datagram: int = 1400                # bytes of v9/IPFIX payload at most
+    template_refresh_packets: int = 20      # resend v9/IPFIX templates every N datagrams
+    template_refresh_seconds: float = 60.0  # ... and every T seconds
+
+
+@dataclass(frozen=True)
+class SyslogConfig:
+    enabled: bool = True
+    address: str = "/dev/log"
+    facility: str = "local6"
+    priority: str = "info"
+    ident: str = "nfflowd"
+
+
+@dataclass(frozen=True)
+class ConntrackConfig:
+    ttl: float = 604800.0
+    poll_interval: float = 30.0
+    rcvbuf: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str = "<defaults>"
+    export: ExportConfig = field(default_factory=ExportConfig)
+    syslog: SyslogConfig = field(default_factory=SyslogConfig)
+    conntrack: ConntrackConfig = field(default_factory=ConntrackConfig)
+    pidfile: str = "/run/nfflowd.pid"
+    log_level: str = "info"
+
+
+class _Checker:
+    """Collects problems as (key, message) while reading a parsed mapping."""
+
+    def __init__(self):
+        self.problems: list[tuple[str, str]] = []
+
+    def bad(self, key, msg):
+        self.problems.append((key, msg))
+
+    def section(self, data, key, allowed):
+        value = data.get(key.rsplit(".", 1)[-1], None) if isinstance(data, dict) else None
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.bad(key, f"expected a mapping, got {_kind(value)}")
+            return {}
+        self.unknown(value, key, allowed)
+        return value
+
+    def unknown(self, mapping, prefix, allowed):
+        for k in mapping:
+            if k not in allowed:
+                where = f"{prefix}.{k}" if prefix else str(k)
+                self.bad(where, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+    def integer(self, mapping, name, key, default, lo, hi):
+        if name not in mapping or mapping[name] is None:
+            return default
+        v = mapping[name]
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.bad(key, f"expected an integer from {lo} to {hi}, got {v!r}")
+            return default
+        if not lo <= v <= hi:
+            self.bad(key, f"expected an integer from {lo} to {hi}, got {v}")
+            return default
+        return v
+
+    def number(self, mapping, name, key, default, lo, hi):
+        if name not in mapping or mapping[name] is None:
+            return default
+        v = mapping[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            self.bad(key, f"expected a number of seconds from {lo} to {hi}, got {v!r}")
+            return default
+        if not lo <= v <= hi:
+            self.bad(key, f"expected a number of seconds from {lo} to {hi}, got {v}")
+            return default
+        return float(v)
+
+    def boolean(self, mapping, name, key, default):
+        if name not in mapping or mapping[name] is None:
+            return default
+        v = mapping[name]
+        if not isinstance(v, bool):
+            self.bad(key, f"expected true or false, got {v!r}")
+            return default
+        return v
+
+    def string(self, mapping, name, key, default, choices=None):
+        if name not in mapping or mapping[name] is None:
+            return default
+        v = mapping[name]
+        if not isinstance(v, str) or not v:
+            self.bad(key, f"expected a non-empty string, got {v!r}")
+            return default
+        if choices is not None and v not in choices:
+            self.bad(key, f"expected one of: {', '.join(choices)}; got {v!r}")
+            return default
+        return v
+
+
+def _kind(v) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(v), type(v).__name__)
+
+
+def _address(c: _Checker, mapping, name, key):
+    if name not in mapping or mapping[name] is None:
+        return None
+    v = mapping[name]
+    try:
+        return str(ipaddress.ip_address(str(v)))
+    except ValueError:
+        c.bad(key, f"expected an IPv4 or IPv6 address, got {v!r}")
+        return None
+
+
+def _collectors(c: _Checker, export: dict):
+    raw = export.get("collectors")
+    if raw is None:
+        return ExportConfig.collectors
+    if not isinstance(raw, list):
+        c.bad("export.collectors", f"expected a list of collectors, got {_kind(raw)}")
+        return ()
+    out = []
+    for i, item in enumerate(raw):
+        key = f"export.collectors[{i}]"
+        if not isinstance(item, dict):
+            c.bad(key, f"expected a mapping with host, port and version, got {_kind(item)}")
+            continue
+        c.unknown(item, key, {"host", "port", "version", "transport", "records",
+                              "nat_event_codes", "observation_domain"})
+        host = item.get("host")
+        if not isinstance(host, str) or not host:
+            c.bad(f"{key}.host", f"expected a host name or address, got {host!r}")
+            continue
+        port = c.integer(item, "port", f"{key}.port", 2055, 1, 65535)
+        version = c.integer(item, "version", f"{key}.version", 5, 5, 10)
+        if version not in VERSIONS:
+            c.bad(f"{key}.version", f"expected 5 (NetFlow v5), 9 (NetFlow v9) or 10 (IPFIX); "
+                  f"got {version}")
+            continue
+        transport = c.string(item, "transport", f"{key}.transport", "udp", ("udp", "tcp"))
+        if transport == "tcp" and version != 10:
+            c.bad(f"{key}.transport", f"tcp is for IPFIX (version 10) only; this collector "
+                  f"is version {version}")
+        default_records = ("flows",) if version == 5 else RECORD_KINDS
+        records = item.get("records", default_records)
+        if (not isinstance(records, (list, tuple)) or not records
+                or any(r not in RECORD_KINDS for r in records)):
+            c.bad(f"{key}.records", f"expected a list of: {', '.join(RECORD_KINDS)}; "
+                  f"got {records!r}")
+            records = default_records
+        elif version == 5 and "nat_events" in records:
+            c.bad(f"{key}.records", "NetFlow v5 cannot carry nat_events (use version 9 or 10)")
+        codes = c.string(item, "nat_event_codes", f"{key}.nat_event_codes", "rfc8158",
+                         NAT_EVENT_CODES)
+        domain = c.integer(item, "observation_domain", f"{key}.observation_domain",
+                           None, 0, 2**32 - 1)
+        out.append(Collector(host, port, version, transport, tuple(dict.fromkeys(records)),
+                             codes, domain))
+    return tuple(out)
+
+
+def parse(data, path: str = "<string>") -> Config:
+    """Validate an already-parsed YAML document."""
+    c = _Checker()
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, [("", f"expected a mapping at the top level, got {_kind(data)}")])
+    c.unknown(data, "", {"export", "syslog", "conntrack", "pidfile", "log"})
+
+    ex = c.section(data, "export", {"source", "engine_type", "engine_id", "collectors",
+                                    "flush_interval", "observation_domain", "max_datagram",
+                                    "template_refresh_packets", "template_refresh_seconds"})
+    export = ExportConfig(
+        source=_address(c, ex, "source", "export.source"),
+        engine_type=c.integer(ex, "engine_type", "export.engine_type", 0, 0, 255),
+        engine_id=c.integer(ex, "engine_id", "export.engine_id", 0, 0, 255),
+        collectors=_collectors(c, ex),
+        flush_interval=c.number(ex, "flush_interval", "export.flush_interval", 1.0, 0.01, 1.0),
+        observation_domain=c.integer(ex, "observation_domain", "export.observation_domain",
+                                     1, 0, 2**32 - 1),
+        max_datagram=c.integer(ex, "max_datagram", "export.max_datagram", 1400, 512, 65000),
+        template_refresh_packets=c.integer(ex, "template_refresh_packets",
+                                           "export.template_refresh_packets", 20, 0, 10**6),
+        template_refresh_seconds=c.number(ex, "template_refresh_seconds",
+                                          "export.template_refresh_seconds", 60.0, 0, 86400),
+    )
+
+    sl = c.section(data, "syslog", {"enabled", "address", "facility", "priority", "ident"})
+    syslog = SyslogConfig(
+        enabled=c.boolean(sl, "enabled", "syslog.enabled", True),
+        address=c.string(sl, "address", "syslog.address", "/dev/log"),
+        facility=c.string(sl, "facility", "syslog.facility", "local6", tuple(FACILITIES)),
+        priority=c.string(sl, "priority", "syslog.priority", "info", tuple(PRIORITIES)),
+        ident=c.string(sl, "ident", "syslog.ident", "nfflowd"),
+    )
+    if syslog.enabled and not syslog.address.startswith("/"):
+        _host, sep, port = syslog.address.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            c.bad("syslog.address", "expected a unix socket path (/dev/log) or host:port "
+                  f"for UDP, got {syslog.address!r}")
+
+    ct = c.section(data, "conntrack", {"ttl", "poll_interval", "rcvbuf"})
+    conntrack = ConntrackConfig(
+        ttl=c.number(ct, "ttl", "conntrack.ttl", 604800.0, 1, 10 * 365 * 86400),
+        poll_interval=c.number(ct, "poll_interval", "conntrack.poll_interval", 30.0, 0.1, 86400),
+        rcvbuf=c.integer(ct, "rcvbuf", "conntrack.rcvbuf", 64 * 1024 * 1024, 65536, 2**31 - 1),
+    )
+
+    pidfile = c.string(data, "pidfile", "pidfile", "/run/nfflowd.pid")
+    lg = c.section(data, "log", {"level"})
+    log_level = c.string(lg, "level", "log.level", "info", LOG_LEVELS)
+
+    if c.problems:
+        raise ConfigError(path, c.problems)
+    return Config(path=path, export=export, syslog=syslog, conntrack=conntrack,
+                  pidfile=pidfile, log_level=log_level)
+
+
+def load(path) -> Config:
+    """Read and validate a config file; raises ConfigError naming file and key."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(path, [("", f"cannot read: {e.strerror or e}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(path, [("", f"not valid YAML: {where}{problem}")]) from None
+    return parse(data, str(path))

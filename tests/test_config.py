@@ -1,0 +1,121 @@
+"""The configuration: the sample loads, defaults hold, every error names file and key."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nfflowd import config
+from nfflowd.cli import main
+from nfflowd.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "conf" / "nfflowd.yaml"
+
+
+def test_the_sample_config_is_valid_and_matches_the_defaults():
+    cfg = config.load(SAMPLE)
+    assert cfg.export.source == "203.0.113.1"
+    assert cfg.export.collectors == (config.Collector("127.0.0.1", 2055, 5),)
+    d = config.parse({})
+    assert (cfg.syslog, cfg.conntrack, cfg.pidfile) == (d.syslog, d.conntrack, d.pidfile)
+    assert (d.syslog.facility, d.syslog.priority, d.syslog.ident) == ("local6", "info", "nfflowd")
+    assert (d.conntrack.ttl, d.conntrack.poll_interval) == (604800, 30)
+
+
+def test_v9_and_ipfix_collectors_default_to_flows_and_nat_events():
+    cfg = config.parse({"export": {"observation_domain": 7, "collectors": [
+        {"host": "127.0.0.1", "port": 9995, "version": 9},
+        {"host": "127.0.0.1", "port": 4739, "version": 10, "transport": "tcp",
+         "records": ["nat_events"], "nat_event_codes": "legacy", "observation_domain": 9}]}})
+    v9, ipfix = cfg.export.collectors
+    assert (v9.records, v9.transport, v9.nat_event_codes) == (("flows", "nat_events"), "udp",
+                                                              "rfc8158")
+    assert (ipfix.records, ipfix.transport, ipfix.nat_event_codes, ipfix.observation_domain) \
+        == (("nat_events",), "tcp", "legacy", 9)
+    assert cfg.export.observation_domain == 7
+    assert ipfix.name == "127.0.0.1:4739/v10/tcp"
+
+
+def test_collectors_and_ipv6_hosts():
+    cfg = config.parse({"export": {"collectors": [
+        {"host": "::1", "port": 9995}, {"host": "127.0.0.1", "port": 2056, "version": 5}]}})
+    assert [c.name for c in cfg.export.collectors] == ["[::1]:9995/v5", "127.0.0.1:2056/v5"]
+
+
+@pytest.mark.parametrize("data, key, words", [
+    ({"export": {"collectors": [{"host": "127.0.0.1", "port": 70000}]}},
+     "export.collectors[0].port", "from 1 to 65535"),
+    ({"export": {"collectors": [{"port": 2055}]}}, "export.collectors[0].host", "host"),
+    ({"export": {"collectors": [{"host": "h", "version": 7}]}},
+     "export.collectors[0].version", "10 (IPFIX)"),
+    ({"export": {"collectors": [{"host": "h", "version": 9, "transport": "tcp"}]}},
+     "export.collectors[0].transport", "IPFIX (version 10) only"),
+    ({"export": {"collectors": [{"host": "h", "version": 5, "records": ["nat_events"]}]}},
+     "export.collectors[0].records", "v5 cannot carry"),
+    ({"export": {"collectors": [{"host": "h", "version": 10, "records": ["flow"]}]}},
+     "export.collectors[0].records", "flows, nat_events"),
+    ({"export": {"collectors": [{"host": "h", "version": 10, "nat_event_codes": "old"}]}},
+     "export.collectors[0].nat_event_codes", "legacy"),
+    ({"export": {"max_datagram": 100}}, "export.max_datagram", "512"),
+    ({"export": {"collectors": "127.0.0.1"}}, "export.collectors", "a list"),
+    ({"export": {"source": "not-an-ip"}}, "export.source", "IPv4 or IPv6 address"),
+    ({"export": {"engine_id": 300}}, "export.engine_id", "0 to 255"),
+    ({"syslog": {"facility": "local9"}}, "syslog.facility", "local6"),
+    ({"syslog": {"priority": "loud"}}, "syslog.priority", "info"),
+    ({"syslog": {"enabled": "yes"}}, "syslog.enabled", "true or false"),
+    ({"syslog": {"address": "loghost"}}, "syslog.address", "host:port"),
+    ({"conntrack": {"ttl": -1}}, "conntrack.ttl", "seconds"),
+    ({"conntrack": {"poll_interval": "often"}}, "conntrack.poll_interval", "seconds"),
+    ({"conntrack": {"tll": 5}}, "conntrack.tll", "unknown key"),
+    ({"exprot": {}}, "exprot", "unknown key"),
+    ({"log": {"level": "chatty"}}, "log.level", "debug"),
+    ({"syslog": []}, "syslog", "a mapping"),
+])
+def test_each_error_names_its_key(data, key, words):
+    with pytest.raises(ConfigError) as e:
+        config.parse(data, "/etc/x.yaml")
+    assert [k for k, _ in e.value.problems] == [key]
+    assert f"/etc/x.yaml: {key}: " in str(e.value)
+    assert words in str(e.value)
+
+
+def test_all_errors_are_listed_at_once():
+    with pytest.raises(ConfigError) as e:
+        config.parse({"export": {"engine_id": -1}, "conntrack": {"ttl": 0}, "bogus": 1})
+    assert sorted(k for k, _ in e.value.problems) == ["bogus", "conntrack.ttl", "export.engine_id"]
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("export:\n  collectors: [\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(p)
+    assert str(p) in str(e.value) and "line" in str(e.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.load(tmp_path / "absent.yaml")
+
+
+def test_bad_config_stops_start_with_status_2_naming_file_and_key(tmp_path):
+    p = tmp_path / "nfflowd.yaml"
+    p.write_text("export:\n  collectors:\n    - {host: 127.0.0.1, port: 0}\n")
+    r = subprocess.run([sys.executable, "-m", "nfflowd.cli", "-f", "-c", str(p), "start"],
+                       capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 2
+    assert f"{p}: export.collectors[0].port: expected an integer from 1 to 65535" in r.stderr
+
+
+def test_check_accepts_the_sample(capsys):
+    assert main(["-c", str(SAMPLE), "check"]) == 0
+    assert "valid" in capsys.readouterr().out
+
+
+def test_help_and_version(capsys):
+    assert main(["help"]) == 0
+    assert "start" in capsys.readouterr().out
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.startswith("nfflowd ")
