@@ -1,67 +1,381 @@
-"""Command line: ``nfflowd [-c file] [-f] {start|stop|restart|reload|install|check|help|version}``."""
+"""Command line: ``nfflowd [-c file] [-f] {start|stop|restart|reload|install|check|help|version}``.
+
+Exit statuses: 0 all well; 1 a command failed (could not start, stop timed
+out); 2 bad configuration; 3 not running (``check``, ``reload``); 4 kernel
+prerequisites missing (``check``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import select
+import signal
 import sys
+import time
 
 from . import __version__
-from .config import DEFAULT_PATH, load
+from .config import DEFAULT_PATH, Config
 from .errors import ConfigError, NfflowdError
 
-USAGE = "nfflowd [ -c file ] [ -f ] { start | stop | restart | reload | install | check | help | version }"
+USAGE = ("nfflowd [ -c file ] [ -f ] { start | stop | restart | reload | install | check "
+         "| help | version }")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+EXIT_NOT_RUNNING = 3
+EXIT_PREREQUISITES = 4
 
 COMMANDS = ("start", "stop", "restart", "reload", "install", "check", "help", "version")
+START_TIMEOUT = 60.0    # seconds `start` waits for the detached daemon to be ready
+STOP_TIMEOUT = 30.0
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nfflowd", usage=USAGE,
         description="Export netfilter conntrack connections (with their NAT translations) "
-                    "as NetFlow records, and mirror them to syslog as flow-tools CSV lines.")
+                    "as NetFlow v5/v9/IPFIX records, and mirror them to syslog as "
+                    "flow-tools CSV lines.",
+        epilog="commands: start (detach unless -f), stop, restart, reload (re-read the "
+               "config), install (start at boot; --dry-run prints the steps), check "
+               "(config, kernel prerequisites, daemon state and counters), help, version. "
+               "Exit status: 0 ok, 1 failure, 2 bad config, 3 not running, "
+               "4 kernel prerequisites missing.")
     p.add_argument("-c", dest="config", metavar="file", default=DEFAULT_PATH,
-                   help=f"configuration file (default {DEFAULT_PATH})")
+                   help=f"configuration file (default {DEFAULT_PATH}); the original nfflowd's "
+                        "nfflowd.conf is read too")
     p.add_argument("-f", dest="foreground", action="store_true",
                    help="run in the foreground (don't detach)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="with install: print the steps without doing them")
     p.add_argument("command", choices=COMMANDS, metavar="command",
                    help="one of: " + ", ".join(COMMANDS))
     return p
 
 
+def err(msg: str) -> None:
+    print(f"nfflowd: {msg}", file=sys.stderr)
+
+
+def _load(path: str) -> Config:
+    from .legacy import load_any
+    return load_any(path)[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "help":
+    cmd = args.command
+    if cmd == "help":
         parser.print_help()
         return EXIT_OK
-    if args.command == "version":
+    if cmd == "version":
         print(f"nfflowd {__version__}")
         return EXIT_OK
+    if cmd == "install":
+        from .install import install
+        return install(dry_run=args.dry_run)
+    if cmd == "check":
+        return check(args.config)
+    if cmd == "stop":
+        return stop(_pidfile_for_stop(args.config))
     try:
-        cfg = load(args.config)
+        cfg = _load(args.config)
     except ConfigError as e:
-        print(f"nfflowd: bad configuration:\n{e}", file=sys.stderr)
+        err(f"bad configuration:\n{e}")
         return EXIT_CONFIG
-    if args.command == "check":
-        print(f"{cfg.path}: configuration is valid")
-        return EXIT_OK
-    if args.command == "start":
-        if not args.foreground:
-            print("nfflowd: detaching is not built yet (issue 3); run 'nfflowd -f start'",
-                  file=sys.stderr)
-            return EXIT_FAILURE
-        from .daemon import run_foreground
-        try:
+    if cmd == "reload":
+        return reload(cfg)
+    if cmd == "restart":
+        status = stop(cfg.pidfile)
+        if status != EXIT_OK:
+            return status
+    return start(cfg, args.foreground)
+
+
+# -- start ---------------------------------------------------------------------
+def _refuse_if_running(cfg: Config) -> bool:
+    from .pidfile import running_pid
+    pid = running_pid(cfg.pidfile)
+    if pid is not None:
+        err(f"already running (pid {pid}, pidfile {cfg.pidfile})")
+        return True
+    return False
+
+
+def start(cfg: Config, foreground: bool) -> int:
+    if _refuse_if_running(cfg):
+        return EXIT_FAILURE
+    if foreground:
+        return _run_foreground(cfg)
+    return _start_detached(cfg)
+
+
+def _run_foreground(cfg: Config) -> int:
+    from .daemon import configure_logging, run_foreground
+    from .pidfile import AlreadyRunning, PidFile
+    configure_logging(cfg.log_level)
+    try:
+        with PidFile(cfg.pidfile):
             return run_foreground(cfg)
-        except NfflowdError as e:
-            print(f"nfflowd: {e}", file=sys.stderr)
-            return EXIT_FAILURE
-    print(f"nfflowd: '{args.command}' is not built yet (issue 3)", file=sys.stderr)
+    except AlreadyRunning as e:
+        err(str(e))
+        return EXIT_FAILURE
+    except NfflowdError as e:
+        err(str(e))
+        return EXIT_FAILURE
+
+
+def _start_detached(cfg: Config) -> int:
+    """Fork; the child detaches with python-daemon and writes "ready" (or the
+    reason it could not start) to a pipe; we return once we have read it."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:                                   # pragma: no cover (in the child)
+        os.close(r)
+        os._exit(_daemon_child(cfg, w))
+    os.close(w)
+    message = _read_until_closed(r, START_TIMEOUT)
+    os.close(r)
+    os.waitpid(child, 0)
+    if message.startswith("ready "):
+        print(f"nfflowd started (pid {message.split()[1]})")
+        return EXIT_OK
+    if not message:
+        message = f"no word from the daemon within {START_TIMEOUT:g} s (see syslog, daemon facility)"
+    err(f"could not start: {message.removeprefix('error ').strip()}")
     return EXIT_FAILURE
+
+
+def _read_until_closed(fd: int, timeout: float) -> str:
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            break
+        data = os.read(fd, 4096)
+        if not data:
+            break
+        chunks.append(data)
+        if b"\n" in data:
+            break
+    return b"".join(chunks).decode(errors="replace")
+
+
+def _daemon_child(cfg: Config, w: int) -> int:               # pragma: no cover (child)
+    import daemon
+
+    from .daemon import configure_logging, run_foreground
+    from .pidfile import PidFile
+
+    def tell(text: str) -> None:
+        try:
+            os.write(w, (text.replace("\n", "; ") + "\n").encode())
+        except OSError:
+            pass
+
+    def ready() -> None:
+        tell(f"ready {os.getpid()}")
+        os.close(w)
+
+    try:
+        ctx = daemon.DaemonContext(pidfile=PidFile(cfg.pidfile), umask=0o022,
+                                   working_directory="/", files_preserve=[w],
+                                   detach_process=True)
+        with ctx:
+            configure_logging(cfg.log_level, to_syslog=True)
+            return run_foreground(cfg, on_ready=ready)
+    except BaseException as e:  # noqa: BLE001 - whatever it was, the parent must hear it
+        tell(f"error {e}")
+        return EXIT_FAILURE
+
+
+# -- stop, reload ---------------------------------------------------------------
+def _pidfile_for_stop(path: str) -> str:
+    """stop works even when the config has since become invalid."""
+    from .config import Config as Defaults
+    try:
+        return _load(path).pidfile
+    except ConfigError as e:
+        pidfile = Defaults().pidfile
+        err(f"bad configuration ({e.problems[0][1] if e.problems else e}); "
+            f"using the default pidfile {pidfile}")
+        return pidfile
+
+
+def stop(pidfile_path: str) -> int:
+    from .pidfile import NOT_RUNNING, STOPPED, stop as stop_pid
+    status, message = stop_pid(pidfile_path, timeout=STOP_TIMEOUT)
+    if status in (STOPPED, NOT_RUNNING):
+        print(message)
+        return EXIT_OK
+    err(message)
+    return EXIT_FAILURE
+
+
+def reload(cfg: Config) -> int:
+    from .control import ControlError, query, socket_path
+    from .pidfile import running_pid
+    pid = running_pid(cfg.pidfile)
+    if pid is None:
+        err(f"not running (pidfile {cfg.pidfile})")
+        return EXIT_NOT_RUNNING
+    sock = socket_path(cfg.pidfile)
+
+    def counts():
+        try:
+            c = query(sock)["counters"]
+            return c.get("reloads", 0), c.get("reloads_refused", 0)
+        except (ControlError, KeyError):
+            return None
+    before = counts()
+    os.kill(pid, signal.SIGHUP)
+    if before is None:
+        print(f"reload requested (SIGHUP to pid {pid})")
+        return EXIT_OK
+    deadline = time.monotonic() + 10
+    after = before
+    while after == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+        after = counts() or before
+    if after[0] > before[0]:
+        print(f"nfflowd (pid {pid}) reloaded {cfg.path}")
+        return EXIT_OK
+    if after[1] > before[1]:
+        err(f"nfflowd (pid {pid}) refused the new configuration; the old one stays in force")
+        return EXIT_CONFIG
+    err(f"nfflowd (pid {pid}) did not confirm the reload within 10 s")
+    return EXIT_FAILURE
+
+
+# -- check -------------------------------------------------------------------------
+def check(path: str) -> int:
+    from .legacy import looks_legacy, parse_legacy, to_yaml
+    status = EXIT_OK
+    try:
+        from .legacy import load_any
+        cfg, notes, legacy = load_any(path)
+    except ConfigError as e:
+        print(f"configuration: INVALID\n{e}")
+        return EXIT_CONFIG
+    print(f"configuration: {cfg.path}: valid")
+    if legacy:
+        print("  (the original nfflowd's format; notes follow, then the YAML equivalent)")
+        for note in notes:
+            print(f"  note: {note}")
+        with open(path) as f:
+            text = f.read()
+        if looks_legacy(text):
+            print(to_yaml(parse_legacy(text, path), source=path))
+
+    problems, unchecked = kernel_prerequisites(cfg)
+    for line in problems:
+        print(f"kernel: {line}")
+    for line in unchecked:
+        print(f"could not check: {line}")
+    if problems:
+        status = EXIT_PREREQUISITES
+
+    running = daemon_state(cfg, unchecked_out := [])
+    for line in unchecked_out:
+        print(f"could not check: {line}")
+    if running is False and status == EXIT_OK:
+        status = EXIT_NOT_RUNNING
+    return status
+
+
+def _sysctl(name: str) -> int | None:
+    try:
+        with open(f"/proc/sys/net/netfilter/{name}") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def kernel_prerequisites(cfg: Config) -> tuple[list[str], list[str]]:
+    """Problems (each with the command that fixes it) and what could not be
+    checked, in the current network namespace."""
+    problems: list[str] = []
+    unchecked: list[str] = []
+    events = _sysctl("nf_conntrack_events")
+    if events is None:
+        problems.append("conntrack is not active in this network namespace "
+                        "(no net.netfilter.nf_conntrack_events); fix: modprobe nf_conntrack, "
+                        "and a NAT or stateful rule makes the kernel track connections")
+    else:
+        if events == 0:
+            problems.append("conntrack events are off; fix: "
+                            "sysctl -w net.netfilter.nf_conntrack_events=1")
+        else:
+            print(f"kernel: nf_conntrack_events={events} (ok"
+                  + ("; connections older than nfflowd are found by polling)" if events == 2
+                     else ")"))
+        for name, what in (("nf_conntrack_acct", "packet and byte counters"),
+                           ("nf_conntrack_timestamp", "start and stop times")):
+            value = _sysctl(name)
+            if value == 0:
+                problems.append(f"{name}=0: no {what}; fix: sysctl -w net.netfilter.{name}=1")
+            elif value is not None:
+                print(f"kernel: {name}={value} (ok)")
+    if os.geteuid() != 0:
+        unchecked.append("subscribing to conntrack events needs CAP_NET_ADMIN; "
+                         "run check as root")
+        return problems, unchecked
+    from . import conntrack
+    try:
+        sock = conntrack.ConntrackSocket(rcvbuf=cfg.conntrack.rcvbuf)
+    except NfflowdError as e:
+        problems.append(f"cannot subscribe to conntrack events: {e}")
+    except OSError as e:
+        problems.append(f"cannot subscribe to conntrack events: {e.strerror or e}")
+    else:
+        print(f"kernel: conntrack events can be subscribed (receive buffer obtained: "
+              f"{sock.rcvbuf} bytes, asked {cfg.conntrack.rcvbuf})")
+        sock.close()
+    return problems, unchecked
+
+
+def daemon_state(cfg: Config, unchecked: list[str]) -> bool | None:
+    """Print the running daemon's state; True running, False not, None unknown."""
+    from .control import ControlPermissionError, NotRunning, ControlError, query, socket_path
+    from .pidfile import running_pid
+    pid = running_pid(cfg.pidfile)
+    try:
+        state = query(socket_path(cfg.pidfile))
+    except ControlPermissionError:
+        if pid is not None:
+            print(f"daemon: running (pid {pid})")
+        unchecked.append("the daemon's counters: its control socket is root's only")
+        return None if pid is None else True
+    except NotRunning:
+        if pid is not None:
+            print(f"daemon: pid {pid} holds {cfg.pidfile} but does not answer on its "
+                  "control socket")
+            return None
+        print(f"daemon: not running (pidfile {cfg.pidfile})")
+        return False
+    except ControlError as e:
+        print(f"daemon: {e}")
+        return None
+    print(f"daemon: running (pid {state.get('pid')}), up {_duration(state.get('uptime', 0))}, "
+          f"config {state.get('config')}")
+    for key, value in sorted(state.get("counters", {}).items()):
+        print(f"  {key} = {value}")
+    return True
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return (f"{d}d " if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -94,6 +94,10 @@ class Config:
     conntrack: ConntrackConfig = field(default_factory=ConntrackConfig)
     pidfile: str = "/run/nfflowd.pid"
     log_level: str = "info"
+    # drop to this user once the sockets are open, keeping CAP_NET_ADMIN
+    user: str | None = None
+    # host:port of the Prometheus endpoint; None: off
+    metrics_listen: str | None = None
 
 
 class _Checker:
@@ -237,7 +241,7 @@ def parse(data, path: str = "<string>") -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(path, [("", f"expected a mapping at the top level, got {_kind(data)}")])
-    c.unknown(data, "", {"export", "syslog", "conntrack", "pidfile", "log"})
+    c.unknown(data, "", {"export", "syslog", "conntrack", "pidfile", "log", "user", "metrics"})
 
     ex = c.section(data, "export", {"source", "engine_type", "engine_id", "collectors",
                                     "flush_interval", "observation_domain", "max_datagram",
@@ -282,10 +286,26 @@ def parse(data, path: str = "<string>") -> Config:
     lg = c.section(data, "log", {"level"})
     log_level = c.string(lg, "level", "log.level", "info", LOG_LEVELS)
 
+    user = c.string(data, "user", "user", None)
+    if user is not None:
+        import pwd
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            c.bad("user", f"no such user: {user!r}")
+    mt = c.section(data, "metrics", {"listen"})
+    metrics_listen = c.string(mt, "listen", "metrics.listen", None)
+    if metrics_listen is not None:
+        host, sep, port = metrics_listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            c.bad("metrics.listen", f"expected host:port (e.g. 127.0.0.1:9469), "
+                  f"got {metrics_listen!r}")
+
     if c.problems:
         raise ConfigError(path, c.problems)
     return Config(path=path, export=export, syslog=syslog, conntrack=conntrack,
-                  pidfile=pidfile, log_level=log_level)
+                  pidfile=pidfile, log_level=log_level, user=user,
+                  metrics_listen=metrics_listen)
 
 
 def load(path) -> Config:

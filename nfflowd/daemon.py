@@ -23,10 +23,15 @@ import time
 
 import structlog
 
-from . import conntrack
+from . import __version__, conntrack, sdnotify
 from .config import Config
+from .control import ControlServer
+from .control import socket_path as control_socket_path
 from .correlate import Correlator
+from .errors import ConfigError
+from .legacy import load_any
 from .pipeline import Pipeline
+from .privileges import drop_privileges
 
 log = structlog.get_logger("nfflowd")
 
@@ -48,18 +53,36 @@ def read_sysctl(name: str) -> int | None:
         return None
 
 
-def configure_logging(level: str = "info") -> None:
+def configure_logging(level: str = "info", to_syslog: bool = False) -> None:
+    """structlog: key=value lines on stderr in the foreground; to syslog,
+    facility daemon, when detached (no timestamp there: syslog adds its own)."""
     import logging
+    import logging.handlers
+    import sys
+    processors = [structlog.processors.add_log_level]
+    factory = structlog.PrintLoggerFactory(file=sys.stderr)
+    if to_syslog:
+        try:
+            handler = logging.handlers.SysLogHandler(
+                address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        except OSError:
+            handler = None          # no syslog daemon: nowhere to log when detached
+        if handler is not None:
+            handler.ident = f"nfflowd[{os.getpid()}]: "
+            std = logging.getLogger("nfflowd.daemon")
+            std.handlers[:] = [handler]
+            std.propagate = False
+            std.setLevel(logging.DEBUG)
+            factory = lambda *args: std  # noqa: E731 - the bound logger calls std.info(...)
+    else:
+        processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
+    processors.append(structlog.processors.LogfmtRenderer(
+        key_order=["timestamp", "level", "event"], drop_missing=True))
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"],
-                                                drop_missing=True),
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
             getattr(logging, level.upper(), logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=__import__("sys").stderr),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
 
@@ -94,15 +117,21 @@ def announce_kernel_settings() -> bool:
 
 
 class Daemon:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, on_ready=None):
         self.cfg = cfg
+        self.on_ready = on_ready        # called once subscribed and ready
         self.stopping = False
+        self.reload_requested = False
+        self.started_at = time.time()
         self.counters = {
-            "malformed": 0, "unknown": 0, "overruns": 0, "polls": 0,
+            "malformed": 0, "unknown": 0, "overruns": 0, "polls": 0, "reloads": 0,
+            "reloads_refused": 0,
         }
         self.pipeline = Pipeline(cfg)
         self.correlator: Correlator | None = None
         self.sock: conntrack.ConntrackSocket | None = None
+        self.control = None
+        self.metrics = None
 
     # -- signals ----------------------------------------------------------------
     def _install_signals(self):
@@ -112,15 +141,37 @@ class Daemon:
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
 
     def _on_stop(self, signum, frame):
         self.stopping = True
 
-    # -- the loop ----------------------------------------------------------------
+    def _on_hup(self, signum, frame):
+        self.reload_requested = True
+
+    # -- state for `check` and the metrics endpoint ------------------------------
+    def all_counters(self) -> dict:
+        out = dict(self.counters)
+        if self.correlator is not None:
+            out.update(self.correlator.counters)
+            out["connections_tracked"] = self.correlator.tracked
+            out["connections_from_start_dump"] = self.correlator.dumped_pending
+        out.update(self.pipeline.summary())
+        return out
+
+    def state(self) -> dict:
+        return {"pid": os.getpid(), "version": __version__, "config": self.cfg.path,
+                "started": self.started_at, "uptime": round(time.time() - self.started_at, 3),
+                "rcvbuf": self.sock.rcvbuf if self.sock else None,
+                "collectors": [c.name for c in self.cfg.export.collectors],
+                "counters": self.all_counters()}
+
+    # -- start -------------------------------------------------------------------
     def start(self):
         kernel_ts = announce_kernel_settings()
         ccfg = self.cfg.conntrack
-        self.correlator = Correlator(ttl=ccfg.ttl, kernel_timestamps=kernel_ts)
+        self.correlator = Correlator(ttl=ccfg.ttl, kernel_timestamps=kernel_ts,
+                                     nat_events=self.pipeline.wants_nat_events)
         # Subscribe first, then dump: a connection created in between is seen
         # in both, and the correlator keys the dump by id and tuple.
         self.sock = conntrack.ConntrackSocket(rcvbuf=ccfg.rcvbuf)
@@ -130,23 +181,72 @@ class Daemon:
         now_ns = time.time_ns()
         added = self.correlator.add_dumped(table, now_ns)
         self.pipeline.open()
+        self.control = ControlServer(control_socket_path(self.cfg.pidfile), self.state)
+        self._start_metrics(self.cfg)
+        if self.cfg.user:
+            drop_privileges(self.cfg.user)
+            log.info("privileges_dropped", user=self.cfg.user, kept="CAP_NET_ADMIN")
         log.info("ready", connections_at_start=added, rcvbuf=self.sock.rcvbuf,
                  collectors=[c.name for c in self.cfg.export.collectors],
                  syslog=self.cfg.syslog.address if self.cfg.syslog.enabled else "off")
+        sdnotify.ready(f"exporting to {len(self.cfg.export.collectors)} collector(s)")
+        if self.on_ready is not None:
+            self.on_ready()
 
+    def _start_metrics(self, cfg: Config) -> None:
+        if cfg.metrics_listen:
+            from .metrics import MetricsServer
+            self.metrics = MetricsServer(cfg.metrics_listen, self.all_counters)
+            log.info("metrics_listening", url=self.metrics.url)
+
+    # -- reload (SIGHUP) ------------------------------------------------------------
+    def reload(self, pending: list) -> None:
+        """Re-read the config; apply collectors, syslog and timeouts.  The
+        netlink socket stays open throughout: events arriving meanwhile wait in
+        its buffer.  A bad new config is refused and the old one stays."""
+        self.reload_requested = False
+        sdnotify.reloading()
+        try:
+            new, _notes, _legacy = load_any(self.cfg.path)
+        except ConfigError as e:
+            self.counters["reloads_refused"] += 1
+            log.error("reload_refused", config=self.cfg.path, problems=str(e).replace("\n", "; "),
+                      meaning="the configuration in force is kept")
+            sdnotify.ready("reload refused: bad configuration")
+            return
+        self._flush(pending)                 # what arrived so far goes the old way
+        old = self.pipeline
+        self.pipeline = Pipeline(new)
+        self.pipeline.open()
+        old.close()
+        corr = self.correlator
+        corr.ttl_ns = int(new.conntrack.ttl * 1_000_000_000)
+        corr.want_nat_events = self.pipeline.wants_nat_events
+        if new.metrics_listen != self.cfg.metrics_listen:
+            if self.metrics is not None:
+                self.metrics.close()
+                self.metrics = None
+            self._start_metrics(new)
+        if new.conntrack.rcvbuf != self.cfg.conntrack.rcvbuf or new.user != self.cfg.user:
+            log.warning("reload_needs_restart", keys="conntrack.rcvbuf, user",
+                        meaning="these apply at the next start")
+        self.cfg = new
+        self.counters["reloads"] += 1
+        log.info("reloaded", collectors=[c.name for c in new.export.collectors],
+                 syslog=new.syslog.address if new.syslog.enabled else "off")
+        sdnotify.ready()
+
+    # -- the loop ----------------------------------------------------------------
     def run(self) -> int:
         self._install_signals()
         self.start()
-        corr = self.correlator
-        sock = self.sock
-        ccfg = self.cfg.conntrack
-        flush_every = self.cfg.export.flush_interval
-        now = time.monotonic()
-        next_flush = now + flush_every
-        next_poll = now + ccfg.poll_interval
-        next_purge = now + min(ccfg.ttl, 60.0)
         pending: list = []
-        rlist = [sock, self._wake_r]
+        now = time.monotonic()
+        next_flush = now + self.cfg.export.flush_interval
+        next_poll = now + self.cfg.conntrack.poll_interval
+        next_purge = now + min(self.cfg.conntrack.ttl, 60.0)
+        rlist = [self.sock, self._wake_r, self.control]
+        corr = self.correlator
         while not self.stopping:
             deadline = min(next_flush, next_purge)
             if corr.dumped_pending:
@@ -158,12 +258,17 @@ class Daemon:
                 readable = []
             if self._wake_r in readable:
                 self._drain_wakeup()
-            if sock in readable:
+            if self.sock in readable:
                 self._receive(pending)
+            if self.control in readable:
+                self.control.handle_ready()
+            if self.reload_requested and not self.stopping:
+                self.reload(pending)
+            ccfg = self.cfg.conntrack
             now = time.monotonic()
             if len(pending) >= FLUSH_THRESHOLD or now >= next_flush:
                 self._flush(pending)
-                next_flush = now + flush_every
+                next_flush = now + self.cfg.export.flush_interval
             if corr.dumped_pending and now >= next_poll:
                 self._poll(pending)
                 next_poll = time.monotonic() + ccfg.poll_interval
@@ -223,13 +328,15 @@ class Daemon:
         pending.extend(flows)
 
     def _flush(self, pending: list) -> None:
-        if pending:
-            self.pipeline.export(pending, time.time_ns(), uptime_ms())
+        nat_events = self.correlator.take_nat_events()
+        if pending or nat_events:
+            self.pipeline.export(pending, nat_events, time.time_ns(), uptime_ms())
             pending.clear()
         self.pipeline.tick(time.time_ns())
 
     def shutdown(self, pending: list) -> int:
         log.info("stopping")
+        sdnotify.stopping()
         try:
             self._receive(pending)
         finally:
@@ -237,8 +344,11 @@ class Daemon:
             self.pipeline.close()
             if self.sock is not None:
                 self.sock.close()
-        log.info("stopped", **self.counters, **self.correlator.counters,
-                 **self.pipeline.summary())
+            if self.control is not None:
+                self.control.close()
+            if self.metrics is not None:
+                self.metrics.close()
+        log.info("stopped", **self.all_counters())
         return 0
 
 
@@ -247,6 +357,5 @@ def uptime_ms() -> int:
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1_000_000
 
 
-def run_foreground(cfg: Config) -> int:
-    configure_logging(cfg.log_level)
-    return Daemon(cfg).run()
+def run_foreground(cfg: Config, on_ready=None) -> int:
+    return Daemon(cfg, on_ready).run()

@@ -1,8 +1,10 @@
 """From finished ``Flow`` records to the wire: encoders and sinks.
 
-Strategy: a dialect table maps each collector's NetFlow version to the encoder
-that speaks it; each collector gets its own encoder (its own sequence numbers)
-and its own UDP socket.  The flow-tools view is computed once per batch and
+Strategy: a dialect table maps each collector's NetFlow version to the exporter
+that speaks it (v5: the flow-tools triplet; v9 and IPFIX: one record per
+direction with both sides of the translation, and NAT session events); each
+collector gets its own encoder (its own sequence numbers and templates) and its
+own socket.  The flow-tools view is computed once per batch and
 shared by the v5 encoders and the syslog mirror, so the CSV line and the v5
 record always carry the same values.  Nothing here raises on the data path:
 send failures are counted by the sinks.
@@ -15,7 +17,9 @@ import structlog
 from .config import Collector, Config
 from .export import UdpCollector
 from .flowtools import csv_lines, expand
+from .ipfix import IpfixEncoder
 from .netflow5 import V5Encoder, record_count
+from .netflow9 import NetflowV9Encoder
 from .syslog import SyslogSink
 
 log = structlog.get_logger("nfflowd")
@@ -24,12 +28,14 @@ log = structlog.get_logger("nfflowd")
 class V5Exporter:
     """One NetFlow v5 collector: its encoder and its socket."""
 
+    uses_flowtools = True
+
     def __init__(self, collector: Collector, cfg: Config):
         self.collector = collector
         self.encoder = V5Encoder(cfg.export.engine_type, cfg.export.engine_id)
         self.sink = UdpCollector(collector.host, collector.port, source=cfg.export.source)
 
-    def export_ft(self, ft_records) -> None:
+    def export(self, flows, nat_events, ft_records, now_ns: int, boot_ms: int) -> None:
         for datagram in self.encoder.encode(ft_records):
             self.sink.send(datagram, record_count(datagram))
 
@@ -43,8 +49,48 @@ class V5Exporter:
         self.sink.close()
 
 
-# NetFlow version -> exporter class.  v9 and IPFIX join here.
-DIALECTS = {5: V5Exporter}
+class TemplateExporter:
+    """One NetFlow v9 or IPFIX collector: per-direction flows carrying both
+    sides of the translation, and RFC 8158 NAT session events."""
+
+    uses_flowtools = False
+
+    def __init__(self, collector: Collector, cfg: Config):
+        ex = cfg.export
+        domain = (collector.observation_domain if collector.observation_domain is not None
+                  else ex.observation_domain)
+        kw = dict(records=collector.records, nat_event_codes=collector.nat_event_codes,
+                  max_size=ex.max_datagram,
+                  template_refresh_packets=ex.template_refresh_packets,
+                  template_refresh_seconds=ex.template_refresh_seconds)
+        self.collector = collector
+        if collector.version == 9:
+            enc = NetflowV9Encoder(domain, **kw)
+            self._encode = enc.encode
+        else:
+            enc = IpfixEncoder(domain, **kw)
+            self._encode = lambda flows, nats, now_ms, boot_ms: enc.encode(flows, nats, now_ms)
+        self.encoder = enc
+        self.sink = UdpCollector(collector.host, collector.port, source=ex.source)
+
+    def export(self, flows, nat_events, ft_records, now_ns: int, boot_ms: int) -> None:
+        enc = self.encoder
+        messages = self._encode(flows, nat_events, now_ns // 1_000_000, boot_ms)
+        for message, records in zip(messages, enc.last_counts):
+            self.sink.send(message, records)
+
+    def summary(self) -> dict:
+        return {"records": self.encoder.records_sent,
+                "datagrams": self.sink.datagrams_sent,
+                "send_errors": self.sink.send_errors,
+                "template_sends": self.encoder.template_sends}
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+# NetFlow version -> exporter class.
+DIALECTS = {5: V5Exporter, 9: TemplateExporter, 10: TemplateExporter}
 
 
 class Pipeline:
@@ -66,12 +112,21 @@ class Pipeline:
             s = cfg.syslog
             self.mirror = SyslogSink(s.address, s.facility, s.priority, s.ident)
 
-    def export(self, flows, now_ns: int, uptime_ms: int) -> None:
+    @property
+    def wants_nat_events(self) -> bool:
+        return any("nat_events" in c.records for c in self.cfg.export.collectors)
+
+    def export(self, flows, nat_events, now_ns: int, uptime_ms: int) -> None:
+        """Send a batch to every collector and the mirror.  ``uptime_ms`` is
+        this machine's uptime read together with ``now_ns`` (SysUptime)."""
         boot_ms = now_ns // 1_000_000 - uptime_ms
-        ft = expand(flows, now_ns, boot_ms, self.cfg.export.source)
+        ft = None
+        if self.mirror is not None or any(exp.uses_flowtools for exp in self.exporters):
+            # computed once, shared by the v5 encoders and the CSV mirror
+            ft = expand(flows, now_ns, boot_ms, self.cfg.export.source)
         for exp in self.exporters:
-            exp.export_ft(ft)
-        if self.mirror is not None:
+            exp.export(flows, nat_events, ft, now_ns, boot_ms)
+        if self.mirror is not None and ft:
             self.mirror.send(csv_lines(ft), now_ns / 1e9)
 
     def tick(self, now_ns: int) -> None:

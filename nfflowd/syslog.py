@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import time
 from collections import deque
@@ -232,10 +233,22 @@ class SyslogSink:
         self.sent += n
         return n
 
-    def close(self) -> None:
-        """Send what can be sent, then close.  What remains is counted as dropped."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Send what can be sent within ``timeout`` seconds, waiting for a
+        slow syslog daemon to read (nothing already received is lost at a
+        shutdown because of a short socket queue), then close.  What remains is
+        counted as dropped."""
+        deadline = time.monotonic() + timeout
         try:
-            self.flush()
+            while self.backlog:
+                self.flush()
+                left = deadline - time.monotonic()
+                if not self.backlog or left <= 0:
+                    break
+                if self._sock is not None:
+                    select.select([], [self._sock], [], min(left, 0.1))
+                else:
+                    time.sleep(min(left, 0.1))
         finally:
             self.dropped += len(self.backlog)
             self.backlog.clear()

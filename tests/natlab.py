@@ -252,3 +252,62 @@ def wait_for(predicate, timeout=15.0, interval=0.1):
         time.sleep(interval)
         value = predicate()
     return value
+
+
+# -- packet capture and listening sockets (added for test_e2e_v9_ipfix) ---------
+class Capture:
+    """dumpcap on one interface of a namespace into a pcapng file, bounded by
+    ``-a duration:N`` (it stops by itself even if the test never gets to
+    ``stop``).  dumpcap writes every packet as it comes, so the file can be
+    read while the capture runs."""
+
+    def __init__(self, lab: NatLab, ns: str, iface: str, bpf: str, path, duration=60):
+        self.path = Path(path)
+        self.proc = lab.spawn(ns, "dumpcap", "-q", "-i", iface, "-f", bpf,
+                              "-a", f"duration:{int(duration)}", "-w", self.path)
+        self.log: list[str] = []
+        import threading
+        self._reader = threading.Thread(
+            target=lambda: self.log.extend(iter(self.proc.stderr.readline, "")), daemon=True)
+        self._reader.start()
+        wait_for(lambda: any("Capturing on" in line for line in self.log)
+                 or self.proc.poll() is not None, timeout=15)
+        if self.proc.poll() is not None or not self.path.exists():
+            self._reader.join(5)
+            raise RuntimeError(f"dumpcap did not start: {''.join(self.log)}")
+        self.received = self.dropped = None
+
+    def packets(self) -> int:
+        """Packets in the file so far (its complete pcapng packet blocks);
+        cheap enough to poll."""
+        import struct
+        try:
+            data = self.path.read_bytes()
+        except OSError:
+            return 0
+        n, off, order = 0, 0, "<"
+        while off + 12 <= len(data):
+            if data[off:off + 4] == b"\x0a\x0d\x0d\x0a":       # section header
+                order = "<" if data[off + 8:off + 12] == b"\x4d\x3c\x2b\x1a" else ">"
+            btype, blen = struct.unpack_from(order + "II", data, off)
+            if blen < 12 or off + blen > len(data):
+                break                       # being written
+            if btype in (3, 6):             # simple / enhanced packet block
+                n += 1
+            off += blen
+        return n
+
+    def stop(self):
+        """Stop dumpcap (SIGTERM: it closes the file and reports its counts);
+        sets ``received`` and ``dropped`` from its report."""
+        stop(self.proc)
+        self._reader.join(5)
+        m = re.search(r"received/dropped on interface .*?: (\d+)/(\d+)", "".join(self.log))
+        if m:
+            self.received, self.dropped = int(m.group(1)), int(m.group(2))
+
+
+def udp_listening(lab: NatLab, ns: str, port: int) -> bool:
+    """Whether a UDP socket is bound to ``port`` in namespace ``ns``."""
+    r = lab.ns(ns, "ss", "-Hlun", check=False)
+    return any(re.search(rf":{port}\s", line + " ") for line in r.stdout.splitlines())

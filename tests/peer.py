@@ -81,9 +81,9 @@ def tcp(addr, port, nbytes):
         sys.exit(f"echoed {got} of {nbytes}")
 
 
-def udp(addr, port, nbytes, count):
+def udp(addr, port, nbytes, count, timeout=5.0):
     s = socket.socket(_family(addr), socket.SOCK_DGRAM)
-    s.settimeout(5)
+    s.settimeout(timeout)
     s.connect((addr, port))
     print("LOCAL", *s.getsockname()[:2], flush=True)
     for _ in range(count):
@@ -113,6 +113,7 @@ def main():
     u = sub.add_parser("udp")
     u.add_argument("addr"), u.add_argument("port", type=int), u.add_argument("nbytes", type=int)
     u.add_argument("count", type=int)
+    u.add_argument("--timeout", type=float, default=5.0)
     h = sub.add_parser("hold")
     h.add_argument("addr"), h.add_argument("port", type=int), h.add_argument("seconds", type=float)
     a = p.parse_args()
@@ -121,7 +122,7 @@ def main():
     elif a.cmd == "tcp":
         tcp(a.addr, a.port, a.nbytes)
     elif a.cmd == "udp":
-        udp(a.addr, a.port, a.nbytes, a.count)
+        udp(a.addr, a.port, a.nbytes, a.count, a.timeout)
     else:
         hold(a.addr, a.port, a.seconds)
 

@@ -110,8 +110,18 @@ def test_bad_config_stops_start_with_status_2_naming_file_and_key(tmp_path):
 
 
 def test_check_accepts_the_sample(capsys):
-    assert main(["-c", str(SAMPLE), "check"]) == 0
-    assert "valid" in capsys.readouterr().out
+    # the kernel and daemon parts of check are tested in test_lifecycle.py;
+    # here only that the config part passes (2 would be a bad config)
+    assert main(["-c", str(SAMPLE), "check"]) != 2
+    assert f"configuration: {SAMPLE}: valid" in capsys.readouterr().out
+
+
+def test_check_lists_every_config_error_with_status_2(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text("export:\n  engine_id: 999\nconntrack:\n  ttl: 0\n")
+    assert main(["-c", str(p), "check"]) == 2
+    out = capsys.readouterr().out
+    assert f"{p}: export.engine_id: " in out and f"{p}: conntrack.ttl: " in out
 
 
 def test_help_and_version(capsys):

@@ -64,19 +64,29 @@ def expected_records(entries):
 
 
 class SyslogCatcher:
-    def __init__(self, path):
+    """A unix datagram socket standing in for /dev/log, read by a thread as
+    a syslog daemon would (the socket queue is short: net.unix.max_dgram_qlen)."""
+
+    def __init__(self, path, lifetime: float = 300):
         self.path = str(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
-        self.sock.setblocking(False)
+        self.sock.settimeout(0.2)
         self.lines: list[str] = []
+        self.deadline = time.monotonic() + lifetime
+        threading.Thread(target=self._read, daemon=True).start()
 
-    def collect(self):
-        while True:
+    def _read(self):
+        while time.monotonic() < self.deadline:
             try:
                 self.lines.append(self.sock.recv(65536).decode())
-            except BlockingIOError:
-                return self.lines
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
+    def collect(self):
+        return list(self.lines)
 
 
 @pytest.fixture

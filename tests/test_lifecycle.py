@@ -1,0 +1,240 @@
+"""The administrator's daemon, as root in namespaces: start (detached), check,
+reload, stop, a second start refused, a stale pidfile, a bad config, SIGTERM
+in the middle of traffic, the legacy config, install --dry-run."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from natlab import PEER, WAN4, NatLab, Nfcapd, skip_reason, stop, wait_for
+from test_e2e_nat import SYSLOG_RE, SyslogCatcher, in_lab, start_nfflowd
+
+ROOT = Path(__file__).resolve().parent.parent
+_reason = skip_reason()
+pytestmark = [pytest.mark.root, pytest.mark.skipif(_reason is not None, reason=_reason or "")]
+
+
+def nfflowd(lab, *args, timeout=60):
+    """Run the nfflowd command line in fw; returns the CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(["ip", "netns", "exec", lab.fw, sys.executable, "-m", "nfflowd.cli",
+                           *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+def config(tmp_path, name, port, syslog_path, extra=""):
+    p = tmp_path / name
+    p.write_text(f"""
+export:
+  source: 203.0.113.1
+  collectors:
+    - {{host: 127.0.0.1, port: {port}, version: 5}}
+syslog: {{enabled: true, address: {syslog_path}}}
+conntrack: {{poll_interval: 1}}
+pidfile: {tmp_path}/nfflowd.pid
+{extra}
+""")
+    return p
+
+
+def gone(pid: int) -> bool:
+    """No such process, or a zombie (it has exited; whoever adopted the
+    detached daemon may not have reaped it yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def v5_records(collector):
+    return [line for line in collector.dump("%sa|%da|%sp|%dp|%pkt|%byt")
+            if in_lab(line.split("|")[0].strip())]
+
+
+def connections(lab, n, nbytes=300):
+    for _ in range(n):
+        lab.client("tcp", WAN4, 8080, nbytes)
+
+
+def flush_and_wait(lab, catcher, total_lines):
+    lab.flush()
+    return wait_for(lambda: len(catcher.collect()) >= total_lines, timeout=20)
+
+
+@pytest.fixture
+def lab():
+    with NatLab() as lab:
+        lab.start_servers(lifetime=180)
+        yield lab
+
+
+def test_start_check_reload_stop(lab, tmp_path):
+    a = Nfcapd(lab, tmp_path, port=20601)
+    b = Nfcapd(lab, tmp_path, port=20602)
+    catcher = SyslogCatcher(tmp_path / "log.sock")
+    cfg = config(tmp_path, "nfflowd.yaml", 20601, catcher.path)
+    pidfile = tmp_path / "nfflowd.pid"
+
+    # a bad config is refused by check and by start, naming the key
+    bad = config(tmp_path, "bad.yaml", 0, catcher.path)
+    for cmd in ("check", "start"):
+        r = nfflowd(lab, "-c", bad, cmd)
+        assert r.returncode == 2, r
+        assert f"{bad}: export.collectors[0].port: expected an integer from 1 to 65535" in \
+            r.stdout + r.stderr
+
+    r = nfflowd(lab, "-c", cfg, "start")
+    assert r.returncode == 0, r.stderr
+    pid = int(re.search(r"started \(pid (\d+)\)", r.stdout).group(1))
+    assert int(pidfile.read_text()) == pid
+    try:
+        # a second start is refused
+        r = nfflowd(lab, "-c", cfg, "start")
+        assert r.returncode != 0 and f"already running (pid {pid}" in r.stderr
+
+        # check: config, kernel (acct and timestamps on in fw), running with its pid
+        r = nfflowd(lab, "-c", cfg, "check")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"daemon: running (pid {pid})" in r.stdout
+        assert "connections_exported = 0" in r.stdout
+
+        connections(lab, 3)
+        assert flush_and_wait(lab, catcher, 9)
+
+        # reload with a changed collector: later records go to the new one
+        cfg.write_text(cfg.read_text().replace("port: 20601", "port: 20602"))
+        r = nfflowd(lab, "-c", cfg, "reload")
+        assert r.returncode == 0, r.stderr
+        assert "reloaded" in r.stdout
+        connections(lab, 2)
+        assert flush_and_wait(lab, catcher, 15)
+
+        # a bad config on reload is refused and the old one stays in force
+        good = cfg.read_text()
+        cfg.write_text(good.replace("port: 20602", "port: 99999"))
+        r = nfflowd(lab, "-c", cfg, "reload")          # refused before the daemon is asked
+        assert r.returncode == 2 and "export.collectors[0].port" in r.stderr
+        os.kill(pid, signal.SIGHUP)                     # the daemon itself refuses it too
+        wait_for(lambda: "reloads_refused = 1" in nfflowd(lab, "-c", cfg, "check").stdout,
+                 timeout=10)
+        cfg.write_text(good)
+        r = nfflowd(lab, "-c", cfg, "check")
+        assert f"daemon: running (pid {pid})" in r.stdout
+        assert "reloads_refused = 1" in r.stdout and "reloads = 1" in r.stdout
+        assert "connections_exported = 5" in r.stdout
+    finally:
+        r = nfflowd(lab, "-c", cfg, "stop")
+    assert r.returncode == 0 and f"pid {pid}" in r.stdout, r
+    assert not pidfile.exists()
+    assert gone(pid)
+    r = nfflowd(lab, "-c", cfg, "stop")
+    assert r.returncode == 0 and "not running" in r.stdout
+    r = nfflowd(lab, "-c", cfg, "check")
+    assert r.returncode == 3 and "daemon: not running" in r.stdout
+
+    a.stop()
+    b.stop()
+    # none lost: 3 connections (9 records) before the reload at a, 2 after at b
+    assert len(v5_records(a)) == 9
+    assert len(v5_records(b)) == 6
+
+
+def test_stale_pidfile_is_replaced(lab, tmp_path):
+    catcher = SyslogCatcher(tmp_path / "log.sock")
+    cfg = config(tmp_path, "nfflowd.yaml", 20603, catcher.path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / "nfflowd.pid").write_text(f"{dead.pid}\n")
+    r = nfflowd(lab, "-c", cfg, "start")
+    try:
+        assert r.returncode == 0, r.stderr
+        pid = int(re.search(r"started \(pid (\d+)\)", r.stdout).group(1))
+        assert int((tmp_path / "nfflowd.pid").read_text()) == pid != dead.pid
+    finally:
+        assert nfflowd(lab, "-c", cfg, "stop").returncode == 0
+
+
+def test_sigterm_in_the_middle_of_traffic_loses_no_record(lab, tmp_path):
+    collector = Nfcapd(lab, tmp_path, port=20604)
+    catcher = SyslogCatcher(tmp_path / "log.sock")
+    cfg = config(tmp_path, "nfflowd.yaml", 20604, catcher.path)
+    # a flusher ends connections continuously while they are made
+    flusher = lab.spawn(lab.fw, "sh", "-c",
+                        "for i in $(seq 200); do conntrack -F >/dev/null 2>&1; "
+                        "sleep 0.02; done")
+    daemon, log = start_nfflowd(lab, cfg)
+    try:
+        for i in range(40):
+            # a flush between request and answer loses the answer (no NAT
+            # state for it any more): such a client fails, which is fine here
+            lab.ns(lab.lan, sys.executable, PEER, "udp", WAN4, 8080, 50, 1, "--timeout", 1,
+                   check=False)
+            if i == 25:
+                daemon.send_signal(15)          # SIGTERM while traffic flows
+    finally:
+        stop(daemon)
+        stop(flusher)
+    daemon.log_reader.join(5)
+    text = "".join(log)
+    assert daemon.returncode == 0, text
+    exported = int(re.search(r"connections_exported=(\d+)", text).group(1))
+    records = int(re.search(r"127.0.0.1:20604/v5.records=(\d+)", text).group(1))
+    assert exported > 0
+    collector.stop()
+    got = v5_records(collector)
+    # every connection the daemon took in reached the collector (and syslog)
+    lines = [m.group(3) for m in map(SYSLOG_RE.match, catcher.collect()) if m]
+    assert len(got) == records == len(lines)
+    assert records >= 2 * exported     # two or three records each, none dropped
+
+
+def test_legacy_config_is_read(lab, tmp_path):
+    legacy = tmp_path / "nfflowd.conf"
+    legacy.write_text("<flow_send>\n  args 203.0.113.1\n  args 127.0.0.1\n  args 20605\n"
+                      "</flow_send>\n<ct2ft>\n  ttl 3600\n</ct2ft>\n")
+    r = nfflowd(lab, "-c", legacy, "check")
+    assert r.returncode != 2, r.stdout + r.stderr
+    assert "the original nfflowd's format" in r.stdout
+    assert "port: 20605" in r.stdout and "ttl: 3600" in r.stdout
+    # and nfflowd runs with it
+    collector = Nfcapd(lab, tmp_path, port=20605)
+    daemon, log = start_nfflowd(lab, legacy)
+    try:
+        connections(lab, 1)
+        lab.flush()
+        wait_for(lambda: "connections_exported" in "".join(log) or
+                 nfflowd(lab, "-c", legacy, "check").stdout.count("connections_exported = 1"),
+                 timeout=10)
+    finally:
+        stop(daemon)
+    daemon.log_reader.join(5)
+    assert daemon.returncode == 0, "".join(log)
+    collector.stop()
+    assert len(v5_records(collector)) == 3
+
+
+INSTALL_TARGETS = ("/etc/systemd/system/nfflowd.service", "/etc/init.d/nfflowd",
+                   "/etc/rsyslog.d/30-nfflowd.conf", "/etc/logrotate.d/nfflowd",
+                   "/etc/nfflowd.yaml", "/var/log/nfflowd")
+
+
+def test_install_dry_run_prints_the_steps_and_changes_nothing():
+    before = {p: os.path.exists(p) for p in INSTALL_TARGETS}
+    r = subprocess.run([sys.executable, "-m", "nfflowd.cli", "install", "--dry-run"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "would install /etc/rsyslog.d/30-nfflowd.conf" in out, out
+    assert "would install /etc/logrotate.d/nfflowd" in out, out
+    assert ("would install /etc/init.d/nfflowd" in out
+            or "would install /etc/systemd/system/nfflowd.service" in out), out
+    assert {p: os.path.exists(p) for p in INSTALL_TARGETS} == before
