@@ -166,8 +166,16 @@ def test_nat_triplets_reach_nfcapd_and_syslog(lab, tmp_path):
     assert daemon.returncode == 0, log_text
     collector.stop()
 
-    # the early connection came through the poller, not a DESTROY event
-    assert "event=exported_by_poll" in log_text, log_text
+    # the early connection was known from the start-up dump.  With
+    # nf_conntrack_events=2 it has no event delivery attached, so the poller
+    # exports it once it is gone; but the kernel attaches delivery whenever a
+    # ctnetlink listener exists in any namespace when the connection is made
+    # (checked on this 6.18 kernel: `conntrack -E` in another namespace is
+    # enough), and then its
+    # DESTROY event ends it.  Either way it is exported exactly once, with the
+    # counts conntrack showed: the record comparisons below say so.
+    assert "connections_at_start=1" in log_text, log_text
+    assert "connections_exported=7" in log_text, log_text
 
     # --- syslog mirror: <182> local6.info, ident nfflowd[pid], flow-tools CSV
     lines = catcher.collect()

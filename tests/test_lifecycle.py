@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -238,3 +240,42 @@ def test_install_dry_run_prints_the_steps_and_changes_nothing():
     assert ("would install /etc/init.d/nfflowd" in out
             or "would install /etc/systemd/system/nfflowd.service" in out), out
     assert {p: os.path.exists(p) for p in INSTALL_TARGETS} == before
+
+
+def proc_status(pid: int) -> dict:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def test_user_drops_root_but_keeps_cap_net_admin_for_the_poller(lab, tmp_path):
+    collector = Nfcapd(lab, tmp_path, port=20606)
+    # a socket nobody can reach, as /dev/log is (tmp_path's parents are 0700)
+    sockdir = Path(tempfile.mkdtemp(prefix="nfflowd-test-"))
+    os.chmod(sockdir, 0o755)
+    catcher = SyslogCatcher(sockdir / "log.sock")
+    os.chmod(catcher.path, 0o666)
+    cfg = config(tmp_path, "nfflowd.yaml", 20606, catcher.path, extra="user: nobody\n")
+    early = lab.client("tcp", WAN4, 8080, 400)      # before start: found by polling
+    daemon, log = start_nfflowd(lab, cfg)
+    try:
+        st = proc_status(daemon.pid)        # `ip netns exec` execs python itself
+        assert st["Uid"].split()[:2] == [str(65534)] * 2, st["Uid"]
+        assert int(st["CapEff"], 16) == 1 << 12, st["CapEff"]   # CAP_NET_ADMIN only
+        polls = lambda: int(nfflowd(lab, "-c", cfg, "check").stdout  # noqa: E731
+                            .split("polls = ")[1].split()[0])
+        assert wait_for(lambda: polls() >= 2, timeout=10)    # table dumps as nobody work
+        lab.flush()
+        # the early connection is exported, by the poller or (if the kernel
+        # attached events to it after all) by its DESTROY event
+        assert wait_for(lambda: "connections_exported = 1" in
+                        nfflowd(lab, "-c", cfg, "check").stdout, timeout=15)
+    finally:
+        stop(daemon)
+    daemon.log_reader.join(5)
+    text = "".join(log)
+    assert daemon.returncode == 0, text
+    assert "poll_failed" not in text and "syslog_dropped=0" in text, text
+    collector.stop()
+    sports = [int(r.split("|")[2]) for r in v5_records(collector)]
+    assert early[1] in sports, sports
+    shutil.rmtree(sockdir)
