@@ -15,7 +15,12 @@ refresh), shared with NetFlow v9.  What is IPFIX's own:
 - Template set id 2; data sets are not padded (RFC 7011 section 3.3.1 makes
   padding optional).  Messages are at most 65535 bytes (the length field).
 - Over UDP templates are resent periodically (RFC 7011 section 8.4); over
-  TCP call ``force_templates()`` after each (re)connection.
+  TCP every connection must start with them (section 10.4):
+  ``templates_message(now_ms, before=head)`` is the templates-only message
+  to send first, ahead of the messages queued for the old connection
+  (``export.TcpCollector``'s ``on_connect``); ``before`` gives it the
+  sequence number of the first of those, so the new stream has no step
+  backwards (libfixbuf warns "IPFIX Message out of sequence" otherwise).
 """
 
 from __future__ import annotations
@@ -57,6 +62,27 @@ class IpfixEncoder(TemplateEncoder):
         ``now_ms`` is the wall clock (epoch ms).  Never raises on bad records
         (counted in ``invalid``)."""
         return self._encode(flows, nat_events, now_ms, 0)
+
+    def templates_message(self, now_ms: int, before: bytes | None = None) -> bytes:
+        """A message of every template of the enabled kinds and no data.
+        Its sequence number is that of ``before`` (an IPFIX message of this
+        encoder that will follow it on the connection), else the encoder's
+        current one.  Counts as a template send (the refresh counters start
+        again); does not touch ``last_counts``."""
+        dg = Datagram(self.max_size, self.HEADER_SIZE, self.PAD)
+        ok = dg.add_template_set(self.TEMPLATE_SET_ID, self.templates)
+        assert ok       # checked against max_size in __init__
+        seq = self.sequence
+        if before is not None and len(before) >= HEADER.size:
+            seq = HEADER.unpack_from(before)[3]
+        HEADER.pack_into(dg.buf, 0, 10, dg.off, (now_ms // 1000) & _U32, seq, self.domain_id)
+        self._templates_sent = True
+        self._forced = False
+        self._since_templates = 1
+        self._templates_ms = now_ms
+        self.template_sends += 1
+        self.datagrams_sent += 1
+        return dg.finish()
 
     def _pack_header(self, dg: Datagram, now_ms: int, boot_ms: int) -> None:
         HEADER.pack_into(dg.buf, 0, 10, dg.off, (now_ms // 1000) & _U32, self.sequence,

@@ -31,8 +31,12 @@ else:
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
 pf = PidFile(path)
 pf.acquire()
-print("locked", flush=True)
+# From here on SIGTERM may arrive (the test sends it as soon as it reads
+# "locked"), and its handler raises SystemExit wherever the holder is - even
+# inside print() - so everything after acquire() must be under the
+# try/finally that releases (it was not: the pidfile was left behind).
 try:
+    print("locked", flush=True)
     if mode == "crash":
         os._exit(3)
     deadline = time.monotonic() + 10
