@@ -76,8 +76,11 @@ def nat_event_of(ev: CtEvent, now_ns: int, created: bool) -> NatEvent | None:
     o = ev.orig
     r = ev.reply
     if o.proto in _ICMP_PROTOS:
-        pre = (o.src, o.dst, 0, o.dport)
-        post = (r.dst, r.src, 0, o.dport)
+        # A NAT log must tie a ping to its translated ICMP query id, so here
+        # (unlike in flow records) the id goes where the source port would:
+        # the original id, and the reply tuple's id as the translated one.
+        pre = (o.src, o.dst, o.sport, o.dport)
+        post = (r.dst, r.src, r.sport, o.dport)
     else:
         pre = (o.src, o.dst, o.sport, o.dport)
         post = (r.dst, r.src, r.dport, r.sport)

@@ -251,11 +251,22 @@ class Daemon:
             deadline = min(next_flush, next_purge)
             if corr.dumped_pending:
                 deadline = min(deadline, next_poll)
+            streams = self.pipeline.stream_sinks
+            for sink in streams:
+                wake = sink.next_wakeup()
+                if wake is not None:
+                    deadline = min(deadline, wake)
+            wlist = [sink for sink in streams if sink.wants_write() and sink.fileno() >= 0]
             timeout = max(0.0, deadline - time.monotonic())
             try:
-                readable, _, _ = select.select(rlist, [], [], timeout)
+                readable, writable, _ = select.select(rlist, wlist, [], timeout)
             except InterruptedError:  # pragma: no cover (PEP 475 retries)
-                readable = []
+                readable, writable = [], []
+            for sink in writable:
+                sink.on_writable()
+            if streams:
+                for sink in streams:
+                    sink.tick()
             if self._wake_r in readable:
                 self._drain_wakeup()
             if self.sock in readable:

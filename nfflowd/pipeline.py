@@ -15,8 +15,10 @@ from __future__ import annotations
 import structlog
 
 from .config import Collector, Config
-from .export import UdpCollector
-from .flowtools import csv_lines, expand
+import time
+
+from .export import TcpCollector, UdpCollector
+from .flowtools import expand
 from .ipfix import IpfixEncoder
 from .netflow5 import V5Encoder, record_count
 from .netflow9 import NetflowV9Encoder
@@ -64,6 +66,11 @@ class TemplateExporter:
                   template_refresh_packets=ex.template_refresh_packets,
                   template_refresh_seconds=ex.template_refresh_seconds)
         self.collector = collector
+        tcp = collector.transport == "tcp"
+        if tcp:
+            # RFC 7011 10.4: templates once at the start of every connection
+            # (TcpCollector asks for them), not on a schedule
+            kw.update(template_refresh_packets=0, template_refresh_seconds=0)
         if collector.version == 9:
             enc = NetflowV9Encoder(domain, **kw)
             self._encode = enc.encode
@@ -71,7 +78,13 @@ class TemplateExporter:
             enc = IpfixEncoder(domain, **kw)
             self._encode = lambda flows, nats, now_ms, boot_ms: enc.encode(flows, nats, now_ms)
         self.encoder = enc
-        self.sink = UdpCollector(collector.host, collector.port, source=ex.source)
+        if tcp:
+            self.sink = TcpCollector(
+                collector.host, collector.port, source=ex.source,
+                on_connect=lambda head: enc.templates_message(time.time_ns() // 1_000_000,
+                                                              before=head))
+        else:
+            self.sink = UdpCollector(collector.host, collector.port, source=ex.source)
 
     def export(self, flows, nat_events, ft_records, now_ns: int, boot_ms: int) -> None:
         enc = self.encoder
@@ -80,10 +93,17 @@ class TemplateExporter:
             self.sink.send(message, records)
 
     def summary(self) -> dict:
-        return {"records": self.encoder.records_sent,
-                "datagrams": self.sink.datagrams_sent,
-                "send_errors": self.sink.send_errors,
-                "template_sends": self.encoder.template_sends}
+        out = {"records": self.encoder.records_sent,
+               "send_errors": self.sink.send_errors,
+               "template_sends": self.encoder.template_sends}
+        if isinstance(self.sink, TcpCollector):
+            out.update(messages=self.sink.messages_sent,
+                       messages_dropped=self.sink.messages_dropped,
+                       records_dropped=self.sink.records_dropped,
+                       connects=self.sink.connects)
+        else:
+            out["datagrams"] = self.sink.datagrams_sent
+        return out
 
     def close(self) -> None:
         self.sink.close()
@@ -127,10 +147,17 @@ class Pipeline:
         for exp in self.exporters:
             exp.export(flows, nat_events, ft, now_ns, boot_ms)
         if self.mirror is not None and ft:
-            self.mirror.send(csv_lines(ft), now_ns / 1e9)
+            self.mirror.send_csv(ft, now_ns / 1e9)
+
+    @property
+    def stream_sinks(self) -> list:
+        """The TCP collectors, for the daemon's select loop."""
+        return [exp.sink for exp in self.exporters if isinstance(exp.sink, TcpCollector)]
 
     def tick(self, now_ns: int) -> None:
         """Called at every flush deadline: retry what the sinks hold back."""
+        for sink in self.stream_sinks:
+            sink.tick()
         if self.mirror is not None:
             self.mirror.flush()
 

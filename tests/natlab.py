@@ -205,7 +205,9 @@ def parse_conntrack_line(line: str) -> CtEntry | None:
         if k == "src":
             groups.append({})
         if k == "id":
-            ct_id = int(v)
+            ct_id = int(v)          # the last id= is the conntrack id ...
+            if groups and "bytes" not in groups[-1] and "icmp_id" not in groups[-1]:
+                groups[-1]["icmp_id"] = int(v)   # ... one inside a tuple, the ICMP id
         elif groups and k in ("src", "dst", "sport", "dport", "packets", "bytes",
                               "type", "code") and k not in groups[-1]:
             groups[-1][k] = v if k in ("src", "dst") else int(v)
@@ -270,8 +272,10 @@ class Capture:
         self._reader = threading.Thread(
             target=lambda: self.log.extend(iter(self.proc.stderr.readline, "")), daemon=True)
         self._reader.start()
-        wait_for(lambda: any("Capturing on" in line for line in self.log)
-                 or self.proc.poll() is not None, timeout=15)
+        # "Capturing on" comes once the interface is open; the file may
+        # appear a moment later
+        wait_for(lambda: (any("Capturing on" in line for line in self.log)
+                          and self.path.exists()) or self.proc.poll() is not None, timeout=15)
         if self.proc.poll() is not None or not self.path.exists():
             self._reader.join(5)
             raise RuntimeError(f"dumpcap did not start: {''.join(self.log)}")

@@ -182,3 +182,10 @@ def test_batch_counts_event_kinds():
     assert len(out) == 4
     assert [c.counters[k] for k in ("events_new", "events_destroy", "events_other",
                                     "connections_exported")] == [1, 2, 1, 2]
+
+
+def test_nat_events_of_icmp_carry_the_query_id_and_its_translation():
+    icmp = (("198.51.100.2", "203.0.113.2", 1, 4037, 8 * 256),
+            ("203.0.113.2", "203.0.113.1", 1, 9999, 0))    # NAT rewrote the id
+    nat = nat_event_of(ev(EV_NEW, *icmp), 0, True)
+    assert (nat.sport, nat.dport, nat.post_sport, nat.post_dport) == (4037, 2048, 9999, 2048)
