@@ -1,12 +1,26 @@
 """The flow-tools view: ``Flow`` records -> the classic 18-field records.
 
 Strategy: the NetFlow v5 encoder and the syslog CSV mirror must carry exactly
-the same values, so both are produced from one computed tuple per record
-(``FtRecord``), built here once per batch and shared by every consumer.  The
-tuple is in the flow-tools field order (``FIELDS``); every field is an int
-except the four addresses (EXADDR, SRCADDR, DSTADDR, NEXTHOP), which stay
-packed network-order bytes as in ``Flow`` (4 or 16 bytes): the v5 encoder packs
-them as they are, the CSV formatter turns them into text.
+the same values, so both are produced from one computed record per flow-tools
+record, built here once per batch (``expand``) and shared by every consumer.
+
+Shape (for speed): ``expand`` returns an ``FtBatch``.  The fields that are the
+same for the whole batch are carried once, on the batch: UNIX_SECS,
+UNIX_NSECS, SYSUPTIME (``unix_secs``, ``unix_nsecs``, ``sys_uptime``) and
+EXADDR (``exaddr``, packed bytes).  NEXTHOP is always the zero address of the
+record's family (0.0.0.0 or ::), INPUT and OUTPUT are always 0 (nfflowd knows
+no routes nor interface indexes).  The per-record values are in
+``batch.records``, one flat tuple per record in NetFlow v5 wire order
+(``R_SRCADDR`` ... ``R_TOS``)::
+
+    (SRCADDR, DSTADDR, DPKTS, DOCTETS, FIRST, LAST, SRCPORT, DSTPORT,
+     TCP_FLAGS, PROT, TOS)
+
+Addresses stay packed network-order bytes as in ``Flow`` (4 or 16 bytes): the
+v5 encoder packs them as they are, the CSV formatter turns them into text.
+Readers that want the classic 18 fields (``FIELDS`` order, indexes
+``UNIX_SECS`` ... ``TCP_FLAGS``) index or iterate the batch: ``batch[i]`` is
+record i as an 18-tuple (not on the hot path).
 
 The triplet: each connection arrives as two ``Flow`` records (ORIGINAL, REPLY).
 An ORIGINAL flow gives one record with its pre-translation tuple and, only
@@ -37,11 +51,15 @@ FIELDS = (
     "LAST", "SRCADDR", "DSTADDR", "NEXTHOP", "INPUT", "OUTPUT", "SRCPORT", "DSTPORT",
     "PROT", "TOS", "TCP_FLAGS",
 )
-# Indexes into an FtRecord (the tuple), for readers that want names.
+# Indexes into an FtRecord (the classic 18-tuple), for readers that want names.
 (UNIX_SECS, UNIX_NSECS, SYSUPTIME, EXADDR, DPKTS, DOCTETS, FIRST, LAST, SRCADDR,
  DSTADDR, NEXTHOP, INPUT, OUTPUT, SRCPORT, DSTPORT, PROT, TOS, TCP_FLAGS) = range(18)
 
 FtRecord = tuple  # the 18 values above, in that order
+
+# Indexes into a record of ``FtBatch.records`` (NetFlow v5 wire order).
+(R_SRCADDR, R_DSTADDR, R_DPKTS, R_DOCTETS, R_FIRST, R_LAST, R_SRCPORT, R_DSTPORT,
+ R_TCP_FLAGS, R_PROT, R_TOS) = range(11)
 
 U32 = 0xFFFFFFFF
 _ZERO4 = bytes(4)
@@ -75,36 +93,80 @@ def pack_address(addr) -> bytes:
     return ipaddress.ip_address(str(addr)).packed
 
 
-def expand(flows: Iterable[Flow], now_ns: int, boot_ms: int, exaddr=None) -> list[FtRecord]:
+class FtBatch:
+    """The flow-tools records of one batch (see the module doc).
+
+    ``records`` is a list of flat tuples (``R_*`` order); the batch-wide fields
+    are attributes.  ``len(batch)``, ``batch[i]`` (an 18-tuple, ``FIELDS``
+    order; slices give lists) and iteration give the classic view.
+    Consumers must not change ``records`` after handing the batch to an
+    encoder (the v5 record bodies are packed once and cached on the batch).
+    """
+
+    __slots__ = ("unix_secs", "unix_nsecs", "sys_uptime", "exaddr", "records", "v5_cache")
+
+    def __init__(self, unix_secs: int, unix_nsecs: int, sys_uptime: int, exaddr: bytes,
+                 records: list[tuple]):
+        self.unix_secs = unix_secs
+        self.unix_nsecs = unix_nsecs
+        self.sys_uptime = sys_uptime
+        self.exaddr = exaddr
+        self.records = records
+        self.v5_cache = None        # netflow5's packed bodies, shared by all v5 encoders
+
+    def replace(self, records: list[tuple]) -> "FtBatch":
+        """The same header with other records (tests, hand-made records)."""
+        return FtBatch(self.unix_secs, self.unix_nsecs, self.sys_uptime, self.exaddr,
+                       records)
+
+    def full(self, r: tuple) -> FtRecord:
+        """A record of ``records`` as the classic 18-tuple."""
+        (src, dst, pkts, octs, first, last, sport, dport, flags, proto, tos) = r
+        return (self.unix_secs, self.unix_nsecs, self.sys_uptime, self.exaddr, pkts, octs,
+                first, last, src, dst, _ZERO4 if len(src) == 4 else _ZERO16, 0, 0,
+                sport, dport, proto, tos, flags)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.full(r) for r in self.records[i]]
+        return self.full(self.records[i])
+
+    def __iter__(self):
+        return map(self.full, self.records)
+
+    def __repr__(self) -> str:
+        return (f"FtBatch({self.unix_secs}, {self.unix_nsecs}, {self.sys_uptime}, "
+                f"{ntop(self.exaddr)}, {len(self.records)} records)")
+
+
+def expand(flows: Iterable[Flow], now_ns: int, boot_ms: int, exaddr=None) -> FtBatch:
     """The flow-tools records of ``flows`` (see the module doc), in order.
 
     ``exaddr`` is the configured export source address (text, packed bytes or
     None for 0.0.0.0).  Pure function: no clock, no I/O.
     """
     secs, nsecs, up = header_times(now_ns, boot_ms)
-    ex = pack_address(exaddr)
-    out: list[FtRecord] = []
+    out: list[tuple] = []
     append = out.append
-    for f in flows:
-        (family, proto, src, dst, sport, dport, psrc, pdst, psport, pdport,
-         pkts, octs, start, end, direction, _reason, tos, flags, _cid) = f
-        first = start - boot_ms
-        first = (first & U32) if first > 0 else 0
-        last = end - boot_ms
-        last = (last & U32) if last > 0 else 0
+    # Hot path (measured in bench/): one flat tuple per record, constants
+    # rather than globals, no per-record calls but the appends.
+    for (family, proto, src, dst, sport, dport, psrc, pdst, psport, pdport,
+         pkts, octs, start, end, direction, _reason, tos, flags, _cid) in flows:
         # 32-bit counters (flow-tools, NetFlow v5): clamp, never wrap.
-        if pkts > U32:
-            pkts = U32
-        if octs > U32:
-            octs = U32
-        nh = _ZERO4 if len(src) == 4 else _ZERO16
-        append((secs, nsecs, up, ex, pkts, octs, first, last, src, dst, nh, 0, 0,
-                sport, dport, proto, tos, flags))
+        if pkts > 0xFFFFFFFF:
+            pkts = 0xFFFFFFFF
+        if octs > 0xFFFFFFFF:
+            octs = 0xFFFFFFFF
+        first = (start - boot_ms) & 0xFFFFFFFF if start > boot_ms else 0
+        last = (end - boot_ms) & 0xFFFFFFFF if end > boot_ms else 0
+        append((src, dst, pkts, octs, first, last, sport, dport, flags, proto, tos))
         if direction == ORIGINAL and (src != psrc or dst != pdst
                                       or sport != psport or dport != pdport):
-            append((secs, nsecs, up, ex, pkts, octs, first, last, psrc, pdst, nh, 0, 0,
-                    psport, pdport, proto, tos, flags))
-    return out
+            append((psrc, pdst, pkts, octs, first, last, psport, pdport, flags, proto, tos))
+    return FtBatch(secs, nsecs, up, pack_address(exaddr), out)
 
 
 def ntop(addr: bytes) -> str:
@@ -113,58 +175,81 @@ def ntop(addr: bytes) -> str:
 
 
 def csv_line(r: FtRecord) -> str:
-    """One record as the flow-tools CSV line (flow-export -f2 field order)."""
+    """One classic 18-tuple as the flow-tools CSV line (flow-export -f2 field
+    order).  The reference formatter: ``csv_lines`` gives the same text, faster."""
     return (f"{r[0]},{r[1]},{r[2]},{ntop(r[3])},{r[4]},{r[5]},{r[6]},{r[7]},"
             f"{ntop(r[8])},{ntop(r[9])},{ntop(r[10])},{r[11]},{r[12]},{r[13]},{r[14]},"
             f"{r[15]},{r[16]},{r[17]}")
 
 
 # Hot path helpers for csv_lines: str() of the small fields (ports, protocol,
-# TOS, flags, interfaces are all < 65536) by table, and the text of addresses
-# by a bounded cache (a NAT box sees a limited set of addresses; the cache is
-# emptied when it reaches _CACHE_MAX so memory stays bounded).
+# TOS, flags are all < 65536) by table, and the text of addresses by bounded
+# caches (a NAT box sees a limited set of addresses; a cache is emptied when it
+# reaches _CACHE_MAX so memory stays bounded).  _dst_text holds the text of a
+# destination followed by the NEXTHOP, INPUT and OUTPUT fields, which only
+# depend on the address family.
 _STR = [str(i) for i in range(65536)]
 _CACHE_MAX = 65536
-_addr_text: dict[bytes, str] = {}
+_src_text: dict[bytes, str] = {}
+_dst_text: dict[bytes, str] = {}
+_NH_IN_OUT = {4: ",0.0.0.0,0,0", 16: ",::,0,0"}
 
 
-def csv_lines(records: Iterable[FtRecord]) -> list[str]:
-    """``csv_line`` of every record (same text, faster): the 4-field prefix
-    is formatted once per run of records sharing it, small ints come from a
-    table and address text from a bounded cache.  Fields are the
-    non-negative ints ``expand`` makes; a small field >= 65536 takes the slow
-    path (``csv_line``)."""
+def _learn(records) -> None:
+    """Put the addresses of ``records`` in the text caches."""
+    st, dt = _src_text, _dst_text
+    if len(st) >= _CACHE_MAX:
+        st.clear()
+    if len(dt) >= _CACHE_MAX:
+        dt.clear()
+    for r in records:
+        s = r[0]
+        if s not in st:
+            st[s] = ntop(s)
+        d = r[1]
+        if d not in dt:
+            dt[d] = ntop(d) + _NH_IN_OUT[len(d)]
+
+
+def _fast_lines(records, head: str) -> list[str]:
+    # KeyError: an address not in the caches; IndexError: a small field
+    # >= 65536 (never from expand).  The caller handles both.
     out: list[str] = []
     append = out.append
-    key = None
-    prefix = ""
-    cache = _addr_text
-    get = cache.get
-    S = _STR
-    for r in records:
-        k = (r[0], r[1], r[2], r[3])
-        if k != key:
-            key = k
-            prefix = f"{r[0]},{r[1]},{r[2]},{ntop(r[3])},"
-        try:
-            s = r[8]
-            sa = get(s)
-            if sa is None:
-                if len(cache) >= _CACHE_MAX:
-                    cache.clear()
-                sa = cache[s] = ntop(s)
-            d = r[9]
-            da = get(d)
-            if da is None:
-                if len(cache) >= _CACHE_MAX:
-                    cache.clear()
-                da = cache[d] = ntop(d)
-            nh = r[10]
-            nha = get(nh)
-            if nha is None:
-                nha = cache[nh] = ntop(nh)
-            append(f"{prefix}{r[4]},{r[5]},{r[6]},{r[7]},{sa},{da},{nha},{S[r[11]]},"
-                   f"{S[r[12]]},{S[r[13]]},{S[r[14]]},{S[r[15]]},{S[r[16]]},{S[r[17]]}")
-        except IndexError:  # a small field >= 65536 (not from expand): slow path
-            append(csv_line(r))
+    st, dt, S = _src_text, _dst_text, _STR
+    # The two records of a translated ORIGINAL flow share their counters and
+    # the three records of a connection usually share FIRST and LAST: their
+    # text is formatted once per run of equal values.
+    ppk = poc = pfi = pla = None
+    counters = times = ""
+    for s, d, pk, oc, fi, la, sp, dp, fl, pr, tos in records:
+        if pk != ppk or oc != poc:
+            ppk = pk
+            poc = oc
+            counters = f"{head}{pk},{oc},"
+        if fi != pfi or la != pla:
+            pfi = fi
+            pla = la
+            times = f"{fi},{la},"
+        append(f"{counters}{times}{st[s]},{dt[d]},{S[sp]},{S[dp]},{S[pr]},{S[tos]},{S[fl]}")
     return out
+
+
+def csv_lines(batch: FtBatch, prefix: str = "") -> list[str]:
+    """The flow-tools CSV line of every record of ``batch``, each preceded by
+    ``prefix`` (the syslog header, say).  Same text as ``csv_line`` of each
+    18-tuple, made faster: the batch-wide fields are formatted once, small
+    ints come from a table and address text from bounded caches."""
+    recs = batch.records
+    head = f"{prefix}{batch.unix_secs},{batch.unix_nsecs},{batch.sys_uptime},{ntop(batch.exaddr)},"
+    try:
+        return _fast_lines(recs, head)
+    except KeyError:
+        pass
+    except IndexError:
+        return [prefix + csv_line(r) for r in batch]
+    _learn(recs)
+    try:
+        return _fast_lines(recs, head)
+    except (KeyError, IndexError):
+        return [prefix + csv_line(r) for r in batch]

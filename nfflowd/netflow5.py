@@ -1,11 +1,10 @@
 """NetFlow v5 encoder: flow-tools records -> Cisco v5 datagrams (sans-IO).
 
-Strategy: the encoder consumes the ``FtRecord`` tuples built once per batch by
-``flowtools.expand`` (the same tuples the syslog mirror formats), so a v5 record
-and its CSV line cannot disagree.  The header's unix_secs, unix_nsecs and
-sys_uptime are taken from the records themselves (fields 0-2, the time of the
-batch); a datagram only ever holds records sharing those three values, so a
-list made of several batches is split where they change.
+Strategy: the encoder consumes the ``FtBatch`` built once per batch by
+``flowtools.expand`` (the same records the syslog mirror formats), so a v5
+record and its CSV line cannot disagree.  The header's unix_secs, unix_nsecs
+and sys_uptime are the batch's (the time of the batch): a datagram only ever
+holds records of one batch.
 
 Wire format (all big-endian): a 24-byte header (version=5, count, sys_uptime,
 unix_secs, unix_nsecs, flow_sequence, engine_type, engine_id,
@@ -15,25 +14,62 @@ the number of records this encoder emitted before the datagram (mod 2**32).
 IPv6 records cannot be carried by v5: they are skipped and counted in
 ``skipped_ipv6``.  Counters wider than 32 bits were already clamped to
 2**32-1 by ``flowtools.expand``; a record whose values do not fit the v5
-fields anyway (a port > 65535, say, from a hand-made tuple) is skipped and
+fields anyway (a port > 65535, say, from a hand-made record) is skipped and
 counted in ``invalid`` instead of raising on the data path.
 
-Hot path: one preallocated buffer per datagram, ``Struct.pack_into`` per
-record, no per-record objects.
+Hot path: the records of a datagram are packed by one ``Struct`` call over the
+flattened records (NEXTHOP, INPUT, OUTPUT and the v5 fields nfflowd never
+fills are zero bytes of the format); a struct error (a bad record) falls back
+to one record at a time for that datagram.  The packed record bodies depend on
+the batch only, so they are packed once and cached on the batch: every v5
+encoder (one per collector) only adds its own header.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Sequence
+from itertools import chain
 
 MAX_RECORDS = 30
 HEADER = struct.Struct("!HHIIIIBBH")
-# pad1, src_as, dst_as, src_mask, dst_mask, pad2 are always 0: pad bytes ("x").
-RECORD = struct.Struct("!4s4s4sHHIIIIHHxBBBxxxxxxxx")
+# One record from an FtBatch record (flowtools.R_* order): srcaddr, dstaddr,
+# nexthop/input/output (0: pad), dPkts, dOctets, First, Last, srcport, dstport,
+# pad1, tcp_flags, prot, tos, then src_as, dst_as, src_mask, dst_mask, pad2 (0).
+_RECORD_FORMAT = "4s4s8xIIIIHHxBBB8x"
+RECORD = struct.Struct("!" + _RECORD_FORMAT)
 assert HEADER.size == 24 and RECORD.size == 48
+# _BODY[n]: n records in one call.
+_BODY = [None] + [struct.Struct("!" + _RECORD_FORMAT * n) for n in range(1, MAX_RECORDS + 1)]
 
 _U32 = 0xFFFFFFFF
+
+
+def _bodies(records) -> tuple[list[tuple[int, bytes]], int, int]:
+    """(count, packed records) of each datagram, IPv6 records skipped, bad
+    records counted: (bodies, skipped_ipv6, invalid)."""
+    v4 = [r for r in records if len(r[0]) == 4]
+    bodies = []
+    append = bodies.append
+    invalid = 0
+    flat = chain.from_iterable
+    pack = RECORD.pack
+    for j in range(0, len(v4), MAX_RECORDS):
+        chunk = v4[j:j + MAX_RECORDS]
+        n = len(chunk)
+        try:
+            append((n, _BODY[n].pack(*flat(chunk))))
+            continue
+        except struct.error:
+            pass
+        parts = []
+        for r in chunk:     # a bad record in this chunk: find it
+            try:
+                parts.append(pack(*r))
+            except struct.error:
+                invalid += 1
+        if parts:
+            append((len(parts), b"".join(parts)))
+    return bodies, len(records) - len(v4), invalid
 
 
 class V5Encoder:
@@ -50,48 +86,28 @@ class V5Encoder:
         self.skipped_ipv6 = 0
         self.invalid = 0
 
-    def encode(self, records: Sequence[tuple]) -> list[bytes]:
-        """Datagrams carrying ``records`` (flow-tools tuples), in order,
-        <= 30 records each.  Advances ``sequence``.  Never raises on bad
-        records (they are counted)."""
-        v4 = [r for r in records if len(r[8]) == 4]
-        self.skipped_ipv6 += len(records) - len(v4)
-        out: list[bytes] = []
-        n = len(v4)
-        j = 0
-        pack_rec = RECORD.pack_into
-        pack_hdr = HEADER.pack_into
+    def encode(self, batch) -> list[bytes]:
+        """Datagrams carrying the records of ``batch`` (a ``flowtools.FtBatch``),
+        in order, <= 30 records each.  Advances ``sequence``.  Never raises on
+        bad records (they are counted)."""
+        cached = batch.v5_cache
+        if cached is None:
+            cached = batch.v5_cache = _bodies(batch.records)
+        bodies, skipped6, invalid = cached
+        pack_hdr = HEADER.pack
+        up, secs, nsecs = batch.sys_uptime, batch.unix_secs, batch.unix_nsecs
         et, eid = self.engine_type, self.engine_id
         seq = self.sequence
-        invalid = 0
-        while j < n:
-            chunk = v4[j:j + MAX_RECORDS]
-            r = chunk[0]
-            secs, nsecs, up = r[0], r[1], r[2]
-            buf = bytearray(24 + 48 * MAX_RECORDS)
-            off = 24
-            for k, r in enumerate(chunk):
-                if r[2] != up or r[1] != nsecs or r[0] != secs:
-                    break           # another batch: another header
-                try:
-                    pack_rec(buf, off, r[8], r[9], r[10], r[11], r[12], r[4], r[5],
-                             r[6], r[7], r[13], r[14], r[17], r[15], r[16])
-                except struct.error:
-                    invalid += 1
-                    continue
-                off += 48
-            else:
-                k = len(chunk)
-            j += k
-            cnt = (off - 24) // 48
-            if cnt:
-                pack_hdr(buf, 0, 5, cnt, up, secs, nsecs, seq, et, eid, 0)
-                del buf[off:]
-                out.append(bytes(buf))
-                seq = (seq + cnt) & _U32
-        self.records_encoded += n - invalid
-        self.datagrams_encoded += len(out)
+        out = []
+        n = 0
+        for cnt, body in bodies:
+            out.append(pack_hdr(5, cnt, up, secs, nsecs, seq, et, eid, 0) + body)
+            seq = (seq + cnt) & _U32
+            n += cnt
         self.sequence = seq
+        self.records_encoded += n
+        self.datagrams_encoded += len(out)
+        self.skipped_ipv6 += skipped6
         self.invalid += invalid
         return out
 

@@ -32,6 +32,8 @@ import time
 from collections import deque
 from typing import Iterable
 
+from .flowtools import csv_lines
+
 FACILITIES = {
     "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5,
     "lpr": 6, "news": 7, "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11,
@@ -87,23 +89,29 @@ class SyslogFormatter:
         self.hostname = hostname
         self._prefix_sec = None
         self._prefix = b""
+        self._prefix_text = ""
 
-    def prefix(self, now: float) -> bytes:
-        """Everything before the message, for a message sent at ``now``."""
+    def prefix_text(self, now: float) -> str:
+        """Everything before the message, for a message sent at ``now``, as text."""
         sec = int(now)
         if sec != self._prefix_sec:
             host = f"{self.hostname} " if self.hostname else ""
-            self._prefix = (f"<{self.pri}>{timestamp(sec)} {host}"
-                            f"{self.ident}[{self.pid}]: ").encode()
+            self._prefix_text = f"<{self.pri}>{timestamp(sec)} {host}{self.ident}[{self.pid}]: "
+            self._prefix = self._prefix_text.encode()
             self._prefix_sec = sec
+        return self._prefix_text
+
+    def prefix(self, now: float) -> bytes:
+        """Everything before the message, for a message sent at ``now``."""
+        self.prefix_text(now)
         return self._prefix
 
     def format(self, message: str, now: float) -> bytes:
         return self.prefix(now) + message.encode()
 
     def format_many(self, messages: Iterable[str], now: float) -> list[bytes]:
-        p = self.prefix(now)
-        return [p + m.encode() for m in messages]
+        p = self.prefix_text(now)
+        return [(p + m).encode() for m in messages]     # one copy less than p + m.encode()
 
 
 def parse_address(address: str):
@@ -195,7 +203,17 @@ class SyslogSink:
     def send(self, lines: Iterable[str], now: float | None = None) -> None:
         """Queue ``lines`` (formatted with the time ``now``, default the
         clock) and send what can be sent.  Never raises."""
-        msgs = self.formatter.format_many(lines, time.time() if now is None else now)
+        self._queue(self.formatter.format_many(lines, time.time() if now is None else now))
+
+    def send_csv(self, batch, now: float | None = None) -> None:
+        """``send(flowtools.csv_lines(batch), now)`` made faster: the syslog
+        header is formatted into each line with its CSV fields (one string
+        per message, encoded once).  ``batch`` is a ``flowtools.FtBatch``.
+        Never raises."""
+        p = self.formatter.prefix_text(time.time() if now is None else now)
+        self._queue(list(map(str.encode, csv_lines(batch, p))))
+
+    def _queue(self, msgs: list[bytes]) -> None:
         self.backlog.extend(msgs)
         over = len(self.backlog) - self.max_backlog
         if over > 0:

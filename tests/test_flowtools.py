@@ -6,7 +6,8 @@ import pytest
 
 from nfflowd import flowtools
 from nfflowd.flowtools import (DPKTS, DOCTETS, DSTADDR, DSTPORT, FIRST, LAST, NEXTHOP,
-                               SRCADDR, SRCPORT, SYSUPTIME, csv_line, csv_lines, expand)
+                               R_SRCPORT, SRCADDR, SRCPORT, SYSUPTIME, csv_line, csv_lines,
+                               expand)
 from nfflowd.record import ORIGINAL, REPLY, Flow
 
 
@@ -172,7 +173,8 @@ def test_csv_lines_matches_csv_line_on_varied_records():
     recs = expand(flows, 10**18 + 12345, 10**12 - 1, "192.0.2.254")
     # A record made by hand with a small field out of the table's range takes
     # the slow path and still formats correctly.
-    recs.append(recs[1][:13] + (70000,) + recs[1][14:])
+    r1 = recs.records[1]
+    recs.records.append(r1[:R_SRCPORT] + (70000,) + r1[R_SRCPORT + 1:])
     assert csv_lines(recs) == [csv_line(r) for r in recs]
     assert csv_lines(recs)[-1].split(",")[13] == "70000"
     # And the fields read back from the line are the record's.
@@ -187,3 +189,28 @@ def test_csv_lines_matches_csv_line_on_varied_records():
 
 def test_boot_ms_from_uptime():
     assert flowtools.boot_ms_from_uptime(1248952480_737_235_000, 279737) == EX_BOOT_MS
+
+
+def test_csv_lines_prefix_and_bounded_address_caches(monkeypatch):
+    # Tiny caches: every batch overflows them; the text must not change.
+    monkeypatch.setattr(flowtools, "_CACHE_MAX", 3)
+    monkeypatch.setattr(flowtools, "_src_text", {})
+    monkeypatch.setattr(flowtools, "_dst_text", {})
+    flows = [flow(f"10.0.0.{i}", f"192.0.2.{i}", i, 80,
+                  post_src="203.0.113.1", packets=i, octets=i * 10) for i in range(1, 20)]
+    recs = expand(flows, 10**18, 10**12, "192.0.2.254")
+    expected = [csv_line(r) for r in recs]
+    for _ in range(2):
+        assert csv_lines(recs) == expected
+        assert csv_lines(recs, "<182>x: ") == ["<182>x: " + line for line in expected]
+        assert len(flowtools._src_text) <= 3 + len(recs)
+
+
+def test_batch_view():
+    recs = expand(example_flows(), EX_NOW_NS, EX_BOOT_MS, "172.16.1.1")
+    assert len(recs) == 3 and len(recs.records) == 3
+    assert recs[0] == (1248952480, 737235000, 279737, ip("172.16.1.1"), 720, 38052, 136315,
+                       279737, ip("10.0.195.106"), ip("74.125.6.225"), bytes(4), 0, 0, 62380,
+                       80, 6, 0, 0)
+    assert recs[1:] == list(recs)[1:]
+    assert not expand([], EX_NOW_NS, EX_BOOT_MS)

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from nfflowd import flowtools
+from nfflowd.flowtools import R_SRCPORT
 from nfflowd.netflow5 import V5Encoder, record_count
 from nfflowd.record import ORIGINAL, REPLY, Flow
 
@@ -85,7 +86,8 @@ def test_sequence_wraps():
 def test_batches_with_different_times_get_their_own_headers():
     a = many_records(10, now_ns=10**18)
     b = many_records(10, now_ns=10**18 + 1_000_000_000)
-    ds = V5Encoder().encode(a + b)
+    enc = V5Encoder()
+    ds = enc.encode(a) + enc.encode(b)      # a datagram holds one batch
     assert [header(d)[1] for d in ds] == [10, 10]
     assert header(ds[0])[3] + 1 == header(ds[1])[3]
     assert header(ds[0])[2] + 1000 == header(ds[1])[2]
@@ -101,15 +103,16 @@ def test_ipv6_skipped_and_counted():
     (d,) = enc.encode(recs)
     assert header(d)[1] == 2
     assert enc.skipped_ipv6 == 2
-    only6 = enc.encode([recs[0], recs[3]])
+    only6 = enc.encode(recs.replace([recs.records[0], recs.records[3]]))
     assert only6 == [] and enc.skipped_ipv6 == 4 and enc.sequence == 2
 
 
 def test_bad_record_counted_not_raised():
     recs = many_records(3)
-    bad = recs[1][:13] + (70000,) + recs[1][14:]     # srcport does not fit u16
+    r = recs.records
+    bad = r[1][:R_SRCPORT] + (70000,) + r[1][R_SRCPORT + 1:]     # srcport does not fit u16
     enc = V5Encoder()
-    (d,) = enc.encode([recs[0], bad, recs[2]])
+    (d,) = enc.encode(recs.replace([r[0], bad, r[2]]))
     assert header(d)[1] == 2 and enc.invalid == 1 and enc.sequence == 2
 
 
@@ -135,6 +138,15 @@ def example_and_more():
     return flowtools.expand(flows, EX_NOW_NS, EX_BOOT_MS, "172.16.1.1")
 
 
+def example_and_more_and_40():
+    """example_and_more() then 40 more records of the same time, one batch."""
+    a = example_and_more()
+    b = many_records(40, now_ns=EX_NOW_NS, boot=EX_BOOT_MS)
+    assert (a.unix_secs, a.unix_nsecs, a.sys_uptime) == (b.unix_secs, b.unix_nsecs,
+                                                         b.sys_uptime)
+    return a.replace(a.records + b.records)
+
+
 def expected_rows(recs):
     return [(ipaddress.ip_address(r[8]).compressed, ipaddress.ip_address(r[9]).compressed,
              r[13], r[14], r[15], r[4], r[5], r[6], r[7], r[16], r[17]) for r in recs]
@@ -142,7 +154,7 @@ def expected_rows(recs):
 
 def test_read_back_with_pypi_netflow():
     netflow = pytest.importorskip("netflow")
-    recs = example_and_more() + many_records(40, now_ns=EX_NOW_NS, boot=EX_BOOT_MS)
+    recs = example_and_more_and_40()
     enc = V5Encoder(engine_type=3, engine_id=9)
     ds = enc.encode(recs)
     assert len(ds) == 2
@@ -203,7 +215,7 @@ def test_read_back_with_tshark(tmp_path):
     if shutil.which("tshark") is None:
         print("tshark is not installed: skipping the cflow read-back")
         pytest.skip("tshark is not installed")
-    recs = example_and_more() + many_records(40, now_ns=EX_NOW_NS, boot=EX_BOOT_MS)
+    recs = example_and_more_and_40()
     ds = V5Encoder(engine_type=3, engine_id=9).encode(recs)
     pcap = tmp_path / "v5.pcap"
     write_pcap(pcap, ds)
@@ -239,3 +251,32 @@ def test_read_back_with_tshark(tmp_path):
     assert rows == expected_rows(recs)
     assert rows[0][:4] == ("10.0.195.106", "74.125.6.225", 62380, 80)
     assert rows[0][7:9] == (136315, 279737)
+
+
+def test_encoders_share_a_batch_with_their_own_headers():
+    recs = many_records(45)
+    a, b = V5Encoder(engine_type=1, engine_id=2), V5Encoder(engine_type=3, engine_id=4)
+    b.sequence = 1000
+    da, db = a.encode(recs), b.encode(recs)
+    assert [header(d)[5:8] for d in da] == [(0, 1, 2), (30, 1, 2)]
+    assert [header(d)[5:8] for d in db] == [(1000, 3, 4), (1030, 3, 4)]
+    assert [d[24:] for d in da] == [d[24:] for d in db]
+    assert (a.records_encoded, b.records_encoded) == (45, 45)
+    (d,) = a.encode(many_records(1))
+    assert header(d)[5] == 45
+
+
+def test_bad_record_among_ipv6_and_many():
+    recs = many_records(40)
+    r = list(recs.records)
+    six = flowtools.expand([flow("2001:db8::1", "2001:db8::2", 1, 2)], 10**18, 10**12).records[0]
+    r[5] = r[5][:R_SRCPORT] + (-1,) + r[5][R_SRCPORT + 1:]      # does not fit u16
+    r.insert(3, six)
+    enc = V5Encoder()
+    ds = enc.encode(recs.replace(r))
+    assert [header(d)[1] for d in ds] == [29, 10]
+    assert [header(d)[5] for d in ds] == [0, 29]
+    assert (enc.invalid, enc.skipped_ipv6, enc.sequence, enc.records_encoded) == (1, 1, 39, 39)
+    ports = [struct.unpack_from("!H", d, 24 + 48 * k + 32)[0] for d in ds
+             for k in range(header(d)[1])]
+    assert ports == [1024 + i for i in range(40) if i != 5]

@@ -213,3 +213,19 @@ def test_close_flushes_and_counts_the_rest(tmp_path):
     sink2.send(["b", "c"], now=T_EXAMPLE)
     sink2.close()                            # never raises; the loss is counted
     assert sink2.dropped == 2
+
+
+def test_send_csv_same_messages_as_send(tmp_path, utc):
+    path = tmp_path / "log"
+    r = unix_receiver(path)
+    recs = flowtools.expand(example_flows(), EX_NOW_NS, EX_BOOT_MS, "172.16.1.1")
+    a, b = SyslogSink(str(path), pid=4321), SyslogSink(str(path), pid=4321)
+    a.send(flowtools.csv_lines(recs), now=T_EXAMPLE + 0.5)
+    b.send_csv(recs, now=T_EXAMPLE + 0.5)
+    got = [r.recv(65536) for _ in range(6)]
+    assert got[:3] == got[3:] == [("<182>Jul 30 11:14:40 nfflowd[4321]: " + line).encode()
+                                  for line in EXAMPLE_CSV]
+    assert a.sent == b.sent == 3
+    a.close()
+    b.close()
+    r.close()
