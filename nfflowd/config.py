@@ -16,19 +16,10 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
+from .syslog import FACILITIES, PRIORITIES
 
 DEFAULT_PATH = "/etc/nfflowd.yaml"
 
-FACILITIES = {
-    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5,
-    "lpr": 6, "news": 7, "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11,
-    "local0": 16, "local1": 17, "local2": 18, "local3": 19, "local4": 20,
-    "local5": 21, "local6": 22, "local7": 23,
-}
-PRIORITIES = {
-    "emerg": 0, "alert": 1, "crit": 2, "err": 3, "error": 3, "warning": 4,
-    "warn": 4, "notice": 5, "info": 6, "debug": 7,
-}
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -84,6 +75,8 @@ class ConntrackConfig:
     ttl: float = 604800.0
     poll_interval: float = 30.0
     rcvbuf: int = 64 * 1024 * 1024
+    # seconds between active-timeout exports of open connections (0: off)
+    active_timeout: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -275,12 +268,17 @@ def parse(data, path: str = "<string>") -> Config:
             c.bad("syslog.address", "expected a unix socket path (/dev/log) or host:port "
                   f"for UDP, got {syslog.address!r}")
 
-    ct = c.section(data, "conntrack", {"ttl", "poll_interval", "rcvbuf"})
+    ct = c.section(data, "conntrack", {"ttl", "poll_interval", "rcvbuf", "active_timeout"})
     conntrack = ConntrackConfig(
         ttl=c.number(ct, "ttl", "conntrack.ttl", 604800.0, 1, 10 * 365 * 86400),
         poll_interval=c.number(ct, "poll_interval", "conntrack.poll_interval", 30.0, 0.1, 86400),
         rcvbuf=c.integer(ct, "rcvbuf", "conntrack.rcvbuf", 64 * 1024 * 1024, 65536, 2**31 - 1),
+        active_timeout=c.number(ct, "active_timeout", "conntrack.active_timeout", 1800.0,
+                                0, 30 * 86400),
     )
+    if 0 < conntrack.active_timeout < 1:
+        c.bad("conntrack.active_timeout", f"expected 0 (off) or at least 1 second, "
+              f"got {conntrack.active_timeout:g}")
 
     pidfile = c.string(data, "pidfile", "pidfile", "/run/nfflowd.pid")
     lg = c.section(data, "log", {"level"})
