@@ -25,14 +25,42 @@ never send DESTROY, so the daemon dumps the table every poll interval and
 their last-seen time as end.  If they do send DESTROY (``nf_conntrack_events=1``)
 the event wins and the later poll does not export them again.
 
+Connections made while nfflowd runs are also kept in a compact cache keyed
+by conntrack id (``_live``: one ``bytes`` per connection packing the tuples
+and the NEW time, ~170 bytes per IPv4 connection with the dict's share, see
+bench/bench_cache_memory.py).  It costs one dict insert on NEW and one pop on
+DESTROY, and serves two things:
+
+- overrun recovery (``resync``): after ENOBUFS the kernel has dropped events.
+  The daemon dumps the table; connections cached but no longer in it ended
+  during the overrun and are exported with the last counters seen and
+  flowEndReason lack of resources (5); connections in the table but unknown
+  (their NEW was lost) are adopted.  A resync export goes into
+  ``_poll_exported``, so a DESTROY the kernel redelivers later (reliable
+  delivery, NETLINK_BROADCAST_ERROR) is counted as a duplicate, not exported
+  twice.
+- active timeout (``active_export``): every ``active_timeout`` seconds the
+  daemon dumps the table (a plain dump) and each open connection's counters
+  *since the previous export* are exported with flowEndReason active timeout
+  (2); what was exported is remembered in the cache entry, so the DESTROY
+  record carries only the rest and a connection's records add up to its
+  totals.  Deltas rather than a counter-zeroing dump (IPCTNL_MSG_CT_GET_CTRZERO):
+  zeroing would change what ``conntrack -L``, nft counters readers, other
+  ctnetlink listeners and the DESTROY event itself report, for every tool on
+  the machine; deltas leave the kernel's counters untouched and cost 40 bytes
+  in the entries of connections that have been exported early.
+
 The class is sans-IO: every method takes ``now_ns`` (wall clock, ns) and returns
 records; it never reads a clock or touches a socket.
 """
 
 from __future__ import annotations
 
-from .conntrack import EV_DESTROY, EV_NEW, CtEvent
-from .record import END_OF_FLOW, ORIGINAL, REPLY, Flow, NatEvent
+import struct
+
+from .conntrack import EV_DESTROY, EV_NEW, CtEvent, CtTuple
+from .record import (END_ACTIVE_TIMEOUT, END_LACK_OF_RESOURCES, END_OF_FLOW, ORIGINAL,
+                     REPLY, Flow, NatEvent)
 
 _ICMP_PROTOS = (1, 58)
 _NS_PER_MS = 1_000_000
@@ -43,6 +71,33 @@ _new = tuple.__new__
 # A connection exported by the poller is remembered this long so that a late
 # DESTROY event for it is recognised as a duplicate instead of exported twice.
 _POLL_EXPORT_MEMORY_NS = 600 * 1_000_000_000
+
+
+# The live cache entry: proto, orig src dst sport dport, reply src dst sport
+# dport, NEW time (ns); then, once exported by the active timeout, the
+# counters exported so far and the time of that export.  The length tells
+# the family and whether the suffix is there: 33/73 bytes IPv4, 81/121 IPv6.
+_HEAD4 = struct.Struct("<B4s4sHH4s4sHHq")
+_HEAD6 = struct.Struct("<B16s16sHH16s16sHHq")
+_BASE = struct.Struct("<QQQQq")
+_PACK4 = _HEAD4.pack
+_PACK6 = _HEAD6.pack
+_HEAD_LEN = {33: (4, _HEAD4), 73: (4, _HEAD4), 81: (6, _HEAD6), 121: (6, _HEAD6)}
+
+
+def _entry_event(ct_id: int, entry: bytes) -> tuple[CtEvent, int, tuple | None]:
+    """A cache entry back into (event with zero counters, NEW time, base):
+    base is (opk, oby, rpk, rby, exported_ns) or None."""
+    family, head = _HEAD_LEN[len(entry)]
+    proto, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, new_ns = head.unpack_from(entry)
+    base = _BASE.unpack_from(entry, head.size) if len(entry) > head.size else None
+    ev = CtEvent(EV_DESTROY, family, ct_id, 0, CtTuple(osrc, odst, proto, osp, odp),
+                 CtTuple(rsrc, rdst, proto, rsp, rdp), 0, 0, 0, 0, 0, 0)
+    return ev, new_ns, base
+
+
+def _with_counters(ev, opk, oby, rpk, rby):
+    return _new(CtEvent, (*ev[:6], opk, oby, rpk, rby, *ev[10:]))
 
 
 def flows_of(ev: CtEvent, start_ns: int, end_ns: int,
@@ -97,7 +152,7 @@ class Correlator:
     """Turns ctnetlink events into ``Flow`` records (and NAT session events)."""
 
     def __init__(self, ttl: float = 604800, kernel_timestamps: bool = True,
-                 nat_events: bool = False):
+                 nat_events: bool = False, cache: bool = True):
         self.ttl_ns = int(ttl * 1_000_000_000)
         # When the kernel stamps connections, NEW times need not be kept.
         self.kernel_timestamps = kernel_timestamps
@@ -105,6 +160,13 @@ class Correlator:
         self._new_ns: dict[int, int] = {}       # ct_id -> NEW event time
         self._dumped: dict = {}                 # key -> [event, first_seen_ns, last_seen_ns]
         self._poll_exported: dict = {}          # key -> time exported by the poller
+        # ct_id -> packed entry (see _HEAD4); None: no cache (no resync, no
+        # active timeout)
+        self._live: dict[int, bytes] | None = {} if cache else None
+        # ct ids of DESTROY events handled while a resync dump is in flight
+        # (begin_sync .. resync): a connection in the dump but already ended
+        # must not be adopted
+        self._destroyed_during_sync: set | None = None
         self.nat_events: list[NatEvent] = []    # pending, taken by the caller
         self.counters = {
             "events_new": 0,
@@ -114,6 +176,10 @@ class Correlator:
             "exported_by_poll": 0,
             "purged_ttl": 0,
             "duplicate_destroy": 0,
+            "resyncs": 0,
+            "exported_by_resync": 0,     # vanished during an overrun (lack of resources)
+            "adopted_by_resync": 0,      # in the table, their NEW event lost
+            "active_exports": 0,         # connections exported by the active timeout
         }
 
     # -- hot path -----------------------------------------------------------
@@ -125,6 +191,11 @@ class Correlator:
         poll_exported = self._poll_exported
         keep_new_times = not self.kernel_timestamps
         want_nat = self.want_nat_events
+        live = self._live
+        caching = live is not None
+        sync_log = self._destroyed_during_sync
+        pack4 = _PACK4
+        pack6 = _PACK6
         extend = out.extend
         exported = duplicates = new = other = 0
         for ev in events:
@@ -136,14 +207,30 @@ class Correlator:
                     remembered = new_ns.pop(ct_id, 0)
                     if not start:
                         start = remembered
+                if live:
+                    entry = live.pop(ct_id, None)
+                    if entry is not None and (len(entry) == 73 or len(entry) == 121):
+                        # exported early by the active timeout: the rest only
+                        ev, start = self._rest(ev, entry)
+                    # under `if live` to keep the cache-less path as it was;
+                    # with an empty cache there is nothing a sync could revive
+                    # but a connection whose NEW was lost, a corner left open
+                    if sync_log is not None:
+                        sync_log.add(ct_id)
                 if dumped or poll_exported:
                     key = (ct_id, ev[4])            # (ct_id, orig): see _key
                     if poll_exported.pop(key, None) is not None:
                         duplicates += 1
                         continue
                     entry = dumped.pop(key, None)
-                    if entry is not None and not start:
-                        start = entry[0].start_ns or entry[1]
+                    if entry is not None:
+                        if len(entry) > 3:          # exported early: the rest only
+                            b = entry[3]
+                            ev = _with_counters(ev, ev[6] - b[0], ev[7] - b[1],
+                                                ev[8] - b[2], ev[9] - b[3])
+                            start = b[4]
+                        elif not start:
+                            start = entry[0].start_ns or entry[1]
                 end = ev[11] or now_ns              # stop_ns
                 if not start:
                     start = end
@@ -157,6 +244,11 @@ class Correlator:
                 new += 1
                 if keep_new_times:
                     new_ns[ev[2]] = now_ns
+                if caching:
+                    o = ev[4]
+                    r = ev[5]
+                    live[ev[2]] = (pack4 if ev[1] == 4 else pack6)(
+                        o[2], o[0], o[1], o[3], o[4], r[0], r[1], r[3], r[4], now_ns)
                 if want_nat:
                     nat = nat_event_of(ev, now_ns, True)
                     if nat is not None:
@@ -213,8 +305,13 @@ class Correlator:
                 entry[2] = now_ns
                 continue
             del self._dumped[key]
-            last, first_seen, last_seen = entry
+            last, first_seen, last_seen = entry[:3]
             start = last.start_ns or first_seen
+            if len(entry) > 3:                  # exported early: the rest only
+                b = entry[3]
+                last = _with_counters(last, last[6] - b[0], last[7] - b[1],
+                                      last[8] - b[2], last[9] - b[3])
+                start = b[4]
             out.extend(flows_of(last, start, max(last_seen, start)))
             self._poll_exported[key] = now_ns
             self.counters["connections_exported"] += 1
@@ -224,6 +321,143 @@ class Correlator:
                 if nat is not None:
                     self.nat_events.append(nat)
         return out
+
+    # -- the live cache: overrun recovery and active timeout ----------------------
+    @staticmethod
+    def _rest(ev, entry: bytes):
+        """A DESTROY of a connection exported early: (event carrying the
+        counters not yet exported, start = time of the last export)."""
+        b = _BASE.unpack_from(entry, len(entry) - _BASE.size)
+        return (_with_counters(ev, ev[6] - b[0], ev[7] - b[1], ev[8] - b[2], ev[9] - b[3]),
+                b[4])
+
+    @property
+    def cached(self) -> int:
+        """Connections in the live cache."""
+        return len(self._live) if self._live is not None else 0
+
+    def begin_sync(self) -> None:
+        """Call before dumping the table for ``resync``/``active_export``: from
+        now until then, ended connections are noted so that the dump (which may
+        still show them) does not bring them back."""
+        self._destroyed_during_sync = set()
+
+    def resync(self, table, now_ns: int, dump_ns: int) -> list[Flow]:
+        """After an overrun: compare a dump (begun at ``dump_ns``, after
+        ``begin_sync``) with the cache.  Cached connections that are not in
+        the table any more are exported (last counters seen, reason lack of
+        resources); table entries the cache does not know are adopted.  The
+        start-up connections are reconciled as by ``reconcile``."""
+        out = self._sync(table, now_ns, dump_ns, active=False)
+        self.counters["resyncs"] += 1
+        return out
+
+    def active_export(self, table, now_ns: int, dump_ns: int) -> list[Flow]:
+        """Active timeout: for every open connection in ``table`` (a dump
+        begun at ``dump_ns``, after ``begin_sync``), the counters accumulated
+        since its previous export, reason active timeout.  Connections that
+        are idle since then give no record.  Also does what ``resync`` does
+        (a DESTROY lost without an overrun is caught here)."""
+        return self._sync(table, now_ns, dump_ns, active=True)
+
+    def _sync(self, table, now_ns: int, dump_ns: int, active: bool) -> list[Flow]:
+        live = self._live
+        destroyed = self._destroyed_during_sync or set()
+        self._destroyed_during_sync = None
+        out: list[Flow] = []
+        if live is None:
+            return self.reconcile(table, now_ns)
+        dumped = self._dumped
+        present = set()
+        adopted = early = 0
+        for ev in table:
+            ct_id = ev[2]
+            present.add(ct_id)
+            entry = live.get(ct_id)
+            if entry is None:
+                key = (ct_id, ev[4])
+                d = dumped.get(key)
+                if d is not None:
+                    if active and self._active_dumped(d, ev, now_ns, out):
+                        early += 1
+                    continue
+                if ct_id in destroyed or key in self._poll_exported:
+                    continue                    # ended meanwhile: not to bring back
+                o, r = ev[4], ev[5]
+                entry = (_PACK4 if ev[1] == 4 else _PACK6)(
+                    o[2], o[0], o[1], o[3], o[4], r[0], r[1], r[3], r[4],
+                    ev[10] or now_ns)
+                live[ct_id] = entry
+                adopted += 1
+                # fall through: an adopted connection's counters so far are
+                # exported now by the active timeout too
+                if not active:
+                    continue
+            if active:
+                if self._active_live(ct_id, entry, ev, now_ns, out):
+                    early += 1
+        # vanished: cached, made before the dump began, not in it
+        vanished = 0
+        for ct_id in [c for c in live if c not in present]:
+            if ct_id in destroyed:
+                continue
+            entry = live[ct_id]
+            ev, new_ns, base = _entry_event(ct_id, entry)
+            if new_ns >= dump_ns:
+                continue                        # NEW after the dump began
+            del live[ct_id]
+            start = base[4] if base else new_ns
+            end = max(dump_ns, start)
+            out.extend(flows_of(ev, start, end, END_LACK_OF_RESOURCES))
+            self._poll_exported[(ct_id, ev[4])] = now_ns
+            vanished += 1
+            if self.want_nat_events:
+                nat = nat_event_of(ev, end, False)
+                if nat is not None:
+                    self.nat_events.append(nat)
+        c = self.counters
+        c["exported_by_resync"] += vanished
+        c["connections_exported"] += vanished
+        c["adopted_by_resync"] += adopted
+        c["active_exports"] += early
+        out.extend(self.reconcile(table, now_ns))
+        return out
+
+    def _active_live(self, ct_id, entry, ev, now_ns, out) -> bool:
+        family, head = _HEAD_LEN[len(entry)]
+        if len(entry) > head.size:
+            b = _BASE.unpack_from(entry, head.size)
+            start = b[4]
+        else:
+            b = (0, 0, 0, 0)
+            start = ev[10] or head.unpack_from(entry)[9]
+        opk, oby, rpk, rby = ev[6:10]
+        if opk == b[0] and rpk == b[2]:
+            return False                        # idle since the last export
+        delta = _with_counters(ev, opk - b[0], oby - b[1], rpk - b[2], rby - b[3])
+        out.extend(flows_of(delta, start, max(now_ns, start), END_ACTIVE_TIMEOUT))
+        self._live[ct_id] = entry[:head.size] + _BASE.pack(opk, oby, rpk, rby, now_ns)
+        return True
+
+    def _active_dumped(self, d: list, ev, now_ns, out) -> bool:
+        if len(d) > 3:
+            b = d[3]
+            start = b[4]
+        else:
+            b = (0, 0, 0, 0)
+            start = ev[10] or d[1]
+        d[0] = ev
+        d[2] = now_ns
+        opk, oby, rpk, rby = ev[6:10]
+        if opk == b[0] and rpk == b[2]:
+            return False
+        delta = _with_counters(ev, opk - b[0], oby - b[1], rpk - b[2], rby - b[3])
+        out.extend(flows_of(delta, start, max(now_ns, start), END_ACTIVE_TIMEOUT))
+        if len(d) > 3:
+            d[3] = (opk, oby, rpk, rby, now_ns)
+        else:
+            d.append((opk, oby, rpk, rby, now_ns))
+        return True
 
     # -- housekeeping -----------------------------------------------------------
     def purge(self, now_ns: int) -> int:

@@ -42,6 +42,10 @@ SYSCTL = "/proc/sys/net/netfilter/"
 FLUSH_THRESHOLD = 3000
 # Datagrams drained from netlink per wake-up before deadlines are looked at.
 RECV_BATCH = 512
+# Seconds from the first ENOBUFS of an episode to the resync dump: a burst is
+# let through first, then one dump resynchronises (more overruns meanwhile
+# belong to the same episode).
+RESYNC_DELAY = 0.5
 
 
 def read_sysctl(name: str) -> int | None:
@@ -125,8 +129,11 @@ class Daemon:
         self.started_at = time.time()
         self.counters = {
             "malformed": 0, "unknown": 0, "overruns": 0, "polls": 0, "reloads": 0,
-            "reloads_refused": 0,
+            "reloads_refused": 0, "resyncs": 0, "active_dumps": 0,
         }
+        # overrun episode: from the first ENOBUFS to the resync that follows
+        self._overrun_episode = 0       # overruns in the current episode (0: none)
+        self._resync_at = 0.0           # monotonic time the resync is due
         self.pipeline = Pipeline(cfg)
         self.correlator: Correlator | None = None
         self.sock: conntrack.ConntrackSocket | None = None
@@ -156,6 +163,7 @@ class Daemon:
             out.update(self.correlator.counters)
             out["connections_tracked"] = self.correlator.tracked
             out["connections_from_start_dump"] = self.correlator.dumped_pending
+            out["connections_cached"] = self.correlator.cached
         out.update(self.pipeline.summary())
         return out
 
@@ -245,12 +253,17 @@ class Daemon:
         next_flush = now + self.cfg.export.flush_interval
         next_poll = now + self.cfg.conntrack.poll_interval
         next_purge = now + min(self.cfg.conntrack.ttl, 60.0)
+        active_timeout = self.cfg.conntrack.active_timeout
+        next_active = now + active_timeout if active_timeout else float("inf")
         rlist = [self.sock, self._wake_r, self.control]
         corr = self.correlator
         while not self.stopping:
             deadline = min(next_flush, next_purge)
             if corr.dumped_pending:
                 deadline = min(deadline, next_poll)
+            deadline = min(deadline, next_active)
+            if self._overrun_episode:
+                deadline = min(deadline, self._resync_at)
             streams = self.pipeline.stream_sinks
             for sink in streams:
                 wake = sink.next_wakeup()
@@ -275,8 +288,18 @@ class Daemon:
                 self.control.handle_ready()
             if self.reload_requested and not self.stopping:
                 self.reload(pending)
+                if self.cfg.conntrack.active_timeout != active_timeout:
+                    active_timeout = self.cfg.conntrack.active_timeout
+                    next_active = (time.monotonic() + active_timeout if active_timeout
+                                   else float("inf"))
             ccfg = self.cfg.conntrack
             now = time.monotonic()
+            if self._overrun_episode and now >= self._resync_at:
+                self._resync(pending)
+                now = time.monotonic()
+            if now >= next_active:
+                self._active(pending)
+                next_active = time.monotonic() + active_timeout
             if len(pending) >= FLUSH_THRESHOLD or now >= next_flush:
                 self._flush(pending)
                 next_flush = now + self.cfg.export.flush_interval
@@ -306,9 +329,17 @@ class Daemon:
                 res = self.sock.recv_batch(RECV_BATCH)
             except conntrack.NetlinkOverrun:
                 c["overruns"] += 1
-                log.error("netlink_overrun",
-                          meaning="the kernel dropped events: the receive buffer was full",
-                          overruns=c["overruns"])
+                if not self._overrun_episode:
+                    # once per episode: a burst can raise ENOBUFS thousands
+                    # of times; the resync that ends the episode says how many
+                    log.error("netlink_overrun",
+                              meaning="the kernel dropped events: the receive buffer was "
+                                      "full; the table will be dumped to resynchronise",
+                              overruns=c["overruns"], rcvbuf=self.sock.rcvbuf)
+                    # let the burst pass first (each resync is a full dump),
+                    # but not for long
+                    self._resync_at = time.monotonic() + RESYNC_DELAY
+                self._overrun_episode += 1
                 continue
             if res.events:
                 handle_batch(res.events, time.time_ns(), pending)
@@ -337,6 +368,62 @@ class Daemon:
             log.info("exported_by_poll", connections=len(flows) // 2,
                      still_pending=self.correlator.dumped_pending)
         pending.extend(flows)
+
+    def _sync_dump(self, pending: list):
+        """Dump the table for a resync or an active-timeout export; events
+        queued meanwhile are handled first.  Returns (table, dump start ns)
+        or None when the dump failed."""
+        corr = self.correlator
+        corr.begin_sync()
+        dump_ns = time.time_ns()
+        try:
+            table = conntrack.dump_table()
+        except Exception as e:  # noqa: BLE001 - the loop must go on
+            log.error("dump_failed", error=str(e))
+            corr._destroyed_during_sync = None
+            return None
+        self._receive(pending)
+        return table, dump_ns
+
+    def _resync(self, pending: list) -> None:
+        """End an overrun episode: dump the table and export the connections
+        that ended while events were being lost."""
+        episode = self._overrun_episode
+        self._overrun_episode = 0
+        got = self._sync_dump(pending)
+        if got is None:
+            self._overrun_episode = episode
+            self._resync_at = time.monotonic() + RESYNC_DELAY
+            return
+        table, dump_ns = got
+        corr = self.correlator
+        before = dict(corr.counters)
+        flows = corr.resync(table, time.time_ns(), dump_ns)
+        pending.extend(flows)
+        self.counters["resyncs"] += 1
+        log.warning("resynced", overruns_in_episode=episode,
+                    exported_vanished=corr.counters["exported_by_resync"]
+                    - before["exported_by_resync"],
+                    adopted=corr.counters["adopted_by_resync"] - before["adopted_by_resync"],
+                    table=len(table), cached=corr.cached)
+        if len(pending) >= FLUSH_THRESHOLD:
+            self._flush(pending)
+
+    def _active(self, pending: list) -> None:
+        """Active timeout: export each open connection's counters since its
+        previous export."""
+        got = self._sync_dump(pending)
+        if got is None:
+            return
+        table, dump_ns = got
+        corr = self.correlator
+        before = corr.counters["active_exports"]
+        pending.extend(corr.active_export(table, time.time_ns(), dump_ns))
+        self.counters["active_dumps"] += 1
+        log.info("active_timeout_export", connections=corr.counters["active_exports"] - before,
+                 table=len(table))
+        if len(pending) >= FLUSH_THRESHOLD:
+            self._flush(pending)
 
     def _flush(self, pending: list) -> None:
         nat_events = self.correlator.take_nat_events()

@@ -109,6 +109,10 @@ class UdpCollector(_Sink):
         self.datagrams_sent = 0
         self.bytes_sent = 0
         self.records_sent = 0
+        # back-pressure: a slow or absent collector never blocks the loop;
+        # what could not be sent is counted here
+        self.datagrams_dropped = 0
+        self.records_dropped = 0
         self.sock = socket.socket(self.family, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
         self._bind(self.sock)
@@ -134,6 +138,8 @@ class UdpCollector(_Sink):
             else:
                 self._connected = self._try_connect()
                 if not self._connected:
+                    self.datagrams_dropped += 1
+                    self.records_dropped += records
                     return False
                 self.sock.send(datagram)
         except OSError as e:
@@ -141,6 +147,8 @@ class UdpCollector(_Sink):
             # EHOSTUNREACH, EAGAIN/ENOBUFS (socket buffer full), EMSGSIZE...:
             # counted; the datagram is lost; the next send tries again.
             self._error(e)
+            self.datagrams_dropped += 1
+            self.records_dropped += records
             return False
         self.datagrams_sent += 1
         self.bytes_sent += len(datagram)
@@ -149,6 +157,8 @@ class UdpCollector(_Sink):
 
     def stats(self) -> dict:
         return {"datagrams_sent": self.datagrams_sent, "records_sent": self.records_sent,
+                "datagrams_dropped": self.datagrams_dropped,
+                "records_dropped": self.records_dropped,
                 "bytes_sent": self.bytes_sent, "send_errors": self.send_errors,
                 "last_error": self.last_error}
 

@@ -44,6 +44,7 @@ class V5Exporter:
     def summary(self) -> dict:
         return {"records": self.encoder.records_encoded,
                 "datagrams": self.sink.datagrams_sent,
+                "records_dropped": self.sink.records_dropped,
                 "send_errors": self.sink.send_errors,
                 "skipped_ipv6": self.encoder.skipped_ipv6}
 
@@ -103,6 +104,7 @@ class TemplateExporter:
                        connects=self.sink.connects)
         else:
             out["datagrams"] = self.sink.datagrams_sent
+            out["records_dropped"] = self.sink.records_dropped
         return out
 
     def close(self) -> None:

@@ -1,0 +1,105 @@
+"""Many connections at once, for the burst tests and bench/bench_burst.py.
+
+    python burst.py sink ADDR --ports P0 P1 ... --lifetime S
+        UDP listeners (read and discarded); prints READY; exits after S seconds.
+    python burst.py udp SRC DST N --dports P0 P1 ... [--nbytes B]
+        N UDP "connections": one datagram each from SRC, source ports
+        10000..59999 for each destination port in turn (N <= 50000 * ports);
+        paced so that the veth backlog is not overrun; prints SENT N.
+    python burst.py chatter ADDR PORT SECONDS
+        one TCP connection to an echo server, 100 bytes echoed every 0.2 s
+        for SECONDS; prints LOCAL addr port first, DONE at the end.
+
+Every loop is bounded; every socket has a timeout.
+"""
+
+import argparse
+import socket
+import sys
+import time
+
+FIRST_PORT, PORTS_PER_DST = 10000, 50000
+
+
+def sink(addr, ports, lifetime):
+    socks = []
+    for p in ports:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((addr, p))
+        s.setblocking(False)
+        socks.append(s)
+    print("READY", flush=True)
+    end = time.monotonic() + lifetime
+    import select
+    while time.monotonic() < end:
+        r, _, _ = select.select(socks, [], [], 0.5)
+        for s in r:
+            for _ in range(1000):
+                try:
+                    s.recv(2048)
+                except BlockingIOError:
+                    break
+
+
+def udp(src, dst, n, dports, nbytes):
+    if n > PORTS_PER_DST * len(dports):
+        sys.exit(f"at most {PORTS_PER_DST * len(dports)} connections with these ports")
+    payload = b"x" * nbytes
+    sent = 0
+    for i in range(n):
+        dport = dports[i // PORTS_PER_DST]
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((src, FIRST_PORT + i % PORTS_PER_DST))
+        try:
+            s.sendto(payload, (dst, dport))
+            sent += 1
+        except OSError:
+            pass
+        s.close()
+        if i % 200 == 199:
+            time.sleep(0.002)       # netdev_max_backlog is 1000 packets
+    print("SENT", sent, flush=True)
+
+
+def chatter(addr, port, seconds):
+    s = socket.create_connection((addr, port), timeout=5)
+    print("LOCAL", *s.getsockname()[:2], flush=True)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        s.sendall(b"y" * 100)
+        got = 0
+        while got < 100:
+            chunk = s.recv(100 - got)
+            if not chunk:
+                break
+            got += len(chunk)
+        time.sleep(0.2)
+    s.close()
+    print("DONE", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sk = sub.add_parser("sink")
+    sk.add_argument("addr")
+    sk.add_argument("--ports", type=int, nargs="+", required=True)
+    sk.add_argument("--lifetime", type=float, default=60)
+    u = sub.add_parser("udp")
+    u.add_argument("src"), u.add_argument("dst"), u.add_argument("n", type=int)
+    u.add_argument("--dports", type=int, nargs="+", required=True)
+    u.add_argument("--nbytes", type=int, default=32)
+    c = sub.add_parser("chatter")
+    c.add_argument("addr"), c.add_argument("port", type=int), c.add_argument("seconds", type=float)
+    a = ap.parse_args()
+    if a.cmd == "sink":
+        sink(a.addr, a.ports, a.lifetime)
+    elif a.cmd == "udp":
+        udp(a.src, a.dst, a.n, a.dports, a.nbytes)
+    else:
+        chatter(a.addr, a.port, a.seconds)
+
+
+if __name__ == "__main__":
+    main()
