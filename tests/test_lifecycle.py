@@ -279,3 +279,34 @@ def test_user_drops_root_but_keeps_cap_net_admin_for_the_poller(lab, tmp_path):
     sports = [int(r.split("|")[2]) for r in v5_records(collector)]
     assert early[1] in sports, sports
     shutil.rmtree(sockdir)
+
+
+def test_metrics_endpoint_serves_the_running_daemons_counters(lab, tmp_path):
+    collector = Nfcapd(lab, tmp_path, port=20607)
+    catcher = SyslogCatcher(tmp_path / "log.sock")
+    cfg = config(tmp_path, "nfflowd.yaml", 20607, catcher.path,
+                 extra="metrics: {listen: '127.0.0.1:29469'}\n")
+    daemon, log = start_nfflowd(lab, cfg)
+    scrape = ("import urllib.request; print(urllib.request.urlopen("
+              "'http://127.0.0.1:29469/metrics', timeout=5).read().decode())")
+    try:
+        connections(lab, 2)
+        lab.flush()
+        assert flush_and_wait(lab, catcher, 6)
+
+        def metrics():
+            return lab.ns(lab.fw, sys.executable, "-c", scrape).stdout
+        seen = []
+
+        def scraped_after_export():
+            seen.append(metrics())
+            return "nfflowd_connections_exported_total 2.0" in seen[-1]
+        assert wait_for(scraped_after_export, timeout=10), seen[-1]
+        text = seen[-1]
+        assert 'nfflowd_records_sent_total{collector="127.0.0.1:20607/v5"} 6.0' in text, text
+        assert 'nfflowd_events_total{kind="destroy"} 2.0' in text, text
+    finally:
+        stop(daemon)
+    daemon.log_reader.join(5)
+    assert daemon.returncode == 0, "".join(log)
+    collector.stop()
