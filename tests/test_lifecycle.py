@@ -150,7 +150,7 @@ def test_start_check_reload_stop(lab, tmp_path):
     assert len(v5_records(b)) == 6
 
 
-def test_stale_pidfile_is_replaced(lab, tmp_path):
+def test_stale_pidfile_is_replaced_and_restart(lab, tmp_path):
     catcher = SyslogCatcher(tmp_path / "log.sock")
     cfg = config(tmp_path, "nfflowd.yaml", 20603, catcher.path)
     dead = subprocess.Popen(["true"])
@@ -161,6 +161,12 @@ def test_stale_pidfile_is_replaced(lab, tmp_path):
         assert r.returncode == 0, r.stderr
         pid = int(re.search(r"started \(pid (\d+)\)", r.stdout).group(1))
         assert int((tmp_path / "nfflowd.pid").read_text()) == pid != dead.pid
+        # restart: the old one stops, a new one runs
+        r = nfflowd(lab, "-c", cfg, "restart")
+        assert r.returncode == 0, r.stderr
+        new_pid = int(re.search(r"started \(pid (\d+)\)", r.stdout).group(1))
+        assert new_pid != pid and gone(pid)
+        assert int((tmp_path / "nfflowd.pid").read_text()) == new_pid
     finally:
         assert nfflowd(lab, "-c", cfg, "stop").returncode == 0
 
