@@ -290,20 +290,13 @@ def check(path: str) -> int:
     return status
 
 
-def _sysctl(name: str) -> int | None:
-    try:
-        with open(f"/proc/sys/net/netfilter/{name}") as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
 def kernel_prerequisites(cfg: Config) -> tuple[list[str], list[str]]:
     """Problems (each with the command that fixes it) and what could not be
     checked, in the current network namespace."""
+    from .conntrack import read_sysctl
     problems: list[str] = []
     unchecked: list[str] = []
-    events = _sysctl("nf_conntrack_events")
+    events = read_sysctl("nf_conntrack_events")
     if events is None:
         problems.append("conntrack is not active in this network namespace "
                         "(no net.netfilter.nf_conntrack_events); fix: modprobe nf_conntrack, "
@@ -318,7 +311,7 @@ def kernel_prerequisites(cfg: Config) -> tuple[list[str], list[str]]:
                      else ")"))
         for name, what in (("nf_conntrack_acct", "packet and byte counters"),
                            ("nf_conntrack_timestamp", "start and stop times")):
-            value = _sysctl(name)
+            value = read_sysctl(name)
             if value == 0:
                 problems.append(f"{name}=0: no {what}; fix: sysctl -w net.netfilter.{name}=1")
             elif value is not None:

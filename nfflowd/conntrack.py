@@ -699,3 +699,16 @@ def dump_table(family: int = 0, timeout: float = 30.0) -> list:
         raise SourceError(_errno_message(what, e.errno or 0)) from e
     finally:
         sock.close()
+
+
+SYSCTL = "/proc/sys/net/netfilter/"
+
+
+def read_sysctl(name: str) -> int | None:
+    """A net.netfilter sysctl of the current network namespace (e.g.
+    ``nf_conntrack_events``), or None where it does not exist."""
+    try:
+        with open(SYSCTL + name) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None

@@ -35,8 +35,6 @@ from .privileges import drop_privileges
 
 log = structlog.get_logger("nfflowd")
 
-SYSCTL = "/proc/sys/net/netfilter/"
-
 # Flush early when this many flows are pending, to bound memory and latency
 # during a burst (a full v5 datagram is 30 records).
 FLUSH_THRESHOLD = 3000
@@ -46,15 +44,6 @@ RECV_BATCH = 512
 # let through first, then one dump resynchronises (more overruns meanwhile
 # belong to the same episode).
 RESYNC_DELAY = 0.5
-
-
-def read_sysctl(name: str) -> int | None:
-    """A net.netfilter sysctl of the current network namespace, or None."""
-    try:
-        with open(SYSCTL + name) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def configure_logging(level: str = "info", to_syslog: bool = False) -> None:
@@ -94,9 +83,9 @@ def configure_logging(level: str = "info", to_syslog: bool = False) -> None:
 def announce_kernel_settings() -> bool:
     """Say at start what the kernel's conntrack settings mean for the records.
     Returns whether the kernel timestamps connections."""
-    events = read_sysctl("nf_conntrack_events")
-    acct = read_sysctl("nf_conntrack_acct")
-    tstamp = read_sysctl("nf_conntrack_timestamp")
+    events = conntrack.read_sysctl("nf_conntrack_events")
+    acct = conntrack.read_sysctl("nf_conntrack_acct")
+    tstamp = conntrack.read_sysctl("nf_conntrack_timestamp")
     if events == 0:
         log.warning("conntrack_events_off", nf_conntrack_events=0,
                     meaning="the kernel sends no conntrack events: nothing will be exported",
