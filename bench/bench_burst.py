@@ -1,0 +1,637 @@
+"""Burst: a table of connections ended at once, nfflowd against ulogd2.
+
+    sudo python bench/bench_burst.py [--connections N] [--keep]
+
+As root, in network namespaces (tests/natlab.py: lan -> fw (NAT) -> wan):
+
+1. in fw, two small IPFIX collectors (this file's ``sink`` mode: it keeps
+   every datagram with its kernel receive time, SO_TIMESTAMPNS, and counts
+   what its socket dropped, SO_RXQ_OVFL), one per exporter;
+2. in fw, Debian's ulogd2 (``ulogd -c CONF``; the config is written here:
+   NFCT input in event mode, DESTROY events only, no hash table, a 128 MiB
+   netlink buffer; IPFIX output over UDP to its collector) and nfflowd
+   (``python -m nfflowd.cli -f -c CFG start``, IPFIX over UDP, flow records
+   only, conntrack.rcvbuf 128 MiB): both before any connection exists (with
+   the kernel default nf_conntrack_events=2 a connection created while nobody
+   listens never sends events);
+3. N UDP connections from lan to wan through the NAT (tests/burst.py),
+   checked with ``conntrack -C``;
+4. ``conntrack -F`` in fw, then a bounded wait until both collectors are
+   quiet.
+
+Prints for each exporter: the connections exported (nfflowd sends one record
+per direction, so its distinct original-direction records, and records / 2;
+ulogd2 sends one record per connection, the original tuple with the counters
+of both directions summed), duplicates, the overruns (nfflowd's ``overruns=``
+counter; ulogd2's "losing events" log lines) and the messages the kernel
+dropped on each netlink socket (/proc/net/netlink, Drops), the time from the
+first to the last record after the flush, and the ratio nfflowd / ulogd2 of
+that time (<= 1.0: nfflowd drains the burst as fast or faster).
+
+The issue's target: all N connections, zero overruns, and nfflowd's
+first-to-last time no more than ulogd2's in the same run.
+
+Every wait is bounded; every process started here is stopped in ``finally``
+and has a lifetime of its own (``timeout``); the namespaces are deleted; a
+raised nf_conntrack_max (global, init namespace) is restored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TESTS = ROOT / "tests"
+BURST = TESTS / "burst.py"
+
+NFFLOWD_PORT, ULOGD_PORT = 24801, 24802
+SO_TIMESTAMPNS, SO_RXQ_OVFL, SO_RCVBUFFORCE = 35, 40, 33
+# ulogd2's NFCT input on ENOBUFS: "We are losing events, increasing buffer size
+# to N", or, at its maximum, "We are losing events. Please, consider ..."
+LOSS_RE = re.compile(r"losing events", re.I)
+
+
+# ---------------------------------------------------------------------------
+# the collector (run as a child: ``bench_burst.py sink ADDR PORT OUT``)
+# ---------------------------------------------------------------------------
+def sink_main(argv) -> int:
+    """Receive IPFIX datagrams until SIGTERM or the lifetime; keep each one
+    with its kernel receive time; rewrite OUT.status (records so far) every
+    0.2 s; at the end decode everything and write OUT (JSON)."""
+    ap = argparse.ArgumentParser(prog="bench_burst.py sink")
+    ap.add_argument("addr"), ap.add_argument("port", type=int), ap.add_argument("out")
+    ap.add_argument("--lifetime", type=float, default=600)
+    ap.add_argument("--lan", default="198.51.100.2", help="original source of the burst")
+    a = ap.parse_args(argv)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 256 << 20)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 << 20)
+    s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    s.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+    s.bind((a.addr, a.port))
+    s.settimeout(0.2)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    templates: dict = {}
+    kept: list = []               # (kernel receive ns, datagram)
+    records = 0
+    first = last = None
+    drops = 0
+    status = Path(a.out + ".status")
+    next_status = 0.0
+    print("READY", flush=True)
+    end = time.monotonic() + a.lifetime
+    cmsg_space = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(4)
+    while not stop and time.monotonic() < end:
+        try:
+            d, anc, _flags, _addr = s.recvmsg(65536, cmsg_space)
+        except (socket.timeout, InterruptedError):
+            d = None
+        if d is not None:
+            ts = time.time_ns()
+            for level, typ, data in anc:
+                if level == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS and len(data) >= 16:
+                    sec, nsec = struct.unpack("qq", data[:16])
+                    ts = sec * 1_000_000_000 + nsec
+                elif level == socket.SOL_SOCKET and typ == SO_RXQ_OVFL and len(data) >= 4:
+                    drops = struct.unpack("I", data[:4])[0]
+            n = _count(d, templates)
+            kept.append((ts, d))
+            if n:
+                records += n
+                first = first or ts
+                last = ts
+        now = time.monotonic()
+        if now >= next_status:
+            _write_atomic(status, json.dumps({"records": records, "datagrams": len(kept),
+                                              "first": first, "last": last, "drops": drops}))
+            next_status = now + 0.2
+    s.close()
+    _write_atomic(Path(a.out), json.dumps(_decode_all(kept, a.lan, drops)))
+    return 0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _sets(d: bytes):
+    """(set id, body start, body end) of each set of an IPFIX message."""
+    if len(d) < 16 or struct.unpack_from("!H", d)[0] != 10:
+        return
+    off, total = 16, min(len(d), struct.unpack_from("!H", d, 2)[0])
+    while off + 4 <= total:
+        sid, slen = struct.unpack_from("!HH", d, off)
+        if slen < 4:
+            return
+        yield sid, off + 4, min(off + slen, total)
+        off += slen
+
+
+def _learn(d: bytes, body: int, bend: int, templates: dict) -> None:
+    p = body
+    while p + 4 <= bend:
+        tid, count = struct.unpack_from("!HH", d, p)
+        p += 4
+        fields, rlen = [], 0
+        for _ in range(count):
+            ie, ln = struct.unpack_from("!HH", d, p)
+            p += 4
+            if ie & 0x8000:            # enterprise number follows
+                p += 4
+                ie = 0x10000 | (ie & 0x7FFF)
+            fields.append((ie, rlen, ln))
+            rlen += ln
+        templates[tid] = (fields, rlen)
+
+
+def _count(d: bytes, templates: dict) -> int:
+    """Data records in one message (templates learnt as they come)."""
+    n = 0
+    for sid, body, bend in _sets(d):
+        if sid == 2:
+            _learn(d, body, bend, templates)
+        elif sid >= 256 and sid in templates and templates[sid][1]:
+            n += (bend - body) // templates[sid][1]
+    return n
+
+
+# sourceIPv4/6, destinationIPv4/6, ports, protocol, flowEndReason, packets
+_KEYS = {8: "src", 27: "src", 12: "dst", 28: "dst", 7: "sport", 11: "dport", 4: "proto",
+         136: "reason", 2: "packets", 86: "packets"}
+
+
+def _decode_all(kept, lan: str, drops: int) -> dict:
+    """Every record: per datagram (receive ns, records); the original
+    direction's keys (source = the lan host) to count connections once."""
+    templates: dict = {}
+    per_dgram = []
+    orig = Counter()
+    reasons = Counter()
+    records = 0
+    for ts, d in kept:
+        n = 0
+        for sid, body, bend in _sets(d):
+            if sid == 2:
+                _learn(d, body, bend, templates)
+                continue
+            if sid < 256 or sid not in templates:
+                continue
+            fields, rlen = templates[sid]
+            if not rlen:
+                continue
+            wanted = [(_KEYS[ie], fo, ln) for ie, fo, ln in fields if ie in _KEYS]
+            p = body
+            while p + rlen <= bend:
+                rec = {}
+                for name, fo, ln in wanted:
+                    raw = d[p + fo:p + fo + ln]
+                    rec[name] = (str(ipaddress.ip_address(raw)) if name in ("src", "dst")
+                                 else int.from_bytes(raw, "big"))
+                if rec.get("src") == lan:
+                    orig[(rec.get("sport"), rec.get("dst"), rec.get("dport"),
+                          rec.get("proto"))] += 1
+                reasons[rec.get("reason", 0)] += 1
+                n += 1
+                p += rlen
+        if n:
+            per_dgram.append((ts, n))
+            records += n
+    return {"records": records, "datagrams": len(kept), "drops": drops,
+            "per_datagram": per_dgram,
+            "orig_distinct": len(orig), "orig_records": sum(orig.values()),
+            "orig_duplicates": sum(c - 1 for c in orig.values() if c > 1),
+            "reasons": {str(k): v for k, v in reasons.items()}}
+
+
+# ---------------------------------------------------------------------------
+# the bench
+# ---------------------------------------------------------------------------
+def ulogd_plugins() -> dict:
+    """Paths of the NFCT input and IPFIX output plugins, from dpkg -L."""
+    want = {"NFCT": "ulogd_inpflow_NFCT.so", "IPFIX": "ulogd_output_IPFIX.so"}
+    found = {}
+    r = subprocess.run(["dpkg-query", "-W", "-f", "${Package}\n", "ulogd2*"],
+                       capture_output=True, text=True)
+    pkgs = [p for p in r.stdout.split() if p] or ["ulogd2"]
+    for pkg in pkgs:
+        r = subprocess.run(["dpkg", "-L", pkg], capture_output=True, text=True)
+        for line in r.stdout.splitlines():
+            for key, name in want.items():
+                if line.endswith("/" + name):
+                    found[key] = line.strip()
+    missing = [k for k in want if k not in found]
+    if missing:
+        raise SystemExit(f"ulogd2 plugins not found ({', '.join(missing)}): "
+                         "apt-get install ulogd2")
+    return found
+
+
+def ulogd_config(path: Path, log: Path, plugins: dict, port: int, bufsize: int,
+                 maxsize: int, mtu: int) -> None:
+    """NFCT sets netlink_socket_buffer_size only when it is below
+    netlink_socket_buffer_maxsize (strictly: equal leaves the kernel default);
+    on ENOBUFS it doubles the buffer while that stays below the maximum."""
+    path.write_text(f"""# written by bench/bench_burst.py
+[global]
+logfile="{log}"
+loglevel=3
+plugin="{plugins['NFCT']}"
+plugin="{plugins['IPFIX']}"
+stack=ct1:NFCT,ipfix1:IPFIX
+
+[ct1]
+event_mask=0x00000004
+hash_enable=0
+netlink_socket_buffer_size={bufsize}
+netlink_socket_buffer_maxsize={maxsize}
+
+[ipfix1]
+oid=1
+host="127.0.0.1"
+port={port}
+proto="udp"
+mtu={mtu}
+""")
+
+
+def nfflowd_config(path: Path, workdir: Path, port: int, rcvbuf: int,
+                   flush_interval: float | None) -> None:
+    flush = f"\n  flush_interval: {flush_interval}" if flush_interval is not None else ""
+    path.write_text(f"""# written by bench/bench_burst.py
+export:{flush}
+  collectors:
+    - {{host: 127.0.0.1, port: {port}, version: 10, records: [flows]}}
+syslog: {{enabled: false}}
+conntrack: {{rcvbuf: {rcvbuf}}}
+pidfile: {workdir}/nfflowd.pid
+""")
+
+
+class Proc:
+    """A process in a namespace, its stderr (and stdout) read by threads."""
+
+    def __init__(self, lab, ns, *cmd, lifetime: float, cwd=None):
+        self.p = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "timeout", "-k", "10", str(int(lifetime)),
+             *map(str, cmd)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+            start_new_session=True)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._t = [threading.Thread(target=lambda s=s, b=b: b.extend(iter(s.readline, "")),
+                                    daemon=True)
+                   for s, b in ((self.p.stdout, self.out), (self.p.stderr, self.err))]
+        for t in self._t:
+            t.start()
+
+    def child_pid(self) -> int | None:
+        """The pid under ``timeout`` (ip netns exec execs timeout itself)."""
+        try:
+            kids = Path(f"/proc/{self.p.pid}/task/{self.p.pid}/children").read_text().split()
+            return int(kids[0]) if kids else None
+        except (OSError, ValueError):
+            return None
+
+    def stop(self, timeout=30.0) -> int | None:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)       # timeout passes it on
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait(5)
+        for t in self._t:
+            t.join(5)
+        return self.p.returncode
+
+
+def wait_for(pred, timeout: float, interval=0.1):
+    end = time.monotonic() + timeout
+    v = pred()
+    while not v and time.monotonic() < end:
+        time.sleep(interval)
+        v = pred()
+    return v
+
+
+def netlink_drops(lab, pid: int | None) -> tuple[int, int] | None:
+    """(Drops, Rmem) summed over the ctnetlink subscriptions (protocol 12,
+    groups != 0) that process ``pid`` holds, from fw's /proc/net/netlink."""
+    if pid is None:
+        return None
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                m = re.match(r"socket:\[(\d+)\]", os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                continue
+            if m:
+                inodes.add(m.group(1))
+    except OSError:
+        return None
+    r = lab.ns(lab.fw, "cat", "/proc/net/netlink", check=False)
+    drops = rmem = 0
+    seen = False
+    for line in r.stdout.splitlines()[1:]:
+        f = line.split()
+        # sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
+        if len(f) >= 10 and f[1] == "12" and int(f[3], 16) != 0 and f[9] in inodes:
+            drops += int(f[8])
+            rmem += int(f[4])
+            seen = True
+    return (drops, rmem) if seen else None
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process so far (/proc/PID/stat)."""
+    if pid is None:
+        return None
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def read_status(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--connections", type=int, default=200_000, metavar="N")
+    ap.add_argument("--nfflowd-rcvbuf", type=int, default=128 << 20,
+                    help="nfflowd's conntrack.rcvbuf (bytes)")
+    ap.add_argument("--ulogd-buffer", type=int, default=128 << 20,
+                    help="ulogd2's NFCT netlink_socket_buffer_size (bytes)")
+    ap.add_argument("--ulogd-maxsize", type=int, default=None,
+                    help="ulogd2's NFCT netlink_socket_buffer_maxsize (default: the buffer "
+                         "size + 1, a fixed buffer like nfflowd's)")
+    ap.add_argument("--nfflowd-flush-interval", type=float, default=None,
+                    help="nfflowd's export.flush_interval (default: nfflowd's own, 1 s)")
+    ap.add_argument("--ulogd-mtu", type=int, default=512,
+                    help="ulogd2's IPFIX mtu (its default: 512)")
+    ap.add_argument("--quiet", type=float, default=5.0,
+                    help="seconds without a new record that end the drain")
+    ap.add_argument("--drain-timeout", type=float, default=None,
+                    help="bound on the drain after the flush (default 60 s + N / 5000)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    if len(sys.argv) > 1 and sys.argv[1] == "sink":
+        return sink_main(sys.argv[2:])
+    args = ap.parse_args()
+    n = args.connections
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (network namespaces, nftables, conntrack)")
+    for tool in ("ip", "nft", "conntrack", "ulogd", "timeout", "dpkg"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"needs the '{tool}' command")
+    plugins = ulogd_plugins()
+    dports = list(range(9000, 9000 + max(1, math.ceil(n / 50_000))))
+    drain_timeout = args.drain_timeout or 60 + n / 5000
+    lifetime = 300 + n / 500          # every child's own bound
+    sys.path.insert(0, str(TESTS))
+    from natlab import LAN4, WAN4, NatLab  # noqa: E402
+
+    work = Path(tempfile.mkdtemp(prefix="bench_burst."))
+    lab = NatLab(tag=f"b{os.getpid() % 100000}")
+    procs: dict[str, Proc] = {}
+    ct_max_saved = None
+    try:
+        # nf_conntrack_max is global (set in the initial namespace only)
+        ct_max = int(Path("/proc/sys/net/netfilter/nf_conntrack_max").read_text())
+        need = n + n // 20 + 1000
+        if ct_max < need:
+            ct_max_saved = ct_max
+            Path("/proc/sys/net/netfilter/nf_conntrack_max").write_text(str(need))
+            print(f"nf_conntrack_max raised from {ct_max} to {need} (restored at the end)")
+        lab.setup()
+        lab.ns(lab.fw, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=3600")
+        lab.ns(lab.fw, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout_stream=3600")
+        events = lab.ns(lab.fw, "sysctl", "-n", "net.netfilter.nf_conntrack_events").stdout.strip()
+        print(f"connections: {n}; nf_conntrack_events={events}; cpus: {os.cpu_count()}; "
+              f"work dir: {work}")
+
+        # -- collectors, then the two exporters, before any connection ---------
+        outs = {}
+        for name, port in (("nfflowd", NFFLOWD_PORT), ("ulogd2", ULOGD_PORT)):
+            outs[name] = work / f"sink-{name}.json"
+            procs[f"sink-{name}"] = p = Proc(
+                lab, lab.fw, sys.executable, Path(__file__).resolve(), "sink", "127.0.0.1",
+                port, outs[name], "--lifetime", lifetime, "--lan", LAN4, lifetime=lifetime + 30)
+            if not wait_for(lambda: "READY\n" in p.out or p.p.poll() is not None, 15) \
+                    or p.p.poll() is not None:
+                raise RuntimeError(f"collector for {name} did not start: {''.join(p.err)}")
+
+        ulog_conf, ulog_log = work / "ulogd.conf", work / "ulogd.log"
+        ulogd_config(ulog_conf, ulog_log, plugins, ULOGD_PORT, args.ulogd_buffer,
+                     args.ulogd_maxsize or args.ulogd_buffer + 1, args.ulogd_mtu)
+        procs["ulogd2"] = ul = Proc(lab, lab.fw, "ulogd", "-c", ulog_conf, lifetime=lifetime)
+        ulog_text = lambda: ulog_log.read_text(errors="replace") if ulog_log.exists() else ""  # noqa
+        wait_for(lambda: "connected to" in ulog_text() or ul.p.poll() is not None, 15)
+        if ul.p.poll() is not None or "connected to" not in ulog_text():
+            raise RuntimeError(f"ulogd2 did not start:\n{ulog_text()}{''.join(ul.err)}")
+
+        cfg = work / "nfflowd.yaml"
+        nfflowd_config(cfg, work, NFFLOWD_PORT, args.nfflowd_rcvbuf, args.nfflowd_flush_interval)
+        procs["nfflowd"] = nf = Proc(lab, lab.fw, sys.executable, "-m", "nfflowd.cli", "-f",
+                                     "-c", cfg, "start", lifetime=lifetime, cwd=ROOT)
+        wait_for(lambda: any("event=ready" in x for x in nf.err) or nf.p.poll() is not None, 30)
+        if nf.p.poll() is not None or not any("event=ready" in x for x in nf.err):
+            raise RuntimeError("nfflowd did not start:\n" + "".join(nf.err))
+        time.sleep(0.5)
+        ul_pid, nf_pid = ul.child_pid(), nf.child_pid()
+        if netlink_drops(lab, ul_pid) is None:
+            raise RuntimeError("ulogd2 holds no ctnetlink subscription:\n" + ulog_text())
+        m = re.search(r"NFCT netlink buffer size has been set to (\d+)", ulog_text())
+        ready = next(x for x in nf.err if "event=ready" in x)
+        m2 = re.search(r"rcvbuf=(\d+)", ready)
+        print(f"netlink receive buffers (SO_RCVBUF as the kernel reports it): "
+              f"nfflowd {m2.group(1) if m2 else '?'}, ulogd2 {m.group(1) if m else '?'}"
+              f"{'' if args.nfflowd_flush_interval is None else '; nfflowd export.flush_interval ' + str(args.nfflowd_flush_interval)}")
+
+        # -- the connections ----------------------------------------------------
+        procs["servers"] = srv = Proc(lab, lab.wan, sys.executable, BURST, "sink", WAN4,
+                                      "--ports", *dports, "--lifetime", lifetime,
+                                      lifetime=lifetime + 30)
+        if not wait_for(lambda: "READY\n" in srv.out or srv.p.poll() is not None, 15) \
+                or srv.p.poll() is not None:
+            raise RuntimeError(f"UDP listeners did not start: {''.join(srv.err)}")
+        t0 = time.monotonic()
+        r = lab.ns(lab.lan, sys.executable, BURST, "udp", LAN4, WAN4, n, "--dports", *dports,
+                   timeout=60 + n / 1000)
+        sent = int(re.search(r"SENT (\d+)", r.stdout).group(1))
+        count = lambda: int(lab.ns(lab.fw, "conntrack", "-C").stdout.strip())  # noqa
+        wait_for(lambda: count() >= sent, timeout=30, interval=0.5)
+        table = count()
+        print(f"made {sent} connections in {time.monotonic() - t0:.1f} s; "
+              f"conntrack table in fw: {table}")
+        # both have taken the NEW events (nfflowd) or ignored them (ulogd2)
+        time.sleep(2.0)
+        before = {name: read_status(Path(str(o) + ".status")).get("records", 0)
+                  for name, o in outs.items()}
+        drops_before = {"nfflowd": netlink_drops(lab, nf_pid),
+                        "ulogd2": netlink_drops(lab, ul_pid)}
+        nf_log_mark, ul_log_mark = len(nf.err), len(ulog_text())
+        cpu_before = {"nfflowd": cpu_seconds(nf_pid), "ulogd2": cpu_seconds(ul_pid)}
+
+        # -- the flush ---------------------------------------------------------
+        flush_ns = time.time_ns()
+        lab.ns(lab.fw, "conntrack", "-F", check=False, timeout=120)
+        flush_secs = (time.time_ns() - flush_ns) / 1e9
+        print(f"conntrack -F took {flush_secs:.3f} s")
+        expect = {"nfflowd": before["nfflowd"] + 2 * table,
+                  "ulogd2": before["ulogd2"] + table}
+        end = time.monotonic() + drain_timeout
+        last_change, last_seen = time.monotonic(), None
+        while time.monotonic() < end:
+            now_seen = {k: read_status(Path(str(o) + ".status")).get("records", 0)
+                        for k, o in outs.items()}
+            if now_seen != last_seen:
+                last_seen, last_change = now_seen, time.monotonic()
+            done = all(now_seen[k] >= expect[k] for k in expect)
+            if time.monotonic() - last_change >= (1.5 if done else args.quiet):
+                break
+            time.sleep(0.1)
+        else:
+            print(f"drain timeout ({drain_timeout:.0f} s) reached; counting what arrived")
+        drops_after = {"nfflowd": netlink_drops(lab, nf_pid),
+                       "ulogd2": netlink_drops(lab, ul_pid)}
+        cpu = {}
+        for k, pid in (("nfflowd", nf_pid), ("ulogd2", ul_pid)):
+            a, b = cpu_before[k], cpu_seconds(pid)
+            cpu[k] = b - a if a is not None and b is not None else float("nan")
+
+        # -- stop everything, collect -------------------------------------------
+        nf.stop(timeout=60)
+        ul.stop(timeout=30)
+        for name in outs:
+            procs[f"sink-{name}"].stop(timeout=60)
+        srv.stop()
+        stopped = [x for x in nf.err if "event=stopped" in x]
+        counters = dict(re.findall(r"(\S+)=(\S+)", stopped[-1])) if stopped else {}
+        nf_flush_log = nf.err[nf_log_mark:]
+        ul_all = ulog_text()
+        ul_flush_log = ul_all[ul_log_mark:]
+        res = {k: json.loads(o.read_text()) for k, o in outs.items()}
+
+        # -- report --------------------------------------------------------------
+        print()
+        rows = {}
+        for name, r_ in res.items():
+            after = [(ts, c) for ts, c in r_["per_datagram"] if ts >= flush_ns]
+            recs = sum(c for _, c in after)
+            first = after[0][0] if after else None
+            last = after[-1][0] if after else None
+            span = (last - first) / 1e9 if after else float("nan")
+            rows[name] = dict(records=recs, span=span,
+                              to_last=(last - flush_ns) / 1e9 if after else float("nan"),
+                              before=r_["records"] - recs)
+        nf_r, ul_r = res["nfflowd"], res["ulogd2"]
+        nf_conns = nf_r["orig_distinct"]
+        ul_conns = ul_r["orig_distinct"]
+        nf_over = int(counters.get("overruns", -1))
+        ul_over = len([x for x in ul_all.splitlines() if LOSS_RE.search(x)])
+
+        def kdrops(name):
+            a, b = drops_before[name], drops_after[name]
+            if a is None or b is None:
+                return "?"
+            return f"{b[0]} (build {a[0]}, flush {b[0] - a[0]})"
+
+        print(f"{'':28s} {'nfflowd':>24s} {'ulogd2':>24s}")
+        print(f"{'connections in the table':28s} {table:>24,} {table:>24,}")
+        print(f"{'records after the flush':28s} {rows['nfflowd']['records']:>24,} "
+              f"{rows['ulogd2']['records']:>24,}")
+        print(f"{'connections exported':28s} {nf_conns:>24,} {ul_conns:>24,}")
+        print(f"{'  (nfflowd: records / 2)':28s} {rows['nfflowd']['records'] / 2:>24,.1f} "
+              f"{'':>24s}")
+        print(f"{'duplicate records':28s} {nf_r['orig_duplicates']:>24,} "
+              f"{ul_r['orig_duplicates']:>24,}")
+        print(f"{'records before the flush':28s} {rows['nfflowd']['before']:>24,} "
+              f"{rows['ulogd2']['before']:>24,}")
+        print(f"{'overruns (own count)':28s} {nf_over:>24} {ul_over:>24}")
+        print(f"{'kernel drops (netlink)':28s} {kdrops('nfflowd'):>24s} {kdrops('ulogd2'):>24s}")
+        print(f"{'collector socket drops':28s} {nf_r['drops']:>24} {ul_r['drops']:>24}")
+        print(f"{'first to last record (s)':28s} {rows['nfflowd']['span']:>24.3f} "
+              f"{rows['ulogd2']['span']:>24.3f}")
+        print(f"{'flush start to last (s)':28s} {rows['nfflowd']['to_last']:>24.3f} "
+              f"{rows['ulogd2']['to_last']:>24.3f}")
+        print(f"{'CPU s from flush to quiet':28s} {cpu['nfflowd']:>24.2f} {cpu['ulogd2']:>24.2f}")
+        gaps = {}
+        for name, r_ in res.items():
+            ts = [t for t, _ in r_["per_datagram"] if t >= flush_ns]
+            gaps[name] = max((b - a for a, b in zip(ts, ts[1:])), default=0) / 1e9
+        print(f"{'longest pause between records':28s} {gaps['nfflowd']:>24.3f} "
+              f"{gaps['ulogd2']:>24.3f}")
+        ratio = (rows["nfflowd"]["span"] / rows["ulogd2"]["span"]
+                 if rows["ulogd2"]["span"] > 0 else float("nan"))
+        print(f"\nnfflowd drained {nf_conns:,} of {table:,} in {rows['nfflowd']['span']:.3f} s; "
+              f"ulogd2 drained {ul_conns:,} of {table:,} in {rows['ulogd2']['span']:.3f} s")
+        print(f"ratio nfflowd / ulogd2 (first-to-last time): {ratio:.3f}")
+        keys = ("events_new", "events_destroy", "connections_exported", "overruns", "resyncs",
+                "exported_by_resync", "adopted_by_resync")
+        print("nfflowd counters: " + " ".join(f"{k}={counters[k]}" for k in keys
+                                              if k in counters)
+              + " " + " ".join(f"{k}={v}" for k, v in counters.items()
+                               if k.endswith(("records", "datagrams", "records_dropped",
+                                              "send_errors"))))
+        print(f"nfflowd flowEndReason counts: {nf_r['reasons']}")
+        for x in nf_flush_log:
+            if "event=stopped" not in x and re.search(r"overrun|resync|error|warn", x, re.I):
+                print("nfflowd log: " + x.rstrip()[:300])
+        for x in ul_flush_log.splitlines():
+            if LOSS_RE.search(x) or "ERROR" in x or "send" in x:
+                print("ulogd2 log: " + x.rstrip()[:300])
+        per_msg = (args.ulogd_mtu - 16 - 4) // 33      # 2.0.8's record: 33 bytes
+        if 0 < table - ul_conns < per_msg:
+            print(f"ulogd2: {table - ul_conns} records left in its last message, which it "
+                  f"sends only once full ({per_msg} records at mtu {args.ulogd_mtu}) or "
+                  "on its one-shot timer (1 s after start)")
+        ok = (nf_conns == table and nf_over == 0
+              and rows["nfflowd"]["span"] <= rows["ulogd2"]["span"])
+        print(f"target (all {table:,}, zero overruns, time <= ulogd2's): "
+              f"{'met' if ok else 'NOT met'}")
+        return 0
+    finally:
+        for name, p in reversed(list(procs.items())):
+            try:
+                p.stop(timeout=20)
+            except Exception as e:  # noqa: BLE001
+                print(f"stopping {name}: {e}", file=sys.stderr)
+        lab.teardown()
+        if ct_max_saved is not None:
+            Path("/proc/sys/net/netfilter/nf_conntrack_max").write_text(str(ct_max_saved))
+        if args.keep:
+            print(f"work dir kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
