@@ -1,8 +1,14 @@
-"""Command line: ``nfflowd [-c file] [-f] {start|stop|restart|reload|install|check|help|version}``.
+"""Command line: ``nfflowd [-c file] [-f] {start|stop|restart|reload|install|check|help|version}``
+and ``nfflowd [-c file] meter -r FILE [--print] [options]``.
 
 Exit statuses: 0 all well; 1 a command failed (could not start, stop timed
-out); 2 bad configuration; 3 not running (``check``, ``reload``); 4 kernel
-prerequisites missing (``check``).
+out, ``meter`` met a truncated or corrupt capture); 2 bad configuration or
+arguments (``meter -i`` and ``--bpf``: not supported yet); 3 not running
+(``check``, ``reload``); 4 kernel prerequisites missing (``check``).
+
+``meter`` has options of its own; they follow the command word and go to
+the meter's parser, the global options (``-c``) precede it.  Every other
+command is parsed as before.
 """
 
 from __future__ import annotations
@@ -19,7 +25,11 @@ from .config import DEFAULT_PATH, Config
 from .errors import ConfigError, NfflowdError
 
 USAGE = ("nfflowd [ -c file ] [ -f ] { start | stop | restart | reload | install | check "
-         "| help | version }")
+         "| help | version }\n"
+         "       nfflowd [ -c file ] meter -r FILE [ --print ] [ --active-timeout S ] "
+         "[ --inactive-timeout S ] [ --max-flows N ]")
+METER_USAGE = ("nfflowd [ -c file ] meter -r FILE [ --print ] [ --active-timeout S ] "
+               "[ --inactive-timeout S ] [ --max-flows N ] [ --bpf EXPR ] [ -i IFACE ]")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -27,7 +37,8 @@ EXIT_CONFIG = 2
 EXIT_NOT_RUNNING = 3
 EXIT_PREREQUISITES = 4
 
-COMMANDS = ("start", "stop", "restart", "reload", "install", "check", "help", "version")
+COMMANDS = ("start", "stop", "restart", "reload", "install", "check", "meter", "help",
+            "version")
 START_TIMEOUT = 60.0    # seconds `start` waits for the detached daemon to be ready
 STOP_TIMEOUT = 30.0
 
@@ -40,8 +51,10 @@ def _parser() -> argparse.ArgumentParser:
                     "flow-tools CSV lines.",
         epilog="commands: start (detach unless -f), stop, restart, reload (re-read the "
                "config), install (start at boot; --dry-run prints the steps), check "
-               "(config, kernel prerequisites, daemon state and counters), help, version. "
-               "Exit status: 0 ok, 1 failure, 2 bad config, 3 not running, "
+               "(config, kernel prerequisites, daemon state and counters), meter (meter a "
+               "capture file and export its flows to the configured collectors; "
+               "'nfflowd meter --help' lists its options), help, version. "
+               "Exit status: 0 ok, 1 failure, 2 bad config or arguments, 3 not running, "
                "4 kernel prerequisites missing.")
     p.add_argument("-c", dest="config", metavar="file", default=DEFAULT_PATH,
                    help=f"configuration file (default {DEFAULT_PATH}); the original nfflowd's "
@@ -55,6 +68,55 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _meter_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nfflowd meter", usage=METER_USAGE,
+        description="Meter a capture file (pcap or pcapng) into flows, as a NetFlow probe "
+                    "would, and export every flow to the collectors of the configuration "
+                    "(-c), through the same encoders as the daemon.  Times in the records "
+                    "are the capture's.  A summary goes to standard error.",
+        epilog="Exit status: 0 ok; 1 the capture is truncated or corrupt, or cannot be read "
+               "(every flow metered before the problem is still exported); 2 bad "
+               "configuration or arguments, and -i / --bpf, which are not supported yet.")
+    p.add_argument("-r", dest="read", metavar="FILE", help="the capture file to meter")
+    p.add_argument("-i", dest="interface", metavar="IFACE",
+                   help="meter a live interface (not supported yet: exit status 2)")
+    p.add_argument("--bpf", metavar="EXPR",
+                   help="a BPF filter (not supported yet: exit status 2)")
+    p.add_argument("--print", dest="print_csv", action="store_true",
+                   help="also write each flow as flow-tools CSV lines (flow-export -f2 "
+                        "order) to standard output: the values the v5 records carry")
+    p.add_argument("--active-timeout", type=float, default=300, metavar="S",
+                   help="end a flow S seconds after its first packet (default 300)")
+    p.add_argument("--inactive-timeout", type=float, default=30, metavar="S",
+                   help="end a flow after S seconds without a packet (default 30)")
+    p.add_argument("--max-flows", type=int, default=131072, metavar="N",
+                   help="flows held at once; beyond, the one due first ends early "
+                        "(default 131072)")
+    return p
+
+
+def _split_meter(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(global arguments and the command word, meter's own arguments): what
+    follows the command word ``meter`` is the meter parser's; any other
+    command leaves argv whole to the global parser, as before."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            break
+        if a == "-c":
+            i += 2
+            continue
+        if a.startswith("-"):
+            i += 1
+            continue
+        if a == "meter":
+            return argv[:i + 1], argv[i + 1:]
+        break
+    return argv, []
+
+
 def err(msg: str) -> None:
     print(f"nfflowd: {msg}", file=sys.stderr)
 
@@ -66,8 +128,14 @@ def _load(path: str) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    head, meter_args = _split_meter(argv)
+    args = parser.parse_args(head)
     cmd = args.command
+    if cmd == "meter":
+        mparser = _meter_parser()
+        opts = mparser.parse_args(meter_args)
+        return meter_command(args.config, opts, mparser)
     if cmd == "help":
         parser.print_help()
         return EXIT_OK
@@ -93,6 +161,108 @@ def main(argv: list[str] | None = None) -> int:
         if status != EXIT_OK:
             return status
     return start(cfg, args.foreground)
+
+
+# -- meter ---------------------------------------------------------------------
+def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser) -> int:
+    """``nfflowd meter``: argument and configuration checks, then ``meter``."""
+    if opts.interface is not None:
+        err("meter -i: metering a live interface is not supported yet; "
+            "capture with tcpdump -w and use meter -r")
+        return EXIT_CONFIG
+    if opts.bpf is not None:
+        err("meter --bpf: BPF filters are not supported yet; "
+            "filter the capture first (tcpdump -r IN -w OUT EXPR)")
+        return EXIT_CONFIG
+    if opts.read is None:
+        mparser.print_usage(sys.stderr)
+        err("meter: -r FILE is required")
+        return EXIT_CONFIG
+    from .meter import FlowTable
+    try:
+        table = FlowTable(active_timeout=opts.active_timeout,
+                          inactive_timeout=opts.inactive_timeout, max_flows=opts.max_flows)
+    except ValueError as e:
+        err(f"meter: {e}")
+        return EXIT_CONFIG
+    try:
+        cfg = _load(config_path)
+    except ConfigError as e:
+        err(f"bad configuration:\n{e}")
+        return EXIT_CONFIG
+    return meter(cfg, opts.read, table, print_csv=opts.print_csv)
+
+
+def meter(cfg: Config, path: str, table, print_csv: bool = False, out=None) -> int:
+    """Meter the capture ``path`` through ``table`` and export every flow as
+    it ends to ``cfg``'s collectors (and its syslog mirror, if enabled), one
+    ``Pipeline.export`` per batch of ended flows.  Export times: ``now_ns``
+    is the wall clock at each export and SysUptime this machine's uptime, as
+    the daemon sends them; the flows keep the capture's times (absolute in
+    v9/IPFIX; in v5 and the CSV, FIRST/LAST relative to this machine's boot,
+    0 for a capture older than the boot).  With ``print_csv`` the flow-tools
+    CSV lines of each batch go to ``out`` (standard output).  The summary
+    goes to standard error.  Returns 1 if the capture is truncated, corrupt
+    or unreadable (everything metered before the problem is exported), else 0."""
+    from .daemon import uptime_ms
+    from .flowtools import csv_lines
+    from .meter import meter_file
+    from .pipeline import Pipeline
+
+    out = sys.stdout if out is None else out
+    pipeline = Pipeline(cfg, vlan=True)
+    pipeline.open()
+    exported = 0
+
+    def sink(flows) -> None:
+        nonlocal exported
+        ft = pipeline.export(flows, [], time.time_ns(), uptime_ms(), flowtools=print_csv)
+        exported += len(flows)
+        pipeline.tick(time.time_ns())
+        if print_csv and ft is not None and len(ft):
+            out.write("\n".join(csv_lines(ft)) + "\n")
+
+    t0 = time.monotonic()
+    try:
+        summary = meter_file(path, table, sink=sink)
+    finally:
+        pipeline.close()
+        if print_csv:
+            out.flush()
+    elapsed = time.monotonic() - t0
+    for line in _meter_report(path, summary, exported, elapsed, pipeline.summary()):
+        err(line)
+    if summary.error is not None:
+        err(f"error: {path}: {summary.error}; the {exported} flows metered before it "
+            "were exported")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _meter_report(path, s, exported: int, elapsed: float, sent: dict) -> list[str]:
+    span = ((s.last_ns - s.first_ns) / 1e9 if s.first_ns is not None and s.last_ns is not None
+            else 0.0)
+    rate = s.ip_packets / elapsed if elapsed > 0 else 0.0
+    lines = [f"{path} ({s.format or 'unknown format'}): {s.frames} frames, "
+             f"{s.ip_packets} IP packets, {s.octets} bytes, {exported} flows exported; "
+             f"capture spans {span:.3f} s; metered in {elapsed:.3f} s "
+             f"({rate:.0f} packets/s)"]
+    if s.end_reasons:
+        names = {1: "idle timeout", 2: "active timeout", 3: "end of flow", 4: "end of capture",
+                 5: "flow table full"}
+        lines.append("flows ended by: " + ", ".join(
+            f"{names.get(k, k)} {v}" for k, v in sorted(s.end_reasons.items())))
+    if not exported and s.error is None:
+        lines.append("no flow: " + ("no IP packet in the capture" if s.frames
+                                    else "the capture holds no packet"))
+    lines += [w for w in s.warnings() if not w.startswith("capture error:")]
+    problems = {k: v for k, v in sent.items()
+                if v and k.rsplit(".", 1)[-1] in ("send_errors", "records_dropped",
+                                                  "messages_dropped", "skipped_ipv6",
+                                                  "syslog_dropped")}
+    if problems:
+        lines.append("export problems: " + ", ".join(f"{k}={v}" for k, v in problems.items()))
+    return lines
 
 
 # -- start ---------------------------------------------------------------------

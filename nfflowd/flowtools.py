@@ -154,7 +154,7 @@ def expand(flows: Iterable[Flow], now_ns: int, boot_ms: int, exaddr=None) -> FtB
     # Hot path (measured in bench/): one flat tuple per record, constants
     # rather than globals, no per-record calls but the appends.
     for (family, proto, src, dst, sport, dport, psrc, pdst, psport, pdport,
-         pkts, octs, start, end, direction, _reason, tos, flags, _cid) in flows:
+         pkts, octs, start, end, direction, _reason, tos, flags, _cid, _vlan) in flows:
         # 32-bit counters (flow-tools, NetFlow v5): clamp, never wrap.
         if pkts > 0xFFFFFFFF:
             pkts = 0xFFFFFFFF

@@ -25,6 +25,7 @@ registry and RFC 7012 / RFC 8158:
   27  sourceIPv6Address                  ipv6Address          16
   28  destinationIPv6Address             ipv6Address          16
   32  icmpTypeCodeIPv4                   unsigned16           2   type*256+code
+  58  vlanId                             unsigned16           2   802.1Q VLAN id
  136  flowEndReason                      unsigned8            1
  139  icmpTypeCodeIPv6                   unsigned16           2
  152  flowStartMilliseconds              dateTimeMilliseconds 8   epoch ms
@@ -62,6 +63,7 @@ ELEMENTS: dict[str, IE] = {
     "sourceIPv6Address": IE(27, 16, "16s"),
     "destinationIPv6Address": IE(28, 16, "16s"),
     "icmpTypeCodeIPv4": IE(32, 2, "H"),
+    "vlanId": IE(58, 2, "H"),
     "flowEndReason": IE(136, 1, "B"),
     "icmpTypeCodeIPv6": IE(139, 2, "H"),
     "flowStartMilliseconds": IE(152, 8, "Q"),

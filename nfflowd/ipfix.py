@@ -47,13 +47,14 @@ class IpfixEncoder(TemplateEncoder):
 
     def __init__(self, domain_id: int = 0, records: Sequence[str] = RECORD_KINDS,
                  nat_event_codes: str = "rfc8158", max_size: int = 1400,
-                 template_refresh_packets: int = 20, template_refresh_seconds: float = 60):
+                 template_refresh_packets: int = 20, template_refresh_seconds: float = 60,
+                 vlan: bool = False):
         if not 0 <= domain_id <= _U32:
             raise ValueError("domain_id is 0-4294967295")
         self.domain_id = domain_id
         self.sequence = 0           # data records sent before the next message
         super().__init__(records, nat_event_codes, max_size, template_refresh_packets,
-                         template_refresh_seconds)
+                         template_refresh_seconds, vlan)
 
     def encode(self, flows: Sequence[Flow], nat_events: Sequence[NatEvent],
                now_ms: int) -> list[bytes]:

@@ -32,10 +32,11 @@ O(lifetime / inactive timeout) heap operations.  ``update`` also ends a flow
 whose deadline passed before the caller called ``expire`` (the packet then
 starts a new flow): flow contents never depend on how often ``expire`` runs.
 
-VLAN: the ``Flow`` record has no VLAN field yet, so the table emits
-``MeteredFlow``: exactly ``Flow``'s fields followed by ``vlan`` (the proposed
-addition at the end of ``Flow``), readable by every encoder that reads
-``Flow`` by attribute.  The key's QinQ customer VLAN is in ``inner_vlan``.
+VLAN: the key holds both 802.1Q tags (outer id | inner id << 12, as
+``Packet.vlan``), so QinQ flows that differ only by the customer (inner) tag
+stay separate.  The records are plain ``Flow``: ``Flow.vlan`` is the outer
+tag (what NetFlow/IPFIX vlanId, IE 58, carries); the inner tag is not exported
+(a later ``dot1qCustomerVlanId``, IE 245, would need a field of its own).
 
 Biflows (IPFIX RFC 5103) are not implemented: ``biflow=True`` raises.
 """
@@ -46,14 +47,14 @@ import heapq
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Callable
 
 from .packet import PacketParser
 from .pcapfile import CaptureError, CaptureReader
 from .record import (END_ACTIVE_TIMEOUT, END_FORCED, END_IDLE_TIMEOUT, END_LACK_OF_RESOURCES,
-                     END_OF_FLOW, ORIGINAL)
+                     END_OF_FLOW, ORIGINAL, Flow)
 
-__all__ = ["FlowTable", "MeteredFlow", "MeterSummary", "meter_file"]
+__all__ = ["FlowTable", "MeterSummary", "meter_file"]
 
 # entry layout (a list per flow, mutated in place on the hot path)
 _START, _LAST, _PKTS, _OCTETS, _FLAGS, _TOS, _IDLE, _STATE, _QUEUED = range(9)
@@ -62,6 +63,7 @@ _FIN = 1          # this direction sent a FIN
 _CLOSING = 2      # both FINs seen, or a RST: ends tcp_*_timeout after the last packet
 
 _NS = 1_000_000_000
+_new = tuple.__new__
 
 # Flow keys are bytes: src + dst + sport(2) + dport(2) + proto(1) + vlan(3),
 # 16 bytes for IPv4, 40 for IPv6; an IPv4 Ethernet frame gives the first 12
@@ -74,36 +76,6 @@ _KEYTAIL = struct.Struct("!HHI").unpack_from
 def flow_key(p) -> bytes:
     """The table key of a ``Packet``."""
     return p[0] + p[1] + _KEYPACK(p[2], p[3], (p[4] << 24) | p[5])
-
-
-class MeteredFlow(NamedTuple):
-    """``Flow``'s fields in ``Flow``'s order, then the VLAN ids.
-
-    Becomes ``Flow`` itself once record.py gains ``vlan: int = 0`` at the end.
-    """
-    family: int
-    proto: int
-    src: bytes
-    dst: bytes
-    sport: int
-    dport: int
-    post_src: bytes
-    post_dst: bytes
-    post_sport: int
-    post_dport: int
-    packets: int
-    octets: int
-    start_ms: int
-    end_ms: int
-    direction: int = ORIGINAL
-    end_reason: int = END_OF_FLOW
-    tos: int = 0
-    tcp_flags: int = 0
-    conn_id: int = 0
-    vlan: int = 0
-    inner_vlan: int = 0
-
-    translated = False
 
 
 class FlowTable:
@@ -316,7 +288,7 @@ class FlowTable:
     # -- timers --------------------------------------------------------------
     def expire(self, now_ns: int) -> list:
         """Flows whose deadline is at or before ``now_ns`` (plus those ended
-        by ``update``), as ``MeteredFlow`` records."""
+        by ``update``), as ``Flow`` records."""
         out = self._pending
         self._pending = []
         heap = self._heap
@@ -382,18 +354,18 @@ class FlowTable:
             reasons[r.end_reason] = reasons.get(r.end_reason, 0) + 1
 
     @staticmethod
-    def _record(key: bytes, e, reason: int) -> MeteredFlow:
+    def _record(key: bytes, e, reason: int) -> Flow:
         a = len(key) - 8 >> 1
         src = key[:a]
         dst = key[a:2 * a]
         sport, dport, pv = _KEYTAIL(key, 2 * a)
         proto = pv >> 24
-        vlan = pv & 0xFFFFFF
         start = e[0] // 1_000_000
         end = max(e[1], e[0]) // 1_000_000
-        return MeteredFlow(4 if len(src) == 4 else 6, proto, src, dst, sport, dport,
+        # all 20 fields in Flow's order; vlan: the outer tag only (module doc)
+        return _new(Flow, (4 if len(src) == 4 else 6, proto, src, dst, sport, dport,
                            src, dst, sport, dport, e[2], e[3], start, end,
-                           ORIGINAL, reason, e[5], e[4], 0, vlan & 0xFFF, vlan >> 12)
+                           ORIGINAL, reason, e[5], e[4], 0, pv & 0xFFF))
 
     def stats(self) -> dict:
         return {"active_flows": len(self._flows), "packets": self.packets,

@@ -32,7 +32,8 @@ class V5Exporter:
 
     uses_flowtools = True
 
-    def __init__(self, collector: Collector, cfg: Config):
+    def __init__(self, collector: Collector, cfg: Config, vlan: bool = False):
+        # NetFlow v5 has no VLAN field: ``vlan`` is accepted and has no effect
         self.collector = collector
         self.encoder = V5Encoder(cfg.export.engine_type, cfg.export.engine_id)
         self.sink = UdpCollector(collector.host, collector.port, source=cfg.export.source)
@@ -58,14 +59,14 @@ class TemplateExporter:
 
     uses_flowtools = False
 
-    def __init__(self, collector: Collector, cfg: Config):
+    def __init__(self, collector: Collector, cfg: Config, vlan: bool = False):
         ex = cfg.export
         domain = (collector.observation_domain if collector.observation_domain is not None
                   else ex.observation_domain)
         kw = dict(records=collector.records, nat_event_codes=collector.nat_event_codes,
                   max_size=ex.max_datagram,
                   template_refresh_packets=ex.template_refresh_packets,
-                  template_refresh_seconds=ex.template_refresh_seconds)
+                  template_refresh_seconds=ex.template_refresh_seconds, vlan=vlan)
         self.collector = collector
         tcp = collector.transport == "tcp"
         if tcp:
@@ -116,15 +117,18 @@ DIALECTS = {5: V5Exporter, 9: TemplateExporter, 10: TemplateExporter}
 
 
 class Pipeline:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, vlan: bool = False):
+        """``vlan``: the flows carry VLAN ids (the pcap meter); v9 and IPFIX
+        templates then include vlanId.  Conntrack flows have none."""
         self.cfg = cfg
+        self.vlan = vlan
         self.exporters: list = []
         self.mirror: SyslogSink | None = None
 
     def open(self) -> None:
         cfg = self.cfg
         for c in cfg.export.collectors:
-            exp = DIALECTS[c.version](c, cfg)
+            exp = DIALECTS[c.version](c, cfg, self.vlan)
             if exp.sink.bind_problem is not None:
                 log.warning("export_source_not_bound", source=cfg.export.source,
                             collector=c.name, reason=exp.sink.bind_problem,
@@ -138,18 +142,25 @@ class Pipeline:
     def wants_nat_events(self) -> bool:
         return any("nat_events" in c.records for c in self.cfg.export.collectors)
 
-    def export(self, flows, nat_events, now_ns: int, uptime_ms: int) -> None:
+    def export(self, flows, nat_events, now_ns: int, uptime_ms: int,
+               flowtools: bool = False):
         """Send a batch to every collector and the mirror.  ``uptime_ms`` is
-        this machine's uptime read together with ``now_ns`` (SysUptime)."""
+        this machine's uptime read together with ``now_ns`` (SysUptime).
+        Returns the batch's flow-tools view (``FtBatch``, the values the v5
+        records and the mirror's CSV lines carry) when one was computed:
+        always with ``flowtools=True``, else only if a v5 collector or the
+        mirror needed it (None otherwise)."""
         boot_ms = now_ns // 1_000_000 - uptime_ms
         ft = None
-        if self.mirror is not None or any(exp.uses_flowtools for exp in self.exporters):
+        if (flowtools or self.mirror is not None
+                or any(exp.uses_flowtools for exp in self.exporters)):
             # computed once, shared by the v5 encoders and the CSV mirror
             ft = expand(flows, now_ns, boot_ms, self.cfg.export.source)
         for exp in self.exporters:
             exp.export(flows, nat_events, ft, now_ns, boot_ms)
         if self.mirror is not None and ft:
             self.mirror.send_csv(ft, now_ns / 1e9)
+        return ft
 
     @property
     def stream_sinks(self) -> list:

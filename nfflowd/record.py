@@ -25,6 +25,15 @@ Field units and byte order:
   answer.  The flow-tools triplet view uses it.
 - ``end_reason``: IPFIX flowEndReason (RFC 7012, IE 136).
 - ``conn_id``: the conntrack id, 0 when there is none (metered flows).
+- ``vlan``: the 802.1Q VLAN id (1-4094) of a metered flow's frames, the outer
+  (service) tag of a QinQ frame; 0 when untagged and for conntrack flows.  The
+  QinQ inner (customer) tag is part of the meter's flow key, so flows that
+  differ only by it stay separate records, but it is not carried here.
+
+Producers on the hot path build ``Flow`` with ``tuple.__new__(Flow, (...))``
+and readers unpack it by position (``correlate``, ``flowtools``): a new field
+goes at the end, and every one of those must be updated with it
+(tests/test_correlate.py checks the positions).
 """
 
 from __future__ import annotations
@@ -62,6 +71,7 @@ class Flow(NamedTuple):
     tos: int = 0
     tcp_flags: int = 0
     conn_id: int = 0
+    vlan: int = 0
 
     @property
     def translated(self) -> bool:

@@ -220,6 +220,7 @@ _FLOW_SOURCE = {
     "postNATDestinationIPv4Address": "post_dst", "postNATDestinationIPv6Address": "post_dst",
     "postNAPTSourceTransportPort": "post_sport",
     "postNAPTDestinationTransportPort": "post_dport",
+    "vlanId": "vlan",
 }
 _NAT_SOURCE = dict(_FLOW_SOURCE, observationTimeMilliseconds="time_ms", natEvent="code")
 _NAT_FIELDS = NatEvent._fields + ("code",)
@@ -264,7 +265,7 @@ class TemplateEncoder:
 
     def __init__(self, records: Sequence[str] = RECORD_KINDS, nat_event_codes: str = "rfc8158",
                  max_size: int = 1400, template_refresh_packets: int = 20,
-                 template_refresh_seconds: float = 60):
+                 template_refresh_seconds: float = 60, vlan: bool = False):
         records = tuple(records)
         if not records or any(r not in RECORD_KINDS for r in records):
             raise ValueError(f"records: a non-empty subset of {RECORD_KINDS}, not {records!r}")
@@ -282,7 +283,10 @@ class TemplateEncoder:
         self.templates: list[Template] = []
         self._flow_tpl: dict = {}
         if "flows" in records:
-            t = {tid: Template(tid, names) for tid, names in FLOW_TEMPLATES.items()}
+            # vlanId only where flows can carry one (the pcap meter): conntrack
+            # records would otherwise all pad a zero VLAN
+            extra = ("vlanId",) if vlan else ()
+            t = {tid: Template(tid, names + extra) for tid, names in FLOW_TEMPLATES.items()}
             self.templates += t.values()
             self._flow_get = {tid: _getter(tpl.names, _FLOW_SOURCE, Flow._fields)
                               for tid, tpl in t.items()}

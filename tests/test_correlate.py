@@ -6,7 +6,7 @@ import pytest
 
 from nfflowd.conntrack import EV_DESTROY, EV_DUMP, EV_NEW, CtEvent, CtTuple
 from nfflowd.correlate import Correlator, flows_of, nat_event_of
-from nfflowd.record import END_OF_FLOW, ORIGINAL, REPLY
+from nfflowd.record import END_OF_FLOW, ORIGINAL, REPLY, Flow
 
 S = 1_000_000_000  # ns per second
 
@@ -172,6 +172,25 @@ def test_event_field_positions_used_by_the_hot_path():
     assert CtEvent._fields[:12] == (
         "kind", "family", "ct_id", "status", "orig", "reply", "orig_packets",
         "orig_bytes", "reply_packets", "reply_bytes", "start_ns", "stop_ns")
+
+
+def test_flow_field_positions_used_by_the_hot_path():
+    # flows_of builds Flow with tuple.__new__ (every field, by position) and
+    # flowtools.expand unpacks it by position: both must follow Flow exactly
+    assert Flow._fields == (
+        "family", "proto", "src", "dst", "sport", "dport", "post_src", "post_dst",
+        "post_sport", "post_dport", "packets", "octets", "start_ms", "end_ms",
+        "direction", "end_reason", "tos", "tcp_flags", "conn_id", "vlan")
+    for conn in (SNAT, ICMP):
+        o, r = flows_of(ev(EV_DESTROY, *conn, start=2 * S, stop=5 * S), 2 * S, 5 * S)
+        for f, direction, pk_by in ((o, ORIGINAL, (10, 1000)), (r, REPLY, (8, 4000))):
+            assert type(f) is Flow and len(f) == len(Flow._fields)
+            assert (f.family, f.proto) == (4, conn[0][2])
+            assert (f.packets, f.octets) == pk_by
+            assert (f.start_ms, f.end_ms, f.direction, f.end_reason) == (
+                2000, 5000, direction, END_OF_FLOW)
+            assert (f.tos, f.tcp_flags, f.conn_id, f.vlan) == (0, 0, 7, 0)
+            assert f[-1] == 0 and f[-2] == 7    # vlan last, conn_id before it
 
 
 def test_batch_counts_event_kinds():

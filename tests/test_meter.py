@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from nfflowd.errors import NfflowdError
-from nfflowd.meter import FlowTable, MeteredFlow, meter_file
+from nfflowd.meter import FlowTable, meter_file
 from nfflowd.packet import Packet
 from nfflowd.pcapfile import CaptureError
 from nfflowd.record import (END_ACTIVE_TIMEOUT, END_FORCED, END_IDLE_TIMEOUT,
@@ -71,9 +71,9 @@ def test_counts_per_direction_and_flush():
     assert f.start_ms == 1000 and f.end_ms == 2000
     assert (f.post_src, f.post_dst, f.post_sport, f.post_dport) == (f.src, f.dst, f.sport, f.dport)
     assert f.direction == 0 and f.conn_id == 0 and f.family == 4
-    # the Flow fields, in Flow's order, then the VLAN
-    assert MeteredFlow._fields[:len(Flow._fields)] == Flow._fields
-    assert Flow(*f[:len(Flow._fields)]).translated is False
+    # plain Flow records, untagged: vlan 0
+    assert type(f) is Flow and len(f) == len(Flow._fields)
+    assert f.translated is False and f.vlan == 0
 
 
 def test_inactive_timeout_and_next_deadline():
@@ -151,8 +151,11 @@ def test_vlan_is_part_of_the_key():
     t = FlowTable()
     t.update(pkt(vlan=10), 0)
     t.update(pkt(vlan=20 | 30 << 12), 0)
+    t.update(pkt(vlan=20 | 31 << 12), 0)
     out = sorted(t.flush_all(), key=lambda f: f.vlan)
-    assert [(f.vlan, f.inner_vlan) for f in out] == [(10, 0), (20, 30)]
+    # QinQ: the inner (customer) tag keeps flows apart, Flow.vlan is the outer tag
+    assert [f.vlan for f in out] == [10, 20, 20]
+    assert all(type(f) is Flow for f in out)
 
 
 def test_biflow_left_for_later():

@@ -20,6 +20,7 @@ IANA = {
     "sourceIPv4Address": (8, "ipv4Address"), "destinationTransportPort": (11, "unsigned16"),
     "destinationIPv4Address": (12, "ipv4Address"), "sourceIPv6Address": (27, "ipv6Address"),
     "destinationIPv6Address": (28, "ipv6Address"), "icmpTypeCodeIPv4": (32, "unsigned16"),
+    "vlanId": (58, "unsigned16"),
     "flowEndReason": (136, "unsigned8"), "icmpTypeCodeIPv6": (139, "unsigned16"),
     "flowStartMilliseconds": (152, "dateTimeMilliseconds"),
     "flowEndMilliseconds": (153, "dateTimeMilliseconds"),
@@ -163,3 +164,22 @@ def test_datagram_never_exceeds_max_size(sizes, max_size, pad, header):
             assert (dg.off - header) % pad == 0
         assert dg.off <= max_size
     assert len(dg.finish()) == dg.off <= max_size
+
+
+def test_vlan_templates_only_when_asked():
+    """vlanId (58) is in the flow templates of an encoder made for VLAN-carrying
+    flows (the pcap meter), and nowhere else: conntrack records pad nothing."""
+    from nfflowd.ipfix import IpfixEncoder
+    from nfflowd.record import Flow
+
+    a = bytes([198, 51, 100, 2])
+    b = bytes([203, 0, 113, 2])
+    flow = Flow(4, 17, a, b, 5353, 53, a, b, 5353, 53, 3, 300, 1000, 2000, vlan=42)
+    plain = IpfixEncoder(records=("flows",)).encode([flow], [], 5000)[0]
+    tagged = IpfixEncoder(records=("flows",), vlan=True).encode([flow], [], 5000)[0]
+    ie58 = (58).to_bytes(2, "big") + (2).to_bytes(2, "big")
+    assert ie58 not in plain
+    assert ie58 in tagged
+    # one flow record, two bytes longer, ending with the VLAN id 42
+    assert len(tagged) - len(plain) == 4 * 4 + 2   # 4 templates with one more field, 1 record
+    assert tagged.endswith((42).to_bytes(2, "big"))

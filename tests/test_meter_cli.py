@@ -1,0 +1,231 @@
+"""``nfflowd meter -r FILE [--print]``: a capture metered and exported to real
+collectors on 127.0.0.1 (a UDP socket decoded with the PyPI netflow parser,
+a real nfcapd read back by nfdump), the CSV printed, the summary, and a
+truncated capture."""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from nfflowd import cli
+from nfflowd.meter import FlowTable, meter_file
+
+from test_netflow9 import _port_taken, free_udp_port, needs_nfcapd, pypi_decode_v9
+
+ROOT = Path(__file__).resolve().parents[1]
+PCAPS = ROOT.parent / "shared" / "pcaps"
+needs_pcaps = pytest.mark.skipif(not (PCAPS / "vlan.pcap").exists(), reason="needs the pcaps")
+
+
+def config(tmp_path, port, version):
+    p = tmp_path / "nfflowd.yaml"
+    p.write_text("export:\n  collectors:\n"
+                 f"    - {{host: 127.0.0.1, port: {port}, version: {version}}}\n"
+                 "syslog:\n  enabled: false\n")
+    return str(p)
+
+
+class UdpCollector:
+    """A UDP socket on 127.0.0.1 that keeps what it receives."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+
+    def drain(self, quiet=0.3):
+        out = []
+        self.sock.settimeout(quiet)
+        while True:
+            try:
+                out.append(self.sock.recv(65535))
+            except socket.timeout:
+                return out
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def v9_socket():
+    c = UdpCollector()
+    yield c
+    c.close()
+
+
+def run(capsys, *argv):
+    rc = cli.main(list(argv))
+    got = capsys.readouterr()
+    return rc, got.out, got.err
+
+
+def key(src, dst, sport, dport, proto):
+    return (str(ipaddress.ip_address(src)), str(ipaddress.ip_address(dst)), int(sport),
+            int(dport), int(proto))
+
+
+# --------------------------------------------------------------------------
+
+@needs_pcaps
+def test_vlan_ids_appear_in_the_v9_records(tmp_path, capsys, monkeypatch, v9_socket):
+    conf = config(tmp_path, v9_socket.port, 9)
+    rc, out, err = run(capsys, "-c", conf, "meter", "-r", str(PCAPS / "vlan.pcap"), "--print")
+    assert rc == 0, err
+    datagrams = v9_socket.drain()
+    _, recs = pypi_decode_v9(datagrams, monkeypatch)
+    records = [r for rs in recs for r in rs]
+    # 6 frames: a DNS query and answer, untagged, on VLAN 123 and on VLAN 150
+    assert len(records) == 6
+    got = collections.Counter(
+        (r["vlanId"], str(r["sourceIPv4Address"]), r["sourceTransportPort"],
+         r["packetDeltaCount"], r["octetDeltaCount"]) for r in records)
+    assert got == collections.Counter({
+        (vlan, "192.168.170.8", 32795, 1, 56): 1 for vlan in (0, 123, 150)} | {
+        (vlan, "192.168.170.20", 53, 1, 284): 1 for vlan in (0, 123, 150)})
+    # --print: the flow-tools CSV, one line per flow (v5 has no VLAN field)
+    lines = out.splitlines()
+    assert len(lines) == 6 and all(len(line.split(",")) == 18 for line in lines)
+    assert collections.Counter(tuple(line.split(",")[8:10] + line.split(",")[13:16])
+                               for line in lines) == {
+        ("192.168.170.8", "192.168.170.20", "32795", "53", "17"): 3,
+        ("192.168.170.20", "192.168.170.8", "53", "32795", "17"): 3}
+    assert "6 IP packets" in err and "6 flows exported" in err and "packets/s" in err
+
+
+def nf_flags(n: int) -> str:
+    """TCP flags as nfdump 1.7 prints them (%flg)."""
+    return "".join(c if n & bit else "." for c, bit in
+                   zip("CEUAPRSF", (0x80, 0x40, 0x20, 0x10, 0x08, 0x04, 0x02, 0x01)))
+
+
+@needs_pcaps
+@needs_nfcapd
+def test_http_to_v5_nfcapd_equals_the_printed_csv(tmp_path, capsys):
+    port = free_udp_port()
+    store = tmp_path / "nfcapd"
+    store.mkdir()
+    proc = subprocess.Popen(["nfcapd", "-w", str(store), "-b", "127.0.0.1", "-p", str(port),
+                             "-t", "3600"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 10
+        while not _port_taken(port):
+            assert proc.poll() is None, "nfcapd exited"
+            assert time.monotonic() < end, "nfcapd did not bind"
+            time.sleep(0.05)
+        rc, out, err = run(capsys, "-c", config(tmp_path, port, 5), "meter",
+                           "-r", str(PCAPS / "http.pcap"), "--print")
+        time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert rc == 0, err
+    files = [p for p in store.rglob("nfcapd.*") if p.is_file() and "current" not in p.name]
+    assert files
+    fmt = "%ts %sa %da %sp %dp %pr %pkt %byt %flg %tos"
+    rows = []
+    for f in files:
+        r = subprocess.run(["nfdump", "-q", "-N", "-r", str(f), "-o", f"fmt:{fmt}"],
+                           capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, TZ="UTC"))
+        assert r.returncode == 0, r.stderr
+        rows += [line.split() for line in r.stdout.splitlines() if line.strip()]
+    lines = [line.split(",") for line in out.splitlines()]
+    assert len(lines) == 17 and "17 flows exported" in err
+    want = []
+    for c in lines:
+        (secs, nsecs, up, _ex, pkts, octs, first, _last, sa, da, _nh, _in, _out, sp, dp,
+         pr, tos, flg) = c
+        start_ms = int(secs) * 1000 + int(nsecs) // 1_000_000 - int(up) + int(first)
+        ts = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start_ms // 1000)) + \
+            f".{start_ms % 1000:03d}"
+        want.append(ts.split() + [sa, da, sp, dp, pr, pkts, octs, nf_flags(int(flg)), tos])
+    assert sorted(rows) == sorted(want)
+    # the totals nfdump received are the capture's
+    assert sum(int(r[7]) for r in rows) == 46 and "46 IP packets" in err
+
+
+@needs_pcaps
+def test_arp_prints_no_flow_and_says_why(tmp_path, capsys, v9_socket):
+    rc, out, err = run(capsys, "-c", config(tmp_path, v9_socket.port, 9), "meter",
+                       "-r", str(PCAPS / "arp.pcap"), "--print")
+    assert rc == 0
+    assert out == ""
+    assert v9_socket.drain() == []
+    assert "0 flows exported" in err
+    assert "no IP packet in the capture" in err
+    assert "45 frames skipped, not metered (arp=45)" in err
+
+
+@needs_pcaps
+def test_truncated_capture_exports_what_was_metered_and_fails(tmp_path, capsys, monkeypatch,
+                                                              v9_socket):
+    data = (PCAPS / "http.pcap").read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[:len(data) * 2 // 3])
+    expected = meter_file(str(cut), FlowTable())
+    assert not expected.ok and expected.flows          # the cut leaves flows before it
+    rc, out, err = run(capsys, "-c", config(tmp_path, v9_socket.port, 9), "meter",
+                       "-r", str(cut), "--print")
+    assert rc == 1
+    assert f"error: {cut}: truncated pcap file" in err
+    assert f"the {len(expected.flows)} flows metered before it were exported" in err
+    _, recs = pypi_decode_v9(v9_socket.drain(), monkeypatch)
+    records = [r for rs in recs for r in rs]
+    got = sorted((key(r["sourceIPv4Address"], r["destinationIPv4Address"],
+                      r["sourceTransportPort"], r["destinationTransportPort"],
+                      r["protocolIdentifier"]), r["packetDeltaCount"], r["octetDeltaCount"])
+                 for r in records)
+    assert got == sorted((key(f.src, f.dst, f.sport, f.dport, f.proto), f.packets, f.octets)
+                         for f in expected.flows)
+    assert len(out.splitlines()) == len(expected.flows)
+    assert f"{expected.ip_packets} IP packets" in err
+
+
+def test_meter_arguments(tmp_path, capsys):
+    conf = config(tmp_path, 9, 9)
+    rc, _, err = run(capsys, "-c", conf, "meter", "-i", "eth0")
+    assert rc == 2 and "not supported yet" in err
+    rc, _, err = run(capsys, "-c", conf, "meter", "-r", "x.pcap", "--bpf", "tcp")
+    assert rc == 2 and "not supported yet" in err
+    rc, _, err = run(capsys, "-c", conf, "meter")
+    assert rc == 2 and "-r FILE is required" in err
+    rc, _, err = run(capsys, "-c", conf, "meter", "-r", "x.pcap", "--max-flows", "0")
+    assert rc == 2 and "max_flows" in err
+    rc, _, err = run(capsys, "-c", str(tmp_path / "missing.yaml"), "meter", "-r", "x.pcap")
+    assert rc == 2 and "bad configuration" in err
+    # unknown arguments stay an error for the other commands
+    with pytest.raises(SystemExit) as e:
+        cli.main(["version", "-r", "x"])
+    assert e.value.code == 2
+    assert cli.main(["version"]) == 0
+    # the help says what meter does
+    assert cli.main(["help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "meter -r FILE" in out and "meter (meter a capture file" in out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["meter", "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--print" in out and "not supported yet" in out and "default 300" in out
+
+
+def test_unreadable_capture_is_an_error_naming_it(tmp_path, capsys, v9_socket):
+    missing = tmp_path / "nope.pcap"
+    rc, out, err = run(capsys, "-c", config(tmp_path, v9_socket.port, 9), "meter",
+                       "-r", str(missing))
+    assert rc == 1 and str(missing) in err and out == ""
