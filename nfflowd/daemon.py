@@ -128,6 +128,7 @@ class Daemon:
         self.sock: conntrack.ConntrackSocket | None = None
         self.control = None
         self.metrics = None
+        self._in_burst = False          # a threshold flush happened; tail not sent yet
 
     # -- signals ----------------------------------------------------------------
     def _install_signals(self):
@@ -337,8 +338,15 @@ class Daemon:
                 c["unknown"] += res.unknown
                 log.warning("netlink_skipped", malformed=res.malformed, unknown=res.unknown)
             if not res.events and not res.malformed and not res.unknown:
+                if self._in_burst:
+                    # the burst is over: send its tail now rather than at the
+                    # next flush deadline (up to export.flush_interval later)
+                    self._in_burst = False
+                    if pending:
+                        self._flush(pending)
                 break
             if len(pending) >= FLUSH_THRESHOLD:
+                self._in_burst = True
                 self._flush(pending)
 
     def _poll(self, pending: list) -> None:
