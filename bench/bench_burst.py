@@ -59,6 +59,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TESTS = ROOT / "tests"
+sys.path.insert(0, str(TESTS))
+from ipfix_sink import learn, sets  # noqa: E402  (the tests' IPFIX reader)
 BURST = TESTS / "burst.py"
 
 NFFLOWD_PORT, ULOGD_PORT = 24801, 24802
@@ -136,42 +138,12 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _sets(d: bytes):
-    """(set id, body start, body end) of each set of an IPFIX message."""
-    if len(d) < 16 or struct.unpack_from("!H", d)[0] != 10:
-        return
-    off, total = 16, min(len(d), struct.unpack_from("!H", d, 2)[0])
-    while off + 4 <= total:
-        sid, slen = struct.unpack_from("!HH", d, off)
-        if slen < 4:
-            return
-        yield sid, off + 4, min(off + slen, total)
-        off += slen
-
-
-def _learn(d: bytes, body: int, bend: int, templates: dict) -> None:
-    p = body
-    while p + 4 <= bend:
-        tid, count = struct.unpack_from("!HH", d, p)
-        p += 4
-        fields, rlen = [], 0
-        for _ in range(count):
-            ie, ln = struct.unpack_from("!HH", d, p)
-            p += 4
-            if ie & 0x8000:            # enterprise number follows
-                p += 4
-                ie = 0x10000 | (ie & 0x7FFF)
-            fields.append((ie, rlen, ln))
-            rlen += ln
-        templates[tid] = (fields, rlen)
-
-
 def _count(d: bytes, templates: dict) -> int:
     """Data records in one message (templates learnt as they come)."""
     n = 0
-    for sid, body, bend in _sets(d):
+    for sid, body, bend in sets(d):
         if sid == 2:
-            _learn(d, body, bend, templates)
+            learn(d, body, bend, templates)
         elif sid >= 256 and sid in templates and templates[sid][1]:
             n += (bend - body) // templates[sid][1]
     return n
@@ -192,9 +164,9 @@ def _decode_all(kept, lan: str, drops: int) -> dict:
     records = 0
     for ts, d in kept:
         n = 0
-        for sid, body, bend in _sets(d):
+        for sid, body, bend in sets(d):
             if sid == 2:
-                _learn(d, body, bend, templates)
+                learn(d, body, bend, templates)
                 continue
             if sid < 256 or sid not in templates:
                 continue
@@ -415,7 +387,6 @@ def main() -> int:
     dports = list(range(9000, 9000 + max(1, math.ceil(n / 50_000))))
     drain_timeout = args.drain_timeout or 60 + n / 5000
     lifetime = 300 + n / 500          # every child's own bound
-    sys.path.insert(0, str(TESTS))
     from natlab import LAN4, WAN4, NatLab  # noqa: E402
 
     work = Path(tempfile.mkdtemp(prefix="bench_burst."))

@@ -17,6 +17,39 @@ import struct
 import sys
 import time
 
+def sets(d: bytes):
+    """(set id, body start, body end) of each set of one IPFIX message;
+    nothing for a datagram that is not one."""
+    if len(d) < 16 or struct.unpack_from("!H", d)[0] != 10:
+        return
+    off, total = 16, min(len(d), struct.unpack_from("!H", d, 2)[0])
+    while off + 4 <= total:
+        sid, slen = struct.unpack_from("!HH", d, off)
+        if slen < 4:
+            return
+        yield sid, off + 4, min(off + slen, total)
+        off += slen
+
+
+def learn(d: bytes, body: int, bend: int, templates: dict) -> None:
+    """The templates of a template set: id -> ([(ie, offset, length)], record length).
+    Enterprise elements are kept as 0x10000 | id."""
+    p = body
+    while p + 4 <= bend:
+        tid, count = struct.unpack_from("!HH", d, p)
+        p += 4
+        fields, rlen = [], 0
+        for _ in range(count):
+            ie, ln = struct.unpack_from("!HH", d, p)
+            p += 4
+            if ie & 0x8000:            # enterprise number follows
+                p += 4
+                ie = 0x10000 | (ie & 0x7FFF)
+            fields.append((ie, rlen, ln))
+            rlen += ln
+        templates[tid] = (fields, rlen)
+
+
 WANT = {136: "reason", 4: "proto", 8: "src", 27: "src", 7: "sport", 12: "dst", 28: "dst",
         11: "dport", 2: "packets", 1: "octets", 152: "start", 153: "end",
         32: "icmp", 139: "icmp"}
@@ -46,30 +79,10 @@ def main():
             continue
         except InterruptedError:
             continue
-        if len(d) < 16 or struct.unpack_from("!H", d)[0] != 10:
-            continue
-        off, total = 16, min(len(d), struct.unpack_from("!H", d, 2)[0])
         lines = []
-        while off + 4 <= total:
-            sid, slen = struct.unpack_from("!HH", d, off)
-            if slen < 4:
-                break
-            body, bend = off + 4, min(off + slen, total)
+        for sid, body, bend in sets(d):
             if sid == 2:
-                p = body
-                while p + 4 <= bend:
-                    tid, count = struct.unpack_from("!HH", d, p)
-                    p += 4
-                    fields, rlen = [], 0
-                    for _ in range(count):
-                        ie, ln = struct.unpack_from("!HH", d, p)
-                        p += 4
-                        if ie & 0x8000:
-                            p += 4
-                            ie = 0
-                        fields.append((ie, rlen, ln))
-                        rlen += ln
-                    templates[tid] = (fields, rlen)
+                learn(d, body, bend, templates)
             elif sid >= 256 and sid in templates:
                 fields, rlen = templates[sid]
                 names = {WANT[ie] for ie, _, _ in fields if ie in WANT}
@@ -90,7 +103,6 @@ def main():
                             rec.get("dport", rec.get("icmp", 0)), rec.get("packets", 0),
                             rec.get("octets", 0), rec.get("start", 0), rec.get("end", 0)))
                         p += rlen
-            off += slen
         if lines:
             now = time.time()
             first = first or now
