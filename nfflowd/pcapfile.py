@@ -151,6 +151,15 @@ class CaptureReader:
                 f.close()
 
     # -- classic pcap ------------------------------------------------------
+    def _refill(self, f, buf: bytes, pos: int, base: int, chunk_size: int):
+        """The next chunk after the unread rest of ``buf`` (from ``pos``):
+        returns (buf, pos, base, eof); at end of file the buffer is unchanged."""
+        more = _read(f, chunk_size)
+        self.bytes_read += len(more)
+        if not more:
+            return buf, pos, base, True
+        return buf[pos:] + more, 0, base + pos, False
+
     def _pcap(self, f, head: bytes) -> Iterator[list]:
         rest = _read(f, 20)
         if len(rest) < 20:
@@ -207,14 +216,7 @@ class CaptureReader:
                     append = batch.append
             if err is not None or eof:
                 break
-            more = _read(f, chunk_size)
-            self.bytes_read += len(more)
-            if not more:
-                eof = True
-                continue
-            base += pos
-            buf = buf[pos:] + more
-            pos = 0
+            buf, pos, base, eof = self._refill(f, buf, pos, base, chunk_size)
         self.packets += npk
         self.snapped += snapped
         if batch:
@@ -337,14 +339,7 @@ class CaptureReader:
                     batch = []
             if err is not None or eof:
                 break
-            more = _read(f, chunk_size)
-            self.bytes_read += len(more)
-            if not more:
-                eof = True
-                continue
-            base += pos
-            buf = buf[pos:] + more
-            pos = 0
+            buf, pos, base, eof = self._refill(f, buf, pos, base, chunk_size)
         if batch:
             yield batch
         if err is not None:
