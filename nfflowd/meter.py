@@ -264,8 +264,10 @@ class FlowTable:
         del self._flows[key]
         self._pending.append(self._record(key, e, self._reason(e, now_ns)))
 
-    def _evict(self, now_ns: int) -> None:
-        """Cache full: end the flow with the earliest (real) deadline."""
+    def _top(self):
+        """(deadline, key, entry) of the flow due first, or None.  The heap
+        holds stale entries (flows ended or re-armed since); they are dropped,
+        and a flow whose real deadline moved later is pushed back first."""
         heap = self._heap
         flows = self._flows
         while heap:
@@ -279,11 +281,18 @@ class FlowTable:
                 e[8] = real
                 heapq.heapreplace(heap, (real, key))
                 continue
-            heapq.heappop(heap)
-            del flows[key]
+            return dl, key, e
+        return None
+
+    def _evict(self, now_ns: int) -> None:
+        """Cache full: end the flow with the earliest (real) deadline."""
+        top = self._top()
+        if top is not None:
+            _dl, key, e = top
+            heapq.heappop(self._heap)
+            del self._flows[key]
             self.evicted += 1
             self._pending.append(self._record(key, e, END_LACK_OF_RESOURCES))
-            return
 
     # -- timers --------------------------------------------------------------
     def expire(self, now_ns: int) -> list:
@@ -291,22 +300,13 @@ class FlowTable:
         by ``update``), as ``Flow`` records."""
         out = self._pending
         self._pending = []
-        heap = self._heap
-        flows = self._flows
-        active = self.active_ns
-        while heap and heap[0][0] <= now_ns:
-            dl, key = heap[0]
-            e = flows.get(key)
-            if e is None or e[8] != dl:
-                heapq.heappop(heap)
-                continue
-            real = min(e[1] + e[6], e[0] + active)
-            if real > now_ns:
-                e[8] = real
-                heapq.heapreplace(heap, (real, key))
-                continue
-            heapq.heappop(heap)
-            del flows[key]
+        while True:
+            top = self._top()
+            if top is None or top[0] > now_ns:
+                break
+            _dl, key, e = top
+            heapq.heappop(self._heap)
+            del self._flows[key]
             out.append(self._record(key, e, self._reason(e, now_ns)))
         if out:
             self._count(out)
@@ -317,21 +317,8 @@ class FlowTable:
         empty.  Exact: stale heap entries are dropped or pushed back first."""
         if self._pending:
             return -1
-        heap = self._heap
-        flows = self._flows
-        while heap:
-            dl, key = heap[0]
-            e = flows.get(key)
-            if e is None or e[8] != dl:
-                heapq.heappop(heap)
-                continue
-            real = min(e[1] + e[6], e[0] + self.active_ns)
-            if real > dl:
-                e[8] = real
-                heapq.heapreplace(heap, (real, key))
-                continue
-            return dl
-        return None
+        top = self._top()
+        return None if top is None else top[0]
 
     def flush_all(self, now_ns: int | None = None) -> list:
         """End every flow (end of input): forced end.  ``now_ns`` is unused
