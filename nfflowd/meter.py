@@ -50,6 +50,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .packet import PacketParser
+
+try:
+    from .meterfast import ChunkMeter
+except ImportError:                  # numpy missing: the per-packet path only
+    ChunkMeter = None
 from .pcapfile import CaptureError, CaptureReader
 from .record import (END_ACTIVE_TIMEOUT, END_FORCED, END_IDLE_TIMEOUT, END_LACK_OF_RESOURCES,
                      END_OF_FLOW, ORIGINAL, Flow)
@@ -111,6 +116,19 @@ class FlowTable:
 
     def __len__(self) -> int:
         return len(self._flows)
+
+    def _sibling(self) -> "FlowTable":
+        """An empty table with the same timeouts and no size limit (the
+        vectorised path replays flows in it, nfflowd.meterfast)."""
+        t = FlowTable.__new__(FlowTable)
+        t.__dict__.update(self.__dict__)
+        t.max_flows = 1 << 62
+        t._flows = {}
+        t._heap = []
+        t._pending = []
+        t.packets = t.octets = t.flows_created = t.flows_exported = t.evicted = 0
+        t.end_reasons = {}
+        return t
 
     # -- hot path ------------------------------------------------------------
     def update(self, pkt, now_ns: int) -> None:
@@ -417,7 +435,7 @@ class MeterSummary:
 
 def meter_file(source, table: FlowTable, bpf: str | None = None,
                sink: Callable[[list], None] | None = None,
-               batch_size: int = 4096) -> MeterSummary:
+               batch_size: int = 4096, chunk_size: int = 1 << 25) -> MeterSummary:
     """Meter a capture file (path, binary file object or bytes) through
     ``table``.  Time comes from the packets.  Finished flows go to ``sink``
     (called with each list of records) or, without one, to ``summary.flows``.
@@ -436,18 +454,36 @@ def meter_file(source, table: FlowTable, bpf: str | None = None,
     pkts0 = table.packets
     oct0 = table.octets
     meter_frames = table.meter_frames
+    chunks = ChunkMeter(table, parser, batch_size) if ChunkMeter is not None else None
     try:
-        for batch in reader.batches():
-            frames += len(batch)
-            if first is None:
-                first = batch[0][0]
-            meter_frames(batch, parser)
-            last = batch[-1][0]
-            done = table.expire(last)
+        if chunks is None:
+            items = reader.batches()
+        else:
+            items = reader.record_chunks(chunk_size)
+        for item in items:
+            if type(item) is list:          # pcapng (or no numpy): batch by batch
+                frames += len(item)
+                if first is None:
+                    first = item[0][0]
+                meter_frames(item, parser)
+                last = item[-1][0]
+                done = table.expire(last)
+            else:                           # a pcap chunk: vectorised (nfflowd.meterfast)
+                if not len(item):
+                    continue
+                done = chunks.meter(item)
+                frames += len(item)
+                if first is None:
+                    first = int(item.first_ts())
+                last = chunks.last_ts
             if done:
                 emit(done)
     except CaptureError as e:
         summary.error = e
+    if chunks is not None and chunks.frames % batch_size and last is not None:
+        done = table.expire(last)          # the last, partial batch's expire
+        if done:
+            emit(done)
     done = table.flush_all(last if last is not None else 0)
     if done:
         emit(done)

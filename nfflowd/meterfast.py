@@ -1,0 +1,522 @@
+"""The pcap meter's vectorised path: a chunk of records at a time, with numpy.
+
+Strategy: ``FlowTable.update`` costs a dictionary lookup and a dozen bytecodes
+per packet; a capture file has millions.  Here a chunk of a classic pcap file
+(``pcapfile.RecordChunk``: one buffer, the record offsets) is metered whole:
+
+1. parse: the header fields of the common case (Ethernet, at most one 802.1Q
+   tag, IPv4 without options, not a fragment, a complete TCP or UDP header)
+   are gathered for every record at once; every other frame goes through
+   ``PacketParser.parse`` one by one, in file order, so the parser's counters
+   and fragment memory are what the per-packet path leaves;
+2. group: packets are sorted by (hash of the flow key, position), which puts
+   each flow's packets together in file order; neighbours with equal hashes
+   and different keys would be a collision, which sends the chunk to an exact
+   sort;
+3. account: a flow of the chunk is applied to the table in one step (packets,
+   bytes, flags OR'd, first/last time) when nothing inside the chunk can end it
+   or tie it to another flow: no gap as long as the shortest idle timeout, no
+   active timeout, no TCP FIN or RST in it or in its reverse direction.
+   Every other flow -- FIN/RST pairs, long gaps, IPv6 -- is replayed packet
+   by packet, in file order, in a side table (``FlowTable._sibling``) that
+   also gets the ``expire`` calls ``meter_file`` makes after every
+   ``batch_size`` frames: what a TCP end does to the reverse flow depends on
+   whether that one was already expired.  Then it goes back to the table.
+
+The whole chunk goes through the per-packet path (``FlowTable.meter_frames``
+and ``expire`` per batch, exactly as ``meter_file`` did before) when its
+timestamps go backwards or when the table could fill up inside it (eviction
+order depends on everything before it).  tests/test_meterfast.py checks the
+result against that path for every sample capture and for generated ones.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+
+import numpy as np
+
+from .record import END_FORCED  # noqa: F401  (documentation: reasons come from FlowTable)
+
+__all__ = ["ChunkMeter"]
+
+_IDX_BITS = 22                      # packets per chunk < 4M: index in the sort word
+_IDX_MASK = (1 << _IDX_BITS) - 1
+_QQ = struct.Struct("<QQ").unpack
+_M1 = np.uint64(0x9E3779B97F4A7C15)
+_M2 = np.uint64(0xC2B2AE3D27D4EB4F)
+
+
+def _view(buf, dtype, skip):
+    """``dtype`` values at every byte offset of ``buf`` from ``skip`` on."""
+    dt = np.dtype(dtype)
+    n = len(buf) - skip - dt.itemsize + 1
+    if n <= 0:
+        return np.zeros(0, dt)
+    return np.ndarray((n,), dtype=dt, buffer=buf, offset=skip, strides=(1,))
+
+
+def _close(x, idle_ns) -> None:
+    """``FlowTable._closing`` on a pair's direction state (see ``_pairs``)."""
+    if x[4] and x[5] <= idle_ns:
+        return
+    x[4] = 2
+    x[5] = idle_ns
+
+
+class ChunkMeter:
+    """Meters ``RecordChunk``s into ``table`` as ``meter_file`` would with
+    ``batch_size`` frames per batch and ``table.expire(last)`` after each."""
+
+    def __init__(self, table, parser, batch_size: int):
+        self.table = table
+        self.parser = parser
+        self.bs = int(batch_size)
+        self.frames = 0                 # frames before the current chunk
+        self.last_ts = None
+        self.exact_chunks = 0           # chunks sent whole through the per-packet path
+        self.replayed = 0               # packets replayed in the side table
+
+    # ------------------------------------------------------------------
+    def meter(self, chunk) -> list:
+        """Meter one chunk.  Returns what ``table.expire`` returned at the
+        batch boundaries inside it (the fast path calls it once, at the last
+        one: flows that ended earlier wait in the table until then)."""
+        ts, cap, orig = chunk.fields()
+        n = len(ts)
+        if n == 0:
+            return []
+        g0 = self.frames
+        mono = bool((ts[1:] >= ts[:-1]).all()) and (self.last_ts is None or ts[0] >= self.last_ts)
+        done = []
+        if mono and n <= _IDX_MASK and self._fast(chunk, ts, cap, orig, g0):
+            last_b = (g0 + n) // self.bs * self.bs - 1
+            if last_b >= g0:
+                done = self.table.expire(int(ts[last_b - g0]))
+        else:
+            self.exact_chunks += 1
+            done = self._exact(chunk, g0)
+        self.frames = g0 + n
+        self.last_ts = int(ts[-1])
+        return done
+
+    def _exact(self, chunk, g0) -> list:
+        """meter_file's own loop over the chunk's frames, batch by batch."""
+        table = self.table
+        frames = chunk.frames()
+        bs = self.bs
+        out = []
+        i = 0
+        n = len(frames)
+        while i < n:
+            j = min(n, (g0 + i) // bs * bs + bs - g0)
+            table.meter_frames(frames[i:j], self.parser)
+            if (g0 + j) % bs == 0:
+                out.extend(table.expire(frames[j - 1][0]))
+            i = j
+        return out
+
+    def _fast(self, chunk, ts, cap, orig, g0) -> bool:
+        table = self.table
+        buf = chunk.buf
+        offs = chunk.offsets
+        n = len(offs)
+        fr = offs + 16                               # frame start
+        u8 = np.frombuffer(buf, np.uint8)
+        be16 = _view(buf, ">u2", 0)
+        le32 = _view(buf, "<u4", 0)
+        le64 = _view(buf, "<u8", 0)
+        blen = len(buf)
+        fast = np.zeros(n, bool)
+        if chunk.linktype == 1:
+            # reads beyond a short frame stay inside the buffer (clipped) and
+            # are discarded by the length test
+            lim2 = blen - 2
+            et = be16[np.minimum(fr + 12, lim2)]
+            tag = et == 0x8100
+            l3 = fr + 14 + 4 * tag
+            et2 = np.where(tag, be16[np.minimum(fr + 16, lim2)], et)
+            l3c = np.minimum(l3, blen - 40)
+            w = le64[l3c]                  # vihl tos total(2) id(2) frag(2)
+            vihl = (w & 0xFF).astype(np.int64)
+            frag = ((w >> np.uint64(48)) & np.uint64(0xFF3F)).astype(np.int64)   # be16 & 0x3FFF, bytes swapped
+            tot = (((w >> np.uint64(16)) & np.uint64(0xFF)) << np.uint64(8)) | ((w >> np.uint64(24)) & np.uint64(0xFF))
+            tot = tot.astype(np.int64)
+            proto = u8[l3c + 9].astype(np.int64)
+            hl = l3 - fr                          # link header length
+            need = hl + np.where(proto == 6, 34, 24)
+            fast = ((et2 == 0x0800) & (vihl == 0x45) & (frag == 0) & ((proto == 6) | (proto == 17))
+                    & (cap >= need) & (tot >= 20))
+        fidx = np.flatnonzero(fast)
+        # rare frames: the parser, in file order
+        rare = np.flatnonzero(~fast)
+        parse = self.parser.parse
+        lt = chunk.linktype
+        r_idx, r_k0, r_k1, r_o, r_tos, r_fl = [], [], [], [], [], []
+        v6 = []                                    # (frame index, key, octets, flags, tos)
+        from .meter import flow_key
+        pa = self.parser
+        saved = (dict(pa.skipped), pa.fragments, pa.truncated, dict(pa._frags))
+        if len(rare):
+            ro = offs[rare].tolist()
+            rc = cap[rare].tolist()
+            rg = orig[rare].tolist()
+            for i, o, c, ol in zip(rare.tolist(), ro, rc, rg):
+                data = buf[o + 16:o + 16 + c]
+                p = parse(lt, data, ol)
+                if p is None:
+                    continue
+                octets = p[6]
+                # meter_frames' inline case counts a zero IP length as the
+                # original length minus 14 (the parser: (original or captured) - 14)
+                if (lt == 1 and data[12:15] == b"\x08\x00\x45" and len(data) >= 38
+                        and not (data[20] & 0x3F or data[21])
+                        and (data[23] == 17 or (data[23] == 6 and len(data) >= 48))
+                        and ((data[16] << 8) | data[17]) < 20):
+                    octets = max(ol - 14, 0)
+                key = flow_key(p)
+                if len(key) == 16:
+                    k0, k1 = _QQ(key)
+                    r_idx.append(i)
+                    r_k0.append(k0)
+                    r_k1.append(k1)
+                    r_o.append(octets)
+                    r_tos.append(p[7])
+                    r_fl.append(p[8])
+                else:
+                    v6.append((i, key, octets, p[8], p[7]))
+        # per packet arrays (IPv4), file order
+        if len(fidx):
+            l3f = l3[fidx]
+            k0 = le64[l3f + 12]
+            ports = le32[l3f + 20].astype(np.uint64)
+            pr = proto[fidx].astype(np.uint64)
+            vl = np.where(tag[fidx], be16[fr[fidx] + 14] & 0x0FFF, 0).astype(np.uint64)
+            k1 = (ports | (pr << np.uint64(32)) | ((vl & np.uint64(0xFF)) << np.uint64(56))
+                  | ((vl >> np.uint64(8)) << np.uint64(48)))
+            oc = tot[fidx]
+            tos = u8[l3f + 1].astype(np.int64)
+            fl = np.where(proto[fidx] == 6, u8[np.minimum(l3f + 33, blen - 1)], 0).astype(np.int64)
+        else:
+            k0 = k1 = np.zeros(0, np.uint64)
+            oc = tos = fl = np.zeros(0, np.int64)
+        if r_idx:
+            order = np.argsort(np.concatenate((fidx, np.array(r_idx, np.int64))), kind="stable")
+            pidx = np.concatenate((fidx, np.array(r_idx, np.int64)))[order]
+            k0 = np.concatenate((k0, np.array(r_k0, np.uint64)))[order]
+            k1 = np.concatenate((k1, np.array(r_k1, np.uint64)))[order]
+            oc = np.concatenate((oc, np.array(r_o, np.int64)))[order]
+            tos = np.concatenate((tos, np.array(r_tos, np.int64)))[order]
+            fl = np.concatenate((fl, np.array(r_fl, np.int64)))[order]
+        else:
+            pidx = fidx
+        m = len(pidx)
+        pts = ts[pidx]
+        # -- group by key -------------------------------------------------
+        if m:
+            h = (k0 * _M1) ^ (k1 * _M2)
+            h ^= h >> np.uint64(29)
+            sv = (h & ~np.uint64(_IDX_MASK)) | np.arange(m, dtype=np.uint64)
+            sv.sort()
+            srt = (sv & np.uint64(_IDX_MASK)).astype(np.int64)
+            hs = sv >> np.uint64(_IDX_BITS)
+            sk0 = k0[srt]
+            sk1 = k1[srt]
+            newk = (sk0[1:] != sk0[:-1]) | (sk1[1:] != sk1[:-1])
+            if (newk & (hs[1:] == hs[:-1])).any():          # a hash collision: sort exactly
+                srt = np.lexsort((np.arange(m), k1, k0))
+                sk0 = k0[srt]
+                sk1 = k1[srt]
+                newk = (sk0[1:] != sk0[:-1]) | (sk1[1:] != sk1[:-1])
+            starts = np.concatenate(([0], np.flatnonzero(newk) + 1))
+        else:
+            srt = np.zeros(0, np.int64)
+            starts = np.zeros(0, np.int64)
+            sk0 = sk1 = np.zeros(0, np.uint64)
+        G = len(starts)
+        ends = np.append(starts[1:], m)
+        cnt = ends - starts
+        st = pts[srt]
+        if m:
+            soc = np.add.reduceat(oc[srt], starts)
+            sfl = np.bitwise_or.reduceat(fl[srt], starts)
+            gap = np.empty(m, np.int64)
+            gap[0] = 0
+            gap[1:] = st[1:] - st[:-1]
+            gap[starts] = 0
+            mgap = np.maximum.reduceat(gap, starts)
+            t1 = st[starts]
+            tl = st[ends - 1]
+            tos1 = tos[srt][starts]
+        kb = np.empty((G, 2), np.uint64)
+        kb[:, 0] = sk0[starts] if m else sk0
+        kb[:, 1] = sk1[starts] if m else sk1
+        kbytes = kb.tobytes()
+        keys = [kbytes[i:i + 16] for i in range(0, 16 * G, 16)]
+        flows = table._flows
+        ents = list(map(flows.get, keys))
+        new = ents.count(None)
+        if v6:
+            v6keys = {k for _i, k, _o, _f, _t in v6}
+            new += sum(1 for k in v6keys if k not in flows)
+        if len(flows) + new > table.max_flows:
+            # the per-packet path parses these frames again: undo
+            pa.skipped, pa.fragments, pa.truncated, pa._frags = saved
+            return False
+        # -- which flows are replayed -------------------------------------
+        evg = np.flatnonzero((sfl & 5) != 0) if m else np.zeros(0, np.int64)
+        X = set()
+        H = set()
+        if len(evg):
+            X, H = self._pairs(keys, ents, evg, starts, ends, srt, pidx, st, fl, cnt, soc, sfl,
+                               mgap, t1, tl, tos1)
+        # -- bulk accounting ----------------------------------------------
+        active = table.active_ns
+        inactive = table.inactive_ns
+        heap = table._heap
+        push = heapq.heappush
+        pend = table._pending
+        record = table._record
+        reason = table._reason
+        created = 0
+        replay = []
+        if m:
+            L = zip(keys, ents, cnt.tolist(), soc.tolist(), sfl.tolist(), mgap.tolist(),
+                    t1.tolist(), tl.tolist(), tos1.tolist(), range(G))
+            for key, e, c, o, f, mg, a, z, tq, gi in L:
+                if key in X:
+                    replay.append(gi)
+                    continue
+                if key in H:
+                    continue
+                if e is not None:
+                    if a - e[1] < e[6] and a - e[0] < active:
+                        if mg < e[6] and z - e[0] < active:
+                            e[1] = z
+                            e[2] += c
+                            e[3] += o
+                            e[4] |= f
+                            continue
+                        replay.append(gi)
+                        continue
+                    if mg < inactive and z - a < active:
+                        del flows[key]
+                        pend.append(record(key, e, reason(e, a)))
+                    else:
+                        replay.append(gi)
+                        continue
+                elif not (mg < inactive and z - a < active):
+                    replay.append(gi)
+                    continue
+                dl = min(z + inactive, a + active)
+                flows[key] = [a, z, c, o, f, tq, inactive, 0, dl]
+                push(heap, (dl, key))
+                created += 1
+        table.flows_created += created
+        table.packets += m + len(v6)
+        table.octets += int(oc.sum()) + sum(x[2] for x in v6)
+        # -- replay, in file order, in a side table -------------------------
+        if replay or v6:
+            rp = []
+            for gi in replay:
+                s0 = int(starts[gi])
+                s1 = int(ends[gi])
+                key = keys[gi]
+                sel = srt[s0:s1]
+                rp.extend(zip(pidx[sel].tolist(), [key] * (s1 - s0), oc[sel].tolist(),
+                              fl[sel].tolist(), tos[sel].tolist()))
+            rp.extend(v6)
+            rp.sort(key=lambda r: r[0])
+            self.replayed += len(rp)
+            self._replay(rp, ts, g0)
+        return True
+
+    def _pairs(self, keys, ents, evg, starts, ends, srt, pidx, st, fl, cnt, soc, sfl, mgap,
+               t1, tl, tos1):
+        """The TCP flows with a FIN or RST in the chunk, with their reverse
+        flows.  A pair is applied at once when neither direction can end
+        inside the chunk: each continues its entry (alive at its first
+        packet even if a closing shortened its idle timeout) or starts one,
+        with no gap as long as the shortest idle timeout and no active
+        timeout; then only its FIN/RST packets are walked, in file order, as
+        ``FlowTable._tcp_end`` would, checking that the reverse flow each one
+        reaches is alive then.  Returns (keys to replay, keys done)."""
+        table = self.table
+        flows = table._flows
+        get = flows.get
+        active = table.active_ns
+        inactive = table.inactive_ns
+        fin_ns = table.fin_ns
+        rst_ns = table.rst_ns
+        minidle = min(fin_ns, rst_ns)
+        heap = table._heap
+        push = heapq.heappush
+        gindex = dict(zip(keys, range(len(keys))))
+        # the FIN/RST packets of each group: (file position, time, flags)
+        sfl_p = fl[srt]
+        evpos = np.flatnonzero(sfl_p & 5)
+        evg_of = np.searchsorted(starts, evpos, side="right") - 1
+        events: dict = {}
+        for gi, pos, t, f in zip(evg_of.tolist(), pidx[srt[evpos]].tolist(), st[evpos].tolist(),
+                                 sfl_p[evpos].tolist()):
+            lst = events.get(gi)
+            if lst is None:
+                events[gi] = [(pos, t, f)]
+            else:
+                lst.append((pos, t, f))
+        cnt = cnt.tolist()
+        soc = soc.tolist()
+        sfl = sfl.tolist()
+        mgap = mgap.tolist()
+        t1 = t1.tolist()
+        tl = tl.tolist()
+        tos1 = tos1.tolist()
+        ifirst = pidx[srt[starts]].tolist()
+        ilast = pidx[srt[ends - 1]].tolist()
+        X = set()
+        H = set()
+        created = 0
+        for gk in evg.tolist():
+            k = keys[gk]
+            if k in H or k in X or k[12] != 6:
+                continue
+            r = k[4:8] + k[:4] + k[10:12] + k[8:10] + k[12:]
+            gr = gindex.get(r)
+            ek = ents[gk]
+            er = ents[gr] if gr is not None else get(r)
+            # per direction: [group, entry, start, fin, closing, idle, first, last time before events]
+            st_ = []
+            ok = True
+            for g, e in ((gk, ek), (gr, er)):
+                if g is None:
+                    if e is None:
+                        st_.append(None)
+                        continue
+                    st_.append([None, e, e[0], e[7] & 1, e[7] & 2, e[6], -1, -1])
+                    continue
+                a = t1[g]
+                if e is not None:
+                    if not (a - e[1] < e[6] and a - e[1] < minidle and a - e[0] < active):
+                        ok = False
+                        break
+                    start = e[0]
+                    st_.append([g, e, start, e[7] & 1, e[7] & 2, e[6], ifirst[g], ilast[g]])
+                else:
+                    start = a
+                    st_.append([g, None, start, 0, 0, inactive, ifirst[g], ilast[g]])
+                if not (mgap[g] < minidle and tl[g] - start < active):
+                    ok = False
+                    break
+            if ok:
+                evs = [(pos, t, f, 0) for pos, t, f in events.get(gk, ())]
+                if gr is not None and gr in events:
+                    evs += [(pos, t, f, 1) for pos, t, f in events[gr]]
+                    evs.sort()
+                for pos, t, f, side in evs:
+                    x = st_[side]
+                    y = st_[1 - side]
+                    if y is not None and (y[1] is not None or y[6] < pos):
+                        # the reverse flow exists: it must be alive now
+                        if y[0] is None or y[6] > pos:      # no packet of it before
+                            last = y[1][1]
+                        elif y[7] < pos:                    # its last packet is before
+                            last = tl[y[0]]
+                        else:                               # packets around: alive
+                            last = None
+                        if last is not None and not (t - last < y[5] and t - y[2] < active):
+                            ok = False
+                            break
+                        yp = True
+                    else:
+                        yp = False
+                    if f & 4:
+                        _close(x, rst_ns)
+                        if yp:
+                            _close(y, rst_ns)
+                    elif not x[3]:
+                        x[3] = 1
+                        if yp and y[3]:
+                            _close(x, fin_ns)
+                            _close(y, fin_ns)
+            if not ok:
+                X.add(k)
+                X.add(r)
+                continue
+            H.add(k)
+            H.add(r)
+            for key, x in ((k, st_[0]), (r, st_[1])):
+                if x is None:
+                    continue
+                g, e = x[0], x[1]
+                state = x[3] | x[4]
+                idle = x[5]
+                if g is None:                       # no packet here: the reverse's end reached it
+                    e[6] = idle
+                    e[7] = state
+                    dl = min(e[1] + idle, e[0] + active)
+                    if dl < e[8]:
+                        e[8] = dl
+                        push(heap, (dl, key))
+                    continue
+                z = tl[g]
+                if e is not None:
+                    e[1] = z
+                    e[2] += cnt[g]
+                    e[3] += soc[g]
+                    e[4] |= sfl[g]
+                    e[6] = idle
+                    e[7] = state
+                    dl = min(z + idle, e[0] + active)
+                    if dl < e[8]:
+                        e[8] = dl
+                        push(heap, (dl, key))
+                else:
+                    dl = min(z + idle, t1[g] + active)
+                    flows[key] = [t1[g], z, cnt[g], soc[g], sfl[g], tos1[g], idle, state, dl]
+                    push(heap, (dl, key))
+                    created += 1
+        table.flows_created += created
+        return X, H
+
+    def _replay(self, rp, ts, g0) -> None:
+        table = self.table
+        side = table._sibling()
+        flows = table._flows
+        sflows = side._flows
+        for _i, key, _o, _f, _t in rp:
+            if key not in sflows:
+                e = flows.pop(key, None)
+                if e is not None:
+                    sflows[key] = e
+                    side._heap.append((e[8], key))
+                # the TCP end of this key reaches its reverse direction
+                if len(key) and key[-4] == 6:
+                    a = len(key) - 8 >> 1
+                    rkey = key[a:2 * a] + key[:a] + key[2 * a + 2:2 * a + 4] + key[2 * a:2 * a + 2] + key[-4:]
+                    if rkey not in sflows:
+                        r = flows.pop(rkey, None)
+                        if r is not None:
+                            sflows[rkey] = r
+                            side._heap.append((r[8], rkey))
+        heapq.heapify(side._heap)
+        bs = self.bs
+        nb = (g0 // bs + 1) * bs - 1                 # next batch boundary (frame index)
+        account = side._account
+        ended = []
+        for i, key, o, f, tos in rp:
+            g = g0 + i
+            while nb < g:
+                ended += side.expire(int(ts[nb - g0]))
+                nb += bs
+            now = int(ts[i])
+            account(key, now, o, f, tos)
+        # back into the table: the flows, their timers, what ended
+        ended += side._pending
+        table._pending += ended
+        table.flows_created += side.flows_created
+        heap = table._heap
+        for key, e in sflows.items():
+            flows[key] = e
+            heap.append((e[8], key))
+        heapq.heapify(heap)

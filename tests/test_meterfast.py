@@ -1,0 +1,256 @@
+"""The vectorised pcap path (nfflowd.meterfast, pcapfile.walk_records) against
+the per-packet path it replaces: ``meter_file`` as it was, batch by batch
+through ``FlowTable.meter_frames`` and ``expire`` (``per_packet`` below).
+
+Both run on every sample capture and on captures generated here with
+hypothesis: Ethernet with and without 802.1Q/QinQ tags, Linux cooked, IPv4
+with options and fragments, IPv6 with extension headers and fragments, TCP
+with FIN and RST in both directions, UDP, ICMP, snaplen-cut frames, IP length
+0, time gaps around the idle, active, FIN and RST timeouts, time going
+backwards, small tables (eviction) and small batches (expire boundaries).
+Every record (all fields, end reasons included) and every counter must be
+the same."""
+
+from __future__ import annotations
+
+import glob
+import ipaddress
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nfflowd import pcapfile
+from nfflowd.meter import FlowTable, meter_file
+from nfflowd.packet import PacketParser
+from nfflowd.pcapfile import CaptureError, CaptureReader
+
+PCAPS = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
+CAPTURES = sorted(glob.glob(str(PCAPS / "*.pcap")))
+S = 1_000_000_000
+
+
+def per_packet(source, table, batch_size=4096):
+    """meter_file before the vectorised path: (records, summary-like tuple)."""
+    reader = CaptureReader(source, batch_size=batch_size)
+    parser = PacketParser()
+    out = []
+    frames = 0
+    first = last = None
+    err = None
+    try:
+        for batch in reader.batches():
+            frames += len(batch)
+            if first is None:
+                first = batch[0][0]
+            table.meter_frames(batch, parser)
+            last = batch[-1][0]
+            out += table.expire(last)
+    except CaptureError as e:
+        err = str(e)
+    out += table.flush_all(last if last is not None else 0)
+    return out, (frames, table.packets, table.octets, dict(parser.skipped), parser.fragments,
+                 parser.truncated, reader.snapped, table.flows_exported, table.evicted,
+                 dict(table.end_reasons), first, last, err)
+
+
+def vectorised(source, table, batch_size=4096, chunk_size=1 << 25):
+    got = []
+    s = meter_file(source, table, sink=got.extend, batch_size=batch_size, chunk_size=chunk_size)
+    return got, (s.frames, s.ip_packets, s.octets, s.skipped, s.fragments, s.truncated,
+                 s.snapped, s.flows_exported, s.evicted, s.end_reasons, s.first_ns, s.last_ns,
+                 str(s.error) if s.error else None)
+
+
+def same(source, batch_size=4096, chunk_size=1 << 25, **kw):
+    a, sa = per_packet(source, FlowTable(**kw), batch_size)
+    b, sb = vectorised(source, FlowTable(**kw), batch_size, chunk_size)
+    assert sorted(a) == sorted(b)
+    assert sa == sb
+    return b
+
+
+@pytest.mark.parametrize("capture", CAPTURES, ids=lambda p: Path(p).name)
+@pytest.mark.parametrize("kw", [{}, {"inactive_timeout": 1, "active_timeout": 3},
+                                {"max_flows": 3, "inactive_timeout": 2},
+                                {"batch_size": 5, "chunk_size": 1 << 16,
+                                 "inactive_timeout": 0.5, "tcp_fin_timeout": 0.2}])
+def test_sample_captures(capture, kw):
+    kw = dict(kw)
+    flows = same(capture, kw.pop("batch_size", 4096), kw.pop("chunk_size", 1 << 25), **kw)
+    if "arp" not in capture:
+        assert flows
+
+
+# --------------------------------------------------------------------------
+# generated captures
+# --------------------------------------------------------------------------
+
+HOSTS4 = [bytes([198, 51, 100, i]) for i in (1, 2, 3)] + [bytes([203, 0, 113, 9])]
+HOSTS6 = [ipaddress.IPv6Address(f"2001:db8::{i}").packed for i in (1, 2, 3)]
+MAC = b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02"
+
+
+def l4(proto, sp, dp, flags):
+    if proto == 6:
+        return struct.pack("!HHIIBBHHH", sp, dp, 1, 2, 5 << 4, flags, 1024, 0, 0)
+    if proto == 17:
+        return struct.pack("!HHHH", sp, dp, 12, 0) + b"abcd"
+    return struct.pack("!BBH", 8, 0, 0) + b"ping"
+
+
+def frame(p) -> tuple[bytes, int]:
+    """(frame bytes, link type) of one generated packet description."""
+    (fam, si, di, proto, sp, dp, flags, link, tags, opts, frag, ext, tos, pad, zero_len) = p
+    body = l4(proto, sp, dp, flags) + b"\0" * pad
+    if fam == 4:
+        src, dst = HOSTS4[si], HOSTS4[di]
+        o = b"\x01\x01\x01\x00" if opts else b""
+        ihl = 5 + len(o) // 4
+        fr = {0: 0x4000, 1: 0x2000, 2: 0x2000 | 3, 3: 5}[frag]     # DF, first, middle, last
+        total = 0 if zero_len else 4 * ihl + len(body)
+        if frag in (2, 3):
+            body = body[8:]
+            total = 0 if zero_len else 4 * ihl + len(body)
+        l3 = struct.pack("!BBHHHBB2x4s4s", 0x40 | ihl, tos, total, 77, fr, 64, proto,
+                         src, dst) + o + body
+        et = 0x0800
+    else:
+        src, dst = HOSTS6[si % 3], HOSTS6[di % 3]
+        if proto == 1:
+            proto = 58
+        nh = proto
+        hdrs = b""
+        if ext & 1:                                     # destination options
+            hdrs = struct.pack("!BB6x", nh, 0) + hdrs
+            nh = 60
+        if ext & 2 or frag:                             # fragment header
+            off = {0: 0, 1: 1, 2: (1 << 3) | 1, 3: 2 << 3}[frag]
+            hdrs = struct.pack("!BBHI", nh, 0, off, 99) + hdrs
+            nh = 44
+        if ext & 4:                                     # hop-by-hop first
+            hdrs = struct.pack("!BB6x", nh, 0) + hdrs
+            nh = 0
+        if frag in (2, 3):
+            body = body[8:]
+        pl = hdrs + body
+        l3 = struct.pack("!IHBB16s16s", (6 << 28) | (tos << 20), 0 if zero_len else len(pl),
+                         nh, 64, src, dst) + pl
+        et = 0x86DD
+    if link == 1:
+        out = MAC
+        for tpid, vid in tags:
+            out += struct.pack("!HH", tpid, vid)
+        return out + struct.pack("!H", et) + l3, 1
+    if link == 113:
+        return struct.pack("!HHH8sH", 0, 1, 6, b"\0" * 8, et) + l3, 113
+    return (b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + b"\0" * 28), 1     # ARP-ish, non-IP
+
+
+packets = st.tuples(
+    st.sampled_from([4, 4, 4, 6]),
+    st.integers(0, 3), st.integers(0, 3),
+    st.sampled_from([6, 6, 6, 17, 17, 1]),
+    st.sampled_from([1000, 1001]), st.sampled_from([80, 443]),
+    st.sampled_from([0x10, 0x18, 0x02, 0x12, 0x11, 0x11, 0x04, 0x14, 0x01]),
+    st.sampled_from([1, 1, 1, 1, 113, 0]),
+    st.sampled_from([(), (), ((0x8100, 10),), ((0x8100, 20),), ((0x88A8, 5), (0x8100, 6))]),
+    st.sampled_from([False, False, False, True]),
+    st.sampled_from([0, 0, 0, 0, 1, 2, 3]),
+    st.sampled_from([0, 0, 1, 2, 4, 5]),
+    st.sampled_from([0, 0, 0x10]),
+    st.sampled_from([0, 0, 30, 1400]),
+    st.sampled_from([False] * 15 + [True]),
+)
+# time steps in ms: same instant, small, around the timeouts (1 s RST, 2 s FIN,
+# 4 s idle, 10 s active), backwards
+steps = st.sampled_from([0, 0, 1, 5, 50, 50, 100, 300, 300, 300] * 3
+                        + [900, 999, 1000, 1001, 1999, 2000, 2001, 3999, 4000, 4001, 6000,
+                           10000, 10001])
+records = st.lists(st.tuples(packets, steps, st.sampled_from([0, 0, 0, 0, 40, 60])),
+                   min_size=1, max_size=120)
+
+
+def capture(recs, nano=False, bo="<", back=None) -> bytes:
+    lts = {frame(p)[1] for p, _dt, _cut in recs}
+    lt = 113 if lts == {113} else 1
+    out = struct.pack(bo + "IHHiIII", 0xA1B23C4D if nano else 0xA1B2C3D4, 2, 4, 0, 0, 65535, lt)
+    t = 1_700_000_000_000            # ms
+    for i, (p, dt, cut) in enumerate(recs):
+        t += -1 if i == back else dt
+        f, flt = frame(p)
+        if flt != lt:
+            f = b"\0" * 20            # an odd frame for this link type: skipped or parsed as junk
+        wire = len(f)
+        if cut:
+            f = f[:cut]
+        sec, ms = divmod(t, 1000)
+        frac = ms * 1_000_000 if nano else ms * 1000
+        out += struct.pack(bo + "IIII", sec, frac, len(f), wire) + f
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(recs=records, batch=st.sampled_from([1, 2, 3, 7, 4096]),
+       chunk=st.sampled_from([64, 200, 1 << 25]),
+       max_flows=st.sampled_from([1, 2, 3, 5, 131072]),
+       nano=st.booleans(), bo=st.sampled_from(["<", ">"]),
+       back=st.sampled_from([None, None, None, 0, 1, 5, 30]))
+def test_generated_captures(recs, batch, chunk, max_flows, nano, bo, back):
+    data = capture(recs, nano, bo, back)
+    same(data, batch, chunk, active_timeout=10, inactive_timeout=4, tcp_fin_timeout=2,
+         tcp_rst_timeout=1, max_flows=max_flows)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(recs=records, cut=st.integers(1, 200), junk=st.binary(min_size=4, max_size=16))
+def test_generated_truncated_and_corrupt(recs, cut, junk):
+    data = capture(recs)
+    same(data[:max(24, len(data) - cut)], 3, 128)
+    bad = bytearray(data)
+    at = 24 + 16 * min(2, len(recs)) + min(cut, len(data) - 24)
+    bad[at:at + len(junk)] = junk
+    same(bytes(bad[:len(data)]), 3, 128)
+
+
+# --------------------------------------------------------------------------
+# the record walk
+# --------------------------------------------------------------------------
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(sizes=st.lists(st.integers(0, 300), min_size=1, max_size=3000),
+       snap=st.sampled_from([128, 300, 65535]), seed=st.integers(0, 2 ** 32 - 1),
+       tail=st.integers(0, 40))
+def test_lockstep_walk_equals_the_chain(sizes, snap, seed, tail):
+    rng = np.random.default_rng(seed)
+    out = bytearray(b"\0" * 24)
+    for i, n in enumerate(sizes):
+        n = min(n, snap)
+        body = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        out += struct.pack("<IIII", 1_700_000_000 + i // 100, i % 1000, n, n + 4) + body
+    buf = bytes(out) + bytes(rng.integers(0, 256, tail, dtype=np.uint8))
+    want = pcapfile._walk_chain(buf, 24, "<")
+    old = pcapfile._SEG, pcapfile._SEG_WINDOWS
+    try:
+        pcapfile._SEG, pcapfile._SEG_WINDOWS = 256, 2
+        got = pcapfile._walk_lockstep(buf, 24, "<", snap, False)
+    finally:
+        pcapfile._SEG, pcapfile._SEG_WINDOWS = old
+    if got is not None:              # None: a guess not proven, the chain is used
+        assert got.tolist() == want.tolist()
+
+
+def test_lockstep_walk_is_used_on_a_large_buffer():
+    out = bytearray(b"\0" * 24)
+    for i in range(20000):
+        n = 40 + (i * 7919) % 90
+        out += struct.pack("<IIII", 1_700_000_000, i % 1000, n, n) + bytes([i % 251]) * n
+    buf = bytes(out)
+    got = pcapfile._walk_lockstep(buf, 24, "<", 128, False)
+    assert got is not None
+    assert got.tolist() == pcapfile._walk_chain(buf, 24, "<").tolist()
+    offs, stop, bad = pcapfile.walk_records(buf, 24, np.dtype("<u4"), 128, False)
+    assert len(offs) == 20000 and stop == len(buf) and not bad
