@@ -1,14 +1,15 @@
 """Command line: ``nfflowd [-c file] [-f] {start|stop|restart|reload|install|check|help|version}``
-and ``nfflowd [-c file] meter -r FILE [--print] [options]``.
+and ``nfflowd [-c file] meter {-r FILE | -i IFACE} [--bpf EXPR] [-n COUNT] [--print] [options]``.
 
 Exit statuses: 0 all well; 1 a command failed (could not start, stop timed
-out, ``meter`` met a truncated or corrupt capture); 2 bad configuration or
-arguments (``meter -i`` and ``--bpf``: not supported yet); 3 not running
+out, ``meter`` met a truncated or corrupt capture or could not capture);
+2 bad configuration or arguments (a bad BPF filter among them); 3 not running
 (``check``, ``reload``); 4 kernel prerequisites missing (``check``).
 
 ``meter`` has options of its own; they follow the command word and go to
-the meter's parser, the global options (``-c``) precede it.  Every other
-command is parsed as before.
+the meter's parser, the global options (``-c``) precede it.  Its options
+default to the config's ``meter:`` section.  Every other command is parsed as
+before.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from .errors import ConfigError, NfflowdError
 
 USAGE = ("nfflowd [ -c file ] [ -f ] { start | stop | restart | reload | install | check "
          "| help | version }\n"
-         "       nfflowd [ -c file ] meter -r FILE [ --print ] [ --active-timeout S ] "
-         "[ --inactive-timeout S ] [ --max-flows N ]")
-METER_USAGE = ("nfflowd [ -c file ] meter -r FILE [ --print ] [ --active-timeout S ] "
-               "[ --inactive-timeout S ] [ --max-flows N ] [ --bpf EXPR ] [ -i IFACE ]")
+         "       nfflowd [ -c file ] meter { -r FILE | -i IFACE } [ --bpf EXPR ] [ -n COUNT ] "
+         "[ --print ] [ options ]")
+METER_USAGE = ("nfflowd [ -c file ] meter { -r FILE | -i IFACE } [ --bpf EXPR ] [ -n COUNT ] "
+               "[ --print ]\n"
+               "       [ --active-timeout S ] [ --inactive-timeout S ] [ --max-flows N ] "
+               "[ -s SNAPLEN ]")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -52,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="commands: start (detach unless -f), stop, restart, reload (re-read the "
                "config), install (start at boot; --dry-run prints the steps), check "
                "(config, kernel prerequisites, daemon state and counters), meter (meter a "
-               "capture file and export its flows to the configured collectors; "
+               "capture file or a live interface and export its flows to the configured "
+               "collectors; "
                "'nfflowd meter --help' lists its options), help, version. "
                "Exit status: 0 ok, 1 failure, 2 bad config or arguments, 3 not running, "
                "4 kernel prerequisites missing.")
@@ -71,28 +75,43 @@ def _parser() -> argparse.ArgumentParser:
 def _meter_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nfflowd meter", usage=METER_USAGE,
-        description="Meter a capture file (pcap or pcapng) into flows, as a NetFlow probe "
-                    "would, and export every flow to the collectors of the configuration "
-                    "(-c), through the same encoders as the daemon.  Times in the records "
-                    "are the capture's.  A summary goes to standard error.",
-        epilog="Exit status: 0 ok; 1 the capture is truncated or corrupt, or cannot be read "
-               "(every flow metered before the problem is still exported); 2 bad "
-               "configuration or arguments, and -i / --bpf, which are not supported yet.")
-    p.add_argument("-r", dest="read", metavar="FILE", help="the capture file to meter")
-    p.add_argument("-i", dest="interface", metavar="IFACE",
-                   help="meter a live interface (not supported yet: exit status 2)")
+        description="Meter packets into flows, as a NetFlow probe (softflowd) would, from a "
+                    "capture file (pcap or pcapng, -r) or a live interface (-i, as root), and "
+                    "export every flow to the collectors of the configuration (-c), through "
+                    "the same encoders as the daemon.  Times in the records are the packets'. "
+                    "The options default to the config's meter: section, then to the "
+                    "values shown.  A summary goes to standard error at the end (and, for "
+                    "-i, on SIGUSR1); on a terminal a progress line shows packets and flows.",
+        epilog="-i runs until SIGINT (Ctrl-C) or SIGTERM, or COUNT packets; every flow is "
+               "then exported.  Exit status: 0 ok; 1 the capture is truncated or corrupt, "
+               "or cannot be read or opened (every flow metered before the problem is "
+               "still exported); 2 bad configuration or arguments, a bad BPF filter "
+               "among them.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("-r", dest="read", metavar="FILE", help="the capture file to meter")
+    src.add_argument("-i", dest="interface", metavar="IFACE",
+                     help="meter a live interface (AF_PACKET with a TPACKET_V3 ring; needs "
+                          "root or CAP_NET_RAW)")
     p.add_argument("--bpf", metavar="EXPR",
-                   help="a BPF filter (not supported yet: exit status 2)")
+                   help="meter only the packets this filter accepts (tcpdump syntax, "
+                        "pcap-filter(7); one quoted argument); with -i the kernel filters; "
+                        "default: meter.bpf of the config, else every packet")
+    p.add_argument("-n", "--count", dest="count", type=int, metavar="COUNT",
+                   help="stop after COUNT packets (those passing the filter, as tcpdump -c); "
+                        "default: meter.count, 0 no limit")
     p.add_argument("--print", dest="print_csv", action="store_true",
                    help="also write each flow as flow-tools CSV lines (flow-export -f2 "
                         "order) to standard output: the values the v5 records carry")
-    p.add_argument("--active-timeout", type=float, default=300, metavar="S",
+    p.add_argument("--active-timeout", type=float, metavar="S",
                    help="end a flow S seconds after its first packet (default 300)")
-    p.add_argument("--inactive-timeout", type=float, default=30, metavar="S",
+    p.add_argument("--inactive-timeout", type=float, metavar="S",
                    help="end a flow after S seconds without a packet (default 30)")
-    p.add_argument("--max-flows", type=int, default=131072, metavar="N",
+    p.add_argument("--max-flows", type=int, metavar="N",
                    help="flows held at once; beyond, the one due first ends early "
                         "(default 131072)")
+    p.add_argument("-s", "--snaplen", type=int, metavar="SNAPLEN",
+                   help="with -i, bytes of each packet captured (default 256: the headers "
+                        "the meter reads); a capture file keeps its own")
     return p
 
 
@@ -164,36 +183,113 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # -- meter ---------------------------------------------------------------------
+END_NAMES = {1: "idle timeout", 2: "active timeout", 3: "end of flow", 4: "end of capture",
+             5: "flow table full"}
+
+
 def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser) -> int:
-    """``nfflowd meter``: argument and configuration checks, then ``meter``."""
-    if opts.interface is not None:
-        err("meter -i: metering a live interface is not supported yet; "
-            "capture with tcpdump -w and use meter -r")
-        return EXIT_CONFIG
-    if opts.bpf is not None:
-        err("meter --bpf: BPF filters are not supported yet; "
-            "filter the capture first (tcpdump -r IN -w OUT EXPR)")
-        return EXIT_CONFIG
-    if opts.read is None:
+    """``nfflowd meter``: argument and configuration checks, then ``meter``
+    (-r) or ``meter_interface`` (-i)."""
+    if opts.read is None and opts.interface is None:
         mparser.print_usage(sys.stderr)
-        err("meter: -r FILE is required")
+        err("meter: -r FILE or -i IFACE is required")
         return EXIT_CONFIG
-    from .meter import FlowTable
-    try:
-        table = FlowTable(active_timeout=opts.active_timeout,
-                          inactive_timeout=opts.inactive_timeout, max_flows=opts.max_flows)
-    except ValueError as e:
-        err(f"meter: {e}")
+    if opts.count is not None and opts.count < 0:
+        err(f"meter: -n COUNT must be 0 (no limit) or more, got {opts.count}")
+        return EXIT_CONFIG
+    if opts.snaplen is not None and not 64 <= opts.snaplen <= 262144:
+        err(f"meter: -s SNAPLEN must be from 64 to 262144, got {opts.snaplen}")
         return EXIT_CONFIG
     try:
         cfg = _load(config_path)
     except ConfigError as e:
         err(f"bad configuration:\n{e}")
         return EXIT_CONFIG
-    return meter(cfg, opts.read, table, print_csv=opts.print_csv)
+    m = cfg.meter
+
+    def pick(value, default):
+        return default if value is None else value
+
+    from .meter import FlowTable
+    try:
+        table = FlowTable(active_timeout=pick(opts.active_timeout, m.active_timeout),
+                          inactive_timeout=pick(opts.inactive_timeout, m.inactive_timeout),
+                          max_flows=pick(opts.max_flows, m.max_flows))
+    except ValueError as e:
+        err(f"meter: {e}")
+        return EXIT_CONFIG
+    bpf = pick(opts.bpf, m.bpf) or None
+    count = pick(opts.count, m.count) or None
+    progress = sys.stderr.isatty()
+    if opts.interface is not None:
+        return meter_interface(cfg, opts.interface, table, bpf=bpf, count=count,
+                               snaplen=pick(opts.snaplen, m.snaplen),
+                               print_csv=opts.print_csv, progress=progress)
+    filt = None
+    if bpf is not None:
+        from .bpf import Filter, FilterError
+        filt = Filter(bpf)
+        try:
+            filt.check()                 # Ethernet; other link types when met
+        except FilterError as e:
+            err(f"meter --bpf: {e}")
+            return EXIT_CONFIG
+    return meter(cfg, opts.read, table, print_csv=opts.print_csv, bpf=filt, count=count,
+                 progress=progress)
 
 
-def meter(cfg: Config, path: str, table, print_csv: bool = False, out=None) -> int:
+class _Exporter:
+    """The sink of a meter run: each batch of ended flows to the pipeline
+    (and, with ``print_csv``, its flow-tools CSV lines to ``out``)."""
+
+    def __init__(self, cfg: Config, print_csv: bool, out):
+        from .pipeline import Pipeline
+        self.pipeline = Pipeline(cfg, vlan=True)
+        self.print_csv = print_csv
+        self.out = out
+        self.exported = 0
+
+    def __call__(self, flows) -> None:
+        from .daemon import uptime_ms
+        from .flowtools import csv_lines
+        ft = self.pipeline.export(flows, [], time.time_ns(), uptime_ms(),
+                                  flowtools=self.print_csv)
+        self.exported += len(flows)
+        self.pipeline.tick(time.time_ns())
+        if self.print_csv and ft is not None and len(ft):
+            self.out.write("\n".join(csv_lines(ft)) + "\n")
+            self.out.flush()
+
+
+class _Progress:
+    """One line on a terminal, rewritten at most every ``interval`` s."""
+
+    def __init__(self, enabled: bool, stream=None, interval: float = 0.2):
+        self.enabled = enabled
+        self.stream = sys.stderr if stream is None else stream
+        self.interval = interval
+        self._next = 0.0
+        self.shown = False
+
+    def __call__(self, stats) -> None:
+        if not self.enabled or time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.interval
+        self.stream.write(f"\r{stats.frames} packets, {stats.ip_packets} IP, "
+                          f"{stats.flows_exported + stats.active_flows} flows "
+                          f"({stats.active_flows} active)\x1b[K")
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = False
+
+
+def meter(cfg: Config, path: str, table, print_csv: bool = False, out=None, bpf=None,
+          count: int | None = None, progress: bool = False) -> int:
     """Meter the capture ``path`` through ``table`` and export every flow as
     it ends to ``cfg``'s collectors (and its syslog mirror, if enabled), one
     ``Pipeline.export`` per batch of ended flows.  Export times: ``now_ns``
@@ -201,45 +297,149 @@ def meter(cfg: Config, path: str, table, print_csv: bool = False, out=None) -> i
     the daemon sends them; the flows keep the capture's times (absolute in
     v9/IPFIX; in v5 and the CSV, FIRST/LAST relative to this machine's boot,
     0 for a capture older than the boot).  With ``print_csv`` the flow-tools
-    CSV lines of each batch go to ``out`` (standard output).  The summary
-    goes to standard error.  Returns 1 if the capture is truncated, corrupt
-    or unreadable (everything metered before the problem is exported), else 0."""
-    from .daemon import uptime_ms
-    from .flowtools import csv_lines
+    CSV lines of each batch go to ``out`` (standard output).  ``bpf`` (a
+    ``bpf.Filter``) and ``count`` select the packets; ``progress`` shows a
+    progress line on standard error.  The summary goes to standard error.
+    Returns 1 if the capture is truncated, corrupt or unreadable (everything
+    metered before the problem is exported), 2 if the filter cannot be
+    compiled for the capture's link type, else 0."""
+    from .bpf import FilterError
+    from .capture import meter_reader
     from .meter import meter_file
-    from .pipeline import Pipeline
 
-    out = sys.stdout if out is None else out
-    pipeline = Pipeline(cfg, vlan=True)
-    pipeline.open()
-    exported = 0
-
-    def sink(flows) -> None:
-        nonlocal exported
-        ft = pipeline.export(flows, [], time.time_ns(), uptime_ms(), flowtools=print_csv)
-        exported += len(flows)
-        pipeline.tick(time.time_ns())
-        if print_csv and ft is not None and len(ft):
-            out.write("\n".join(csv_lines(ft)) + "\n")
-
+    sink = _Exporter(cfg, print_csv, sys.stdout if out is None else out)
+    sink.pipeline.open()
+    bar = _Progress(progress)
     t0 = time.monotonic()
     try:
-        summary = meter_file(path, table, sink=sink)
+        if bpf is None and count is None and not progress:
+            summary = meter_file(path, table, sink=sink)
+        else:
+            summary = meter_reader(path, table, sink, bpf=bpf, count=count, progress=bar)
+    except FilterError as e:
+        bar.clear()
+        err(f"meter --bpf: {e}")
+        return EXIT_CONFIG
     finally:
-        pipeline.close()
-        if print_csv:
-            out.flush()
+        bar.clear()
+        sink.pipeline.close()
     elapsed = time.monotonic() - t0
-    for line in _meter_report(path, summary, exported, elapsed, pipeline.summary()):
+    for line in _meter_report(path, summary, sink.exported, elapsed, sink.pipeline.summary(),
+                              bpf=bpf):
         err(line)
     if summary.error is not None:
-        err(f"error: {path}: {summary.error}; the {exported} flows metered before it "
+        err(f"error: {path}: {summary.error}; the {sink.exported} flows metered before it "
             "were exported")
         return EXIT_FAILURE
     return EXIT_OK
 
 
-def _meter_report(path, s, exported: int, elapsed: float, sent: dict) -> list[str]:
+def meter_interface(cfg: Config, iface: str, table, bpf: str | None = None,
+                    count: int | None = None, snaplen: int = 256, print_csv: bool = False,
+                    out=None, progress: bool = False) -> int:
+    """Meter the live interface ``iface`` until SIGINT or SIGTERM (or
+    ``count`` packets), exporting every flow as it ends; SIGUSR1 prints the
+    statistics so far.  Returns 0, 1 if the capture cannot be opened, 2 for
+    a bad filter."""
+    import socket as socketmod
+
+    from .bpf import FilterError
+    from .capture import RingCapture, meter_live
+
+    try:
+        capture = RingCapture(iface, bpf=bpf, snaplen=snaplen)
+    except FilterError as e:
+        err(f"meter --bpf: {e}")
+        return EXIT_CONFIG
+    except NfflowdError as e:
+        err(f"meter -i: {e}")
+        return EXIT_FAILURE
+    sink = _Exporter(cfg, print_csv, sys.stdout if out is None else out)
+    bar = _Progress(progress)
+    flags = {"stop": False, "report": False}
+    r, w = socketmod.socketpair()
+    r.setblocking(False)
+    w.setblocking(False)
+
+    def on_stop(signum, frame):
+        flags["stop"] = True
+
+    def on_usr1(signum, frame):
+        flags["report"] = True
+
+    old = {s: signal.signal(s, h) for s, h in ((signal.SIGINT, on_stop),
+                                                (signal.SIGTERM, on_stop),
+                                                (signal.SIGUSR1, on_usr1))}
+    old_wakeup = signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
+    t0 = time.monotonic()
+
+    def on_wake(stats) -> None:
+        if flags["report"]:
+            flags["report"] = False
+            bar.clear()
+            for line in _live_report(stats, sink.exported, time.monotonic() - t0,
+                                     sink.pipeline.summary(), bpf, "statistics"):
+                err(line)
+        bar(stats)
+
+    try:
+        sink.pipeline.open()
+        err(f"metering {iface}" + (f" (filter {bpf!r})" if bpf else "")
+            + (f", {count} packets" if count else "") + "; SIGUSR1 prints statistics, "
+            "SIGINT or SIGTERM stops")
+        stats = meter_live(capture, table, sink, count=count, stop=lambda: flags["stop"],
+                           wake_fds=(r.fileno(),), on_wake=on_wake,
+                           tick=sink.pipeline.tick,
+                           tick_interval=cfg.export.flush_interval)
+    finally:
+        signal.set_wakeup_fd(old_wakeup)
+        for s, h in old.items():
+            signal.signal(s, h)
+        r.close()
+        w.close()
+        bar.clear()
+        capture.close()
+        sink.pipeline.close()
+    for line in _live_report(stats, sink.exported, time.monotonic() - t0,
+                             sink.pipeline.summary(), bpf, "end"):
+        err(line)
+    return EXIT_OK
+
+
+def _export_problems(sent: dict) -> list[str]:
+    problems = {k: v for k, v in sent.items()
+                if v and k.rsplit(".", 1)[-1] in ("send_errors", "records_dropped",
+                                                  "messages_dropped", "skipped_ipv6",
+                                                  "syslog_dropped")}
+    if problems:
+        return ["export problems: " + ", ".join(f"{k}={v}" for k, v in problems.items())]
+    return []
+
+
+def _end_reasons(s) -> list[str]:
+    if not s.end_reasons:
+        return []
+    return ["flows ended by: " + ", ".join(f"{END_NAMES.get(k, k)} {v}"
+                                           for k, v in sorted(s.end_reasons.items()))]
+
+
+def _live_report(s, exported: int, elapsed: float, sent: dict, bpf, what: str) -> list[str]:
+    rate = s.frames / elapsed if elapsed > 0 else 0.0
+    lines = [f"{what}: {s.source}: {s.frames} packets captured, {s.ip_packets} IP packets, "
+             f"{s.octets} bytes, {exported} flows exported, {s.active_flows} active; "
+             f"{elapsed:.1f} s ({rate:.0f} packets/s)"
+             + ("; count reached" if s.count_reached else "")]
+    lines.append(f"kernel: {s.kernel_packets} packets received by the socket, "
+                 f"{s.kernel_drops} dropped (ring full)"
+                 + (f"; filter {bpf!r} applied in the kernel (rejected packets are not "
+                    "counted)" if bpf else ""))
+    lines += _end_reasons(s)
+    lines += s.warnings()
+    lines += _export_problems(sent)
+    return lines
+
+
+def _meter_report(path, s, exported: int, elapsed: float, sent: dict, bpf=None) -> list[str]:
     span = ((s.last_ns - s.first_ns) / 1e9 if s.first_ns is not None and s.last_ns is not None
             else 0.0)
     rate = s.ip_packets / elapsed if elapsed > 0 else 0.0
@@ -247,21 +447,21 @@ def _meter_report(path, s, exported: int, elapsed: float, sent: dict) -> list[st
              f"{s.ip_packets} IP packets, {s.octets} bytes, {exported} flows exported; "
              f"capture spans {span:.3f} s; metered in {elapsed:.3f} s "
              f"({rate:.0f} packets/s)"]
-    if s.end_reasons:
-        names = {1: "idle timeout", 2: "active timeout", 3: "end of flow", 4: "end of capture",
-                 5: "flow table full"}
-        lines.append("flows ended by: " + ", ".join(
-            f"{names.get(k, k)} {v}" for k, v in sorted(s.end_reasons.items())))
+    if bpf is not None:
+        lines.append(f"filter {bpf.expression!r}: {s.filtered} frames rejected, "
+                     f"{s.frames} passed")
+    if getattr(s, "count_reached", False):
+        lines.append(f"stopped after {s.frames} frames (-n)")
+    lines += _end_reasons(s)
     if not exported and s.error is None:
-        lines.append("no flow: " + ("no IP packet in the capture" if s.frames
-                                    else "the capture holds no packet"))
+        if s.frames:
+            lines.append("no flow: no IP packet in the capture")
+        elif bpf is not None and s.filtered:
+            lines.append("no flow: the filter rejected every frame")
+        else:
+            lines.append("no flow: the capture holds no packet")
     lines += [w for w in s.warnings() if not w.startswith("capture error:")]
-    problems = {k: v for k, v in sent.items()
-                if v and k.rsplit(".", 1)[-1] in ("send_errors", "records_dropped",
-                                                  "messages_dropped", "skipped_ipv6",
-                                                  "syslog_dropped")}
-    if problems:
-        lines.append("export problems: " + ", ".join(f"{k}={v}" for k, v in problems.items()))
+    lines += _export_problems(sent)
     return lines
 
 

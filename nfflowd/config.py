@@ -80,11 +80,31 @@ class ConntrackConfig:
 
 
 @dataclass(frozen=True)
+class MeterInterface:
+    name: str
+    bpf: str | None = None          # None: meter.bpf
+
+
+@dataclass(frozen=True)
+class MeterConfig:
+    """The packet meter (``nfflowd meter``, and the daemon's meters): the
+    command line's options default to these."""
+    active_timeout: float = 300.0
+    inactive_timeout: float = 30.0
+    max_flows: int = 131072
+    snaplen: int = 256              # bytes of each packet captured live
+    bpf: str | None = None          # tcpdump filter syntax; None: every packet
+    count: int = 0                  # meter: stop after this many packets; 0: no limit
+    interfaces: tuple[MeterInterface, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     path: str = "<defaults>"
     export: ExportConfig = field(default_factory=ExportConfig)
     syslog: SyslogConfig = field(default_factory=SyslogConfig)
     conntrack: ConntrackConfig = field(default_factory=ConntrackConfig)
+    meter: MeterConfig = field(default_factory=MeterConfig)
     pidfile: str = "/run/nfflowd.pid"
     log_level: str = "info"
     # drop to this user once the sockets are open, keeping CAP_NET_ADMIN
@@ -227,6 +247,67 @@ def _collectors(c: _Checker, export: dict):
     return tuple(out)
 
 
+def _bpf(c: _Checker, mapping, key: str):
+    """A filter expression, compiled now (for Ethernet) so a bad one is a
+    config error naming its key."""
+    expr = c.string(mapping, "bpf", key, None)
+    if expr is None:
+        return None
+    from .bpf import FilterError, compile_filter
+    try:
+        compile_filter(expr)
+    except FilterError as e:
+        c.bad(key, str(e))
+    return expr
+
+
+def _interface_name(name) -> bool:
+    # the kernel's rules (dev_valid_name): 1 to 15 bytes, no '/', ':' or blank
+    return (isinstance(name, str) and 0 < len(name.encode()) < 16 and name not in (".", "..")
+            and not any(ch in name for ch in "/: \t\n"))
+
+
+def _meter(c: _Checker, data) -> MeterConfig:
+    m = c.section(data, "meter", {"active_timeout", "inactive_timeout", "max_flows", "snaplen",
+                                  "bpf", "count", "interfaces"})
+    d = MeterConfig()
+    interfaces = []
+    raw = m.get("interfaces")
+    if raw is not None and not isinstance(raw, list):
+        c.bad("meter.interfaces", f"expected a list of interfaces, got {_kind(raw)}")
+        raw = []
+    for i, item in enumerate(raw or ()):
+        key = f"meter.interfaces[{i}]"
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, dict):
+            c.bad(key, f"expected an interface name or a mapping with name and bpf, "
+                  f"got {_kind(item)}")
+            continue
+        c.unknown(item, key, {"name", "bpf"})
+        name = item.get("name")
+        if not _interface_name(name):
+            c.bad(f"{key}.name", f"expected a network interface name (1 to 15 characters, "
+                  f"no '/', ':' or blank), got {name!r}")
+            continue
+        if any(x.name == name for x in interfaces):
+            c.bad(f"{key}.name", f"interface {name!r} is listed twice")
+            continue
+        interfaces.append(MeterInterface(name, _bpf(c, item, f"{key}.bpf")))
+    out = MeterConfig(
+        active_timeout=c.number(m, "active_timeout", "meter.active_timeout", d.active_timeout,
+                                1, 30 * 86400),
+        inactive_timeout=c.number(m, "inactive_timeout", "meter.inactive_timeout",
+                                  d.inactive_timeout, 1, 30 * 86400),
+        max_flows=c.integer(m, "max_flows", "meter.max_flows", d.max_flows, 1, 2**31 - 1),
+        snaplen=c.integer(m, "snaplen", "meter.snaplen", d.snaplen, 64, 262144),
+        bpf=_bpf(c, m, "meter.bpf"),
+        count=c.integer(m, "count", "meter.count", d.count, 0, 2**63 - 1),
+        interfaces=tuple(interfaces),
+    )
+    return out
+
+
 def parse(data, path: str = "<string>") -> Config:
     """Validate an already-parsed YAML document."""
     c = _Checker()
@@ -234,7 +315,8 @@ def parse(data, path: str = "<string>") -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(path, [("", f"expected a mapping at the top level, got {_kind(data)}")])
-    c.unknown(data, "", {"export", "syslog", "conntrack", "pidfile", "log", "user", "metrics"})
+    c.unknown(data, "", {"export", "syslog", "conntrack", "meter", "pidfile", "log", "user",
+                         "metrics"})
 
     ex = c.section(data, "export", {"source", "engine_type", "engine_id", "collectors",
                                     "flush_interval", "observation_domain", "max_datagram",
@@ -280,6 +362,8 @@ def parse(data, path: str = "<string>") -> Config:
         c.bad("conntrack.active_timeout", f"expected 0 (off) or at least 1 second, "
               f"got {conntrack.active_timeout:g}")
 
+    meter = _meter(c, data)
+
     pidfile = c.string(data, "pidfile", "pidfile", "/run/nfflowd.pid")
     lg = c.section(data, "log", {"level"})
     log_level = c.string(lg, "level", "log.level", "info", LOG_LEVELS)
@@ -301,7 +385,7 @@ def parse(data, path: str = "<string>") -> Config:
 
     if c.problems:
         raise ConfigError(path, c.problems)
-    return Config(path=path, export=export, syslog=syslog, conntrack=conntrack,
+    return Config(path=path, export=export, syslog=syslog, conntrack=conntrack, meter=meter,
                   pidfile=pidfile, log_level=log_level, user=user,
                   metrics_listen=metrics_listen)
 

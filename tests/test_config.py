@@ -24,6 +24,54 @@ def test_the_sample_config_is_valid_and_matches_the_defaults():
     assert (d.conntrack.ttl, d.conntrack.poll_interval) == (604800, 30)
 
 
+def test_the_meter_section():
+    d = config.parse({}).meter
+    assert (d.active_timeout, d.inactive_timeout, d.max_flows, d.snaplen, d.bpf, d.count,
+            d.interfaces) == (300, 30, 131072, 256, None, 0, ())
+    assert config.load(SAMPLE).meter == d
+    m = config.parse({"meter": {"active_timeout": 60, "inactive_timeout": 15, "max_flows": 1000,
+                                "snaplen": 128, "bpf": "not port 22", "count": 10,
+                                "interfaces": ["eth1", {"name": "eth2", "bpf": "udp"}]}}).meter
+    assert (m.active_timeout, m.inactive_timeout, m.max_flows, m.snaplen, m.bpf, m.count) == \
+        (60, 15, 1000, 128, "not port 22", 10)
+    assert m.interfaces == (config.MeterInterface("eth1"), config.MeterInterface("eth2", "udp"))
+
+
+def test_the_sample_documents_every_meter_key():
+    text = SAMPLE.read_text()
+    section = text[text.index("\nmeter:"):text.index("\npidfile:")]
+    for key in ("active_timeout", "inactive_timeout", "max_flows", "snaplen", "bpf", "count",
+                "interfaces", "name", "bpf:"):
+        assert key in section, key
+    assert (ROOT / "nfflowd" / "_data" / "nfflowd.yaml").read_text() == text
+
+
+def test_meter_options_default_to_the_config(tmp_path, capsys):
+    p = tmp_path / "m.yaml"
+    p.write_text("export:\n  collectors: []\nsyslog:\n  enabled: false\n"
+                 "meter:\n  bpf: 'udp prot 53'\n")
+    assert main(["-c", str(p), "meter", "-r", "x.pcap"]) == 2
+    assert "meter.bpf: bad BPF filter 'udp prot 53'" in capsys.readouterr().err
+    http = ROOT.parent / "shared" / "pcaps" / "http.pcap"
+    if not http.exists():
+        return
+    p.write_text("export:\n  collectors: []\nsyslog:\n  enabled: false\n"
+                 "meter:\n  count: 5\n  bpf: tcp\n")
+    assert main(["-c", str(p), "meter", "-r", str(http)]) == 0
+    err = capsys.readouterr().err
+    assert "5 frames" in err and "filter 'tcp'" in err
+    # the command line wins: -n 0 is no limit
+    assert main(["-c", str(p), "meter", "-r", str(http), "-n", "0", "--bpf", "src port 80",
+                 "--active-timeout", "300"]) == 0
+    err = capsys.readouterr().err
+    assert "46 frames" not in err and "filter 'src port 80'" in err
+    assert "active timeout" not in err and "stopped after" not in err
+    p.write_text("export:\n  collectors: []\nsyslog:\n  enabled: false\n"
+                 "meter:\n  active_timeout: 1\n")
+    assert main(["-c", str(p), "meter", "-r", str(http)]) == 0
+    assert "flows ended by: active timeout 12, end of capture 5" in capsys.readouterr().err
+
+
 def test_v9_and_ipfix_collectors_default_to_flows_and_nat_events():
     cfg = config.parse({"export": {"observation_domain": 7, "collectors": [
         {"host": "127.0.0.1", "port": 9995, "version": 9},
@@ -72,6 +120,24 @@ def test_collectors_and_ipv6_hosts():
     ({"exprot": {}}, "exprot", "unknown key"),
     ({"log": {"level": "chatty"}}, "log.level", "debug"),
     ({"syslog": []}, "syslog", "a mapping"),
+    ({"meter": {"active_timeout": 0}}, "meter.active_timeout", "seconds from 1"),
+    ({"meter": {"inactive_timeout": "long"}}, "meter.inactive_timeout", "seconds"),
+    ({"meter": {"max_flows": 0}}, "meter.max_flows", "from 1"),
+    ({"meter": {"snaplen": 20}}, "meter.snaplen", "from 64 to 262144"),
+    ({"meter": {"count": -1}}, "meter.count", "from 0"),
+    ({"meter": {"bpf": "udp prot 53"}}, "meter.bpf", "bad BPF filter 'udp prot 53'"),
+    ({"meter": {"bpf": 53}}, "meter.bpf", "a non-empty string"),
+    ({"meter": {"interfaces": "eth0"}}, "meter.interfaces", "a list"),
+    ({"meter": {"interfaces": [{"name": "eth0/1"}]}}, "meter.interfaces[0].name",
+     "interface name"),
+    ({"meter": {"interfaces": [{"name": "a-name-over-15-bytes"}]}}, "meter.interfaces[0].name",
+     "1 to 15"),
+    ({"meter": {"interfaces": ["eth0", {"name": "eth1", "bpf": "port 99999"}]}},
+     "meter.interfaces[1].bpf", "99999"),
+    ({"meter": {"interfaces": ["eth0", "eth0"]}}, "meter.interfaces[1].name", "twice"),
+    ({"meter": {"interfaces": [{"name": "eth0", "filter": "udp"}]}},
+     "meter.interfaces[0].filter", "unknown key"),
+    ({"meter": {"timeout": 5}}, "meter.timeout", "unknown key"),
 ])
 def test_each_error_names_its_key(data, key, words):
     with pytest.raises(ConfigError) as e:

@@ -198,14 +198,22 @@ def test_truncated_capture_exports_what_was_metered_and_fails(tmp_path, capsys, 
 
 def test_meter_arguments(tmp_path, capsys):
     conf = config(tmp_path, 9, 9)
-    rc, _, err = run(capsys, "-c", conf, "meter", "-i", "eth0")
-    assert rc == 2 and "not supported yet" in err
-    rc, _, err = run(capsys, "-c", conf, "meter", "-r", "x.pcap", "--bpf", "tcp")
-    assert rc == 2 and "not supported yet" in err
+    rc, _, err = run(capsys, "-c", conf, "meter", "-i", "nfflowd-no-such-if0")
+    assert rc == 1 and "no such network interface: 'nfflowd-no-such-if0'" in err
+    rc, _, err = run(capsys, "-c", conf, "meter", "-r", "x.pcap", "--bpf", "udp prot 53")
+    assert rc == 2 and "bad BPF filter 'udp prot 53'" in err and "syntax error" in err
     rc, _, err = run(capsys, "-c", conf, "meter")
-    assert rc == 2 and "-r FILE is required" in err
+    assert rc == 2 and "-r FILE or -i IFACE is required" in err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["-c", conf, "meter", "-r", "x.pcap", "-i", "lo"])
+    assert e.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
     rc, _, err = run(capsys, "-c", conf, "meter", "-r", "x.pcap", "--max-flows", "0")
     assert rc == 2 and "max_flows" in err
+    rc, _, err = run(capsys, "-c", conf, "meter", "-r", "x.pcap", "-n", "-1")
+    assert rc == 2 and "-n COUNT" in err
+    rc, _, err = run(capsys, "-c", conf, "meter", "-i", "lo", "-s", "10")
+    assert rc == 2 and "-s SNAPLEN" in err
     rc, _, err = run(capsys, "-c", str(tmp_path / "missing.yaml"), "meter", "-r", "x.pcap")
     assert rc == 2 and "bad configuration" in err
     # unknown arguments stay an error for the other commands
@@ -216,12 +224,14 @@ def test_meter_arguments(tmp_path, capsys):
     # the help says what meter does
     assert cli.main(["help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "meter -r FILE" in out and "meter (meter a capture file" in out
+    assert "meter { -r FILE | -i IFACE }" in out and "meter (meter a capture file or a live interface" in out
     with pytest.raises(SystemExit) as e:
         cli.main(["meter", "--help"])
     assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "--print" in out and "not supported yet" in out and "default 300" in out
+    for words in ("--print", "--bpf EXPR", "-n COUNT", "tcpdump syntax", "default 300",
+                  "default 30)", "default 131072", "SIGUSR1", "SNAPLEN"):
+        assert words in out, words
 
 
 def test_unreadable_capture_is_an_error_naming_it(tmp_path, capsys, v9_socket):
