@@ -37,13 +37,16 @@ import struct
 
 import numpy as np
 
-from .record import END_FORCED  # noqa: F401  (documentation: reasons come from FlowTable)
+from itertools import repeat
+
+from .record import END_ACTIVE_TIMEOUT, END_IDLE_TIMEOUT, END_OF_FLOW, ORIGINAL, Flow
 
 __all__ = ["ChunkMeter"]
 
 _IDX_BITS = 22                      # packets per chunk < 4M: index in the sort word
 _IDX_MASK = (1 << _IDX_BITS) - 1
 _QQ = struct.Struct("<QQ").unpack
+_new = tuple.__new__
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xC2B2AE3D27D4EB4F)
 
@@ -77,6 +80,7 @@ class ChunkMeter:
         self.last_ts = None
         self.exact_chunks = 0           # chunks sent whole through the per-packet path
         self.replayed = 0               # packets replayed in the side table
+        self.bulk: list = []            # records made by _vector, not yet returned
 
     # ------------------------------------------------------------------
     def meter(self, chunk) -> list:
@@ -94,6 +98,9 @@ class ChunkMeter:
             last_b = (g0 + n) // self.bs * self.bs - 1
             if last_b >= g0:
                 done = self.table.expire(int(ts[last_b - g0]))
+            if self.bulk:
+                done = self.bulk + done
+                self.bulk = []
         else:
             self.exact_chunks += 1
             done = self._exact(chunk, g0)
@@ -224,11 +231,9 @@ class ChunkMeter:
             sk0 = k0[srt]
             sk1 = k1[srt]
             newk = (sk0[1:] != sk0[:-1]) | (sk1[1:] != sk1[:-1])
-            if (newk & (hs[1:] == hs[:-1])).any():          # a hash collision: sort exactly
-                srt = np.lexsort((np.arange(m), k1, k0))
-                sk0 = k0[srt]
-                sk1 = k1[srt]
-                newk = (sk0[1:] != sk0[:-1]) | (sk1[1:] != sk1[:-1])
+            if (newk & (hs[1:] == hs[:-1])).any():          # a hash collision
+                pa.skipped, pa.fragments, pa.truncated, pa._frags = saved
+                return False
             starts = np.concatenate(([0], np.flatnonzero(newk) + 1))
         else:
             srt = np.zeros(0, np.int64)
@@ -264,8 +269,15 @@ class ChunkMeter:
             # the per-packet path parses these frames again: undo
             pa.skipped, pa.fragments, pa.truncated, pa._frags = saved
             return False
-        # -- which flows are replayed -------------------------------------
-        evg = np.flatnonzero((sfl & 5) != 0) if m else np.zeros(0, np.int64)
+        bs = self.bs
+        last_b = (g0 + n) // bs * bs - 1
+        bound = int(ts[last_b - g0]) if last_b >= g0 else None
+        vec = np.zeros(G, bool)
+        if m:
+            vec = self._vector(kb, keys, ents, hs[starts], starts, srt, pidx, st, fl, cnt, soc,
+                               sfl, mgap, t1, tl, tos1, bound)
+        # -- the rest: FIN/RST pairs with entries, then plain flows with entries
+        evg = np.flatnonzero(((sfl & 5) != 0) & ~vec) if m else np.zeros(0, np.int64)
         X = set()
         H = set()
         if len(evg):
@@ -282,8 +294,11 @@ class ChunkMeter:
         created = 0
         replay = []
         if m:
-            L = zip(keys, ents, cnt.tolist(), soc.tolist(), sfl.tolist(), mgap.tolist(),
-                    t1.tolist(), tl.tolist(), tos1.tolist(), range(G))
+            rest = np.flatnonzero(~vec)
+            L = zip([keys[i] for i in rest.tolist()], [ents[i] for i in rest.tolist()],
+                    cnt[rest].tolist(), soc[rest].tolist(), sfl[rest].tolist(),
+                    mgap[rest].tolist(), t1[rest].tolist(), tl[rest].tolist(),
+                    tos1[rest].tolist(), rest.tolist())
             for key, e, c, o, f, mg, a, z, tq, gi in L:
                 if key in X:
                     replay.append(gi)
@@ -331,6 +346,129 @@ class ChunkMeter:
             self.replayed += len(rp)
             self._replay(rp, ts, g0)
         return True
+
+    def _vector(self, kb, keys, ents, gh, starts, srt, pidx, st, fl, cnt, soc, sfl, mgap, t1,
+                tl, tos1, bound):
+        """The flows of the chunk that start in it and that nothing outside
+        it touches, all at once: plain flows (no FIN/RST in them or in their
+        reverse) with no gap as long as the idle timeout, and TCP pairs whose
+        directions both start here (or whose reverse has no flow at all),
+        with no gap as long as the shortest of the FIN/RST timeouts, the
+        reverse alive whenever a FIN/RST reaches it.  Their end of
+        connection follows ``FlowTable._tcp_end``: a RST closes its flow and
+        the reverse if that one has started, FINs both ways close both; the
+        idle timeout is the smallest that applied.  Those whose deadline is
+        at or before ``bound`` (the expire after the chunk) become records
+        now; the others go into the table.  Returns the mask of groups done."""
+        table = self.table
+        active = table.active_ns
+        inactive = table.inactive_ns
+        fin_ns = table.fin_ns
+        rst_ns = table.rst_ns
+        minidle = min(fin_ns, rst_ns)
+        G = len(keys)
+        u = np.uint64
+        flows = table._flows
+        ex = np.fromiter((e is not None for e in ents), bool, G)
+        gk0 = kb[:, 0]
+        gk1 = kb[:, 1]
+        proto = ((gk1 >> u(32)) & u(0xFF)).astype(np.int64)
+        tcp = proto == 6
+        ev = tcp & ((sfl & 5) != 0)
+        # the reverse direction's group, where it has packets here
+        rk0 = (gk0 >> u(32)) | (gk0 << u(32))
+        rk1 = ((gk1 & ~u(0xFFFFFFFF)) | ((gk1 & u(0xFFFF)) << u(16))
+               | ((gk1 >> u(16)) & u(0xFFFF)))
+        rh = (rk0 * _M1) ^ (rk1 * _M2)
+        rh ^= rh >> u(29)
+        rh >>= u(_IDX_BITS)
+        ri = np.minimum(np.searchsorted(gh, rh), G - 1)
+        match = tcp & (gh[ri] == rh) & (gk0[ri] == rk0) & (gk1[ri] == rk1)
+        rev = np.where(match, ri, 0)
+        pev = ev | (match & ev[rev])
+        # plain flows new here
+        vn = ~pev & ~ex & (mgap < inactive) & (tl - t1 < active)
+        # TCP pairs
+        cand = pev & ~ex & (mgap < minidle) & (tl - t1 < active)
+        lone = cand & ~match
+        if lone.any():                 # the reverse has no packet here: it must have no flow
+            li = np.flatnonzero(lone)
+            rb = np.empty((len(li), 2), np.uint64)
+            rb[:, 0] = rk0[li]
+            rb[:, 1] = rk1[li]
+            rbytes = rb.tobytes()
+            has = np.fromiter(map(flows.__contains__, [rbytes[i:i + 16] for i in
+                                                       range(0, 16 * len(li), 16)]), bool, len(li))
+            cand[li[has]] = False
+        big = np.iinfo(np.int64).max
+        f_s = fl[srt]
+        p_s = pidx[srt]
+        pure_fin = (f_s & 5) == 1
+        rst = (f_s & 4) != 0
+        evp = (f_s & 5) != 0
+        fin_pos = np.minimum.reduceat(np.where(pure_fin, p_s, big), starts)
+        last_rst = np.maximum.reduceat(np.where(rst, p_s, -1), starts)
+        last_ev = np.maximum.reduceat(np.where(evp, p_s, -1), starts)
+        last_evt = np.maximum.reduceat(np.where(evp, st, -1), starts)
+        ifirst = p_s[starts]
+        ilast = p_s[np.append(starts[1:], len(p_s)) - 1]
+        # a FIN/RST of this direction reaching the reverse: it is alive then
+        alive = (~match | (last_ev <= ifirst[rev]) | (ilast[rev] > last_ev)
+                 | ((last_evt - tl[rev] < minidle) & (last_evt - t1[rev] < active)))
+        ok = cand & alive
+        pair = ok & np.where(match, ok[rev], True)
+        vec = vn | pair
+        if not vec.any():
+            return vec
+        rst_p = match & (last_rst[rev] > ifirst)
+        fin_both = match & (fin_pos < big) & (fin_pos[rev] < big)
+        rstc = (last_rst >= 0) | rst_p
+        closing = pair & (rstc | fin_both)
+        idle = np.full(G, inactive, np.int64)
+        idle = np.where(pair & fin_both, np.minimum(idle, fin_ns), idle)
+        idle = np.where(pair & rstc, np.minimum(idle, rst_ns), idle)
+        state = np.where(pair, (fin_pos < big).astype(np.int64) | (closing * 2), 0)
+        dl = np.minimum(tl + idle, t1 + active)
+        table.flows_created += int(vec.sum())
+        if bound is not None:
+            now = vec & (dl <= bound)
+        else:
+            now = np.zeros(G, bool)
+        keep = np.flatnonzero(vec & ~now)
+        # survivors into the table (a list per flow, as FlowTable keeps them)
+        heap = table._heap
+        push = heapq.heappush
+        for i, a, z, c, o, f, tq, idl, sta, d in zip(
+                keep.tolist(), t1[keep].tolist(), tl[keep].tolist(), cnt[keep].tolist(),
+                soc[keep].tolist(), sfl[keep].tolist(), tos1[keep].tolist(),
+                idle[keep].tolist(), state[keep].tolist(), dl[keep].tolist()):
+            key = keys[i]
+            flows[key] = [a, z, c, o, f, tq, idl, sta, d]
+            push(heap, (d, key))
+        # the others are records now (FlowTable._record and _reason, vectorised)
+        idx = np.flatnonzero(now)
+        if len(idx):
+            reason = np.where(t1[idx] + active <= tl[idx] + idle[idx], END_ACTIVE_TIMEOUT,
+                              np.where(closing[idx], END_OF_FLOW, END_IDLE_TIMEOUT))
+            b = kb[idx].view(np.uint8).reshape(len(idx), 16)
+            src = np.ascontiguousarray(b[:, 0:4]).view("V4").ravel().tolist()
+            dst = np.ascontiguousarray(b[:, 4:8]).view("V4").ravel().tolist()
+            b = b.astype(np.int64)
+            sport = ((b[:, 8] << 8) | b[:, 9]).tolist()
+            dport = ((b[:, 10] << 8) | b[:, 11]).tolist()
+            vlan = (((b[:, 14] << 8) | b[:, 15]) & 0xFFF).tolist()
+            recs = list(map(_new, repeat(Flow), zip(
+                repeat(4), b[:, 12].tolist(), src, dst, sport, dport, src, dst, sport, dport,
+                cnt[idx].tolist(), soc[idx].tolist(), (t1[idx] // 1_000_000).tolist(),
+                (np.maximum(tl[idx], t1[idx]) // 1_000_000).tolist(), repeat(ORIGINAL),
+                reason.tolist(), tos1[idx].tolist(), sfl[idx].tolist(), repeat(0), vlan)))
+            table.flows_exported += len(recs)
+            reasons = table.end_reasons
+            for r, c in enumerate(np.bincount(reason).tolist()):
+                if c:
+                    reasons[r] = reasons.get(r, 0) + c
+            self.bulk.extend(recs)
+        return vec
 
     def _pairs(self, keys, ents, evg, starts, ends, srt, pidx, st, fl, cnt, soc, sfl, mgap,
                t1, tl, tos1):

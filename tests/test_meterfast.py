@@ -254,3 +254,26 @@ def test_lockstep_walk_is_used_on_a_large_buffer():
     assert got.tolist() == pcapfile._walk_chain(buf, 24, "<").tolist()
     offs, stop, bad = pcapfile.walk_records(buf, 24, np.dtype("<u4"), 128, False)
     assert len(offs) == 20000 and stop == len(buf) and not bad
+
+
+# one TCP conversation (and a second one on other ports), both directions,
+# FIN and RST anywhere: the FIN/RST pair logic with flows that span chunks
+conv = st.tuples(st.sampled_from([0, 1]), st.sampled_from([0, 0, 0, 1]),
+                 st.sampled_from([0x10, 0x10, 0x18, 0x02, 0x12, 0x11, 0x11, 0x04, 0x14, 0x01]),
+                 st.sampled_from([4, 4, 4, 6]), st.sampled_from([(), (), ((0x8100, 7),)]))
+conv_steps = st.sampled_from([0, 1, 10, 100, 300, 500, 700, 999, 1000, 1001, 1500, 1999, 2000,
+                              2001, 2500, 3999, 4000, 4001, 5000, 9000])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(conv=st.lists(st.tuples(conv, conv_steps), min_size=1, max_size=80),
+       batch=st.sampled_from([1, 3, 16, 4096]), chunk=st.sampled_from([100, 300, 1000, 1 << 25]),
+       fin=st.sampled_from([0.5, 1, 2, 4]), rst=st.sampled_from([0.5, 1, 2, 4]))
+def test_generated_tcp_conversations(conv, batch, chunk, fin, rst):
+    recs = []
+    for (d, which, flags, fam, tags), dt in conv:
+        sp, dp = (1000 + which, 80) if d == 0 else (80, 1000 + which)
+        p = (fam, d, 1 - d, 6, sp, dp, flags, 1, tags, False, 0, 0, 0, 0, False)
+        recs.append((p, dt, 0))
+    same(capture(recs), batch, chunk, active_timeout=10, inactive_timeout=4,
+         tcp_fin_timeout=fin, tcp_rst_timeout=rst)
