@@ -239,3 +239,35 @@ def test_unreadable_capture_is_an_error_naming_it(tmp_path, capsys, v9_socket):
     rc, out, err = run(capsys, "-c", config(tmp_path, v9_socket.port, 9), "meter",
                        "-r", str(missing))
     assert rc == 1 and str(missing) in err and out == ""
+
+
+@needs_pcaps
+def test_progress_line_on_a_terminal_only(tmp_path):
+    import pty
+    import sys
+    conf = tmp_path / "c.yaml"
+    conf.write_text("export:\n  collectors: []\nsyslog:\n  enabled: false\n")
+    cmd = [sys.executable, "-m", "nfflowd.cli", "-c", str(conf), "meter",
+           "-r", str(PCAPS / "http.pcap")]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=slave, env=env)
+        os.close(slave)
+        chunks = []
+        while True:                     # until the child closes the terminal
+            try:
+                data = os.read(master, 4096)
+            except OSError:             # EIO: no writer left
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert p.wait(timeout=30) == 0
+    finally:
+        os.close(master)
+    tty = b"".join(chunks).decode()
+    assert "\r46 packets, 46 IP, 17 flows" in tty and "\r\x1b[K" in tty
+    assert "46 IP packets" in tty                       # and the summary after it
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode == 0 and "\r" not in r.stderr and "46 IP packets" in r.stderr

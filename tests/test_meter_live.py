@@ -1,0 +1,240 @@
+"""``nfflowd meter -i IFACE``: live capture on a veth pair in namespaces the
+test creates, known traffic from the peer, flows exported to a real nfcapd on
+127.0.0.1 inside the meter's namespace and read back by nfdump.
+
+    peer (198.51.100.1, 2001:db8:6::1) --veth-- meter (198.51.100.2, 2001:db8:6::2)
+
+UDP datagrams of known sizes, each echoed, give exactly known flows; a TCP
+connection's packets depend on the kernel's ACK timing, so dumpcap captures
+the same interface at the same time and tshark reads its file: the
+independent count the TCP flows must equal.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from natlab import Capture, Nfcapd, run, skip_reason, stop, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER_PY = Path(__file__).resolve().parent / "peer.py"
+
+PEER4, METER4 = "198.51.100.1", "198.51.100.2"
+PEER6, METER6 = "2001:db8:6::1", "2001:db8:6::2"
+PORT = 7007
+
+_skip = skip_reason()
+pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
+
+
+class Veth:
+    """Two namespaces joined by a veth pair: ``peer`` (va) and ``fw`` (vb,
+    where the meter and nfcapd run; named fw for natlab's Nfcapd)."""
+
+    def __init__(self, tag: str):
+        self.peer = f"nffl{tag}-a"
+        self.fw = f"nffl{tag}-b"
+        self.procs: list[subprocess.Popen] = []
+
+    def ns(self, name, *cmd, **kw):
+        return run("ip", "netns", "exec", name, *cmd, **kw)
+
+    def spawn(self, name, *cmd, **kw) -> subprocess.Popen:
+        p = subprocess.Popen(["ip", "netns", "exec", name, *map(str, cmd)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def __enter__(self):
+        self.teardown()
+        for n in (self.peer, self.fw):
+            run("ip", "netns", "add", n)
+            self.ns(n, "ip", "link", "set", "lo", "up")
+        run("ip", "link", "add", "va", "netns", self.peer, "type", "veth",
+            "peer", "name", "vb", "netns", self.fw)
+        for n, dev, a4, a6 in ((self.peer, "va", PEER4, PEER6), (self.fw, "vb", METER4, METER6)):
+            self.ns(n, "ip", "addr", "add", f"{a4}/24", "dev", dev)
+            self.ns(n, "ip", "-6", "addr", "add", f"{a6}/64", "dev", dev, "nodad")
+            self.ns(n, "ip", "link", "set", dev, "up")
+        return self
+
+    def teardown(self):
+        for p in self.procs:
+            stop(p)
+        self.procs.clear()
+        for n in (self.peer, self.fw):
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+
+    def __exit__(self, *exc):
+        self.teardown()
+
+
+@pytest.fixture
+def veth():
+    with Veth(str(os.getpid())) as v:
+        yield v
+
+
+class Meter:
+    """``nfflowd meter -i vb`` in the meter namespace, its stderr collected."""
+
+    def __init__(self, lab: Veth, tmp: Path, port: int, *args, name="m"):
+        self.conf = tmp / f"{name}.yaml"
+        self.conf.write_text("export:\n  collectors:\n"
+                             f"    - {{host: 127.0.0.1, port: {port}, version: 9}}\n"
+                             "syslog:\n  enabled: false\n")
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.proc = lab.spawn(lab.fw, sys.executable, "-m", "nfflowd.cli", "-c", self.conf,
+                              "meter", "-i", "vb", "--inactive-timeout", 600, *args, env=env)
+        self.log: list[str] = []
+        self._t = threading.Thread(
+            target=lambda: self.log.extend(iter(self.proc.stderr.readline, "")), daemon=True)
+        self._t.start()
+
+    @property
+    def err(self) -> str:
+        return "".join(self.log)
+
+    def wait_ready(self):
+        assert wait_for(lambda: "metering vb" in self.err or self.proc.poll() is not None,
+                        timeout=20), self.err
+        assert self.proc.poll() is None, self.err
+
+    def finish(self, sig=signal.SIGTERM, timeout=20) -> int:
+        if sig is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout)
+        self._t.join(5)
+        return rc
+
+
+def nfcapd(lab, tmp, port):
+    n = Nfcapd(lab, tmp, port)
+    assert wait_for(lambda: re.search(rf":{port}\s", lab.ns(lab.fw, "ss", "-Hlun").stdout + " "),
+                    timeout=10)
+    return n
+
+
+def flows(collector: Nfcapd) -> dict:
+    """(src, dst, sport, dport, proto) -> [packets, bytes], summed over records."""
+    out: dict = {}
+    for line in collector.dump("%sa %da %sp %dp %pr %pkt %byt", "-6"):
+        sa, da, sp, dp, pr, pkt, byt = line.split()
+        pr = {"UDP": 17, "TCP": 6, "ICMP": 1, "ICMP6": 58, "IPv6-ICMP": 58}.get(pr, pr)
+        pr = int(pr) if str(pr).isdigit() else pr
+        k = (str(ipaddress.ip_address(sa)), str(ipaddress.ip_address(da)), int(float(sp)),
+             int(dp.split(".")[0]) if "." in dp else int(dp), pr)
+        v = out.setdefault(k, [0, 0])
+        v[0] += int(pkt)
+        v[1] += int(byt)
+    return out
+
+
+def peer(lab, *args) -> tuple[str, int]:
+    r = lab.ns(lab.peer, sys.executable, PEER_PY, *args, timeout=30)
+    m = re.search(r"LOCAL (\S+) (\d+)", r.stdout)
+    return str(ipaddress.ip_address(m.group(1))), int(m.group(2))
+
+
+def tshark_tcp(path, src, sport) -> tuple[int, int]:
+    """(packets, IP bytes) of one TCP direction in a capture file."""
+    r = run("tshark", "-n", "-r", path, "-Y", f"tcp.srcport == {sport} and ip.src == {src}",
+            "-T", "fields", "-e", "ip.len", timeout=60)
+    lens = [int(x) for x in r.stdout.split()]
+    return len(lens), sum(lens)
+
+
+def test_live_capture_gives_the_known_flows_and_the_filter_drops_the_rest(veth, tmp_path):
+    c_all = nfcapd(veth, tmp_path, 9995)
+    c_flt = nfcapd(veth, tmp_path, 9996)
+    server = veth.spawn(veth.fw, sys.executable, PEER_PY, "serve", METER4, METER6,
+                        "--port", PORT, "--lifetime", 60)
+    assert "READY" in server.stdout.readline()
+    meter_all = Meter(veth, tmp_path, 9995, name="all")
+    meter_flt = Meter(veth, tmp_path, 9996, "--bpf", "udp and ip", name="flt")
+    meter_all.wait_ready()
+    meter_flt.wait_ready()
+    oracle = Capture(veth, veth.fw, "vb", f"tcp port {PORT}", tmp_path / "oracle.pcapng")
+
+    u4 = peer(veth, "udp", METER4, PORT, 100, 5)     # 5 datagrams of 100 bytes, echoed
+    u6 = peer(veth, "udp", METER6, PORT, 300, 3)
+    t4 = peer(veth, "tcp", METER4, PORT, 20000)
+
+    # SIGUSR1: the statistics so far, and the meter goes on
+    time.sleep(0.5)
+    meter_all.proc.send_signal(signal.SIGUSR1)
+    assert wait_for(lambda: "statistics: vb:" in meter_all.err, timeout=10), meter_all.err
+    assert meter_all.proc.poll() is None
+    stats = re.search(r"statistics: vb: (\d+) packets captured", meter_all.err)
+    assert int(stats.group(1)) >= 16
+
+    time.sleep(0.3)
+    oracle.stop()
+    assert meter_all.finish() == 0, meter_all.err
+    assert meter_flt.finish() == 0, meter_flt.err
+    time.sleep(0.5)
+    c_all.stop()
+    c_flt.stop()
+
+    got = flows(c_all)
+    want = {
+        (PEER4, METER4, u4[1], PORT, 17): [5, 5 * 128],
+        (METER4, PEER4, PORT, u4[1], 17): [5, 5 * 128],
+        (PEER6, METER6, u6[1], PORT, 17): [3, 3 * 348],
+        (METER6, PEER6, PORT, u6[1], 17): [3, 3 * 348],
+        (PEER4, METER4, t4[1], PORT, 6): list(tshark_tcp(oracle.path, PEER4, t4[1])),
+        (METER4, PEER4, PORT, t4[1], 6): list(tshark_tcp(oracle.path, METER4, PORT)),
+    }
+    assert want[(PEER4, METER4, t4[1], PORT, 6)][0] >= 6      # SYN, data, FIN, ACKs
+    assert {k: v for k, v in got.items() if k[4] != 58} == want
+    # the rest is IPv6 neighbour discovery, nothing else
+    assert all(k[4] == 58 for k in got.keys() - want.keys())
+    # the filtered meter: IPv4 UDP only
+    assert flows(c_flt) == {k: v for k, v in want.items() if k[4] == 17 and "." in k[0]}
+
+    end = meter_all.err
+    assert re.search(r"end: vb: \d+ packets captured, \d+ IP packets", end)
+    assert re.search(r"kernel: \d+ packets received by the socket, 0 dropped", end)
+    assert "skipped, not metered (arp=" in end          # ARP seen, and said
+    assert "filter 'udp and ip' applied in the kernel" in meter_flt.err
+    assert re.search(r"end: vb: 10 packets captured, 10 IP packets, 1280 bytes, 2 flows",
+                     meter_flt.err), meter_flt.err
+
+
+def test_count_stops_the_capture_and_exports(veth, tmp_path):
+    col = nfcapd(veth, tmp_path, 9995)
+    server = veth.spawn(veth.fw, sys.executable, PEER_PY, "serve", METER4,
+                        "--port", PORT, "--lifetime", 30)
+    assert "READY" in server.stdout.readline()
+    m = Meter(veth, tmp_path, 9995, "--bpf", "udp", "-n", "7")
+    m.wait_ready()
+    u4 = peer(veth, "udp", METER4, PORT, 50, 6)         # 12 packets; the meter takes 7
+    assert m.finish(sig=None) == 0, m.err               # it stops by itself
+    assert "count reached" in m.err and "7 packets captured, 7 IP packets" in m.err
+    time.sleep(0.5)
+    col.stop()
+    assert flows(col) == {(PEER4, METER4, u4[1], PORT, 17): [4, 4 * 78],
+                          (METER4, PEER4, PORT, u4[1], 17): [3, 3 * 78]}
+
+
+def test_bad_filter_or_interface_on_live_capture(veth, tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("export:\n  collectors: []\nsyslog:\n  enabled: false\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = veth.ns(veth.fw, sys.executable, "-m", "nfflowd.cli", "-c", conf, "meter", "-i", "vb",
+                "--bpf", "tcp and port http-nope", check=False, env=env)
+    assert r.returncode == 2
+    assert "bad BPF filter 'tcp and port http-nope'" in r.stderr
+    r = veth.ns(veth.fw, sys.executable, "-m", "nfflowd.cli", "-c", conf, "meter", "-i", "eth9",
+                check=False, env=env)
+    assert r.returncode == 1 and "no such network interface: 'eth9'" in r.stderr
