@@ -400,10 +400,61 @@ def _compile(buf, off, ln, rec, family, kind):
     return ns["_decode_layout"]
 
 
+# -- the columnar specs ------------------------------------------------------
+#
+# For bursts of DESTROY events ``columns.decode_blocks`` reads a whole batch
+# of same-key messages at once (numpy).  It needs, per shape key, where each
+# attribute header and value sits, in 4-byte words from the message start:
+# netlink attributes are 4-aligned (NLA_ALIGNTO) and every value nfflowd
+# reads starts an attribute payload, so every position is a word.  The spec
+# is made from the same walk as the compiled layout; ``columns`` checks every
+# header word as the compiled layout does, so it reads what the walker would.
+
+_col_specs: dict = {}      # shape key -> spec (see _col_spec); DESTROY shapes only
+_col_version = [0]         # bumped whenever _col_specs changes
+_ADDR_WIDTH = {4: "4s", 6: "16s"}
+
+
+def _col_spec(buf, off, rec, family, kind):
+    """The columnar spec of a walked DESTROY message, or None when the
+    columnar reader cannot take its shape (then the object path does).
+
+    ``{"family": 4|6, "hdr": [(word, big-endian u32)], "vals": {name: (word,
+    fmt)}}``; ``vals`` keeps the walker's last-wins names."""
+    if kind != EV_DESTROY:
+        return None
+    # the shape key's words are checked too: nlmsg_len, type and flags,
+    # nfgenmsg (family, version, res_id); the first attribute header is in rec
+    hdr = [(w, int.from_bytes(bytes(buf[off + 4 * w:off + 4 * w + 4]), "big"))
+           for w in (0, 1, 4)]
+    names = {}
+    for r in rec:
+        if r[1] == "reset":
+            for k in [k for k in names if k.startswith(r[0])]:
+                del names[k]
+        elif r[1] is None:
+            p = r[0] - off
+            if p % 4:
+                return None
+            hdr.append((p // 4, int.from_bytes(bytes(buf[r[0]:r[0] + 4]), "big")))
+        else:
+            p = r[0] - off
+            if p % 4:
+                return None
+            names[r[2]] = (p // 4, r[1])
+    addr = _ADDR_WIDTH[family]
+    for n in ("o.src", "o.dst", "r.src", "r.dst"):
+        if names.get(n, (0, None))[1] != addr:
+            return None
+    return {"family": family, "hdr": hdr, "vals": names}
+
+
 def _remember(key, fn):
     global _layout_count
     if _layout_count >= _LAYOUT_MAX:
         _layouts.clear()
+        _col_specs.clear()
+        _col_version[0] += 1
         _layout_count = 0
     lst = _layouts.setdefault(key, [])
     if len(lst) >= _LAYOUTS_PER_KEY:
@@ -417,6 +468,8 @@ def clear_layout_cache() -> None:
     """Forget every compiled layout (for tests and benchmarks)."""
     global _layout_count
     _layouts.clear()
+    _col_specs.clear()
+    _col_version[0] += 1
     _layout_count = 0
 
 
@@ -488,6 +541,10 @@ def _decode(buf, use_cache: bool) -> DecodeResult:
                         fn = _compile(buf, off, ln, rec, family, kind)
                         if fn is not None:
                             _remember((ln, tf, nq), fn)
+                            spec = _col_spec(buf, off, rec, family, kind)
+                            if spec is not None:
+                                _col_specs[(ln, tf, nq)] = spec
+                                _col_version[0] += 1
         elif typ == NLMSG_DONE:
             done = True
         elif typ == NLMSG_ERROR:
@@ -611,9 +668,12 @@ class ConntrackSocket:
     def __exit__(self, *exc):
         self.close()
 
-    def recv_batch(self, max_datagrams: int = 1024) -> DecodeResult:
+    def recv_batch(self, max_datagrams: int = 1024, blocks: bool = False) -> DecodeResult:
         """Receive up to ``max_datagrams`` queued datagrams without blocking and
         decode them together.  Returns an empty result when nothing is queued.
+        With ``blocks``, runs of DESTROY events come as ``columns.DestroyBlock``
+        items (``columns.decode_blocks``; ``Correlator.handle_batch`` takes
+        them).
 
         Raises NetlinkOverrun when the kernel reported ENOBUFS (events were
         lost).  Datagrams received before the error in the same call are
@@ -627,6 +687,8 @@ class ConntrackSocket:
         limit = len(view) - self.MAX_DATAGRAM
         pos = 0
         extra_malformed = 0
+        starts: list = []
+        ends: list = []
         for _ in range(max_datagrams):
             if pos > limit:
                 break
@@ -649,10 +711,16 @@ class ConntrackSocket:
                 self.truncated += 1          # cut short: drop it whole
                 extra_malformed += 1
                 continue
+            starts.append(pos)
+            ends.append(pos + got)
             pos += (got + 3) & ~3            # datagrams start 4-aligned
         if pos == 0:
             return DecodeResult([], extra_malformed, 0, False, [])
-        res = decode(view[:pos])
+        if blocks:
+            from .columns import decode_blocks
+            res = decode_blocks(view[:pos], starts, ends)
+        else:
+            res = decode(view[:pos])
         if extra_malformed:
             res = res._replace(malformed=res.malformed + extra_malformed)
         return res

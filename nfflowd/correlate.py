@@ -58,6 +58,9 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
+from .columns import EV_BLOCK, flows_of_block
 from .conntrack import EV_DESTROY, EV_NEW, CtEvent, CtTuple
 from .record import (END_ACTIVE_TIMEOUT, END_LACK_OF_RESOURCES, END_OF_FLOW, ORIGINAL,
                      REPLY, Flow, NatEvent)
@@ -84,6 +87,11 @@ _BASE = struct.Struct("<QQQQq")
 _PACK4 = _HEAD4.pack
 _PACK6 = _HEAD6.pack
 _HEAD_LEN = {33: (4, _HEAD4), 73: (4, _HEAD4), 81: (6, _HEAD6), 121: (6, _HEAD6)}
+
+
+def _early(entry: bytes) -> bool:
+    """The entry carries counters exported by the active timeout."""
+    return len(entry) == 73 or len(entry) == 121
 
 
 def _entry_event(ct_id: int, entry: bytes) -> tuple[CtEvent, int, tuple | None]:
@@ -161,6 +169,8 @@ class Correlator:
         self._new_ns: dict[int, int] = {}       # ct_id -> NEW event time
         self._dumped: dict = {}                 # key -> [event, first_seen_ns, last_seen_ns]
         self._poll_exported: dict = {}          # key -> time exported by the poller
+        self._ids: set = set()                  # ct ids of both (_known_ids)
+        self._ids_stale = False
         # ct_id -> packed entry (see _HEAD4); None: no cache (no resync, no
         # active timeout)
         self._live: dict[int, bytes] | None = {} if cache else None
@@ -254,6 +264,8 @@ class Correlator:
                     nat = nat_event_of(ev, now_ns, True)
                     if nat is not None:
                         self.nat_events.append(nat)
+            elif kind == EV_BLOCK:
+                self._handle_block(ev, now_ns, out)
             else:
                 other += 1
         c = self.counters
@@ -264,6 +276,87 @@ class Correlator:
             self.counters["connections_exported"] += exported
         if duplicates:
             self.counters["duplicate_destroy"] += duplicates
+
+    def _known_ids(self) -> set:
+        """The conntrack ids among the keys of ``_dumped`` and
+        ``_poll_exported`` (rebuilt after they change)."""
+        if self._ids_stale:
+            self._ids = {k[0] for k in self._dumped}
+            self._ids.update(k[0] for k in self._poll_exported)
+            self._ids_stale = False
+        return self._ids
+
+    def _handle_block(self, b, now_ns: int, out) -> None:
+        """A ``columns.DestroyBlock``: what ``handle_batch`` does for each of
+        its DESTROY events, as columns.  Rows that need per-connection work
+        beyond the cache pop (exported early by the active timeout, a key of
+        the start-up dump or of a poll export) go through the object path in
+        their place, with the state they would have found."""
+        ids = b.ct_id.tolist()
+        n = b.n
+        if len(set(ids)) != n:
+            # a connection twice in one block: sequential, the object way
+            self.handle_batch(b.events(), now_ns, out)
+            return
+        start = b.start_ns
+        special: dict = {}                      # row -> (live entry, NEW time) to restore
+        new_ns = self._new_ns
+        remembered = None
+        if new_ns:
+            pop = new_ns.pop
+            remembered = [pop(c, 0) for c in ids]
+            start = np.where(start == 0, np.array(remembered, dtype=np.uint64), start)
+        live = self._live
+        if live:
+            pop = live.pop
+            for i, c in enumerate(ids):
+                e = pop(c, None)
+                if e is not None and _early(e):
+                    special[i] = e
+            if self._destroyed_during_sync is not None:
+                self._destroyed_during_sync.update(ids)
+        if self._dumped or self._poll_exported:
+            known = self._known_ids()
+            for i, c in enumerate(ids):
+                if c in known and i not in special:
+                    special[i] = None
+        stop = b.stop_ns
+        end = np.where(stop == 0, np.uint64(now_ns), stop)
+        start = np.where(start == 0, end, start)
+        add_block = getattr(out, "add_block", None)
+
+        def emit(lo, hi):
+            if lo >= hi:
+                return
+            sub = b if (lo == 0 and hi == n) else b.take(slice(lo, hi))
+            cols = flows_of_block(sub, start[lo:hi], end[lo:hi])
+            if self.want_nat_events:
+                for ev, e in zip(sub.events(), end[lo:hi].tolist()):
+                    nat = nat_event_of(ev, e, False)
+                    if nat is not None:
+                        self.nat_events.append(nat)
+            if add_block is not None:
+                add_block(cols)
+            else:
+                out.extend(cols.flows())
+            c = self.counters
+            c["events_destroy"] += hi - lo
+            c["connections_exported"] += hi - lo
+
+        if not special:
+            emit(0, n)
+            return
+        lo = 0
+        for i in sorted(special):
+            emit(lo, i)
+            e = special[i]
+            if e is not None:
+                live[ids[i]] = e
+            if remembered is not None and remembered[i]:
+                new_ns[ids[i]] = remembered[i]
+            self.handle_batch(b.take(slice(i, i + 1)).events(), now_ns, out)
+            lo = i + 1
+        emit(lo, n)
 
     def handle(self, ev: CtEvent, now_ns: int) -> list[Flow]:
         """One event in; the flows it ends (none for NEW/UPDATE) out."""
@@ -283,6 +376,7 @@ class Correlator:
             key = _key(ev)
             if key not in self._dumped:
                 self._dumped[key] = [ev, now_ns, now_ns]
+                self._ids_stale = True
                 added += 1
         return added
 
@@ -315,6 +409,7 @@ class Correlator:
                 start = b[4]
             out.extend(flows_of(last, start, max(last_seen, start)))
             self._poll_exported[key] = now_ns
+            self._ids_stale = True
             self.counters["connections_exported"] += 1
             self.counters["exported_by_poll"] += 1
             if self.want_nat_events:
@@ -411,6 +506,7 @@ class Correlator:
             end = max(dump_ns, start)
             out.extend(flows_of(ev, start, end, END_LACK_OF_RESOURCES))
             self._poll_exported[(ct_id, ev[4])] = now_ns
+            self._ids_stale = True
             vanished += 1
             if self.want_nat_events:
                 nat = nat_event_of(ev, end, False)
@@ -470,6 +566,7 @@ class Correlator:
         old = now_ns - _POLL_EXPORT_MEMORY_NS
         for key in [k for k, t in self._poll_exported.items() if t < old]:
             del self._poll_exported[key]
+            self._ids_stale = True
         self.counters["purged_ttl"] += len(stale)
         return len(stale)
 

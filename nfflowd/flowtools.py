@@ -103,16 +103,31 @@ class FtBatch:
     encoder (the v5 record bodies are packed once and cached on the batch).
     """
 
-    __slots__ = ("unix_secs", "unix_nsecs", "sys_uptime", "exaddr", "records", "v5_cache")
+    __slots__ = ("unix_secs", "unix_nsecs", "sys_uptime", "exaddr", "_records", "v5_cache",
+                 "columns")
 
     def __init__(self, unix_secs: int, unix_nsecs: int, sys_uptime: int, exaddr: bytes,
-                 records: list[tuple]):
+                 records: list[tuple] | None, columns=None):
         self.unix_secs = unix_secs
         self.unix_nsecs = unix_nsecs
         self.sys_uptime = sys_uptime
         self.exaddr = exaddr
-        self.records = records
+        self._records = records
         self.v5_cache = None        # netflow5's packed bodies, shared by all v5 encoders
+        # ``FtColumns`` when made by ``expand_columns`` (records then made
+        # from them when first asked for)
+        self.columns = columns
+
+    @property
+    def records(self) -> list[tuple]:
+        if self._records is None:
+            self._records = self.columns.records() if self.columns is not None else []
+        return self._records
+
+    @records.setter
+    def records(self, value: list[tuple]) -> None:
+        self._records = value
+        self.columns = None
 
     def replace(self, records: list[tuple]) -> "FtBatch":
         """The same header with other records (tests, hand-made records)."""
@@ -127,6 +142,8 @@ class FtBatch:
                 sport, dport, proto, tos, flags)
 
     def __len__(self) -> int:
+        if self._records is None and self.columns is not None:
+            return self.columns.n
         return len(self.records)
 
     def __getitem__(self, i):
@@ -167,6 +184,79 @@ def expand(flows: Iterable[Flow], now_ns: int, boot_ms: int, exaddr=None) -> FtB
                                       or sport != psport or dport != pdport):
             append((psrc, pdst, pkts, octs, first, last, psport, pdport, flags, proto, tos))
     return FtBatch(secs, nsecs, up, pack_address(exaddr), out)
+
+
+class FtColumns:
+    """The records of an ``FtBatch`` as columns (``expand_columns``): ``src``
+    and ``dst`` (n, 16) uint8 (IPv4 in the first 4 bytes), ``is4`` bool,
+    the other ``R_*`` fields uint64."""
+
+    __slots__ = ("n", "src", "dst", "is4", "pkts", "octs", "first", "last", "sport", "dport",
+                 "flags", "proto", "tos")
+
+    def records(self) -> list[tuple]:
+        """The flat tuples of ``FtBatch.records``."""
+        if not self.n:
+            return []
+        is4 = self.is4.tolist()
+        out = []
+        for name in ("src", "dst"):
+            raw = getattr(self, name).tobytes()
+            out.append([raw[16 * i:16 * i + (4 if v4 else 16)] for i, v4 in enumerate(is4)])
+        rest = [getattr(self, n).tolist() for n in self.__slots__[4:]]
+        return list(zip(out[0], out[1], *rest))
+
+
+def expand_columns(cols, now_ns: int, boot_ms: int, exaddr=None) -> FtBatch:
+    """``expand`` over a ``columns.FlowColumns``: the same records (as
+    ``FtColumns``, made into tuples only if someone reads
+    ``batch.records``)."""
+    import numpy as np
+    secs, nsecs, up = header_times(now_ns, boot_ms)
+    n = cols.n
+    u32 = np.uint64(U32)
+    pk = np.minimum(cols.packets, u32)
+    oc = np.minimum(cols.octets, u32)
+    if boot_ms >= 0:
+        b = np.uint64(boot_ms)
+        first = np.where(cols.start_ms > b, (cols.start_ms - b) & u32, np.uint64(0))
+        last = np.where(cols.end_ms > b, (cols.end_ms - b) & u32, np.uint64(0))
+    else:   # a boot before the epoch: every time is after it
+        b = -boot_ms
+        first = (cols.start_ms + np.uint64(b)) & u32
+        last = (cols.end_ms + np.uint64(b)) & u32
+    trans = (cols.direction == ORIGINAL) & (
+        (cols.src != cols.post_src).any(axis=1) | (cols.dst != cols.post_dst).any(axis=1)
+        | (cols.sport != cols.post_sport) | (cols.dport != cols.post_dport))
+    keep = np.empty((n, 2), dtype=bool)
+    keep[:, 0] = True
+    keep[:, 1] = trans
+    keep = keep.reshape(2 * n)
+
+    def two(pre, post):
+        a = np.empty((n, 2) + pre.shape[1:], dtype=pre.dtype)
+        a[:, 0] = pre
+        a[:, 1] = post
+        return a.reshape((2 * n,) + pre.shape[1:])[keep]
+
+    def same(col):
+        return np.repeat(col, 2)[keep]
+
+    f = FtColumns()
+    f.src = two(cols.src, cols.post_src)
+    f.dst = two(cols.dst, cols.post_dst)
+    f.sport = two(cols.sport, cols.post_sport)
+    f.dport = two(cols.dport, cols.post_dport)
+    f.is4 = same(cols.family == 4)
+    f.pkts = same(pk)
+    f.octs = same(oc)
+    f.first = same(first)
+    f.last = same(last)
+    f.flags = same(cols.tcp_flags)
+    f.proto = same(cols.proto)
+    f.tos = same(cols.tos)
+    f.n = len(f.is4)
+    return FtBatch(secs, nsecs, up, pack_address(exaddr), None, f)
 
 
 def ntop(addr: bytes) -> str:

@@ -61,6 +61,12 @@ class NetflowV9Encoder(TemplateEncoder):
         sysUptime).  Never raises on bad records (counted in ``invalid``)."""
         return self._encode(flows, nat_events, now_ms, boot_ms)
 
+    def _header(self, length, template_records, data_records, now_ms, boot_ms) -> bytes:
+        h = HEADER.pack(9, template_records + data_records, (now_ms - boot_ms) & _U32,
+                        (now_ms // 1000) & _U32, self.sequence, self.source_id)
+        self.sequence = (self.sequence + 1) & _U32
+        return h
+
     def _pack_header(self, dg: Datagram, now_ms: int, boot_ms: int) -> None:
         HEADER.pack_into(dg.buf, 0, 9, dg.template_records + dg.data_records,
                          (now_ms - boot_ms) & _U32, (now_ms // 1000) & _U32,

@@ -18,7 +18,8 @@ from .config import Collector, Config
 import time
 
 from .export import TcpCollector, UdpCollector
-from .flowtools import expand
+from .columns import FlowBuffer, FlowColumns
+from .flowtools import expand, expand_columns
 from .ipfix import IpfixEncoder
 from .netflow5 import V5Encoder, record_count
 from .netflow9 import NetflowV9Encoder
@@ -146,16 +147,25 @@ class Pipeline:
                flowtools: bool = False):
         """Send a batch to every collector and the mirror.  ``uptime_ms`` is
         this machine's uptime read together with ``now_ns`` (SysUptime).
+        ``flows``: ``Flow`` records, or the daemon's ``columns.FlowBuffer``
+        (encoded as columns when it holds blocks: the same bytes).
         Returns the batch's flow-tools view (``FtBatch``, the values the v5
         records and the mirror's CSV lines carry) when one was computed:
         always with ``flowtools=True``, else only if a v5 collector or the
         mirror needed it (None otherwise)."""
         boot_ms = now_ns // 1_000_000 - uptime_ms
         ft = None
+        if isinstance(flows, FlowBuffer):
+            # the daemon's buffer: as columns when a burst left blocks in it
+            cols = flows.columns() if flows.has_blocks else None
+            flows = cols if cols is not None else flows.flows()
         if (flowtools or self.mirror is not None
                 or any(exp.uses_flowtools for exp in self.exporters)):
             # computed once, shared by the v5 encoders and the CSV mirror
-            ft = expand(flows, now_ns, boot_ms, self.cfg.export.source)
+            if isinstance(flows, FlowColumns):
+                ft = expand_columns(flows, now_ns, boot_ms, self.cfg.export.source)
+            else:
+                ft = expand(flows, now_ns, boot_ms, self.cfg.export.source)
         for exp in self.exporters:
             exp.export(flows, nat_events, ft, now_ns, boot_ms)
         if self.mirror is not None and ft:

@@ -1,0 +1,598 @@
+"""The columnar fast path for bursts of DESTROY events (numpy).
+
+Strategy: a table flush or the end of a scan storm brings tens of thousands of
+DESTROY messages back to back, a few shapes repeated (IPv4 TCP with NAT, ...).
+Decoding, correlating and encoding them one Python object at a time costs
+~15 us per connection; here a whole receive batch goes through each stage as
+arrays, so the per-connection cost is a few numpy element operations:
+
+- ``decode_blocks``: the messages of a batch are gathered as 32-bit words
+  (every attribute is 4-aligned) through one index matrix built from the
+  per-shape specs of ``conntrack._col_spec``.  Every attribute header the
+  walker would visit is compared with the one the shape was compiled from,
+  as the compiled layouts do, so a message is read from the same offsets as
+  the walker would read it; a message that fails (unknown shape, other
+  header, not a DESTROY, several messages in one datagram) is decoded by the
+  object path (``conntrack.decode``), in its place.  The result is a list in
+  message order of ``CtEvent`` and ``DestroyBlock`` items (a block: a run of
+  DESTROY messages, as columns; its first field is ``EV_BLOCK``).
+- ``Correlator.handle_batch`` turns a block into ``FlowColumns`` (the
+  ``Flow`` fields as columns, original then reply per connection, as
+  ``flows_of`` orders them) with the per-connection state still kept in its
+  dicts (one ``pop`` per connection); connections that need more (exported
+  early by the active timeout, known from a table dump) go through the
+  object path, in their place.
+- ``FlowBuffer``: what the daemon holds between flushes, ``Flow`` lists and
+  ``FlowColumns`` in order.  ``Pipeline.export`` hands one ``FlowColumns``
+  to the encoders (``flowtools.expand_columns`` and the v5 encoder,
+  ``template.TemplateEncoder`` for v9 and IPFIX), which write the same bytes
+  as their object paths (tests/test_columns.py compares both over the
+  recorded real messages and generated ones).
+
+Nothing here reads a clock or touches a socket.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from . import conntrack as _ct
+from .conntrack import EV_DESTROY, CtEvent, CtTuple, DecodeResult
+from .record import END_OF_FLOW, ORIGINAL, REPLY, Flow
+
+EV_BLOCK = 5            # the "kind" of a DestroyBlock in an event list
+
+# Words of the gather matrix: where each value goes (see _SLOTS).
+_ID, _STATUS, _MARK, _ZONE = 0, 1, 2, 3
+_O, _R = 4, 17            # tuple bases: src 4 words, dst 4, proto, sport, dport, itype, icode
+_CO_PK, _CO_BY, _CR_PK, _CR_BY, _TS_START, _TS_STOP = 30, 32, 34, 36, 38, 40  # hi, lo
+NSLOTS = 42
+_TUPLE = {"src": 0, "dst": 4, "proto": 8, "sport": 9, "dport": 10, "itype": 11, "icode": 12}
+_ONE_WORD = {"id": (_ID, "I"), "status": (_STATUS, "I"), "mark": (_MARK, "I"),
+             "zone": (_ZONE, "H")}
+_WIDE = {"co.packets": _CO_PK, "co.bytes": _CO_BY, "cr.packets": _CR_PK,
+         "cr.bytes": _CR_BY, "ts.start": _TS_START, "ts.stop": _TS_STOP}
+_TUPLE_FMT = {"src": ("4s", "16s"), "dst": ("4s", "16s"), "proto": ("B",), "sport": ("H",),
+              "dport": ("H",), "itype": ("B",), "icode": ("B",)}
+MIN_ROWS = 32           # fewer DESTROY messages in a batch: the object path
+_LITTLE = sys.byteorder == "little"
+
+
+class _Shape:
+    """One shape's rows of the index matrices."""
+
+    __slots__ = ("family", "rel", "present", "hrel", "hpresent", "hexp", "nhdr")
+
+    def __init__(self, spec: dict):
+        self.family = spec["family"]
+        rel = [0] * NSLOTS
+        present = [False] * NSLOTS
+        vals = dict(spec["vals"])
+        for prefix, base in (("o.", _O), ("r.", _R)):
+            if prefix + "itype" in vals or prefix + "icode" in vals:
+                vals.pop(prefix + "dport", None)   # ICMP: dport is type*256+code
+        for name, (word, fmt) in vals.items():
+            if name in _ONE_WORD:
+                slot, want = _ONE_WORD[name]
+                if fmt != want:
+                    raise ValueError(name)
+                rel[slot], present[slot] = word, True
+            elif name in _WIDE:
+                slot = _WIDE[name]
+                if fmt == "Q":
+                    rel[slot], present[slot] = word, True
+                    rel[slot + 1], present[slot + 1] = word + 1, True
+                elif fmt == "I":
+                    rel[slot + 1], present[slot + 1] = word, True
+                else:
+                    raise ValueError(name)
+            elif name[:2] in ("o.", "r.") and name[2:] in _TUPLE:
+                field = name[2:]
+                if fmt not in _TUPLE_FMT[field]:
+                    raise ValueError(name)
+                slot = (_O if name[0] == "o" else _R) + _TUPLE[field]
+                for k in range(4 if fmt == "16s" else 1):
+                    rel[slot + k], present[slot + k] = word + k, True
+            else:
+                raise ValueError(name)
+        self.rel = rel
+        self.present = present
+        self.hrel = [w for w, _ in spec["hdr"]]
+        self.hexp = [e for _, e in spec["hdr"]]
+        self.nhdr = len(self.hrel)
+
+
+_shapes: dict = {}          # shape key -> _Shape | None (not columnar)
+_KEYWORDS = np.array([0, 1, 4, 5])
+_short_index: dict = {}     # (len << 32 | type|flags) -> [shape keys]
+_index_version = [-1]
+
+
+_K1 = 0x9E3779B97F4A7C15
+_K2 = 0xC2B2AE3D27D4EB4F
+_M64 = (1 << 64) - 1
+_tables_cache: dict = {}
+
+
+def _hash(ln, tf, w4, w5):
+    """The shape key's hash: numpy uint64 arrays (wrapping) or Python ints."""
+    if isinstance(ln, int):
+        return ((ln << 48) ^ (tf << 16) ^ ((w4 * _K1) & _M64) ^ ((w5 * _K2) & _M64)) & _M64
+    return ((ln << np.uint64(48)) ^ (tf << np.uint64(16)) ^ (w4 * np.uint64(_K1))
+            ^ (w5 * np.uint64(_K2)))
+
+
+def _index() -> dict:
+    """hash -> [shape keys] of the learnt DESTROY shapes."""
+    if _index_version[0] != _ct._col_version[0]:
+        _short_index.clear()
+        _tables_cache.clear()
+        for key in _ct._col_specs:
+            ln, tf, nq = key
+            w4, w5 = (nq & 0xFFFFFFFF, nq >> 32) if _LITTLE else (nq >> 32, nq & 0xFFFFFFFF)
+            _short_index.setdefault(_hash(ln, tf, w4, w5), []).append(key)
+        _index_version[0] = _ct._col_version[0]
+    return _short_index
+
+
+def _tables(shapes: list):
+    """Per-shape rows of the index matrices, stacked (cached per list of
+    shapes); rows of None shapes are a known shape's, never used."""
+    key = tuple(map(id, shapes))
+    t = _tables_cache.get(key)
+    if t is None:
+        dummy = next(s for s in shapes if s is not None)
+        table = [s if s is not None else dummy for s in shapes]
+        maxh = max(s.nhdr for s in table)
+        hrel = np.zeros((len(table), maxh), dtype=np.int64)
+        hexp = np.zeros((len(table), maxh), dtype=np.uint32)
+        for i, s in enumerate(table):
+            hrel[i, :s.nhdr] = s.hrel
+            hexp[i, :s.nhdr] = s.hexp
+            # pad with the first word again (nlmsg_len): compares equal
+            hrel[i, s.nhdr:] = s.hrel[0]
+            hexp[i, s.nhdr:] = s.hexp[0]
+        rel = np.array([s.rel for s in table], dtype=np.int64)
+        pres = np.array([s.present for s in table], dtype=bool)
+        fam = np.array([s.family for s in table], dtype=np.uint64)
+        if len(_tables_cache) > 64:
+            _tables_cache.clear()
+        t = _tables_cache[key] = (rel, pres, hrel, hexp, fam)
+    return t
+
+
+def _shape(key):
+    sh = _shapes.get(key, False)
+    if sh is False:
+        spec = _ct._col_specs.get(key)
+        if spec is None:
+            return None             # not learnt yet (or not a DESTROY shape)
+        try:
+            sh = _Shape(spec)
+        except ValueError:
+            sh = None
+        if len(_shapes) >= 4 * _ct._LAYOUT_MAX:
+            _shapes.clear()
+        _shapes[key] = sh
+    elif sh is not None and _ct._col_specs.get(key) is None:
+        _shapes.pop(key, None)      # the layout cache restarted: learn again
+        return None
+    return sh
+
+
+def clear_cache() -> None:
+    _shapes.clear()
+
+
+class DestroyBlock:
+    """A run of decoded DESTROY messages as columns (numpy arrays, one row per
+    message, in message order).  Addresses are (n, 16) uint8, IPv4 in the
+    first 4 bytes and zeros after; every other column is uint64.  ICMP tuples
+    carry the id in ``*_sport`` and type*256+code in ``*_dport`` as
+    ``CtTuple`` does."""
+
+    __slots__ = ("n", "family", "ct_id", "status", "mark", "zone", "o_src", "o_dst",
+                 "o_proto", "o_sport", "o_dport", "r_src", "r_dst", "r_proto", "r_sport",
+                 "r_dport", "o_packets", "o_bytes", "r_packets", "r_bytes", "start_ns",
+                 "stop_ns")
+
+    def __getitem__(self, i):
+        if i == 0:
+            return EV_BLOCK          # handle_batch looks at ev[0] first
+        raise IndexError(i)
+
+    def __len__(self):
+        return self.n
+
+    def take(self, sel) -> "DestroyBlock":
+        """The rows ``sel`` (a slice, index array or mask) as a new block."""
+        b = DestroyBlock()
+        for name in self.__slots__[1:]:
+            setattr(b, name, getattr(self, name)[sel])
+        b.n = len(b.ct_id)
+        return b
+
+    @classmethod
+    def from_events(cls, events) -> "DestroyBlock":
+        """A block of ``CtEvent`` DESTROY events (tests, tools)."""
+        b = cls()
+        b.n = len(events)
+
+        def col(get):
+            return np.array([get(e) for e in events], dtype=np.uint64)
+
+        def addr(get):
+            raw = b"".join(get(e).ljust(16, b"\0") for e in events)
+            return np.frombuffer(raw, dtype=np.uint8).reshape(b.n, 16).copy()
+        b.family = col(lambda e: e.family)
+        b.ct_id = col(lambda e: e.ct_id)
+        b.status = col(lambda e: e.status)
+        b.mark = col(lambda e: e.mark)
+        b.zone = col(lambda e: e.zone)
+        for p, t in (("o_", lambda e: e.orig), ("r_", lambda e: e.reply)):
+            setattr(b, p + "src", addr(lambda e: t(e).src))
+            setattr(b, p + "dst", addr(lambda e: t(e).dst))
+            setattr(b, p + "proto", col(lambda e: t(e).proto))
+            setattr(b, p + "sport", col(lambda e: t(e).sport))
+            setattr(b, p + "dport", col(lambda e: t(e).dport))
+        b.o_packets = col(lambda e: e.orig_packets)
+        b.o_bytes = col(lambda e: e.orig_bytes)
+        b.r_packets = col(lambda e: e.reply_packets)
+        b.r_bytes = col(lambda e: e.reply_bytes)
+        b.start_ns = col(lambda e: e.start_ns)
+        b.stop_ns = col(lambda e: e.stop_ns)
+        return b
+
+    def events(self) -> list:
+        """The rows as ``CtEvent`` objects (what ``conntrack.decode`` gives)."""
+        out = []
+        fam = self.family.tolist()
+        osrc = _addr_list(self.o_src, fam)
+        odst = _addr_list(self.o_dst, fam)
+        rsrc = _addr_list(self.r_src, fam)
+        rdst = _addr_list(self.r_dst, fam)
+        cols = [c.tolist() for c in (self.ct_id, self.status, self.o_proto, self.o_sport,
+                                     self.o_dport, self.r_proto, self.r_sport, self.r_dport,
+                                     self.o_packets, self.o_bytes, self.r_packets,
+                                     self.r_bytes, self.start_ns, self.stop_ns, self.mark,
+                                     self.zone)]
+        for i, (cid, st, op, osp, odp, rp, rsp, rdp, opk, oby, rpk, rby, t0, t1, mk,
+                zn) in enumerate(zip(*cols)):
+            out.append(CtEvent(EV_DESTROY, fam[i], cid, st,
+                               CtTuple(osrc[i], odst[i], op, osp, odp),
+                               CtTuple(rsrc[i], rdst[i], rp, rsp, rdp),
+                               opk, oby, rpk, rby, t0, t1, mk, zn))
+        return out
+
+
+def _addr_list(a, fam) -> list:
+    raw = a.tobytes()
+    return [raw[16 * i:16 * i + (4 if f == 4 else 16)] for i, f in enumerate(fam)]
+
+
+def _words_to_bytes(w) -> np.ndarray:
+    """(n, 4) big-endian word values -> (n, 16) uint8, network order."""
+    return np.ascontiguousarray(w, dtype=">u4").view(np.uint8).reshape(len(w), 16)
+
+
+def _block_from(G, fam) -> DestroyBlock:
+    b = DestroyBlock()
+    b.n = len(G)
+    b.family = fam
+    b.ct_id = G[:, _ID]
+    b.status = G[:, _STATUS]
+    b.mark = G[:, _MARK]
+    b.zone = G[:, _ZONE] >> 16
+    for p, base in (("o_", _O), ("r_", _R)):
+        setattr(b, p + "src", _words_to_bytes(G[:, base:base + 4]))
+        setattr(b, p + "dst", _words_to_bytes(G[:, base + 4:base + 8]))
+        setattr(b, p + "proto", G[:, base + 8] >> 24)
+        setattr(b, p + "sport", G[:, base + 9] >> 16)
+        # at most one of dport and (itype, icode) is read per shape
+        setattr(b, p + "dport", (G[:, base + 10] >> 16) + ((G[:, base + 11] >> 24) << 8)
+                + (G[:, base + 12] >> 24))
+
+    def wide(s):
+        return (G[:, s] << 32) | G[:, s + 1]
+    b.o_packets = wide(_CO_PK)
+    b.o_bytes = wide(_CO_BY)
+    b.r_packets = wide(_CR_PK)
+    b.r_bytes = wide(_CR_BY)
+    b.start_ns = wide(_TS_START)
+    b.stop_ns = wide(_TS_STOP)
+    return b
+
+
+def frame(buf) -> tuple[list, list]:
+    """(starts, ends) of the netlink messages in ``buf``, one per message (for
+    buffers that did not come from ``ConntrackSocket``, which knows its
+    datagrams).  Stops at the first message that cannot be framed."""
+    unpack = _ct._NLERR.unpack_from     # any 4-byte int: nlmsg_len is read as u32 below
+    n = len(buf)
+    starts, ends = [], []
+    off = 0
+    while off + 16 <= n:
+        ln = unpack(buf, off)[0] & 0xFFFFFFFF
+        if ln < 16 or off + ln > n:
+            break
+        starts.append(off)
+        ends.append(off + ln)
+        off += (ln + 3) & ~3
+    return starts, ends
+
+
+def decode_blocks(buf, starts=None, ends=None) -> DecodeResult:
+    """Decode ``buf`` as ``conntrack.decode`` does, but with runs of DESTROY
+    messages as ``DestroyBlock`` items in ``events``.  ``starts``/``ends`` are
+    the datagrams' offsets in ``buf`` (each usually one message; several are
+    fine, the object path takes them), ``None`` to frame ``buf`` here.
+    The counts (malformed, unknown, errors, done) are those of ``decode``."""
+    if type(buf) is not bytes:
+        buf = bytes(buf)
+    if starts is None:
+        starts, ends = frame(buf)
+        tail = len(buf) - (((ends[-1] + 3) & ~3) if ends else 0)
+        if tail > 0 or len(starts) < MIN_ROWS:
+            return _ct.decode(buf)           # something to count or too few to gain
+    if len(starts) < MIN_ROWS:
+        return _decode_ranges(buf, starts, ends)
+    n = len(starts)
+    nw = len(buf) // 4
+    Wz = np.empty(nw + 1, dtype=np.uint32)
+    Wz[0] = 0
+    Wz[1:] = np.frombuffer(buf, dtype=">u4", count=nw)
+    st = np.asarray(starts, dtype=np.int64)
+    en = np.asarray(ends, dtype=np.int64)
+    ok = ((st & 3) == 0) & (en - st >= 24) & (st + 24 <= 4 * nw) & (en - st < 1 << 16)
+    sw = np.where(ok, st >> 2, 0) + 1
+    # nlmsg_len and type|flags, native order
+    hdr = Wz[sw[:, None] + _KEYWORDS]
+    if _LITTLE:
+        hdr = hdr.byteswap()
+    ln = hdr[:, 0].astype(np.int64)
+    ok &= ln == en - st                       # exactly one message in the datagram
+    # candidate shapes by a hash of the shape key (the header check below
+    # compares every word of the key, so a collision only costs speed)
+    h = _hash(ln.astype(np.uint64), hdr[:, 1].astype(np.uint64),
+              hdr[:, 2].astype(np.uint64), hdr[:, 3].astype(np.uint64))
+    uniq, inv = np.unique(h, return_inverse=True)
+    index = _index()
+    shapes = []
+    for a in uniq.tolist():
+        full = index.get(a)
+        shapes.append(_shape(full[0]) if full is not None and len(full) == 1 else None)
+    known = np.array([s is not None for s in shapes], dtype=bool)
+    ok &= known[inv]
+    if ok.sum() < MIN_ROWS:
+        return _decode_ranges(buf, starts, ends)
+    rel, pres, hrel, hexp, fam = _tables(shapes)
+    rel, pres, hrel, hexp, fam = rel[inv], pres[inv], hrel[inv], hexp[inv], fam[inv]
+    # every header word the walker visits, as when the shape was compiled
+    ok &= (Wz[sw[:, None] + hrel] == hexp).all(axis=1)
+    idx = (sw[:, None] + rel) * pres
+    G = Wz[idx].astype(np.uint64)
+    block = _block_from(G, fam)
+    if ok.all():
+        return DecodeResult([block], 0, 0, False, [])
+    if ok.sum() < MIN_ROWS:
+        return _decode_ranges(buf, starts, ends)
+    # runs of good rows as blocks, the others through the object path
+    events: list = []
+    malformed = unknown = 0
+    done = False
+    errors: list = []
+    okl = ok.tolist()
+    i = 0
+    while i < n:
+        j = i
+        if okl[i]:
+            while j < n and okl[j]:
+                j += 1
+            events.append(block.take(slice(i, j)))
+        else:
+            while j < n and not okl[j]:
+                j += 1
+            res = _decode_ranges(buf, starts[i:j], ends[i:j])
+            events.extend(res.events)
+            malformed += res.malformed
+            unknown += res.unknown
+            done = done or res.done
+            errors.extend(res.errors)
+        i = j
+    return DecodeResult(events, malformed, unknown, done, errors)
+
+
+def _decode_ranges(buf, starts, ends) -> DecodeResult:
+    """The object path over consecutive datagrams [starts[0], ends[-1])."""
+    if not starts:
+        return DecodeResult([], 0, 0, False, [])
+    return _ct.decode(buf[starts[0]:ends[-1]])
+
+
+# ---------------------------------------------------------------------------
+# Flows as columns
+# ---------------------------------------------------------------------------
+
+FLOW_COLUMNS = Flow._fields
+_ADDR_FIELDS = ("src", "dst", "post_src", "post_dst")
+
+
+class FlowColumns:
+    """``Flow`` records as columns: addresses (n, 16) uint8 (IPv4 in the first
+    4 bytes, the rest zero), every other field uint64, in ``Flow`` order."""
+
+    __slots__ = FLOW_COLUMNS + ("n",)
+
+    def __len__(self):
+        return self.n
+
+    def flows(self) -> list:
+        """The records as ``Flow`` tuples."""
+        if not self.n:
+            return []
+        fam = self.family.tolist()
+        cols = []
+        for name in FLOW_COLUMNS:
+            col = getattr(self, name)
+            cols.append(_addr_list(col, fam) if name in _ADDR_FIELDS else col.tolist())
+        new = tuple.__new__
+        return [new(Flow, t) for t in zip(*cols)]
+
+    @classmethod
+    def concat(cls, parts: list) -> "FlowColumns":
+        if len(parts) == 1:
+            return parts[0]
+        c = cls()
+        for name in FLOW_COLUMNS:
+            setattr(c, name, np.concatenate([getattr(p, name) for p in parts]))
+        c.n = sum(p.n for p in parts)
+        return c
+
+    @classmethod
+    def from_flows(cls, flows) -> "FlowColumns":
+        """Columns of ``Flow`` tuples.  Raises ValueError for records the
+        columns cannot hold as they are (address length not that of the
+        family, values beyond 64 bits or negative)."""
+        c = cls()
+        c.n = len(flows)
+        if not flows:
+            for name in FLOW_COLUMNS:
+                setattr(c, name, np.zeros((0, 16) if name in _ADDR_FIELDS else 0,
+                                          dtype=np.uint8 if name in _ADDR_FIELDS
+                                          else np.uint64))
+            return c
+        cols = list(zip(*flows))
+        if len(cols) != len(FLOW_COLUMNS):
+            raise ValueError("not Flow records")
+        fam = cols[0]
+        for i, name in enumerate(FLOW_COLUMNS):
+            col = cols[i]
+            if name in _ADDR_FIELDS:
+                parts = []
+                for f, a in zip(fam, col):
+                    if type(a) is not bytes or len(a) != (4 if f == 4 else 16) \
+                            or f not in (4, 6):
+                        raise ValueError("address")
+                    parts.append(a if f == 6 else a + b"\0" * 12)
+                arr = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(c.n, 16)
+            else:
+                try:
+                    arr = np.array(col, dtype=np.uint64)
+                except (OverflowError, ValueError, TypeError) as e:
+                    raise ValueError(name) from e
+                if any(type(v) is not int or v < 0 for v in col):
+                    raise ValueError(name)
+            setattr(c, name, arr)
+        return c
+
+
+def flows_of_block(b: DestroyBlock, start_ns, end_ns, end_reason: int = END_OF_FLOW
+                   ) -> FlowColumns:
+    """``correlate.flows_of`` over a block: original and reply flow of each
+    row, in row order.  ``start_ns``/``end_ns``: uint64 arrays."""
+    n = b.n
+    c = FlowColumns()
+    c.n = 2 * n
+    icmp = (b.o_proto == 1) | (b.o_proto == 58)
+
+    def pair(orig, reply):
+        a = np.empty((n, 2) + orig.shape[1:], dtype=orig.dtype)
+        a[:, 0] = orig
+        a[:, 1] = reply
+        return a.reshape((2 * n,) + orig.shape[1:])
+
+    zero = np.zeros(n, dtype=np.uint64)
+    c.family = pair(b.family, b.family)
+    c.proto = pair(b.o_proto, b.o_proto)
+    c.src = pair(b.o_src, b.r_src)
+    c.dst = pair(b.o_dst, b.r_dst)
+    c.post_src = pair(b.r_dst, b.o_dst)
+    c.post_dst = pair(b.r_src, b.o_src)
+    # NetFlow convention for ICMP: sport 0, dport type*256+code, on both sides
+    c.sport = pair(np.where(icmp, zero, b.o_sport), np.where(icmp, zero, b.r_sport))
+    c.dport = pair(b.o_dport, b.r_dport)
+    c.post_sport = pair(np.where(icmp, zero, b.r_dport), np.where(icmp, zero, b.o_dport))
+    c.post_dport = pair(np.where(icmp, b.o_dport, b.r_sport),
+                        np.where(icmp, b.r_dport, b.o_sport))
+    c.packets = pair(b.o_packets, b.r_packets)
+    c.octets = pair(b.o_bytes, b.r_bytes)
+    s = start_ns // np.uint64(1_000_000)
+    e = end_ns // np.uint64(1_000_000)
+    c.start_ms = pair(s, s)
+    c.end_ms = pair(e, e)
+    c.direction = pair(np.full(n, ORIGINAL, dtype=np.uint64), np.full(n, REPLY, dtype=np.uint64))
+    c.end_reason = np.full(2 * n, end_reason, dtype=np.uint64)
+    c.tos = np.zeros(2 * n, dtype=np.uint64)
+    c.tcp_flags = c.tos
+    c.conn_id = pair(b.ct_id, b.ct_id)
+    c.vlan = c.tos
+    return c
+
+
+class FlowBuffer:
+    """The flows waiting for the next export, in order: ``Flow`` tuples and
+    ``FlowColumns`` blocks.  ``len`` counts flows; iterating gives ``Flow``
+    tuples (the slow way, for readers that know no columns)."""
+
+    __slots__ = ("_parts", "_n", "_blocks")
+
+    def __init__(self):
+        self._parts: list = []      # list of Flow lists and FlowColumns
+        self._n = 0
+        self._blocks = 0
+
+    def __len__(self):
+        return self._n
+
+    def __bool__(self):
+        return self._n > 0
+
+    def append(self, flow) -> None:
+        self.extend((flow,))
+
+    def extend(self, flows) -> None:
+        flows = list(flows)
+        if not flows:
+            return
+        parts = self._parts
+        if parts and type(parts[-1]) is list:
+            parts[-1].extend(flows)
+        else:
+            parts.append(flows)
+        self._n += len(flows)
+
+    def add_block(self, cols: FlowColumns) -> None:
+        if cols.n:
+            self._parts.append(cols)
+            self._n += cols.n
+            self._blocks += 1
+
+    @property
+    def has_blocks(self) -> bool:
+        return self._blocks > 0
+
+    def clear(self) -> None:
+        self._parts = []
+        self._n = 0
+        self._blocks = 0
+
+    def __iter__(self):
+        for p in self._parts:
+            if type(p) is list:
+                yield from p
+            else:
+                yield from p.flows()
+
+    def flows(self) -> list:
+        return list(self)
+
+    def columns(self) -> FlowColumns | None:
+        """Everything as one ``FlowColumns``; None when some ``Flow`` cannot be
+        held as columns (then use ``flows()``)."""
+        try:
+            return FlowColumns.concat([p if type(p) is not list else FlowColumns.from_flows(p)
+                                       for p in self._parts])
+        except ValueError:
+            return None

@@ -1,0 +1,369 @@
+"""The columnar fast path (nfflowd/columns.py) against the object path.
+
+Every stage of the fast path must give what the object path gives, byte for
+byte: decoding (over the recorded real messages and mutants of them, with the
+plain walker as oracle), correlating (over generated event sequences that
+reach every per-connection state: NEW times, the live cache, early exports,
+start-up dumps, poll exports, a resync in flight), and encoding (v5, the
+flow-tools CSV lines, NetFlow v9, IPFIX, over the replayed real messages and
+generated records).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nfflowd import columns as C
+from nfflowd import conntrack as ct
+from nfflowd.conntrack import EV_DESTROY, EV_DUMP, EV_NEW, CtEvent, CtTuple
+from nfflowd.correlate import Correlator
+from nfflowd.flowtools import csv_lines, expand, expand_columns
+from nfflowd.ipfix import IpfixEncoder
+from nfflowd.netflow5 import V5Encoder
+from nfflowd.netflow9 import NetflowV9Encoder
+from nfflowd.record import END_OF_FLOW, ORIGINAL, REPLY, Flow
+from test_conntrack import CT_MSGS, DUMP_DGRAMS, EVENT_DGRAMS, NLHDR
+
+DESTROY_MSGS = [m for m in CT_MSGS if NLHDR.unpack_from(m)[1] == ct.MSG_CT_DELETE]
+NOW_NS = 1_763_900_000_123_456_789
+BOOT_MS = NOW_NS // 1_000_000 - 7_200_000
+
+
+def flatten(events):
+    out = []
+    for e in events:
+        if isinstance(e, C.DestroyBlock):
+            out.extend(e.events())
+        else:
+            out.append(e)
+    return out
+
+
+def concat(datagrams):
+    """One receive buffer as ConntrackSocket.recv_batch fills it."""
+    buf, starts, ends, off = b"", [], [], 0
+    for d in datagrams:
+        starts.append(off)
+        ends.append(off + len(d))
+        pad = -len(d) % 4
+        buf += d + bytes(pad)
+        off += len(d) + pad
+    return buf, starts, ends
+
+
+def renumbered(msg, i):
+    """``msg`` with another CTA_ID (a distinct connection of the same shape)."""
+    r = ct.decode_walk(msg).events[0]
+    m = bytearray(msg)
+    at = bytes(m).find(struct.pack(">I", r.ct_id), 20)
+    struct.pack_into(">I", m, at, (r.ct_id + 7919 * i) & 0xFFFFFFFF)
+    return bytes(m)
+
+
+def test_recorded_messages_have_destroy_shapes():
+    assert len(DESTROY_MSGS) >= 10
+    fams = {ct.decode_walk(m).events[0].family for m in DESTROY_MSGS}
+    assert fams == {4, 6}
+
+
+def test_blocks_decode_like_the_walker_over_recorded_datagrams():
+    ct.clear_layout_cache()
+    # all recorded datagrams (NEW, UPDATE, DESTROY, dump multi-part, DONE),
+    # then many DESTROY copies: the first pass learns the shapes
+    dgrams = EVENT_DGRAMS + DUMP_DGRAMS + [renumbered(m, i) for i in range(8)
+                                          for m in DESTROY_MSGS]
+    buf, starts, ends = concat(dgrams)
+    want = ct.decode_walk(buf)
+    for _ in range(2):
+        got = C.decode_blocks(buf, starts, ends)
+        assert flatten(got.events) == want.events
+        assert got[1:] == want[1:]
+    assert any(isinstance(e, C.DestroyBlock) for e in got.events)
+    # without datagram boundaries (framed here), the same
+    got = C.decode_blocks(buf)
+    assert flatten(got.events) == want.events and got[1:] == want[1:]
+
+
+def test_a_run_of_destroys_is_one_block():
+    ct.clear_layout_cache()
+    msgs = [renumbered(m, i) for i in range(4) for m in DESTROY_MSGS]
+    buf, starts, ends = concat(msgs)
+    ct.decode(buf)
+    got = C.decode_blocks(buf, starts, ends)
+    assert len(got.events) == 1 and isinstance(got.events[0], C.DestroyBlock)
+    assert got.events[0].events() == ct.decode_walk(buf).events
+
+
+def test_unlearnt_shapes_and_small_batches_take_the_object_path():
+    ct.clear_layout_cache()
+    msgs = [renumbered(m, i) for i in range(4) for m in DESTROY_MSGS]
+    buf, starts, ends = concat(msgs)
+    got = C.decode_blocks(buf, starts, ends)        # nothing learnt yet
+    assert not any(isinstance(e, C.DestroyBlock) for e in got.events)
+    assert got == ct.decode_walk(buf)
+    few = concat(msgs[:C.MIN_ROWS - 1])
+    assert C.decode_blocks(*few) == ct.decode_walk(few[0])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(DESTROY_MSGS), min_size=C.MIN_ROWS, max_size=80),
+       st.lists(st.tuples(st.integers(0, 10_000), st.integers(4, 400), st.integers(0, 255)),
+                max_size=8))
+def test_fuzz_mutated_destroys_decode_like_the_walker(msgs, edits):
+    """Byte edits (not to nlmsg_len, so that datagram and message framing
+    agree) to real DESTROY messages in a batch: the columnar reader, warmed
+    with the real shapes, gives what the plain walker gives."""
+    msgs = [bytearray(m) for m in msgs]
+    for which, pos, val in edits:
+        m = msgs[which % len(msgs)]
+        m[pos % (len(m) - 4) + 4] = val
+    for m in DESTROY_MSGS:
+        ct.decode(m)
+    buf, starts, ends = concat([bytes(m) for m in msgs])
+    got = C.decode_blocks(buf, starts, ends)
+    want = ct.decode_walk(buf)
+    assert flatten(got.events) == want.events
+    assert got[1:] == want[1:]
+
+
+# -- correlating ------------------------------------------------------------------
+
+V4 = [bytes([198, 51, 100, 2]), bytes([198, 51, 100, 3]), bytes([203, 0, 113, 1]),
+      bytes([203, 0, 113, 9])]
+V6 = [bytes.fromhex("20010db8000100000000000000000002"),
+      bytes.fromhex("20010db8000200000000000000000001"),
+      bytes.fromhex("20010db8000200000000000000000009")]
+
+
+@st.composite
+def connection(draw, ct_id):
+    fam = draw(st.sampled_from([4, 6]))
+    pool = V4 if fam == 4 else V6
+    proto = draw(st.sampled_from([6, 17, 1 if fam == 4 else 58, 253]))
+    a, b, c = (draw(st.sampled_from(pool)) for _ in range(3))
+    port = st.integers(0, 65535)
+    sp, dp, nat = draw(port), draw(port), draw(port)
+    if proto == 253:
+        sp = dp = nat = 0
+    orig = CtTuple(a, b, proto, sp, dp)
+    reply = CtTuple(b, c, proto, dp, nat)
+    if proto in (1, 58):
+        reply = CtTuple(b, c, proto, nat, draw(st.integers(0, 65535)))
+    return fam, orig, reply
+
+
+@st.composite
+def scenario(draw):
+    n = draw(st.integers(1, 12))
+    conns = [draw(connection(1000 + i)) for i in range(n)]
+    big = st.integers(0, 2**64 - 1)
+    small = st.integers(0, 5000)
+    steps = []
+    for _ in range(draw(st.integers(1, 40))):
+        i = draw(st.integers(0, n - 1))
+        fam, o, r = conns[i]
+        what = draw(st.sampled_from(["new", "destroy", "destroy", "dump"]))
+        cnt = tuple(draw(st.one_of(small, big)) for _ in range(4))
+        t0 = draw(st.sampled_from([0, NOW_NS - 5_000_000_000, NOW_NS - 1]))
+        t1 = draw(st.sampled_from([0, NOW_NS - 1_000_000, NOW_NS]))
+        kind = {"new": EV_NEW, "destroy": EV_DESTROY, "dump": EV_DUMP}[what]
+        steps.append(CtEvent(kind, fam, 1000 + i, 0, o, r, *cnt, t0, t1))
+    return steps
+
+
+def run_correlator(steps, kernel_ts, nat, setup, blocks):
+    corr = Correlator(kernel_timestamps=kernel_ts, nat_events=nat)
+    out = C.FlowBuffer() if blocks else []
+    setup(corr)
+    now = NOW_NS - 10_000_000_000
+    batch: list = []
+
+    def flush():
+        if blocks:
+            # runs of DESTROY as blocks, as decode_blocks gives them
+            items, run = [], []
+            for ev in batch:
+                if ev.kind == EV_DESTROY:
+                    run.append(ev)
+                    continue
+                if run:
+                    items.append(C.DestroyBlock.from_events(run))
+                    run = []
+                items.append(ev)
+            if run:
+                items.append(C.DestroyBlock.from_events(run))
+            corr.handle_batch(items, now, out)
+        else:
+            corr.handle_batch(batch, now, out)
+        batch.clear()
+
+    for ev in steps:
+        if ev.kind == EV_DUMP:
+            flush()
+            corr.begin_sync()
+            corr.active_export([ev], now, now - 1)
+            now += 1_000_000_000
+            continue
+        batch.append(ev)
+    flush()
+    flows = list(out)
+    state = (corr.counters, corr._live, corr._new_ns, corr._dumped, corr._poll_exported,
+             corr.nat_events)
+    return flows, state
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario(), st.booleans(), st.booleans(), st.sampled_from(["none", "dump", "sync"]))
+def test_blocks_correlate_like_events(steps, kernel_ts, nat, pre):
+    def setup(corr):
+        if pre == "dump":
+            # some connections known from the start-up dump
+            corr.add_dumped([ev._replace(kind=EV_DUMP) for ev in steps[::3]], NOW_NS - 1)
+        elif pre == "sync":
+            corr.begin_sync()
+    a = run_correlator(steps, kernel_ts, nat, setup, blocks=False)
+    b = run_correlator(steps, kernel_ts, nat, setup, blocks=True)
+    assert a == b
+
+
+def test_block_of_known_connections_correlates_like_events():
+    # a block big enough to be worth it, every connection NEW first, one of
+    # them exported early by the active timeout
+    evs = []
+    for i in range(200):
+        o = CtTuple(V4[0], V4[2], 6, 1024 + i, 443)
+        r = CtTuple(V4[2], V4[3], 6, 443, 40000 + i)
+        evs.append(CtEvent(EV_NEW, 4, 5000 + i, 0, o, r, 0, 0, 0, 0, 0, 0))
+    ends = [e._replace(kind=EV_DESTROY, orig_packets=3, orig_bytes=300, reply_packets=2,
+                       reply_bytes=200, start_ns=NOW_NS - 10**9, stop_ns=NOW_NS)
+            for e in evs]
+    results = []
+    for blocks in (False, True):
+        corr = Correlator()
+        out = C.FlowBuffer() if blocks else []
+        corr.handle_batch(evs, NOW_NS - 2 * 10**9, out)
+        corr.begin_sync()
+        corr.active_export([ends[7]._replace(kind=EV_DUMP, orig_packets=1)], NOW_NS - 10**9,
+                           NOW_NS - 10**9)
+        items = [C.DestroyBlock.from_events(ends)] if blocks else ends
+        corr.handle_batch(items, NOW_NS, out)
+        results.append((list(out), corr.counters, corr._live))
+    assert results[0] == results[1]
+    assert results[1][1]["connections_exported"] == 200
+
+
+# -- encoding ---------------------------------------------------------------------
+
+def replay_flows(copies=6):
+    """The flows of real DESTROY messages, through the object path."""
+    ct.clear_layout_cache()
+    msgs = [renumbered(m, i) for i in range(copies) for m in DESTROY_MSGS]
+    buf, starts, ends = concat(msgs)
+    ct.decode(buf)
+    res = C.decode_blocks(buf, starts, ends)
+    assert isinstance(res.events[0], C.DestroyBlock)
+    objs, cols = [], C.FlowBuffer()
+    Correlator().handle_batch(ct.decode(buf).events, NOW_NS, objs)
+    Correlator().handle_batch(res.events, NOW_NS, cols)
+    assert cols.has_blocks
+    return objs, cols
+
+
+def encode_all(flows, now_ns=NOW_NS, boot_ms=BOOT_MS, exaddr="203.0.113.1", rounds=3):
+    """Every encoder's output for ``flows`` (a Flow list or FlowColumns),
+    several batches in a row (sequence numbers, template refresh)."""
+    cols = isinstance(flows, C.FlowColumns)
+    v5, ipfix, v9 = V5Encoder(3, 4), IpfixEncoder(7, template_refresh_packets=3), \
+        NetflowV9Encoder(9, template_refresh_packets=2, max_size=600)
+    vlan = IpfixEncoder(1, vlan=True, max_size=700)
+    out = []
+    for k in range(rounds):
+        now = now_ns + k * 10**9
+        ft = (expand_columns if cols else expand)(flows, now, boot_ms, exaddr)
+        out.append(("v5", v5.encode(ft), v5.invalid, v5.skipped_ipv6))
+        out.append(("csv", csv_lines(ft, "x: "), ft.records))
+        out.append(("ipfix", ipfix.encode(flows, [], now // 10**6), list(ipfix.last_counts),
+                    ipfix.invalid))
+        out.append(("v9", v9.encode(flows, [], now // 10**6, boot_ms), list(v9.last_counts)))
+        out.append(("vlan", vlan.encode(flows, [], now // 10**6)))
+    return out
+
+
+def test_replayed_flows_encode_the_same_as_columns():
+    objs, buf = replay_flows()
+    assert buf.flows() == objs
+    cols = buf.columns()
+    assert cols.flows() == objs
+    assert encode_all(cols) == encode_all(objs)
+
+
+def test_pipeline_buffer_iterates_in_order():
+    objs, buf = replay_flows(3)
+    extra = objs[:3]
+    buf.extend(extra)
+    buf.add_block(C.FlowColumns.from_flows(objs[3:5]))
+    assert len(buf) == len(objs) + 5
+    assert list(buf) == objs + extra + objs[3:5]
+    assert buf.columns().flows() == list(buf)
+    buf.clear()
+    assert not buf and list(buf) == [] and not buf.has_blocks
+
+
+addr4 = st.binary(min_size=4, max_size=4)
+addr6 = st.binary(min_size=16, max_size=16)
+u64 = st.integers(0, 2**64 - 1)
+
+
+@st.composite
+def flow(draw, wide=False):
+    fam = draw(st.sampled_from([4, 6]))
+    a = addr4 if fam == 4 else addr6
+    port = st.integers(0, 70000 if wide else 65535)
+    src, dst = draw(a), draw(a)
+    same = draw(st.booleans())
+    psrc, pdst = (src, dst) if same else (draw(a), draw(a))
+    sp, dp = draw(port), draw(port)
+    psp, pdp = (sp, dp) if same or draw(st.booleans()) else (draw(port), draw(port))
+    start = draw(st.integers(0, 2**45))
+    return Flow(fam, draw(st.sampled_from([1, 6, 17, 58, 0, 255])), src, dst, sp, dp, psrc, pdst,
+                psp, pdp, draw(st.one_of(st.integers(0, 10**6), u64)),
+                draw(st.one_of(st.integers(0, 10**9), u64)), start,
+                start + draw(st.integers(0, 10**7)), draw(st.sampled_from([ORIGINAL, REPLY])),
+                draw(st.sampled_from([END_OF_FLOW, 1, 2, 5])), draw(st.integers(0, 255)),
+                draw(st.integers(0, 255)), draw(st.integers(0, 2**32 - 1)),
+                draw(st.integers(0, 4094)))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(flow(), max_size=90), st.integers(-10**6, 2**44))
+def test_generated_flows_encode_the_same_as_columns(flows, boot_ms):
+    cols = C.FlowColumns.from_flows(flows)
+    assert cols.flows() == flows
+    assert encode_all(cols, boot_ms=boot_ms, rounds=2) == encode_all(flows, boot_ms=boot_ms,
+                                                                      rounds=2)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(flow(wide=True), min_size=1, max_size=40))
+def test_values_too_wide_fall_back_to_the_per_record_path(flows):
+    """Ports beyond 16 bits: the per-record path skips and counts them; the
+    columns give the same datagrams and counts."""
+    cols = C.FlowColumns.from_flows(flows)
+    assert encode_all(cols, rounds=1) == encode_all(flows, rounds=1)
+
+
+def test_from_flows_refuses_what_columns_cannot_hold():
+    f = Flow(4, 6, bytes(16), bytes(4), 1, 2, bytes(4), bytes(4), 1, 2, 1, 1, 1, 1)
+    for bad in (f, f._replace(src=bytes(4), packets=-1), f._replace(src=bytes(4), octets=2**64)):
+        try:
+            C.FlowColumns.from_flows([bad])
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {bad}")
+    buf = C.FlowBuffer()
+    buf.extend([f])
+    buf.add_block(C.FlowColumns.from_flows([f._replace(src=bytes(4))]))
+    assert buf.columns() is None            # the pipeline then encodes buf.flows()
