@@ -32,6 +32,7 @@ result against that path for every sample capture and for generated ones.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import struct
 
@@ -87,6 +88,17 @@ class ChunkMeter:
         """Meter one chunk.  Returns what ``table.expire`` returned at the
         batch boundaries inside it (the fast path calls it once, at the last
         one: flows that ended earlier wait in the table until then)."""
+        # the chunk allocates some 100k lists and tuples that all live on:
+        # the cyclic collector would walk them again and again for nothing
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._meter(chunk)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _meter(self, chunk) -> list:
         ts, cap, orig = chunk.fields()
         n = len(ts)
         if n == 0:
@@ -136,25 +148,21 @@ class ChunkMeter:
         le64 = _view(buf, "<u8", 0)
         blen = len(buf)
         fast = np.zeros(n, bool)
-        if chunk.linktype == 1:
+        u = np.uint64
+        if chunk.linktype == 1 and blen >= 64:
             # reads beyond a short frame stay inside the buffer (clipped) and
             # are discarded by the length test
-            lim2 = blen - 2
-            et = be16[np.minimum(fr + 12, lim2)]
-            tag = et == 0x8100
-            l3 = fr + 14 + 4 * tag
-            et2 = np.where(tag, be16[np.minimum(fr + 16, lim2)], et)
-            l3c = np.minimum(l3, blen - 40)
-            w = le64[l3c]                  # vihl tos total(2) id(2) frag(2)
-            vihl = (w & 0xFF).astype(np.int64)
-            frag = ((w >> np.uint64(48)) & np.uint64(0xFF3F)).astype(np.int64)   # be16 & 0x3FFF, bytes swapped
-            tot = (((w >> np.uint64(16)) & np.uint64(0xFF)) << np.uint64(8)) | ((w >> np.uint64(24)) & np.uint64(0xFF))
+            tag = be16[np.minimum(fr + 12, blen - 2)] == 0x8100
+            hl = 14 + 4 * tag.astype(np.int64) if tag.any() else 14
+            l3 = np.minimum(fr + hl, blen - 40)
+            w1 = le64[l3 - 2]              # ethertype(2) ver/ihl tos total(2) id(2)
+            w2 = le64[l3 + 6]              # frag(2) ttl proto checksum(2) src(2)
+            proto = ((w2 >> u(24)) & u(0xFF)).astype(np.int64)
+            tot = (((w1 >> u(32)) & u(0xFF)) << u(8)) | ((w1 >> u(40)) & u(0xFF))
             tot = tot.astype(np.int64)
-            proto = u8[l3c + 9].astype(np.int64)
-            hl = l3 - fr                          # link header length
-            need = hl + np.where(proto == 6, 34, 24)
-            fast = ((et2 == 0x0800) & (vihl == 0x45) & (frag == 0) & ((proto == 6) | (proto == 17))
-                    & (cap >= need) & (tot >= 20))
+            tcp = proto == 6
+            fast = (((w1 & u(0xFFFFFF)) == u(0x450008)) & ((w2 & u(0xFF3F)) == u(0))
+                    & (tcp | (proto == 17)) & (cap >= hl + 24 + 10 * tcp) & (tot >= 20))
         fidx = np.flatnonzero(fast)
         # rare frames: the parser, in file order
         rare = np.flatnonzero(~fast)
@@ -195,16 +203,23 @@ class ChunkMeter:
                     v6.append((i, key, octets, p[8], p[7]))
         # per packet arrays (IPv4), file order
         if len(fidx):
-            l3f = l3[fidx]
-            k0 = le64[l3f + 12]
-            ports = le32[l3f + 20].astype(np.uint64)
-            pr = proto[fidx].astype(np.uint64)
-            vl = np.where(tag[fidx], be16[fr[fidx] + 14] & 0x0FFF, 0).astype(np.uint64)
-            k1 = (ports | (pr << np.uint64(32)) | ((vl & np.uint64(0xFF)) << np.uint64(56))
-                  | ((vl >> np.uint64(8)) << np.uint64(48)))
-            oc = tot[fidx]
-            tos = u8[l3f + 1].astype(np.int64)
-            fl = np.where(proto[fidx] == 6, u8[np.minimum(l3f + 33, blen - 1)], 0).astype(np.int64)
+            allf = len(fidx) == n
+            if not allf:
+                l3 = l3[fidx]
+                w1 = w1[fidx]
+                proto = proto[fidx]
+                tot = tot[fidx]
+                tcp = tcp[fidx]
+            k0 = le64[l3 + 12]
+            ports = le32[l3 + 20].astype(np.uint64)
+            k1 = ports | (proto.astype(np.uint64) << u(32))
+            if tag.any():
+                tg = tag if allf else tag[fidx]
+                vl = np.where(tg, be16[l3 - 4] & 0x0FFF, 0).astype(np.uint64)
+                k1 |= ((vl & u(0xFF)) << u(56)) | ((vl >> u(8)) << u(48))
+            oc = tot
+            tos = ((w1 >> u(24)) & u(0xFF)).astype(np.int64)
+            fl = np.where(tcp, u8[l3 + 33], 0).astype(np.int64)
         else:
             k0 = k1 = np.zeros(0, np.uint64)
             oc = tos = fl = np.zeros(0, np.int64)
@@ -491,9 +506,16 @@ class ChunkMeter:
         heap = table._heap
         push = heapq.heappush
         gindex = dict(zip(keys, range(len(keys))))
-        # the FIN/RST packets of each group: (file position, time, flags)
+        # the FIN/RST packets of the groups in evg and of their reverse groups
+        want = np.zeros(len(keys), bool)
+        want[evg] = True
+        for k in [keys[g] for g in evg.tolist()]:
+            gr = gindex.get(k[4:8] + k[:4] + k[10:12] + k[8:10] + k[12:])
+            if gr is not None:
+                want[gr] = True
         sfl_p = fl[srt]
-        evpos = np.flatnonzero(sfl_p & 5)
+        gid = np.repeat(want, ends - starts)
+        evpos = np.flatnonzero((sfl_p & 5).astype(bool) & gid)
         evg_of = np.searchsorted(starts, evpos, side="right") - 1
         events: dict = {}
         for gi, pos, t, f in zip(evg_of.tolist(), pidx[srt[evpos]].tolist(), st[evpos].tolist(),

@@ -186,12 +186,11 @@ class CaptureReader:
             offs, stop, bad = walk_records(buf, pos, u32, snaplen, nano)
             n = len(offs)
             if n:
-                view = np.frombuffer(buf, np.uint8)
-                cap = _u32(view, offs + 8, u32)
-                orig = _u32(view, offs + 12, u32)
+                chunk = RecordChunk(buf, offs, linktype, nano, u32)
+                _ts, cap, orig = chunk.fields()
                 self.packets += n
                 self.snapped += int(np.count_nonzero(cap < orig))
-                yield RecordChunk(buf, offs, linktype, nano, u32)
+                yield chunk
             pos = stop
             if bad:
                 caplen = struct.unpack_from(bo + "I", buf, pos + 8)[0]
@@ -430,7 +429,7 @@ class RecordChunk:
     16-byte record headers, in file order; ``u32`` the file's uint32 dtype
     (byte order).  ``fields()`` gives the per-record arrays."""
 
-    __slots__ = ("buf", "offsets", "linktype", "nano", "u32")
+    __slots__ = ("buf", "offsets", "linktype", "nano", "u32", "_fields")
 
     def __init__(self, buf, offsets, linktype, nano, u32):
         self.buf = buf
@@ -438,6 +437,7 @@ class RecordChunk:
         self.linktype = linktype
         self.nano = nano
         self.u32 = u32
+        self._fields = None
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -447,15 +447,27 @@ class RecordChunk:
         return sec * 1_000_000_000 + (frac if self.nano else frac * 1000)
 
     def fields(self):
-        """(ts_ns int64, caplen int64, origlen int64) arrays."""
-        import numpy as np
-        view = np.frombuffer(self.buf, np.uint8)
-        o = self.offsets
-        sec = _u32(view, o, self.u32).astype(np.int64)
-        frac = _u32(view, o + 4, self.u32).astype(np.int64)
-        ts = sec * 1_000_000_000 + (frac if self.nano else frac * 1000)
-        return (ts, _u32(view, o + 8, self.u32).astype(np.int64),
-                _u32(view, o + 12, self.u32).astype(np.int64))
+        """(ts_ns, caplen, origlen) int64 arrays (computed once)."""
+        if self._fields is None:
+            import numpy as np
+            o = self.offsets
+            bo = self.u32.str[0]
+            n = len(self.buf)
+            # two 8-byte reads per header: (sec, frac) and (caplen, origlen)
+            v = np.ndarray((n - 7,), dtype=bo + "u8", buffer=self.buf, strides=(1,))
+            a = v[o]
+            b = v[o + 8]
+            lo = np.uint64(0xFFFFFFFF)
+            s32 = np.uint64(32)
+            if bo == "<":
+                sec, frac, cap, orig = a & lo, a >> s32, b & lo, b >> s32
+            else:
+                sec, frac, cap, orig = a >> s32, a & lo, b >> s32, b & lo
+            sec = sec.astype(np.int64)
+            frac = frac.astype(np.int64)
+            ts = sec * 1_000_000_000 + (frac if self.nano else frac * 1000)
+            self._fields = (ts, cap.astype(np.int64), orig.astype(np.int64))
+        return self._fields
 
     def frames(self) -> list:
         """The records as ``batches`` yields them: (ts_ns, linktype, data, origlen)."""
