@@ -61,6 +61,13 @@ def _view(buf, dtype, skip):
     return np.ndarray((n,), dtype=dt, buffer=buf, offset=skip, strides=(1,))
 
 
+def _last_of_runs(a):
+    """Mask of the last element of each run of equal values in ``a``."""
+    m = np.ones(len(a), bool)
+    m[:-1] = a[1:] != a[:-1]
+    return m
+
+
 def _close(x, idle_ns) -> None:
     """``FlowTable._closing`` on a pair's direction state (see ``_pairs``)."""
     if x[4] and x[5] <= idle_ns:
@@ -178,7 +185,7 @@ class ChunkMeter:
             rc = cap[rare].tolist()
             rg = orig[rare].tolist()
             for i, o, c, ol in zip(rare.tolist(), ro, rc, rg):
-                data = buf[o + 16:o + 16 + c]
+                data = bytes(buf[o + 16:o + 16 + c])
                 p = parse(lt, data, ol)
                 if p is None:
                     continue
@@ -234,7 +241,7 @@ class ChunkMeter:
         else:
             pidx = fidx
         m = len(pidx)
-        pts = ts[pidx]
+        pts = ts if len(pidx) == n else ts[pidx]
         # -- group by key -------------------------------------------------
         if m:
             h = (k0 * _M1) ^ (k1 * _M2)
@@ -260,7 +267,9 @@ class ChunkMeter:
         st = pts[srt]
         if m:
             soc = np.add.reduceat(oc[srt], starts)
-            sfl = np.bitwise_or.reduceat(fl[srt], starts)
+            fs = fl[srt]
+            ps = srt if len(pidx) == n else pidx[srt]
+            sfl = np.bitwise_or.reduceat(fs, starts)
             gap = np.empty(m, np.int64)
             gap[0] = 0
             gap[1:] = st[1:] - st[:-1]
@@ -268,7 +277,7 @@ class ChunkMeter:
             mgap = np.maximum.reduceat(gap, starts)
             t1 = st[starts]
             tl = st[ends - 1]
-            tos1 = tos[srt][starts]
+            tos1 = tos[srt[starts]]
         kb = np.empty((G, 2), np.uint64)
         kb[:, 0] = sk0[starts] if m else sk0
         kb[:, 1] = sk1[starts] if m else sk1
@@ -289,14 +298,14 @@ class ChunkMeter:
         bound = int(ts[last_b - g0]) if last_b >= g0 else None
         vec = np.zeros(G, bool)
         if m:
-            vec = self._vector(kb, keys, ents, hs[starts], starts, srt, pidx, st, fl, cnt, soc,
+            vec = self._vector(kb, keys, ents, hs[starts], starts, srt, ps, st, fs, cnt, soc,
                                sfl, mgap, t1, tl, tos1, bound)
         # -- the rest: FIN/RST pairs with entries, then plain flows with entries
         evg = np.flatnonzero(((sfl & 5) != 0) & ~vec) if m else np.zeros(0, np.int64)
         X = set()
         H = set()
         if len(evg):
-            X, H = self._pairs(keys, ents, evg, starts, ends, srt, pidx, st, fl, cnt, soc, sfl,
+            X, H = self._pairs(keys, ents, evg, starts, ends, srt, ps, st, fs, cnt, soc, sfl,
                                mgap, t1, tl, tos1)
         # -- bulk accounting ----------------------------------------------
         active = table.active_ns
@@ -416,15 +425,31 @@ class ChunkMeter:
                                                        range(0, 16 * len(li), 16)]), bool, len(li))
             cand[li[has]] = False
         big = np.iinfo(np.int64).max
-        f_s = fl[srt]
-        p_s = pidx[srt]
-        pure_fin = (f_s & 5) == 1
-        rst = (f_s & 4) != 0
-        evp = (f_s & 5) != 0
-        fin_pos = np.minimum.reduceat(np.where(pure_fin, p_s, big), starts)
-        last_rst = np.maximum.reduceat(np.where(rst, p_s, -1), starts)
-        last_ev = np.maximum.reduceat(np.where(evp, p_s, -1), starts)
-        last_evt = np.maximum.reduceat(np.where(evp, st, -1), starts)
+        f_s = fl                      # already in group order (see _fast)
+        p_s = pidx
+        # per group, from its FIN/RST packets only: first pure FIN, last RST,
+        # last FIN/RST (position and time); in a group they are in file order
+        fin_pos = np.full(G, big, np.int64)
+        last_rst = np.full(G, -1, np.int64)
+        last_ev = np.full(G, -1, np.int64)
+        last_evt = np.full(G, -1, np.int64)
+        ev_at = np.flatnonzero(f_s & 5)
+        if len(ev_at):
+            gi = np.searchsorted(starts, ev_at, side="right") - 1
+            ef = f_s[ev_at]
+            ep = p_s[ev_at]
+            lastm = _last_of_runs(gi)
+            last_ev[gi[lastm]] = ep[lastm]
+            last_evt[gi[lastm]] = st[ev_at[lastm]]
+            r = (ef & 4) != 0
+            rg = gi[r]
+            rl = _last_of_runs(rg)
+            last_rst[rg[rl]] = ep[r][rl]
+            pf = (ef & 5) == 1
+            fg = gi[pf]
+            ff = np.ones(len(fg), bool)             # first of each run
+            ff[1:] = fg[1:] != fg[:-1]
+            fin_pos[fg[ff]] = ep[pf][ff]
         ifirst = p_s[starts]
         ilast = p_s[np.append(starts[1:], len(p_s)) - 1]
         # a FIN/RST of this direction reaching the reverse: it is alive then
@@ -513,12 +538,12 @@ class ChunkMeter:
             gr = gindex.get(k[4:8] + k[:4] + k[10:12] + k[8:10] + k[12:])
             if gr is not None:
                 want[gr] = True
-        sfl_p = fl[srt]
+        sfl_p = fl                    # in group order, as pidx (see _fast)
         gid = np.repeat(want, ends - starts)
         evpos = np.flatnonzero((sfl_p & 5).astype(bool) & gid)
         evg_of = np.searchsorted(starts, evpos, side="right") - 1
         events: dict = {}
-        for gi, pos, t, f in zip(evg_of.tolist(), pidx[srt[evpos]].tolist(), st[evpos].tolist(),
+        for gi, pos, t, f in zip(evg_of.tolist(), pidx[evpos].tolist(), st[evpos].tolist(),
                                  sfl_p[evpos].tolist()):
             lst = events.get(gi)
             if lst is None:
@@ -532,8 +557,8 @@ class ChunkMeter:
         t1 = t1.tolist()
         tl = tl.tolist()
         tos1 = tos1.tolist()
-        ifirst = pidx[srt[starts]].tolist()
-        ilast = pidx[srt[ends - 1]].tolist()
+        ifirst = pidx[starts].tolist()
+        ilast = pidx[ends - 1].tolist()
         X = set()
         H = set()
         created = 0

@@ -170,19 +170,42 @@ class CaptureReader:
         self.linktypes.add(linktype)
         nano = magic == PCAP_MAGIC_NS
         u32 = np.dtype(bo + "u4")
-        buf = b""
+        # one buffer, refilled in place: the unread rest of a record moves to
+        # its start and the file is read after it (no new 32 MB per chunk)
+        store = bytearray(chunk_size + 4096)
+        have = 0
         pos = 0
         base = 24
         eof = False
+        readinto = getattr(f, "readinto", None)
         while True:
-            more = _read(f, chunk_size)
-            self.bytes_read += len(more)
-            if more:
-                buf = buf[pos:] + more
+            left = have - pos
+            if left + chunk_size > len(store):       # a record longer than a chunk
+                bigger = bytearray(left + chunk_size + 4096)
+                bigger[:left] = store[pos:have]
+                store = bigger
                 base += pos
                 pos = 0
-            else:
-                eof = True
+            elif pos:
+                store[:left] = store[pos:have]
+                base += pos
+                pos = 0
+            mv = memoryview(store)
+            try:
+                if readinto is not None:
+                    got = readinto(mv[left:left + chunk_size]) or 0
+                else:
+                    more = _read(f, chunk_size)
+                    got = len(more)
+                    mv[left:left + got] = more
+            except OSError as e:
+                raise CaptureError(f"cannot read capture: {e}")
+            finally:
+                mv.release()
+            self.bytes_read += got
+            have = left + got
+            eof = not got
+            buf = memoryview(store)[:have]
             offs, stop, bad = walk_records(buf, pos, u32, snaplen, nano)
             n = len(offs)
             if n:
@@ -191,6 +214,7 @@ class CaptureReader:
                 self.packets += n
                 self.snapped += int(np.count_nonzero(cap < orig))
                 yield chunk
+                del chunk, _ts, cap, orig      # the buffer is refilled next
             pos = stop
             if bad:
                 caplen = struct.unpack_from(bo + "I", buf, pos + 8)[0]
@@ -427,7 +451,8 @@ class CaptureReader:
 class RecordChunk:
     """Complete pcap records in ``buf``: ``offsets`` (numpy int64) of their
     16-byte record headers, in file order; ``u32`` the file's uint32 dtype
-    (byte order).  ``fields()`` gives the per-record arrays."""
+    (byte order).  ``fields()`` gives the per-record arrays.  ``buf`` is a
+    view of the reader's buffer: valid until the reader goes on."""
 
     __slots__ = ("buf", "offsets", "linktype", "nano", "u32", "_fields")
 
@@ -474,7 +499,7 @@ class RecordChunk:
         ts, cap, orig = self.fields()
         buf = self.buf
         lt = self.linktype
-        return [(t, lt, buf[o + 16:o + 16 + c], g) for t, o, c, g in
+        return [(t, lt, bytes(buf[o + 16:o + 16 + c]), g) for t, o, c, g in
                 zip(ts.tolist(), self.offsets.tolist(), cap.tolist(), orig.tolist())]
 
 
