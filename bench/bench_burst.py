@@ -358,6 +358,9 @@ def read_status(path: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--connections", type=int, default=200_000, metavar="N")
+    ap.add_argument("--profile", metavar="FILE", default=None,
+                    help="run nfflowd under cProfile, statistics to FILE (slower: for "
+                         "finding where the time goes, not for the figures)")
     ap.add_argument("--nfflowd-rcvbuf", type=int, default=128 << 20,
                     help="nfflowd's conntrack.rcvbuf (bytes)")
     ap.add_argument("--ulogd-buffer", type=int, default=128 << 20,
@@ -430,8 +433,10 @@ def main() -> int:
 
         cfg = work / "nfflowd.yaml"
         nfflowd_config(cfg, work, NFFLOWD_PORT, args.nfflowd_rcvbuf, args.nfflowd_flush_interval)
-        procs["nfflowd"] = nf = Proc(lab, lab.fw, sys.executable, "-m", "nfflowd.cli", "-f",
-                                     "-c", cfg, "start", lifetime=lifetime, cwd=ROOT)
+        # --profile FILE: nfflowd runs under cProfile (written when it stops)
+        prof = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())] if args.profile else []
+        procs["nfflowd"] = nf = Proc(lab, lab.fw, sys.executable, *prof, "-m", "nfflowd.cli",
+                                     "-f", "-c", cfg, "start", lifetime=lifetime, cwd=ROOT)
         wait_for(lambda: any("event=ready" in x for x in nf.err) or nf.p.poll() is not None, 30)
         if nf.p.poll() is not None or not any("event=ready" in x for x in nf.err):
             raise RuntimeError("nfflowd did not start:\n" + "".join(nf.err))

@@ -615,6 +615,9 @@ def _set_rcvbuf(sock: _socket.socket, size: int) -> int:
     return sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF)
 
 
+_decode_blocks = None       # columns.decode_blocks, imported at first use
+
+
 class ConntrackSocket:
     """A non-blocking ctnetlink event subscription.
 
@@ -655,6 +658,7 @@ class ConntrackSocket:
         self._view = memoryview(self._buf)
         self._overrun_pending = False
         self.truncated = 0     # datagrams larger than MAX_DATAGRAM (dropped)
+        self.last_datagrams = 0  # datagrams the last recv_batch received
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -714,11 +718,14 @@ class ConntrackSocket:
             starts.append(pos)
             ends.append(pos + got)
             pos += (got + 3) & ~3            # datagrams start 4-aligned
+        self.last_datagrams = len(starts)
         if pos == 0:
             return DecodeResult([], extra_malformed, 0, False, [])
         if blocks:
-            from .columns import decode_blocks
-            res = decode_blocks(view[:pos], starts, ends)
+            global _decode_blocks
+            if _decode_blocks is None:
+                from .columns import decode_blocks as _decode_blocks
+            res = _decode_blocks(view[:pos], starts, ends)
         else:
             res = decode(view[:pos])
         if extra_malformed:
