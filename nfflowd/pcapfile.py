@@ -588,18 +588,28 @@ def _walk_lockstep(buf: bytes, pos: int, bo: str, snaplen: int, nano: bool):
     starts = pos + np.arange(1, k, dtype=np.int64) * seg
     q = (starts[:, None] + np.arange(win, dtype=np.int64)).ravel()
     q = q[q <= lim]
-    ok = _plausible(w32, q, capmax, fracmax, sec0)
-    q2 = q + 16 + w32[q + 8].astype(np.int64)
-    inside = q2 <= lim
-    ok &= inside
-    ok[inside] &= _plausible(w32, q2[inside], capmax, fracmax, sec0)
-    rows = np.searchsorted(q, starts)            # where each segment's positions begin
-    hit = np.flatnonzero(ok)
-    first = np.searchsorted(hit, rows)           # first plausible position per segment
-    if len(hit) == 0 or (first >= len(hit)).any():
+    # the cheap test first (captured length), the others on what passes it
+    cap = w32[q + 8]
+    m = cap <= capmax
+    q = q[m]
+    cap = cap[m]
+    m = _plausible(w32, q, cap, fracmax, sec0)
+    q = q[m]
+    q2 = q + 16 + cap[m].astype(np.int64)
+    m = q2 <= lim
+    q = q[m]
+    q2 = q2[m]
+    cap2 = w32[q2 + 8]
+    m = cap2 <= capmax
+    m[m] = _plausible(w32, q2[m], cap2[m], fracmax, sec0)
+    cand = q[m]
+    if not len(cand):
         return None
-    guess = q[hit[first]]
-    if (guess >= np.append(starts[1:], blen)).any() or (np.diff(guess) <= 0).any():
+    first = np.searchsorted(cand, starts)        # first plausible position per segment
+    if (first >= len(cand)).any():
+        return None
+    guess = cand[first]
+    if (guess >= starts + win).any():
         return None
     p = np.concatenate(([pos], guess))
     # every chain walks on until it is at or past its target (the next
@@ -627,11 +637,12 @@ def _walk_lockstep(buf: bytes, pos: int, bo: str, snaplen: int, nano: bool):
     return grid.T[below.T]
 
 
-def _plausible(w32, q, capmax, fracmax, sec0):
-    cap = w32[q + 8]
+def _plausible(w32, q, cap, fracmax, sec0):
+    """Record headers at ``q`` (captured lengths ``cap`` already checked):
+    original length at least the captured one, fraction below a second,
+    seconds within a day of the first record's."""
     sec = w32[q].astype("i8")
-    return ((cap <= capmax) & (w32[q + 12] >= cap) & (w32[q + 4] < fracmax)
-            & (abs(sec - sec0) <= 86400))
+    return (w32[q + 12] >= cap) & (w32[q + 4] < fracmax) & (abs(sec - sec0) <= 86400)
 
 
 def _idb_options(itf: _Interface, buf: bytes, p: int, end: int, bo: str) -> None:
