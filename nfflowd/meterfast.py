@@ -165,8 +165,7 @@ class ChunkMeter:
             w1 = le64[l3 - 2]              # ethertype(2) ver/ihl tos total(2) id(2)
             w2 = le64[l3 + 6]              # frag(2) ttl proto checksum(2) src(2)
             proto = ((w2 >> u(24)) & u(0xFF)).astype(np.int64)
-            tot = (((w1 >> u(32)) & u(0xFF)) << u(8)) | ((w1 >> u(40)) & u(0xFF))
-            tot = tot.astype(np.int64)
+            tot = be16[l3 + 2].astype(np.int64)
             tcp = proto == 6
             fast = (((w1 & u(0xFFFFFF)) == u(0x450008)) & ((w2 & u(0xFF3F)) == u(0))
                     & (tcp | (proto == 17)) & (cap >= hl + 24 + 10 * tcp) & (tot >= 20))
@@ -226,7 +225,7 @@ class ChunkMeter:
                 vl = np.where(tg, be16[l3 - 4] & 0x0FFF, 0).astype(np.uint64)
                 k1 |= ((vl & u(0xFF)) << u(56)) | ((vl >> u(8)) << u(48))
             oc = tot
-            tos = ((w1 >> u(24)) & u(0xFF)).astype(np.int64)
+            tos = u8[l3 + 1].astype(np.int64)
             fl = np.where(tcp, u8[l3 + 33], 0).astype(np.int64)
             del l3, w1, proto, tcp, ports
         else:
@@ -286,8 +285,7 @@ class ChunkMeter:
         kb[:, 0] = sk0[starts] if m else sk0
         kb[:, 1] = sk1[starts] if m else sk1
         del sk0, sk1, k0, k1
-        kbytes = kb.tobytes()
-        keys = [kbytes[i:i + 16] for i in range(0, 16 * G, 16)]
+        keys = kb.view("V16").ravel().tolist()          # the FlowTable keys, as bytes
         flows = table._flows
         ents = list(map(flows.get, keys))
         new = ents.count(None)
@@ -425,9 +423,8 @@ class ChunkMeter:
             rb = np.empty((len(li), 2), np.uint64)
             rb[:, 0] = rk0[li]
             rb[:, 1] = rk1[li]
-            rbytes = rb.tobytes()
-            has = np.fromiter(map(flows.__contains__, [rbytes[i:i + 16] for i in
-                                                       range(0, 16 * len(li), 16)]), bool, len(li))
+            has = np.fromiter(map(flows.__contains__, rb.view("V16").ravel().tolist()),
+                              bool, len(li))
             cand[li[has]] = False
         big = np.iinfo(np.int64).max
         f_s = fl                      # already in group order (see _fast)
