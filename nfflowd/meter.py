@@ -5,7 +5,10 @@ Strategy (sans-IO, STYLE.md): the table never reads the clock or a file.
 ``expire(now_ns)`` returns the flows whose time is up, ``next_deadline()`` says
 when to call it next, ``flush_all(now_ns)`` ends every flow (end of input).
 ``meter_file`` is the thin adapter that drives it from a capture file, with
-the time taken from the packets.
+the time taken from the packets: a classic pcap file goes through
+``nfflowd.meterfast`` (numpy, a chunk of records at a time), which gives the
+same records and counters as ``meter_frames`` batch by batch with ``expire``
+after each batch (tests/test_meterfast.py); pcapng batch by batch.
 
 Flows are unidirectional, as NetFlow v5 keys them: (src, dst, sport, dport,
 proto, vlan); the two directions of a connection are two flows.  Counting
@@ -440,7 +443,12 @@ def meter_file(source, table: FlowTable, bpf: str | None = None,
     ``table``.  Time comes from the packets.  Finished flows go to ``sink``
     (called with each list of records) or, without one, to ``summary.flows``.
     At the end, and after a capture error, the table is flushed (forced end).
-    BPF filters are not supported (``bpf`` must be None)."""
+    BPF filters are not supported (``bpf`` must be None).  The flows are those
+    of ``meter_frames`` over batches of ``batch_size`` frames with
+    ``expire(last time of the batch)`` after each; a classic pcap file is
+    metered ``chunk_size`` bytes at a time by ``nfflowd.meterfast`` (the
+    records come out in another order, and some later: at the chunk's
+    last batch boundary)."""
     if bpf:
         raise NotImplementedError("BPF filters are not supported by the pcap meter yet")
     summary = MeterSummary(source=os.fspath(source) if isinstance(source, (str, os.PathLike))

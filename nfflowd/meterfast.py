@@ -39,6 +39,7 @@ import struct
 import numpy as np
 
 from itertools import repeat
+from operator import is_not
 
 from .record import END_ACTIVE_TIMEOUT, END_IDLE_TIMEOUT, END_OF_FLOW, ORIGINAL, Flow
 
@@ -396,7 +397,7 @@ class ChunkMeter:
         G = len(keys)
         u = np.uint64
         flows = table._flows
-        ex = np.fromiter((e is not None for e in ents), bool, G)
+        ex = np.fromiter(map(is_not, ents, repeat(None)), bool, G)
         gk0 = kb[:, 0]
         gk1 = kb[:, 1]
         proto = ((gk1 >> u(32)) & u(0xFF)).astype(np.int64)

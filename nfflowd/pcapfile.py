@@ -17,6 +17,11 @@ Formats (both byte orders):
   reused) and the obsolete Packet Block.  Every other block is skipped.  A new
   section resets the interfaces and may change the byte order.
 
+For the vectorised meter (``record_chunks``, numpy), a classic pcap file is
+read in chunks of some 32 MB, one buffer refilled in place, and the record
+offsets of each chunk are found at once (``walk_records``) instead of one
+tuple per packet.
+
 Errors: a bad file header, a record cut short, a record header that cannot be
 right (a captured length above 256 MiB, a block length not a multiple of 4)
 raise ``CaptureError`` -- but only after every complete packet before the
@@ -130,12 +135,12 @@ class CaptureReader:
             yield from batch
 
     def record_chunks(self, chunk_size: int = 1 << 25) -> Iterator:
-        """Classic pcap only, for the vectorised meter: yields ``RecordChunk``
-        objects (a buffer and the offsets of its complete records, found by
-        ``walk_records``) instead of tuples.  Same records, counters and errors
-        (raised after the last complete chunk) as ``batches``.  Yields None
-        once, before anything else, when the file is not a classic pcap: the
-        caller then uses ``batches``."""
+        """For the vectorised meter (numpy): a classic pcap file gives
+        ``RecordChunk`` objects (a buffer of about ``chunk_size`` bytes and
+        the offsets of its complete records, found by ``walk_records``); a
+        pcapng file gives the lists ``batches`` gives.  Same records,
+        counters and errors (raised after the last complete chunk) as
+        ``batches``."""
         f, close = self._open()
         try:
             head = _read(f, 4)
