@@ -117,7 +117,7 @@ class ChunkMeter:
         if mono and n <= _IDX_MASK and self._fast(chunk, ts, cap, orig, g0):
             last_b = (g0 + n) // self.bs * self.bs - 1
             if last_b >= g0:
-                done = self.table.expire(int(ts[last_b - g0]))
+                done = self._expire(int(ts[last_b - g0]))
             if self.bulk:
                 done = self.bulk + done
                 self.bulk = []
@@ -493,25 +493,71 @@ class ChunkMeter:
         if len(idx):
             reason = np.where(t1[idx] + active <= tl[idx] + idle[idx], END_ACTIVE_TIMEOUT,
                               np.where(closing[idx], END_OF_FLOW, END_IDLE_TIMEOUT))
-            b = kb[idx].view(np.uint8).reshape(len(idx), 16)
-            src = np.ascontiguousarray(b[:, 0:4]).view("V4").ravel().tolist()
-            dst = np.ascontiguousarray(b[:, 4:8]).view("V4").ravel().tolist()
-            b = b.astype(np.int64)
-            sport = ((b[:, 8] << 8) | b[:, 9]).tolist()
-            dport = ((b[:, 10] << 8) | b[:, 11]).tolist()
-            vlan = (((b[:, 14] << 8) | b[:, 15]) & 0xFFF).tolist()
-            recs = list(map(_new, repeat(Flow), zip(
-                repeat(4), b[:, 12].tolist(), src, dst, sport, dport, src, dst, sport, dport,
-                cnt[idx].tolist(), soc[idx].tolist(), (t1[idx] // 1_000_000).tolist(),
-                (np.maximum(tl[idx], t1[idx]) // 1_000_000).tolist(), repeat(ORIGINAL),
-                reason.tolist(), tos1[idx].tolist(), sfl[idx].tolist(), repeat(0), vlan)))
-            table.flows_exported += len(recs)
-            reasons = table.end_reasons
-            for r, c in enumerate(np.bincount(reason).tolist()):
-                if c:
-                    reasons[r] = reasons.get(r, 0) + c
-            self.bulk.extend(recs)
+            self.bulk += self._records(kb[idx], cnt[idx], soc[idx], t1[idx], tl[idx], reason,
+                                       tos1[idx], sfl[idx])
         return vec
+
+    def _records(self, kb, pkts, octets, start, last, reason, tos, flags) -> list:
+        """``FlowTable._record`` for many IPv4 flows at once (keys as an (n, 2)
+        uint64 array, the rest as arrays), counted as ``expire`` counts."""
+        n = len(kb)
+        b = kb.view(np.uint8).reshape(n, 16)
+        src = np.ascontiguousarray(b[:, 0:4]).view("V4").ravel().tolist()
+        dst = np.ascontiguousarray(b[:, 4:8]).view("V4").ravel().tolist()
+        b = b.astype(np.int64)
+        sport = ((b[:, 8] << 8) | b[:, 9]).tolist()
+        dport = ((b[:, 10] << 8) | b[:, 11]).tolist()
+        vlan = (((b[:, 14] << 8) | b[:, 15]) & 0xFFF).tolist()
+        recs = list(map(_new, repeat(Flow), zip(
+            repeat(4), b[:, 12].tolist(), src, dst, sport, dport, src, dst, sport, dport,
+            pkts.tolist(), octets.tolist(), (start // 1_000_000).tolist(),
+            (np.maximum(last, start) // 1_000_000).tolist(), repeat(ORIGINAL),
+            reason.tolist(), tos.tolist(), flags.tolist(), repeat(0), vlan)))
+        table = self.table
+        table.flows_exported += n
+        reasons = table.end_reasons
+        for r, c in enumerate(np.bincount(reason).tolist()):
+            if c:
+                reasons[r] = reasons.get(r, 0) + c
+        return recs
+
+    def _expire(self, now: int) -> list:
+        """``table.expire(now)``, the IPv4 records made at once."""
+        table = self.table
+        heap = table._heap
+        flows = table._flows
+        top = table._top
+        pop = heapq.heappop
+        k4 = []
+        e4 = []
+        other = []
+        while True:
+            t = top()
+            if t is None or t[0] > now:
+                break
+            _dl, key, e = t
+            pop(heap)
+            del flows[key]
+            if len(key) == 16:
+                k4.append(key)
+                e4.append(e)
+            else:
+                other.append(table._record(key, e, table._reason(e, now)))
+        out = table._pending
+        table._pending = []
+        out += other
+        if out:
+            table._count(out)
+        if k4:
+            kb = np.frombuffer(b"".join(k4), "<u8").reshape(len(k4), 2)
+            c = [np.array(x, np.int64) for x in zip(*e4)]
+            start, last, pkts, octets, flags, tos, idle, state = c[:8]
+            active = table.active_ns
+            reason = np.where((now - start >= active) & (start + active <= last + idle),
+                              END_ACTIVE_TIMEOUT,
+                              np.where(state & 2 != 0, END_OF_FLOW, END_IDLE_TIMEOUT))
+            out += self._records(kb, pkts, octets, start, last, reason, tos, flags)
+        return out
 
     def _pairs(self, keys, ents, evg, starts, ends, srt, pidx, st, fl, cnt, soc, sfl, mgap,
                t1, tl, tos1):
