@@ -484,19 +484,17 @@ class RecordChunk:
             bo = self.u32.str[0]
             n = len(self.buf)
             # two 8-byte reads per header: (sec, frac) and (caplen, origlen)
-            v = np.ndarray((n - 7,), dtype=bo + "u8", buffer=self.buf, strides=(1,))
+            v = np.ndarray((n - 7,), dtype=bo + "i8", buffer=self.buf, strides=(1,))
             a = v[o]
             b = v[o + 8]
-            lo = np.uint64(0xFFFFFFFF)
-            s32 = np.uint64(32)
+            lo = 0xFFFFFFFF
             if bo == "<":
-                sec, frac, cap, orig = a & lo, a >> s32, b & lo, b >> s32
+                sec, frac, cap, orig = a & lo, (a >> 32) & lo, b & lo, (b >> 32) & lo
             else:
-                sec, frac, cap, orig = a >> s32, a & lo, b >> s32, b & lo
-            sec = sec.astype(np.int64)
-            frac = frac.astype(np.int64)
-            ts = sec * 1_000_000_000 + (frac if self.nano else frac * 1000)
-            self._fields = (ts, cap.astype(np.int64), orig.astype(np.int64))
+                sec, frac, cap, orig = (a >> 32) & lo, a & lo, (b >> 32) & lo, b & lo
+            ts = sec * 1_000_000_000
+            ts += frac if self.nano else frac * 1000
+            self._fields = (ts, cap, orig)
         return self._fields
 
     def frames(self) -> list:
