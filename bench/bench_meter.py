@@ -12,9 +12,12 @@ a metering probe captures; the original length is the real one) unless
 
 Then meters it, one core, no sockets:
 - nfflowd: ``meter_file`` with the default table (active 300 s, inactive
-  30 s, 131072 flows): CPU time (time.process_time) and packets/s, and the
-  flow cache's bytes per flow (sys.getsizeof over the entries at the fullest
-  point);
+  30 s, 131072 flows), which meters a classic pcap file with numpy a chunk
+  (32 MB) at a time (nfflowd.meterfast): CPU time (time.process_time) of one
+  run in a fresh process, packets/s, and the flow cache's bytes per flow
+  (``FlowTable.memory_per_flow``: sys.getsizeof over the entries, sampled
+  between chunks at the fullest point; inside a chunk the packets are held in
+  numpy arrays, some 100 bytes per packet of the chunk, whatever the flows);
 - softflowd 1.1.0: ``softflowd -r FILE -v 9 -m 131072`` exporting to a UDP
   socket on 127.0.0.1 that this process drains; its CPU time is that of the
   waited-for child (resource.getrusage(RUSAGE_CHILDREN), user + system).
