@@ -11,6 +11,11 @@ or the next deadline (flush, table poll, TTL purge) is due.  Signals only set a
 flag and wake the loop through a wakeup fd; nothing is done in a handler.
 SIGTERM and SIGINT drain what the kernel has already queued, flush every
 pending record and close the sinks: nothing already received is lost.
+
+The packet meters of ``meter.interfaces`` (``capture.InterfaceMeters``: a
+TPACKET_V3 ring and a flow table per interface) join the same loop: their
+sockets are in the read set, their next flow deadline bounds the sleep, and
+the flows they end go straight to the pipeline; all flushed at shutdown.
 """
 
 from __future__ import annotations
@@ -150,7 +155,9 @@ class Daemon:
         # overrun episode: from the first ENOBUFS to the resync that follows
         self._overrun_episode = 0       # overruns in the current episode (0: none)
         self._resync_at = 0.0           # monotonic time the resync is due
-        self.pipeline = Pipeline(cfg)
+        # the packet meters' flows carry VLAN ids: v9/IPFIX templates with vlanId
+        self.pipeline = Pipeline(cfg, vlan=bool(cfg.meter.interfaces))
+        self.meters = None              # capture.InterfaceMeters (meter.interfaces)
         self.correlator: Correlator | None = None
         self.sock: conntrack.ConntrackSocket | None = None
         self.control = None
@@ -182,6 +189,8 @@ class Daemon:
             out["connections_from_start_dump"] = self.correlator.dumped_pending
             out["connections_cached"] = self.correlator.cached
         out.update(self.pipeline.summary())
+        if self.meters is not None:
+            out.update(self.meters.counters())
         return out
 
     def state(self) -> dict:
@@ -208,6 +217,10 @@ class Daemon:
         self.pipeline.open()
         self.control = ControlServer(control_socket_path(self.cfg.pidfile), self.state)
         self._start_metrics(self.cfg)
+        if self.cfg.meter.interfaces:
+            from .capture import InterfaceMeters
+            self.meters = InterfaceMeters(self.cfg.meter)       # before dropping CAP_NET_RAW
+            log.info("metering", interfaces=[i.name for i in self.cfg.meter.interfaces])
         if self.cfg.user:
             drop_privileges(self.cfg.user)
             log.info("privileges_dropped", user=self.cfg.user, kept="CAP_NET_ADMIN")
@@ -242,7 +255,7 @@ class Daemon:
             return
         self._flush(pending)                 # what arrived so far goes the old way
         old = self.pipeline
-        self.pipeline = Pipeline(new)
+        self.pipeline = Pipeline(new, vlan=self.meters is not None)
         self.pipeline.open()
         old.close()
         corr = self.correlator
@@ -256,6 +269,9 @@ class Daemon:
         if new.conntrack.rcvbuf != self.cfg.conntrack.rcvbuf or new.user != self.cfg.user:
             log.warning("reload_needs_restart", keys="conntrack.rcvbuf, user",
                         meaning="these apply at the next start")
+        if new.meter != self.cfg.meter:
+            log.warning("reload_needs_restart", keys="meter",
+                        meaning="the meter settings apply at the next start")
         self.cfg = new
         self.counters["reloads"] += 1
         log.info("reloaded", collectors=[c.name for c in new.export.collectors],
@@ -274,6 +290,8 @@ class Daemon:
         active_timeout = self.cfg.conntrack.active_timeout
         next_active = now + active_timeout if active_timeout else float("inf")
         rlist = [self.sock, self._wake_r, self.control]
+        if self.meters is not None:
+            rlist += self.meters.sockets
         corr = self.correlator
         while not self.stopping:
             deadline = min(next_flush, next_purge)
@@ -282,6 +300,11 @@ class Daemon:
             deadline = min(deadline, next_active)
             if self._overrun_episode:
                 deadline = min(deadline, self._resync_at)
+            if self.meters is not None:
+                dl = self.meters.next_deadline()       # wall-clock ns
+                if dl is not None:
+                    deadline = min(deadline, time.monotonic()
+                                   + max(0.0, (dl - time.time_ns()) / 1e9))
             streams = self.pipeline.stream_sinks
             for sink in streams:
                 wake = sink.next_wakeup()
@@ -304,6 +327,8 @@ class Daemon:
                 self._receive(pending)
             if self.control in readable:
                 self.control.handle_ready()
+            if self.meters is not None:
+                self._meter(readable)
             if self.reload_requested and not self.stopping:
                 self.reload(pending)
                 if self.cfg.conntrack.active_timeout != active_timeout:
@@ -458,6 +483,14 @@ class Daemon:
         if len(pending) >= FLUSH_THRESHOLD:
             self._flush(pending)
 
+    def _meter(self, readable) -> None:
+        """The packet meters: meter what their rings hold, export the flows
+        that ended (apart from the conntrack records' buffer)."""
+        now_ns = time.time_ns()
+        flows = self.meters.receive(readable, now_ns)
+        if flows:
+            self.pipeline.export(flows, [], now_ns, uptime_ms())
+
     def _flush(self, pending: list) -> None:
         nat_events = self.correlator.take_nat_events()
         if pending or nat_events:
@@ -472,6 +505,11 @@ class Daemon:
             self._receive(pending)
         finally:
             self._flush(pending)
+            if self.meters is not None:
+                flows = self.meters.flush_all(time.time_ns())
+                if flows:
+                    self.pipeline.export(flows, [], time.time_ns(), uptime_ms())
+                self.meters.close()
             self.pipeline.close()
             if self.sock is not None:
                 self.sock.close()

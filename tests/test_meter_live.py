@@ -238,3 +238,49 @@ def test_bad_filter_or_interface_on_live_capture(veth, tmp_path):
     r = veth.ns(veth.fw, sys.executable, "-m", "nfflowd.cli", "-c", conf, "meter", "-i", "eth9",
                 check=False, env=env)
     assert r.returncode == 1 and "no such network interface: 'eth9'" in r.stderr
+
+
+def test_the_daemon_meters_the_configured_interfaces(tmp_path):
+    """``meter.interfaces`` in the config: the daemon meters fw-lan of a real
+    NAT alongside conntrack, and the meter's flows (pre-NAT on the LAN side,
+    so told apart from conntrack's records by their addresses) reach nfcapd
+    with exactly the datagrams sent."""
+    from natlab import LAN4, WAN4, NatLab
+    with NatLab(f"m{os.getpid() % 10000}") as lab:
+        lab.start_servers(lifetime=60)
+        col = Nfcapd(lab, tmp_path, 9995)
+        cfg = tmp_path / "nfflowd.yaml"
+        cfg.write_text("export:\n  collectors:\n    - {host: 127.0.0.1, port: 9995, version: 9}\n"
+                       "syslog:\n  enabled: false\n"
+                       f"pidfile: {tmp_path}/nfflowd.pid\n"
+                       "meter:\n  inactive_timeout: 1\n"
+                       "  interfaces:\n    - {name: fw-lan, bpf: 'udp port 8080'}\n")
+        p = lab.spawn(lab.fw, sys.executable, "-m", "nfflowd.cli", "-f", "-c", cfg, "start",
+                      env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        log: list[str] = []
+        reader = threading.Thread(target=lambda: log.extend(iter(p.stderr.readline, "")),
+                                  daemon=True)
+        reader.start()
+        try:
+            wait_for(lambda: any("event=ready" in line for line in log) or p.poll() is not None,
+                     timeout=20)
+            assert p.poll() is None, "".join(log)
+            assert any("event=metering" in line and "fw-lan" in line for line in log)
+            _, cport = lab.client("udp", WAN4, 8080, 200, 4)
+            # the inactive timeout (1 s) ends both flows while the daemon runs
+            want = {(LAN4, WAN4, cport, 8080, 17): [4, 4 * 228],
+                    (WAN4, LAN4, 8080, cport, 17): [4, 4 * 228]}
+            time.sleep(3)
+            r = lab.ns(lab.fw, sys.executable, "-m", "nfflowd.cli", "-c", cfg, "check",
+                       check=False, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            assert "meter.fw-lan.packets = 8" in r.stdout, r.stdout
+            assert "meter.fw-lan.flows_exported = 2" in r.stdout, r.stdout
+            assert "meter.fw-lan.kernel_drops = 0" in r.stdout, r.stdout
+        finally:
+            stop(p)
+        reader.join(5)
+        assert p.returncode == 0, "".join(log)
+        time.sleep(0.5)
+        col.stop()
+        got = flows(col)
+        assert {k: v for k, v in got.items() if k[:2] in ((LAN4, WAN4), (WAN4, LAN4))} == want
