@@ -149,28 +149,36 @@ class ChunkMeter:
         buf = chunk.buf
         offs = chunk.offsets
         n = len(offs)
-        fr = offs + 16                               # frame start
-        u8 = np.frombuffer(buf, np.uint8)
-        be16 = _view(buf, ">u2", 0)
-        le32 = _view(buf, "<u4", 0)
-        le64 = _view(buf, "<u8", 0)
         blen = len(buf)
+        room = chunk.room
+        if len(room) < blen + 128:       # no slack after the buffer: reads are clipped
+            room = buf
+        rlen = len(room)
+
+        def at(dtype, skip):
+            """``dtype`` at ``index + skip`` for an index array (a view)."""
+            return _view(room, dtype, skip)
+
+        u8 = at(np.uint8, 0)
         fast = np.zeros(n, bool)
         u = np.uint64
         if chunk.linktype == 1 and blen >= 64:
-            # reads beyond a short frame stay inside the buffer (clipped) and
-            # are discarded by the length test
-            tag = be16[np.minimum(fr + 12, blen - 2)] == 0x8100
+            # reads beyond a short frame stay inside ``room`` (clipped if need
+            # be) and are discarded by the length test
+            o = offs if rlen > blen + 64 else np.minimum(offs, rlen - 64)
+            tag = at(">u2", 28)[o] == 0x8100         # frame + 12
             hl = 14 + 4 * tag.astype(np.int64) if tag.any() else 14
-            l3 = np.minimum(fr + hl, blen - 40)
-            w1 = le64[l3 - 2]              # ethertype(2) ver/ihl tos total(2) id(2)
-            w2 = le64[l3 + 6]              # frag(2) ttl proto checksum(2) src(2)
+            base = offs + 14 + hl                    # IPv4 header - 2
+            if rlen < blen + 128:
+                base = np.minimum(base, rlen - 64)
+            w1 = at("<u8", 0)[base]       # ethertype(2) ver/ihl tos total(2) id(2)
+            w2 = at("<u8", 8)[base]       # frag(2) ttl proto checksum(2) src(2)
             proto = ((w2 >> u(24)) & u(0xFF)).astype(np.int64)
-            tot = be16[l3 + 2].astype(np.int64)
+            tot = at(">u2", 4)[base].astype(np.int64)
             tcp = proto == 6
             fast = (((w1 & u(0xFFFFFF)) == u(0x450008)) & ((w2 & u(0xFF3F)) == u(0))
                     & (tcp | (proto == 17)) & (cap >= hl + 24 + 10 * tcp) & (tot >= 20))
-            del w2, fr              # the working set stays small: fewer fresh pages
+            del w2
         fidx = np.flatnonzero(fast)
         # rare frames: the parser, in file order
         rare = np.flatnonzero(~fast)
@@ -213,22 +221,21 @@ class ChunkMeter:
         if len(fidx):
             allf = len(fidx) == n
             if not allf:
-                l3 = l3[fidx]
-                w1 = w1[fidx]
+                base = base[fidx]
                 proto = proto[fidx]
                 tot = tot[fidx]
                 tcp = tcp[fidx]
-            k0 = le64[l3 + 12]
-            ports = le32[l3 + 20].astype(np.uint64)
-            k1 = ports | (proto.astype(np.uint64) << u(32))
+            k0 = at("<u8", 14)[base]
+            k1 = at("<u4", 22)[base].astype(np.uint64)
+            k1 |= proto.astype(np.uint64) << u(32)
             if tag.any():
                 tg = tag if allf else tag[fidx]
-                vl = np.where(tg, be16[l3 - 4] & 0x0FFF, 0).astype(np.uint64)
+                vl = np.where(tg, at(">u2", 0)[base - 2] & 0x0FFF, 0).astype(np.uint64)
                 k1 |= ((vl & u(0xFF)) << u(56)) | ((vl >> u(8)) << u(48))
             oc = tot
-            tos = u8[l3 + 1].astype(np.int64)
-            fl = np.where(tcp, u8[l3 + 33], 0).astype(np.int64)
-            del l3, w1, proto, tcp, ports
+            tos = at(np.uint8, 3)[base].astype(np.int64)
+            fl = np.where(tcp, at(np.uint8, 35)[base], 0).astype(np.int64)
+            del base, w1, proto, tcp
         else:
             k0 = k1 = np.zeros(0, np.uint64)
             oc = tos = fl = np.zeros(0, np.int64)

@@ -68,7 +68,8 @@ _PB = 0x00000002      # obsolete Packet Block
 _SPB = 0x00000003
 _EPB = 0x00000006
 
-MAX_CAPLEN = 256 * 1024 * 1024   # wiretap's limit is lower; anything above is corrupt
+MAX_CAPLEN = 256 * 1024 * 1024
+SLACK = 256         # bytes after a record chunk's buffer that can be read (stale, never used)   # wiretap's limit is lower; anything above is corrupt
 CHUNK = 1 << 20
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
@@ -185,7 +186,7 @@ class CaptureReader:
         readinto = getattr(f, "readinto", None)
         while True:
             left = have - pos
-            if left + chunk_size > len(store):       # a record longer than a chunk
+            if left + chunk_size + SLACK > len(store):   # a record longer than a chunk
                 bigger = bytearray(left + chunk_size + 4096)
                 bigger[:left] = store[pos:have]
                 store = bigger
@@ -215,6 +216,7 @@ class CaptureReader:
             n = len(offs)
             if n:
                 chunk = RecordChunk(buf, offs, linktype, nano, u32)
+                chunk.room = memoryview(store)
                 _ts, cap, orig = chunk.fields()
                 self.packets += n
                 self.snapped += int(np.count_nonzero(cap < orig))
@@ -459,7 +461,7 @@ class RecordChunk:
     (byte order).  ``fields()`` gives the per-record arrays.  ``buf`` is a
     view of the reader's buffer: valid until the reader goes on."""
 
-    __slots__ = ("buf", "offsets", "linktype", "nano", "u32", "_fields")
+    __slots__ = ("buf", "offsets", "linktype", "nano", "u32", "_fields", "room")
 
     def __init__(self, buf, offsets, linktype, nano, u32):
         self.buf = buf
@@ -468,6 +470,7 @@ class RecordChunk:
         self.nano = nano
         self.u32 = u32
         self._fields = None
+        self.room = buf          # the buffer ``buf`` starts, at least SLACK bytes longer if it can
 
     def __len__(self) -> int:
         return len(self.offsets)

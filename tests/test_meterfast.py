@@ -277,3 +277,23 @@ def test_generated_tcp_conversations(conv, batch, chunk, fin, rst):
         recs.append((p, dt, 0))
     same(capture(recs), batch, chunk, active_timeout=10, inactive_timeout=4,
          tcp_fin_timeout=fin, tcp_rst_timeout=rst)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(recs=records)
+def test_chunks_without_slack_after_the_buffer(recs):
+    """A RecordChunk whose buffer ends with its last record (no bytes to
+    read past it) gives the same flows: the header reads are clipped."""
+    from nfflowd.meterfast import ChunkMeter
+    data = capture(recs)
+    want, _ = per_packet(data, FlowTable(inactive_timeout=4, active_timeout=10), 4096)
+    table = FlowTable(inactive_timeout=4, active_timeout=10)
+    cm = ChunkMeter(table, PacketParser(), 4096)
+    got = []
+    for ch in CaptureReader(data).record_chunks(1 << 20):
+        ch.buf = ch.room = bytes(ch.buf)
+        got += cm.meter(ch)
+    if cm.frames % 4096 and cm.last_ts is not None:
+        got += table.expire(cm.last_ts)
+    got += table.flush_all()
+    assert sorted(got) == sorted(want)
