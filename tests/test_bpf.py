@@ -39,7 +39,7 @@ def kept(path, expr) -> int | str:
     f = Filter(expr)
     try:
         return sum(len(f.keep(b)) for b in CaptureReader(path).batches())
-    except FilterError as e:
+    except FilterError:
         return "error"
 
 
