@@ -8,7 +8,15 @@ dropped after each batch, so what remains allocated is the cache (the dict,
 its int keys, one packed bytes entry per connection).  tracemalloc counts
 every allocation.  Also shown: the same after every connection has been
 exported once by the active timeout (its entry then carries the counters
-exported so far).  Target: 200 bytes or fewer per IPv4 connection.
+exported so far).  Target: 200 bytes or fewer per connection.
+
+What the synthetic connections are, and so which entry layout they measure
+(nfflowd/correlate.py, _LAYOUT): IPv4 SNAT; IPv6 NAT66 with source
+translation only (the reply source is the original destination, so the
+entry leaves it out, as for every IPv6 connection without destination NAT);
+counters exported by the active timeout below 2**32 (a 32-bit base).  An
+IPv6 entry with destination NAT, or with a counter past 2**32, is 16 or 32
+bytes longer than the figure shown.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ the event wins and the later poll does not export them again.
 
 Connections made while nfflowd runs are also kept in a compact cache keyed
 by conntrack id (``_live``: one ``bytes`` per connection packing the tuples
-and the NEW time, ~170 bytes per IPv4 connection with the dict's share, see
+and the NEW time, ~140 bytes per IPv4 connection and ~172 per IPv6 one with
+the dict's share, see
 bench/bench_cache_memory.py).  It costs one dict insert on NEW and one pop on
 DESTROY, and serves two things:
 
@@ -47,7 +48,8 @@ DESTROY, and serves two things:
   totals.  Deltas rather than a counter-zeroing dump (IPCTNL_MSG_CT_GET_CTRZERO):
   zeroing would change what ``conntrack -L``, nft counters readers, other
   ctnetlink listeners and the DESTROY event itself report, for every tool on
-  the machine; deltas leave the kernel's counters untouched and cost 40 bytes
+  the machine; deltas leave the kernel's counters untouched and cost 24 bytes (40 once a
+  counter passes 2**32)
   in the entries of connections that have been exported early.
 
 The class is sans-IO: every method takes ``now_ns`` (wall clock, ns) and returns
@@ -79,27 +81,61 @@ _POLL_EXPORT_MEMORY_NS = 600 * 1_000_000_000
 
 # The live cache entry: proto, orig src dst sport dport, reply src dst sport
 # dport, NEW time (ns); then, once exported by the active timeout, the
-# counters exported so far and the time of that export.  The length tells
-# the family and whether the suffix is there: 33/73 bytes IPv4, 81/121 IPv6.
+# counters exported so far and the time of that export (the base).  An IPv6
+# entry whose reply source is the original destination (no destination NAT:
+# nearly every IPv6 connection) leaves the reply source out; a base whose
+# counters all fit 32 bits stores them so.  The length tells which layout
+# (_LAYOUT; the full IPv6 head takes only the full base, so that no two
+# layouts have one length): 33/57/73 bytes IPv4, 65/89/105 or 81/121 IPv6.
 _HEAD4 = struct.Struct("<B4s4sHH4s4sHHq")
 _HEAD6 = struct.Struct("<B16s16sHH16s16sHHq")
+_HEAD6S = struct.Struct("<B16s16sHH16sHHq")      # reply src == orig dst, not stored
 _BASE = struct.Struct("<QQQQq")
+_BASE32 = struct.Struct("<IIIIq")
 _PACK4 = _HEAD4.pack
-_PACK6 = _HEAD6.pack
-_HEAD_LEN = {33: (4, _HEAD4), 73: (4, _HEAD4), 81: (6, _HEAD6), 121: (6, _HEAD6)}
+_PACK6F = _HEAD6.pack
+_PACK6S = _HEAD6S.pack
+_LAYOUT = {33: (4, _HEAD4, None), 57: (4, _HEAD4, _BASE32), 73: (4, _HEAD4, _BASE),
+           65: (6, _HEAD6S, None), 89: (6, _HEAD6S, _BASE32), 105: (6, _HEAD6S, _BASE),
+           81: (6, _HEAD6, None), 121: (6, _HEAD6, _BASE)}
+_EARLY = frozenset(n for n, (_f, _h, base) in _LAYOUT.items() if base is not None)
+_U32 = 0xFFFFFFFF
+
+
+def _PACK6(proto, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, new_ns) -> bytes:
+    if rsrc == odst:
+        return _PACK6S(proto, osrc, odst, osp, odp, rdst, rsp, rdp, new_ns)
+    return _PACK6F(proto, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, new_ns)
 
 
 def _early(entry: bytes) -> bool:
     """The entry carries counters exported by the active timeout."""
-    return len(entry) == 73 or len(entry) == 121
+    return len(entry) in _EARLY
+
+
+def _unpack_entry(entry: bytes):
+    """(family, head struct, (proto, osrc, odst, osp, odp, rsrc, rdst, rsp,
+    rdp, new_ns), base (opk, oby, rpk, rby, exported_ns) or None)."""
+    family, head, base = _LAYOUT[len(entry)]
+    v = head.unpack_from(entry)
+    if head is _HEAD6S:
+        proto, osrc, odst, osp, odp, rdst, rsp, rdp, new_ns = v
+        v = (proto, osrc, odst, osp, odp, odst, rdst, rsp, rdp, new_ns)
+    return family, head, v, (base.unpack_from(entry, head.size) if base else None)
+
+
+def _with_base(entry: bytes, head, opk, oby, rpk, rby, now_ns) -> bytes:
+    """The entry's head with a new base."""
+    if head is not _HEAD6 and 0 <= min(opk, oby, rpk, rby) and max(opk, oby, rpk, rby) <= _U32:
+        return entry[:head.size] + _BASE32.pack(opk, oby, rpk, rby, now_ns)
+    return entry[:head.size] + _BASE.pack(opk, oby, rpk, rby, now_ns)
 
 
 def _entry_event(ct_id: int, entry: bytes) -> tuple[CtEvent, int, tuple | None]:
     """A cache entry back into (event with zero counters, NEW time, base):
     base is (opk, oby, rpk, rby, exported_ns) or None."""
-    family, head = _HEAD_LEN[len(entry)]
-    proto, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, new_ns = head.unpack_from(entry)
-    base = _BASE.unpack_from(entry, head.size) if len(entry) > head.size else None
+    family, _head, v, base = _unpack_entry(entry)
+    proto, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, new_ns = v
     ev = CtEvent(EV_DESTROY, family, ct_id, 0, CtTuple(osrc, odst, proto, osp, odp),
                  CtTuple(rsrc, rdst, proto, rsp, rdp), 0, 0, 0, 0, 0, 0)
     return ev, new_ns, base
@@ -207,6 +243,7 @@ class Correlator:
         sync_log = self._destroyed_during_sync
         pack4 = _PACK4
         pack6 = _PACK6
+        early_lens = _EARLY
         extend = out.extend
         exported = duplicates = new = other = 0
         for ev in events:
@@ -220,7 +257,7 @@ class Correlator:
                         start = remembered
                 if live:
                     entry = live.pop(ct_id, None)
-                    if entry is not None and (len(entry) == 73 or len(entry) == 121):
+                    if entry is not None and len(entry) in early_lens:
                         # exported early by the active timeout: the rest only
                         ev, start = self._rest(ev, entry)
                     # under `if live` to keep the cache-less path as it was;
@@ -423,7 +460,7 @@ class Correlator:
     def _rest(ev, entry: bytes):
         """A DESTROY of a connection exported early: (event carrying the
         counters not yet exported, start = time of the last export)."""
-        b = _BASE.unpack_from(entry, len(entry) - _BASE.size)
+        b = _unpack_entry(entry)[3]
         return (_with_counters(ev, ev[6] - b[0], ev[7] - b[1], ev[8] - b[2], ev[9] - b[3]),
                 b[4])
 
@@ -521,19 +558,18 @@ class Correlator:
         return out
 
     def _active_live(self, ct_id, entry, ev, now_ns, out) -> bool:
-        family, head = _HEAD_LEN[len(entry)]
-        if len(entry) > head.size:
-            b = _BASE.unpack_from(entry, head.size)
+        _family, head, v, b = _unpack_entry(entry)
+        if b is not None:
             start = b[4]
         else:
             b = (0, 0, 0, 0)
-            start = ev[10] or head.unpack_from(entry)[9]
+            start = ev[10] or v[9]
         opk, oby, rpk, rby = ev[6:10]
         if opk == b[0] and rpk == b[2]:
             return False                        # idle since the last export
         delta = _with_counters(ev, opk - b[0], oby - b[1], rpk - b[2], rby - b[3])
         out.extend(flows_of(delta, start, max(now_ns, start), END_ACTIVE_TIMEOUT))
-        self._live[ct_id] = entry[:head.size] + _BASE.pack(opk, oby, rpk, rby, now_ns)
+        self._live[ct_id] = _with_base(entry, head, opk, oby, rpk, rby, now_ns)
         return True
 
     def _active_dumped(self, d: list, ev, now_ns, out) -> bool:

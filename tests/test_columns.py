@@ -148,10 +148,11 @@ def connection(draw, ct_id):
     sp, dp, nat = draw(port), draw(port), draw(port)
     if proto == 253:
         sp = dp = nat = 0
+    d = draw(st.sampled_from([b, b, draw(st.sampled_from(pool))]))   # DNAT: reply src != b
     orig = CtTuple(a, b, proto, sp, dp)
-    reply = CtTuple(b, c, proto, dp, nat)
+    reply = CtTuple(d, c, proto, dp, nat)
     if proto in (1, 58):
-        reply = CtTuple(b, c, proto, nat, draw(st.integers(0, 65535)))
+        reply = CtTuple(d, c, proto, nat, draw(st.integers(0, 65535)))
     return fam, orig, reply
 
 

@@ -106,3 +106,42 @@ def test_without_cache_resync_is_the_poll():
     assert c.cached == 0
     c.begin_sync()
     assert c.resync([], 2 * S, 2 * S) == []
+
+
+def test_every_entry_layout_round_trips_through_active_export_and_destroy():
+    """The compact layouts (IPv6 without the reply source, 32-bit bases) and
+    the full ones: an entry of each gives the same tuples back, and the
+    records of an early export plus the DESTROY add up to the totals."""
+    from nfflowd.conntrack import CtEvent, CtTuple
+    from nfflowd.correlate import _LAYOUT, _entry_event
+
+    def mk(kind, fam, o, r, counters, start=0, stop=0):
+        return CtEvent(kind, fam, 7, 0, o, r, *counters, start, stop)
+    v6 = [bytes.fromhex("20010db8000100000000000000000002"),
+          bytes.fromhex("20010db8000200000000000000000009"),
+          bytes.fromhex("20010db8000200000000000000000001"),
+          bytes.fromhex("20010db8000100000000000000000007")]
+    v4 = [bytes([198, 51, 100, 2]), bytes([203, 0, 113, 9]), bytes([203, 0, 113, 1]),
+          bytes([198, 51, 100, 7])]
+    seen = set()
+    for fam, (a, b, c, d) in ((4, v4), (6, v6)):
+        for reply_src in (b, d):                    # d: destination NAT
+            for big in (0, 2**40):
+                o = CtTuple(a, b, 6, 40000, 443)
+                r = CtTuple(reply_src, c, 6, 443, 50000)
+                corr = Correlator()
+                corr.handle(mk(EV_NEW, fam, o, r, NOCOUNT), 1 * S)
+                seen.add(len(corr._live[7]))
+                assert _entry_event(7, corr._live[7])[0][4:6] == (o, r)
+                mid = (5 + big, 500 + big, 4, 400)
+                corr.begin_sync()
+                out = corr.active_export([mk(EV_DUMP, fam, o, r, mid, 1 * S)], 3 * S, 3 * S)
+                assert [f.end_reason for f in out] == [END_ACTIVE_TIMEOUT] * 2
+                seen.add(len(corr._live[7]))
+                assert _entry_event(7, corr._live[7])[0][4:6] == (o, r)
+                total = (9 + big, 900 + big, 6, 600)
+                out += corr.handle(mk(EV_DESTROY, fam, o, r, total, 1 * S, 5 * S), 5 * S)
+                assert sum(f.packets for f in out) == total[0] + total[2]
+                assert sum(f.octets for f in out) == total[1] + total[3]
+                assert {(f.src, f.post_dst) for f in out if f.direction == 1} == {(reply_src, a)}
+    assert seen == set(_LAYOUT)
