@@ -297,3 +297,21 @@ def test_chunks_without_slack_after_the_buffer(recs):
         got += table.expire(cm.last_ts)
     got += table.flush_all()
     assert sorted(got) == sorted(want)
+
+
+@pytest.mark.parametrize("kw", [{}, {"inactive_timeout": 0.05, "tcp_fin_timeout": 0.02,
+                                     "active_timeout": 1}])
+def test_bench_generator_capture(tmp_path, kw):
+    """The benchmark's kind of capture (TCP connections with FIN both ways,
+    DNS-like UDP), big enough for the lockstep record walk and several
+    chunks: same flows as the per-packet path."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "bench_meter", Path(__file__).resolve().parents[1] / "bench" / "bench_meter.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    path = tmp_path / "gen.pcap"
+    bench.generate(path, 40000, 4000, full=False)
+    data = path.read_bytes()
+    assert pcapfile._walk_lockstep(data[:1 << 20], 24, "<", 128, False) is not None
+    same(path, 4096, 1 << 20, **kw)
