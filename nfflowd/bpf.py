@@ -91,6 +91,17 @@ def libpcap():
     lib.bpf_filter.restype = ctypes.c_uint
     lib.bpf_image.argtypes = [vp, ctypes.c_int]
     lib.bpf_image.restype = ctypes.c_char_p
+    lib.pcap_create.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    lib.pcap_create.restype = vp
+    for name in ("pcap_set_snaplen", "pcap_set_buffer_size", "pcap_set_timeout"):
+        getattr(lib, name).argtypes = [vp, ctypes.c_int]
+        getattr(lib, name).restype = ctypes.c_int
+    lib.pcap_activate.argtypes = [vp]
+    lib.pcap_activate.restype = ctypes.c_int
+    lib.pcap_statustostr.argtypes = [ctypes.c_int]
+    lib.pcap_statustostr.restype = ctypes.c_char_p
+    lib.pcap_datalink.argtypes = [vp]
+    lib.pcap_datalink.restype = ctypes.c_int
     lib.pcap_lib_version.argtypes = []
     lib.pcap_lib_version.restype = ctypes.c_char_p
     _lib = lib
@@ -149,6 +160,37 @@ def compile_filter(expression: str, linktype: int = 1,
     handle = lib.pcap_open_dead(_DLT.get(int(linktype), int(linktype)), int(snaplen))
     if not handle:
         raise FilterError(f"libpcap cannot open a handle for link type {linktype}")
+    return _compile(lib, handle, expression, int(linktype), snaplen, optimize)
+
+
+def compile_for_interface(expression: str, iface: str, linktype: int,
+                          snaplen: int = DEFAULT_SNAPLEN) -> Program:
+    """Compile for the kernel filter of a live socket on ``iface``.
+
+    On Linux the kernel takes an offloaded 802.1Q tag out of the frame before
+    the socket filter runs (it is in the packet's metadata), so ``vlan``
+    must test the ancillary VLAN fields rather than the bytes; libpcap
+    generates that code only for a handle activated on the interface, which
+    is what this does (pcap_create, pcap_activate: needs the capture
+    privilege), then compiles and closes it.  If the handle cannot be
+    activated, the expression is compiled as ``compile_filter`` does."""
+    lib = libpcap()
+    errbuf = ctypes.create_string_buffer(512)
+    handle = lib.pcap_create(iface.encode(), errbuf)
+    if handle:
+        lib.pcap_set_snaplen(handle, int(snaplen))
+        lib.pcap_set_buffer_size(handle, 1 << 16)
+        lib.pcap_set_timeout(handle, 100)
+        if lib.pcap_activate(handle) >= 0 and lib.pcap_datalink(handle) == \
+                _DLT.get(linktype, linktype):
+            return _compile(lib, handle, expression, linktype, snaplen, True)
+        lib.pcap_close(handle)
+    return compile_filter(expression, linktype, snaplen)
+
+
+def _compile(lib, handle, expression: str, linktype: int, snaplen: int,
+             optimize: bool) -> Program:
+    """pcap_compile on ``handle``, which is closed afterwards."""
     prog = _BpfProgram()
     try:
         if lib.pcap_compile(handle, ctypes.byref(prog), expression.encode(), int(optimize),

@@ -19,6 +19,9 @@ why this adapter, and not a libpcap binding, is the one nfflowd uses.
 - The BPF filter (tcpdump syntax, compiled by libpcap: ``nfflowd.bpf``) runs in
   the kernel (SO_ATTACH_FILTER); its accept value is the snapshot length, so
   the kernel copies at most ``snaplen`` bytes of each packet into the ring.
+  It is compiled on a libpcap handle activated on the interface
+  (``compile_for_interface``), so that ``vlan`` tests the tag the kernel
+  took out of the frame, as tcpdump's filters do.
   Without a filter the program is libpcap's for the empty expression (accept
   all, up to ``snaplen``).
 - No packet can slip in unfiltered: the socket is opened with protocol 0
@@ -111,11 +114,11 @@ class RingCapture:
 
     def __init__(self, iface: str, bpf: str | None = None, snaplen: int = 256,
                  block_size: int = 1 << 20, block_nr: int = 16, block_timeout_ms: int = 50):
-        from .bpf import compile_filter
+        from .bpf import compile_for_interface
         self.iface = iface
         self.linktype = linktype_of(iface)
         self.snaplen = int(snaplen)
-        self.program = compile_filter(bpf or "", self.linktype, self.snaplen)
+        self.program = compile_for_interface(bpf or "", iface, self.linktype, self.snaplen)
         self.block_size = int(block_size)
         self.block_nr = int(block_nr)
         self.kernel_packets = 0
