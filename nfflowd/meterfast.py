@@ -420,6 +420,7 @@ class ChunkMeter:
         ri = np.minimum(np.searchsorted(gh, rh), G - 1)
         match = tcp & (gh[ri] == rh) & (gk0[ri] == rk0) & (gk1[ri] == rk1)
         rev = np.where(match, ri, 0)
+        self._rev = np.where(match, ri, -1)      # for _pairs
         pev = ev | (match & ev[rev])
         # plain flows new here
         vn = ~pev & ~ex & (mgap < inactive) & (tl - t1 < active)
@@ -586,18 +587,19 @@ class ChunkMeter:
         minidle = min(fin_ns, rst_ns)
         heap = table._heap
         push = heapq.heappush
-        gindex = dict(zip(keys, range(len(keys))))
-        # the FIN/RST packets of the groups in evg and of their reverse groups
+        # the groups in evg and their reverse groups (where they have packets here)
+        revg = self._rev
+        rv = revg[evg]
+        inv = np.unique(np.concatenate((evg, rv[rv >= 0])))
         want = np.zeros(len(keys), bool)
-        want[evg] = True
-        for k in [keys[g] for g in evg.tolist()]:
-            gr = gindex.get(k[4:8] + k[:4] + k[10:12] + k[8:10] + k[12:])
-            if gr is not None:
-                want[gr] = True
+        want[inv] = True
+        # their FIN/RST packets: (file position, time, flags) per group
         sfl_p = fl                    # in group order, as pidx (see _fast)
-        gid = np.repeat(want, ends - starts)
-        evpos = np.flatnonzero((sfl_p & 5).astype(bool) & gid)
+        evpos = np.flatnonzero(sfl_p & 5)
         evg_of = np.searchsorted(starts, evpos, side="right") - 1
+        sel = want[evg_of]
+        evpos = evpos[sel]
+        evg_of = evg_of[sel]
         events: dict = {}
         for gi, pos, t, f in zip(evg_of.tolist(), pidx[evpos].tolist(), st[evpos].tolist(),
                                  sfl_p[evpos].tolist()):
@@ -606,15 +608,17 @@ class ChunkMeter:
                 events[gi] = [(pos, t, f)]
             else:
                 lst.append((pos, t, f))
-        cnt = cnt.tolist()
-        soc = soc.tolist()
-        sfl = sfl.tolist()
-        mgap = mgap.tolist()
-        t1 = t1.tolist()
-        tl = tl.tolist()
-        tos1 = tos1.tolist()
-        ifirst = pidx[starts].tolist()
-        ilast = pidx[ends - 1].tolist()
+        il = inv.tolist()
+        cnt = dict(zip(il, cnt[inv].tolist()))
+        soc = dict(zip(il, soc[inv].tolist()))
+        sfl = dict(zip(il, sfl[inv].tolist()))
+        mgap = dict(zip(il, mgap[inv].tolist()))
+        t1 = dict(zip(il, t1[inv].tolist()))
+        tl = dict(zip(il, tl[inv].tolist()))
+        tos1 = dict(zip(il, tos1[inv].tolist()))
+        ifirst = dict(zip(il, pidx[starts[inv]].tolist()))
+        ilast = dict(zip(il, pidx[ends[inv] - 1].tolist()))
+        revl = dict(zip(evg.tolist(), rv.tolist()))
         X = set()
         H = set()
         created = 0
@@ -623,7 +627,9 @@ class ChunkMeter:
             if k in H or k in X or k[12] != 6:
                 continue
             r = k[4:8] + k[:4] + k[10:12] + k[8:10] + k[12:]
-            gr = gindex.get(r)
+            gr = revl[gk]
+            if gr < 0:
+                gr = None
             ek = ents[gk]
             er = ents[gr] if gr is not None else get(r)
             # per direction: [group, entry, start, fin, closing, idle, first, last time before events]
