@@ -50,6 +50,7 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -123,6 +124,9 @@ class RingCapture:
         self.block_nr = int(block_nr)
         self.kernel_packets = 0
         self.kernel_drops = 0
+        # PACKET_STATISTICS resets the kernel's counts on every read, and a
+        # metrics scrape reads them from another thread: read and add under a lock
+        self._stats_lock = threading.Lock()
         self.frames = 0
         self._block = 0
         self._ring = None
@@ -190,12 +194,13 @@ class RingCapture:
     def kernel_stats(self) -> tuple[int, int]:
         """(packets received by the socket, packets dropped: ring full),
         accumulated since the start.  tp_packets counts the drops too."""
-        if self.sock.fileno() >= 0:
-            raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12)
-            packets, drops, _freeze = struct.unpack("=III", raw)
-            self.kernel_packets += packets
-            self.kernel_drops += drops
-        return self.kernel_packets, self.kernel_drops
+        with self._stats_lock:
+            if self.sock.fileno() >= 0:
+                raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12)
+                packets, drops, _freeze = struct.unpack("=III", raw)
+                self.kernel_packets += packets
+                self.kernel_drops += drops
+            return self.kernel_packets, self.kernel_drops
 
     def close(self) -> None:
         if self.sock.fileno() >= 0:

@@ -12,7 +12,9 @@ The mapping from daemon counter names to metrics is ``COUNTERS`` and
 ``PER_COLLECTOR`` below.  A key ``"<collector>.<stat>"`` (as in
 ``Pipeline.summary()``, e.g. ``"127.0.0.1:2055/v5.records"``) becomes a
 sample labelled ``collector="127.0.0.1:2055/v5"``; a dict value
-``{"records": {"127.0.0.1:2055/v5": 10}}`` is read the same way.  A numeric
+``{"records": {"127.0.0.1:2055/v5": 10}}`` is read the same way.  A packet
+meter's ``"meter.<iface>.<stat>"`` (``PER_METER``) becomes a sample labelled
+``interface="<iface>"``.  A numeric
 key that is not in the tables is still exported, as a gauge
 ``nfflowd_<key>`` (add it to the tables to name it properly).
 """
@@ -55,6 +57,24 @@ PER_COLLECTOR: dict[str, tuple[str, str]] = {
     "records": ("records_sent", "Flow records sent, by collector"),
     "datagrams": ("datagrams_sent", "Export datagrams sent, by collector"),
     "send_errors": ("send_errors", "Export datagrams that could not be sent, by collector"),
+}
+
+# per-interface packet meter stat (``"meter.<iface>.<stat>"``, from
+# capture.InterfaceMeters.counters()) -> (metric name, help, is a counter)
+PER_METER: dict[str, tuple[str, str, bool]] = {
+    "frames": ("meter_frames", "Frames read from the capture ring, by interface", True),
+    "packets": ("meter_packets", "IP packets metered, by interface", True),
+    "octets": ("meter_octets", "Layer-3 bytes metered, by interface", True),
+    "flows_active": ("meter_flows_active", "Flows in the meter's cache, by interface", False),
+    "flows_exported": ("meter_flows_exported", "Flows the meter exported, by interface", True),
+    "flows_evicted": ("meter_flows_evicted", "Flows exported early because the meter's "
+                      "cache was full, by interface", True),
+    "frames_skipped": ("meter_frames_skipped", "Frames not metered (not IP, cut short), "
+                       "by interface", True),
+    "kernel_packets": ("meter_kernel_packets", "Packets the kernel passed to the capture "
+                       "socket (its drops included), by interface", True),
+    "kernel_drops": ("meter_kernel_drops", "Packets the kernel dropped because the capture "
+                     "ring was full, by interface", True),
 }
 
 _BAD = re.compile(r"[^a-zA-Z0-9_]")
@@ -101,6 +121,19 @@ def families(counters: dict) -> list:
             name, help_, labels = COUNTERS[key]
             counter(name, help_, labels, value)
             return
+        if key.startswith("meter."):
+            iface, dot, stat = key[6:].rpartition(".")
+            if dot and stat in PER_METER:
+                name, help_, is_counter = PER_METER[stat]
+                if is_counter:
+                    counter(name, help_, {"interface": iface}, value)
+                else:
+                    fam = out.get("g:" + name)
+                    if fam is None:
+                        fam = out["g:" + name] = GaugeMetricFamily(
+                            PREFIX + name, help_, labels=["interface"])
+                    fam.add_metric([iface], value)
+                return
         collector, dot, stat = key.rpartition(".")
         if dot and stat in PER_COLLECTOR:
             name, help_ = PER_COLLECTOR[stat]

@@ -70,6 +70,27 @@ def test_scrape_reads_the_live_dicts():
         urllib.request.urlopen(m.url, timeout=2)      # closed
 
 
+def test_packet_meter_counters_by_interface():
+    """capture.InterfaceMeters.counters(): ``meter.<iface>.<stat>``, interface
+    names with dots included; counters by interface, the cache size a gauge."""
+    counters = {"meter.fw-lan.packets": 40, "meter.fw-lan.octets": 5000,
+                "meter.fw-lan.flows_active": 3, "meter.fw-lan.kernel_drops": 2,
+                "meter.eth0.100.packets": 7, "meter.eth0.100.flows_evicted": 1,
+                "127.0.0.1:2055/v9.records": 4}
+    with MetricsServer("127.0.0.1:0", lambda: dict(counters), process_metrics=False) as m:
+        got = scrape(m.url)
+    L = lambda **kw: frozenset(kw.items())  # noqa: E731
+    assert got[("nfflowd_meter_packets_total", L(interface="fw-lan"))] == 40
+    assert got[("nfflowd_meter_packets_total", L(interface="eth0.100"))] == 7
+    assert got[("nfflowd_meter_octets_total", L(interface="fw-lan"))] == 5000
+    assert got[("nfflowd_meter_kernel_drops_total", L(interface="fw-lan"))] == 2
+    assert got[("nfflowd_meter_flows_evicted_total", L(interface="eth0.100"))] == 1
+    assert got[("nfflowd_meter_flows_active", L(interface="fw-lan"))] == 3
+    assert got[("nfflowd_records_sent_total", L(collector="127.0.0.1:2055/v9"))] == 4
+    assert not any("collector" in dict(labels) and "meter" in dict(labels)["collector"]
+                   for _, labels in got)
+
+
 def test_unmapped_and_nested_counters_and_a_failing_source():
     state = {"fail": False}
 
@@ -77,13 +98,13 @@ def test_unmapped_and_nested_counters_and_a_failing_source():
         if state["fail"]:
             raise OSError("gone")
         return {"new_thing": 4.5, "flag": True, "name": "x",
-                "records": {"10.0.0.1:2055/v5": 5}, "per_queue": {"q1": 2}}
+                "records": {"198.51.100.1:2055/v5": 5}, "per_queue": {"q1": 2}}
 
     with MetricsServer("127.0.0.1:0", get, process_metrics=False) as m:
         got = scrape(m.url)
         assert got[("nfflowd_new_thing", frozenset())] == 4.5
         assert got[("nfflowd_records_sent_total",
-                    frozenset({"collector": "10.0.0.1:2055/v5"}.items()))] == 5
+                    frozenset({"collector": "198.51.100.1:2055/v5"}.items()))] == 5
         assert got[("nfflowd_per_queue", frozenset({"key": "q1"}.items()))] == 2
         assert not any(name.startswith("nfflowd_flag") or name.startswith("nfflowd_name")
                        for name, _ in got)
