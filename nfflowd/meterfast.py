@@ -254,10 +254,9 @@ class ChunkMeter:
         # -- group by key -------------------------------------------------
         if m:
             h = (k0 * _M1) ^ (k1 * _M2)
-            h ^= h >> np.uint64(29)
             sv = (h & ~np.uint64(_IDX_MASK)) | np.arange(m, dtype=np.uint64)
             sv.sort()
-            srt = (sv & np.uint64(_IDX_MASK)).astype(np.int64)
+            srt = (sv & np.uint64(_IDX_MASK)).view(np.int64)
             hs = sv >> np.uint64(_IDX_BITS)
             sk0 = k0[srt]
             sk1 = k1[srt]
@@ -415,7 +414,6 @@ class ChunkMeter:
         rk1 = ((gk1 & ~u(0xFFFFFFFF)) | ((gk1 & u(0xFFFF)) << u(16))
                | ((gk1 >> u(16)) & u(0xFFFF)))
         rh = (rk0 * _M1) ^ (rk1 * _M2)
-        rh ^= rh >> u(29)
         rh >>= u(_IDX_BITS)
         ri = np.minimum(np.searchsorted(gh, rh), G - 1)
         match = tcp & (gh[ri] == rh) & (gk0[ri] == rk0) & (gk1[ri] == rk1)

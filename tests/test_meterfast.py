@@ -315,3 +315,13 @@ def test_bench_generator_capture(tmp_path, kw):
     data = path.read_bytes()
     assert pcapfile._walk_lockstep(data[:1 << 20], 24, "<", 128, False) is not None
     same(path, 4096, 1 << 20, **kw)
+
+
+def test_hash_collision_falls_back_to_the_per_packet_path(monkeypatch):
+    """Flow keys are grouped by a hash; two keys with one hash send the chunk
+    through the per-packet path (here every key has hash 0)."""
+    from nfflowd import meterfast
+    monkeypatch.setattr(meterfast, "_M1", np.uint64(0))
+    monkeypatch.setattr(meterfast, "_M2", np.uint64(0))
+    flows = same(PCAPS / "tls.pcap", inactive_timeout=1)
+    assert len({(f.src, f.sport) for f in flows}) > 1
