@@ -11,23 +11,39 @@ per packet; a capture file has millions.  Here a chunk of a classic pcap file
    and fragment memory are what the per-packet path leaves;
 2. group: packets are sorted by (hash of the flow key, position), which puts
    each flow's packets together in file order; neighbours with equal hashes
-   and different keys would be a collision, which sends the chunk to an exact
-   sort;
-3. account: a flow of the chunk is applied to the table in one step (packets,
-   bytes, flags OR'd, first/last time) when nothing inside the chunk can end it
-   or tie it to another flow: no gap as long as the shortest idle timeout, no
-   active timeout, no TCP FIN or RST in it or in its reverse direction.
-   Every other flow -- FIN/RST pairs, long gaps, IPv6 -- is replayed packet
-   by packet, in file order, in a side table (``FlowTable._sibling``) that
-   also gets the ``expire`` calls ``meter_file`` makes after every
-   ``batch_size`` frames: what a TCP end does to the reverse flow depends on
-   whether that one was already expired.  Then it goes back to the table.
+   and different keys (a collision) send the chunk to the per-packet path;
+3. account, per flow of the chunk (a group), in three tiers:
+
+   - ``_vector``, all at once with numpy: flows with no entry in the table
+     whose packets nothing else can split -- plain flows (no FIN/RST in them
+     or in their reverse) with no gap as long as the idle timeout, and TCP
+     pairs (both directions new, or the reverse with no flow at all) with no
+     gap as long as the shortest FIN/RST timeout, the reverse alive whenever
+     a FIN/RST reaches it.  Their end of connection is computed as
+     ``FlowTable._tcp_end`` does it.  The flows whose deadline falls at or
+     before the chunk's last batch boundary become ``Flow`` records at once
+     (``_records``); only the others enter the table and its heap;
+   - in Python, one flow (or FIN/RST pair, ``_pairs``) at a time: flows that
+     continue an entry of the table, under the same conditions, walking only
+     the FIN/RST packets;
+   - the rest (long gaps, timeouts inside the chunk, a stale reverse flow, a
+     reverse entry, IPv6) is replayed packet by packet, in file order, in a
+     side table (``FlowTable._sibling``) that also gets the ``expire`` calls
+     ``meter_file`` makes after every ``batch_size`` frames: what a TCP end
+     does to the reverse flow depends on whether that one was already
+     expired.  Then it goes back to the table.
+
+   The tiers never share a flow or a reverse pair, so their order does not
+   matter; flows that ended inside the chunk would only have been expired
+   earlier by the per-packet path, with the same contents and end reason.
 
 The whole chunk goes through the per-packet path (``FlowTable.meter_frames``
 and ``expire`` per batch, exactly as ``meter_file`` did before) when its
 timestamps go backwards or when the table could fill up inside it (eviction
-order depends on everything before it).  tests/test_meterfast.py checks the
-result against that path for every sample capture and for generated ones.
+order depends on everything before it).  The cyclic garbage collector is
+off while a chunk is metered (it would walk the new records again and again).
+tests/test_meterfast.py checks the records and counters against the
+per-packet path for every sample capture and for hypothesis-made captures.
 """
 
 from __future__ import annotations
