@@ -322,8 +322,8 @@ def meter(cfg: Config, path: str, table, print_csv: bool = False, out=None, bpf=
         return EXIT_CONFIG
     finally:
         bar.clear()
+        elapsed = time.monotonic() - t0      # metering, not the exporters' closing
         sink.pipeline.close()
-    elapsed = time.monotonic() - t0
     for line in _meter_report(path, summary, sink.exported, elapsed, sink.pipeline.summary(),
                               bpf=bpf):
         err(line)
@@ -399,8 +399,9 @@ def meter_interface(cfg: Config, iface: str, table, bpf: str | None = None,
         w.close()
         bar.clear()
         capture.close()
+        elapsed = time.monotonic() - t0
         sink.pipeline.close()
-    for line in _live_report(stats, sink.exported, time.monotonic() - t0,
+    for line in _live_report(stats, sink.exported, elapsed,
                              sink.pipeline.summary(), bpf, "end"):
         err(line)
     return EXIT_OK

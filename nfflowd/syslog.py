@@ -255,8 +255,12 @@ class SyslogSink:
         """Send what can be sent within ``timeout`` seconds, waiting for a
         slow syslog daemon to read (nothing already received is lost at a
         shutdown because of a short socket queue), then close.  What remains is
-        counted as dropped."""
+        counted as dropped.  If no syslog daemon listened at any time in this
+        run, it does not wait for one to appear (a one-shot ``meter`` on a host
+        without /dev/log ends at once)."""
         deadline = time.monotonic() + timeout
+        if self.sent == 0 and self._sock is None and not self._connect():
+            deadline = 0.0      # no syslog ever listened in this run: no use waiting for one
         try:
             while self.backlog:
                 self.flush()

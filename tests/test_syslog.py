@@ -211,8 +211,36 @@ def test_close_flushes_and_counts_the_rest(tmp_path):
     r.close()
     sink2 = SyslogSink(str(tmp_path / "nobody"), pid=1)
     sink2.send(["b", "c"], now=T_EXAMPLE)
+    t0 = time.monotonic()
     sink2.close()                            # never raises; the loss is counted
     assert sink2.dropped == 2
+    # no syslog listened at any time: close does not wait out its 5 s for one
+    assert time.monotonic() - t0 < 2.5
+
+
+def test_close_waits_for_a_restarting_syslog(tmp_path):
+    """A syslog daemon that was there and is restarting at our shutdown: close
+    waits (up to its timeout) for the new socket and delivers the backlog."""
+    import threading
+    path = tmp_path / "log"
+    r = unix_receiver(path)
+    sink = SyslogSink(str(path), pid=1)
+    sink.send(["a"], now=T_EXAMPLE)
+    assert r.recv(65536).endswith(b": a")
+    r.close()
+    os.unlink(path)                          # syslogd went away
+    sink.send(["b"], now=T_EXAMPLE)          # cannot go now: kept
+    assert len(sink.backlog) == 1
+    box = []
+    t = threading.Timer(0.5, lambda: box.append(unix_receiver(path)))
+    t.start()
+    try:
+        sink.close(timeout=10)
+    finally:
+        t.join()
+    assert box and box[0].recv(65536).endswith(b": b")
+    assert sink.sent == 2 and sink.dropped == 0
+    box[0].close()
 
 
 def test_send_csv_same_messages_as_send(tmp_path, utc):
