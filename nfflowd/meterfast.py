@@ -187,14 +187,15 @@ class ChunkMeter:
             base = offs + 14 + hl                    # IPv4 header - 2
             if rlen < blen + 128:
                 base = np.minimum(base, rlen - 64)
-            w1 = at("<u8", 0)[base]       # ethertype(2) ver/ihl tos total(2) id(2)
-            w2 = at("<u8", 8)[base]       # frag(2) ttl proto checksum(2) src(2)
-            proto = ((w2 >> u(24)) & u(0xFF)).astype(np.int64)
-            tot = at(">u2", 4)[base].astype(np.int64)
+            # narrow reads (the arrays are memory-bound): ethertype, version/IHL
+            hdr = at("<u4", 0)[base]
+            frag = at("<u2", 8)[base]          # flags/offset, bytes swapped
+            proto = at(np.uint8, 11)[base]
+            tot = at(">u2", 4)[base]
             tcp = proto == 6
-            fast = (((w1 & u(0xFFFFFF)) == u(0x450008)) & ((w2 & u(0xFF3F)) == u(0))
+            fast = (((hdr & 0xFFFFFF) == 0x450008) & ((frag & 0xFF3F) == 0)
                     & (tcp | (proto == 17)) & (cap >= hl + 24 + 10 * tcp) & (tot >= 20))
-            del w2
+            del hdr, frag
         fidx = np.flatnonzero(fast)
         # rare frames: the parser, in file order
         rare = np.flatnonzero(~fast)
@@ -248,10 +249,11 @@ class ChunkMeter:
                 tg = tag if allf else tag[fidx]
                 vl = np.where(tg, at(">u2", 0)[base - 2] & 0x0FFF, 0).astype(np.uint64)
                 k1 |= ((vl & u(0xFF)) << u(56)) | ((vl >> u(8)) << u(48))
-            oc = tot
-            tos = at(np.uint8, 3)[base].astype(np.int64)
-            fl = np.where(tcp, at(np.uint8, 35)[base], 0).astype(np.int64)
-            del base, w1, proto, tcp
+            oc = tot                           # uint16: summed as int64
+            tos = at(np.uint8, 3)[base]
+            fl = at(np.uint8, 35)[base]
+            fl[~tcp] = 0
+            del base, proto, tcp
         else:
             k0 = k1 = np.zeros(0, np.uint64)
             oc = tos = fl = np.zeros(0, np.int64)
@@ -291,7 +293,7 @@ class ChunkMeter:
         cnt = ends - starts
         st = pts[srt]
         if m:
-            soc = np.add.reduceat(oc[srt], starts)
+            soc = np.add.reduceat(oc[srt], starts, dtype=np.int64)
             fs = fl[srt]
             ps = srt if len(pidx) == n else pidx[srt]
             sfl = np.bitwise_or.reduceat(fs, starts)
@@ -380,7 +382,7 @@ class ChunkMeter:
                 created += 1
         table.flows_created += created
         table.packets += m + len(v6)
-        table.octets += int(oc.sum()) + sum(x[2] for x in v6)
+        table.octets += int(oc.sum(dtype=np.int64)) + sum(x[2] for x in v6)
         # -- replay, in file order, in a side table -------------------------
         if replay or v6:
             rp = []
