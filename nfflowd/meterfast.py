@@ -175,7 +175,6 @@ class ChunkMeter:
             """``dtype`` at ``index + skip`` for an index array (a view)."""
             return _view(room, dtype, skip)
 
-        u8 = at(np.uint8, 0)
         fast = np.zeros(n, bool)
         u = np.uint64
         if chunk.linktype == 1 and blen >= 64:
@@ -648,7 +647,8 @@ class ChunkMeter:
                 gr = None
             ek = ents[gk]
             er = ents[gr] if gr is not None else get(r)
-            # per direction: [group, entry, start, fin, closing, idle, first, last time before events]
+            # per direction: [group, entry, start, fin, closing, idle,
+            #                 first position, last position]
             st_ = []
             ok = True
             for g, e in ((gk, ek), (gr, er)):
@@ -756,7 +756,8 @@ class ChunkMeter:
                 # the TCP end of this key reaches its reverse direction
                 if len(key) and key[-4] == 6:
                     a = len(key) - 8 >> 1
-                    rkey = key[a:2 * a] + key[:a] + key[2 * a + 2:2 * a + 4] + key[2 * a:2 * a + 2] + key[-4:]
+                    rkey = (key[a:2 * a] + key[:a] + key[2 * a + 2:2 * a + 4]
+                            + key[2 * a:2 * a + 2] + key[-4:])
                     if rkey not in sflows:
                         r = flows.pop(rkey, None)
                         if r is not None:
