@@ -329,9 +329,9 @@ def decode_blocks(buf, starts=None, ends=None) -> DecodeResult:
     the datagrams' offsets in ``buf`` (each usually one message; several are
     fine, the object path takes them), ``None`` to frame ``buf`` here.
     The counts (malformed, unknown, errors, done) are those of ``decode``."""
-    if type(buf) is not bytes:
-        buf = bytes(buf)
     if starts is None:
+        if type(buf) is not bytes:
+            buf = bytes(buf)
         starts, ends = frame(buf)
         tail = len(buf) - (((ends[-1] + 3) & ~3) if ends else 0)
         if tail > 0 or len(starts) < MIN_ROWS:
@@ -340,15 +340,15 @@ def decode_blocks(buf, starts=None, ends=None) -> DecodeResult:
         return _decode_ranges(buf, starts, ends)
     n = len(starts)
     nw = len(buf) // 4
-    Wz = np.empty(nw + 1, dtype=np.uint32)
-    Wz[0] = 0
-    Wz[1:] = np.frombuffer(buf, dtype=">u4", count=nw)
+    # the buffer as big-endian words, not copied (gathers clip their
+    # indexes: rows already refused may read a known shape's offsets)
+    W = np.frombuffer(buf, dtype=">u4", count=nw)
     st = np.asarray(starts, dtype=np.int64)
     en = np.asarray(ends, dtype=np.int64)
-    ok = ((st & 3) == 0) & (en - st >= 24) & (st + 24 <= 4 * nw) & (en - st < 1 << 16)
-    sw = np.where(ok, st >> 2, 0) + 1
+    ok = ((st & 3) == 0) & (en - st >= 24) & (en <= 4 * nw) & (en - st < 1 << 16)
+    sw = np.where(ok, st >> 2, 0)
     # nlmsg_len and type|flags, native order
-    hdr = Wz[sw[:, None] + _KEYWORDS]
+    hdr = W.take(sw[:, None] + _KEYWORDS, mode="clip").astype(np.uint32)
     if _LITTLE:
         hdr = hdr.byteswap()
     ln = hdr[:, 0].astype(np.int64)
@@ -370,11 +370,9 @@ def decode_blocks(buf, starts=None, ends=None) -> DecodeResult:
     rel, pres, hrel, hexp, fam = _tables(shapes)
     rel, pres, hrel, hexp, fam = rel[inv], pres[inv], hrel[inv], hexp[inv], fam[inv]
     # every header word the walker visits, as when the shape was compiled
-    # (rows already refused read a known shape's offsets: clipped to the
-    # buffer, and their values are never used)
-    ok &= (Wz.take(sw[:, None] + hrel, mode="clip") == hexp).all(axis=1)
-    idx = (sw[:, None] + rel) * pres
-    G = Wz.take(idx, mode="clip").astype(np.uint64)
+    ok &= (W.take(sw[:, None] + hrel, mode="clip") == hexp).all(axis=1)
+    G = W.take(sw[:, None] + rel, mode="clip").astype(np.uint64)
+    G *= pres                               # values the shape has not: 0
     block = _block_from(G, fam)
     if ok.all():
         return DecodeResult([block], 0, 0, False, [])
@@ -407,10 +405,9 @@ def decode_blocks(buf, starts=None, ends=None) -> DecodeResult:
 
 
 def _decode_ranges(buf, starts, ends) -> DecodeResult:
-    """The object path over consecutive datagrams [starts[0], ends[-1])."""
-    if not starts:
-        return DecodeResult([], 0, 0, False, [])
-    return _ct.decode(buf[starts[0]:ends[-1]])
+    """The object path over the datagrams [starts[i], ends[i]): in one call
+    when they lie back to back (4-aligned), else one by one."""
+    return _ct.decode_datagrams(buf, starts, ends)
 
 
 # ---------------------------------------------------------------------------

@@ -570,6 +570,28 @@ def decode(buf) -> DecodeResult:
     return _decode(buf, True)
 
 
+def decode_datagrams(buf, starts, ends) -> DecodeResult:
+    """``decode`` over the datagrams ``buf[starts[i]:ends[i]]``: in one call
+    when they lie back to back (each 4-aligned after the previous one), else
+    one by one, the results joined."""
+    if not starts:
+        return DecodeResult([], 0, 0, False, [])
+    if all(((e + 3) & ~3) == s for e, s in zip(ends, starts[1:])):
+        return decode(buf[starts[0]:ends[-1]])
+    events: list = []
+    malformed = unknown = 0
+    done = False
+    errors: list = []
+    for s, e in zip(starts, ends):
+        r = decode(buf[s:e])
+        events.extend(r.events)
+        malformed += r.malformed
+        unknown += r.unknown
+        done = done or r.done
+        errors.extend(r.errors)
+    return DecodeResult(events, malformed, unknown, done, errors)
+
+
 def decode_walk(buf) -> DecodeResult:
     """``decode`` without the layout cache: the plain walker (for tests)."""
     return _decode(buf, False)
@@ -618,6 +640,82 @@ def _set_rcvbuf(sock: _socket.socket, size: int) -> int:
 _decode_blocks = None       # columns.decode_blocks, imported at first use
 
 
+class _MultiRecv:
+    """recvmmsg(2) through ctypes: up to SLOTS datagrams in one system call,
+    each into its own SLOT-byte slot of one buffer (a Python recv_into per
+    datagram costs ~2 us here, recvmmsg ~0.7 us per datagram).  ``create``
+    gives None where libc has no recvmmsg; the socket then receives one
+    datagram per call.  ctnetlink event datagrams hold one message of well
+    under 2 KiB; a datagram longer than its slot is counted as truncated."""
+
+    SLOTS = 512
+    SLOT = 8192
+
+    @classmethod
+    def create(cls):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.recvmmsg
+        except (OSError, AttributeError, ImportError):
+            return None
+        return cls(ctypes, fn)
+
+    def __init__(self, ctypes, fn):
+        class IoVec(ctypes.Structure):
+            _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+        class MsgHdr(ctypes.Structure):
+            _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
+                        ("iov", ctypes.POINTER(IoVec)), ("iovlen", ctypes.c_size_t),
+                        ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                        ("flags", ctypes.c_int)]
+
+        class MMsgHdr(ctypes.Structure):
+            _fields_ = [("hdr", MsgHdr), ("len", ctypes.c_uint)]
+
+        fn.argtypes = [ctypes.c_int, ctypes.POINTER(MMsgHdr), ctypes.c_uint, ctypes.c_int,
+                       ctypes.c_void_p]
+        fn.restype = ctypes.c_int
+        self._fn = fn
+        self._get_errno = ctypes.get_errno
+        n, slot = self.SLOTS, self.SLOT
+        self._buf = (ctypes.c_char * (n * slot))()
+        self._iov = (IoVec * n)()
+        self._msgs = (MMsgHdr * n)()
+        base = ctypes.addressof(self._buf)
+        for i in range(n):
+            self._iov[i].base = base + i * slot
+            self._iov[i].len = slot
+            self._msgs[i].hdr.iov = ctypes.pointer(self._iov[i])
+            self._msgs[i].hdr.iovlen = 1
+        self.view = memoryview(self._buf).cast("B")
+        self._len_at = MMsgHdr.len.offset
+        self._flags_at = MsgHdr.flags.offset
+        self._size = ctypes.sizeof(MMsgHdr)
+        self._meta = memoryview(self._msgs).cast("B")
+        self._u32 = _struct.Struct("=I").unpack_from
+        self._i32 = _struct.Struct("=i").unpack_from
+
+    def recv(self, fd: int, n: int):
+        """(count, [(length, msg_flags)]) of the datagrams received, count
+        -errno on failure (0: none queued)."""
+        n = min(n, self.SLOTS)
+        for _ in range(8):      # EINTR: try again (bounded)
+            got = self._fn(fd, self._msgs, n, _socket.MSG_DONTWAIT, None)
+            if got >= 0:
+                break
+            err = self._get_errno()
+            if err != _errno.EINTR:
+                return (0 if err in (_errno.EAGAIN, _errno.EWOULDBLOCK) else -err), []
+        else:
+            return 0, []
+        meta, size, la, fa = self._meta, self._size, self._len_at, self._flags_at
+        u32, i32 = self._u32, self._i32
+        return got, [(u32(meta, i * size + la)[0], i32(meta, i * size + fa)[0])
+                     for i in range(got)]
+
+
 class ConntrackSocket:
     """A non-blocking ctnetlink event subscription.
 
@@ -634,7 +732,8 @@ class ConntrackSocket:
     MAX_DATAGRAM = 1 << 16     # room kept free for the next datagram
 
     def __init__(self, rcvbuf: int = 64 * 1024 * 1024,
-                 groups=(NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY)):
+                 groups=(NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY),
+                 multi: bool = True):
         what = "cannot subscribe to conntrack events (netlink)"
         self._sock = sock = _open_netlink(what)
         try:
@@ -654,7 +753,9 @@ class ConntrackSocket:
             sock.close()
             raise
         self.groups = tuple(groups)
-        self._buf = bytearray(self.BUFSIZE)
+        self._multi = _MultiRecv.create() if multi else None
+        # the per-datagram loop's buffer, where recvmmsg is not to be had
+        self._buf = bytearray(self.BUFSIZE if self._multi is None else 0)
         self._view = memoryview(self._buf)
         self._overrun_pending = False
         self.truncated = 0     # datagrams larger than MAX_DATAGRAM (dropped)
@@ -686,6 +787,8 @@ class ConntrackSocket:
         if self._overrun_pending:
             self._overrun_pending = False
             raise NetlinkOverrun("netlink receive buffer overrun: conntrack events were lost")
+        if self._multi is not None:
+            return self._recv_multi(max_datagrams, blocks)
         view = self._view
         recv_into = self._sock.recv_into
         limit = len(view) - self.MAX_DATAGRAM
@@ -728,6 +831,44 @@ class ConntrackSocket:
             res = _decode_blocks(view[:pos], starts, ends)
         else:
             res = decode(view[:pos])
+        if extra_malformed:
+            res = res._replace(malformed=res.malformed + extra_malformed)
+        return res
+
+
+    def _recv_multi(self, max_datagrams: int, blocks: bool) -> DecodeResult:
+        """recv_batch with recvmmsg: the same results and errors.  An error
+        after some datagrams is kept by the kernel and returned by the next
+        call, which raises it (as the per-datagram loop does)."""
+        mr = self._multi
+        got, meta = mr.recv(self._sock.fileno(), max_datagrams)
+        if got < 0:
+            if got == -_errno.ENOBUFS:
+                raise NetlinkOverrun(
+                    "netlink receive buffer overrun: conntrack events were lost")
+            raise SourceError(f"netlink recv: {_os.strerror(-got)}")
+        starts: list = []
+        ends: list = []
+        slot = mr.SLOT
+        extra_malformed = 0
+        for i, (ln, flags) in enumerate(meta):
+            if flags & _socket.MSG_TRUNC:
+                self.truncated += 1          # cut short: drop it whole
+                extra_malformed += 1
+                continue
+            starts.append(i * slot)
+            ends.append(i * slot + ln)
+        self.last_datagrams = len(starts)
+        if not starts:
+            return DecodeResult([], extra_malformed, 0, False, [])
+        view = mr.view[:ends[-1]]
+        if blocks:
+            global _decode_blocks
+            if _decode_blocks is None:
+                from .columns import decode_blocks as _decode_blocks
+            res = _decode_blocks(view, starts, ends)
+        else:
+            res = decode_datagrams(view, starts, ends)
         if extra_malformed:
             res = res._replace(malformed=res.malformed + extra_malformed)
         return res

@@ -436,3 +436,37 @@ def test_dump_table_without_permission_says_why():
     p = subprocess.run(["setpriv", "--inh-caps=-all", "--bounding-set=-net_admin",
                         sys.executable, "-c", code, str(ROOT)], capture_output=True, timeout=30)
     assert "CAP_NET_ADMIN" in p.stdout.decode(), (p.stdout, p.stderr)
+
+
+def test_multi_recv_takes_queued_datagrams_into_slots():
+    """recvmmsg through ctypes (ConntrackSocket's receive path), checked on a
+    loopback UDP socket pair: every queued datagram, in order, each in its
+    slot with its length; one longer than a slot flagged MSG_TRUNC; nothing
+    queued gives 0."""
+    import socket
+    mr = ct._MultiRecv.create()
+    if mr is None:
+        pytest.skip("libc without recvmmsg")
+    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        r.bind(("127.0.0.1", 0))
+        r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sizes = [1, 244, 4, mr.SLOT, mr.SLOT + 100, 3000] * 3
+        sent = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+        for d in sent:
+            s.sendto(d, r.getsockname())
+        got, meta = mr.recv(r.fileno(), 7)
+        got2, meta2 = mr.recv(r.fileno(), 100) if got == 7 else (0, [])
+        assert (got, got2) == (7, len(sent) - 7)
+        # the second call reused the slots: check it, then the first one's metadata
+        for i, (ln, flags) in enumerate(meta2):
+            d = sent[7 + i]
+            assert bool(flags & socket.MSG_TRUNC) == (len(d) > mr.SLOT)
+            assert ln == min(len(d), mr.SLOT)
+            assert bytes(mr.view[i * mr.SLOT:i * mr.SLOT + ln]) == d[:ln]
+        assert [ln for ln, _ in meta] == [min(len(d), mr.SLOT) for d in sent[:7]]
+        assert mr.recv(r.fileno(), 10) == (0, [])
+    finally:
+        r.close()
+        s.close()
