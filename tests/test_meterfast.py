@@ -325,3 +325,17 @@ def test_hash_collision_falls_back_to_the_per_packet_path(monkeypatch):
     monkeypatch.setattr(meterfast, "_M2", np.uint64(0))
     flows = same(PCAPS / "tls.pcap", inactive_timeout=1)
     assert len({(f.src, f.sport) for f in flows}) > 1
+
+
+def test_pcapng_goes_batch_by_batch():
+    """pcapng files are not chunked: meter_file gives what it gave before."""
+    def block(btype, body):
+        body += b"\0" * (-len(body) % 4)
+        return struct.pack("<II", btype, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+    out = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    out += block(1, struct.pack("<HHI", 1, 0, 0) + struct.pack("<HHB3x", 9, 1, 9) + b"\0" * 4)
+    frames = [f for b in CaptureReader(PCAPS / "tls.pcap").batches() for f in b]
+    for ts, _lt, data, orig in frames:
+        out += block(6, struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(data), orig) + data)
+    flows = same(out, 7, inactive_timeout=1)
+    assert flows and sorted(flows) == sorted(same(PCAPS / "tls.pcap", 7, inactive_timeout=1))
