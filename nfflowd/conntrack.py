@@ -571,25 +571,18 @@ def decode(buf) -> DecodeResult:
 
 
 def decode_datagrams(buf, starts, ends) -> DecodeResult:
-    """``decode`` over the datagrams ``buf[starts[i]:ends[i]]``: in one call
-    when they lie back to back (each 4-aligned after the previous one), else
-    one by one, the results joined."""
+    """``decode`` over the datagrams ``buf[starts[i]:ends[i]]``, put back to
+    back (each 4-aligned, as in one receive buffer) when they are not."""
     if not starts:
         return DecodeResult([], 0, 0, False, [])
     if all(((e + 3) & ~3) == s for e, s in zip(ends, starts[1:])):
         return decode(buf[starts[0]:ends[-1]])
-    events: list = []
-    malformed = unknown = 0
-    done = False
-    errors: list = []
+    parts = []
     for s, e in zip(starts, ends):
-        r = decode(buf[s:e])
-        events.extend(r.events)
-        malformed += r.malformed
-        unknown += r.unknown
-        done = done or r.done
-        errors.extend(r.errors)
-    return DecodeResult(events, malformed, unknown, done, errors)
+        parts.append(buf[s:e])
+        if (e - s) & 3:
+            parts.append(bytes(-(e - s) & 3))
+    return decode(b"".join(parts))
 
 
 def decode_walk(buf) -> DecodeResult:
@@ -638,6 +631,9 @@ def _set_rcvbuf(sock: _socket.socket, size: int) -> int:
 
 
 _decode_blocks = None       # columns.decode_blocks, imported at first use
+# plain ints: socket's flags are IntFlag members, slow in `&` on a hot path
+_MSG_TRUNC = int(_socket.MSG_TRUNC)
+_MSG_DONTWAIT = int(_socket.MSG_DONTWAIT)
 
 
 class _MultiRecv:
@@ -657,9 +653,9 @@ class _MultiRecv:
             import ctypes
             libc = ctypes.CDLL(None, use_errno=True)
             fn = libc.recvmmsg
-        except (OSError, AttributeError, ImportError):
+            return cls(ctypes, fn)
+        except (OSError, AttributeError, ImportError, TypeError, ValueError):
             return None
-        return cls(ctypes, fn)
 
     def __init__(self, ctypes, fn):
         class IoVec(ctypes.Structure):
@@ -690,19 +686,21 @@ class _MultiRecv:
             self._msgs[i].hdr.iov = ctypes.pointer(self._iov[i])
             self._msgs[i].hdr.iovlen = 1
         self.view = memoryview(self._buf).cast("B")
-        self._len_at = MMsgHdr.len.offset
-        self._flags_at = MsgHdr.flags.offset
-        self._size = ctypes.sizeof(MMsgHdr)
-        self._meta = memoryview(self._msgs).cast("B")
-        self._u32 = _struct.Struct("=I").unpack_from
-        self._i32 = _struct.Struct("=i").unpack_from
+        size = ctypes.sizeof(MMsgHdr)
+        len_at, flags_at = MMsgHdr.len.offset, MsgHdr.flags.offset
+        if size % 4 or len_at % 4 or flags_at % 4:
+            raise OSError("unexpected struct mmsghdr layout")
+        # every msg_len and msg_flags as one strided view of 32-bit words
+        words = memoryview(self._msgs).cast("B").cast("I")
+        self._lens = words[len_at // 4::size // 4]
+        self._flags = words[flags_at // 4::size // 4]
 
     def recv(self, fd: int, n: int):
         """(count, [(length, msg_flags)]) of the datagrams received, count
         -errno on failure (0: none queued)."""
         n = min(n, self.SLOTS)
         for _ in range(8):      # EINTR: try again (bounded)
-            got = self._fn(fd, self._msgs, n, _socket.MSG_DONTWAIT, None)
+            got = self._fn(fd, self._msgs, n, _MSG_DONTWAIT, None)
             if got >= 0:
                 break
             err = self._get_errno()
@@ -710,10 +708,7 @@ class _MultiRecv:
                 return (0 if err in (_errno.EAGAIN, _errno.EWOULDBLOCK) else -err), []
         else:
             return 0, []
-        meta, size, la, fa = self._meta, self._size, self._len_at, self._flags_at
-        u32, i32 = self._u32, self._i32
-        return got, [(u32(meta, i * size + la)[0], i32(meta, i * size + fa)[0])
-                     for i in range(got)]
+        return got, list(zip(self._lens[:got].tolist(), self._flags[:got].tolist()))
 
 
 class ConntrackSocket:
@@ -852,7 +847,7 @@ class ConntrackSocket:
         slot = mr.SLOT
         extra_malformed = 0
         for i, (ln, flags) in enumerate(meta):
-            if flags & _socket.MSG_TRUNC:
+            if flags & _MSG_TRUNC:
                 self.truncated += 1          # cut short: drop it whole
                 extra_malformed += 1
                 continue

@@ -52,6 +52,10 @@ RECV_BATCH = 512
 # a few hundred kB of a receive buffer of tens of MB).
 STREAM_BATCH = 128
 STREAM_WAIT = 0.003
+# ... and what the stream brought is exported at least every STREAM_FLUSH
+# seconds (else a stream that slows down near its end holds its tail for up
+# to 64 rounds of STREAM_WAIT)
+STREAM_FLUSH = 0.02
 # Seconds from the first ENOBUFS of an episode to the resync dump: a burst is
 # let through first, then one dump resynchronises (more overruns meanwhile
 # belong to the same episode).
@@ -163,6 +167,7 @@ class Daemon:
         self.control = None
         self.metrics = None
         self._in_burst = False          # a threshold flush happened; tail not sent yet
+        self._last_flush = 0.0          # time.monotonic() of the last export
 
     # -- signals ----------------------------------------------------------------
     def _install_signals(self):
@@ -372,7 +377,10 @@ class Daemon:
             if streak >= 2:
                 # a stream (a table flush, say) arriving a few datagrams at a
                 # time: let a batch gather, so that it goes the columnar way
-                # rather than a few events per wake-up the per-object way
+                # rather than a few events per wake-up the per-object way;
+                # what is pending meanwhile is not held back for long
+                if pending and time.monotonic() - self._last_flush >= STREAM_FLUSH:
+                    self._flush(pending)
                 time.sleep(STREAM_WAIT)
             try:
                 res = self.sock.recv_batch(RECV_BATCH, blocks=True)
@@ -492,6 +500,7 @@ class Daemon:
             self.pipeline.export(flows, [], now_ns, uptime_ms())
 
     def _flush(self, pending: list) -> None:
+        self._last_flush = time.monotonic()
         nat_events = self.correlator.take_nat_events()
         if pending or nat_events:
             self.pipeline.export(pending, nat_events, time.time_ns(), uptime_ms())
