@@ -4,7 +4,9 @@ Strategy: NetFlow v9 field type numbers 1-127 and the IPFIX information element
 ids of the IANA registry are the same numbers (RFC 7012 took them over from
 RFC 3954), and Cisco's v9 exporters use the IANA ids above 127 too (ASA NSEL:
 225-228, 230, 281, 282, 323; 152/153 for absolute times).  So one table serves
-both encoders.  Every element here is an IANA element (enterprise number 0).
+both encoders.  Every element of ``ELEMENTS`` is an IANA element (enterprise
+number 0); ``BIFLOW_ELEMENTS`` holds what IPFIX biflow export (RFC 5103,
+``biflow.py``) adds: biflowDirection (IANA) and the reverse elements.
 
 Each entry is ``name -> IE(id, length, fmt)``: ``length`` is the length we
 send (the registry's natural length; no reduced-size encoding) and ``fmt`` the
@@ -38,6 +40,17 @@ registry and RFC 7012 / RFC 8158:
  281  postNATSourceIPv6Address           ipv6Address          16
  282  postNATDestinationIPv6Address      ipv6Address          16
  323  observationTimeMilliseconds        dateTimeMilliseconds 8
+
+Biflow (RFC 5103), IPFIX only (NetFlow v9 has no enterprise elements):
+
+ 239  biflowDirection                    unsigned8            1   RFC 5103
+      reverse<Name> of a counter or time element above: the same id and
+      length with the enterprise bit set and Private Enterprise Number
+      29305 ("IPFIX Reverse Information Element", RFC 5103 section 6.1):
+   1  reverseOctetDeltaCount  (PEN 29305) unsigned64          8
+   2  reversePacketDeltaCount (PEN 29305) unsigned64          8
+ 152  reverseFlowStartMilliseconds (PEN 29305)                8
+ 153  reverseFlowEndMilliseconds   (PEN 29305)                8
 """
 
 from __future__ import annotations
@@ -80,10 +93,29 @@ ELEMENTS: dict[str, IE] = {
 
 BY_ID: dict[int, str] = {ie.id: name for name, ie in ELEMENTS.items()}
 
+# RFC 5103 section 6.1: "IPFIX Reverse Information Element" Private Enterprise Number
+REVERSE_PEN = 29305
+
+
+def _reverse(name: str) -> tuple[str, IE]:
+    fwd = ELEMENTS[name]
+    return "reverse" + name[0].upper() + name[1:], fwd._replace(enterprise=REVERSE_PEN)
+
+
+BIFLOW_ELEMENTS: dict[str, IE] = {
+    "biflowDirection": IE(239, 1, "B"),
+    **dict(_reverse(n) for n in ("octetDeltaCount", "packetDeltaCount",
+                                 "flowStartMilliseconds", "flowEndMilliseconds")),
+}
+
 
 def element(name: str) -> IE:
     """The registry entry of ``name``; KeyError names the unknown element."""
     try:
         return ELEMENTS[name]
+    except KeyError:
+        pass
+    try:
+        return BIFLOW_ELEMENTS[name]
     except KeyError:
         raise KeyError(f"unknown information element {name!r}") from None

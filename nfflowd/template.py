@@ -19,8 +19,9 @@ protocol with different headers.  Everything that is the same lives here, once:
 Set layout (both protocols): a 4-byte set header (set id / FlowSet id,
 length including the header and any padding), then records back to back.
 A template record is template id, field count, then (element id, length)
-pairs; all our elements are IANA ones (no enterprise bit), so a template set
-is always a multiple of 4 bytes.  Padding of data sets is the subclass's
+pairs, or (element id | 0x8000, length, enterprise number) for an
+enterprise-specific element (IPFIX only: RFC 5103's reverse elements,
+``biflow.py``); either way a template set is a multiple of 4 bytes.  Padding of data sets is the subclass's
 ``PAD``: NetFlow v9 pads every FlowSet to 4 bytes (RFC 3954 section 5.3,
 "SHOULD"), IPFIX does not pad (RFC 7011 section 3.3.1: padding "MAY" be
 inserted; without it no collector has to tell padding from a record).
@@ -51,6 +52,9 @@ from .record import (NAT44_SESSION_CREATE, NAT44_SESSION_DELETE, NAT_CREATE, NAT
                      Flow, NatEvent)
 
 SET_HEADER = struct.Struct("!HH")
+# IPFIX field specifier of an enterprise-specific element (RFC 7011 section
+# 3.2): element id with the enterprise bit, length, Private Enterprise Number
+_ENTERPRISE_FIELD = struct.Struct("!HHI")
 
 
 class Template:
@@ -69,7 +73,8 @@ class Template:
         assert self.size == sum(ie.length for ie in ies)
         self.pack_into = self.struct.pack_into
         self.record = SET_HEADER.pack(template_id, len(ies)) + b"".join(
-            SET_HEADER.pack(ie.id, ie.length) for ie in ies)
+            _ENTERPRISE_FIELD.pack(ie.id | 0x8000, ie.length, ie.enterprise) if ie.enterprise
+            else SET_HEADER.pack(ie.id, ie.length) for ie in ies)
 
     def __repr__(self):
         return f"Template({self.id}, {self.names})"
@@ -336,12 +341,10 @@ class TemplateEncoder:
         self.templates: list[Template] = []
         self._flow_tpl: dict = {}
         if "flows" in records:
-            # vlanId only where flows can carry one (the pcap meter): conntrack
-            # records would otherwise all pad a zero VLAN
-            extra = ("vlanId",) if vlan else ()
-            t = {tid: Template(tid, names + extra) for tid, names in FLOW_TEMPLATES.items()}
+            t = {tid: Template(tid, names)
+                 for tid, names in self._flow_template_names(vlan).items()}
             self.templates += t.values()
-            self._flow_get = {tid: _getter(tpl.names, _FLOW_SOURCE, Flow._fields)
+            self._flow_get = {tid: _getter(tpl.names, self.FLOW_SOURCE, self.FLOW_FIELDS)
                               for tid, tpl in t.items()}
             self._flow_tpl = t
             self._flow_dtype = {tid: _columns_dtype(tpl) for tid, tpl in t.items()}
@@ -372,6 +375,19 @@ class TemplateEncoder:
         self.template_sends = 0         # datagrams that carried templates
         self.invalid = 0                # records skipped: bad family or values
         self.last_counts: list[int] = []  # data records per datagram of the last encode()
+
+    # What a flow item is (the fields its getters index) and which of them
+    # carries each element: ``Flow`` here; biflow.BiflowIpfixEncoder's rows
+    # are a Flow followed by the reverse direction's values.
+    FLOW_FIELDS: tuple = Flow._fields
+    FLOW_SOURCE: dict = _FLOW_SOURCE
+
+    def _flow_template_names(self, vlan: bool) -> dict:
+        """Template id -> element names of the flow templates."""
+        # vlanId only where flows can carry one (the pcap meter): conntrack
+        # records would otherwise all pad a zero VLAN
+        extra = ("vlanId",) if vlan else ()
+        return {tid: names + extra for tid, names in FLOW_TEMPLATES.items()}
 
     # -- templates ---------------------------------------------------------------
     def force_templates(self) -> None:
