@@ -242,9 +242,14 @@ class _Exporter:
     """The sink of a meter run: each batch of ended flows to the pipeline
     (and, with ``print_csv``, its flow-tools CSV lines to ``out``)."""
 
-    def __init__(self, cfg: Config, print_csv: bool, out):
+    def __init__(self, cfg: Config, print_csv: bool, out, table=None,
+                 record_clock: bool = False):
+        # biflow collectors pair the two directions for as long as the
+        # table's inactive timeout; on a capture file by the records' clock
         from .pipeline import Pipeline
-        self.pipeline = Pipeline(cfg, vlan=True)
+        hold = table.inactive_ns / 1e9 if table is not None else None
+        self.pipeline = Pipeline(cfg, vlan=True, biflow_hold=hold,
+                                 biflow_record_clock=record_clock)
         self.print_csv = print_csv
         self.out = out
         self.exported = 0
@@ -307,7 +312,8 @@ def meter(cfg: Config, path: str, table, print_csv: bool = False, out=None, bpf=
     from .capture import meter_reader
     from .meter import meter_file
 
-    sink = _Exporter(cfg, print_csv, sys.stdout if out is None else out)
+    sink = _Exporter(cfg, print_csv, sys.stdout if out is None else out, table,
+                     record_clock=True)
     sink.pipeline.open()
     bar = _Progress(progress)
     t0 = time.monotonic()
@@ -354,7 +360,7 @@ def meter_interface(cfg: Config, iface: str, table, bpf: str | None = None,
     except NfflowdError as e:
         err(f"meter -i: {e}")
         return EXIT_FAILURE
-    sink = _Exporter(cfg, print_csv, sys.stdout if out is None else out)
+    sink = _Exporter(cfg, print_csv, sys.stdout if out is None else out, table)
     bar = _Progress(progress)
     flags = {"stop": False, "report": False}
     r, w = socketmod.socketpair()

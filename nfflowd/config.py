@@ -39,6 +39,8 @@ class Collector:
     records: tuple[str, ...] = ("flows",)
     nat_event_codes: str = "rfc8158"
     observation_domain: int | None = None   # None: export.observation_domain
+    # IPFIX biflow records (RFC 5103): the meter's two directions paired
+    biflow: bool = False
 
     @property
     def name(self) -> str:
@@ -214,7 +216,7 @@ def _collectors(c: _Checker, export: dict):
             c.bad(key, f"expected a mapping with host, port and version, got {_kind(item)}")
             continue
         c.unknown(item, key, {"host", "port", "version", "transport", "records",
-                              "nat_event_codes", "observation_domain"})
+                              "nat_event_codes", "observation_domain", "biflow"})
         host = item.get("host")
         if not isinstance(host, str) or not host:
             c.bad(f"{key}.host", f"expected a host name or address, got {host!r}")
@@ -242,8 +244,13 @@ def _collectors(c: _Checker, export: dict):
                          NAT_EVENT_CODES)
         domain = c.integer(item, "observation_domain", f"{key}.observation_domain",
                            None, 0, 2**32 - 1)
+        biflow = c.boolean(item, "biflow", f"{key}.biflow", False)
+        if biflow and version != 10:
+            c.bad(f"{key}.biflow", f"biflow records (RFC 5103) are IPFIX (version 10) only; "
+                  f"this collector is version {version}")
+            biflow = False
         out.append(Collector(host, port, version, transport, tuple(dict.fromkeys(records)),
-                             codes, domain))
+                             codes, domain, biflow))
     return tuple(out)
 
 

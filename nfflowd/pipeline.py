@@ -59,6 +59,7 @@ class TemplateExporter:
     sides of the translation, and RFC 8158 NAT session events."""
 
     uses_flowtools = False
+    IPFIX_ENCODER = IpfixEncoder        # biflow.BiflowExporter: its biflow encoder
 
     def __init__(self, collector: Collector, cfg: Config, vlan: bool = False):
         ex = cfg.export
@@ -78,7 +79,7 @@ class TemplateExporter:
             enc = NetflowV9Encoder(domain, **kw)
             self._encode = enc.encode
         else:
-            enc = IpfixEncoder(domain, **kw)
+            enc = self.IPFIX_ENCODER(domain, **kw)
             self._encode = lambda flows, nats, now_ms, boot_ms: enc.encode(flows, nats, now_ms)
         self.encoder = enc
         if tcp:
@@ -118,18 +119,30 @@ DIALECTS = {5: V5Exporter, 9: TemplateExporter, 10: TemplateExporter}
 
 
 class Pipeline:
-    def __init__(self, cfg: Config, vlan: bool = False):
+    def __init__(self, cfg: Config, vlan: bool = False, biflow_hold: float | None = None,
+                 biflow_record_clock: bool = False):
         """``vlan``: the flows carry VLAN ids (the pcap meter); v9 and IPFIX
-        templates then include vlanId.  Conntrack flows have none."""
+        templates then include vlanId.  Conntrack flows have none.
+        Collectors with ``biflow: true`` get a ``biflow.BiflowExporter``:
+        ``biflow_hold`` is its pairing hold in seconds (None: the config's
+        meter.inactive_timeout), ``biflow_record_clock`` pairs on the
+        records' own clock (a capture file) rather than the export time."""
         self.cfg = cfg
         self.vlan = vlan
+        self.biflow_hold = biflow_hold
+        self.biflow_record_clock = biflow_record_clock
         self.exporters: list = []
         self.mirror: SyslogSink | None = None
 
     def open(self) -> None:
         cfg = self.cfg
         for c in cfg.export.collectors:
-            exp = DIALECTS[c.version](c, cfg, self.vlan)
+            if getattr(c, "biflow", False):
+                from .biflow import BiflowExporter
+                exp = BiflowExporter(c, cfg, self.vlan, hold_s=self.biflow_hold,
+                                     record_clock=self.biflow_record_clock)
+            else:
+                exp = DIALECTS[c.version](c, cfg, self.vlan)
             if exp.sink.bind_problem is not None:
                 log.warning("export_source_not_bound", source=cfg.export.source,
                             collector=c.name, reason=exp.sink.bind_problem,
@@ -179,6 +192,9 @@ class Pipeline:
 
     def tick(self, now_ns: int) -> None:
         """Called at every flush deadline: retry what the sinks hold back."""
+        for exp in self.exporters:
+            if hasattr(exp, "tick"):
+                exp.tick(now_ns)            # biflow: records whose hold ended
         for sink in self.stream_sinks:
             sink.tick()
         if self.mirror is not None:
