@@ -1,0 +1,419 @@
+"""IPFIX biflow export (RFC 5103, nfflowd/biflow.py): the pairer (pairs,
+lone records, hold expiry, initiator, VLAN, a key reused, ICMP, conntrack),
+the biflow template and data records byte by byte (enterprise bit and PEN
+29305), read back by libfixbuf's ipfixDump, and the collector key."""
+
+import shutil
+import struct
+import subprocess
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from nfflowd import config
+from nfflowd.biflow import (ARBITRARY, INITIATOR, BiflowIpfixEncoder, BiflowPairer,
+                            biflow_direction, biflow_names, reverse_key)
+from nfflowd.cli import main
+from nfflowd.errors import ConfigError
+from nfflowd.ie import REVERSE_PEN, element
+from nfflowd.ipfix import IpfixEncoder
+from nfflowd.record import (END_FORCED, END_IDLE_TIMEOUT, END_OF_FLOW, ORIGINAL, REPLY, Flow)
+from nfflowd.template import FLOW4, Template
+
+from test_netflow9 import FLOW4_DATA_RECORD, T0, mkflow, sample_flows
+
+S = 1_000_000_000        # ns
+
+
+def meter_flow(src, dst, sport, dport, proto=17, start=T0, end=None, packets=1, octets=100,
+               vlan=0, reason=END_IDLE_TIMEOUT):
+    """A metered record (conn_id 0) as the meter makes them."""
+    f = mkflow(src, dst, sport, dport, proto=proto, start=start,
+               end=start if end is None else end, packets=packets, octets=octets,
+               reason=reason)
+    return f._replace(vlan=vlan)
+
+
+def conntrack_flow(src, dst, sport, dport, conn_id, direction, packets=1, octets=100):
+    return mkflow(src, dst, sport, dport, packets=packets, octets=octets,
+                  direction=direction)._replace(conn_id=conn_id)
+
+
+Q = meter_flow("198.51.100.7", "203.0.113.53", 40000, 53, start=T0, end=T0 + 2)
+A = meter_flow("203.0.113.53", "198.51.100.7", 53, 40000, start=T0 + 30, end=T0 + 31,
+               octets=300)
+
+
+# -- the pairer ----------------------------------------------------------------------
+
+def test_a_query_and_its_answer_make_one_pair_query_forward():
+    p = BiflowPairer(30)
+    assert p.add([Q], 10 * S) == []
+    assert len(p) == 1
+    assert p.add([A], 11 * S) == [(Q, A)]
+    assert len(p) == 0 and p.pairs == 1
+    assert p.expire(1000 * S) == [] and p.flush() == []
+
+
+def test_the_initiator_is_forward_whatever_arrives_first():
+    # the answer's record reaches the pairer first (it ended first)
+    p = BiflowPairer(30)
+    assert p.add([A], 10 * S) == []
+    assert p.add([Q], 10 * S) == [(Q, A)]
+    # and in one call
+    assert BiflowPairer(30).add([A, Q], 0) == [(Q, A)]
+    assert biflow_direction(Q, A) == INITIATOR
+
+
+def test_a_lone_record_waits_its_hold_then_goes_alone():
+    p = BiflowPairer(30)
+    assert p.add([Q], 100 * S) == []
+    assert p.next_deadline() == 130 * S
+    assert p.expire(130 * S - 1) == []
+    assert p.expire(130 * S) == [(Q, None)]
+    assert len(p) == 0 and p.alone == 1 and p.next_deadline() is None
+    # its answer after the hold finds nothing and waits in turn
+    assert p.add([A], 131 * S) == []
+    assert p.flush() == [(A, None)]
+    assert biflow_direction(Q, None) == INITIATOR
+
+
+def test_records_further_apart_than_the_hold_do_not_pair():
+    late = A._replace(start_ms=Q.end_ms + 31_000, end_ms=Q.end_ms + 32_000)
+    p = BiflowPairer(30)
+    assert p.add([Q, late], 0) == []
+    assert len(p) == 2
+    assert p.flush() == [(Q, None), (late, None)]
+    near = A._replace(start_ms=Q.end_ms + 29_000, end_ms=Q.end_ms + 29_500)
+    assert BiflowPairer(30).add([Q, near], 0) == [(Q, near)]
+
+
+def test_hold_zero_pairs_overlapping_records_only():
+    p = BiflowPairer(0)
+    assert p.add([Q], 5) == []
+    assert p.expire(5) == [(Q, None)]
+    overlapping = A._replace(start_ms=Q.start_ms + 1)
+    assert p.add([Q, overlapping], 6) == [(Q, overlapping)]
+
+
+def test_vlan_is_part_of_the_key():
+    q10, a20 = Q._replace(vlan=10), A._replace(vlan=20)
+    p = BiflowPairer(30)
+    assert p.add([q10, a20], 0) == []
+    a10 = A._replace(vlan=10)
+    assert p.add([a10], 0) == [(q10, a10)]
+    assert p.flush() == [(a20, None)]
+
+
+def test_protocol_is_part_of_the_key():
+    tcp = A._replace(proto=6)
+    p = BiflowPairer(30)
+    assert p.add([Q, tcp], 0) == []
+    assert len(p) == 2
+
+
+def test_a_reused_key_pairs_each_record_with_its_own_partner():
+    # one 5-tuple used twice (a long flow cut by the active timeout, a port
+    # reused): both records of each direction held at once
+    hold = 100
+    q1 = Q._replace(start_ms=T0, end_ms=T0 + 10)
+    q2 = Q._replace(start_ms=T0 + 400_000, end_ms=T0 + 400_010)
+    a1 = A._replace(start_ms=T0 + 5, end_ms=T0 + 12)
+    a2 = A._replace(start_ms=T0 + 400_004, end_ms=T0 + 400_020)
+    p = BiflowPairer(hold)
+    assert p.add([q1, q2], 0) == []
+    assert p.add([a2], 0) == [(q2, a2)]
+    assert p.add([a1], 0) == [(q1, a1)]
+    # both compatible: the one whose first packet is nearest
+    q3 = Q._replace(start_ms=T0, end_ms=T0 + 1)
+    q4 = Q._replace(start_ms=T0 + 20_000, end_ms=T0 + 20_001)
+    a4 = A._replace(start_ms=T0 + 20_010, end_ms=T0 + 20_011)
+    p = BiflowPairer(hold)
+    assert p.add([q3, q4, a4], 0) == [(q4, a4)]
+    assert p.flush() == [(q3, None)]
+
+
+def test_ties_at_the_millisecond_and_biflow_direction():
+    # same first-packet millisecond: the record to the lower (service) port
+    # is forward, and biflowDirection says the direction is arbitrary
+    a = A._replace(start_ms=Q.start_ms)
+    assert BiflowPairer(30).add([a, Q], 0) == [(Q, a)]
+    assert BiflowPairer(30).add([Q, a], 0) == [(Q, a)]
+    assert biflow_direction(Q, a) == ARBITRARY
+    # equal ports both ways: the one that reached the pairer first
+    x = meter_flow("198.51.100.1", "198.51.100.2", 500, 500)
+    y = meter_flow("198.51.100.2", "198.51.100.1", 500, 500)
+    assert BiflowPairer(30).add([y, x], 0) == [(y, x)]
+    assert biflow_direction(y, x) == ARBITRARY
+
+
+def test_icmp_reverse_keys_and_a_tie():
+    echo = meter_flow("198.51.100.7", "203.0.113.9", 0, 8 << 8, proto=1)
+    reply = meter_flow("203.0.113.9", "198.51.100.7", 0, 0, proto=1)
+    assert reverse_key(echo) == (4, 1, reply.src, reply.dst, 0, 0, 0)
+    assert reverse_key(reply) == (4, 1, echo.src, echo.dst, 0, 8 << 8, 0)
+    # same millisecond: the request is forward and that is the initiator
+    assert BiflowPairer(30).add([reply, echo], 0) == [(echo, reply)]
+    assert biflow_direction(echo, reply) == INITIATOR
+    # ICMPv6 echo 128 <-> 129, code kept
+    e6 = meter_flow("2001:db8::1", "2001:db8::2", 0, (128 << 8) | 0, proto=58)
+    r6 = meter_flow("2001:db8::2", "2001:db8::1", 0, 129 << 8, proto=58)
+    assert BiflowPairer(30).add([e6, r6], 0) == [(e6, r6)]
+    # an error answers no ICMP flow: out at once, never held
+    unreach = meter_flow("203.0.113.1", "198.51.100.7", 0, (3 << 8) | 1, proto=1)
+    p = BiflowPairer(30)
+    assert reverse_key(unreach) is None
+    assert p.add([unreach], 0) == [(unreach, None)]
+    assert len(p) == 0
+    # a protocol without ports pairs on the addresses
+    gre = meter_flow("198.51.100.7", "203.0.113.9", 0, 0, proto=47)
+    gre_back = meter_flow("203.0.113.9", "198.51.100.7", 0, 0, proto=47, start=T0 + 1)
+    assert BiflowPairer(30).add([gre_back, gre], 0) == [(gre, gre_back)]
+
+
+def test_conntrack_records_pair_by_connection_and_are_never_held():
+    o = conntrack_flow("198.51.100.7", "203.0.113.9", 50000, 80, 77, ORIGINAL, 5, 500)
+    r = conntrack_flow("203.0.113.9", "198.51.100.7", 80, 50000, 77, REPLY, 4, 4000)
+    lone = conntrack_flow("198.51.100.8", "203.0.113.9", 50001, 80, 78, ORIGINAL)
+    p = BiflowPairer(30)
+    assert p.add([r, lone, o], 0) == [(o, r), (lone, None)]
+    assert len(p) == 0 and p.conntrack_pairs == 1
+    assert biflow_direction(o, r) == INITIATOR
+
+
+flows_st = st.lists(st.builds(
+    lambda a, b, sp, dp, proto, vlan, start, dur: meter_flow(
+        f"198.51.100.{a}", f"198.51.100.{b}", sp, dp, proto=proto, vlan=vlan,
+        start=T0 + start, end=T0 + start + dur),
+    st.integers(1, 3), st.integers(1, 3), st.sampled_from([53, 40000]),
+    st.sampled_from([53, 40000]), st.sampled_from([6, 17]), st.sampled_from([0, 7]),
+    st.integers(0, 200_000), st.integers(0, 5_000)), max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(flows_st, st.integers(1, 8))
+def test_every_record_comes_out_exactly_once(flows, chunks):
+    """Whatever the records and however they arrive, each leaves exactly
+    once; a pair is two reverse keys, forward first by time."""
+    p = BiflowPairer(30)
+    out = []
+    now = 0
+    for i in range(chunks):
+        now += 20 * S
+        out += p.add(flows[i::chunks], now)
+        out += p.expire(now)
+    out += p.flush()
+    seen = [f for pair in out for f in pair if f is not None]
+    assert sorted(seen) == sorted(flows)
+    for fwd, rev in out:
+        if rev is not None:
+            assert reverse_key(fwd) == (rev.family, rev.proto, rev.src, rev.dst, rev.sport,
+                                        rev.dport, rev.vlan)
+            assert fwd.start_ms <= rev.start_ms
+    assert len(p) == 0
+
+
+# -- the encoder -----------------------------------------------------------------------
+
+PEN = "00007279"            # 29305
+BIFLOW4_TEMPLATE_RECORD = (
+    "0100" "0013"                          # template 256, 19 fields
+    "0008" "0004" "000c" "0004"            # sourceIPv4Address, destinationIPv4Address
+    "0007" "0002" "000b" "0002"            # sourceTransportPort, destinationTransportPort
+    "0004" "0001"                          # protocolIdentifier
+    "0001" "0008" "0002" "0008"            # octetDeltaCount, packetDeltaCount
+    "8098" "0008" + PEN +                  # reverseFlowStartMilliseconds: E bit | 152, PEN
+    "8099" "0008" + PEN +                  # reverseFlowEndMilliseconds: E bit | 153, PEN
+    "0098" "0008" "0099" "0008"            # flowStart/EndMilliseconds
+    "0088" "0001"                          # flowEndReason
+    "00e1" "0004" "00e2" "0004"            # postNATSource/DestinationIPv4Address
+    "00e3" "0002" "00e4" "0002"            # postNAPTSource/DestinationTransportPort
+    "8001" "0008" + PEN +                  # reverseOctetDeltaCount: E bit | 1, PEN
+    "8002" "0008" + PEN +                  # reversePacketDeltaCount: E bit | 2, PEN
+    "00ef" "0001")                         # biflowDirection (239)
+
+FWD = sample_flows()[0]     # 198.51.100.7:50000 -> 203.0.113.9:80, FLOW4_DATA_RECORD
+REV = mkflow("203.0.113.9", "198.51.100.7", 80, 50000, packets=10, octets=12000,
+             start=T0 - 4990, end=T0 - 11, reason=END_IDLE_TIMEOUT)
+
+
+def biflow4_data_record(rev_start, rev_end, reason, rev_octets, rev_packets, direction):
+    fwd = bytes.fromhex(FLOW4_DATA_RECORD)
+    # FLOW4_DATA_RECORD: keys and counters (29 bytes), times (16), reason, postNAT (12)
+    return (fwd[:29] + struct.pack("!QQ", rev_start, rev_end) + fwd[29:45]
+            + bytes([reason]) + fwd[46:] + struct.pack("!QQB", rev_octets, rev_packets,
+                                                       direction))
+
+
+def test_reverse_elements_in_the_registry():
+    for name, fwd in (("reverseOctetDeltaCount", "octetDeltaCount"),
+                      ("reversePacketDeltaCount", "packetDeltaCount"),
+                      ("reverseFlowStartMilliseconds", "flowStartMilliseconds"),
+                      ("reverseFlowEndMilliseconds", "flowEndMilliseconds")):
+        r, f = element(name), element(fwd)
+        assert (r.id, r.length, r.fmt, r.enterprise) == (f.id, f.length, f.fmt, REVERSE_PEN)
+    assert REVERSE_PEN == 29305
+    assert element("biflowDirection") == (239, 1, "B", 0)
+
+
+def test_template_record_with_enterprise_fields_byte_exact():
+    t = Template(300, ("sourceIPv4Address", "reverseOctetDeltaCount", "biflowDirection"))
+    assert t.record == bytes.fromhex(
+        "012c" "0003"                      # template 300, 3 fields
+        "0008" "0004"                      # sourceIPv4Address
+        "8001" "0008" "00007279"           # enterprise bit | 1, 8 bytes, PEN 29305
+        "00ef" "0001")                     # biflowDirection
+    assert t.size == 4 + 8 + 1
+    assert Template(256, biflow_names(FLOW4)).record == bytes.fromhex(BIFLOW4_TEMPLATE_RECORD)
+
+
+def test_byte_exact_first_message_of_a_pair():
+    enc = BiflowIpfixEncoder(domain_id=0x01020304, records=("flows",))
+    (m,) = enc.encode_pairs([(FWD, REV)], [], T0 + 999)
+    tset = bytes.fromhex(BIFLOW4_TEMPLATE_RECORD)
+    assert m[:2] == b"\x00\x0a" and m[4:16] == bytes.fromhex("6553f100" "00000000" "01020304")
+    assert m[16:18] == b"\x00\x02"                              # template set
+    assert m[20:20 + len(tset)] == tset
+    tset_len = struct.unpack_from("!H", m, 18)[0]
+    assert T0 - 4990 == 0x18bcfe55482 and T0 - 11 == 0x18bcfe567f5
+    record = biflow4_data_record(T0 - 4990, T0 - 11, END_OF_FLOW, 12000, 10, INITIATOR)
+    assert len(record) == 58 + 8 * 4 + 1
+    assert m[16 + tset_len:] == bytes.fromhex("0100" f"{4 + len(record):04x}") + record
+    assert len(m) == struct.unpack_from("!H", m, 2)[0] == 16 + tset_len + 4 + len(record)
+    # the sequence number counts biflow records (one per pair)
+    (m2,) = enc.encode_pairs([(FWD, REV), (FWD, None)], [], T0 + 1000)
+    assert struct.unpack_from("!I", m2, 8)[0] == 1
+    (m3,) = enc.encode_pairs([(FWD, None)], [], T0 + 1001)
+    assert struct.unpack_from("!I", m3, 8)[0] == 3
+
+
+def test_lone_record_has_zero_reverse_values_and_its_own_reason():
+    enc = BiflowIpfixEncoder(records=("flows",), template_refresh_packets=0,
+                             template_refresh_seconds=0)
+    enc.encode_pairs([], [], T0)
+    enc._templates_sent = True          # no templates: data set only
+    (m,) = enc.encode_pairs([(FWD, None)], [], T0)
+    assert m[16:] == bytes.fromhex("0100" "005f") + biflow4_data_record(
+        0, 0, END_OF_FLOW, 0, 0, INITIATOR)
+    # the pair's end reason is that of the direction that ended last
+    later = REV._replace(end_ms=FWD.end_ms + 1, end_reason=END_FORCED)
+    (m,) = enc.encode_pairs([(FWD, later)], [], T0)
+    assert m[16 + 4:] == biflow4_data_record(T0 - 4990, T0 - 9, END_FORCED, 12000, 10,
+                                             INITIATOR)
+
+
+def last_data_set(m):
+    """(set id, body) of the last set of an IPFIX message."""
+    off, last = 16, None
+    while off < len(m):
+        sid, ln = struct.unpack_from("!HH", m, off)
+        last = (sid, m[off + 4:off + ln])
+        off += ln
+    return last
+
+
+def test_same_forward_values_as_the_uniflow_encoder():
+    """Every biflow record carries what the uniflow record of its forward
+    flow carries (keys, counters, times, reason, postNAT, vlanId), in a
+    template of the same id."""
+    uni = IpfixEncoder(records=("flows",), vlan=True)
+    bi = BiflowIpfixEncoder(records=("flows",), vlan=True)
+    utpl = {t.id: t for t in uni.templates}
+    btpl = {t.id: t for t in bi.templates}
+    for f in [f._replace(vlan=7) for f in sample_flows()]:
+        uid, ubody = last_data_set(uni.encode([f], [], T0)[-1])
+        bid, bbody = last_data_set(bi.encode_pairs([(f, None)], [], T0)[-1])
+        assert uid == bid
+        uvals = dict(zip(utpl[uid].names, utpl[uid].struct.unpack(ubody)))
+        bvals = dict(zip(btpl[bid].names, btpl[bid].struct.unpack(bbody)))
+        assert set(bvals) - set(uvals) == {"reverseOctetDeltaCount", "reversePacketDeltaCount",
+                                           "reverseFlowStartMilliseconds",
+                                           "reverseFlowEndMilliseconds", "biflowDirection"}
+        assert {n: bvals[n] for n in uvals} == uvals
+        assert uvals["vlanId"] == 7
+        assert [bvals[n] for n in ("reverseOctetDeltaCount", "reversePacketDeltaCount",
+                                   "reverseFlowStartMilliseconds",
+                                   "reverseFlowEndMilliseconds", "biflowDirection")] == \
+            [0, 0, 0, 0, INITIATOR]
+
+
+def test_max_size_must_hold_the_biflow_templates():
+    def least(cls):
+        with pytest.raises(ValueError, match="max_size must be") as e:
+            cls(records=("flows",), max_size=1)
+        return int(str(e.value).split()[3].split("-")[0])
+    uni, bi = least(IpfixEncoder), least(BiflowIpfixEncoder)
+    # 4 templates of 5 more fields (4 with a PEN: 8 bytes each), and the
+    # biggest record (IPv6) 4 * 8 + 1 bytes longer
+    assert bi - uni == 4 * (4 * 8 + 4) + 4 * 8 + 1
+    with pytest.raises(ValueError, match="max_size"):
+        BiflowIpfixEncoder(records=("flows",), max_size=bi - 1)
+    BiflowIpfixEncoder(records=("flows",), max_size=bi)
+
+
+@pytest.mark.skipif(shutil.which("ipfixDump") is None, reason="needs ipfixDump (libfixbuf)")
+def test_read_back_with_ipfixdump(tmp_path):
+    many = [(mkflow(f"198.51.100.{i}", "203.0.113.9", 40000 + i, 53, proto=17, packets=i,
+                    octets=100 * i, start=T0 + i, end=T0 + i),
+             mkflow("203.0.113.9", f"198.51.100.{i}", 53, 40000 + i, proto=17, packets=2 * i,
+                    octets=1000 * i, start=T0 + 10 + i, end=T0 + 20 + i))
+            for i in range(1, 40)]
+    enc = BiflowIpfixEncoder(domain_id=9, max_size=1400, template_refresh_packets=2)
+    ms = enc.encode_pairs(many + [(FWD, REV), (FWD, None)], [], T0)
+    assert len(ms) > 2
+    f = tmp_path / "bi.ipfix"
+    f.write_bytes(b"".join(ms))
+    res = subprocess.run(["ipfixDump", "--in", str(f)], capture_output=True, text=True,
+                         timeout=60)
+    text = res.stdout + res.stderr
+    assert res.returncode == 0, text
+    for word in ("error", "warning", "out of sequence", "missing template"):
+        assert word not in text.lower(), text
+    assert f"{len(ms)} Messages, {len(many) + 2} Data Records" in text
+    flat = " ".join(text.split())
+    for eid, name in ((1, "reverseOctetDeltaCount"), (2, "reversePacketDeltaCount"),
+                      (152, "reverseFlowStartMilliseconds"),
+                      (153, "reverseFlowEndMilliseconds")):
+        assert f"ent: 29305 id: {eid} type:" in flat and name in flat
+    # the 7th pair, as libfixbuf reads it
+    rec = flat[flat.index("sourceIPv4Address : 198.51.100.7 "):]
+    rec = rec[:rec.index("--- ")] if "--- " in rec else rec
+    for want in ("sourceTransportPort : 40007", "octetDeltaCount : 700",
+                 "packetDeltaCount : 7", "reverseOctetDeltaCount : 7000",
+                 "reversePacketDeltaCount : 14",
+                 "reverseFlowStartMilliseconds : 2023-11-14 22:13:20.017",
+                 "reverseFlowEndMilliseconds : 2023-11-14 22:13:20.027",
+                 "flowStartMilliseconds : 2023-11-14 22:13:20.007",
+                 "biflowDirection : 1"):
+        assert want in rec, (want, rec)
+
+
+# -- configuration ------------------------------------------------------------------------
+
+def test_the_collector_key():
+    c = config.parse({"export": {"collectors": [
+        {"host": "127.0.0.1", "port": 4739, "version": 10, "biflow": True},
+        {"host": "127.0.0.1", "port": 4740, "version": 10}]}}).export.collectors
+    assert [x.biflow for x in c] == [True, False]
+
+
+@pytest.mark.parametrize("item, words", [
+    ({"host": "127.0.0.1", "version": 9, "biflow": True}, "IPFIX (version 10) only"),
+    ({"host": "127.0.0.1", "version": 5, "biflow": True}, "this collector is version 5"),
+    ({"host": "127.0.0.1", "version": 10, "biflow": "yes"}, "expected true or false"),
+])
+def test_bad_biflow_key_names_file_and_key(item, words):
+    with pytest.raises(ConfigError) as e:
+        config.parse({"export": {"collectors": [item]}}, "/etc/x.yaml")
+    assert [k for k, _ in e.value.problems] == ["export.collectors[0].biflow"]
+    assert "/etc/x.yaml: export.collectors[0].biflow: " in str(e.value)
+    assert words in str(e.value)
+
+
+def test_meter_with_a_v9_biflow_collector_exits_2(tmp_path, capsys):
+    p = tmp_path / "nfflowd.yaml"
+    p.write_text("export:\n  collectors:\n"
+                 "    - {host: 127.0.0.1, port: 2055, version: 9, biflow: true}\n")
+    assert main(["-c", str(p), "meter", "-r", str(tmp_path / "none.pcap")]) == 2
+    err = capsys.readouterr().err
+    assert f"{p}: export.collectors[0].biflow: biflow records (RFC 5103) are IPFIX" in err
