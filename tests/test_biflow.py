@@ -4,6 +4,7 @@ the biflow template and data records byte by byte (enterprise bit and PEN
 29305), read back by libfixbuf's ipfixDump, and the collector key."""
 
 import shutil
+import socket
 import struct
 import subprocess
 
@@ -417,3 +418,97 @@ def test_meter_with_a_v9_biflow_collector_exits_2(tmp_path, capsys):
     assert main(["-c", str(p), "meter", "-r", str(tmp_path / "none.pcap")]) == 2
     err = capsys.readouterr().err
     assert f"{p}: export.collectors[0].biflow: biflow records (RFC 5103) are IPFIX" in err
+
+
+# -- the exporter, through the pipeline ---------------------------------------------------
+
+class _Socket:
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+
+    def records(self, quiet=0.2):
+        """The data records received so far, decoded by the biflow
+        templates: dicts of element name -> value."""
+        templates = {t.id: t for t in BiflowIpfixEncoder(records=("flows",)).templates}
+        out = []
+        self.sock.settimeout(quiet)
+        for _ in range(10_000):                     # bounded
+            try:
+                m = self.sock.recv(65535)
+            except socket.timeout:
+                return out
+            off = 16
+            while off < len(m):
+                sid, ln = struct.unpack_from("!HH", m, off)
+                t = templates.get(sid)
+                if t is not None:
+                    for p in range(off + 4, off + ln - t.size + 1, t.size):
+                        out.append(dict(zip(t.names, t.struct.unpack_from(m, p))))
+                off += ln
+        return out
+
+
+def _pipeline(port, **kw):
+    from nfflowd.pipeline import Pipeline
+    cfg = config.parse({"export": {"collectors": [
+        {"host": "127.0.0.1", "port": port, "version": 10, "biflow": True}]},
+        "syslog": {"enabled": False}})
+    p = Pipeline(cfg, **kw)
+    p.open()
+    return p
+
+
+def test_pipeline_pairs_conntrack_at_once_and_expires_meter_records_by_wall_clock():
+    rx = _Socket()
+    pl = _pipeline(rx.port, biflow_hold=5)
+    try:
+        o = conntrack_flow("198.51.100.7", "203.0.113.9", 50000, 80, 77, ORIGINAL, 5, 500)
+        r = conntrack_flow("203.0.113.9", "198.51.100.7", 80, 50000, 77, REPLY, 4, 4000)
+        now = 1_800_000_000 * S
+        pl.export([r, Q, o], [], now, 1000)
+        got = rx.records()
+        assert [(x["sourceTransportPort"], x["packetDeltaCount"], x["reversePacketDeltaCount"],
+                 x["reverseOctetDeltaCount"], x["biflowDirection"]) for x in got] == \
+            [(50000, 5, 4, 4000, INITIATOR)]
+        pl.tick(now + 5 * S - 1)
+        assert rx.records() == []
+        pl.tick(now + 5 * S)                        # Q's hold is over: alone
+        got = rx.records()
+        assert [(x["sourceTransportPort"], x["reversePacketDeltaCount"]) for x in got] == \
+            [(40000, 0)]
+        pl.export([A], [], now + 6 * S, 1000)       # its answer, too late: held
+        assert rx.records() == []
+        s = pl.summary()
+        name = f"127.0.0.1:{rx.port}/v10"
+        assert (s[f"{name}.biflow_pairs"], s[f"{name}.biflow_alone"],
+                s[f"{name}.biflow_held"], s[f"{name}.records"]) == (1, 1, 1, 2)
+    finally:
+        pl.close()                                  # flushes A alone
+    got = rx.records()
+    assert [(x["sourceTransportPort"], x["reversePacketDeltaCount"]) for x in got] == [(53, 0)]
+    rx.sock.close()
+
+
+def test_pipeline_record_clock_for_a_capture_file():
+    """``nfflowd meter -r``: the hold runs on the records' time, not the
+    wall clock (which would hold everything until the end)."""
+    rx = _Socket()
+    pl = _pipeline(rx.port, biflow_hold=30, biflow_record_clock=True)
+    try:
+        wall = 1_800_000_000 * S
+        pl.export([Q], [], wall, 1000)
+        pl.tick(wall + 3600 * S)                    # the wall clock does not expire it
+        assert rx.records() == []
+        other = meter_flow("198.51.100.9", "203.0.113.9", 1, 2, start=Q.end_ms + 29_000)
+        pl.export([other], [], wall, 1000)          # records' clock: Q.end + 29 s
+        assert rx.records() == []
+        later = meter_flow("198.51.100.9", "203.0.113.9", 3, 4, start=Q.end_ms + 30_000)
+        pl.export([later], [], wall, 1000)          # Q.end + 30 s: Q's hold is over
+        got = rx.records()
+        assert [x["sourceTransportPort"] for x in got] == [40000]
+    finally:
+        pl.close()
+    assert sorted(x["sourceTransportPort"] for x in rx.records()) == [1, 3]
+    rx.sock.close()
