@@ -81,7 +81,10 @@ def _meter_parser() -> argparse.ArgumentParser:
                     "the same encoders as the daemon.  Times in the records are the packets'. "
                     "The options default to the config's meter: section, then to the "
                     "values shown.  A summary goes to standard error at the end (and, for "
-                    "-i, on SIGUSR1); on a terminal a progress line shows packets and flows.",
+                    "-i, on SIGUSR1); on a terminal a progress line shows packets and flows.  "
+                    "IPFIX collectors with biflow: true get RFC 5103 biflow records: the two "
+                    "directions of a conversation paired (each waits up to the inactive "
+                    "timeout for the other).",
         epilog="-i runs until SIGINT (Ctrl-C) or SIGTERM, or COUNT packets; every flow is "
                "then exported.  Exit status: 0 ok; 1 the capture is truncated or corrupt, "
                "or cannot be read or opened (every flow metered before the problem is "
@@ -423,6 +426,17 @@ def _export_problems(sent: dict) -> list[str]:
     return []
 
 
+def _biflow_lines(sent: dict) -> list[str]:
+    """What each biflow collector paired and sent alone."""
+    out = []
+    for k, v in sent.items():
+        if k.endswith(".biflow_pairs"):
+            name = k[:-len(".biflow_pairs")]
+            out.append(f"biflow {name}: {v} pairs, {sent.get(name + '.biflow_alone', 0)} "
+                       f"records alone, {sent.get(name + '.records', 0)} biflow records sent")
+    return out
+
+
 def _end_reasons(s) -> list[str]:
     if not s.end_reasons:
         return []
@@ -442,6 +456,7 @@ def _live_report(s, exported: int, elapsed: float, sent: dict, bpf, what: str) -
                     "counted)" if bpf else ""))
     lines += _end_reasons(s)
     lines += s.warnings()
+    lines += _biflow_lines(sent)
     lines += _export_problems(sent)
     return lines
 
@@ -468,6 +483,7 @@ def _meter_report(path, s, exported: int, elapsed: float, sent: dict, bpf=None) 
         else:
             lines.append("no flow: the capture holds no packet")
     lines += [w for w in s.warnings() if not w.startswith("capture error:")]
+    lines += _biflow_lines(sent)
     lines += _export_problems(sent)
     return lines
 

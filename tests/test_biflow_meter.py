@@ -270,6 +270,10 @@ def test_biflow_records_are_the_uniflow_records_paired(run, decoded):
         assert rev_vals[2] <= fwd[1][3] + 30_000 and fwd[1][2] <= rev_vals[3] + 30_000
     assert +pool == Counter(), "uniflow records missing from the biflow export"
     assert len(bi) == len(uni) - pairs
+    # the summary says so, for each biflow collector
+    said = re.findall(r"biflow 127\.0\.0\.1:\d+/v10: (\d+) pairs, (\d+) records alone, "
+                      r"(\d+) biflow records sent", run["stderr"])
+    assert said and set(said) == {(str(pairs), str(len(bi) - pairs), str(len(bi)))}, said
     if run["name"] in ("dns.pcap", "http.pcap", "tls.pcap", "smtp.pcap", "ntp.pcap"):
         # conversations both ways: every record has its partner
         assert pairs > 0 and len(bi) < len(uni)
