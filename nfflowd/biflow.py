@@ -51,10 +51,15 @@ Pairing (meter records, ``conn_id == 0``):
   the first packets told, 0 (arbitrary, section 5.3) after a tie broken by
   type, port or arrival.
 - A record with no partner by the end of its hold is exported alone in the
-  biflow template with the reverse values zero (counters and times):
-  RFC 5103 section 4 lets a Biflow record represent a Uniflow whose reverse
-  direction was not observed, "by setting the reverse counters to zero".
-  Its biflowDirection is 1: its source sent the first (only) packets seen.
+  biflow template with the reverse values zero (counters and times): a
+  uniflow record in a biflow template, which a reader takes for a biflow
+  whose reverse direction carried no packet (libfixbuf, tshark and nfdump
+  1.7.1 do: tests/test_biflow_meter.py).  RFC 5103 section 4 (Biflow
+  Semantics) is where the RFC treats a Biflow seen in one direction only;
+  its exact wording was not at hand when this was written and is not
+  quoted here.  Its biflowDirection is 1: its source sent the first (only)
+  packets seen.  One template per address family and ICMP-ness serves
+  pairs and lone records alike, so a collector needs no second template.
 - ``flowEndReason`` of a pair is that of the direction that ended last
   (the one whose end ended the conversation); on a tie the forward one's.
 
