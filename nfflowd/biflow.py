@@ -17,8 +17,9 @@ the records have left the flow table:
    section 6.1 - the same IANA ids with the enterprise bit and Private
    Enterprise Number 29305: reverseOctetDeltaCount, reversePacketDeltaCount,
    reverseFlowStartMilliseconds, reverseFlowEndMilliseconds - and
-   biflowDirection (IANA 239); see ``biflow_names`` for their order.  The uniflow templates carry neither
-   tcpControlBits nor ipClassOfService, so there are no reverse ones.
+   biflowDirection (IANA 239); see ``biflow_names`` for their order.  The
+   uniflow templates carry neither tcpControlBits nor ipClassOfService, so
+   there are no reverse ones.
    Datagram size bound, template refresh, TCP and sequence numbers are
    ``template.py``'s and ``ipfix.py``'s, unchanged.
 3. ``BiflowExporter``: ``pipeline.TemplateExporter`` with that encoder and a
@@ -33,9 +34,11 @@ Pairing (meter records, ``conn_id == 0``):
   a query is its reply type with the same code (echo 8 <-> 0, timestamp
   13 <-> 14, information 15 <-> 16, address mask 17 <-> 18; ICMPv6 echo
   128 <-> 129, node information 139 <-> 140, neighbour solicitation 135 <->
-  advertisement 136).  Every other ICMP type (errors such as unreachable or
-  time exceeded, router advertisements, redirects) answers no ICMP flow in
-  the other direction, has no reverse key and is exported at once alone.
+  advertisement 136: only a unicast solicitation pairs, one sent to a
+  solicited-node multicast address has no reverse).  Every other ICMP
+  type (errors such as unreachable or time exceeded, router
+  advertisements, redirects) answers no ICMP flow in the other direction,
+  has no reverse key and is exported at once alone.
 - A record waits up to ``hold_s`` (default: the meter's inactive timeout)
   for a record of its reverse key whose time span, widened by ``hold_s`` on
   both sides, overlaps its own; of several such the one whose first packet is
@@ -44,12 +47,13 @@ Pairing (meter records, ``conn_id == 0``):
 - Direction (RFC 5103 section 5.1, Direction by Initiator: the Source of a
   Biflow is the Initiator, the endpoint that sent the first packet): the
   record with the earlier first packet (``start_ms``) is forward.  Flow
-  times are milliseconds, so a query and its answer on a fast link can tie:
-  then an ICMP query beats its reply, and otherwise the record sent to the
-  lower port (a client talking to a service port) is forward, then the one
-  that reached the pairer first.  biflowDirection is 1 (initiator) when
-  the first packets told, 0 (arbitrary, section 5.3) after a tie broken by
-  type, port or arrival.
+  times are milliseconds, so a query and its answer on a fast link can tie
+  (on a veth pair they usually do: tests/test_biflow_live.py): then an ICMP
+  query beats its reply, and otherwise the record sent to the lower port (a
+  client talking to a service port) is forward, then the one that reached
+  the pairer first.  biflowDirection is 1 (initiator) when the first
+  packets or the ICMP types told, 0 (arbitrary, section 5.3) after a tie
+  broken by port or arrival.
 - A record with no partner by the end of its hold is exported alone in the
   biflow template with the reverse values zero (counters and times): a
   uniflow record in a biflow template, which a reader takes for a biflow

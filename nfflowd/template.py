@@ -21,10 +21,11 @@ length including the header and any padding), then records back to back.
 A template record is template id, field count, then (element id, length)
 pairs, or (element id | 0x8000, length, enterprise number) for an
 enterprise-specific element (IPFIX only: RFC 5103's reverse elements,
-``biflow.py``); either way a template set is a multiple of 4 bytes.  Padding of data sets is the subclass's
-``PAD``: NetFlow v9 pads every FlowSet to 4 bytes (RFC 3954 section 5.3,
-"SHOULD"), IPFIX does not pad (RFC 7011 section 3.3.1: padding "MAY" be
-inserted; without it no collector has to tell padding from a record).
+``biflow.py``); either way a template set is a multiple of 4 bytes.
+Padding of data sets is the subclass's ``PAD``: NetFlow v9 pads every
+FlowSet to 4 bytes (RFC 3954 section 5.3, "SHOULD"), IPFIX does not pad
+(RFC 7011 section 3.3.1: padding "MAY" be inserted; without it no
+collector has to tell padding from a record).
 Padding bytes are zero and always shorter than a record.
 
 Hot path: records are grouped per template (order kept within a template),
