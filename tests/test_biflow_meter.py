@@ -148,13 +148,29 @@ def meter_run(tmp: Path, capture: str) -> dict:
     return out
 
 
+_RUNS: dict = {}        # capture name -> its meter run (one per capture and module)
+_DECODED: dict = {}     # capture name -> what ipfixDump read of it
+
+
+def _run_of(name: str, tmp_path_factory) -> dict:
+    if name not in _RUNS:
+        tmp = tmp_path_factory.mktemp(name.replace(".", "_"))
+        out = meter_run(tmp, name)
+        out["name"] = name
+        out["tmp"] = tmp
+        _RUNS[name] = out
+    return _RUNS[name]
+
+
 @pytest.fixture(scope="module", params=CAPTURES)
 def run(request, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp(request.param.replace(".", "_"))
-    out = meter_run(tmp, request.param)
-    out["name"] = request.param
-    out["tmp"] = tmp
-    return out
+    return _run_of(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=[c for c in DEEP if c in CAPTURES])
+def deep_run(request, tmp_path_factory):
+    """The captures also sent to a real nfcapd and read by tshark."""
+    return _run_of(request.param, tmp_path_factory)
 
 
 # -- ipfixDump ------------------------------------------------------------------------
@@ -220,12 +236,18 @@ def reverse_of(k: tuple) -> tuple:
     return (dst, src, dport, sport, proto, vlan)
 
 
+def _decoded_of(run: dict) -> tuple:
+    if run["name"] not in _DECODED:
+        tmp = run["tmp"]
+        bi, bi_text = ipfixdump(tmp / "bi.ipfix", run["bi"])
+        uni, uni_text = ipfixdump(tmp / "uni.ipfix", run["uni"])
+        _DECODED[run["name"]] = (bi, uni, bi_text, uni_text)
+    return _DECODED[run["name"]]
+
+
 @pytest.fixture(scope="module")
 def decoded(run):
-    tmp = run["tmp"]
-    bi, bi_text = ipfixdump(tmp / "bi.ipfix", run["bi"])
-    uni, uni_text = ipfixdump(tmp / "uni.ipfix", run["uni"])
-    return bi, uni, bi_text, uni_text
+    return _decoded_of(run)
 
 
 def test_ipfixdump_reads_both_streams_cleanly(run, decoded):
@@ -282,10 +304,9 @@ def test_biflow_records_are_the_uniflow_records_paired(run, decoded):
     assert totals_bi == totals_uni
 
 
-def test_vlan_ids_survive_the_pairing(run, decoded):
-    if run["name"] != "vlan.pcap":
-        pytest.skip("vlan.pcap only")
-    bi, uni, _, _ = decoded
+@pytest.mark.skipif("vlan.pcap" not in CAPTURES, reason="needs ../shared/pcaps/vlan.pcap")
+def test_vlan_ids_survive_the_pairing(tmp_path_factory):
+    bi, uni, _, _ = _decoded_of(_run_of("vlan.pcap", tmp_path_factory))
     vlans = {r["vlanId"] for r in uni}
     assert vlans - {"0"}, vlans
     assert {r["vlanId"] for r in bi} == vlans
@@ -318,10 +339,9 @@ def tshark_flows(pcap: Path, port: int) -> list[dict]:
 
 
 @needs_tshark
-def test_tshark_shows_the_reverse_values(run, decoded):
-    if run["name"] not in DEEP:
-        pytest.skip("only " + ", ".join(DEEP))
-    bi, _, _, _ = decoded
+def test_tshark_shows_the_reverse_values(deep_run):
+    run = deep_run
+    bi, _, _, _ = _decoded_of(run)
     port = 4739
     pcap = run["tmp"] / "bi.pcap"
     write_pcap(pcap, run["bi"], dport=port)
@@ -349,10 +369,9 @@ def test_tshark_shows_the_reverse_values(run, decoded):
 # -- nfcapd / nfdump ----------------------------------------------------------------------------
 
 @needs_nfdump
-def test_nfdump_reads_the_biflow_records(run, decoded):
-    if run["name"] not in DEEP:
-        pytest.skip("only " + ", ".join(DEEP))
-    bi, _, _, _ = decoded
+def test_nfdump_reads_the_biflow_records(deep_run):
+    run = deep_run
+    bi, _, _, _ = _decoded_of(run)
     rows = run["nfdump"]
     assert rows is not None and len(rows) == len(bi)
 
