@@ -41,7 +41,9 @@ stay separate.  The records are plain ``Flow``: ``Flow.vlan`` is the outer
 tag (what NetFlow/IPFIX vlanId, IE 58, carries); the inner tag is not exported
 (a later ``dot1qCustomerVlanId``, IE 245, would need a field of its own).
 
-Biflows (IPFIX RFC 5103) are not implemented: ``biflow=True`` raises.
+The table meters each direction on its own (as softflowd's records are
+exported); RFC 5103 biflow records, for the IPFIX collectors configured with
+``biflow: true``, are paired after the table, at export (``biflow.py``).
 """
 
 from __future__ import annotations
@@ -92,10 +94,8 @@ class FlowTable:
     ``now_ns // 1e6`` as epoch milliseconds), timeouts are seconds."""
 
     def __init__(self, active_timeout: float = 300, inactive_timeout: float = 30,
-                 max_flows: int = 131072, biflow: bool = False,
+                 max_flows: int = 131072,
                  tcp_fin_timeout: float = 5, tcp_rst_timeout: float = 2):
-        if biflow:
-            raise NotImplementedError("biflow (RFC 5103) metering is not implemented yet")
         if max_flows < 1:
             raise ValueError("max_flows must be at least 1")
         if active_timeout <= 0 or inactive_timeout <= 0:
@@ -105,7 +105,6 @@ class FlowTable:
         self.fin_ns = min(int(tcp_fin_timeout * _NS), self.inactive_ns)
         self.rst_ns = min(int(tcp_rst_timeout * _NS), self.inactive_ns)
         self.max_flows = int(max_flows)
-        self.biflow = False
         self._flows: dict = {}
         self._heap: list = []
         self._pending: list = []      # ended by update() (deadline passed, eviction)

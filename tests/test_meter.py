@@ -158,11 +158,6 @@ def test_vlan_is_part_of_the_key():
     assert all(type(f) is Flow for f in out)
 
 
-def test_biflow_left_for_later():
-    with pytest.raises(NotImplementedError):
-        FlowTable(biflow=True)
-
-
 # --------------------------------------------------------------------------
 # meter_file on the sample captures
 # --------------------------------------------------------------------------
