@@ -256,14 +256,33 @@ class _Exporter:
         self.print_csv = print_csv
         self.out = out
         self.exported = 0
+        self.record_clock = record_clock
+        self._now_ms = 0
+
+    def clock(self, flows) -> tuple[int, int]:
+        """(now_ns, uptime_ms) for a batch.  Live: this machine's.  A capture
+        file: the capture's own time, so that v5 and flow-tools times (kept
+        as milliseconds since boot) can carry flows older than this machine's
+        boot: "now" is the latest flow end seen so far and the batch's uptime
+        counts from one second before its earliest flow start.  Each v5
+        datagram carries both in its header, so a collector computes every
+        flow's real time from it (as it does for any exporter)."""
+        if not self.record_clock:
+            from .daemon import uptime_ms
+            return time.time_ns(), uptime_ms()
+        if flows:
+            self._now_ms = max(self._now_ms, max(f.end_ms for f in flows))
+            start = min(f.start_ms for f in flows)
+        else:
+            start = self._now_ms
+        return self._now_ms * 1_000_000, self._now_ms - start + 1000
 
     def __call__(self, flows) -> None:
-        from .daemon import uptime_ms
         from .flowtools import csv_lines
-        ft = self.pipeline.export(flows, [], time.time_ns(), uptime_ms(),
-                                  flowtools=self.print_csv)
+        now_ns, up_ms = self.clock(flows)
+        ft = self.pipeline.export(flows, [], now_ns, up_ms, flowtools=self.print_csv)
         self.exported += len(flows)
-        self.pipeline.tick(time.time_ns())
+        self.pipeline.tick(now_ns)
         if self.print_csv and ft is not None and len(ft):
             self.out.write("\n".join(csv_lines(ft)) + "\n")
             self.out.flush()

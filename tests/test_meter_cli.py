@@ -5,9 +5,11 @@ truncated capture."""
 
 from __future__ import annotations
 
+import calendar
 import collections
 import ipaddress
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -157,6 +159,29 @@ def test_http_to_v5_nfcapd_equals_the_printed_csv(tmp_path, capsys):
     assert sorted(rows) == sorted(want)
     # the totals nfdump received are the capture's
     assert sum(int(r[7]) for r in rows) == 46 and "46 IP packets" in err
+    # and the times are the capture's own, as tshark reads them: the capture
+    # (2016) is older than this machine's boot, which v5's milliseconds since
+    # boot cannot reach; the meter's headers count uptime in capture time
+    if shutil.which("tshark"):
+        t = subprocess.run(["tshark", "-r", str(PCAPS / "http.pcap"), "-T", "fields",
+                            "-E", "separator=,", "-e", "frame.time_epoch", "-e", "ip.src",
+                            "-e", "ip.dst", "-e", "tcp.srcport", "-e", "udp.srcport",
+                            "-e", "tcp.dstport", "-e", "udp.dstport"],
+                           capture_output=True, text=True, timeout=60)
+        assert t.returncode == 0, t.stderr
+        first_seen: dict = {}
+        for line in t.stdout.splitlines():
+            ts, sa, da, tsp, usp, tdp, udp_ = line.split(",")
+            k = (sa, da, tsp or usp or "0", tdp or udp_ or "0")
+            ms = int(ts.replace(".", "")[:-6])          # floor to milliseconds
+            first_seen[k] = min(first_seen.get(k, ms), ms)
+        nf_first: dict = {}
+        for r in rows:
+            k = (r[2], r[3], r[4], r[5])
+            ms = calendar.timegm(time.strptime(r[0] + " " + r[1][:8],
+                                               "%Y-%m-%d %H:%M:%S")) * 1000 + int(r[1][9:12])
+            nf_first[k] = min(nf_first.get(k, ms), ms)
+        assert nf_first == first_seen
 
 
 @needs_pcaps
