@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import SourceError
+from .meter import skip_warnings
 from .packet import PacketParser
 
 __all__ = ["RingCapture", "LiveStats", "meter_live", "meter_reader", "linktype_of"]
@@ -242,17 +243,7 @@ class LiveStats:
     count_reached: bool = False
 
     def warnings(self) -> list[str]:
-        out = []
-        non_ip = sum(self.skipped.values())
-        if non_ip:
-            why = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items()))
-            out.append(f"{non_ip} frames skipped, not metered ({why})")
-        if self.truncated:
-            out.append(f"{self.truncated} packets with a transport header cut by the snaplen "
-                       "(metered with ports 0)")
-        if self.evicted:
-            out.append(f"{self.evicted} flows ended early: flow table full")
-        return out
+        return skip_warnings(self.skipped, self.truncated, self.evicted)
 
 
 def _fill(stats: LiveStats, table, parser: PacketParser, pkts0: int, oct0: int,

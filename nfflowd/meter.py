@@ -420,19 +420,23 @@ class MeterSummary:
         return self.error is None
 
     def warnings(self) -> list[str]:
-        out = []
-        if self.error is not None:
-            out.append(f"capture error: {self.error}")
-        non_ip = sum(self.skipped.values())
-        if non_ip:
-            why = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items()))
-            out.append(f"{non_ip} frames skipped, not metered ({why})")
-        if self.truncated:
-            out.append(f"{self.truncated} packets with a transport header cut by the snaplen "
-                       "(metered with ports 0)")
-        if self.evicted:
-            out.append(f"{self.evicted} flows ended early: flow table full")
-        return out
+        out = [] if self.error is None else [f"capture error: {self.error}"]
+        return out + skip_warnings(self.skipped, self.truncated, self.evicted)
+
+
+def skip_warnings(skipped: dict, truncated: int, evicted: int) -> list[str]:
+    """What a meter run did not meter, or ended early, in words (file and live)."""
+    out = []
+    non_ip = sum(skipped.values())
+    if non_ip:
+        why = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items()))
+        out.append(f"{non_ip} frames skipped, not metered ({why})")
+    if truncated:
+        out.append(f"{truncated} packets with a transport header cut by the snaplen "
+                   "(metered with ports 0)")
+    if evicted:
+        out.append(f"{evicted} flows ended early: flow table full")
+    return out
 
 
 def meter_file(source, table: FlowTable, bpf: str | None = None,

@@ -144,11 +144,7 @@ class CaptureReader:
         ``batches``."""
         f, close = self._open()
         try:
-            head = _read(f, 4)
-            if len(head) < 4:
-                raise CaptureError("not a capture file: shorter than a file header"
-                                   if head else "empty capture file")
-            magic_le = struct.unpack("<I", head)[0]
+            head, magic_le = _magic(f)
             if magic_le in (PCAP_MAGIC_US, PCAP_MAGIC_NS) or \
                     struct.unpack(">I", head)[0] in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
                 self.format = "pcap"
@@ -238,11 +234,7 @@ class CaptureReader:
     def batches(self) -> Iterator[list]:
         f, close = self._open()
         try:
-            head = _read(f, 4)
-            if len(head) < 4:
-                raise CaptureError("not a capture file: shorter than a file header"
-                                   if head else "empty capture file")
-            magic_le = struct.unpack("<I", head)[0]
+            head, magic_le = _magic(f)
             if magic_le == PCAPNG_SHB:
                 self.format = "pcapng"
                 yield from self._pcapng(f, head)
@@ -666,6 +658,15 @@ def _idb_options(itf: _Interface, buf: bytes, p: int, end: int, bo: str) -> None
         elif code == 14 and length >= 8:
             itf.offset_ns = struct.unpack_from(bo + "q", buf, p)[0] * 1_000_000_000
         p += (length + 3) & ~3
+
+
+def _magic(f) -> tuple[bytes, int]:
+    """A capture file's first 4 bytes and their little-endian value."""
+    head = _read(f, 4)
+    if len(head) < 4:
+        raise CaptureError("not a capture file: shorter than a file header"
+                           if head else "empty capture file")
+    return head, struct.unpack("<I", head)[0]
 
 
 def _read(f, n: int) -> bytes:
