@@ -76,11 +76,11 @@ mirror).  A conntrack record without its partner in the same call is
 exported alone.  Conntrack records are never held.
 
 Clock: ``now_ns`` is the meter's time: the wall clock for live meters and
-the daemon, and for a capture file (``nfflowd meter -r``, which passes no
-clock to its sink) the latest last-packet time among the records received so
-far (``BiflowExporter(record_clock=True)``): never ahead of the meter's
-clock, so a record is held at least ``hold_s`` of capture time after the
-records' clock reached its arrival; what is left at the end is flushed.
+the daemon, and for a capture file (``nfflowd meter -r``) the capture's
+clock its sink passes in (the latest last-packet time among the records
+received so far, ``cli._Exporter.clock``): never ahead of the meter's clock,
+so a record is held at least ``hold_s`` of capture time after that clock
+reached its arrival; what is left at the end is flushed.
 """
 
 from __future__ import annotations
@@ -342,20 +342,16 @@ class BiflowIpfixEncoder(IpfixEncoder):
 class BiflowExporter(TemplateExporter):
     """An IPFIX collector with ``biflow: true``: records paired by a
     ``BiflowPairer``, encoded by a ``BiflowIpfixEncoder``.  ``hold_s``:
-    the pairer's hold (None: the config's ``meter.inactive_timeout``);
-    ``record_clock``: the pairer's clock is the records' latest end time
-    (a capture file) instead of the export's ``now_ns``."""
+    the pairer's hold (None: the config's ``meter.inactive_timeout``).
+    The pairer's clock is the ``now_ns`` of ``export`` and ``tick``."""
 
     IPFIX_ENCODER = BiflowIpfixEncoder
 
-    def __init__(self, collector, cfg, vlan: bool = False, hold_s: float | None = None,
-                 record_clock: bool = False):
+    def __init__(self, collector, cfg, vlan: bool = False, hold_s: float | None = None):
         if collector.version != 10:
             raise ValueError("biflow export is IPFIX (version 10) only")
         super().__init__(collector, cfg, vlan)
         self.pairer = BiflowPairer(cfg.meter.inactive_timeout if hold_s is None else hold_s)
-        self.record_clock = record_clock
-        self._clock_ms = 0
 
     def _send(self, pairs, nat_events, now_ns: int) -> None:
         if not pairs and not nat_events:
@@ -368,22 +364,13 @@ class BiflowExporter(TemplateExporter):
     def export(self, flows, nat_events, ft_records, now_ns: int, boot_ms: int) -> None:
         if hasattr(flows, "flows") and not isinstance(flows, (list, tuple)):
             flows = flows.flows()       # columns.FlowColumns
-        if self.record_clock:
-            for f in flows:
-                if f[13] > self._clock_ms:
-                    self._clock_ms = f[13]
-            clock = self._clock_ms * _MS
-        else:
-            clock = now_ns
-        pairs = self.pairer.add(flows, clock)
-        pairs += self.pairer.expire(clock)
+        pairs = self.pairer.add(flows, now_ns)
+        pairs += self.pairer.expire(now_ns)
         self._send(pairs, nat_events, now_ns)
 
     def tick(self, now_ns: int) -> None:
-        """Export the records whose hold ended (wall clock only: a record
-        clock moves with records)."""
-        if not self.record_clock:
-            self._send(self.pairer.expire(now_ns), (), now_ns)
+        """Export the records whose hold ended by ``now_ns``."""
+        self._send(self.pairer.expire(now_ns), (), now_ns)
 
     def summary(self) -> dict:
         out = super().summary()

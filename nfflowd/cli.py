@@ -248,11 +248,10 @@ class _Exporter:
     def __init__(self, cfg: Config, print_csv: bool, out, table=None,
                  record_clock: bool = False):
         # biflow collectors pair the two directions for as long as the
-        # table's inactive timeout; on a capture file by the records' clock
+        # table's inactive timeout, on the clock below (a capture's own for -r)
         from .pipeline import Pipeline
         hold = table.inactive_ns / 1e9 if table is not None else None
-        self.pipeline = Pipeline(cfg, vlan=True, biflow_hold=hold,
-                                 biflow_record_clock=record_clock)
+        self.pipeline = Pipeline(cfg, vlan=True, biflow_hold=hold)
         self.print_csv = print_csv
         self.out = out
         self.exported = 0

@@ -119,18 +119,16 @@ DIALECTS = {5: V5Exporter, 9: TemplateExporter, 10: TemplateExporter}
 
 
 class Pipeline:
-    def __init__(self, cfg: Config, vlan: bool = False, biflow_hold: float | None = None,
-                 biflow_record_clock: bool = False):
+    def __init__(self, cfg: Config, vlan: bool = False, biflow_hold: float | None = None):
         """``vlan``: the flows carry VLAN ids (the pcap meter); v9 and IPFIX
         templates then include vlanId.  Conntrack flows have none.
         Collectors with ``biflow: true`` get a ``biflow.BiflowExporter``:
         ``biflow_hold`` is its pairing hold in seconds (None: the config's
-        meter.inactive_timeout), ``biflow_record_clock`` pairs on the
-        records' own clock (a capture file) rather than the export time."""
+        meter.inactive_timeout); it pairs on the ``now_ns`` given to
+        ``export`` and ``tick`` (a capture file's own clock for ``meter -r``)."""
         self.cfg = cfg
         self.vlan = vlan
         self.biflow_hold = biflow_hold
-        self.biflow_record_clock = biflow_record_clock
         self.exporters: list = []
         self.mirror: SyslogSink | None = None
 
@@ -139,8 +137,7 @@ class Pipeline:
         for c in cfg.export.collectors:
             if getattr(c, "biflow", False):
                 from .biflow import BiflowExporter
-                exp = BiflowExporter(c, cfg, self.vlan, hold_s=self.biflow_hold,
-                                     record_clock=self.biflow_record_clock)
+                exp = BiflowExporter(c, cfg, self.vlan, hold_s=self.biflow_hold)
             else:
                 exp = DIALECTS[c.version](c, cfg, self.vlan)
             if exp.sink.bind_problem is not None:

@@ -423,7 +423,8 @@ def test_meter_with_a_v9_biflow_collector_exits_2(tmp_path, capsys):
 # -- the exporter, through the pipeline ---------------------------------------------------
 
 class _Socket:
-    def __init__(self):
+    def __init__(self, vlan: bool = False):
+        self.vlan = vlan                # the meter's sink sends templates with vlanId
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -431,7 +432,8 @@ class _Socket:
     def records(self, quiet=0.2):
         """The data records received so far, decoded by the biflow
         templates: dicts of element name -> value."""
-        templates = {t.id: t for t in BiflowIpfixEncoder(records=("flows",)).templates}
+        templates = {t.id: t for t in BiflowIpfixEncoder(records=("flows",),
+                                                         vlan=self.vlan).templates}
         out = []
         self.sock.settimeout(quiet)
         for _ in range(10_000):                     # bounded
@@ -493,19 +495,26 @@ def test_pipeline_pairs_conntrack_at_once_and_expires_meter_records_by_wall_cloc
 
 def test_pipeline_record_clock_for_a_capture_file():
     """``nfflowd meter -r``: the hold runs on the records' time, not the
-    wall clock (which would hold everything until the end)."""
-    rx = _Socket()
-    pl = _pipeline(rx.port, biflow_hold=30, biflow_record_clock=True)
+    wall clock (which would hold everything until the end): the meter's sink
+    (``cli._Exporter`` for a capture file) passes the capture's clock."""
+    from nfflowd.cli import _Exporter
+    from nfflowd.meter import FlowTable
+    rx = _Socket(vlan=True)
+    cfg = config.parse({"export": {"collectors": [
+        {"host": "127.0.0.1", "port": rx.port, "version": 10, "biflow": True}]},
+        "syslog": {"enabled": False}})
+    sink = _Exporter(cfg, False, None, FlowTable(inactive_timeout=30), record_clock=True)
+    pl = sink.pipeline
+    pl.open()
     try:
-        wall = 1_800_000_000 * S
-        pl.export([Q], [], wall, 1000)
-        pl.tick(wall + 3600 * S)                    # the wall clock does not expire it
+        sink([Q])
+        sink([])                                    # time passes on the wall clock only
         assert rx.records() == []
         other = meter_flow("198.51.100.9", "203.0.113.9", 1, 2, start=Q.end_ms + 29_000)
-        pl.export([other], [], wall, 1000)          # records' clock: Q.end + 29 s
+        sink([other])                               # records' clock: Q.end + 29 s
         assert rx.records() == []
         later = meter_flow("198.51.100.9", "203.0.113.9", 3, 4, start=Q.end_ms + 30_000)
-        pl.export([later], [], wall, 1000)          # Q.end + 30 s: Q's hold is over
+        sink([later])                               # Q.end + 30 s: Q's hold is over
         got = rx.records()
         assert [x["sourceTransportPort"] for x in got] == [40000]
     finally:
