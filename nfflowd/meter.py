@@ -182,29 +182,12 @@ class FlowTable:
         n = octets = 0
         for now, lt, data, ol in batch:
             # Ethernet, type 0x0800, version 4 / IHL 5, not a fragment
+            # and UDP, or TCP with its flags byte captured
             if (lt == 1 and data[12:15] == b"\x08\x00\x45" and len(data) >= 38
-                    and not (data[20] & 0x3F or data[21])):
+                    and not (data[20] & 0x3F or data[21])
+                    and (data[23] == 17 or (data[23] == 6 and len(data) >= 48))):
                 proto = data[23]
-                if proto == 6:
-                    if len(data) < 48:
-                        p = parse(lt, data, ol)
-                        if p is None:
-                            continue
-                        n += 1
-                        octets += p[6]
-                        account(flow_key(p), now, p[6], p[8], p[7])
-                        continue
-                    f = data[47]
-                elif proto == 17:
-                    f = 0
-                else:
-                    p = parse(lt, data, ol)
-                    if p is None:
-                        continue
-                    n += 1
-                    octets += p[6]
-                    account(flow_key(p), now, p[6], p[8], p[7])
-                    continue
+                f = data[47] if proto == 6 else 0
                 o = (data[16] << 8) | data[17]
                 if o < 20:
                     o = max(ol - 14, 0)
