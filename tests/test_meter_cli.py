@@ -10,7 +10,6 @@ import collections
 import ipaddress
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -21,7 +20,8 @@ import pytest
 from nfflowd import cli
 from nfflowd.meter import FlowTable, meter_file
 
-from test_netflow9 import _port_taken, free_udp_port, needs_nfcapd, pypi_decode_v9
+from test_netflow9 import (free_udp_port, local_nfcapd, needs_nfcapd, nfdump_rows,
+                          pypi_decode_v9)
 
 ROOT = Path(__file__).resolve().parents[1]
 PCAPS = ROOT.parent / "shared" / "pcaps"
@@ -115,37 +115,12 @@ def test_http_to_v5_nfcapd_equals_the_printed_csv(tmp_path, capsys):
     port = free_udp_port()
     store = tmp_path / "nfcapd"
     store.mkdir()
-    proc = subprocess.Popen(["nfcapd", "-w", str(store), "-b", "127.0.0.1", "-p", str(port),
-                             "-t", "3600"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        end = time.monotonic() + 10
-        while not _port_taken(port):
-            assert proc.poll() is None, "nfcapd exited"
-            assert time.monotonic() < end, "nfcapd did not bind"
-            time.sleep(0.05)
+    with local_nfcapd(store, port):
         rc, out, err = run(capsys, "-c", config(tmp_path, port, 5), "meter",
                            "-r", str(PCAPS / "http.pcap"), "--print")
-        time.sleep(0.5)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     assert rc == 0, err
-    files = [p for p in store.rglob("nfcapd.*") if p.is_file() and "current" not in p.name]
-    assert files
     fmt = "%ts %sa %da %sp %dp %pr %pkt %byt %flg %tos"
-    rows = []
-    for f in files:
-        r = subprocess.run(["nfdump", "-q", "-N", "-r", str(f), "-o", f"fmt:{fmt}"],
-                           capture_output=True, text=True, timeout=60,
-                           env=dict(os.environ, TZ="UTC"))
-        assert r.returncode == 0, r.stderr
-        rows += [line.split() for line in r.stdout.splitlines() if line.strip()]
+    rows = nfdump_rows(store, fmt, env=dict(os.environ, TZ="UTC"))
     lines = [line.split(",") for line in out.splitlines()]
     assert len(lines) == 17 and "17 flows exported" in err
     want = []

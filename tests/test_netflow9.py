@@ -5,6 +5,7 @@ bound, template refresh, and read-back by independent decoders (the PyPI
 The helpers here (sample records, expected values, decoders, the nfcapd
 runner) are shared with test_ipfix.py."""
 
+import contextlib
 import ipaddress
 import os
 import shutil
@@ -13,6 +14,7 @@ import socket
 import struct
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -509,12 +511,10 @@ def _port_taken(port):
         return False
 
 
-def nfcapd_collect(tmp_path, datagrams, fmt):
-    """Run nfcapd on 127.0.0.1, send ``datagrams``, stop it (SIGTERM writes
-    the file) and return nfdump's lines in ``fmt``."""
-    port = free_udp_port()
-    out = tmp_path / "nfcapd"
-    out.mkdir()
+@contextlib.contextmanager
+def local_nfcapd(out: Path, port: int):
+    """nfcapd on 127.0.0.1:``port`` writing into ``out``, bound before the
+    body runs; stopped after it (SIGTERM writes its file)."""
     proc = subprocess.Popen(["nfcapd", "-w", str(out), "-b", "127.0.0.1", "-p", str(port),
                              "-t", "3600"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
@@ -524,10 +524,7 @@ def nfcapd_collect(tmp_path, datagrams, fmt):
             assert proc.poll() is None, proc.stderr.read()
             assert time.monotonic() < end, "nfcapd did not bind"
             time.sleep(0.05)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            for d in datagrams:
-                s.sendto(d, ("127.0.0.1", port))
-                time.sleep(0.005)
+        yield proc
         time.sleep(0.5)
     finally:
         if proc.poll() is None:
@@ -538,15 +535,33 @@ def nfcapd_collect(tmp_path, datagrams, fmt):
             proc.kill()
             proc.wait()
         proc.stderr.close()
+
+
+def nfdump_rows(out: Path, fmt: str, env=None) -> list[list[str]]:
+    """nfdump's lines in ``fmt`` (split in words) of every closed file in ``out``."""
     files = [p for p in out.rglob("nfcapd.*") if p.is_file() and "current" not in p.name]
     assert files, os.listdir(out)
     lines = []
     for f in files:
         r = subprocess.run(["nfdump", "-q", "-N", "-r", str(f), "-o", f"fmt:{fmt}"],
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=60, env=env)
         assert r.returncode == 0, r.stderr
         lines += [line.split() for line in r.stdout.splitlines() if line.strip()]
     return lines
+
+
+def nfcapd_collect(tmp_path, datagrams, fmt):
+    """Run nfcapd on 127.0.0.1, send ``datagrams``, stop it (SIGTERM writes
+    the file) and return nfdump's lines in ``fmt``."""
+    port = free_udp_port()
+    out = tmp_path / "nfcapd"
+    out.mkdir()
+    with local_nfcapd(out, port):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for d in datagrams:
+                s.sendto(d, ("127.0.0.1", port))
+                time.sleep(0.005)
+    return nfdump_rows(out, fmt)
 
 
 needs_nfcapd = pytest.mark.skipif(not (shutil.which("nfcapd") and shutil.which("nfdump")),
