@@ -156,6 +156,16 @@ class NatLab:
     def ping(self, addr, count=3):
         self.ns(self.lan, "ping", "-q", "-c", count, "-i", "0.2", "-W", "2", addr)
 
+    def mixed_traffic(self):
+        """The end-to-end tests' six connections across the NAT: TCP, UDP and
+        ICMP echo over IPv4 and over IPv6, to the echo servers on port 8080."""
+        self.client("tcp", WAN4, 8080, 1500)
+        self.client("udp", WAN4, 8080, 200, 3)
+        self.ping(WAN4, 3)
+        self.client("tcp", WAN6, 8080, 900)
+        self.client("udp", WAN6, 8080, 120, 2)
+        self.ping(WAN6, 2)
+
     def conntrack_list(self) -> list["CtEntry"]:
         r = self.ns(self.fw, "conntrack", "-L", "-o", "extended,id", check=False)
         return [e for e in map(parse_conntrack_line, r.stdout.splitlines()) if e]

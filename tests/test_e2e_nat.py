@@ -24,8 +24,7 @@ from collections import Counter
 
 import pytest
 
-from natlab import (LAN4, LAN6, WAN4, WAN6, NatLab, Nfcapd, run, skip_reason, stop,
-                    wait_for)
+from natlab import WAN4, NatLab, Nfcapd, skip_reason, stop, wait_for
 
 _reason = skip_reason() or (None if shutil.which("nfcapd") and shutil.which("nfdump")
                             else "needs nfcapd and nfdump (Debian: nfdump)")
@@ -140,12 +139,7 @@ def test_nat_triplets_reach_nfcapd_and_syslog(lab, tmp_path):
     cfg = write_config(tmp_path, 20555, catcher.path)
     daemon, log = start_nfflowd(lab, cfg)
     try:
-        lab.client("tcp", WAN4, 8080, 1500)
-        lab.client("udp", WAN4, 8080, 200, 3)
-        lab.ping(WAN4, 3)
-        lab.client("tcp", WAN6, 8080, 900)
-        lab.client("udp", WAN6, 8080, 120, 2)
-        lab.ping(WAN6, 2)
+        lab.mixed_traffic()
         time.sleep(0.5)
 
         entries = [e for e in lab.conntrack_list() if in_lab(e.orig["src"])]

@@ -192,15 +192,6 @@ def wait_exported(capture, entries_so_far, timeout=15):
         f"export of {n} connections not captured within {timeout} s: {state['got']}")
 
 
-def traffic_phase1(lab):
-    lab.client("tcp", WAN4, 8080, 1500)
-    lab.client("udp", WAN4, 8080, 200, 3)
-    lab.ping(WAN4, 3)
-    lab.client("tcp", WAN6, 8080, 900)
-    lab.client("udp", WAN6, 8080, 120, 2)
-    lab.ping(WAN6, 2)
-
-
 def traffic_phase2(lab):
     lab.client("tcp", WAN4, 8080, 700)
     lab.client("udp", WAN6, 8080, 300, 2)
@@ -248,7 +239,7 @@ def run_result(tmp_path_factory):
         try:
             mark("ready")
             # -- phase 1
-            traffic_phase1(lab)
+            lab.mixed_traffic()
             phase1 = settle_and_list(lab, Counter({(4, 6): 1, (4, 17): 1, (4, 1): 1,
                                                    (6, 6): 1, (6, 17): 1, (6, 58): 1}))
             lab.flush()
