@@ -209,17 +209,23 @@ def run_as_nobody(path):
     return p.stdout.strip()
 
 
+def served_to_nobody(server, path) -> str:
+    """What a client running as nobody got from ``server`` (served meanwhile)."""
+    done = []
+    t = threading.Thread(target=lambda: done.append(run_as_nobody(path)), daemon=True)
+    t.start()
+    serve_until(server, lambda: not t.is_alive(), seconds=15)
+    t.join(1)
+    if not done:
+        pytest.skip("the nobody client did not run")
+    return done[0]
+
+
 def test_non_root_users_cannot_connect(sockdir):
     path = str(sockdir / "nfflowd.sock")
     with ControlServer(path, lambda: {"secret": 1}) as server:
-        done = []
-        t = threading.Thread(target=lambda: done.append(run_as_nobody(path)), daemon=True)
-        t.start()
-        serve_until(server, lambda: not t.is_alive(), seconds=15)
-        t.join(1)
-        if not done:
-            pytest.skip("the nobody client did not run")
-        assert done[0].startswith("permission:"), done[0]
+        got = served_to_nobody(server, path)
+        assert got.startswith("permission:"), got
         assert server.served == 0
 
 
@@ -227,12 +233,6 @@ def test_peer_credentials_are_checked_even_if_the_mode_is_loosened(sockdir):
     path = str(sockdir / "nfflowd.sock")
     with ControlServer(path, lambda: {"secret": 1}) as server:
         os.chmod(path, 0o666)
-        done = []
-        t = threading.Thread(target=lambda: done.append(run_as_nobody(path)), daemon=True)
-        t.start()
-        serve_until(server, lambda: not t.is_alive(), seconds=15)
-        t.join(1)
-        if not done:
-            pytest.skip("the nobody client did not run")
-        assert done[0].startswith("permission:") and "refused" in done[0], done[0]
+        got = served_to_nobody(server, path)
+        assert got.startswith("permission:") and "refused" in got, got
         assert server.refused == 1 and server.served == 0
