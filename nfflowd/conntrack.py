@@ -642,10 +642,13 @@ class _MultiRecv:
     datagram costs ~2 us here, recvmmsg ~0.7 us per datagram).  ``create``
     gives None where libc has no recvmmsg; the socket then receives one
     datagram per call.  ctnetlink event datagrams hold one message of well
-    under 2 KiB; a datagram longer than its slot is counted as truncated."""
+    under 2 KiB (the kernel sizes it by ctnetlink_nlmsg_size: tuples,
+    counters, times, helper name, labels, a security context); a datagram
+    longer than its slot is counted as truncated.  2048 slots of 4 KiB: 8 MiB,
+    one round of daemon.RECV_BATCH."""
 
-    SLOTS = 512
-    SLOT = 8192
+    SLOTS = 2048
+    SLOT = 4096
 
     @classmethod
     def create(cls):
