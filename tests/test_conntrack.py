@@ -440,9 +440,10 @@ def test_dump_table_without_permission_says_why():
 
 def test_multi_recv_takes_queued_datagrams_into_slots():
     """recvmmsg through ctypes (ConntrackSocket's receive path), checked on a
-    loopback UDP socket pair: every queued datagram, in order, each in its
-    slot with its length; one longer than a slot flagged MSG_TRUNC; nothing
-    queued gives 0."""
+    loopback UDP socket pair: every queued datagram, in order, whole (its
+    first HEAD bytes in its slot of ``view``, the rest in its overflow slot)
+    with its length; one longer than SLOT flagged MSG_TRUNC; nothing queued
+    gives 0."""
     import socket
     mr = ct._MultiRecv.create()
     if mr is None:
@@ -452,8 +453,8 @@ def test_multi_recv_takes_queued_datagrams_into_slots():
     try:
         r.bind(("127.0.0.1", 0))
         r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        sizes = [1, 244, 4, mr.SLOT, mr.SLOT + 100, 3000] * 3
-        sent = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+        sizes = [1, 244, mr.HEAD, mr.HEAD + 1, 4, mr.SLOT, mr.SLOT + 100, 3000] * 3
+        sent = [bytes([i % 251]) * (n - 1) + bytes([n % 256]) for i, n in enumerate(sizes)]
         for d in sent:
             s.sendto(d, r.getsockname())
         got, meta = mr.recv(r.fileno(), 7)
@@ -464,9 +465,61 @@ def test_multi_recv_takes_queued_datagrams_into_slots():
             d = sent[7 + i]
             assert bool(flags & socket.MSG_TRUNC) == (len(d) > mr.SLOT)
             assert ln == min(len(d), mr.SLOT)
-            assert bytes(mr.view[i * mr.SLOT:i * mr.SLOT + ln]) == d[:ln]
+            assert mr.datagram(i, ln) == d[:ln]
+            head = min(ln, mr.HEAD)
+            assert bytes(mr.view[i * mr.HEAD:i * mr.HEAD + head]) == d[:head]
         assert [ln for ln, _ in meta] == [min(len(d), mr.SLOT) for d in sent[:7]]
         assert mr.recv(r.fileno(), 10) == (0, [])
     finally:
         r.close()
         s.close()
+
+
+def _long(msg: bytes, extra: int) -> bytes:
+    """``msg`` lengthened by an attribute the decoder skips (type 60), put
+    first (after the nfgenmsg header), so that the ones that matter lie
+    after it."""
+    m = msg[:20] + struct.pack("=HH", 4 + extra, 60) + bytes(extra) + msg[20:]
+    return struct.pack("=I", len(m)) + m[4:]
+
+
+@pytest.mark.parametrize("blocks", [False, True])
+def test_recv_batch_takes_datagrams_longer_than_a_slot_head_whole(blocks):
+    """ConntrackSocket's recvmmsg path with datagrams past the HEAD bytes a
+    slot keeps in line (the rest goes to the overflow slot): the batch decodes
+    as conntrack.decode decodes each datagram, long or not, in order; one
+    longer than SLOT is counted as truncated and malformed.  The datagrams
+    come over a loopback UDP socket standing in for the netlink one."""
+    import socket
+    mr = ct._MultiRecv.create()
+    if mr is None:
+        pytest.skip("libc without recvmmsg")
+    destroy = [m for m in CT_MSGS if NLHDR.unpack_from(m)[1] == ct.MSG_CT_DELETE]
+    dgrams = []
+    for i, m in enumerate(destroy * 6):
+        # every third one long: past HEAD, up to just under SLOT
+        dgrams.append(_long(m, (mr.HEAD, 1000, mr.SLOT - len(m) - 4)[i % 3 // 2 + i % 2])
+                      if i % 3 == 2 else m)
+    too_long = _long(destroy[0], mr.SLOT)
+    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    w = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        r.bind(("127.0.0.1", 0))
+        r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        r.setblocking(False)
+        for d in dgrams[:5] + [too_long] + dgrams[5:]:
+            w.sendto(d, r.getsockname())
+        cs = object.__new__(ct.ConntrackSocket)
+        cs._sock, cs._multi = r, mr
+        cs._overrun_pending, cs.truncated, cs.last_datagrams = False, 0, 0
+        res = cs.recv_batch(4 * len(dgrams), blocks=blocks)
+        got = []
+        for e in res.events:
+            got.extend(e.events() if hasattr(e, "events") else [e])
+        want = [e for d in dgrams for e in ct.decode(d).events]
+        assert max(map(len, dgrams)) > mr.HEAD and len(want) == len(dgrams)
+        assert got == want
+        assert (res.malformed, cs.truncated, cs.last_datagrams) == (1, 1, len(dgrams))
+    finally:
+        r.close()
+        w.close()
