@@ -59,6 +59,7 @@ records; it never reads a clock or touches a socket.
 from __future__ import annotations
 
 import struct
+from itertools import repeat
 
 import numpy as np
 
@@ -345,11 +346,11 @@ class Correlator:
             start = np.where(start == 0, np.array(remembered, dtype=np.uint64), start)
         live = self._live
         if live:
-            pop = live.pop
-            for i, c in enumerate(ids):
-                e = pop(c, None)
-                if e is not None and _early(e):
-                    special[i] = e
+            entries = list(map(live.pop, ids, repeat(None)))
+            if not _EARLY.isdisjoint(map(len, filter(None, entries))):
+                for i, e in enumerate(entries):
+                    if e is not None and _early(e):
+                        special[i] = e
             if self._destroyed_during_sync is not None:
                 self._destroyed_during_sync.update(ids)
         if self._dumped or self._poll_exported:

@@ -274,8 +274,9 @@ def _columns_dtype(tpl: Template) -> np.dtype:
 
 
 def _pack_columns(tpl: Template, dt: np.dtype, cols, rows) -> bytes:
-    """The records ``rows`` of ``cols`` packed as ``tpl`` packs them."""
-    arr = np.zeros(len(rows), dtype=dt)
+    """The records ``rows`` (index array or slice) of ``cols`` packed as
+    ``tpl`` packs them."""
+    arr = np.zeros(len(cols.family[rows]), dtype=dt)
     for n in tpl.names:
         col = getattr(cols, _FLOW_SOURCE[n])[rows]
         if col.ndim == 2:
@@ -433,13 +434,23 @@ class TemplateEncoder:
         tid = np.where(fam == 4, np.where(proto == 1, TID_FLOW4_ICMP, TID_FLOW4),
                        np.where(proto == 58, TID_FLOW6_ICMP, TID_FLOW6))
         tid[(fam != 4) & (fam != 6)] = 0
+        t0 = int(tid[0])
+        if t0 and (tid == t0).all():
+            # one template for all (the usual case): no grouping
+            tpl = self._flow_tpl[t0]
+            groups[t0] = (tpl, _pack_columns(tpl, self._flow_dtype[t0], cols, slice(None)),
+                          None)
+            return
         bad = int((tid == 0).sum())
-        uniq, first = np.unique(tid, return_index=True)
-        for t in uniq[np.argsort(first)].tolist():
-            if t == 0:
-                continue
+        # the templates present, in first-seen order (four candidates: four
+        # comparisons cost less than sorting the column)
+        first = {}
+        for t in (TID_FLOW4, TID_FLOW4_ICMP, TID_FLOW6, TID_FLOW6_ICMP):
+            hit = tid == t
+            if hit.any():
+                first[t] = (int(hit.argmax()), np.flatnonzero(hit))
+        for t, (_at, rows) in sorted(first.items(), key=lambda kv: kv[1][0]):
             tpl = self._flow_tpl[t]
-            rows = np.flatnonzero(tid == t)
             groups[t] = (tpl, _pack_columns(tpl, self._flow_dtype[t], cols, rows), None)
         self.invalid += bad
 
