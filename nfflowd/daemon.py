@@ -51,12 +51,20 @@ FLUSH_THRESHOLD = 8000
 # filled by their NEW events, IPFIX over UDP to loopback), 3.83 us per event
 # at 512 and 3000, 3.04 at 2048 and 8000.  Only a backlog fills a round.
 RECV_BATCH = 2048
-# Two receive rounds in a row with fewer datagrams than STREAM_BATCH (but
-# some) mean events are streaming in about as fast as they are handled: the
-# next round waits STREAM_WAIT seconds first (at 150k events/s, ~450 events;
-# a few hundred kB of a receive buffer of tens of MB).
-STREAM_BATCH = 128
-STREAM_WAIT = 0.003
+# A receive round with fewer datagrams than STREAM_BATCH (but some) means
+# events are arriving about as fast as they are handled, a few at a time; each
+# round costs ~0.6 ms whatever its size (numpy calls in the decoder and the
+# correlator: 6.4 us per event in rounds of 64, 2.3 in rounds of 256, 1.2 in
+# rounds of 1024), so a stream handled as it trickles in costs several times
+# what it costs in batches, and falls behind.  The next round waits first,
+# long enough for about STREAM_BATCH datagrams at the rate just seen, at most
+# STREAM_WAIT seconds, and never long enough to fill more than a quarter of
+# the receive buffer at that rate (EVENT_TRUESIZE: what one event datagram
+# takes of it, generously).  A round whose rate is less than half the last
+# one's means the stream is ending: no wait (its tail would wait for nothing).
+STREAM_BATCH = 1024
+STREAM_WAIT = 0.01
+EVENT_TRUESIZE = 2048
 # ... and what the stream brought is exported at least every STREAM_FLUSH
 # seconds (else a stream that slows down near its end holds its tail for up
 # to 64 rounds of STREAM_WAIT)
@@ -377,16 +385,20 @@ class Daemon:
         """Drain what netlink has queued (bounded), feeding the correlator."""
         handle_batch = self.correlator.handle_batch
         c = self.counters
-        streak = 0
+        wait = 0.0
+        # events the receive buffer holds, a quarter of which a wait may fill
+        room = max(1, self.sock.rcvbuf // EVENT_TRUESIZE) / 4
+        prev = time.monotonic()
+        last_rate = 0.0
         for _ in range(max_rounds):
-            if streak >= 2:
-                # a stream (a table flush, say) arriving a few datagrams at a
-                # time: let a batch gather, so that it goes the columnar way
-                # rather than a few events per wake-up the per-object way;
-                # what is pending meanwhile is not held back for long
+            if wait:
+                # a stream arriving a few datagrams at a time: let a batch
+                # gather (see STREAM_BATCH); what is pending meanwhile is not
+                # held back for long
                 if pending and time.monotonic() - self._last_flush >= STREAM_FLUSH:
                     self._flush(pending)
-                time.sleep(STREAM_WAIT)
+                time.sleep(wait)
+            now = time.monotonic()
             try:
                 res = self.sock.recv_batch(RECV_BATCH, blocks=True)
             except conntrack.NetlinkOverrun:
@@ -402,9 +414,18 @@ class Daemon:
                     # but not for long
                     self._resync_at = time.monotonic() + RESYNC_DELAY
                 self._overrun_episode += 1
+                wait = 0.0
                 continue
             got = self.sock.last_datagrams
-            streak = streak + 1 if 0 < got < STREAM_BATCH else 0
+            rate = got / max(now - prev, 1e-4)             # datagrams per second
+            if 0 < got < STREAM_BATCH and rate >= last_rate / 2:
+                wait = min(STREAM_WAIT, (STREAM_BATCH - got) / rate, room / rate)
+            else:
+                # a full round, or the rate fell by half or more since the
+                # last round: the stream is thinning out (a flush ending,
+                # say); its tail goes without waiting
+                wait = 0.0
+            prev, last_rate = now, rate
             if res.events:
                 handle_batch(res.events, time.time_ns(), pending)
             if res.malformed or res.unknown:
