@@ -54,8 +54,8 @@ RECV_BATCH = 2048
 # A receive round with fewer datagrams than STREAM_BATCH (but some) means
 # events are arriving about as fast as they are handled, a few at a time; each
 # round costs ~0.6 ms whatever its size (numpy calls in the decoder and the
-# correlator: 6.4 us per event in rounds of 64, 2.3 in rounds of 256, 1.2 in
-# rounds of 1024), so a stream handled as it trickles in costs several times
+# correlator; decoding alone: 6.4 us per event in rounds of 64, 2.3 in rounds
+# of 256, 1.2 in rounds of 1024), so a stream handled as it trickles in costs several times
 # what it costs in batches, and falls behind.  The next round waits first,
 # long enough for about STREAM_BATCH datagrams at the rate just seen, at most
 # STREAM_WAIT seconds, and never long enough to fill more than a quarter of
