@@ -142,16 +142,23 @@ class CaptureReader:
         pcapng file gives the lists ``batches`` gives.  Same records,
         counters and errors (raised after the last complete chunk) as
         ``batches``."""
+        size = max(64, int(chunk_size))
+        return self._read(lambda f, head: self._pcap_chunks(f, head, size))
+
+    def _read(self, pcap) -> Iterator:
+        """Open the source and yield what ``pcap(f, head)`` yields for a
+        classic pcap file, what ``_pcapng`` yields for a pcapng one (told by
+        the magic number); the file is closed after (or on error)."""
         f, close = self._open()
         try:
             head, magic_le = _magic(f)
-            if magic_le in (PCAP_MAGIC_US, PCAP_MAGIC_NS) or \
-                    struct.unpack(">I", head)[0] in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
-                self.format = "pcap"
-                yield from self._pcap_chunks(f, head, max(64, int(chunk_size)))
-            elif magic_le == PCAPNG_SHB:
+            if magic_le == PCAPNG_SHB:
                 self.format = "pcapng"
                 yield from self._pcapng(f, head)
+            elif magic_le in (PCAP_MAGIC_US, PCAP_MAGIC_NS) or \
+                    struct.unpack(">I", head)[0] in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
+                self.format = "pcap"
+                yield from pcap(f, head)
             else:
                 raise CaptureError(f"not a pcap or pcapng file: bad magic number 0x{head.hex()}")
         finally:
@@ -232,21 +239,7 @@ class CaptureReader:
                                f"({left} bytes left over)", base + pos, self.packets)
 
     def batches(self) -> Iterator[list]:
-        f, close = self._open()
-        try:
-            head, magic_le = _magic(f)
-            if magic_le == PCAPNG_SHB:
-                self.format = "pcapng"
-                yield from self._pcapng(f, head)
-            elif magic_le in (PCAP_MAGIC_US, PCAP_MAGIC_NS) or \
-                    struct.unpack(">I", head)[0] in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
-                self.format = "pcap"
-                yield from self._pcap(f, head)
-            else:
-                raise CaptureError(f"not a pcap or pcapng file: bad magic number 0x{head.hex()}")
-        finally:
-            if close:
-                f.close()
+        return self._read(self._pcap)
 
     # -- classic pcap ------------------------------------------------------
     def _refill(self, f, buf: bytes, pos: int, base: int, chunk_size: int):
