@@ -3,10 +3,12 @@ lone records, hold expiry, initiator, VLAN, a key reused, ICMP, conntrack),
 the biflow template and data records byte by byte (enterprise bit and PEN
 29305), read back by libfixbuf's ipfixDump, and the collector key."""
 
+import re
 import shutil
 import socket
 import struct
 import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -18,7 +20,7 @@ from nfflowd.cli import main
 from nfflowd.errors import ConfigError
 from nfflowd.ie import REVERSE_PEN, element
 from nfflowd.ipfix import IpfixEncoder
-from nfflowd.record import (END_FORCED, END_IDLE_TIMEOUT, END_OF_FLOW, ORIGINAL, REPLY, Flow)
+from nfflowd.record import (END_FORCED, END_IDLE_TIMEOUT, END_OF_FLOW, ORIGINAL, REPLY)
 from nfflowd.template import FLOW4, Template
 
 from test_netflow9 import FLOW4_DATA_RECORD, T0, mkflow, sample_flows
@@ -352,6 +354,48 @@ def test_max_size_must_hold_the_biflow_templates():
     BiflowIpfixEncoder(records=("flows",), max_size=bi)
 
 
+# -- ipfixDump (libfixbuf) as the reader; test_biflow_meter uses these too -----------
+
+FIELD = re.compile(r"^\s*\(([\d/]+)\)\s+(\w+) : (.*?)\s*$")
+
+
+def ipfixdump(path: Path, datagrams) -> tuple[list[dict], str]:
+    """The data records ipfixDump reads from ``datagrams`` (one file), as
+    dicts of element name -> value text, and its whole output."""
+    path.write_bytes(b"".join(datagrams))
+    res = subprocess.run(["ipfixDump", "--in", str(path)], capture_output=True, text=True,
+                         timeout=60)
+    text = res.stdout + res.stderr
+    assert res.returncode == 0, text
+    records, cur = [], None
+    for line in res.stdout.splitlines():
+        if line.startswith("--- "):
+            cur = {} if line.startswith("--- data record") else None
+            if cur is not None:
+                records.append(cur)
+            continue
+        m = FIELD.match(line)
+        if m and cur is not None:
+            cur[m.group(2)] = m.group(3)
+    return records, text
+
+
+def assert_ipfixdump_clean(text: str) -> None:
+    """ipfixDump's output complains of nothing."""
+    for word in ("error", "warning", "out of sequence", "missing template", "illegal"):
+        assert word not in text.lower(), text[-3000:]
+
+
+def assert_reverse_elements_listed(text: str) -> None:
+    """ipfixDump's output lists the reverse elements (PEN 29305) of our
+    biflow template by their RFC 5103 names."""
+    flat = " ".join(text.split())
+    for eid, name in ((1, "reverseOctetDeltaCount"), (2, "reversePacketDeltaCount"),
+                      (152, "reverseFlowStartMilliseconds"),
+                      (153, "reverseFlowEndMilliseconds")):
+        assert f"ent: 29305 id: {eid} type:" in flat and name in flat
+
+
 @pytest.mark.skipif(shutil.which("ipfixDump") is None, reason="needs ipfixDump (libfixbuf)")
 def test_read_back_with_ipfixdump(tmp_path):
     many = [(mkflow(f"198.51.100.{i}", "203.0.113.9", 40000 + i, 53, proto=17, packets=i,
@@ -362,20 +406,11 @@ def test_read_back_with_ipfixdump(tmp_path):
     enc = BiflowIpfixEncoder(domain_id=9, max_size=1400, template_refresh_packets=2)
     ms = enc.encode_pairs(many + [(FWD, REV), (FWD, None)], [], T0)
     assert len(ms) > 2
-    f = tmp_path / "bi.ipfix"
-    f.write_bytes(b"".join(ms))
-    res = subprocess.run(["ipfixDump", "--in", str(f)], capture_output=True, text=True,
-                         timeout=60)
-    text = res.stdout + res.stderr
-    assert res.returncode == 0, text
-    for word in ("error", "warning", "out of sequence", "missing template"):
-        assert word not in text.lower(), text
+    _records, text = ipfixdump(tmp_path / "bi.ipfix", ms)
+    assert_ipfixdump_clean(text)
     assert f"{len(ms)} Messages, {len(many) + 2} Data Records" in text
+    assert_reverse_elements_listed(text)
     flat = " ".join(text.split())
-    for eid, name in ((1, "reverseOctetDeltaCount"), (2, "reversePacketDeltaCount"),
-                      (152, "reverseFlowStartMilliseconds"),
-                      (153, "reverseFlowEndMilliseconds")):
-        assert f"ent: 29305 id: {eid} type:" in flat and name in flat
     # the 7th pair, as libfixbuf reads it
     rec = flat[flat.index("sourceIPv4Address : 198.51.100.7 "):]
     rec = rec[:rec.index("--- ")] if "--- " in rec else rec
