@@ -848,20 +848,25 @@ class ConntrackSocket:
             starts.append(pos)
             ends.append(pos + got)
             pos += (got + 3) & ~3            # datagrams start 4-aligned
+        return self._decoded(view[:pos], starts, ends, blocks, extra_malformed)
+
+    def _decoded(self, view, starts, ends, blocks: bool, extra_malformed: int) -> DecodeResult:
+        """The datagrams ``view[starts[i]:ends[i]]`` of one receive batch
+        decoded, as blocks or objects; ``extra_malformed`` datagrams were
+        dropped before (cut short) and are counted as malformed."""
         self.last_datagrams = len(starts)
-        if pos == 0:
+        if not starts:
             return DecodeResult([], extra_malformed, 0, False, [])
         if blocks:
             global _decode_blocks
             if _decode_blocks is None:
                 from .columns import decode_blocks as _decode_blocks
-            res = _decode_blocks(view[:pos], starts, ends)
+            res = _decode_blocks(view, starts, ends)
         else:
-            res = decode(view[:pos])
+            res = decode_datagrams(view, starts, ends)
         if extra_malformed:
             res = res._replace(malformed=res.malformed + extra_malformed)
         return res
-
 
     def _recv_multi(self, max_datagrams: int, blocks: bool) -> DecodeResult:
         """recv_batch with recvmmsg: the same results and errors.  An error
@@ -888,9 +893,6 @@ class ConntrackSocket:
                 long = True
             starts.append(i * head)
             ends.append(i * head + ln)
-        self.last_datagrams = len(starts)
-        if not starts:
-            return DecodeResult([], extra_malformed, 0, False, [])
         if long:
             # some datagram went on into its overflow slot (rare): the batch
             # is decoded from a copy with every datagram whole
@@ -905,17 +907,8 @@ class ConntrackSocket:
                 off += len(d) + pad
             view = b"".join(parts)
         else:
-            view = mr.view[:ends[-1]]
-        if blocks:
-            global _decode_blocks
-            if _decode_blocks is None:
-                from .columns import decode_blocks as _decode_blocks
-            res = _decode_blocks(view, starts, ends)
-        else:
-            res = decode_datagrams(view, starts, ends)
-        if extra_malformed:
-            res = res._replace(malformed=res.malformed + extra_malformed)
-        return res
+            view = mr.view[:ends[-1]] if ends else mr.view[:0]
+        return self._decoded(view, starts, ends, blocks, extra_malformed)
 
 
 def dump_table(family: int = 0, timeout: float = 30.0) -> list:
