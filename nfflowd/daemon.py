@@ -55,13 +55,14 @@ RECV_BATCH = 2048
 # events are arriving about as fast as they are handled, a few at a time; each
 # round costs ~0.6 ms whatever its size (numpy calls in the decoder and the
 # correlator; decoding alone: 6.4 us per event in rounds of 64, 2.3 in rounds
-# of 256, 1.2 in rounds of 1024), so a stream handled as it trickles in costs several times
-# what it costs in batches, and falls behind.  The next round waits first,
-# long enough for about STREAM_BATCH datagrams at the rate just seen, at most
-# STREAM_WAIT seconds, and never long enough to fill more than a quarter of
-# the receive buffer at that rate (EVENT_TRUESIZE: what one event datagram
-# takes of it, generously).  A round whose rate is less than half the last
-# one's means the stream is ending: no wait (its tail would wait for nothing).
+# of 256, 1.2 in rounds of 1024), so a stream handled as it trickles in costs
+# several times what it costs in batches, and falls behind.  The next round
+# waits first, long enough for about STREAM_BATCH datagrams at the rate just
+# seen, at most STREAM_WAIT seconds, and never long enough to fill more than a
+# quarter of the receive buffer at that rate (EVENT_TRUESIZE: what one event
+# datagram takes of it, generously).  A round whose rate is less than half the
+# last one's means the stream is ending: no wait (its tail would wait for
+# nothing).
 STREAM_BATCH = 1024
 STREAM_WAIT = 0.01
 EVENT_TRUESIZE = 2048
