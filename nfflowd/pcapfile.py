@@ -165,19 +165,30 @@ class CaptureReader:
             if close:
                 f.close()
 
-    def _pcap_chunks(self, f, head: bytes, chunk_size: int) -> Iterator:
-        import numpy as np
+    def _pcap_header(self, f, head: bytes) -> tuple[str, bool, int, int]:
+        """The rest of a classic pcap file header after its magic ``head``:
+        (byte order for struct, nanosecond timestamps, snaplen, linktype)."""
         rest = _read(f, 20)
         if len(rest) < 20:
             raise CaptureError("truncated pcap file header", len(head) + len(rest))
-        hdr = head + rest
         bo = "<" if struct.unpack("<I", head)[0] in (PCAP_MAGIC_US, PCAP_MAGIC_NS) else ">"
-        magic, vmaj, vmin, _tz, _sig, snaplen, network = struct.unpack(bo + "IHHiIII", hdr)
+        magic, vmaj, vmin, _tz, _sig, snaplen, network = struct.unpack(bo + "IHHiIII",
+                                                                       head + rest)
         if vmaj != 2:
             raise CaptureError(f"unsupported pcap version {vmaj}.{vmin}", 4)
         linktype = network & 0xFFFF
         self.linktypes.add(linktype)
-        nano = magic == PCAP_MAGIC_NS
+        return bo, magic == PCAP_MAGIC_NS, snaplen, linktype
+
+    def _truncated(self, left: int, at: int) -> CaptureError:
+        """The error for ``left`` bytes of a record left over at the end."""
+        what = "record header" if left < 16 else "packet data"
+        return CaptureError(f"truncated pcap file: cut in a {what} ({left} bytes left over)",
+                            at, self.packets)
+
+    def _pcap_chunks(self, f, head: bytes, chunk_size: int) -> Iterator:
+        import numpy as np
+        bo, nano, snaplen, linktype = self._pcap_header(f, head)
         u32 = np.dtype(bo + "u4")
         # one buffer, refilled in place: the unread rest of a record moves to
         # its start and the file is read after it (no new 32 MB per chunk)
@@ -218,8 +229,7 @@ class CaptureReader:
             offs, stop, bad = walk_records(buf, pos, u32, snaplen, nano)
             n = len(offs)
             if n:
-                chunk = RecordChunk(buf, offs, linktype, nano, u32)
-                chunk.room = memoryview(store)
+                chunk = RecordChunk(buf, offs, linktype, nano, u32, memoryview(store))
                 _ts, cap, orig = chunk.fields()
                 self.packets += n
                 self.snapped += int(np.count_nonzero(cap < orig))
@@ -233,10 +243,7 @@ class CaptureReader:
             if eof:
                 break
         if pos < len(buf):
-            left = len(buf) - pos
-            what = "record header" if left < 16 else "packet data"
-            raise CaptureError(f"truncated pcap file: cut in a {what} "
-                               f"({left} bytes left over)", base + pos, self.packets)
+            raise self._truncated(len(buf) - pos, base + pos)
 
     def batches(self) -> Iterator[list]:
         return self._read(self._pcap)
@@ -252,20 +259,7 @@ class CaptureReader:
         return buf[pos:] + more, 0, base + pos, False
 
     def _pcap(self, f, head: bytes) -> Iterator[list]:
-        rest = _read(f, 20)
-        if len(rest) < 20:
-            raise CaptureError("truncated pcap file header", len(head) + len(rest))
-        hdr = head + rest
-        if struct.unpack("<I", head)[0] in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
-            bo = "<"
-        else:
-            bo = ">"
-        magic, vmaj, vmin, _tz, _sig, snaplen, network = struct.unpack(bo + "IHHiIII", hdr)
-        if vmaj != 2:
-            raise CaptureError(f"unsupported pcap version {vmaj}.{vmin}", 4)
-        tsmul = 1 if magic == PCAP_MAGIC_NS else 1000
-        linktype = network & 0xFFFF
-        self.linktypes.add(linktype)
+        bo, nano, _snaplen, linktype = self._pcap_header(f, head)
         rec = struct.Struct(bo + "IIII")
         unpack_from = rec.unpack_from
         batch_size = self.batch_size
@@ -279,7 +273,6 @@ class CaptureReader:
         snapped = 0
         eof = False
         err: CaptureError | None = None
-        nano = tsmul == 1
         while True:
             blen = len(buf)
             # parse every complete record in buf (the hot loop: keep it flat)
@@ -315,10 +308,7 @@ class CaptureReader:
         if err is not None:
             raise err
         if pos < len(buf):
-            left = len(buf) - pos
-            what = "record header" if left < 16 else "packet data"
-            raise CaptureError(f"truncated pcap file: cut in a {what} "
-                               f"({left} bytes left over)", base + pos, self.packets)
+            raise self._truncated(len(buf) - pos, base + pos)
 
     # -- pcapng ------------------------------------------------------------
     def _pcapng(self, f, head: bytes) -> Iterator[list]:
@@ -448,14 +438,15 @@ class RecordChunk:
 
     __slots__ = ("buf", "offsets", "linktype", "nano", "u32", "_fields", "room")
 
-    def __init__(self, buf, offsets, linktype, nano, u32):
+    def __init__(self, buf, offsets, linktype, nano, u32, room=None):
         self.buf = buf
         self.offsets = offsets
         self.linktype = linktype
         self.nano = nano
         self.u32 = u32
         self._fields = None
-        self.room = buf          # the buffer ``buf`` starts, at least SLACK bytes longer if it can
+        # the buffer ``buf`` starts, at least SLACK bytes longer if it can
+        self.room = buf if room is None else room
 
     def __len__(self) -> int:
         return len(self.offsets)
