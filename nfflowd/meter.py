@@ -463,8 +463,6 @@ def meter_file(source, table: FlowTable, bpf: str | None = None,
                 last = item[-1][0]
                 done = table.expire(last)
             else:                           # a pcap chunk: vectorised (nfflowd.meterfast)
-                if not len(item):
-                    continue
                 done = chunks.meter(item)
                 frames += len(item)
                 if first is None:

@@ -103,8 +103,6 @@ class ChunkMeter:
         self.bs = int(batch_size)
         self.frames = 0                 # frames before the current chunk
         self.last_ts = None
-        self.exact_chunks = 0           # chunks sent whole through the per-packet path
-        self.replayed = 0               # packets replayed in the side table
         self.bulk: list = []            # records made by _vector, not yet returned
 
     # ------------------------------------------------------------------
@@ -138,7 +136,6 @@ class ChunkMeter:
                 done = self.bulk + done
                 self.bulk = []
         else:
-            self.exact_chunks += 1
             done = self._exact(chunk, g0)
         self.frames = g0 + n
         self.last_ts = int(ts[-1])
@@ -257,8 +254,9 @@ class ChunkMeter:
             k0 = k1 = np.zeros(0, np.uint64)
             oc = tos = fl = np.zeros(0, np.int64)
         if r_idx:
-            order = np.argsort(np.concatenate((fidx, np.array(r_idx, np.int64))), kind="stable")
-            pidx = np.concatenate((fidx, np.array(r_idx, np.int64)))[order]
+            pidx = np.concatenate((fidx, np.array(r_idx, np.int64)))
+            order = np.argsort(pidx, kind="stable")
+            pidx = pidx[order]
             k0 = np.concatenate((k0, np.array(r_k0, np.uint64)))[order]
             k1 = np.concatenate((k1, np.array(r_k1, np.uint64)))[order]
             oc = np.concatenate((oc, np.array(r_o, np.int64)))[order]
@@ -394,7 +392,6 @@ class ChunkMeter:
                               fl[sel].tolist(), tos[sel].tolist()))
             rp.extend(v6)
             rp.sort(key=lambda r: r[0])
-            self.replayed += len(rp)
             self._replay(rp, ts, g0)
         return True
 
