@@ -88,6 +88,13 @@ def flow_key(p) -> bytes:
     return p[0] + p[1] + _KEYPACK(p[2], p[3], (p[4] << 24) | p[5])
 
 
+def reverse_flow_key(key: bytes) -> bytes:
+    """The key of the other direction: addresses and ports swapped."""
+    a = len(key) - 8 >> 1             # address length: 4 or 16
+    return (key[a:2 * a] + key[:a] + key[2 * a + 2:2 * a + 4] + key[2 * a:2 * a + 2]
+            + key[-4:])
+
+
 class FlowTable:
     """Unidirectional flow cache with active, inactive, TCP-end and
     resource expiry.  Times are nanoseconds (any epoch; records carry
@@ -231,11 +238,9 @@ class FlowTable:
 
     def _tcp_end(self, key, e, f, now_ns: int) -> None:
         """A FIN or RST (RFC 9293 section 3.1): mark the end of the connection."""
-        a = len(key) - 8 >> 1             # address length: 4 or 16
         if key[-4] != 6:
             return
-        rkey = (key[a:2 * a] + key[:a] + key[2 * a + 2:2 * a + 4] + key[2 * a:2 * a + 2]
-                + key[-4:])
+        rkey = reverse_flow_key(key)
         r = self._flows.get(rkey)
         if f & 4:                                        # RST: both directions end
             self._closing(key, e, self.rst_ns, now_ns)

@@ -589,6 +589,7 @@ class ChunkMeter:
         timeout; then only its FIN/RST packets are walked, in file order, as
         ``FlowTable._tcp_end`` would, checking that the reverse flow each one
         reaches is alive then.  Returns (keys to replay, keys done)."""
+        from .meter import reverse_flow_key     # (meter imports this module)
         table = self.table
         flows = table._flows
         get = flows.get
@@ -638,7 +639,7 @@ class ChunkMeter:
             k = keys[gk]
             if k in H or k in X or k[12] != 6:
                 continue
-            r = k[4:8] + k[:4] + k[10:12] + k[8:10] + k[12:]
+            r = reverse_flow_key(k)
             gr = revl[gk]
             if gr < 0:
                 gr = None
@@ -740,6 +741,7 @@ class ChunkMeter:
         return X, H
 
     def _replay(self, rp, ts, g0) -> None:
+        from .meter import reverse_flow_key     # (meter imports this module)
         table = self.table
         side = table._sibling()
         flows = table._flows
@@ -752,9 +754,7 @@ class ChunkMeter:
                     side._heap.append((e[8], key))
                 # the TCP end of this key reaches its reverse direction
                 if len(key) and key[-4] == 6:
-                    a = len(key) - 8 >> 1
-                    rkey = (key[a:2 * a] + key[:a] + key[2 * a + 2:2 * a + 4]
-                            + key[2 * a:2 * a + 2] + key[-4:])
+                    rkey = reverse_flow_key(key)
                     if rkey not in sflows:
                         r = flows.pop(rkey, None)
                         if r is not None:
