@@ -106,11 +106,11 @@ def families(counters: dict) -> list:
             fam = out[name] = CounterMetricFamily(PREFIX + name, help_, labels=sorted(labels))
         fam.add_metric([labels[k] for k in sorted(labels)], value)
 
-    def gauge(name, labels: dict, value):
+    def gauge(name, labels: dict, value, help_=None):
         fam = out.get("g:" + name)
         if fam is None:
             fam = out["g:" + name] = GaugeMetricFamily(
-                PREFIX + name, f"nfflowd counter {name} (not mapped to a metric name)",
+                PREFIX + name, help_ or f"nfflowd counter {name} (not mapped to a metric name)",
                 labels=sorted(labels))
         fam.add_metric([labels[k] for k in sorted(labels)], value)
 
@@ -128,11 +128,7 @@ def families(counters: dict) -> list:
                 if is_counter:
                     counter(name, help_, {"interface": iface}, value)
                 else:
-                    fam = out.get("g:" + name)
-                    if fam is None:
-                        fam = out["g:" + name] = GaugeMetricFamily(
-                            PREFIX + name, help_, labels=["interface"])
-                    fam.add_metric([iface], value)
+                    gauge(name, {"interface": iface}, value, help_)
                 return
         collector, dot, stat = key.rpartition(".")
         if dot and stat in PER_COLLECTOR:
