@@ -10,9 +10,9 @@ returns a ``Program``: the classic BPF instructions (``struct bpf_insn``,
   (``SO_ATTACH_FILTER``, see ``nfflowd.capture``): filtered-out packets never
   reach user space, and the program's accept value (the snaplen given here)
   caps how much of each packet is copied;
-- ``Program.matches(data, wirelen)`` runs on one captured frame, for capture
-  files, through libpcap's own interpreter (``bpf_filter``); one ctypes call
-  per frame (bench/bench_capture.py prints its cost).
+- ``Filter.keep(batch)`` runs it on each captured frame of a capture file,
+  through libpcap's own interpreter (``bpf_filter``); one ctypes call per
+  frame (bench/bench_capture.py prints its cost).
 
 A filter is compiled per link type, so ``Filter`` (a capture file may mix link
 types in pcapng) compiles lazily and caches one program per link type.  An
@@ -87,8 +87,6 @@ def libpcap():
     lib.pcap_freecode.restype = None
     lib.pcap_close.argtypes = [vp]
     lib.pcap_close.restype = None
-    lib.bpf_filter.argtypes = [vp, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint]
-    lib.bpf_filter.restype = ctypes.c_uint
     lib.bpf_image.argtypes = [vp, ctypes.c_int]
     lib.bpf_image.restype = ctypes.c_char_p
     lib.pcap_create.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
@@ -130,12 +128,6 @@ class Program:
     def instructions(self) -> list[tuple[int, int, int, int]]:
         """(code, jt, jf, k) per instruction."""
         return list(struct.iter_unpack("=HBBI", self.code))
-
-    def matches(self, data: bytes, wirelen: int | None = None) -> bool:
-        """Whether the frame ``data`` (captured bytes; ``wirelen`` its length on
-        the wire) passes the filter."""
-        return self._run(self._ptr, data, len(data) if wirelen is None else wirelen,
-                         len(data)) != 0
 
     def sock_fprog(self) -> tuple[bytes, object]:
         """(the ``struct sock_fprog`` for setsockopt(SO_ATTACH_FILTER), the
