@@ -135,7 +135,7 @@ class Pipeline:
     def open(self) -> None:
         cfg = self.cfg
         for c in cfg.export.collectors:
-            if getattr(c, "biflow", False):
+            if c.biflow:
                 from .biflow import BiflowExporter
                 exp = BiflowExporter(c, cfg, self.vlan, hold_s=self.biflow_hold)
             else:
