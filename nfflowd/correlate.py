@@ -384,16 +384,25 @@ class Correlator:
         if not special:
             emit(0, n)
             return
+        # each run of consecutive special rows goes through the object path
+        # in one call (the ids of a block are distinct: the rows of a run do
+        # not touch each other's state)
         lo = 0
-        for i in sorted(special):
+        rows = sorted(special)
+        k = 0
+        while k < len(rows):
+            i = j = rows[k]
+            while k < len(rows) and rows[k] == j:
+                e = special[j]
+                if e is not None:
+                    live[ids[j]] = e
+                if remembered is not None and remembered[j]:
+                    new_ns[ids[j]] = remembered[j]
+                j += 1
+                k += 1
             emit(lo, i)
-            e = special[i]
-            if e is not None:
-                live[ids[i]] = e
-            if remembered is not None and remembered[i]:
-                new_ns[ids[i]] = remembered[i]
-            self.handle_batch(b.take(slice(i, i + 1)).events(), now_ns, out)
-            lo = i + 1
+            self.handle_batch(b.take(slice(i, j)).events(), now_ns, out)
+            lo = j
         emit(lo, n)
 
     def handle(self, ev: CtEvent, now_ns: int) -> list[Flow]:
