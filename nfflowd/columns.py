@@ -63,7 +63,7 @@ _LITTLE = sys.byteorder == "little"
 class _Shape:
     """One shape's rows of the index matrices."""
 
-    __slots__ = ("family", "rel", "present", "hrel", "hpresent", "hexp", "nhdr")
+    __slots__ = ("family", "rel", "present", "hrel", "hexp", "nhdr")
 
     def __init__(self, spec: dict):
         self.family = spec["family"]
@@ -129,6 +129,7 @@ def _index() -> dict:
     if _index_version[0] != _ct._col_version[0]:
         _short_index.clear()
         _tables_cache.clear()
+        _shapes.clear()
         for key in _ct._col_specs:
             ln, tf, nq = key
             w4, w5 = (nq & 0xFFFFFFFF, nq >> 32) if _LITTLE else (nq >> 32, nq & 0xFFFFFFFF)
@@ -164,6 +165,9 @@ def _tables(shapes: list):
 
 
 def _shape(key):
+    """The ``_Shape`` of a learnt shape key, None when its spec does not fit
+    the index matrices.  Called after ``_index()``, which forgets them all
+    whenever the specs change (so this holds no more keys than they do)."""
     sh = _shapes.get(key, False)
     if sh is False:
         spec = _ct._col_specs.get(key)
@@ -173,17 +177,8 @@ def _shape(key):
             sh = _Shape(spec)
         except ValueError:
             sh = None
-        if len(_shapes) >= 4 * _ct._LAYOUT_MAX:
-            _shapes.clear()
         _shapes[key] = sh
-    elif sh is not None and _ct._col_specs.get(key) is None:
-        _shapes.pop(key, None)      # the layout cache restarted: learn again
-        return None
     return sh
-
-
-def clear_cache() -> None:
-    _shapes.clear()
 
 
 class DestroyBlock:
@@ -337,7 +332,7 @@ def decode_blocks(buf, starts=None, ends=None) -> DecodeResult:
         if tail > 0 or len(starts) < MIN_ROWS:
             return _ct.decode(buf)           # something to count or too few to gain
     if len(starts) < MIN_ROWS:
-        return _decode_ranges(buf, starts, ends)
+        return _ct.decode_datagrams(buf, starts, ends)
     n = len(starts)
     nw = len(buf) // 4
     # the buffer as big-endian words, not copied (gathers clip their
@@ -366,7 +361,7 @@ def decode_blocks(buf, starts=None, ends=None) -> DecodeResult:
     known = np.array([s is not None for s in shapes], dtype=bool)
     ok &= known[inv]
     if ok.sum() < MIN_ROWS:
-        return _decode_ranges(buf, starts, ends)
+        return _ct.decode_datagrams(buf, starts, ends)
     rel, pres, hrel, hexp, fam = _tables(shapes)
     rel, pres, hrel, hexp, fam = rel[inv], pres[inv], hrel[inv], hexp[inv], fam[inv]
     # every header word the walker visits, as when the shape was compiled
@@ -377,7 +372,7 @@ def decode_blocks(buf, starts=None, ends=None) -> DecodeResult:
     if ok.all():
         return DecodeResult([block], 0, 0, False, [])
     if ok.sum() < MIN_ROWS:
-        return _decode_ranges(buf, starts, ends)
+        return _ct.decode_datagrams(buf, starts, ends)
     # runs of good rows as blocks, the others through the object path
     events: list = []
     malformed = unknown = 0
@@ -394,7 +389,7 @@ def decode_blocks(buf, starts=None, ends=None) -> DecodeResult:
         else:
             while j < n and not okl[j]:
                 j += 1
-            res = _decode_ranges(buf, starts[i:j], ends[i:j])
+            res = _ct.decode_datagrams(buf, starts[i:j], ends[i:j])
             events.extend(res.events)
             malformed += res.malformed
             unknown += res.unknown
@@ -402,12 +397,6 @@ def decode_blocks(buf, starts=None, ends=None) -> DecodeResult:
             errors.extend(res.errors)
         i = j
     return DecodeResult(events, malformed, unknown, done, errors)
-
-
-def _decode_ranges(buf, starts, ends) -> DecodeResult:
-    """The object path over the datagrams [starts[i], ends[i]): in one call
-    when they lie back to back (4-aligned), else one by one."""
-    return _ct.decode_datagrams(buf, starts, ends)
 
 
 # ---------------------------------------------------------------------------
