@@ -89,8 +89,3 @@ class IpfixEncoder(TemplateEncoder):
         h = HEADER.pack(10, length, (now_ms // 1000) & _U32, self.sequence, self.domain_id)
         self.sequence = (self.sequence + data_records) & _U32
         return h
-
-    def _pack_header(self, dg: Datagram, now_ms: int, boot_ms: int) -> None:
-        HEADER.pack_into(dg.buf, 0, 10, dg.off, (now_ms // 1000) & _U32, self.sequence,
-                         self.domain_id)
-        self.sequence = (self.sequence + dg.data_records) & _U32

@@ -26,7 +26,7 @@ import struct
 from typing import Sequence
 
 from .record import Flow, NatEvent
-from .template import RECORD_KINDS, Datagram, TemplateEncoder
+from .template import RECORD_KINDS, TemplateEncoder
 
 HEADER = struct.Struct("!HHIIII")
 assert HEADER.size == 20
@@ -66,9 +66,3 @@ class NetflowV9Encoder(TemplateEncoder):
                         (now_ms // 1000) & _U32, self.sequence, self.source_id)
         self.sequence = (self.sequence + 1) & _U32
         return h
-
-    def _pack_header(self, dg: Datagram, now_ms: int, boot_ms: int) -> None:
-        HEADER.pack_into(dg.buf, 0, 9, dg.template_records + dg.data_records,
-                         (now_ms - boot_ms) & _U32, (now_ms // 1000) & _U32,
-                         self.sequence, self.source_id)
-        self.sequence = (self.sequence + 1) & _U32

@@ -315,7 +315,8 @@ class TemplateEncoder:
     """The record layer shared by the v9 and IPFIX encoders (subclass it).
 
     Subclasses set HEADER_SIZE, TEMPLATE_SET_ID, PAD and implement
-    ``_pack_header(dg, now_ms, boot_ms)``, which also advances the sequence.
+    ``_header(length, template_records, data_records, now_ms, boot_ms)``,
+    which also advances the sequence.
     """
 
     HEADER_SIZE = 0
@@ -415,12 +416,17 @@ class TemplateEncoder:
         if self.templates_due(now_ms):
             ok = dg.add_template_set(self.TEMPLATE_SET_ID, self.templates)
             assert ok       # checked against max_size in __init__
-            self._templates_sent = True
-            self._forced = False
-            self._since_templates = 0
-            self._templates_ms = now_ms
-            self.template_sends += 1
+            self._templates_written(now_ms)
         return dg
+
+    def _templates_written(self, now_ms: int) -> None:
+        """A datagram about to be sent carries the templates: the refresh
+        counters start again."""
+        self._templates_sent = True
+        self._forced = False
+        self._since_templates = 0
+        self._templates_ms = now_ms
+        self.template_sends += 1
 
     # -- records ---------------------------------------------------------------
     def _column_groups(self, cols, groups: dict) -> None:
@@ -539,7 +545,6 @@ class TemplateEncoder:
         parts: list = []
         off = 0                 # 0: no datagram open
         data = tmpl = 0
-        has_tpl = False
         set_hdr = SET_HEADER.pack
         for tpl, blob, _ in groups:
             size = tpl.size
@@ -550,19 +555,13 @@ class TemplateEncoder:
                     off = hsize
                     parts = []
                     data = tmpl = 0
-                    has_tpl = False
                     if self.templates_due(now_ms):
                         if tset is None:
                             tset = template_set(self.TEMPLATE_SET_ID, self.templates, pad)
                         parts.append(tset)
                         off += len(tset)
                         tmpl = len(self.templates)
-                        has_tpl = True
-                        self._templates_sent = True
-                        self._forced = False
-                        self._since_templates = 0
-                        self._templates_ms = now_ms
-                        self.template_sends += 1
+                        self._templates_written(now_ms)
                 room = max_size - off - 4
                 k = room // size if room >= size else 0
                 if k and 4 + k * size + (-(4 + k * size) % pad) > room + 4:
@@ -582,39 +581,34 @@ class TemplateEncoder:
                 off += ln + p
                 data += k
                 i += k
-        if not off and self._forced:
-            return self._finish_forced(out, counts, now_ms, boot_ms)
-        if off and (data or has_tpl):
-            self._close_packed(parts, off, tmpl, data, now_ms, boot_ms, out, counts)
-        self.last_counts = counts
-        return out
-
-    def _finish_forced(self, out, counts, now_ms, boot_ms) -> list[bytes]:
-        dg = self._new_datagram(now_ms)     # forced: templates only
-        self._close(dg, now_ms, boot_ms, out, counts)
+        # every group holds a record at least (see _column_groups): the last
+        # datagram is open and not empty
+        self._close_packed(parts, off, tmpl, data, now_ms, boot_ms, out, counts)
         self.last_counts = counts
         return out
 
     def _close_packed(self, parts, off, tmpl, data, now_ms, boot_ms, out, counts) -> None:
         out.append(self._header(off, tmpl, data, now_ms, boot_ms) + b"".join(parts))
-        counts.append(data)
+        self._sent(data, counts)
+
+    def _sent(self, data_records: int, counts: list) -> None:
+        counts.append(data_records)
         self.datagrams_sent += 1
-        self.records_sent += data
+        self.records_sent += data_records
         self._since_templates += 1
 
     def _header(self, length: int, template_records: int, data_records: int, now_ms: int,
                 boot_ms: int) -> bytes:
         """The header of a datagram of ``length`` bytes; advances the
-        sequence as ``_pack_header`` does."""
+        sequence."""
         raise NotImplementedError
 
     def _close(self, dg: Datagram, now_ms, boot_ms, out, counts) -> None:
         self._pack_header(dg, now_ms, boot_ms)
         out.append(dg.finish())
-        counts.append(dg.data_records)
-        self.datagrams_sent += 1
-        self.records_sent += dg.data_records
-        self._since_templates += 1
+        self._sent(dg.data_records, counts)
 
     def _pack_header(self, dg: Datagram, now_ms: int, boot_ms: int) -> None:
-        raise NotImplementedError
+        """The header of ``dg`` packed in place (``_header``)."""
+        dg.buf[:self.HEADER_SIZE] = self._header(dg.off, dg.template_records,
+                                                 dg.data_records, now_ms, boot_ms)
