@@ -476,6 +476,16 @@ class FlowColumns:
         return c
 
 
+def interleave(a, b):
+    """Rows a[0], b[0], a[1], b[1], ... (``a`` and ``b`` alike in shape and
+    type)."""
+    n = len(a)
+    out = np.empty((n, 2) + a.shape[1:], dtype=a.dtype)
+    out[:, 0] = a
+    out[:, 1] = b
+    return out.reshape((2 * n,) + a.shape[1:])
+
+
 def flows_of_block(b: DestroyBlock, start_ns, end_ns, end_reason: int = END_OF_FLOW
                    ) -> FlowColumns:
     """``correlate.flows_of`` over a block: original and reply flow of each
@@ -484,37 +494,32 @@ def flows_of_block(b: DestroyBlock, start_ns, end_ns, end_reason: int = END_OF_F
     c = FlowColumns()
     c.n = 2 * n
     icmp = (b.o_proto == 1) | (b.o_proto == 58)
-
-    def pair(orig, reply):
-        a = np.empty((n, 2) + orig.shape[1:], dtype=orig.dtype)
-        a[:, 0] = orig
-        a[:, 1] = reply
-        return a.reshape((2 * n,) + orig.shape[1:])
-
     zero = np.zeros(n, dtype=np.uint64)
-    c.family = pair(b.family, b.family)
-    c.proto = pair(b.o_proto, b.o_proto)
-    c.src = pair(b.o_src, b.r_src)
-    c.dst = pair(b.o_dst, b.r_dst)
-    c.post_src = pair(b.r_dst, b.o_dst)
-    c.post_dst = pair(b.r_src, b.o_src)
+    c.family = interleave(b.family, b.family)
+    c.proto = interleave(b.o_proto, b.o_proto)
+    c.src = interleave(b.o_src, b.r_src)
+    c.dst = interleave(b.o_dst, b.r_dst)
+    c.post_src = interleave(b.r_dst, b.o_dst)
+    c.post_dst = interleave(b.r_src, b.o_src)
     # NetFlow convention for ICMP: sport 0, dport type*256+code, on both sides
-    c.sport = pair(np.where(icmp, zero, b.o_sport), np.where(icmp, zero, b.r_sport))
-    c.dport = pair(b.o_dport, b.r_dport)
-    c.post_sport = pair(np.where(icmp, zero, b.r_dport), np.where(icmp, zero, b.o_dport))
-    c.post_dport = pair(np.where(icmp, b.o_dport, b.r_sport),
-                        np.where(icmp, b.r_dport, b.o_sport))
-    c.packets = pair(b.o_packets, b.r_packets)
-    c.octets = pair(b.o_bytes, b.r_bytes)
+    c.sport = interleave(np.where(icmp, zero, b.o_sport), np.where(icmp, zero, b.r_sport))
+    c.dport = interleave(b.o_dport, b.r_dport)
+    c.post_sport = interleave(np.where(icmp, zero, b.r_dport),
+                              np.where(icmp, zero, b.o_dport))
+    c.post_dport = interleave(np.where(icmp, b.o_dport, b.r_sport),
+                              np.where(icmp, b.r_dport, b.o_sport))
+    c.packets = interleave(b.o_packets, b.r_packets)
+    c.octets = interleave(b.o_bytes, b.r_bytes)
     s = start_ns // np.uint64(1_000_000)
     e = end_ns // np.uint64(1_000_000)
-    c.start_ms = pair(s, s)
-    c.end_ms = pair(e, e)
-    c.direction = pair(np.full(n, ORIGINAL, dtype=np.uint64), np.full(n, REPLY, dtype=np.uint64))
+    c.start_ms = interleave(s, s)
+    c.end_ms = interleave(e, e)
+    c.direction = interleave(np.full(n, ORIGINAL, dtype=np.uint64),
+                             np.full(n, REPLY, dtype=np.uint64))
     c.end_reason = np.full(2 * n, end_reason, dtype=np.uint64)
     c.tos = np.zeros(2 * n, dtype=np.uint64)
     c.tcp_flags = c.tos
-    c.conn_id = pair(b.ct_id, b.ct_id)
+    c.conn_id = interleave(b.ct_id, b.ct_id)
     c.vlan = c.tos
     return c
 

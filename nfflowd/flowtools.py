@@ -212,6 +212,8 @@ def expand_columns(cols, now_ns: int, boot_ms: int, exaddr=None) -> FtBatch:
     ``FtColumns``, made into tuples only if someone reads
     ``batch.records``)."""
     import numpy as np
+
+    from .columns import interleave
     secs, nsecs, up = header_times(now_ns, boot_ms)
     n = cols.n
     u32 = np.uint64(U32)
@@ -234,10 +236,7 @@ def expand_columns(cols, now_ns: int, boot_ms: int, exaddr=None) -> FtBatch:
     keep = keep.reshape(2 * n)
 
     def two(pre, post):
-        a = np.empty((n, 2) + pre.shape[1:], dtype=pre.dtype)
-        a[:, 0] = pre
-        a[:, 1] = post
-        return a.reshape((2 * n,) + pre.shape[1:])[keep]
+        return interleave(pre, post)[keep]
 
     def same(col):
         return np.repeat(col, 2)[keep]
