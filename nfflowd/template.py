@@ -274,9 +274,9 @@ def _columns_dtype(tpl: Template) -> np.dtype:
 
 
 def _pack_columns(tpl: Template, dt: np.dtype, cols, rows) -> bytes:
-    """The records ``rows`` (index array or slice) of ``cols`` packed as
-    ``tpl`` packs them."""
-    arr = np.zeros(len(cols.family[rows]), dtype=dt)
+    """The records ``rows`` (an index array, or ``slice(None)``: all) of
+    ``cols`` packed as ``tpl`` packs them."""
+    arr = np.zeros(cols.n if isinstance(rows, slice) else len(rows), dtype=dt)
     for n in tpl.names:
         col = getattr(cols, _FLOW_SOURCE[n])[rows]
         if col.ndim == 2:
