@@ -22,7 +22,7 @@ import sys
 import time
 
 from . import __version__
-from .config import DEFAULT_PATH, Config
+from .config import DEFAULT_PATH, SNAPLEN_MAX, SNAPLEN_MIN, Config
 from .errors import ConfigError, NfflowdError
 
 USAGE = ("nfflowd [ -c file ] [ -f ] { start | stop | restart | reload | install | check "
@@ -200,8 +200,9 @@ def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser) -> i
     if opts.count is not None and opts.count < 0:
         err(f"meter: -n COUNT must be 0 (no limit) or more, got {opts.count}")
         return EXIT_CONFIG
-    if opts.snaplen is not None and not 64 <= opts.snaplen <= 262144:
-        err(f"meter: -s SNAPLEN must be from 64 to 262144, got {opts.snaplen}")
+    if opts.snaplen is not None and not SNAPLEN_MIN <= opts.snaplen <= SNAPLEN_MAX:
+        err(f"meter: -s SNAPLEN must be from {SNAPLEN_MIN} to {SNAPLEN_MAX}, "
+            f"got {opts.snaplen}")
         return EXIT_CONFIG
     try:
         cfg = _load(config_path)

@@ -87,6 +87,10 @@ class MeterInterface:
     bpf: str | None = None          # None: meter.bpf
 
 
+# the capture length a packet meter may be given (meter.snaplen, meter -s)
+SNAPLEN_MIN, SNAPLEN_MAX = 64, 262144
+
+
 @dataclass(frozen=True)
 class MeterConfig:
     """The packet meter (``nfflowd meter``, and the daemon's meters): the
@@ -307,7 +311,7 @@ def _meter(c: _Checker, data) -> MeterConfig:
         inactive_timeout=c.number(m, "inactive_timeout", "meter.inactive_timeout",
                                   d.inactive_timeout, 1, 30 * 86400),
         max_flows=c.integer(m, "max_flows", "meter.max_flows", d.max_flows, 1, 2**31 - 1),
-        snaplen=c.integer(m, "snaplen", "meter.snaplen", d.snaplen, 64, 262144),
+        snaplen=c.integer(m, "snaplen", "meter.snaplen", d.snaplen, SNAPLEN_MIN, SNAPLEN_MAX),
         bpf=_bpf(c, m, "meter.bpf"),
         count=c.integer(m, "count", "meter.count", d.count, 0, 2**63 - 1),
         interfaces=tuple(interfaces),
