@@ -105,7 +105,7 @@ def run(batches, stage: str, objects: bool, news=()) -> tuple[float, int]:
         if objects:
             flows = pending
         else:
-            flows = pending.columns() if pending.has_blocks else pending.flows()
+            flows = pending.for_export()
         if stage in ("v5", "csv"):
             ft = (expand if objects or isinstance(flows, list) else expand_columns)(
                 flows, now_ns, boot_ms, exaddr)

@@ -581,6 +581,12 @@ class FlowBuffer:
     def flows(self) -> list:
         return list(self)
 
+    def for_export(self):
+        """What the encoders take: one ``FlowColumns`` when a burst left
+        blocks here (and every flow fits columns), else the ``Flow`` list."""
+        cols = self.columns() if self._blocks else None
+        return cols if cols is not None else self.flows()
+
     def columns(self) -> FlowColumns | None:
         """Everything as one ``FlowColumns``; None when some ``Flow`` cannot be
         held as columns (then use ``flows()``)."""

@@ -166,9 +166,7 @@ class Pipeline:
         boot_ms = now_ns // 1_000_000 - uptime_ms
         ft = None
         if isinstance(flows, FlowBuffer):
-            # the daemon's buffer: as columns when a burst left blocks in it
-            cols = flows.columns() if flows.has_blocks else None
-            flows = cols if cols is not None else flows.flows()
+            flows = flows.for_export()  # the daemon's: columns after a burst
         if (flowtools or self.mirror is not None
                 or any(exp.uses_flowtools for exp in self.exporters)):
             # computed once, shared by the v5 encoders and the CSV mirror
