@@ -43,6 +43,9 @@ class V5Exporter:
         for datagram in self.encoder.encode(ft_records):
             self.sink.send(datagram, record_count(datagram))
 
+    def tick(self, now_ns: int) -> None:
+        """Nothing is held back here (see biflow.BiflowExporter.tick)."""
+
     def summary(self) -> dict:
         return {"records": self.encoder.records_encoded,
                 "datagrams": self.sink.datagrams_sent,
@@ -95,6 +98,9 @@ class TemplateExporter:
         messages = self._encode(flows, nat_events, now_ns // 1_000_000, boot_ms)
         for message, records in zip(messages, enc.last_counts):
             self.sink.send(message, records)
+
+    def tick(self, now_ns: int) -> None:
+        """Nothing is held back here (see biflow.BiflowExporter.tick)."""
 
     def summary(self) -> dict:
         out = {"records": self.encoder.records_sent,
@@ -188,8 +194,7 @@ class Pipeline:
     def tick(self, now_ns: int) -> None:
         """Called at every flush deadline: retry what the sinks hold back."""
         for exp in self.exporters:
-            if hasattr(exp, "tick"):
-                exp.tick(now_ns)            # biflow: records whose hold ended
+            exp.tick(now_ns)                # biflow: records whose hold ended
         for sink in self.stream_sinks:
             sink.tick()
         if self.mirror is not None:
