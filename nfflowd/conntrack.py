@@ -13,6 +13,7 @@ import errno as _errno
 import os as _os
 import socket as _socket
 import struct as _struct
+from operator import add as _add
 from operator import itemgetter as _itemgetter
 from typing import NamedTuple
 
@@ -728,8 +729,8 @@ class _MultiRecv:
                 + bytes(self.tails[i * self.TAIL:i * self.TAIL + length - head]))
 
     def recv(self, fd: int, n: int):
-        """(count, [(length, msg_flags)]) of the datagrams received, count
-        -errno on failure (0: none queued)."""
+        """(count, lengths, msg_flags) of the datagrams received (two lists),
+        count -errno on failure (0: none queued)."""
         n = min(n, self.SLOTS)
         for _ in range(8):      # EINTR: try again (bounded)
             got = self._fn(fd, self._msgs, n, _MSG_DONTWAIT, None)
@@ -737,10 +738,10 @@ class _MultiRecv:
                 break
             err = self._get_errno()
             if err != _errno.EINTR:
-                return (0 if err in (_errno.EAGAIN, _errno.EWOULDBLOCK) else -err), []
+                return (0 if err in (_errno.EAGAIN, _errno.EWOULDBLOCK) else -err), [], []
         else:
-            return 0, []
-        return got, list(zip(self._lens[:got].tolist(), self._flags[:got].tolist()))
+            return 0, [], []
+        return got, self._lens[:got].tolist(), self._flags[:got].tolist()
 
 
 class ConntrackSocket:
@@ -873,27 +874,29 @@ class ConntrackSocket:
         after some datagrams is kept by the kernel and returned by the next
         call, which raises it (as the per-datagram loop does)."""
         mr = self._multi
-        got, meta = mr.recv(self._sock.fileno(), max_datagrams)
+        got, lens, flags = mr.recv(self._sock.fileno(), max_datagrams)
         if got < 0:
             if got == -_errno.ENOBUFS:
                 raise NetlinkOverrun(
                     "netlink receive buffer overrun: conntrack events were lost")
             raise SourceError(f"netlink recv: {_os.strerror(-got)}")
-        starts: list = []
-        ends: list = []
+        if not got:
+            return self._decoded(mr.view[:0], [], [], blocks, 0)
         head = mr.HEAD
         extra_malformed = 0
-        long = False
-        for i, (ln, flags) in enumerate(meta):
-            if flags & _MSG_TRUNC:
-                self.truncated += 1          # cut short: drop it whole
-                extra_malformed += 1
-                continue
-            if ln > head:
-                long = True
-            starts.append(i * head)
-            ends.append(i * head + ln)
-        if long:
+        # datagram i sits at i * HEAD; built with builtins, not a Python loop
+        # per datagram (a round is up to 2048 of them)
+        starts = list(range(0, got * head, head))
+        if any(flags):
+            # some msg_flags set (MSG_TRUNC: longer than a slot; rare): those
+            # datagrams are dropped whole, counted as truncated and malformed
+            keep = [i for i, f in enumerate(flags) if not f & _MSG_TRUNC]
+            extra_malformed = got - len(keep)
+            self.truncated += extra_malformed
+            starts = [starts[i] for i in keep]
+            lens = [lens[i] for i in keep]
+        ends = list(map(_add, starts, lens))
+        if lens and max(lens) > head:
             # some datagram went on into its overflow slot (rare): the batch
             # is decoded from a copy with every datagram whole
             parts: list = []

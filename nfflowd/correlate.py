@@ -59,6 +59,7 @@ records; it never reads a clock or touches a socket.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from itertools import repeat
 
 import numpy as np
@@ -101,6 +102,14 @@ _LAYOUT = {33: (4, _HEAD4, None), 57: (4, _HEAD4, _BASE32), 73: (4, _HEAD4, _BAS
            81: (6, _HEAD6, None), 121: (6, _HEAD6, _BASE)}
 _EARLY = frozenset(n for n, (_f, _h, base) in _LAYOUT.items() if base is not None)
 _U32 = 0xFFFFFFFF
+# Ended connections whose cache entries may wait for ``Correlator.reap``; past
+# this many, the DESTROY blocks remove the excess at once (a stream that never
+# leaves the daemon idle pays as it goes, and the wait list stays bounded).
+DEAD_MAX = 1 << 20
+
+
+def _consume(it) -> None:
+    deque(it, maxlen=0)
 
 
 def _PACK6(proto, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, new_ns) -> bytes:
@@ -211,6 +220,13 @@ class Correlator:
         # ct_id -> packed entry (see _HEAD4); None: no cache (no resync, no
         # active timeout)
         self._live: dict[int, bytes] | None = {} if cache else None
+        # ct ids whose cache entry may carry a base (exported early by the
+        # active timeout): a hint, stale ones harmless (see _handle_block)
+        self._early_hint: set = set()
+        # ct id arrays of connections a DESTROY block has ended whose cache
+        # entries are still to be removed (``reap``: off a burst's path)
+        self._dead: list = []
+        self._dead_n = 0
         # ct ids of DESTROY events handled while a resync dump is in flight
         # (begin_sync .. resync): a connection in the dump but already ended
         # must not be adopted
@@ -245,6 +261,8 @@ class Correlator:
         pack4 = _PACK4
         pack6 = _PACK6
         early_lens = _EARLY
+        hint = self._early_hint
+        dead = self._dead
         extend = out.extend
         exported = duplicates = new = other = 0
         for ev in events:
@@ -259,6 +277,7 @@ class Correlator:
                 if live:
                     entry = live.pop(ct_id, None)
                     if entry is not None and len(entry) in early_lens:
+                        hint.discard(ct_id)
                         # exported early by the active timeout: the rest only
                         ev, start = self._rest(ev, entry)
                     # under `if live` to keep the cache-less path as it was;
@@ -294,6 +313,11 @@ class Correlator:
                 if keep_new_times:
                     new_ns[ev[2]] = now_ns
                 if caching:
+                    if dead:
+                        # a removal still pending could be this id's (ids are
+                        # reused): done first, so that it cannot take the
+                        # new entry
+                        self.reap()
                     o = ev[4]
                     r = ev[5]
                     live[ev[2]] = (pack4 if ev[1] == 4 else pack6)(
@@ -346,11 +370,18 @@ class Correlator:
             start = np.where(start == 0, np.array(remembered, dtype=np.uint64), start)
         live = self._live
         if live:
-            entries = list(map(live.pop, ids, repeat(None)))
-            if not _EARLY.isdisjoint(map(len, filter(None, entries))):
-                for i, e in enumerate(entries):
-                    if e is not None and _early(e):
-                        special[i] = e
+            # Only entries that may carry a base (exported early) are looked
+            # at now; the others are removed later by ``reap`` (a pop from a
+            # large dict misses the CPU caches a few times: ~0.6 us here at
+            # 200k entries, a seventh of a burst's CPU in the daemon).
+            hint = self._early_hint
+            if hint and not hint.isdisjoint(ids):
+                for i, c in enumerate(ids):
+                    if c in hint:
+                        hint.discard(c)
+                        e = live.pop(c, None)
+                        if e is not None and _early(e):
+                            special[i] = e
             if self._destroyed_during_sync is not None:
                 self._destroyed_during_sync.update(ids)
         if self._dumped or self._poll_exported:
@@ -358,6 +389,14 @@ class Correlator:
             for i, c in enumerate(ids):
                 if c in known and i not in special:
                     special[i] = None
+        if live:
+            # the object path pops the special rows' entries itself
+            dead = b.ct_id if not special else np.delete(b.ct_id, list(special))
+            if len(dead):
+                self._dead.append(dead)
+                self._dead_n += len(dead)
+                if self._dead_n > DEAD_MAX:
+                    self.reap(self._dead_n - DEAD_MAX)
         stop = b.stop_ns
         end = np.where(stop == 0, np.uint64(now_ns), stop)
         start = np.where(start == 0, end, start)
@@ -476,8 +515,34 @@ class Correlator:
 
     @property
     def cached(self) -> int:
-        """Connections in the live cache."""
+        """Entries in the live cache, those of ended connections still to be
+        removed (``reap_pending``) included."""
         return len(self._live) if self._live is not None else 0
+
+    @property
+    def reap_pending(self) -> int:
+        """Ended connections whose cache entries are still to be removed."""
+        return self._dead_n
+
+    def reap(self, limit: int | None = None) -> int:
+        """Remove the cache entries of connections DESTROY blocks have ended,
+        oldest first, at most about ``limit`` of them (all by default).  The
+        daemon calls it when netlink has nothing queued; everything that
+        reads the cache calls it first.  Returns how many ids were done."""
+        live, dead = self._live, self._dead
+        done = 0
+        while dead and (limit is None or done < limit):
+            ids = dead[0]
+            if limit is not None and len(ids) > limit - done:
+                dead[0] = ids[limit - done:]
+                ids = ids[:limit - done]
+            else:
+                del dead[0]
+            if live:
+                _consume(map(live.pop, ids.tolist(), repeat(None)))
+            done += len(ids)
+        self._dead_n -= done
+        return done
 
     def begin_sync(self) -> None:
         """Call before dumping the table for ``resync``/``active_export``: from
@@ -504,6 +569,7 @@ class Correlator:
         return self._sync(table, now_ns, dump_ns, active=True)
 
     def _sync(self, table, now_ns: int, dump_ns: int, active: bool) -> list[Flow]:
+        self.reap()
         live = self._live
         destroyed = self._destroyed_during_sync or set()
         self._destroyed_during_sync = None
@@ -549,6 +615,7 @@ class Correlator:
             if new_ns >= dump_ns:
                 continue                        # NEW after the dump began
             del live[ct_id]
+            self._early_hint.discard(ct_id)
             start = base[4] if base else new_ns
             end = max(dump_ns, start)
             out.extend(flows_of(ev, start, end, END_LACK_OF_RESOURCES))
@@ -580,6 +647,7 @@ class Correlator:
         delta = _with_counters(ev, opk - b[0], oby - b[1], rpk - b[2], rby - b[3])
         out.extend(flows_of(delta, start, max(now_ns, start), END_ACTIVE_TIMEOUT))
         self._live[ct_id] = _with_base(entry, head, opk, oby, rpk, rby, now_ns)
+        self._early_hint.add(ct_id)
         return True
 
     def _active_dumped(self, d: list, ev, now_ns, out) -> bool:

@@ -74,6 +74,11 @@ STREAM_FLUSH = 0.02
 # let through first, then one dump resynchronises (more overruns meanwhile
 # belong to the same episode).
 RESYNC_DELAY = 0.5
+# The cache entries of connections a burst ended are removed when netlink has
+# nothing queued (Correlator.reap), this many per pass of the loop (~15 ms
+# here), so a burst's CPU goes to its events first and the next one waits for
+# at most one pass.
+REAP_CHUNK = 24576
 
 
 # The cyclic garbage collector: the data path makes no reference cycles
@@ -207,6 +212,8 @@ class Daemon:
             out["connections_tracked"] = self.correlator.tracked
             out["connections_from_start_dump"] = self.correlator.dumped_pending
             out["connections_cached"] = self.correlator.cached
+            # ended connections whose cache entries go when the daemon is idle
+            out["cache_removals_pending"] = self.correlator.reap_pending
         out.update(self.pipeline.summary())
         if self.meters is not None:
             out.update(self.meters.counters())
@@ -331,6 +338,8 @@ class Daemon:
                     deadline = min(deadline, wake)
             wlist = [sink for sink in streams if sink.wants_write() and sink.fileno() >= 0]
             timeout = max(0.0, deadline - time.monotonic())
+            if corr.reap_pending:
+                timeout = 0.0                   # idle work to do (below)
             try:
                 readable, writable, _ = select.select(rlist, wlist, [], timeout)
             except InterruptedError:  # pragma: no cover (PEP 475 retries)
@@ -344,6 +353,8 @@ class Daemon:
                 self._drain_wakeup()
             if self.sock in readable:
                 self._receive(pending)
+            elif corr.reap_pending:
+                corr.reap(REAP_CHUNK)
             if self.control in readable:
                 self.control.handle_ready()
             if self.meters is not None:

@@ -211,6 +211,7 @@ def run_correlator(steps, kernel_ts, nat, setup, blocks):
         batch.append(ev)
     flush()
     flows = list(out)
+    corr.reap()             # the removals the blocks left pending (daemon: when idle)
     state = (corr.counters, corr._live, corr._new_ns, corr._dumped, corr._poll_exported,
              corr.nat_events)
     return flows, state
@@ -251,6 +252,7 @@ def test_block_of_known_connections_correlates_like_events():
                            NOW_NS - 10**9)
         items = [C.DestroyBlock.from_events(ends)] if blocks else ends
         corr.handle_batch(items, NOW_NS, out)
+        corr.reap()
         results.append((list(out), corr.counters, corr._live))
     assert results[0] == results[1]
     assert results[1][1]["connections_exported"] == 200

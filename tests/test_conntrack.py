@@ -457,19 +457,20 @@ def test_multi_recv_takes_queued_datagrams_into_slots():
         sent = [bytes([i % 251]) * (n - 1) + bytes([n % 256]) for i, n in enumerate(sizes)]
         for d in sent:
             s.sendto(d, r.getsockname())
-        got, meta = mr.recv(r.fileno(), 7)
-        got2, meta2 = mr.recv(r.fileno(), 100) if got == 7 else (0, [])
+        got, lens, _ = mr.recv(r.fileno(), 7)
+        got2, lens2, flags2 = mr.recv(r.fileno(), 100) if got == 7 else (0, [], [])
         assert (got, got2) == (7, len(sent) - 7)
-        # the second call reused the slots: check it, then the first one's metadata
-        for i, (ln, flags) in enumerate(meta2):
+        assert len(lens2) == len(flags2) == got2
+        # the second call reused the slots: check it, then the first one's lengths
+        for i, (ln, flags) in enumerate(zip(lens2, flags2)):
             d = sent[7 + i]
             assert bool(flags & socket.MSG_TRUNC) == (len(d) > mr.SLOT)
             assert ln == min(len(d), mr.SLOT)
             assert mr.datagram(i, ln) == d[:ln]
             head = min(ln, mr.HEAD)
             assert bytes(mr.view[i * mr.HEAD:i * mr.HEAD + head]) == d[:head]
-        assert [ln for ln, _ in meta] == [min(len(d), mr.SLOT) for d in sent[:7]]
-        assert mr.recv(r.fileno(), 10) == (0, [])
+        assert lens == [min(len(d), mr.SLOT) for d in sent[:7]]
+        assert mr.recv(r.fileno(), 10) == (0, [], [])
     finally:
         r.close()
         s.close()

@@ -145,3 +145,104 @@ def test_every_entry_layout_round_trips_through_active_export_and_destroy():
                 assert sum(f.octets for f in out) == total[1] + total[3]
                 assert {(f.src, f.post_dst) for f in out if f.direction == 1} == {(reply_src, a)}
     assert seen == set(_LAYOUT)
+
+
+# -- removals a DESTROY block leaves for later (Correlator.reap) ------------------
+
+def _block_of(events):
+    from nfflowd.columns import DestroyBlock
+    return DestroyBlock.from_events(events)
+
+
+def _news_and_ends(ids, first=1 * S, end=4 * S):
+    from nfflowd.conntrack import CtTuple
+    news, ends = [], []
+    for i in ids:
+        o = CtTuple(bytes([198, 51, 100, 2]), bytes([203, 0, 113, 2]), 6, 1024 + i, 443)
+        r = CtTuple(bytes([203, 0, 113, 2]), bytes([203, 0, 113, 1]), 6, 443, 40000 + i)
+        e = ev(EV_NEW, o, r, ct_id=i, counters=NOCOUNT)
+        news.append(e)
+        ends.append(e._replace(kind=EV_DESTROY, orig_packets=3, orig_bytes=300,
+                               reply_packets=2, reply_bytes=200, start_ns=first, stop_ns=end))
+    return news, ends
+
+
+def test_a_destroy_block_leaves_its_removals_to_reap():
+    from nfflowd.columns import FlowBuffer
+    c = Correlator()
+    news, ends = _news_and_ends(range(100, 150))
+    c.handle_batch(news, 1 * S, [])
+    out = FlowBuffer()
+    c.handle_batch([_block_of(ends[:40])], 5 * S, out)
+    assert len(list(out)) == 80
+    # the 40 ended entries are still there, waiting
+    assert (c.cached, c.reap_pending) == (50, 40)
+    assert c.reap(15) == 15 and (c.cached, c.reap_pending) == (35, 25)
+    assert c.reap() == 25 and (c.cached, c.reap_pending) == (10, 0)
+    assert c.reap() == 0
+
+
+def test_a_new_connection_reusing_an_ended_id_keeps_its_entry():
+    """Conntrack ids are reused: a NEW for an id whose removal is pending
+    does the removals first, so that the later reap cannot take its entry
+    (and a resync then finds it, neither vanished nor adopted)."""
+    from nfflowd.columns import FlowBuffer
+    c = Correlator()
+    news, ends = _news_and_ends(range(100, 140))
+    c.handle_batch(news, 1 * S, [])
+    c.handle_batch([_block_of(ends)], 5 * S, FlowBuffer())
+    again = news[7]._replace(orig=news[7].orig._replace(sport=5555))
+    c.handle_batch([again], 6 * S, [])
+    assert c.reap_pending == 0
+    c.reap()
+    assert c.cached == 1
+    c.begin_sync()
+    assert c.resync([again._replace(kind=EV_DUMP)], 7 * S, 6 * S + 1) == []
+    assert (c.counters["exported_by_resync"], c.counters["adopted_by_resync"]) == (0, 0)
+
+
+def test_resync_after_a_block_does_not_export_its_connections_again():
+    """The removals a block left pending are done before a resync compares
+    the cache with the table: the block's connections are not 'vanished'."""
+    from nfflowd.columns import FlowBuffer
+    c = Correlator()
+    news, ends = _news_and_ends(range(100, 140))
+    c.handle_batch(news, 1 * S, [])
+    c.handle_batch([_block_of(ends)], 5 * S, FlowBuffer())
+    assert c.reap_pending == 40
+    c.begin_sync()
+    assert c.resync([], 7 * S, 6 * S) == []
+    assert c.counters["exported_by_resync"] == 0 and c.cached == 0
+
+
+def test_removals_pending_stay_bounded(monkeypatch):
+    from nfflowd import correlate
+    from nfflowd.columns import FlowBuffer
+    monkeypatch.setattr(correlate, "DEAD_MAX", 50)
+    c = Correlator()
+    news, ends = _news_and_ends(range(1000, 1120))
+    c.handle_batch(news, 1 * S, [])
+    for k in range(0, 120, 40):
+        c.handle_batch([_block_of(ends[k:k + 40])], 5 * S, FlowBuffer())
+        assert c.reap_pending <= 50
+    assert c.cached == 120 - 120 + c.reap_pending
+
+
+def test_a_block_exports_only_the_rest_of_a_connection_the_active_timeout_exported():
+    """The entries that may carry an earlier export (the hint kept by the
+    active timeout) are looked at by the block itself, not left to reap."""
+    from nfflowd.columns import FlowBuffer
+    c = Correlator()
+    news, ends = _news_and_ends(range(100, 140))
+    c.handle_batch(news, 1 * S, [])
+    c.begin_sync()
+    table = [e._replace(kind=EV_DUMP) for e in news]         # all idle ...
+    table[5] = ends[5]._replace(kind=EV_DUMP, orig_packets=1, orig_bytes=100,
+                                reply_packets=1, reply_bytes=50)   # ... but one
+    assert len(c.active_export(table, 3 * S, 3 * S)) == 2
+    out = FlowBuffer()
+    c.handle_batch([_block_of(ends)], 5 * S, out)
+    got = {(f.conn_id, f.direction): (f.packets, f.octets) for f in out}
+    assert got[(105, 0)] == (2, 200) and got[(105, 1)] == (1, 150)
+    assert got[(106, 0)] == (3, 300) and got[(106, 1)] == (2, 200)
+    assert c.reap_pending == 39
