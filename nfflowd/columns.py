@@ -47,7 +47,7 @@ EV_BLOCK = 5            # the "kind" of a DestroyBlock in an event list
 # Words of the gather matrix: where each value goes (see _SLOTS).
 _ID, _STATUS, _MARK, _ZONE = 0, 1, 2, 3
 _O, _R = 4, 17            # tuple bases: src 4 words, dst 4, proto, sport, dport, itype, icode
-_CO_PK, _CO_BY, _CR_PK, _CR_BY, _TS_START, _TS_STOP = 30, 32, 34, 36, 38, 40  # hi, lo
+_CO_PK, _CO_BY, _CR_PK, _CR_BY, _TS_START, _TS_STOP = 30, 32, 34, 36, 38, 40  # hi, lo (even)
 NSLOTS = 42
 _TUPLE = {"src": 0, "dst": 4, "proto": 8, "sport": 9, "dport": 10, "itype": 11, "icode": 12}
 _ONE_WORD = {"id": (_ID, "I"), "status": (_STATUS, "I"), "mark": (_MARK, "I"),
@@ -60,10 +60,16 @@ MIN_ROWS = 32           # fewer DESTROY messages in a batch: the object path
 _LITTLE = sys.byteorder == "little"
 
 
+def _raw(values: np.ndarray) -> np.ndarray:
+    """uint32 big-endian values as the words lie in a buffer read in host
+    order (byte-swapped on a little-endian host)."""
+    return values.byteswap() if _LITTLE else values
+
+
 class _Shape:
     """One shape's rows of the index matrices."""
 
-    __slots__ = ("family", "rel", "present", "hrel", "hexp", "nhdr")
+    __slots__ = ("family", "rel", "present", "hrel", "hexp", "nhdr", "arrays", "maxword")
 
     def __init__(self, spec: dict):
         self.family = spec["family"]
@@ -102,6 +108,12 @@ class _Shape:
         self.hrel = [w for w, _ in spec["hdr"]]
         self.hexp = [e for _, e in spec["hdr"]]
         self.nhdr = len(self.hrel)
+        # (rel, present, hrel, hexp) as arrays, hexp as the words lie in a
+        # buffer (host order; the values are big-endian): for decode_blocks
+        # reading a batch laid out at a fixed stride
+        self.arrays = (np.array(rel, dtype=np.intp), np.array(present, dtype=np.uint32),
+                       np.array(self.hrel, dtype=np.intp), _raw(np.array(self.hexp, dtype=np.uint32)))
+        self.maxword = max(rel + self.hrel)
 
 
 _shapes: dict = {}          # shape key -> _Shape | None (not columnar)
@@ -160,7 +172,7 @@ def _tables(shapes: list):
         fam = np.array([s.family for s in table], dtype=np.uint64)
         if len(_tables_cache) > 64:
             _tables_cache.clear()
-        t = _tables_cache[key] = (rel, pres, hrel, hexp, fam)
+        t = _tables_cache[key] = (rel, pres, hrel, _raw(hexp), fam)
     return t
 
 
@@ -267,30 +279,37 @@ def _addr_list(a, fam) -> list:
     return [raw[16 * i:16 * i + (4 if f == 4 else 16)] for i, f in enumerate(fam)]
 
 
-def _words_to_bytes(w) -> np.ndarray:
-    """(n, 4) big-endian word values -> (n, 16) uint8, network order."""
-    return np.ascontiguousarray(w, dtype=">u4").view(np.uint8).reshape(len(w), 16)
-
-
 def _block_from(G, fam) -> DestroyBlock:
+    """The block of the gathered words ``G`` ((n, NSLOTS) uint32, as they lie
+    in the buffer: host order, the values big-endian; absent slots 0)."""
     b = DestroyBlock()
-    b.n = len(G)
+    n = b.n = len(G)
     b.family = fam
-    b.ct_id = G[:, _ID]
-    b.status = G[:, _STATUS]
-    b.mark = G[:, _MARK]
-    b.zone = G[:, _ZONE] >> 16
+    # the values (a big-endian view cast: ~5x faster than byteswap() here)
+    V = G.view(">u4").astype(np.uint32) if _LITTLE else G
+    u64 = np.uint64
+    b.ct_id = V[:, _ID].astype(u64)
+    b.status = V[:, _STATUS].astype(u64)
+    b.mark = V[:, _MARK].astype(u64)
+    b.zone = (V[:, _ZONE] >> 16).astype(u64)
     for p, base in (("o_", _O), ("r_", _R)):
-        setattr(b, p + "src", _words_to_bytes(G[:, base:base + 4]))
-        setattr(b, p + "dst", _words_to_bytes(G[:, base + 4:base + 8]))
-        setattr(b, p + "proto", G[:, base + 8] >> 24)
-        setattr(b, p + "sport", G[:, base + 9] >> 16)
+        # addresses: the words' bytes are the address bytes, in network order
+        setattr(b, p + "src", np.ascontiguousarray(G[:, base:base + 4]).view(np.uint8)
+                .reshape(n, 16))
+        setattr(b, p + "dst", np.ascontiguousarray(G[:, base + 4:base + 8]).view(np.uint8)
+                .reshape(n, 16))
+        setattr(b, p + "proto", (V[:, base + 8] >> 24).astype(u64))
+        setattr(b, p + "sport", (V[:, base + 9] >> 16).astype(u64))
         # at most one of dport and (itype, icode) is read per shape
-        setattr(b, p + "dport", (G[:, base + 10] >> 16) + ((G[:, base + 11] >> 24) << 8)
-                + (G[:, base + 12] >> 24))
+        setattr(b, p + "dport", ((V[:, base + 10] >> 16) + ((V[:, base + 11] >> 24) << 8)
+                                 + (V[:, base + 12] >> 24)).astype(u64))
+
+    # a 64-bit value's two words (slots s, s + 1, s even) lie as its eight
+    # big-endian bytes: read as one (a 32-bit one has slot s absent: 0)
+    Q = G.view(">u8")
 
     def wide(s):
-        return (G[:, s] << 32) | G[:, s + 1]
+        return Q[:, s >> 1].astype(u64)
     b.o_packets = wide(_CO_PK)
     b.o_bytes = wide(_CO_BY)
     b.r_packets = wide(_CR_PK)
@@ -318,11 +337,74 @@ def frame(buf) -> tuple[list, list]:
     return starts, ends
 
 
-def decode_blocks(buf, starts=None, ends=None) -> DecodeResult:
+def _objects(buf, starts, ends) -> DecodeResult:
+    """The object path (``conntrack.decode_datagrams``) over the datagrams
+    ``starts``/``ends`` (lists or arrays)."""
+    if isinstance(starts, np.ndarray):
+        starts, ends = starts.tolist(), ends.tolist()
+    return _ct.decode_datagrams(buf, starts, ends)
+
+
+def _shapes_of(keys: list) -> list:
+    """The ``_Shape`` (or None) of each shape-key hash."""
+    index = _index()
+    shapes = []
+    for a in keys:
+        full = index.get(a)
+        shapes.append(_shape(full[0]) if full is not None and len(full) == 1 else None)
+    return shapes
+
+
+def _gather_slots(M, h, ok, words: int):
+    """(G, family column) of a batch read as a matrix of slots ``M`` (a row
+    per datagram, ``words`` words each), shape by shape: each shape's rows
+    (grouped by the hash ``h``), its columns, every header word the walker
+    visits compared as when the shape was compiled; ``ok`` is updated.
+    (None, None) when fewer than MIN_ROWS rows are left."""
+    n = len(h)
+    if (h == h[0]).all():
+        order, keys, bounds = None, [int(h[0])], [0, n]      # one shape (a burst's usual)
+    else:
+        order = np.argsort(h, kind="stable")
+        hs = h[order]
+        bounds = [0, *(np.flatnonzero(hs[1:] != hs[:-1]) + 1).tolist(), n]
+        keys = hs[bounds[:-1]].tolist()
+    G = fam = None
+    for k, s in enumerate(_shapes_of(keys)):
+        r = slice(None) if order is None else order[bounds[k]:bounds[k + 1]]
+        if s is None or s.maxword >= words:
+            # unknown, or reading past a slot (a longer message's shape: only
+            # a hash collision brings one here)
+            ok[r] = False
+            continue
+        rel, pres, hrel, hexp = s.arrays
+        sub = M if order is None else M.take(r, axis=0)    # its rows (whole: fast)
+        g = sub.take(rel, axis=1)
+        g *= pres                               # values the shape has not: 0
+        ok[r] &= (sub.take(hrel, axis=1) == hexp).all(axis=1)
+        if order is None:
+            G, fam = g, np.full(n, s.family, dtype=np.uint64)
+        else:
+            if G is None:
+                G = np.zeros((n, NSLOTS), dtype=np.uint32)
+                fam = np.zeros(n, dtype=np.uint64)
+            G[r] = g
+            fam[r] = s.family
+    if G is None or ok.sum() < MIN_ROWS:
+        return None, None
+    return G, fam
+
+
+def decode_blocks(buf, starts=None, ends=None, stride: int = 0) -> DecodeResult:
     """Decode ``buf`` as ``conntrack.decode`` does, but with runs of DESTROY
     messages as ``DestroyBlock`` items in ``events``.  ``starts``/``ends`` are
     the datagrams' offsets in ``buf`` (each usually one message; several are
-    fine, the object path takes them), ``None`` to frame ``buf`` here.
+    fine, the object path takes them; lists or integer arrays), ``None`` to
+    frame ``buf`` here.
+    ``stride``: every datagram starts at a multiple of it and is no longer
+    (the slots recvmmsg fills, ``conntrack._MultiRecv``), and ``buf`` holds
+    the whole slot of the last one: the batch is then read as a matrix, a row
+    per slot, without per-word index matrices.
     The counts (malformed, unknown, errors, done) are those of ``decode``."""
     if starts is None:
         if type(buf) is not bytes:
@@ -332,47 +414,60 @@ def decode_blocks(buf, starts=None, ends=None) -> DecodeResult:
         if tail > 0 or len(starts) < MIN_ROWS:
             return _ct.decode(buf)           # something to count or too few to gain
     if len(starts) < MIN_ROWS:
-        return _ct.decode_datagrams(buf, starts, ends)
+        return _objects(buf, starts, ends)
     n = len(starts)
     nw = len(buf) // 4
-    # the buffer as big-endian words, not copied (gathers clip their
-    # indexes: rows already refused may read a known shape's offsets)
-    W = np.frombuffer(buf, dtype=">u4", count=nw)
     st = np.asarray(starts, dtype=np.int64)
     en = np.asarray(ends, dtype=np.int64)
     ok = ((st & 3) == 0) & (en - st >= 24) & (en <= 4 * nw) & (en - st < 1 << 16)
-    sw = np.where(ok, st >> 2, 0)
-    # nlmsg_len and type|flags, native order
-    hdr = W.take(sw[:, None] + _KEYWORDS, mode="clip").astype(np.uint32)
-    if _LITTLE:
-        hdr = hdr.byteswap()
+    if stride:
+        rows = st // stride
+        nrows = int(rows[-1]) + 1
+        if (stride & 3 or nrows * stride > len(buf) or not ok.all()
+                or (st % stride).any() or (en - st > stride).any()):
+            stride = 0                      # not so laid out: per-word indexes
+    if stride:
+        # the slots as rows of 32-bit words, host order, not copied
+        M = np.frombuffer(buf, dtype=np.uint32, count=nrows * (stride // 4))
+        M = M.reshape(nrows, stride // 4)
+        if nrows != n:
+            M = M[rows]                     # some slots left out (rare)
+        hdr = M[:, _KEYWORDS]
+    else:
+        # words in host order, not copied (gathers clip their indexes: rows
+        # already refused may read a known shape's offsets)
+        W = np.frombuffer(buf, dtype=np.uint32, count=nw)
+        sw = np.where(ok, st >> 2, 0)
+        # nlmsg_len, type|flags and the two words after (host order)
+        hdr = W.take(sw[:, None] + _KEYWORDS, mode="clip")
     ln = hdr[:, 0].astype(np.int64)
     ok &= ln == en - st                       # exactly one message in the datagram
     # candidate shapes by a hash of the shape key (the header check below
     # compares every word of the key, so a collision only costs speed)
     h = _hash(ln.astype(np.uint64), hdr[:, 1].astype(np.uint64),
               hdr[:, 2].astype(np.uint64), hdr[:, 3].astype(np.uint64))
-    uniq, inv = np.unique(h, return_inverse=True)
-    index = _index()
-    shapes = []
-    for a in uniq.tolist():
-        full = index.get(a)
-        shapes.append(_shape(full[0]) if full is not None and len(full) == 1 else None)
-    known = np.array([s is not None for s in shapes], dtype=bool)
-    ok &= known[inv]
-    if ok.sum() < MIN_ROWS:
-        return _ct.decode_datagrams(buf, starts, ends)
-    rel, pres, hrel, hexp, fam = _tables(shapes)
-    rel, pres, hrel, hexp, fam = rel[inv], pres[inv], hrel[inv], hexp[inv], fam[inv]
-    # every header word the walker visits, as when the shape was compiled
-    ok &= (W.take(sw[:, None] + hrel, mode="clip") == hexp).all(axis=1)
-    G = W.take(sw[:, None] + rel, mode="clip").astype(np.uint64)
-    G *= pres                               # values the shape has not: 0
+    if stride:
+        G, fam = _gather_slots(M, h, ok, stride // 4)
+        if G is None:
+            return _objects(buf, starts, ends)
+    else:
+        uniq, inv = np.unique(h, return_inverse=True)
+        shapes = _shapes_of(uniq.tolist())
+        known = np.array([s is not None for s in shapes], dtype=bool)
+        ok &= known[inv]
+        if ok.sum() < MIN_ROWS:
+            return _objects(buf, starts, ends)
+        rel, pres, hrel, hexp, fam = _tables(shapes)
+        rel, pres, hrel, hexp, fam = rel[inv], pres[inv], hrel[inv], hexp[inv], fam[inv]
+        # every header word the walker visits, as when the shape was compiled
+        ok &= (W.take(sw[:, None] + hrel, mode="clip") == hexp).all(axis=1)
+        G = W.take(sw[:, None] + rel, mode="clip")
+        G *= pres                               # values the shape has not: 0
     block = _block_from(G, fam)
     if ok.all():
         return DecodeResult([block], 0, 0, False, [])
     if ok.sum() < MIN_ROWS:
-        return _ct.decode_datagrams(buf, starts, ends)
+        return _objects(buf, starts, ends)
     # runs of good rows as blocks, the others through the object path
     events: list = []
     malformed = unknown = 0
@@ -389,7 +484,7 @@ def decode_blocks(buf, starts=None, ends=None) -> DecodeResult:
         else:
             while j < n and not okl[j]:
                 j += 1
-            res = _ct.decode_datagrams(buf, starts[i:j], ends[i:j])
+            res = _objects(buf, starts[i:j], ends[i:j])
             events.extend(res.events)
             malformed += res.malformed
             unknown += res.unknown

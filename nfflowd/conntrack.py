@@ -719,6 +719,17 @@ class _MultiRecv:
         words = memoryview(self._msgs).cast("B").cast("I")
         self._lens = words[len_at // 4::size // 4]
         self._flags = words[flags_at // 4::size // 4]
+        self._len_at, self._flags_at, self._step = len_at // 4, flags_at // 4, size // 4
+        self._np_words = None       # the same words as a numpy array (``arrays``)
+
+    def arrays(self, np, got: int):
+        """(lengths, msg_flags) of the last ``recv``'s ``got`` datagrams as
+        int64 arrays (read from the mmsghdr array without a Python loop)."""
+        if self._np_words is None:
+            self._np_words = np.frombuffer(self._msgs, dtype=np.uint32)
+        w, step = self._np_words, self._step
+        return (w[self._len_at:self._len_at + step * got:step].astype(np.int64),
+                w[self._flags_at:self._flags_at + step * got:step].astype(np.int64))
 
     def datagram(self, i: int, length: int) -> bytes:
         """Datagram ``i`` of the last ``recv``, ``length`` bytes of it."""
@@ -851,23 +862,52 @@ class ConntrackSocket:
             pos += (got + 3) & ~3            # datagrams start 4-aligned
         return self._decoded(view[:pos], starts, ends, blocks, extra_malformed)
 
-    def _decoded(self, view, starts, ends, blocks: bool, extra_malformed: int) -> DecodeResult:
+    def _decoded(self, view, starts, ends, blocks: bool, extra_malformed: int,
+                 stride: int = 0) -> DecodeResult:
         """The datagrams ``view[starts[i]:ends[i]]`` of one receive batch
         decoded, as blocks or objects; ``extra_malformed`` datagrams were
-        dropped before (cut short) and are counted as malformed."""
+        dropped before (cut short) and are counted as malformed.  ``stride``:
+        see ``columns.decode_blocks``."""
         self.last_datagrams = len(starts)
-        if not starts:
+        if not len(starts):
             return DecodeResult([], extra_malformed, 0, False, [])
         if blocks:
             global _decode_blocks
             if _decode_blocks is None:
                 from .columns import decode_blocks as _decode_blocks
-            res = _decode_blocks(view, starts, ends)
+            res = _decode_blocks(view, starts, ends, stride)
         else:
             res = decode_datagrams(view, starts, ends)
         if extra_malformed:
             res = res._replace(malformed=res.malformed + extra_malformed)
         return res
+
+    def _slots(self, mr: "_MultiRecv", got: int):
+        """The ``got`` datagrams of a recvmmsg batch, decoded as blocks with
+        their offsets and lengths as arrays (2048 of them as Python lists cost
+        ~0.1 us each to build here); None when some datagram went on into its
+        overflow slot (``_recv_multi`` joins them)."""
+        np = _numpy()
+        head = mr.HEAD
+        lens, flags = mr.arrays(np, got)
+        extra_malformed = 0
+        if flags.any():
+            # some msg_flags set (MSG_TRUNC: longer than a slot; rare): those
+            # datagrams are dropped whole, counted as truncated and malformed
+            keep = np.flatnonzero((flags & _MSG_TRUNC) == 0)
+            extra_malformed = got - len(keep)
+            lens = lens[keep]
+        else:
+            keep = np.arange(got)
+        if len(lens) and int(lens.max()) > head:
+            return None
+        self.truncated += extra_malformed
+        starts = keep * head
+        ends = starts + lens
+        # every datagram within its slot: the decoder may read the batch as a
+        # matrix of slots (the last one whole)
+        view = mr.view[:int(starts[-1]) + head] if len(starts) else mr.view[:0]
+        return self._decoded(view, starts, ends, True, extra_malformed, head)
 
     def _recv_multi(self, max_datagrams: int, blocks: bool) -> DecodeResult:
         """recv_batch with recvmmsg: the same results and errors.  An error
@@ -882,6 +922,10 @@ class ConntrackSocket:
             raise SourceError(f"netlink recv: {_os.strerror(-got)}")
         if not got:
             return self._decoded(mr.view[:0], [], [], blocks, 0)
+        if blocks:
+            res = self._slots(mr, got)
+            if res is not None:
+                return res
         head = mr.HEAD
         extra_malformed = 0
         # datagram i sits at i * HEAD; built with builtins, not a Python loop
@@ -909,9 +953,25 @@ class ConntrackSocket:
                 ends[k] = off + len(d)
                 off += len(d) + pad
             view = b"".join(parts)
+            head = 0
+        elif ends:
+            # every datagram within its slot: the decoder may read the batch
+            # as a matrix of slots (the last one whole)
+            view = mr.view[:starts[-1] + head]
         else:
-            view = mr.view[:ends[-1]] if ends else mr.view[:0]
-        return self._decoded(view, starts, ends, blocks, extra_malformed)
+            view = mr.view[:0]
+        return self._decoded(view, starts, ends, blocks, extra_malformed, head)
+
+
+def _numpy():
+    global _np
+    if _np is None:
+        import numpy
+        _np = numpy
+    return _np
+
+
+_np = None
 
 
 def dump_table(family: int = 0, timeout: float = 30.0) -> list:

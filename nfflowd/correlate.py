@@ -354,21 +354,27 @@ class Correlator:
         beyond the cache pop (exported early by the active timeout, a key of
         the start-up dump or of a poll export) go through the object path in
         their place, with the state they would have found."""
-        ids = b.ct_id.tolist()
         n = b.n
-        if len(set(ids)) != n:
+        srt = np.sort(b.ct_id.astype(np.uint32))        # conntrack ids are 32-bit
+        if (srt[1:] == srt[:-1]).any():
             # a connection twice in one block: sequential, the object way
             self.handle_batch(b.events(), now_ns, out)
             return
         start = b.start_ns
         special: dict = {}                      # row -> (live entry, NEW time) to restore
         new_ns = self._new_ns
+        live = self._live
+        # the ids as ints, for the per-connection state beyond the cache's
+        # deferred removal (none in a burst of connections made while running)
+        ids = (b.ct_id.tolist()
+               if new_ns or self._dumped or self._poll_exported
+               or (live and (self._early_hint or self._destroyed_during_sync is not None))
+               else None)
         remembered = None
         if new_ns:
             pop = new_ns.pop
             remembered = [pop(c, 0) for c in ids]
             start = np.where(start == 0, np.array(remembered, dtype=np.uint64), start)
-        live = self._live
         if live:
             # Only entries that may carry a base (exported early) are looked
             # at now; the others are removed later by ``reap`` (a pop from a

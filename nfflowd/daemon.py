@@ -338,8 +338,8 @@ class Daemon:
                     deadline = min(deadline, wake)
             wlist = [sink for sink in streams if sink.wants_write() and sink.fileno() >= 0]
             timeout = max(0.0, deadline - time.monotonic())
-            if corr.reap_pending:
-                timeout = 0.0                   # idle work to do (below)
+            if corr.reap_pending or self._in_burst:
+                timeout = 0.0                   # work to do when netlink is idle (below)
             try:
                 readable, writable, _ = select.select(rlist, wlist, [], timeout)
             except InterruptedError:  # pragma: no cover (PEP 475 retries)
@@ -353,8 +353,15 @@ class Daemon:
                 self._drain_wakeup()
             if self.sock in readable:
                 self._receive(pending)
-            elif corr.reap_pending:
-                corr.reap(REAP_CHUNK)
+            else:
+                if self._in_burst:
+                    # the last _receive ended on its round limit just as the
+                    # burst did: its tail goes now, not at the flush deadline
+                    self._in_burst = False
+                    if pending:
+                        self._flush(pending)
+                if corr.reap_pending:
+                    corr.reap(REAP_CHUNK)
             if self.control in readable:
                 self.control.handle_ready()
             if self.meters is not None:

@@ -370,3 +370,89 @@ def test_from_flows_refuses_what_columns_cannot_hold():
     buf.extend([f])
     buf.add_block(C.FlowColumns.from_flows([f._replace(src=bytes(4))]))
     assert buf.columns() is None            # the pipeline then encodes buf.flows()
+
+
+# -- the recvmmsg layout: datagrams in fixed-size slots ---------------------------
+
+def slots(datagrams, stride=512, gaps=(), fill=0xA5):
+    """The datagrams in slots of ``stride`` bytes as conntrack._MultiRecv
+    leaves them (the rest of each slot holds what an earlier batch left:
+    ``fill``); slots in ``gaps`` are skipped (a datagram dropped as cut
+    short).  Returns (buffer up to the end of the last slot, starts, ends)."""
+    buf, starts, ends, slot = bytearray(), [], [], 0
+    for i, d in enumerate(datagrams):
+        while slot in gaps:
+            buf += bytes([fill]) * stride
+            slot += 1
+        assert len(d) <= stride
+        starts.append(slot * stride)
+        ends.append(slot * stride + len(d))
+        buf += d + bytes([fill]) * (stride - len(d))
+        slot += 1
+    return bytes(buf), starts, ends
+
+
+def test_slots_decode_like_the_walker_over_recorded_datagrams():
+    ct.clear_layout_cache()
+    dgrams = [d for d in EVENT_DGRAMS + DUMP_DGRAMS if len(d) <= 512]
+    dgrams += [renumbered(m, i) for i in range(8) for m in DESTROY_MSGS]
+    want = ct.decode_walk(concat(dgrams)[0])
+    for gaps in ((), (0, 5, 6, len(dgrams) // 2)):
+        buf, starts, ends = slots(dgrams, gaps=gaps)
+        for _ in range(2):
+            got = C.decode_blocks(buf, starts, ends, stride=512)
+            assert flatten(got.events) == want.events
+            assert got[1:] == want[1:]
+        assert any(isinstance(e, C.DestroyBlock) for e in got.events)
+
+
+def test_a_run_of_destroys_in_slots_is_one_block_of_many_shapes():
+    ct.clear_layout_cache()
+    msgs = [renumbered(m, i) for i in range(4) for m in DESTROY_MSGS]
+    ct.decode(concat(msgs)[0])
+    for fill in (0, 0xFF):
+        got = C.decode_blocks(*slots(msgs, fill=fill), stride=512)
+        assert len(got.events) == 1 and isinstance(got.events[0], C.DestroyBlock)
+        assert got.events[0].events() == ct.decode_walk(concat(msgs)[0]).events
+    # one shape only: the same
+    one = [renumbered(DESTROY_MSGS[0], i) for i in range(40)]
+    got = C.decode_blocks(*slots(one), stride=512)
+    assert len(got.events) == 1
+    assert got.events[0].events() == ct.decode_walk(concat(one)[0]).events
+
+
+def test_slots_not_as_promised_are_read_with_word_indexes():
+    """A stride the batch does not keep (a datagram longer than its slot, a
+    start off the grid, a buffer short of the last slot) is not trusted: the
+    result is still the walker's."""
+    ct.clear_layout_cache()
+    msgs = [renumbered(m, i) for i in range(4) for m in DESTROY_MSGS]
+    ct.decode(concat(msgs)[0])
+    want = ct.decode_walk(concat(msgs)[0])
+    buf, starts, ends = slots(msgs)
+    for args in ((buf, starts, ends, 128),                      # shorter than messages
+                 (buf[:-4], starts, ends, 512),                 # last slot cut
+                 (buf, starts, ends, 1024)):                    # starts off the grid
+        got = C.decode_blocks(*args[:3], stride=args[3])
+        assert flatten(got.events) == want.events and got[1:] == want[1:]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(DESTROY_MSGS), min_size=C.MIN_ROWS, max_size=80),
+       st.lists(st.tuples(st.integers(0, 10_000), st.integers(4, 400), st.integers(0, 255)),
+                max_size=8),
+       st.sets(st.integers(0, 90), max_size=4), st.integers(0, 255))
+def test_fuzz_mutated_destroys_in_slots_decode_like_the_walker(msgs, edits, gaps, fill):
+    """As test_fuzz_mutated_destroys_decode_like_the_walker, the batch laid
+    out in slots (some skipped, the slack filled with any byte)."""
+    msgs = [bytearray(m) for m in msgs]
+    for which, pos, val in edits:
+        m = msgs[which % len(msgs)]
+        m[pos % (len(m) - 4) + 4] = val
+    for m in DESTROY_MSGS:
+        ct.decode(m)
+    msgs = [bytes(m) for m in msgs]
+    got = C.decode_blocks(*slots(msgs, gaps=gaps, fill=fill), stride=512)
+    want = ct.decode_walk(concat(msgs)[0])
+    assert flatten(got.events) == want.events
+    assert got[1:] == want[1:]
