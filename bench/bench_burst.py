@@ -31,7 +31,9 @@ the flush's start to the last record (a late first record shortens the first
 span, not the second).  Where the time went, from the flush to quiet: each
 exporter's CPU (user / system), its time runnable but waiting for a CPU and
 its context switches (/proc/PID/schedstat, status), its collector's CPU, and
-the CPU of ``conntrack -F`` itself (the kernel's flush runs in its context);
+the CPU of ``conntrack -F`` itself (the kernel's flush runs in its context),
+and the host's steal time (/proc/stat: CPU time the hypervisor gave to other
+guests while this one wanted it; a run with much of it measures the host);
 ``--timeline S`` adds the records each collector received per S seconds.
 
 The collectors are measuring apparatus on the same two CPUs: they sleep and
@@ -381,6 +383,16 @@ def cpu_seconds(pid: int | None) -> tuple[float, float] | None:
         return None
 
 
+def steal_seconds() -> float | None:
+    """CPU time the hypervisor took from this machine's CPUs so far (the
+    steal column of /proc/stat, all CPUs): a noisy host shows here."""
+    try:
+        f = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(f[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def sched_stats(pid: int | None) -> tuple[float, int, int] | None:
     """Seconds spent runnable but waiting for a CPU (/proc/PID/schedstat),
     voluntary and involuntary context switches (/proc/PID/status)."""
@@ -531,6 +543,7 @@ def main() -> int:
         sink_before = {k: cpu_seconds(p) for k, p in sink_pids.items()}
 
         # -- the flush ---------------------------------------------------------
+        steal0 = steal_seconds()
         flush_ns = time.time_ns()
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         lab.ns(lab.fw, "conntrack", "-F", check=False, timeout=120)
@@ -555,6 +568,10 @@ def main() -> int:
             time.sleep(0.1)
         else:
             print(f"drain timeout ({drain_timeout:.0f} s) reached; counting what arrived")
+        steal1 = steal_seconds()
+        if steal0 is not None and steal1 is not None:
+            print(f"host steal time from the flush to the end of the drain: {steal1 - steal0:.2f} s "
+                  "(CPU time the hypervisor gave to others while this machine wanted it)")
         drops_after = {"nfflowd": netlink_drops(lab, nf_pid),
                        "ulogd2": netlink_drops(lab, ul_pid)}
         sink_cpu = {}

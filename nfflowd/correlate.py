@@ -226,6 +226,9 @@ class Correlator:
         # ct id arrays of connections a DESTROY block has ended whose cache
         # entries are still to be removed (``reap``: off a burst's path)
         self._dead: list = []
+        # ids a NEW event re-used while a removal of theirs was pending: their
+        # entries are the new connections', which ``reap`` must leave
+        self._revived: set = set()
         self._dead_n = 0
         # ct ids of DESTROY events handled while a resync dump is in flight
         # (begin_sync .. resync): a connection in the dump but already ended
@@ -263,6 +266,7 @@ class Correlator:
         early_lens = _EARLY
         hint = self._early_hint
         dead = self._dead
+        revived = self._revived
         extend = out.extend
         exported = duplicates = new = other = 0
         for ev in events:
@@ -276,6 +280,8 @@ class Correlator:
                         start = remembered
                 if live:
                     entry = live.pop(ct_id, None)
+                    if revived:
+                        revived.discard(ct_id)
                     if entry is not None and len(entry) in early_lens:
                         hint.discard(ct_id)
                         # exported early by the active timeout: the rest only
@@ -315,9 +321,8 @@ class Correlator:
                 if caching:
                     if dead:
                         # a removal still pending could be this id's (ids are
-                        # reused): done first, so that it cannot take the
-                        # new entry
-                        self.reap()
+                        # reused): reap must not take the new entry
+                        revived.add(ev[2])
                     o = ev[4]
                     r = ev[5]
                     live[ev[2]] = (pack4 if ev[1] == 4 else pack6)(
@@ -395,6 +400,13 @@ class Correlator:
             for i, c in enumerate(ids):
                 if c in known and i not in special:
                     special[i] = None
+        revived = self._revived
+        if live and revived:
+            # connections made again under an id whose removal is pending:
+            # the object path pops their entries at once
+            again = np.isin(b.ct_id, np.fromiter(revived, dtype=np.uint64, count=len(revived)))
+            for i in np.flatnonzero(again).tolist():
+                special.setdefault(i, None)
         if live:
             # the object path pops the special rows' entries itself
             dead = b.ct_id if not special else np.delete(b.ct_id, list(special))
@@ -533,9 +545,10 @@ class Correlator:
     def reap(self, limit: int | None = None) -> int:
         """Remove the cache entries of connections DESTROY blocks have ended,
         oldest first, at most about ``limit`` of them (all by default).  The
-        daemon calls it when netlink has nothing queued; everything that
-        reads the cache calls it first.  Returns how many ids were done."""
-        live, dead = self._live, self._dead
+        daemon calls it when netlink has nothing queued; a resync or an active
+        export calls it first.  An id a NEW event has used again meanwhile
+        (``_revived``) keeps its new entry.  Returns how many ids were done."""
+        live, dead, revived = self._live, self._dead, self._revived
         done = 0
         while dead and (limit is None or done < limit):
             ids = dead[0]
@@ -544,10 +557,15 @@ class Correlator:
                 ids = ids[:limit - done]
             else:
                 del dead[0]
-            if live:
-                _consume(map(live.pop, ids.tolist(), repeat(None)))
             done += len(ids)
+            if live:
+                ids = ids.tolist()
+                if revived:
+                    ids = [c for c in ids if c not in revived]
+                _consume(map(live.pop, ids, repeat(None)))
         self._dead_n -= done
+        if not dead:
+            revived.clear()
         return done
 
     def begin_sync(self) -> None:

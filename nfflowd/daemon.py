@@ -185,7 +185,9 @@ class Daemon:
         self.sock: conntrack.ConntrackSocket | None = None
         self.control = None
         self.metrics = None
-        self._in_burst = False          # a threshold flush happened; tail not sent yet
+        # a burst is being received (STREAM_BATCH events or more in one
+        # _receive, or a threshold flush): its tail is sent when it pauses
+        self._in_burst = False
         self._last_flush = 0.0          # time.monotonic() of the last export
 
     # -- signals ----------------------------------------------------------------
@@ -409,6 +411,7 @@ class Daemon:
         room = max(1, self.sock.rcvbuf // EVENT_TRUESIZE) / 4
         prev = time.monotonic()
         last_rate = 0.0
+        received = 0
         for _ in range(max_rounds):
             if wait:
                 # a stream arriving a few datagrams at a time: let a batch
@@ -436,6 +439,11 @@ class Daemon:
                 wait = 0.0
                 continue
             got = self.sock.last_datagrams
+            received += got
+            if received >= STREAM_BATCH:
+                # events arriving faster than they trickle: their tail goes
+                # when the stream pauses, not at the next flush deadline
+                self._in_burst = True
             rate = got / max(now - prev, 1e-4)             # datagrams per second
             if 0 < got < STREAM_BATCH and rate >= last_rate / 2:
                 wait = min(STREAM_WAIT, (STREAM_BATCH - got) / rate, room / rate)

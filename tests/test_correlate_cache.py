@@ -184,8 +184,9 @@ def test_a_destroy_block_leaves_its_removals_to_reap():
 
 def test_a_new_connection_reusing_an_ended_id_keeps_its_entry():
     """Conntrack ids are reused: a NEW for an id whose removal is pending
-    does the removals first, so that the later reap cannot take its entry
-    (and a resync then finds it, neither vanished nor adopted)."""
+    leaves the removals pending (a NEW must not pay for a burst's), but the
+    later reap does not take the new entry (a resync then finds it, neither
+    vanished nor adopted)."""
     from nfflowd.columns import FlowBuffer
     c = Correlator()
     news, ends = _news_and_ends(range(100, 140))
@@ -193,11 +194,36 @@ def test_a_new_connection_reusing_an_ended_id_keeps_its_entry():
     c.handle_batch([_block_of(ends)], 5 * S, FlowBuffer())
     again = news[7]._replace(orig=news[7].orig._replace(sport=5555))
     c.handle_batch([again], 6 * S, [])
-    assert c.reap_pending == 0
-    c.reap()
+    assert c.reap_pending == 40
+    assert c.reap(25) == 25 and c.reap() == 15
     assert c.cached == 1
     c.begin_sync()
     assert c.resync([again._replace(kind=EV_DUMP)], 7 * S, 6 * S + 1) == []
+    assert (c.counters["exported_by_resync"], c.counters["adopted_by_resync"]) == (0, 0)
+
+
+def test_an_id_reused_and_ended_again_before_the_reap_is_removed_once_each():
+    """DESTROY (removal left pending), NEW with the same id, its DESTROY in
+    a block before the reap, NEW again: each DESTROY exports its own
+    connection's records, and the cache ends with the last one only."""
+    from nfflowd.columns import FlowBuffer
+    c = Correlator()
+    news, ends = _news_and_ends(range(100, 140))
+    c.handle_batch(news, 1 * S, [])
+    c.handle_batch([_block_of(ends)], 5 * S, FlowBuffer())
+    second = [n._replace(orig=n.orig._replace(sport=6000 + i)) for i, n in enumerate(news)]
+    c.handle_batch(second, 6 * S, [])
+    out = FlowBuffer()
+    c.handle_batch([_block_of([e._replace(orig=s.orig) for e, s in zip(ends, second)])],
+                   7 * S, out)
+    assert {f.sport for f in out if f.direction == 0} == {6000 + i for i in range(40)}
+    assert c.cached == 40 - 40              # the second ones popped by the block itself
+    third = news[3]._replace(orig=news[3].orig._replace(sport=7777))
+    c.handle_batch([third], 8 * S, [])
+    c.reap()
+    assert c.cached == 1 and c.reap_pending == 0
+    c.begin_sync()
+    assert c.resync([third._replace(kind=EV_DUMP)], 9 * S, 8 * S + 1) == []
     assert (c.counters["exported_by_resync"], c.counters["adopted_by_resync"]) == (0, 0)
 
 
