@@ -537,7 +537,10 @@ class TemplateEncoder:
         """``_encode`` when every group is packed already (columns, no NAT
         events): the same datagrams, cut from the packed records without a
         ``Datagram`` each.  Mirrors ``_new_datagram``, ``Datagram.fits``,
-        ``Datagram.add_data_bytes`` and ``_close`` step by step."""
+        ``Datagram.add_data_bytes`` and ``_close`` step by step.  Full
+        datagrams of one template with records of theirs still to follow
+        (most of a burst) are cut in a run, without the step-by-step loop:
+        ~2 us per datagram here instead of ~6.5."""
         out: list[bytes] = []
         counts: list[int] = []
         max_size, hsize, pad = self.max_size, self.HEADER_SIZE, self.PAD
@@ -550,7 +553,35 @@ class TemplateEncoder:
             size = tpl.size
             tid = tpl.id
             i, n = 0, len(blob) // size
+            # records in a datagram of this template alone (no templates)
+            room0 = max_size - hsize - 4
+            k0 = room0 // size if room0 >= size else 0
+            if k0 and 4 + k0 * size + (-(4 + k0 * size) % pad) > room0 + 4:
+                k0 -= 1
             while i < n:
+                if not off and k0 and n - i > k0 and not self.templates_due(now_ms):
+                    # the next m datagrams are full, k0 records each (a record
+                    # is left for the step-by-step path: what follows it may
+                    # share its datagram), none of them due to carry templates
+                    m = (n - i - 1) // k0
+                    if self.refresh_packets:
+                        m = min(m, self.refresh_packets - self._since_templates)
+                    ln = 4 + k0 * size
+                    p = -ln % pad
+                    body = set_hdr(tid, ln + p)
+                    tail = bytes(p)
+                    length = hsize + ln + p
+                    step = k0 * size
+                    header = self._header
+                    for a in range(i * size, (i + m * k0) * size, step):
+                        out.append(header(length, 0, k0, now_ms, boot_ms) + body
+                                   + blob[a:a + step] + tail)
+                    i += m * k0
+                    counts.extend([k0] * m)
+                    self.datagrams_sent += m
+                    self.records_sent += m * k0
+                    self._since_templates += m
+                    continue
                 if not off:
                     off = hsize
                     parts = []
