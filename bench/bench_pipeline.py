@@ -9,8 +9,9 @@ core, one process, no sockets: the figure is the sans-IO pipeline's
 throughput, the part the daemon's loop spends its CPU on.
 
 What the daemon does, measured: the datagrams of a receive batch (RECV_BATCH
-of them) lie back to back in one buffer with their offsets known (as
-ConntrackSocket.recv_batch leaves them), decoded by columns.decode_blocks;
+of them) lie in slots of conntrack._MultiRecv.HEAD bytes, one each, in one
+buffer (as ConntrackSocket.recv_batch's recvmmsg leaves them), decoded by
+columns.decode_blocks reading the slots as a matrix (``stride``);
 the correlator appends to a FlowBuffer, exported every FLUSH_THRESHOLD flows
 (the flow-tools view and v5 datagrams, or IPFIX messages); the garbage
 collector is set as the daemon sets it once started (daemon.tune_gc).
@@ -43,12 +44,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from nfflowd.columns import FlowBuffer, decode_blocks  # noqa: E402
-from nfflowd.conntrack import decode  # noqa: E402
+from nfflowd.conntrack import _MultiRecv, decode_datagrams  # noqa: E402
 from nfflowd.correlate import Correlator  # noqa: E402
 from nfflowd.daemon import FLUSH_THRESHOLD, RECV_BATCH, tune_gc  # noqa: E402
 from nfflowd.flowtools import csv_lines, expand, expand_columns  # noqa: E402
 from nfflowd.ipfix import IpfixEncoder  # noqa: E402
 from nfflowd.netflow5 import V5Encoder  # noqa: E402
+
+HEAD = _MultiRecv.HEAD          # the receive slots' in-line bytes
 
 DEFAULT = HERE / "data" / "destroy_replay.bin"
 
@@ -63,18 +66,23 @@ def load(path: Path) -> list[bytes]:
     return out
 
 
-def receive_batches(datagrams, size):
-    """(buffer, starts, ends) per receive batch, as recv_batch fills its buffer."""
+def receive_batches(datagrams, size, slot=HEAD):
+    """(buffer, starts, ends, stride) per receive batch, as recv_batch's
+    recvmmsg fills its slots (each datagram at a multiple of ``slot``; the
+    recordings are all shorter); ``slot=0``: back to back, 4-aligned (the
+    per-datagram receive path)."""
     out = []
     for i in range(0, len(datagrams), size):
         parts, starts, ends, off = [], [], [], 0
         for d in datagrams[i:i + size]:
-            pad = -len(d) % 4
+            pad = (slot - len(d)) if slot else -len(d) % 4
+            if pad < 0:
+                raise ValueError("a datagram longer than a slot")
             parts.append(d + bytes(pad))
             starts.append(off)
             ends.append(off + len(d))
             off += len(d) + pad
-        out.append((b"".join(parts), starts, ends))
+        out.append((b"".join(parts), starts, ends, slot))
     return out
 
 
@@ -94,9 +102,9 @@ def run(batches, stage: str, objects: bool, news=()) -> tuple[float, int, float]
     finds its connection in the correlator's cache as in the daemon."""
     corr = Correlator(kernel_timestamps=True)
     if stage != "decode":
-        for buf, starts, ends in news:
-            corr.handle_batch(decode(buf).events if objects
-                              else decode_blocks(buf, starts, ends).events, 0, [])
+        for buf, starts, ends, stride in news:
+            corr.handle_batch(decode_datagrams(buf, starts, ends).events if objects
+                              else decode_blocks(buf, starts, ends, stride).events, 0, [])
     v5 = V5Encoder()
     ipfix = IpfixEncoder(records=("flows",))
     now_ns = time.time_ns()
@@ -121,8 +129,9 @@ def run(batches, stage: str, objects: bool, news=()) -> tuple[float, int, float]
         pending.clear()
 
     t0 = time.process_time()
-    for buf, starts, ends in batches:
-        res = decode(buf) if objects else decode_blocks(buf, starts, ends)
+    for buf, starts, ends, stride in batches:
+        res = (decode_datagrams(buf, starts, ends) if objects
+               else decode_blocks(buf, starts, ends, stride))
         if stage == "decode":
             events += len(res.events) if objects else sum(len(e) for e in res.events)
             continue
@@ -151,7 +160,7 @@ def main() -> int:
     datagrams = load(path)
     batches = receive_batches(datagrams, RECV_BATCH)
     news = receive_batches([as_new(d) for d in datagrams], RECV_BATCH)
-    print(f"replay: {path} ({len(datagrams)} datagrams, receive batches of {RECV_BATCH}, "
+    print(f"replay: {path} ({len(datagrams)} datagrams, receive batches of {RECV_BATCH} in {HEAD}-byte slots, "
           f"export every {FLUSH_THRESHOLD} flows; "
           f"{'per-object path' if args.objects else 'columnar path'})")
     try:
