@@ -104,8 +104,9 @@ _EARLY = frozenset(n for n, (_f, _h, base) in _LAYOUT.items() if base is not Non
 _U32 = 0xFFFFFFFF
 # Ended connections whose cache entries may wait for ``Correlator.reap``; past
 # this many, the DESTROY blocks remove the excess at once (a stream that never
-# leaves the daemon idle pays as it goes, and the wait list stays bounded).
-DEAD_MAX = 1 << 20
+# leaves the daemon a pause pays as it goes, and the wait list stays bounded:
+# some 40 MB of entries at most).  A 200k-connection burst fits.
+DEAD_MAX = 1 << 18
 
 
 def _consume(it) -> None:
@@ -404,8 +405,14 @@ class Correlator:
         if live and revived:
             # connections made again under an id whose removal is pending:
             # the object path pops their entries at once
-            again = np.isin(b.ct_id, np.fromiter(revived, dtype=np.uint64, count=len(revived)))
-            for i in np.flatnonzero(again).tolist():
+            if len(revived) <= 64:
+                again = np.isin(b.ct_id, np.fromiter(revived, dtype=np.uint64,
+                                                     count=len(revived)))
+                rows = np.flatnonzero(again).tolist()
+            else:
+                rows = [i for i, c in enumerate(ids if ids is not None else b.ct_id.tolist())
+                        if c in revived]
+            for i in rows:
                 special.setdefault(i, None)
         if live:
             # the object path pops the special rows' entries itself

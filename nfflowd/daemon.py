@@ -79,6 +79,9 @@ RESYNC_DELAY = 0.5
 # here), so a burst's CPU goes to its events first and the next one waits for
 # at most one pass.
 REAP_CHUNK = 24576
+# ... and inside a stream's pacing waits (see STREAM_BATCH), this many per
+# second of wait: about a quarter of the wait at ~0.6 us a removal
+REAP_PER_SECOND_OF_WAIT = 400_000
 
 
 # The cyclic garbage collector: the data path makes no reference cycles
@@ -404,7 +407,8 @@ class Daemon:
 
     def _receive(self, pending: list, max_rounds: int = 64) -> None:
         """Drain what netlink has queued (bounded), feeding the correlator."""
-        handle_batch = self.correlator.handle_batch
+        corr = self.correlator
+        handle_batch = corr.handle_batch
         c = self.counters
         wait = 0.0
         # events the receive buffer holds, a quarter of which a wait may fill
@@ -419,7 +423,14 @@ class Daemon:
                 # held back for long
                 if pending and time.monotonic() - self._last_flush >= STREAM_FLUSH:
                     self._flush(pending)
-                time.sleep(wait)
+                end = time.monotonic() + wait
+                if corr.reap_pending:
+                    # part of the wait goes to the cache removals a burst left
+                    # (a steady stream may never leave the socket empty)
+                    corr.reap(max(256, int(wait * REAP_PER_SECOND_OF_WAIT)))
+                left = end - time.monotonic()
+                if left > 0:
+                    time.sleep(left)
             now = time.monotonic()
             try:
                 res = self.sock.recv_batch(RECV_BATCH, blocks=True)

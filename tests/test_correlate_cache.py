@@ -272,3 +272,18 @@ def test_a_block_exports_only_the_rest_of_a_connection_the_active_timeout_export
     assert got[(105, 0)] == (2, 200) and got[(105, 1)] == (1, 150)
     assert got[(106, 0)] == (3, 300) and got[(106, 1)] == (2, 200)
     assert c.reap_pending == 39
+
+
+def test_many_revived_ids_are_found_in_a_block_too():
+    """Past 64 revived ids the block looks them up by the ids list: the
+    revived connections' DESTROYs still pop their own entries at once."""
+    from nfflowd.columns import FlowBuffer
+    c = Correlator()
+    news, ends = _news_and_ends(range(100, 200))
+    c.handle_batch(news, 1 * S, [])
+    c.handle_batch([_block_of(ends)], 5 * S, FlowBuffer())      # 100 removals pending
+    c.handle_batch(news, 6 * S, [])                             # the same ids again
+    assert len(c._revived) == 100
+    c.handle_batch([_block_of(ends[:40])], 7 * S, FlowBuffer())
+    c.reap()
+    assert c.cached == 60 and c.reap_pending == 0
