@@ -108,21 +108,30 @@ def test_unlearnt_shapes_and_small_batches_take_the_object_path():
     assert C.decode_blocks(*few) == ct.decode_walk(few[0])
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.sampled_from(DESTROY_MSGS), min_size=C.MIN_ROWS, max_size=80),
-       st.lists(st.tuples(st.integers(0, 10_000), st.integers(4, 400), st.integers(0, 255)),
-                max_size=8))
-def test_fuzz_mutated_destroys_decode_like_the_walker(msgs, edits):
-    """Byte edits (not to nlmsg_len, so that datagram and message framing
-    agree) to real DESTROY messages in a batch: the columnar reader, warmed
-    with the real shapes, gives what the plain walker gives."""
+DESTROY_BATCHES = st.lists(st.sampled_from(DESTROY_MSGS), min_size=C.MIN_ROWS, max_size=80)
+BYTE_EDITS = st.lists(st.tuples(st.integers(0, 10_000), st.integers(4, 400),
+                                st.integers(0, 255)), max_size=8)
+
+
+def mutated(msgs, edits) -> list[bytes]:
+    """``msgs`` with the byte ``edits`` (which message, where, what; never to
+    nlmsg_len), the real shapes learnt first."""
     msgs = [bytearray(m) for m in msgs]
     for which, pos, val in edits:
         m = msgs[which % len(msgs)]
         m[pos % (len(m) - 4) + 4] = val
     for m in DESTROY_MSGS:
         ct.decode(m)
-    buf, starts, ends = concat([bytes(m) for m in msgs])
+    return [bytes(m) for m in msgs]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(DESTROY_BATCHES, BYTE_EDITS)
+def test_fuzz_mutated_destroys_decode_like_the_walker(msgs, edits):
+    """Byte edits (not to nlmsg_len, so that datagram and message framing
+    agree) to real DESTROY messages in a batch: the columnar reader, warmed
+    with the real shapes, gives what the plain walker gives."""
+    buf, starts, ends = concat(mutated(msgs, edits))
     got = C.decode_blocks(buf, starts, ends)
     want = ct.decode_walk(buf)
     assert flatten(got.events) == want.events
@@ -438,20 +447,12 @@ def test_slots_not_as_promised_are_read_with_word_indexes():
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.sampled_from(DESTROY_MSGS), min_size=C.MIN_ROWS, max_size=80),
-       st.lists(st.tuples(st.integers(0, 10_000), st.integers(4, 400), st.integers(0, 255)),
-                max_size=8),
-       st.sets(st.integers(0, 90), max_size=4), st.integers(0, 255))
+@given(DESTROY_BATCHES, BYTE_EDITS, st.sets(st.integers(0, 90), max_size=4),
+       st.integers(0, 255))
 def test_fuzz_mutated_destroys_in_slots_decode_like_the_walker(msgs, edits, gaps, fill):
     """As test_fuzz_mutated_destroys_decode_like_the_walker, the batch laid
     out in slots (some skipped, the slack filled with any byte)."""
-    msgs = [bytearray(m) for m in msgs]
-    for which, pos, val in edits:
-        m = msgs[which % len(msgs)]
-        m[pos % (len(m) - 4) + 4] = val
-    for m in DESTROY_MSGS:
-        ct.decode(m)
-    msgs = [bytes(m) for m in msgs]
+    msgs = mutated(msgs, edits)
     got = C.decode_blocks(*slots(msgs, gaps=gaps, fill=fill), stride=512)
     want = ct.decode_walk(concat(msgs)[0])
     assert flatten(got.events) == want.events
