@@ -30,7 +30,9 @@ by conntrack id (``_live``: one ``bytes`` per connection packing the tuples
 and the NEW time, ~140 bytes per IPv4 connection and ~172 per IPv6 one with
 the dict's share, see
 bench/bench_cache_memory.py).  It costs one dict insert on NEW and one pop on
-DESTROY, and serves two things:
+DESTROY (a DESTROY block leaves its pops to ``reap``, done when the daemon
+is idle: at 200k entries a pop misses the CPU caches a few times), and
+serves two things:
 
 - overrun recovery (``resync``): after ENOBUFS the kernel has dropped events.
   The daemon dumps the table; connections cached but no longer in it ended
@@ -50,7 +52,8 @@ DESTROY, and serves two things:
   ctnetlink listeners and the DESTROY event itself report, for every tool on
   the machine; deltas leave the kernel's counters untouched and cost 24 bytes (40 once a
   counter passes 2**32)
-  in the entries of connections that have been exported early.
+  in the entries of connections that have been exported early, and 4 bytes
+  each in the sorted array of their ids that DESTROY blocks look up.
 
 The class is sans-IO: every method takes ``now_ns`` (wall clock, ns) and returns
 records; it never reads a clock or touches a socket.
@@ -221,9 +224,10 @@ class Correlator:
         # ct_id -> packed entry (see _HEAD4); None: no cache (no resync, no
         # active timeout)
         self._live: dict[int, bytes] | None = {} if cache else None
-        # ct ids whose cache entry may carry a base (exported early by the
-        # active timeout): a hint, stale ones harmless (see _handle_block)
-        self._early_hint: set = set()
+        # ct ids whose cache entries carried a base (exported early by the
+        # active timeout) at the last sync, sorted (4 bytes each): a hint,
+        # stale ones harmless (see _handle_block)
+        self._early_ids = np.zeros(0, dtype=np.uint32)
         # ct id arrays of connections a DESTROY block has ended whose cache
         # entries are still to be removed (``reap``: off a burst's path)
         self._dead: list = []
@@ -265,7 +269,6 @@ class Correlator:
         pack4 = _PACK4
         pack6 = _PACK6
         early_lens = _EARLY
-        hint = self._early_hint
         dead = self._dead
         revived = self._revived
         extend = out.extend
@@ -284,7 +287,6 @@ class Correlator:
                     if revived:
                         revived.discard(ct_id)
                     if entry is not None and len(entry) in early_lens:
-                        hint.discard(ct_id)
                         # exported early by the active timeout: the rest only
                         ev, start = self._rest(ev, entry)
                     # under `if live` to keep the cache-less path as it was;
@@ -374,7 +376,7 @@ class Correlator:
         # deferred removal (none in a burst of connections made while running)
         ids = (b.ct_id.tolist()
                if new_ns or self._dumped or self._poll_exported
-               or (live and (self._early_hint or self._destroyed_during_sync is not None))
+               or (live and self._destroyed_during_sync is not None)
                else None)
         remembered = None
         if new_ns:
@@ -386,12 +388,15 @@ class Correlator:
             # at now; the others are removed later by ``reap`` (a pop from a
             # large dict misses the CPU caches a few times: ~0.6 us here at
             # 200k entries, a seventh of a burst's CPU in the daemon).
-            hint = self._early_hint
-            if hint and not hint.isdisjoint(ids):
-                for i, c in enumerate(ids):
-                    if c in hint:
-                        hint.discard(c)
-                        e = live.pop(c, None)
+            early = self._early_ids
+            if len(early):
+                ids32 = b.ct_id.astype(np.uint32)
+                hit = early[np.minimum(np.searchsorted(early, ids32), len(early) - 1)] == ids32
+                if hit.any():
+                    if ids is None:
+                        ids = b.ct_id.tolist()
+                    for i in np.flatnonzero(hit).tolist():
+                        e = live.pop(ids[i], None)
                         if e is not None and _early(e):
                             special[i] = e
             if self._destroyed_during_sync is not None:
@@ -646,7 +651,6 @@ class Correlator:
             if new_ns >= dump_ns:
                 continue                        # NEW after the dump began
             del live[ct_id]
-            self._early_hint.discard(ct_id)
             start = base[4] if base else new_ns
             end = max(dump_ns, start)
             out.extend(flows_of(ev, start, end, END_LACK_OF_RESOURCES))
@@ -657,6 +661,7 @@ class Correlator:
                 nat = nat_event_of(ev, end, False)
                 if nat is not None:
                     self.nat_events.append(nat)
+        self._note_early()
         c = self.counters
         c["exported_by_resync"] += vanished
         c["connections_exported"] += vanished
@@ -664,6 +669,12 @@ class Correlator:
         c["active_exports"] += early
         out.extend(self.reconcile(table, now_ns))
         return out
+
+    def _note_early(self) -> None:
+        """Note the ids whose entries carry a base now (only a sync makes
+        them: ``_active_live``), for the DESTROY blocks (``_handle_block``)."""
+        self._early_ids = np.sort(np.fromiter(
+            (k for k, e in self._live.items() if len(e) in _EARLY), dtype=np.uint32))
 
     def _active_live(self, ct_id, entry, ev, now_ns, out) -> bool:
         _family, head, v, b = _unpack_entry(entry)
@@ -678,7 +689,6 @@ class Correlator:
         delta = _with_counters(ev, opk - b[0], oby - b[1], rpk - b[2], rby - b[3])
         out.extend(flows_of(delta, start, max(now_ns, start), END_ACTIVE_TIMEOUT))
         self._live[ct_id] = _with_base(entry, head, opk, oby, rpk, rby, now_ns)
-        self._early_hint.add(ct_id)
         return True
 
     def _active_dumped(self, d: list, ev, now_ns, out) -> bool:
