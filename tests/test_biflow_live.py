@@ -105,7 +105,12 @@ def test_live_biflows(veth, tmp_path):
     fmt = "%sa %sp %da %dp %pr %pkt %byt %opkt %obyt %bfd"
     got = rows(bi, fmt)
     by_key = {tuple(g[:5]): g[5:] for g in got}
-    assert len(by_key) == len(got), got                  # each conversation once
+    # each of the test's conversations once (the kernel's own IPv6 chatter on
+    # the veth, MLD reports from :: and router solicitations, repeats at
+    # intervals that can pass the 1 s inactive timeout: two records then)
+    ours = {PEER4, METER4, PEER6, METER6}
+    own = [tuple(g[:5]) for g in got if g[0] in ours and g[2] in ours]
+    assert len(set(own)) == len(own) >= 5, got
     # UDP echoes: the peer is the initiator, forward; the echo is the reverse.
     # On a veth the answer's first packet usually falls in the same
     # millisecond as the question's: the client port rule then makes the
