@@ -13,7 +13,6 @@ import errno as _errno
 import os as _os
 import socket as _socket
 import struct as _struct
-from operator import add as _add
 from operator import itemgetter as _itemgetter
 from typing import NamedTuple
 
@@ -715,16 +714,15 @@ class _MultiRecv:
         len_at, flags_at = MMsgHdr.len.offset, MsgHdr.flags.offset
         if size % 4 or len_at % 4 or flags_at % 4:
             raise OSError("unexpected struct mmsghdr layout")
-        # every msg_len and msg_flags as one strided view of 32-bit words
-        words = memoryview(self._msgs).cast("B").cast("I")
-        self._lens = words[len_at // 4::size // 4]
-        self._flags = words[flags_at // 4::size // 4]
+        # msg_len and msg_flags: every step-th 32-bit word of the mmsghdr
+        # array from these (``arrays``)
         self._len_at, self._flags_at, self._step = len_at // 4, flags_at // 4, size // 4
-        self._np_words = None       # the same words as a numpy array (``arrays``)
+        self._np_words = None       # the mmsghdr array as numpy words, made once
 
     def arrays(self, np, got: int):
         """(lengths, msg_flags) of the last ``recv``'s ``got`` datagrams as
-        int64 arrays (read from the mmsghdr array without a Python loop)."""
+        int64 arrays (read from the mmsghdr array without a Python loop: a
+        round's 2048 as Python lists cost ~0.1 us each to build here)."""
         if self._np_words is None:
             self._np_words = np.frombuffer(self._msgs, dtype=np.uint32)
         w, step = self._np_words, self._step
@@ -739,9 +737,9 @@ class _MultiRecv:
         return (bytes(self.view[i * head:(i + 1) * head])
                 + bytes(self.tails[i * self.TAIL:i * self.TAIL + length - head]))
 
-    def recv(self, fd: int, n: int):
-        """(count, lengths, msg_flags) of the datagrams received (two lists),
-        count -errno on failure (0: none queued)."""
+    def recv(self, fd: int, n: int) -> int:
+        """The count of datagrams received (their lengths and flags:
+        ``arrays``), -errno on failure (0: none queued)."""
         n = min(n, self.SLOTS)
         for _ in range(8):      # EINTR: try again (bounded)
             got = self._fn(fd, self._msgs, n, _MSG_DONTWAIT, None)
@@ -749,10 +747,10 @@ class _MultiRecv:
                 break
             err = self._get_errno()
             if err != _errno.EINTR:
-                return (0 if err in (_errno.EAGAIN, _errno.EWOULDBLOCK) else -err), [], []
+                return 0 if err in (_errno.EAGAIN, _errno.EWOULDBLOCK) else -err
         else:
-            return 0, [], []
-        return got, self._lens[:got].tolist(), self._flags[:got].tolist()
+            return 0
+        return got
 
 
 class ConntrackSocket:
@@ -866,8 +864,9 @@ class ConntrackSocket:
                  stride: int = 0) -> DecodeResult:
         """The datagrams ``view[starts[i]:ends[i]]`` of one receive batch
         decoded, as blocks or objects; ``extra_malformed`` datagrams were
-        dropped before (cut short) and are counted as malformed.  ``stride``:
-        see ``columns.decode_blocks``."""
+        dropped before (cut short) and are counted as malformed.  ``starts``
+        and ``ends`` are lists or integer arrays; ``stride``: see
+        ``columns.decode_blocks``."""
         self.last_datagrams = len(starts)
         if not len(starts):
             return DecodeResult([], extra_malformed, 0, False, [])
@@ -877,44 +876,19 @@ class ConntrackSocket:
                 from .columns import decode_blocks as _decode_blocks
             res = _decode_blocks(view, starts, ends, stride)
         else:
+            if not isinstance(starts, list):
+                starts, ends = starts.tolist(), ends.tolist()
             res = decode_datagrams(view, starts, ends)
         if extra_malformed:
             res = res._replace(malformed=res.malformed + extra_malformed)
         return res
-
-    def _slots(self, mr: "_MultiRecv", got: int):
-        """The ``got`` datagrams of a recvmmsg batch, decoded as blocks with
-        their offsets and lengths as arrays (2048 of them as Python lists cost
-        ~0.1 us each to build here); None when some datagram went on into its
-        overflow slot (``_recv_multi`` joins them)."""
-        np = _numpy()
-        head = mr.HEAD
-        lens, flags = mr.arrays(np, got)
-        extra_malformed = 0
-        if flags.any():
-            # some msg_flags set (MSG_TRUNC: longer than a slot; rare): those
-            # datagrams are dropped whole, counted as truncated and malformed
-            keep = np.flatnonzero((flags & _MSG_TRUNC) == 0)
-            extra_malformed = got - len(keep)
-            lens = lens[keep]
-        else:
-            keep = np.arange(got)
-        if len(lens) and int(lens.max()) > head:
-            return None
-        self.truncated += extra_malformed
-        starts = keep * head
-        ends = starts + lens
-        # every datagram within its slot: the decoder may read the batch as a
-        # matrix of slots (the last one whole)
-        view = mr.view[:int(starts[-1]) + head] if len(starts) else mr.view[:0]
-        return self._decoded(view, starts, ends, True, extra_malformed, head)
 
     def _recv_multi(self, max_datagrams: int, blocks: bool) -> DecodeResult:
         """recv_batch with recvmmsg: the same results and errors.  An error
         after some datagrams is kept by the kernel and returned by the next
         call, which raises it (as the per-datagram loop does)."""
         mr = self._multi
-        got, lens, flags = mr.recv(self._sock.fileno(), max_datagrams)
+        got = mr.recv(self._sock.fileno(), max_datagrams)
         if got < 0:
             if got == -_errno.ENOBUFS:
                 raise NetlinkOverrun(
@@ -922,28 +896,27 @@ class ConntrackSocket:
             raise SourceError(f"netlink recv: {_os.strerror(-got)}")
         if not got:
             return self._decoded(mr.view[:0], [], [], blocks, 0)
-        if blocks:
-            res = self._slots(mr, got)
-            if res is not None:
-                return res
+        np = _numpy()
         head = mr.HEAD
-        extra_malformed = 0
-        # datagram i sits at i * HEAD; built with builtins, not a Python loop
-        # per datagram (a round is up to 2048 of them)
-        starts = list(range(0, got * head, head))
-        if any(flags):
+        lens, flags = mr.arrays(np, got)
+        if flags.any():
             # some msg_flags set (MSG_TRUNC: longer than a slot; rare): those
             # datagrams are dropped whole, counted as truncated and malformed
-            keep = [i for i, f in enumerate(flags) if not f & _MSG_TRUNC]
-            extra_malformed = got - len(keep)
-            self.truncated += extra_malformed
-            starts = [starts[i] for i in keep]
-            lens = [lens[i] for i in keep]
-        ends = list(map(_add, starts, lens))
-        if lens and max(lens) > head:
+            keep = np.flatnonzero((flags & _MSG_TRUNC) == 0)
+            lens = lens[keep]
+        else:
+            keep = np.arange(got)
+        extra_malformed = got - len(keep)
+        self.truncated += extra_malformed
+        starts = keep * head                # datagram i sits at i * HEAD
+        ends = starts + lens
+        if not len(starts):
+            view = mr.view[:0]
+        elif int(lens.max()) > head:
             # some datagram went on into its overflow slot (rare): the batch
             # is decoded from a copy with every datagram whole
             parts: list = []
+            starts, ends = starts.tolist(), ends.tolist()
             off = 0
             for k, (s, e) in enumerate(zip(starts, ends)):
                 d = mr.datagram(s // head, e - s)
@@ -954,12 +927,10 @@ class ConntrackSocket:
                 off += len(d) + pad
             view = b"".join(parts)
             head = 0
-        elif ends:
+        else:
             # every datagram within its slot: the decoder may read the batch
             # as a matrix of slots (the last one whole)
-            view = mr.view[:starts[-1] + head]
-        else:
-            view = mr.view[:0]
+            view = mr.view[:int(starts[-1]) + head]
         return self._decoded(view, starts, ends, blocks, extra_malformed, head)
 
 
