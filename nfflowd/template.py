@@ -86,6 +86,19 @@ def padded(n: int, pad: int) -> int:
     return n + (-n % pad)
 
 
+def records_fitting(max_size: int, off: int, size: int, pad: int) -> int:
+    """How many records of ``size`` bytes a new data set (4-byte header,
+    padded to ``pad``) can take in a datagram of at most ``max_size`` bytes
+    filled up to ``off``."""
+    room = max_size - off - 4
+    if room < size:
+        return 0
+    n = room // size
+    if padded(4 + n * size, pad) > room + 4:
+        n -= 1      # the padding would not fit; one record less leaves room for it
+    return n
+
+
 def template_set(set_id: int, templates: Sequence[Template], pad: int = 4) -> bytes:
     """A whole template set (FlowSet id 0 in v9, set id 2 in IPFIX)."""
     body = b"".join(t.record for t in templates)
@@ -126,13 +139,7 @@ class Datagram:
 
     def fits(self, template: Template) -> int:
         """How many records of ``template`` a new data set here can take."""
-        room = self.max_size - self.off - 4
-        if room < template.size:
-            return 0
-        n = room // template.size
-        if padded(4 + n * template.size, self.pad) > room + 4:
-            n -= 1      # the padding would not fit; one record less leaves room for it
-        return n
+        return records_fitting(self.max_size, self.off, template.size, self.pad)
 
     def add_template_set(self, set_id: int, templates: Sequence[Template]) -> bool:
         """Append a template set; False (and nothing written) if it does not fit."""
@@ -554,10 +561,7 @@ class TemplateEncoder:
             tid = tpl.id
             i, n = 0, len(blob) // size
             # records in a datagram of this template alone (no templates)
-            room0 = max_size - hsize - 4
-            k0 = room0 // size if room0 >= size else 0
-            if k0 and 4 + k0 * size + (-(4 + k0 * size) % pad) > room0 + 4:
-                k0 -= 1
+            k0 = records_fitting(max_size, hsize, size, pad)
             while i < n:
                 if not off and k0 and n - i > k0 and not self.templates_due(now_ms):
                     # the next m datagrams are full, k0 records each (a record
@@ -577,10 +581,7 @@ class TemplateEncoder:
                         out.append(header(length, 0, k0, now_ms, boot_ms) + body
                                    + blob[a:a + step] + tail)
                     i += m * k0
-                    counts.extend([k0] * m)
-                    self.datagrams_sent += m
-                    self.records_sent += m * k0
-                    self._since_templates += m
+                    self._sent(k0, counts, m)
                     continue
                 if not off:
                     off = hsize
@@ -593,10 +594,7 @@ class TemplateEncoder:
                         off += len(tset)
                         tmpl = len(self.templates)
                         self._templates_written(now_ms)
-                room = max_size - off - 4
-                k = room // size if room >= size else 0
-                if k and 4 + k * size + (-(4 + k * size) % pad) > room + 4:
-                    k -= 1
+                k = records_fitting(max_size, off, size, pad)
                 if k == 0:
                     self._close_packed(parts, off, tmpl, data, now_ms, boot_ms, out, counts)
                     off = 0
@@ -622,11 +620,12 @@ class TemplateEncoder:
         out.append(self._header(off, tmpl, data, now_ms, boot_ms) + b"".join(parts))
         self._sent(data, counts)
 
-    def _sent(self, data_records: int, counts: list) -> None:
-        counts.append(data_records)
-        self.datagrams_sent += 1
-        self.records_sent += data_records
-        self._since_templates += 1
+    def _sent(self, data_records: int, counts: list, datagrams: int = 1) -> None:
+        """``datagrams`` datagrams of ``data_records`` records each went out."""
+        counts.extend([data_records] * datagrams)
+        self.datagrams_sent += datagrams
+        self.records_sent += data_records * datagrams
+        self._since_templates += datagrams
 
     def _header(self, length: int, template_records: int, data_records: int, now_ms: int,
                 boot_ms: int) -> bytes:
