@@ -359,12 +359,9 @@ class Daemon:
             if self.sock in readable:
                 self._receive(pending)
             else:
-                if self._in_burst:
-                    # the last _receive ended on its round limit just as the
-                    # burst did: its tail goes now, not at the flush deadline
-                    self._in_burst = False
-                    if pending:
-                        self._flush(pending)
+                # also when the last _receive ended on its round limit just
+                # as the burst did
+                self._burst_over(pending)
                 if corr.reap_pending:
                     corr.reap(REAP_CHUNK)
             if self.control in readable:
@@ -471,15 +468,19 @@ class Daemon:
                 c["unknown"] += res.unknown
                 log.warning("netlink_skipped", malformed=res.malformed, unknown=res.unknown)
             if not res.events and not res.malformed and not res.unknown:
-                if self._in_burst:
-                    # the burst is over: send its tail now rather than at the
-                    # next flush deadline (up to export.flush_interval later)
-                    self._in_burst = False
-                    if pending:
-                        self._flush(pending)
+                self._burst_over(pending)
                 break
             if len(pending) >= FLUSH_THRESHOLD:
                 self._in_burst = True
+                self._flush(pending)
+
+    def _burst_over(self, pending: list) -> None:
+        """Netlink has nothing queued: the tail of a burst being received
+        goes now rather than at the next flush deadline (up to
+        export.flush_interval later)."""
+        if self._in_burst:
+            self._in_burst = False
+            if pending:
                 self._flush(pending)
 
     def _poll(self, pending: list) -> None:
