@@ -67,9 +67,9 @@ def _raw(values: np.ndarray) -> np.ndarray:
 
 
 class _Shape:
-    """One shape's rows of the index matrices."""
+    """One shape's rows of the index matrices, as arrays."""
 
-    __slots__ = ("family", "rel", "present", "hrel", "hexp", "nhdr", "arrays", "maxword")
+    __slots__ = ("family", "rel", "present", "hrel", "hexp", "maxword")
 
     def __init__(self, spec: dict):
         self.family = spec["family"]
@@ -103,17 +103,15 @@ class _Shape:
                     rel[slot + k], present[slot + k] = word + k, True
             else:
                 raise ValueError(name)
-        self.rel = rel
-        self.present = present
-        self.hrel = [w for w, _ in spec["hdr"]]
-        self.hexp = [e for _, e in spec["hdr"]]
-        self.nhdr = len(self.hrel)
-        # (rel, present, hrel, hexp) as arrays, hexp as the words lie in a
-        # buffer (host order; the values are big-endian): for decode_blocks
-        # reading a batch laid out at a fixed stride
-        self.arrays = (np.array(rel, dtype=np.intp), np.array(present, dtype=np.uint32),
-                       np.array(self.hrel, dtype=np.intp), _raw(np.array(self.hexp, dtype=np.uint32)))
-        self.maxword = max(rel + self.hrel)
+        hrel = [w for w, _ in spec["hdr"]]
+        # word offsets of the values (rel, present 0/1) and of the header
+        # words to check (hrel) with what they must hold (hexp, as the words
+        # lie in a buffer: host order, the values big-endian)
+        self.rel = np.array(rel, dtype=np.intp)
+        self.present = np.array(present, dtype=np.uint32)
+        self.hrel = np.array(hrel, dtype=np.intp)
+        self.hexp = _raw(np.array([e for _, e in spec["hdr"]], dtype=np.uint32))
+        self.maxword = max(rel + hrel)
 
 
 _shapes: dict = {}          # shape key -> _Shape | None (not columnar)
@@ -158,21 +156,22 @@ def _tables(shapes: list):
     if t is None:
         dummy = next(s for s in shapes if s is not None)
         table = [s if s is not None else dummy for s in shapes]
-        maxh = max(s.nhdr for s in table)
-        hrel = np.zeros((len(table), maxh), dtype=np.int64)
+        maxh = max(len(s.hrel) for s in table)
+        hrel = np.zeros((len(table), maxh), dtype=np.intp)
         hexp = np.zeros((len(table), maxh), dtype=np.uint32)
         for i, s in enumerate(table):
-            hrel[i, :s.nhdr] = s.hrel
-            hexp[i, :s.nhdr] = s.hexp
+            nh = len(s.hrel)
+            hrel[i, :nh] = s.hrel
+            hexp[i, :nh] = s.hexp
             # pad with the first word again (nlmsg_len): compares equal
-            hrel[i, s.nhdr:] = s.hrel[0]
-            hexp[i, s.nhdr:] = s.hexp[0]
-        rel = np.array([s.rel for s in table], dtype=np.int64)
-        pres = np.array([s.present for s in table], dtype=bool)
+            hrel[i, nh:] = s.hrel[0]
+            hexp[i, nh:] = s.hexp[0]
+        rel = np.stack([s.rel for s in table])
+        pres = np.stack([s.present for s in table]).astype(bool)
         fam = np.array([s.family for s in table], dtype=np.uint64)
         if len(_tables_cache) > 64:
             _tables_cache.clear()
-        t = _tables_cache[key] = (rel, pres, hrel, _raw(hexp), fam)
+        t = _tables_cache[key] = (rel, pres, hrel, hexp, fam)
     return t
 
 
@@ -377,7 +376,7 @@ def _gather_slots(M, h, ok, words: int):
             # a hash collision brings one here)
             ok[r] = False
             continue
-        rel, pres, hrel, hexp = s.arrays
+        rel, pres, hrel, hexp = s.rel, s.present, s.hrel, s.hexp
         sub = M if order is None else M.take(r, axis=0)    # its rows (whole: fast)
         g = sub.take(rel, axis=1)
         g *= pres                               # values the shape has not: 0
