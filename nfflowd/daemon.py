@@ -188,10 +188,11 @@ class Daemon:
         self.sock: conntrack.ConntrackSocket | None = None
         self.control = None
         self.metrics = None
-        # a burst is being received (STREAM_BATCH events or more in one
-        # _receive, or a threshold flush): its tail is sent when it pauses
+        # a burst is being received (STREAM_BATCH datagrams or more since the
+        # last export, or a threshold flush): its tail is sent when it pauses
         self._in_burst = False
         self._last_flush = 0.0          # time.monotonic() of the last export
+        self._since_flush = 0           # datagrams received since then
 
     # -- signals ----------------------------------------------------------------
     def _install_signals(self):
@@ -412,7 +413,6 @@ class Daemon:
         room = max(1, self.sock.rcvbuf // EVENT_TRUESIZE) / 4
         prev = time.monotonic()
         last_rate = 0.0
-        received = 0
         for _ in range(max_rounds):
             if wait:
                 # a stream arriving a few datagrams at a time: let a batch
@@ -447,8 +447,8 @@ class Daemon:
                 wait = 0.0
                 continue
             got = self.sock.last_datagrams
-            received += got
-            if received >= STREAM_BATCH:
+            self._since_flush += got
+            if self._since_flush >= STREAM_BATCH:
                 # events arriving faster than they trickle: their tail goes
                 # when the stream pauses, not at the next flush deadline
                 self._in_burst = True
@@ -566,6 +566,7 @@ class Daemon:
 
     def _flush(self, pending: list) -> None:
         self._last_flush = time.monotonic()
+        self._since_flush = 0
         nat_events = self.correlator.take_nat_events()
         if pending or nat_events:
             self.pipeline.export(pending, nat_events, time.time_ns(), uptime_ms())
