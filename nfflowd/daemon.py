@@ -33,7 +33,7 @@ from .config import Config
 from .control import ControlServer
 from .control import socket_path as control_socket_path
 from .columns import FlowBuffer
-from .correlate import Correlator
+from .correlate import DEAD_MAX, Correlator
 from .errors import ConfigError
 from .legacy import load_any
 from .pipeline import Pipeline
@@ -74,14 +74,31 @@ STREAM_FLUSH = 0.02
 # let through first, then one dump resynchronises (more overruns meanwhile
 # belong to the same episode).
 RESYNC_DELAY = 0.5
-# The cache entries of connections a burst ended are removed when netlink has
-# nothing queued (Correlator.reap), this many per pass of the loop (~15 ms
-# here), so a burst's CPU goes to its events first and the next one waits for
-# at most one pass.
+# The cache entries of connections a burst ended are removed once netlink has
+# been quiet for REAP_QUIET seconds (Correlator.reap), this many per pass of
+# the loop (~15 ms here), so a burst's CPU goes to its events first and the
+# next one waits for at most one pass.  Finding netlink empty is not quiet:
+# in a table flush sharing a CPU with nfflowd, the kernel adds events only
+# while nfflowd does not run, so nfflowd drains the socket again and again;
+# removals done each time took ~16% of its time in a 200k flush and left it
+# further behind (bench/bench_burst.py).  Waiting REAP_QUIET in select gives
+# the CPU back instead, and the flush's next events end the wait.
 REAP_CHUNK = 24576
+REAP_QUIET = 0.002
+# A burst (see _burst_over) ends once netlink has been quiet this long; until
+# then what arrives goes at once.  A table flush on a busy machine leaves
+# gaps, and the connections it ended last came after one: their records,
+# taken for a trickle, waited for the flush deadline (0.3 s late in a 200k
+# flush).
+BURST_QUIET = 0.05
 # ... and inside a stream's pacing waits (see STREAM_BATCH), this many per
-# second of wait: about a quarter of the wait at ~0.6 us a removal
+# second of wait: about a quarter of the wait at ~0.6 us a removal.  Only in a
+# stream slower than REAP_STREAM_RATE datagrams per second (a wait there is
+# idle time; in a flush it is the kernel's turn for the CPU), or once the
+# removals pending reach half of correlate.DEAD_MAX (a fast stream that never
+# pauses: past DEAD_MAX its DESTROY blocks would pay for them inline).
 REAP_PER_SECOND_OF_WAIT = 400_000
+REAP_STREAM_RATE = 30_000
 
 
 # The cyclic garbage collector: the data path makes no reference cycles
@@ -191,6 +208,8 @@ class Daemon:
         # a burst is being received (STREAM_BATCH datagrams or more since the
         # last export, or a threshold flush): its tail is sent when it pauses
         self._in_burst = False
+        # when netlink was last found empty, None after events (REAP_QUIET)
+        self._quiet_from: float | None = None
         self._last_flush = 0.0          # time.monotonic() of the last export
         self._since_flush = 0           # datagrams received since then
 
@@ -343,9 +362,16 @@ class Daemon:
                 if wake is not None:
                     deadline = min(deadline, wake)
             wlist = [sink for sink in streams if sink.wants_write() and sink.fileno() >= 0]
-            timeout = max(0.0, deadline - time.monotonic())
-            if corr.reap_pending or self._in_burst:
-                timeout = 0.0                   # work to do when netlink is idle (below)
+            now = time.monotonic()
+            timeout = max(0.0, deadline - now)
+            quiet = self._quiet_from if self._quiet_from is not None else now
+            if self._in_burst:
+                # the tail goes once netlink is empty; the burst ends once it
+                # has been quiet for BURST_QUIET (below)
+                timeout = 0.0 if pending else min(timeout, max(0.0, quiet + BURST_QUIET - now))
+            if corr.reap_pending:
+                # removals once netlink has been quiet for REAP_QUIET (below)
+                timeout = min(timeout, max(0.0, quiet + REAP_QUIET - now))
             try:
                 readable, writable, _ = select.select(rlist, wlist, [], timeout)
             except InterruptedError:  # pragma: no cover (PEP 475 retries)
@@ -362,8 +388,11 @@ class Daemon:
             else:
                 # also when the last _receive ended on its round limit just
                 # as the burst did
+                now = time.monotonic()
+                if self._quiet_from is None:
+                    self._quiet_from = now
                 self._burst_over(pending)
-                if corr.reap_pending:
+                if corr.reap_pending and now - self._quiet_from >= REAP_QUIET:
                     corr.reap(REAP_CHUNK)
             if self.control in readable:
                 self.control.handle_ready()
@@ -421,7 +450,8 @@ class Daemon:
                 if pending and time.monotonic() - self._last_flush >= STREAM_FLUSH:
                     self._flush(pending)
                 end = time.monotonic() + wait
-                if corr.reap_pending:
+                if corr.reap_pending and (last_rate < REAP_STREAM_RATE
+                                          or corr.reap_pending >= DEAD_MAX // 2):
                     # part of the wait goes to the cache removals a burst left
                     # (a steady stream may never leave the socket empty)
                     corr.reap(max(256, int(wait * REAP_PER_SECOND_OF_WAIT)))
@@ -468,8 +498,10 @@ class Daemon:
                 c["unknown"] += res.unknown
                 log.warning("netlink_skipped", malformed=res.malformed, unknown=res.unknown)
             if not res.events and not res.malformed and not res.unknown:
+                self._quiet_from = now          # netlink found empty
                 self._burst_over(pending)
                 break
+            self._quiet_from = None
             if len(pending) >= FLUSH_THRESHOLD:
                 self._in_burst = True
                 self._flush(pending)
@@ -477,11 +509,13 @@ class Daemon:
     def _burst_over(self, pending: list) -> None:
         """Netlink has nothing queued: the tail of a burst being received
         goes now rather than at the next flush deadline (up to
-        export.flush_interval later)."""
+        export.flush_interval later).  The burst ends once netlink has been
+        quiet for BURST_QUIET: until then, stragglers go as they come."""
         if self._in_burst:
-            self._in_burst = False
             if pending:
                 self._flush(pending)
+            if time.monotonic() - self._quiet_from >= BURST_QUIET:
+                self._in_burst = False
 
     def _poll(self, pending: list) -> None:
         """Dump the table and export start-up connections that have gone."""
