@@ -43,6 +43,13 @@ woken per datagram (the first version of this file) took 0.26-0.29 s of CPU
 for nfflowd's 17.6k datagrams and 0.34-0.47 s for ulogd2's 14.3k during a
 200k flush; draining, 0.19-0.22 s and 0.13-0.17 s.
 
+Scheduling: ulogd2 makes itself real-time at the highest priority when it
+starts (SCHED_RR 99 here, Debian's 2.0.8; "scheduler configuration" in its
+log if refused), so it never waits for a CPU; under the normal scheduler
+nfflowd shares the other one with the flush and the collectors, and waits.  By default nfflowd gets the same (its ``sched_priority``,
+the value ulogd2 runs at); ``--nfflowd-sched-priority 0`` runs it under the
+normal scheduler.  Both policies are printed.
+
 The issue's target: all N connections, zero overruns, and nfflowd's
 first-to-last time no more than ulogd2's in the same run.
 
@@ -283,7 +290,7 @@ mtu={mtu}
 
 
 def nfflowd_config(path: Path, workdir: Path, port: int, rcvbuf: int,
-                   flush_interval: float | None) -> None:
+                   flush_interval: float | None, sched_priority: int) -> None:
     flush = f"\n  flush_interval: {flush_interval}" if flush_interval is not None else ""
     path.write_text(f"""# written by bench/bench_burst.py
 export:{flush}
@@ -292,7 +299,22 @@ export:{flush}
 syslog: {{enabled: false}}
 conntrack: {{rcvbuf: {rcvbuf}}}
 pidfile: {workdir}/nfflowd.pid
+sched_priority: {sched_priority}
 """)
+
+
+def scheduling(pid: int | None) -> tuple[str, int]:
+    """(policy name, real-time priority) of a process."""
+    if pid is None:
+        return "?", 0
+    try:
+        policy = os.sched_getscheduler(pid)
+        prio = os.sched_getparam(pid).sched_priority
+    except OSError:
+        return "?", 0
+    names = {os.SCHED_OTHER: "SCHED_OTHER", os.SCHED_FIFO: "SCHED_FIFO", os.SCHED_RR: "SCHED_RR",
+             os.SCHED_BATCH: "SCHED_BATCH", os.SCHED_IDLE: "SCHED_IDLE"}
+    return names.get(policy, str(policy)), prio
 
 
 class Proc:
@@ -430,6 +452,10 @@ def main() -> int:
                          "size + 1, a fixed buffer like nfflowd's)")
     ap.add_argument("--nfflowd-flush-interval", type=float, default=None,
                     help="nfflowd's export.flush_interval (default: nfflowd's own, 1 s)")
+    ap.add_argument("--nfflowd-sched-priority", default="ulogd2", metavar="N",
+                    help="nfflowd's sched_priority (SCHED_RR at N, 0: the normal scheduler); "
+                         "default: as ulogd2 runs, which makes itself SCHED_RR 99 when it "
+                         "starts")
     ap.add_argument("--ulogd-mtu", type=int, default=512,
                     help="ulogd2's IPFIX mtu (its default: 512)")
     ap.add_argument("--quiet", type=float, default=5.0,
@@ -494,8 +520,16 @@ def main() -> int:
         if ul.p.poll() is not None or "connected to" not in ulog_text():
             raise RuntimeError(f"ulogd2 did not start:\n{ulog_text()}{''.join(ul.err)}")
 
+        # ulogd2 sets its own scheduling when it starts (real-time at the
+        # highest priority: SCHED_RR 99 here): by default nfflowd gets the same
+        ul_sched = scheduling(ul.child_pid())
+        if args.nfflowd_sched_priority == "ulogd2":
+            sched_priority = ul_sched[1] if ul_sched[0] in ("SCHED_FIFO", "SCHED_RR") else 0
+        else:
+            sched_priority = int(args.nfflowd_sched_priority)
         cfg = work / "nfflowd.yaml"
-        nfflowd_config(cfg, work, NFFLOWD_PORT, args.nfflowd_rcvbuf, args.nfflowd_flush_interval)
+        nfflowd_config(cfg, work, NFFLOWD_PORT, args.nfflowd_rcvbuf, args.nfflowd_flush_interval,
+                       sched_priority)
         # --profile FILE: nfflowd runs under cProfile (written when it stops)
         prof = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())] if args.profile else []
         procs["nfflowd"] = nf = Proc(lab, lab.fw, sys.executable, *prof, "-m", "nfflowd.cli",
@@ -513,6 +547,11 @@ def main() -> int:
         print(f"netlink receive buffers (SO_RCVBUF as the kernel reports it): "
               f"nfflowd {m2.group(1) if m2 else '?'}, ulogd2 {m.group(1) if m else '?'}"
               f"{'' if args.nfflowd_flush_interval is None else '; nfflowd export.flush_interval ' + str(args.nfflowd_flush_interval)}")
+        sched_of = {"nfflowd": scheduling(nf_pid), "ulogd2": scheduling(ul_pid)}
+        print("scheduling: " + ", ".join(
+            f"{k} {p}{' ' + str(q) if p in ('SCHED_FIFO', 'SCHED_RR') else ''}"
+            for k, (p, q) in sched_of.items())
+            + f" (nfflowd's sched_priority: {sched_priority})")
 
         # -- the connections ----------------------------------------------------
         procs["servers"] = srv = Proc(lab, lab.wan, sys.executable, BURST, "sink", WAN4,
@@ -642,6 +681,9 @@ def main() -> int:
               f"{rows['ulogd2']['span']:>24.3f}")
         print(f"{'flush start to last (s)':28s} {rows['nfflowd']['to_last']:>24.3f} "
               f"{rows['ulogd2']['to_last']:>24.3f}")
+        print(f"{'scheduling':28s} "
+              + "".join(f"{p + (' ' + str(q) if p in ('SCHED_FIFO', 'SCHED_RR') else ''):>24s}"
+                        for p, q in (sched_of["nfflowd"], sched_of["ulogd2"])))
         print(f"{'CPU s from flush to quiet':28s} {sum(cpu['nfflowd']):>24.2f} "
               f"{sum(cpu['ulogd2']):>24.2f}")
         print(f"{'  of which user / system':28s} "

@@ -731,7 +731,14 @@ def kernel_prerequisites(cfg: Config) -> tuple[list[str], list[str]]:
     if os.geteuid() != 0:
         unchecked.append("subscribing to conntrack events needs CAP_NET_ADMIN; "
                          "run check as root")
+        if cfg.sched_priority:
+            unchecked.append(f"sched_priority {cfg.sched_priority}: SCHED_RR needs root or "
+                             "CAP_SYS_NICE; run check as root")
         return problems, unchecked
+    if cfg.sched_priority:
+        sched_problem = _try_sched_priority(cfg.sched_priority)
+        if sched_problem:
+            problems.append(sched_problem)
     from . import conntrack
     try:
         sock = conntrack.ConntrackSocket(rcvbuf=cfg.conntrack.rcvbuf)
@@ -744,6 +751,22 @@ def kernel_prerequisites(cfg: Config) -> tuple[list[str], list[str]]:
               f"{sock.rcvbuf} bytes, asked {cfg.conntrack.rcvbuf})")
         sock.close()
     return problems, unchecked
+
+
+def _try_sched_priority(priority: int) -> str | None:
+    """Set SCHED_RR ``priority`` on this process and back, as the daemon
+    would at start; a problem line when refused."""
+    from . import schedule
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        schedule.set_realtime(priority)
+    except OSError as e:
+        return (f"sched_priority {priority}: SCHED_RR refused ({e.strerror}); the daemon "
+                "would run under the normal scheduler (it needs root or CAP_SYS_NICE, and "
+                "under systemd RestrictRealtime=no)")
+    os.sched_setscheduler(0, *before)
+    print(f"scheduling: sched_priority {priority}: SCHED_RR permitted")
+    return None
 
 
 def daemon_state(cfg: Config, unchecked: list[str]) -> bool | None:

@@ -117,6 +117,9 @@ class Config:
     user: str | None = None
     # host:port of the Prometheus endpoint; None: off
     metrics_listen: str | None = None
+    # SCHED_RR at this priority (1-99), as ulogd2 runs itself; 0: the
+    # normal scheduler
+    sched_priority: int = 0
 
 
 class _Checker:
@@ -327,7 +330,7 @@ def parse(data, path: str = "<string>") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(path, [("", f"expected a mapping at the top level, got {_kind(data)}")])
     c.unknown(data, "", {"export", "syslog", "conntrack", "meter", "pidfile", "log", "user",
-                         "metrics"})
+                         "metrics", "sched_priority"})
 
     ex = c.section(data, "export", {"source", "engine_type", "engine_id", "collectors",
                                     "flush_interval", "observation_domain", "max_datagram",
@@ -394,11 +397,13 @@ def parse(data, path: str = "<string>") -> Config:
             c.bad("metrics.listen", f"expected host:port (e.g. 127.0.0.1:9469), "
                   f"got {metrics_listen!r}")
 
+    sched_priority = c.integer(data, "sched_priority", "sched_priority", 0, 0, 99)
+
     if c.problems:
         raise ConfigError(path, c.problems)
     return Config(path=path, export=export, syslog=syslog, conntrack=conntrack, meter=meter,
                   pidfile=pidfile, log_level=log_level, user=user,
-                  metrics_listen=metrics_listen)
+                  metrics_listen=metrics_listen, sched_priority=sched_priority)
 
 
 def load(path) -> Config:

@@ -28,7 +28,7 @@ import time
 
 import structlog
 
-from . import __version__, conntrack, sdnotify
+from . import __version__, conntrack, schedule, sdnotify
 from .config import Config
 from .control import ControlServer
 from .control import socket_path as control_socket_path
@@ -253,6 +253,16 @@ class Daemon:
 
     # -- start -------------------------------------------------------------------
     def start(self):
+        if self.cfg.sched_priority:
+            # first: the threads started below (metrics) inherit it
+            try:
+                schedule.set_realtime(self.cfg.sched_priority)
+            except OSError as e:
+                log.warning("sched_priority_refused", priority=self.cfg.sched_priority,
+                            error=e.strerror,
+                            meaning="running under the normal scheduler: SCHED_RR needs "
+                                    "root or CAP_SYS_NICE, and under systemd "
+                                    "RestrictRealtime=no (see init/nfflowd.service)")
         kernel_ts = announce_kernel_settings()
         ccfg = self.cfg.conntrack
         self.correlator = Correlator(ttl=ccfg.ttl, kernel_timestamps=kernel_ts,
@@ -276,6 +286,7 @@ class Daemon:
             drop_privileges(self.cfg.user)
             log.info("privileges_dropped", user=self.cfg.user, kept="CAP_NET_ADMIN")
         log.info("ready", connections_at_start=added, rcvbuf=self.sock.rcvbuf,
+                 scheduling=schedule.describe(),
                  collectors=[c.name for c in self.cfg.export.collectors],
                  syslog=self.cfg.syslog.address if self.cfg.syslog.enabled else "off")
         tune_gc()
@@ -317,8 +328,9 @@ class Daemon:
                 self.metrics.close()
                 self.metrics = None
             self._start_metrics(new)
-        if new.conntrack.rcvbuf != self.cfg.conntrack.rcvbuf or new.user != self.cfg.user:
-            log.warning("reload_needs_restart", keys="conntrack.rcvbuf, user",
+        if (new.conntrack.rcvbuf != self.cfg.conntrack.rcvbuf or new.user != self.cfg.user
+                or new.sched_priority != self.cfg.sched_priority):
+            log.warning("reload_needs_restart", keys="conntrack.rcvbuf, user, sched_priority",
                         meaning="these apply at the next start")
         if new.meter != self.cfg.meter:
             log.warning("reload_needs_restart", keys="meter",

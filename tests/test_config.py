@@ -22,6 +22,8 @@ def test_the_sample_config_is_valid_and_matches_the_defaults():
     assert (cfg.syslog, cfg.conntrack, cfg.pidfile) == (d.syslog, d.conntrack, d.pidfile)
     assert (d.syslog.facility, d.syslog.priority, d.syslog.ident) == ("local6", "info", "nfflowd")
     assert (d.conntrack.ttl, d.conntrack.poll_interval) == (604800, 30)
+    assert cfg.sched_priority == d.sched_priority == 0
+    assert config.parse({"sched_priority": 99}).sched_priority == 99
 
 
 def test_the_meter_section():
@@ -138,6 +140,8 @@ def test_collectors_and_ipv6_hosts():
     ({"meter": {"interfaces": [{"name": "eth0", "filter": "udp"}]}},
      "meter.interfaces[0].filter", "unknown key"),
     ({"meter": {"timeout": 5}}, "meter.timeout", "unknown key"),
+    ({"sched_priority": 100}, "sched_priority", "from 0 to 99"),
+    ({"sched_priority": "high"}, "sched_priority", "an integer"),
 ])
 def test_each_error_names_its_key(data, key, words):
     with pytest.raises(ConfigError) as e:

@@ -113,10 +113,10 @@ log:
     return cfg
 
 
-def start_nfflowd(lab, cfg):
-    """nfflowd -f start in fw; returns the process and its log lines (read by
-    a thread as they come)."""
-    p = lab.spawn(lab.fw, sys.executable, "-m", "nfflowd.cli", "-f", "-c", cfg, "start",
+def start_nfflowd(lab, cfg, prefix=()):
+    """nfflowd -f start in fw (under the command ``prefix``, if any); returns
+    the process and its log lines (read by a thread as they come)."""
+    p = lab.spawn(lab.fw, *prefix, sys.executable, "-m", "nfflowd.cli", "-f", "-c", cfg, "start",
                   cwd=os.path.dirname(os.path.dirname(__file__)))
     log: list[str] = []
     p.log_reader = threading.Thread(target=lambda: log.extend(iter(p.stderr.readline, "")),

@@ -316,3 +316,39 @@ def test_metrics_endpoint_serves_the_running_daemons_counters(lab, tmp_path):
     daemon.log_reader.join(5)
     assert daemon.returncode == 0, "".join(log)
     collector.stop()
+
+
+def test_sched_priority_fifo_and_refused(lab, tmp_path):
+    """sched_priority: check tries it, the daemon runs SCHED_RR at it; without
+    CAP_SYS_NICE the daemon says so and runs under the normal scheduler."""
+    from nfflowd import schedule
+    catcher = SyslogCatcher(tmp_path / "log.sock")
+    cfg = config(tmp_path, "nfflowd.yaml", 20605, catcher.path, extra="sched_priority: 5\n")
+    r = nfflowd(lab, "-c", cfg, "check")
+    assert "scheduling: sched_priority 5: SCHED_RR permitted" in r.stdout, r.stdout
+    daemon, log = start_nfflowd(lab, cfg)
+    try:
+        assert schedule.describe(daemon.pid) == "SCHED_RR 5"
+        assert 'scheduling="SCHED_RR 5"' in next(x for x in log if "event=ready" in x)
+        assert not any("sched_priority_refused" in x for x in log)
+    finally:
+        stop(daemon)
+    assert daemon.returncode == 0, "".join(log)
+
+    # without CAP_SYS_NICE (bounding set): refused, said, and the daemon runs
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run(["ip", "netns", "exec", lab.fw, "setpriv", "--bounding-set=-sys_nice",
+                        sys.executable, "-m", "nfflowd.cli", "-c", str(cfg), "check"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert "sched_priority 5: SCHED_RR refused (Operation not permitted)" in r.stdout, r
+    assert r.returncode == 4, r
+    p, log = start_nfflowd(lab, cfg, prefix=("setpriv", "--bounding-set=-sys_nice"))
+    try:
+        assert schedule.describe(p.pid) == "SCHED_OTHER"
+    finally:
+        stop(p)
+    p.log_reader.join(5)
+    text = "".join(log)
+    assert "event=sched_priority_refused" in text and "priority=5" in text, text
+    assert "scheduling=SCHED_OTHER" in text, text
+    assert p.returncode == 0, text

@@ -1,0 +1,38 @@
+"""Real-time scheduling for the daemon (config key ``sched_priority``).
+
+A table flush or a scan storm makes the kernel emit conntrack events faster
+than in any steady state, and on a busy machine a process under the normal
+scheduler (SCHED_OTHER) shares its CPU with whatever else runs, the flush
+itself included: it falls behind, and with a small receive buffer, loses
+events.  ulogd2 makes itself real-time at the highest priority when it
+starts, for that reason (Debian's 2.0.8: SCHED_RR 99).  nfflowd does the same
+when ``sched_priority`` is set (1-99), and stays under the normal scheduler
+by default: a real-time process that spins takes a CPU (the kernel's RT
+throttling leaves the others 5% of it).
+"""
+from __future__ import annotations
+
+import os
+
+__all__ = ["set_realtime", "describe"]
+
+
+def set_realtime(priority: int) -> None:
+    """SCHED_RR at ``priority`` (1-99) for the calling thread, and the
+    threads it starts afterwards (round robin: real-time processes of equal
+    priority on one CPU take turns).  Raises OSError (EPERM without root or
+    CAP_SYS_NICE, or under systemd's RestrictRealtime=yes)."""
+    os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(priority))
+
+
+def describe(pid: int = 0) -> str:
+    """The scheduling policy of ``pid`` (0: this thread), as "SCHED_FIFO 99"
+    or "SCHED_OTHER"."""
+    policy = os.sched_getscheduler(pid)
+    names = {os.SCHED_OTHER: "SCHED_OTHER", os.SCHED_FIFO: "SCHED_FIFO",
+             os.SCHED_RR: "SCHED_RR", os.SCHED_BATCH: "SCHED_BATCH",
+             os.SCHED_IDLE: "SCHED_IDLE"}
+    name = names.get(policy, f"policy {policy}")
+    if policy in (os.SCHED_FIFO, os.SCHED_RR):
+        return f"{name} {os.sched_getparam(pid).sched_priority}"
+    return name
