@@ -753,6 +753,9 @@ class _MultiRecv:
         return got
 
 
+_SO_MEMINFO = getattr(_socket, "SO_MEMINFO", 55)     # asm-generic/socket.h
+
+
 class ConntrackSocket:
     """A non-blocking ctnetlink event subscription.
 
@@ -800,6 +803,16 @@ class ConntrackSocket:
 
     def fileno(self) -> int:
         return self._sock.fileno()
+
+    def queued_bytes(self) -> int | None:
+        """What the datagrams waiting in the receive queue take of the
+        receive buffer (SO_MEMINFO, SK_MEMINFO_RMEM_ALLOC), None where the
+        kernel cannot say (before Linux 4.12)."""
+        try:
+            return _struct.unpack_from("I", self._sock.getsockopt(
+                _socket.SOL_SOCKET, _SO_MEMINFO, 36))[0]
+        except OSError:
+            return None
 
     def close(self) -> None:
         self._sock.close()

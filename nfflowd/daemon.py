@@ -65,6 +65,13 @@ RECV_BATCH = 2048
 # nothing).
 STREAM_BATCH = 1024
 STREAM_WAIT = 0.01
+# A wait ends early when a WAIT_SLICE passes with nothing added to the queue
+# although the rate just seen promised WAIT_EARLY_MIN datagrams or more in it:
+# the stream stopped (a flush ended), and its tail goes now rather than up to
+# STREAM_WAIT later.  Slower streams sleep their wait whole: a slice without
+# events says nothing there.
+WAIT_SLICE = 0.001
+WAIT_EARLY_MIN = 8
 EVENT_TRUESIZE = 2048
 # ... and what the stream brought is exported at least every STREAM_FLUSH
 # seconds (else a stream that slows down near its end holds its tail for up
@@ -455,6 +462,7 @@ class Daemon:
         prev = time.monotonic()
         last_rate = 0.0
         for _ in range(max_rounds):
+            stopped = False     # this round's wait ended early: the stream stopped
             if wait:
                 # a stream arriving a few datagrams at a time: let a batch
                 # gather (see STREAM_BATCH); what is pending meanwhile is not
@@ -467,9 +475,7 @@ class Daemon:
                     # part of the wait goes to the cache removals a burst left
                     # (a steady stream may never leave the socket empty)
                     corr.reap(max(256, int(wait * REAP_PER_SECOND_OF_WAIT)))
-                left = end - time.monotonic()
-                if left > 0:
-                    time.sleep(left)
+                stopped = self._pace(end, last_rate)
             now = time.monotonic()
             try:
                 res = self.sock.recv_batch(RECV_BATCH, blocks=True)
@@ -495,7 +501,7 @@ class Daemon:
                 # when the stream pauses, not at the next flush deadline
                 self._in_burst = True
             rate = got / max(now - prev, 1e-4)             # datagrams per second
-            if 0 < got < STREAM_BATCH and rate >= last_rate / 2:
+            if 0 < got < STREAM_BATCH and rate >= last_rate / 2 and not stopped:
                 wait = min(STREAM_WAIT, (STREAM_BATCH - got) / rate, room / rate)
             else:
                 # a full round, or the rate fell by half or more since the
@@ -517,6 +523,25 @@ class Daemon:
             if len(pending) >= FLUSH_THRESHOLD:
                 self._in_burst = True
                 self._flush(pending)
+
+    def _pace(self, end: float, rate: float) -> bool:
+        """Sleep until ``end`` (time.monotonic()) for a batch to gather, or
+        until the stream stops (see WAIT_SLICE): True then."""
+        left = end - time.monotonic()
+        if left <= 0:
+            return False
+        if rate * WAIT_SLICE < WAIT_EARLY_MIN:
+            time.sleep(left)
+            return False
+        queued = self.sock.queued_bytes()
+        while left > 0:
+            time.sleep(min(left, WAIT_SLICE))
+            now_queued = self.sock.queued_bytes()
+            if now_queued is not None and now_queued == queued:
+                return True                 # nothing new in a slice: stopped
+            queued = now_queued
+            left = end - time.monotonic()
+        return False
 
     def _burst_over(self, pending: list) -> None:
         """Netlink has nothing queued: the tail of a burst being received

@@ -367,6 +367,11 @@ srv.sendto(b"y" * 50, peer)
 cli.settimeout(5)
 cli.recv(1000)
 out["ports"] = [cport, port]
+# what the queued NEW event takes of the receive buffer, then none once drained
+deadline = time.monotonic() + 5
+while not s.queued_bytes() and time.monotonic() < deadline:
+    time.sleep(0.01)
+out["queued"] = s.queued_bytes()
 def collect(until):
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -380,6 +385,9 @@ def collect(until):
         time.sleep(0.05)
 mine = lambda recs: [r for r in recs if r[3:5] == [cport, port]]
 collect(lambda: mine(out["new"]))
+while s.recv_batch().events:
+    pass
+out["queued_drained"] = s.queued_bytes()
 out["dump"] = [[e.kind, e.orig.proto, e.orig.sport, e.orig.dport, e.ct_id]
                for e in ct.dump_table() if e.orig.dport == port]
 subprocess.run(["conntrack", "-F"], check=True, timeout=10, capture_output=True)
@@ -418,6 +426,7 @@ def test_live_subscription_in_a_namespace():
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
     cport, port = out["ports"]
     assert out["nonblocking"] and out["rcvbuf"] >= 4 << 20
+    assert out["queued"] > 0 and out["queued_drained"] == 0, out
     new = [r for r in out["new"] if r[3:5] == [cport, port]]
     destroy = [r for r in out["destroy"] if r[3:5] == [cport, port]]
     assert len(new) == 1 and new[0][:3] == [EV_NEW, 4, 17]
