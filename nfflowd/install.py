@@ -215,7 +215,7 @@ def install(dry_run: bool = False, *, root: str = "/", exe: str | None = None,
                 inst.command(["systemctl", "try-restart", "rsyslog.service"],
                              " (restart rsyslog to write /var/log/nfflowd/flows.log)",
                              required=False)
-            out(f"nfflowd starts at boot; start it now with: systemctl start nfflowd")
+            out("nfflowd starts at boot; start it now with: systemctl start nfflowd")
         elif shutil.which("systemctl"):
             inst.command(["systemctl", f"--root={inst.root}", "enable", UNIT_NAME])
         else:

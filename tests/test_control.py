@@ -1,7 +1,6 @@
 """The control socket: a server driven by a bounded select loop in this
 process, clients in threads and in a subprocess running as nobody."""
 
-import json
 import os
 import select
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from nfflowd import control
-from nfflowd.control import ControlError, ControlPermissionError, ControlServer, NotRunning
+from nfflowd.control import ControlError, ControlServer, NotRunning
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,7 +3,6 @@ taken over after a crash, stale pids recognised, and stop() against real
 child processes (each ends by itself within seconds)."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
