@@ -46,9 +46,10 @@ for nfflowd's 17.6k datagrams and 0.34-0.47 s for ulogd2's 14.3k during a
 Scheduling: ulogd2 makes itself real-time at the highest priority when it
 starts (SCHED_RR 99 here, Debian's 2.0.8; "scheduler configuration" in its
 log if refused), so it never waits for a CPU; under the normal scheduler
-nfflowd shares the other one with the flush and the collectors, and waits.  By default nfflowd gets the same (its ``sched_priority``,
-the value ulogd2 runs at); ``--nfflowd-sched-priority 0`` runs it under the
-normal scheduler.  Both policies are printed.
+nfflowd shares the other one with the flush and the collectors, and waits.
+By default nfflowd gets the same (its ``sched_priority``, the value ulogd2
+runs at); ``--nfflowd-sched-priority 0`` runs it under the normal scheduler.
+Both policies are printed.
 
 The issue's target: all N connections, zero overruns, and nfflowd's
 first-to-last time no more than ulogd2's in the same run.
@@ -84,6 +85,8 @@ ROOT = HERE.parent
 TESTS = ROOT / "tests"
 sys.path.insert(0, str(TESTS))
 from ipfix_sink import learn, sets  # noqa: E402  (the tests' IPFIX reader)
+sys.path.insert(0, str(ROOT))
+from nfflowd import schedule  # noqa: E402
 BURST = TESTS / "burst.py"
 
 NFFLOWD_PORT, ULOGD_PORT = 24801, 24802
@@ -304,17 +307,14 @@ sched_priority: {sched_priority}
 
 
 def scheduling(pid: int | None) -> tuple[str, int]:
-    """(policy name, real-time priority) of a process."""
+    """(policy as text, real-time priority or 0) of a process, ("?", 0) when
+    it cannot be read."""
     if pid is None:
         return "?", 0
     try:
-        policy = os.sched_getscheduler(pid)
-        prio = os.sched_getparam(pid).sched_priority
+        return schedule.describe(pid), schedule.realtime_priority(pid)
     except OSError:
         return "?", 0
-    names = {os.SCHED_OTHER: "SCHED_OTHER", os.SCHED_FIFO: "SCHED_FIFO", os.SCHED_RR: "SCHED_RR",
-             os.SCHED_BATCH: "SCHED_BATCH", os.SCHED_IDLE: "SCHED_IDLE"}
-    return names.get(policy, str(policy)), prio
 
 
 class Proc:
@@ -522,9 +522,8 @@ def main() -> int:
 
         # ulogd2 sets its own scheduling when it starts (real-time at the
         # highest priority: SCHED_RR 99 here): by default nfflowd gets the same
-        ul_sched = scheduling(ul.child_pid())
         if args.nfflowd_sched_priority == "ulogd2":
-            sched_priority = ul_sched[1] if ul_sched[0] in ("SCHED_FIFO", "SCHED_RR") else 0
+            sched_priority = scheduling(ul.child_pid())[1]
         else:
             sched_priority = int(args.nfflowd_sched_priority)
         cfg = work / "nfflowd.yaml"
@@ -548,10 +547,8 @@ def main() -> int:
               f"nfflowd {m2.group(1) if m2 else '?'}, ulogd2 {m.group(1) if m else '?'}"
               f"{'' if args.nfflowd_flush_interval is None else '; nfflowd export.flush_interval ' + str(args.nfflowd_flush_interval)}")
         sched_of = {"nfflowd": scheduling(nf_pid), "ulogd2": scheduling(ul_pid)}
-        print("scheduling: " + ", ".join(
-            f"{k} {p}{' ' + str(q) if p in ('SCHED_FIFO', 'SCHED_RR') else ''}"
-            for k, (p, q) in sched_of.items())
-            + f" (nfflowd's sched_priority: {sched_priority})")
+        print("scheduling: " + ", ".join(f"{k} {text}" for k, (text, _) in sched_of.items())
+              + f" (nfflowd's sched_priority: {sched_priority})")
 
         # -- the connections ----------------------------------------------------
         procs["servers"] = srv = Proc(lab, lab.wan, sys.executable, BURST, "sink", WAN4,
@@ -681,9 +678,7 @@ def main() -> int:
               f"{rows['ulogd2']['span']:>24.3f}")
         print(f"{'flush start to last (s)':28s} {rows['nfflowd']['to_last']:>24.3f} "
               f"{rows['ulogd2']['to_last']:>24.3f}")
-        print(f"{'scheduling':28s} "
-              + "".join(f"{p + (' ' + str(q) if p in ('SCHED_FIFO', 'SCHED_RR') else ''):>24s}"
-                        for p, q in (sched_of["nfflowd"], sched_of["ulogd2"])))
+        print(f"{'scheduling':28s} {sched_of['nfflowd'][0]:>24s} {sched_of['ulogd2'][0]:>24s}")
         print(f"{'CPU s from flush to quiet':28s} {sum(cpu['nfflowd']):>24.2f} "
               f"{sum(cpu['ulogd2']):>24.2f}")
         print(f"{'  of which user / system':28s} "

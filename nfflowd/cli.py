@@ -762,8 +762,7 @@ def _try_sched_priority(priority: int) -> str | None:
         schedule.set_realtime(priority)
     except OSError as e:
         return (f"sched_priority {priority}: SCHED_RR refused ({e.strerror}); the daemon "
-                "would run under the normal scheduler (it needs root or CAP_SYS_NICE, and "
-                "under systemd RestrictRealtime=no)")
+                f"would run under the normal scheduler: {schedule.NEEDS}")
     os.sched_setscheduler(0, *before)
     print(f"scheduling: sched_priority {priority}: SCHED_RR permitted")
     return None

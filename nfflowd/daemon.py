@@ -267,9 +267,7 @@ class Daemon:
             except OSError as e:
                 log.warning("sched_priority_refused", priority=self.cfg.sched_priority,
                             error=e.strerror,
-                            meaning="running under the normal scheduler: SCHED_RR needs "
-                                    "root or CAP_SYS_NICE, and under systemd "
-                                    "RestrictRealtime=no (see init/nfflowd.service)")
+                            meaning="running under the normal scheduler: " + schedule.NEEDS)
         kernel_ts = announce_kernel_settings()
         ccfg = self.cfg.conntrack
         self.correlator = Correlator(ttl=ccfg.ttl, kernel_timestamps=kernel_ts,

@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["set_realtime", "describe"]
+__all__ = ["set_realtime", "realtime_priority", "describe", "NEEDS"]
+
+# what a refusal of set_realtime usually means, for the daemon's warning and
+# for check
+NEEDS = ("SCHED_RR needs root or CAP_SYS_NICE, and under systemd RestrictRealtime=no "
+         "(see init/nfflowd.service)")
 
 
 def set_realtime(priority: int) -> None:
@@ -25,6 +30,14 @@ def set_realtime(priority: int) -> None:
     os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(priority))
 
 
+def realtime_priority(pid: int = 0) -> int:
+    """The real-time priority of ``pid`` (0: this thread), 0 under a normal
+    policy (SCHED_OTHER, SCHED_BATCH, SCHED_IDLE)."""
+    if os.sched_getscheduler(pid) in (os.SCHED_FIFO, os.SCHED_RR):
+        return os.sched_getparam(pid).sched_priority
+    return 0
+
+
 def describe(pid: int = 0) -> str:
     """The scheduling policy of ``pid`` (0: this thread), as "SCHED_FIFO 99"
     or "SCHED_OTHER"."""
@@ -33,6 +46,5 @@ def describe(pid: int = 0) -> str:
              os.SCHED_RR: "SCHED_RR", os.SCHED_BATCH: "SCHED_BATCH",
              os.SCHED_IDLE: "SCHED_IDLE"}
     name = names.get(policy, f"policy {policy}")
-    if policy in (os.SCHED_FIFO, os.SCHED_RR):
-        return f"{name} {os.sched_getparam(pid).sched_priority}"
-    return name
+    prio = realtime_priority(pid)
+    return f"{name} {prio}" if prio else name
