@@ -363,7 +363,8 @@ class Correlator:
         the start-up dump or of a poll export) go through the object path in
         their place, with the state they would have found."""
         n = b.n
-        srt = np.sort(b.ct_id.astype(np.uint32))        # conntrack ids are 32-bit
+        ids32 = b.ct_id.astype(np.uint32)                # conntrack ids are 32-bit
+        srt = np.sort(ids32)
         if (srt[1:] == srt[:-1]).any():
             # a connection twice in one block: sequential, the object way
             self.handle_batch(b.events(), now_ns, out)
@@ -390,7 +391,6 @@ class Correlator:
             # 200k entries, a seventh of a burst's CPU in the daemon).
             early = self._early_ids
             if len(early):
-                ids32 = b.ct_id.astype(np.uint32)
                 hit = early[np.minimum(np.searchsorted(early, ids32), len(early) - 1)] == ids32
                 if hit.any():
                     if ids is None:
