@@ -641,9 +641,11 @@ class Correlator:
             if active:
                 if self._active_live(ct_id, entry, ev, now_ns, out):
                     early += 1
-        # vanished: cached, made before the dump began, not in it
+        # vanished: cached, made before the dump began, not in it; in id
+        # order, not the cache's (which depends on when entries were removed:
+        # at once, or later by reap)
         vanished = 0
-        for ct_id in [c for c in live if c not in present]:
+        for ct_id in sorted([c for c in live if c not in present]):
             if ct_id in destroyed:
                 continue
             entry = live[ct_id]
