@@ -240,6 +240,28 @@ def test_blocks_correlate_like_events(steps, kernel_ts, nat, pre):
     assert a == b
 
 
+def test_resync_order_does_not_depend_on_deferred_removals():
+    # sequences hypothesis found: an id NEW again (or twice) while the
+    # removal a DESTROY block left for it is pending, then syncs that find
+    # connections vanished; both paths must export them in the same order
+    o = CtTuple(V4[0], V4[0], 6, 0, 0)
+    r, r0 = CtTuple(V4[0], V4[0], 6, 0, 1), CtTuple(V4[0], V4[0], 6, 0, 0)
+
+    def ev(kind, ct_id, reply=r):
+        return CtEvent(kind, 4, ct_id, 0, o, reply, 0, 0, 0, 0, 0, 0)
+    cases = [
+        [ev(EV_NEW, 1002), *[ev(EV_NEW, 1000)] * 4, ev(EV_DESTROY, 1002), ev(EV_NEW, 1000),
+         ev(EV_NEW, 1002), ev(EV_DUMP, 1000), ev(EV_DUMP, 1001, r0)],
+        [ev(EV_NEW, 1000, r0), ev(EV_DESTROY, 1000, r0), ev(EV_NEW, 1005), ev(EV_NEW, 1006),
+         ev(EV_NEW, 1005), ev(EV_DUMP, 1000, r0), ev(EV_DUMP, 1000, r0)],
+    ]
+    for steps in cases:
+        a = run_correlator(steps, False, True, lambda corr: None, blocks=False)
+        b = run_correlator(steps, False, True, lambda corr: None, blocks=True)
+        assert a[1][0]["exported_by_resync"] == 2
+        assert a == b
+
+
 def test_block_of_known_connections_correlates_like_events():
     # a block big enough to be worth it, every connection NEW first, one of
     # them exported early by the active timeout
