@@ -69,13 +69,20 @@ STREAM_WAIT = 0.01
 # although the rate just seen promised WAIT_EARLY_MIN datagrams or more in it:
 # the stream stopped (a flush ended), and its tail goes now rather than up to
 # STREAM_WAIT later.  Slower streams sleep their wait whole: a slice without
-# events says nothing there.
-WAIT_SLICE = 0.001
+# events says nothing there.  A wait also ends once the queue holds
+# STREAM_BATCH datagrams (their size in the buffer is learnt from the waits;
+# EVENT_TRUESIZE until then): a stream speeding up (a flush does, near its
+# end) would otherwise fill rounds of RECV_BATCH and more, and the last of
+# them held a flush's tail (a 200k flush's last records came 4-7 ms after
+# ulogd2's with 1 ms slices and no such end, 1.3-2.8 ms with both;
+# bench/bench_burst.py).  A slice costs a wake-up and a getsockopt.
+WAIT_SLICE = 0.00025
 WAIT_EARLY_MIN = 8
 EVENT_TRUESIZE = 2048
 # ... and what the stream brought is exported at least every STREAM_FLUSH
 # seconds (else a stream that slows down near its end holds its tail for up
-# to 64 rounds of STREAM_WAIT)
+# to 64 rounds of STREAM_WAIT).  In a burst, at every wait: the export then
+# overlaps the wait, and the last round leaves only its own flows to send.
 STREAM_FLUSH = 0.02
 # Seconds from the first ENOBUFS of an episode to the resync dump: a burst is
 # let through first, then one dump resynchronises (more overruns meanwhile
@@ -117,7 +124,6 @@ REAP_STREAM_RATE = 30_000
 # allocations instead; cycles made elsewhere (an exception's traceback, say)
 # are still collected, later.
 GC_THRESHOLDS = (50_000, 20, 20)
-
 
 def tune_gc() -> None:
     """The daemon's collector settings (see GC_THRESHOLDS); the replay
@@ -219,6 +225,11 @@ class Daemon:
         self._quiet_from: float | None = None
         self._last_flush = 0.0          # time.monotonic() of the last export
         self._since_flush = 0           # datagrams received since then
+        # what one event datagram takes of the receive buffer (learnt from
+        # the pacing waits: see _pace), and the queue the last wait saw
+        self._truesize = float(EVENT_TRUESIZE)
+        self._queued_seen = 0
+        self._burst_rate = 0.0          # the rate of the last round with events
 
     # -- signals ----------------------------------------------------------------
     def _install_signals(self):
@@ -459,21 +470,23 @@ class Daemon:
         room = max(1, self.sock.rcvbuf // EVENT_TRUESIZE) / 4
         prev = time.monotonic()
         last_rate = 0.0
+        first = True
         for _ in range(max_rounds):
             stopped = False     # this round's wait ended early: the stream stopped
             if wait:
                 # a stream arriving a few datagrams at a time: let a batch
                 # gather (see STREAM_BATCH); what is pending meanwhile is not
-                # held back for long
-                if pending and time.monotonic() - self._last_flush >= STREAM_FLUSH:
-                    self._flush(pending)
+                # held back for long, and in a burst goes during the wait
                 end = time.monotonic() + wait
+                if pending and (self._in_burst
+                                or time.monotonic() - self._last_flush >= STREAM_FLUSH):
+                    self._flush(pending)
                 if corr.reap_pending and (last_rate < REAP_STREAM_RATE
                                           or corr.reap_pending >= DEAD_MAX // 2):
                     # part of the wait goes to the cache removals a burst left
                     # (a steady stream may never leave the socket empty)
                     corr.reap(max(256, int(wait * REAP_PER_SECOND_OF_WAIT)))
-                stopped = self._pace(end, last_rate)
+                stopped = self._pace(end, last_rate, STREAM_BATCH * self._truesize)
             now = time.monotonic()
             try:
                 res = self.sock.recv_batch(RECV_BATCH, blocks=True)
@@ -493,12 +506,23 @@ class Daemon:
                 wait = 0.0
                 continue
             got = self.sock.last_datagrams
+            if wait and 0 < got < RECV_BATCH and self._queued_seen:
+                # what a datagram took of the buffer: the queue at the end of
+                # the wait over the datagrams drained (a few more may have
+                # come since: an underestimate, so batches err small)
+                self._truesize = min(max(self._queued_seen / got, 256.0), 65536.0)
             self._since_flush += got
             if self._since_flush >= STREAM_BATCH:
                 # events arriving faster than they trickle: their tail goes
                 # when the stream pauses, not at the next flush deadline
                 self._in_burst = True
             rate = got / max(now - prev, 1e-4)             # datagrams per second
+            if first:
+                first = False
+                if self._in_burst:
+                    # a burst resuming after a pause: the first round's own
+                    # interval is too short to say how fast it comes
+                    rate = max(rate, self._burst_rate)
             if 0 < got < STREAM_BATCH and rate >= last_rate / 2 and not stopped:
                 wait = min(STREAM_WAIT, (STREAM_BATCH - got) / rate, room / rate)
             else:
@@ -507,6 +531,8 @@ class Daemon:
                 # say); its tail goes without waiting
                 wait = 0.0
             prev, last_rate = now, rate
+            if got:
+                self._burst_rate = rate
             if res.events:
                 handle_batch(res.events, time.time_ns(), pending)
             if res.malformed or res.unknown:
@@ -522,9 +548,11 @@ class Daemon:
                 self._in_burst = True
                 self._flush(pending)
 
-    def _pace(self, end: float, rate: float) -> bool:
-        """Sleep until ``end`` (time.monotonic()) for a batch to gather, or
-        until the stream stops (see WAIT_SLICE): True then."""
+    def _pace(self, end: float, rate: float, full: float = float("inf")) -> bool:
+        """Sleep until ``end`` (time.monotonic()) for a batch to gather, until
+        the queue holds ``full`` bytes (the batch is there: False), or until
+        the stream stops (see WAIT_SLICE): True then."""
+        self._queued_seen = 0
         left = end - time.monotonic()
         if left <= 0:
             return False
@@ -535,8 +563,12 @@ class Daemon:
         while left > 0:
             time.sleep(min(left, WAIT_SLICE))
             now_queued = self.sock.queued_bytes()
-            if now_queued is not None and now_queued == queued:
-                return True                 # nothing new in a slice: stopped
+            if now_queued is not None:
+                self._queued_seen = now_queued
+                if now_queued == queued:
+                    return True             # nothing new in a slice: stopped
+                if now_queued >= full:
+                    return False            # the batch has gathered
             queued = now_queued
             left = end - time.monotonic()
         return False

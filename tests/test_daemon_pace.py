@@ -72,3 +72,14 @@ def test_a_wait_already_over_returns_at_once():
     assert Daemon._pace(SimpleNamespace(sock=q), time.monotonic() - 1, FAST) is False
     assert q.calls == 0
     assert daemon.WAIT_SLICE < daemon.STREAM_WAIT
+
+
+def test_a_wait_ends_once_the_batch_has_gathered():
+    q = Queue(growing=10**6, grow=1000)
+    me = SimpleNamespace(sock=q)
+    t0 = time.monotonic()
+    stopped = Daemon._pace(me, t0 + 1.0, FAST, full=3500)
+    assert stopped is False                 # not stopped: the batch is there
+    assert q.calls == 4                     # 1000, 2000, 3000, 4000 >= 3500
+    assert me._queued_seen == 4000          # what _receive learns sizes from
+    assert time.monotonic() - t0 < 0.5      # not the whole second
