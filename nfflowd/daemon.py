@@ -68,16 +68,19 @@ STREAM_WAIT = 0.01
 # A wait ends early when a WAIT_SLICE passes with nothing added to the queue
 # although the rate just seen promised WAIT_EARLY_MIN datagrams or more in it:
 # the stream stopped (a flush ended), and its tail goes now rather than up to
-# STREAM_WAIT later.  Slower streams sleep their wait whole: a slice without
-# events says nothing there.  A wait also ends once the queue holds
-# STREAM_BATCH datagrams (their size in the buffer is learnt from the waits;
-# EVENT_TRUESIZE until then): a stream speeding up (a flush does, near its
-# end) would otherwise fill rounds of RECV_BATCH and more, and the last of
-# them held a flush's tail (a 200k flush's last records came 4-7 ms after
-# ulogd2's with 1 ms slices and no such end, 1.3-2.8 ms with both;
-# bench/bench_burst.py).  A slice costs a wake-up and a getsockopt.
+# STREAM_WAIT later.  Slower streams look every WAIT_SLICE_SLOW, and only for
+# the next rule: a slice without events says nothing there.  A wait ends
+# once the queue holds STREAM_BATCH datagrams (their size in the buffer is
+# learnt from the waits; EVENT_TRUESIZE until then): a stream speeding up (a
+# flush does, near its end; and the first round of a flush, a datagram or
+# two, makes it look slow) would otherwise fill rounds of RECV_BATCH and
+# more, and the last of them held a flush's tail (a 200k flush's last
+# records came 4-7 ms after ulogd2's with 1 ms slices and no such end,
+# 1.3-2.8 ms with both; bench/bench_burst.py).  A slice costs a wake-up and
+# a getsockopt.
 WAIT_SLICE = 0.00025
 WAIT_EARLY_MIN = 8
+WAIT_SLICE_SLOW = 0.001
 EVENT_TRUESIZE = 2048
 # ... and what the stream brought is exported at least every STREAM_FLUSH
 # seconds (else a stream that slows down near its end holds its tail for up
@@ -223,7 +226,7 @@ class Daemon:
         self._in_burst = False
         # when netlink was last found empty, None after events (REAP_QUIET)
         self._quiet_from: float | None = None
-        self._last_flush = 0.0          # time.monotonic() of the last export
+        self._last_flush = 0.0          # time.monotonic() of the last export of flows
         self._since_flush = 0           # datagrams received since then
         # what one event datagram takes of the receive buffer (learnt from
         # the pacing waits: see _pace), and the queue the last wait saw
@@ -556,19 +559,25 @@ class Daemon:
         left = end - time.monotonic()
         if left <= 0:
             return False
-        if rate * WAIT_SLICE < WAIT_EARLY_MIN:
+        # a slow stream (or one only just begun: its rate is a guess) looks
+        # less often, and only for a full batch
+        fast = rate * WAIT_SLICE >= WAIT_EARLY_MIN
+        slice_ = WAIT_SLICE if fast else WAIT_SLICE_SLOW
+        queued = self.sock.queued_bytes()
+        if queued is None:
             time.sleep(left)
             return False
-        queued = self.sock.queued_bytes()
         while left > 0:
-            time.sleep(min(left, WAIT_SLICE))
+            time.sleep(min(left, slice_))
             now_queued = self.sock.queued_bytes()
-            if now_queued is not None:
-                self._queued_seen = now_queued
-                if now_queued == queued:
-                    return True             # nothing new in a slice: stopped
-                if now_queued >= full:
-                    return False            # the batch has gathered
+            if now_queued is None:
+                time.sleep(max(0.0, end - time.monotonic()))
+                return False
+            self._queued_seen = now_queued
+            if now_queued == queued and fast:
+                return True                 # nothing new in a slice: stopped
+            if now_queued >= full:
+                return False                # the batch has gathered
             queued = now_queued
             left = end - time.monotonic()
         return False
@@ -666,10 +675,12 @@ class Daemon:
             self.pipeline.export(flows, [], now_ns, uptime_ms())
 
     def _flush(self, pending: list) -> None:
-        self._last_flush = time.monotonic()
         self._since_flush = 0
         nat_events = self.correlator.take_nat_events()
         if pending or nat_events:
+            # (a flush deadline that finds nothing is no export: a stream
+            # starting just after one sends its first flows at once)
+            self._last_flush = time.monotonic()
             self.pipeline.export(pending, nat_events, time.time_ns(), uptime_ms())
             pending.clear()
         self.pipeline.tick(time.time_ns())

@@ -5,7 +5,7 @@ import time
 from types import SimpleNamespace
 
 from nfflowd import daemon
-from nfflowd.daemon import WAIT_EARLY_MIN, WAIT_SLICE, Daemon
+from nfflowd.daemon import WAIT_EARLY_MIN, WAIT_SLICE, WAIT_SLICE_SLOW, Daemon
 
 
 class Queue:
@@ -54,11 +54,21 @@ def test_a_stream_that_goes_on_waits_to_the_end():
     assert q.calls >= 2
 
 
-def test_a_slow_stream_sleeps_its_wait_whole():
+def test_a_slow_stream_is_not_ended_by_a_quiet_slice():
     q = Queue(growing=0)            # nothing new: would end a fast stream's wait
-    stopped, took = pace(q, 5 * WAIT_SLICE, SLOW)
-    assert stopped is False and q.calls == 0
-    assert took >= 5 * WAIT_SLICE
+    stopped, took = pace(q, 5 * WAIT_SLICE_SLOW, SLOW)
+    assert stopped is False
+    assert took >= 5 * WAIT_SLICE_SLOW
+    assert 2 <= q.calls <= 6        # a look every WAIT_SLICE_SLOW, not every WAIT_SLICE
+
+
+def test_a_slow_stream_ends_its_wait_once_the_batch_has_gathered():
+    # the first round of a flush is a datagram or two: its rate says "slow"
+    q = Queue(growing=10**6, grow=1000)
+    t0 = time.monotonic()
+    stopped = Daemon._pace(SimpleNamespace(sock=q), t0 + 1.0, SLOW, full=3500)
+    assert stopped is False and q.calls == 4
+    assert time.monotonic() - t0 < 0.5
 
 
 def test_without_so_meminfo_the_wait_is_whole():

@@ -82,7 +82,8 @@ def test_in_a_burst_the_flows_go_before_the_wait_not_after():
 
 def test_a_trickle_is_not_exported_at_every_wait():
     d = daemon([10, 10, 0])
-    d._last_flush = time.monotonic()
+    d._flush(["flow"])                      # flows went just now
+    d.pipeline.exports.clear()
     d._receive(d.pending)
     assert d._in_burst is False
     assert [p["pending"] for p in d.paces] == [10, 20]
@@ -113,3 +114,13 @@ def test_a_burst_resuming_waits_at_the_burst_rate(in_burst):
     else:
         assert p["rate"] <= 10_000.0       # its own: one datagram per >= 0.1 ms
     assert d._burst_rate == p["rate"]
+
+
+def test_a_deadline_that_found_nothing_holds_no_stream_back():
+    # the periodic flush ran just now with nothing to send: the first flows
+    # of a stream starting then go at its first wait, not STREAM_FLUSH later
+    d = daemon([10, 10, 0])
+    d._flush([])
+    d._receive(d.pending)
+    assert [p["pending"] for p in d.paces] == [0, 10]
+    assert d.pipeline.exports == [10]
