@@ -558,6 +558,7 @@ def main() -> int:
                 or srv.p.poll() is not None:
             raise RuntimeError(f"UDP listeners did not start: {''.join(srv.err)}")
         t0 = time.monotonic()
+        build_cpu0 = cpu_seconds(nf_pid)
         r = lab.ns(lab.lan, sys.executable, BURST, "udp", LAN4, WAN4, n, "--dports", *dports,
                    timeout=60 + n / 1000)
         sent = int(re.search(r"SENT (\d+)", r.stdout).group(1))
@@ -568,6 +569,12 @@ def main() -> int:
               f"conntrack table in fw: {table}")
         # both have taken the NEW events (nfflowd) or ignored them (ulogd2)
         time.sleep(2.0)
+        build_cpu1 = cpu_seconds(nf_pid)
+        if build_cpu0 is not None and build_cpu1 is not None:
+            # a steady stream of NEW events (the build), not a burst
+            used = sum(build_cpu1) - sum(build_cpu0)
+            print(f"nfflowd CPU while the table was built: {used:.2f} s "
+                  f"({1e6 * used / max(1, table):.1f} us per NEW event)")
         before = {name: read_status(Path(str(o) + ".status")).get("records", 0)
                   for name, o in outs.items()}
         drops_before = {"nfflowd": netlink_drops(lab, nf_pid),
