@@ -402,7 +402,7 @@ def _compile(buf, off, ln, rec, family, kind):
 
 # -- the columnar specs ------------------------------------------------------
 #
-# For bursts of DESTROY events ``columns.decode_blocks`` reads a whole batch
+# For bursts of DESTROY and NEW events ``columns.decode_blocks`` reads a whole batch
 # of same-key messages at once (numpy).  It needs, per shape key, where each
 # attribute header and value sits, in 4-byte words from the message start:
 # netlink attributes are 4-aligned (NLA_ALIGNTO) and every value nfflowd
@@ -410,18 +410,19 @@ def _compile(buf, off, ln, rec, family, kind):
 # is made from the same walk as the compiled layout; ``columns`` checks every
 # header word as the compiled layout does, so it reads what the walker would.
 
-_col_specs: dict = {}      # shape key -> spec (see _col_spec); DESTROY shapes only
+_col_specs: dict = {}      # shape key -> spec (see _col_spec); DESTROY and NEW shapes
 _col_version = [0]         # bumped whenever _col_specs changes
 _ADDR_WIDTH = {4: "4s", 6: "16s"}
 
 
 def _col_spec(buf, off, rec, family, kind):
-    """The columnar spec of a walked DESTROY message, or None when the
-    columnar reader cannot take its shape (then the object path does).
+    """The columnar spec of a walked DESTROY or NEW message, or None when
+    the columnar reader cannot take its shape (then the object path does).
 
-    ``{"family": 4|6, "hdr": [(word, big-endian u32)], "vals": {name: (word,
-    fmt)}}``; ``vals`` keeps the walker's last-wins names."""
-    if kind != EV_DESTROY:
+    ``{"kind": EV_DESTROY|EV_NEW, "family": 4|6, "hdr": [(word, big-endian
+    u32)], "vals": {name: (word, fmt)}}``; ``vals`` keeps the walker's
+    last-wins names."""
+    if kind != EV_DESTROY and kind != EV_NEW:
         return None
     # the shape key's words are checked too: nlmsg_len, type and flags,
     # nfgenmsg (family, version, res_id); the first attribute header is in rec
@@ -446,7 +447,7 @@ def _col_spec(buf, off, rec, family, kind):
     for n in ("o.src", "o.dst", "r.src", "r.dst"):
         if names.get(n, (0, None))[1] != addr:
             return None
-    return {"family": family, "hdr": hdr, "vals": names}
+    return {"kind": kind, "family": family, "hdr": hdr, "vals": names}
 
 
 def _remember(key, fn):
@@ -827,8 +828,8 @@ class ConntrackSocket:
         """Receive up to ``max_datagrams`` queued datagrams without blocking and
         decode them together.  Returns an empty result when nothing is queued.
         With ``blocks``, runs of DESTROY events come as ``columns.DestroyBlock``
-        items (``columns.decode_blocks``; ``Correlator.handle_batch`` takes
-        them).
+        items and runs of NEW events as ``columns.NewBlock`` items
+        (``columns.decode_blocks``; ``Correlator.handle_batch`` takes them).
 
         Raises NetlinkOverrun when the kernel reported ENOBUFS (events were
         lost).  Datagrams received before the error in the same call are

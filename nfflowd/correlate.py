@@ -67,7 +67,7 @@ from itertools import repeat
 
 import numpy as np
 
-from .columns import EV_BLOCK, flows_of_block
+from .columns import EV_BLOCK, EV_NEW_BLOCK, flows_of_block
 from .conntrack import EV_DESTROY, EV_NEW, CtEvent, CtTuple
 from .record import (END_ACTIVE_TIMEOUT, END_LACK_OF_RESOURCES, END_OF_FLOW, ORIGINAL,
                      REPLY, Flow, NatEvent)
@@ -120,6 +120,53 @@ def _PACK6(proto, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, new_ns) -> bytes:
     if rsrc == odst:
         return _PACK6S(proto, osrc, odst, osp, odp, rdst, rsp, rdp, new_ns)
     return _PACK6F(proto, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, new_ns)
+
+
+# The live entry's heads as numpy records (packed, little-endian: the bytes
+# of _HEAD4, _HEAD6S and _HEAD6), to make a NewBlock's entries at once.
+_REC4 = np.dtype([("p", "u1"), ("os", "V4"), ("od", "V4"), ("osp", "<u2"), ("odp", "<u2"),
+                  ("rs", "V4"), ("rd", "V4"), ("rsp", "<u2"), ("rdp", "<u2"), ("t", "<i8")])
+_REC6S = np.dtype([("p", "u1"), ("os", "V16"), ("od", "V16"), ("osp", "<u2"), ("odp", "<u2"),
+                   ("rd", "V16"), ("rsp", "<u2"), ("rdp", "<u2"), ("t", "<i8")])
+_REC6 = np.dtype([("p", "u1"), ("os", "V16"), ("od", "V16"), ("osp", "<u2"), ("odp", "<u2"),
+                  ("rs", "V16"), ("rd", "V16"), ("rsp", "<u2"), ("rdp", "<u2"), ("t", "<i8")])
+
+
+def _pack_rows(b, rows, dtype, width: int, now_ns: int) -> list:
+    """The entries (bytes) of ``rows`` of the block ``b`` in the layout
+    ``dtype`` (addresses ``width`` bytes)."""
+    rec = np.empty(len(b.o_proto[rows]), dtype=dtype)
+    names = dtype.names
+    rec["p"] = b.o_proto[rows]
+    for name, col in (("os", b.o_src), ("od", b.o_dst), ("rs", b.r_src), ("rd", b.r_dst)):
+        if name in names:
+            rec[name] = np.ascontiguousarray(col[rows, :width]).view(f"V{width}").ravel()
+    rec["osp"] = b.o_sport[rows]
+    rec["odp"] = b.o_dport[rows]
+    rec["rsp"] = b.r_sport[rows]
+    rec["rdp"] = b.r_dport[rows]
+    rec["t"] = now_ns
+    raw = rec.tobytes()
+    size = dtype.itemsize
+    return [raw[i:i + size] for i in range(0, len(raw), size)]
+
+
+def _pack_block(b, now_ns: int) -> list:
+    """The live cache entries of a NewBlock's connections, in row order:
+    what _PACK4 / _PACK6 make of each."""
+    fam = b.family
+    if (fam == 4).all():
+        return _pack_rows(b, slice(None), _REC4, 4, now_ns)
+    out = [None] * b.n
+    v4 = np.flatnonzero(fam == 4)
+    v6 = np.flatnonzero(fam != 4)
+    short = (b.r_src[v6] == b.o_dst[v6]).all(axis=1)      # reply src == orig dst
+    for rows, dtype, width in ((v4, _REC4, 4), (v6[short], _REC6S, 16),
+                               (v6[~short], _REC6, 16)):
+        if len(rows):
+            for i, e in zip(rows.tolist(), _pack_rows(b, rows, dtype, width, now_ns)):
+                out[i] = e
+    return out
 
 
 def _early(entry: bytes) -> bool:
@@ -336,6 +383,19 @@ class Correlator:
                         self.nat_events.append(nat)
             elif kind == EV_BLOCK:
                 self._handle_block(ev, now_ns, out)
+            elif kind == EV_NEW_BLOCK:
+                if want_nat:
+                    # a NAT event per connection: the object way
+                    self.handle_batch(ev.events(), now_ns, out)
+                    continue
+                new += ev.n
+                ids = ev.ct_id.tolist()
+                if keep_new_times:
+                    new_ns.update(zip(ids, repeat(now_ns)))
+                if caching:
+                    if dead:
+                        revived.update(ids)
+                    live.update(zip(ids, _pack_block(ev, now_ns)))
             else:
                 other += 1
         c = self.counters

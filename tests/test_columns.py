@@ -28,6 +28,7 @@ from nfflowd.record import END_OF_FLOW, ORIGINAL, REPLY, Flow
 from test_conntrack import CT_MSGS, DUMP_DGRAMS, EVENT_DGRAMS, NLHDR
 
 DESTROY_MSGS = [m for m in CT_MSGS if NLHDR.unpack_from(m)[1] == ct.MSG_CT_DELETE]
+NEW_MSGS = [m for m in CT_MSGS if ct.decode_walk(m).events[0].kind == EV_NEW]
 NOW_NS = 1_763_900_000_123_456_789
 BOOT_MS = NOW_NS // 1_000_000 - 7_200_000
 
@@ -95,6 +96,30 @@ def test_a_run_of_destroys_is_one_block():
     got = C.decode_blocks(buf, starts, ends)
     assert len(got.events) == 1 and isinstance(got.events[0], C.DestroyBlock)
     assert got.events[0].events() == ct.decode_walk(buf).events
+
+
+def test_a_run_of_news_is_one_new_block():
+    assert len({ct.decode_walk(m).events[0].family for m in NEW_MSGS}) == 2
+    ct.clear_layout_cache()
+    msgs = [renumbered(m, i) for i in range(C.NEW_MIN_ROWS) for m in NEW_MSGS]
+    buf, starts, ends = concat(msgs)
+    ct.decode(buf)
+    got = C.decode_blocks(buf, starts, ends)
+    assert len(got.events) == 1 and isinstance(got.events[0], C.NewBlock)
+    assert got.events[0][0] == C.EV_NEW_BLOCK
+    assert got.events[0].events() == ct.decode_walk(buf).events
+
+
+def test_news_and_destroys_interleaved_are_blocks_of_each_kind():
+    ct.clear_layout_cache()
+    news = [renumbered(m, i) for i in range(C.NEW_MIN_ROWS) for m in NEW_MSGS]
+    ends_ = [renumbered(m, i) for i in range(8) for m in DESTROY_MSGS]
+    msgs = news + ends_ + news
+    buf, starts, ends = concat(msgs)
+    ct.decode(buf)
+    got = C.decode_blocks(buf, starts, ends)
+    assert [type(e) for e in got.events] == [C.NewBlock, C.DestroyBlock, C.NewBlock]
+    assert flatten(got.events) == ct.decode_walk(buf).events
 
 
 def test_unlearnt_shapes_and_small_batches_take_the_object_path():
@@ -193,18 +218,19 @@ def run_correlator(steps, kernel_ts, nat, setup, blocks):
 
     def flush():
         if blocks:
-            # runs of DESTROY as blocks, as decode_blocks gives them
+            # runs of DESTROY and of NEW as blocks, as decode_blocks gives them
             items, run = [], []
+            block_of = {EV_DESTROY: C.DestroyBlock, EV_NEW: C.NewBlock}
             for ev in batch:
-                if ev.kind == EV_DESTROY:
-                    run.append(ev)
-                    continue
-                if run:
-                    items.append(C.DestroyBlock.from_events(run))
+                if run and ev.kind != run[0].kind:
+                    items.append(block_of[run[0].kind].from_events(run))
                     run = []
-                items.append(ev)
+                if ev.kind in block_of:
+                    run.append(ev)
+                else:
+                    items.append(ev)
             if run:
-                items.append(C.DestroyBlock.from_events(run))
+                items.append(block_of[run[0].kind].from_events(run))
             corr.handle_batch(items, now, out)
         else:
             corr.handle_batch(batch, now, out)
@@ -479,3 +505,32 @@ def test_fuzz_mutated_destroys_in_slots_decode_like_the_walker(msgs, edits, gaps
     want = ct.decode_walk(concat(msgs)[0])
     assert flatten(got.events) == want.events
     assert got[1:] == want[1:]
+
+
+def test_news_and_destroys_in_slots_are_blocks_of_each_kind():
+    # the daemon's receive layout (recvmmsg slots): NEW and DESTROY shapes
+    # in one matrix, read shape by shape
+    ct.clear_layout_cache()
+    news = [renumbered(m, i) for i in range(C.NEW_MIN_ROWS) for m in NEW_MSGS]
+    ends_ = [renumbered(m, i) for i in range(8) for m in DESTROY_MSGS]
+    msgs = news + ends_ + news
+    ct.decode(concat(msgs)[0])
+    got = C.decode_blocks(*slots(msgs), stride=512)
+    assert [type(e) for e in got.events] == [C.NewBlock, C.DestroyBlock, C.NewBlock]
+    assert flatten(got.events) == ct.decode_walk(concat(msgs)[0]).events
+
+
+def test_a_short_run_of_news_takes_the_object_path():
+    ct.clear_layout_cache()
+    news = [renumbered(m, i) for i in range(C.NEW_MIN_ROWS) for m in NEW_MSGS]
+    ends_ = [renumbered(m, i) for i in range(8) for m in DESTROY_MSGS]
+    short = news[:C.NEW_MIN_ROWS - 1]
+    msgs = ends_ + short + ends_
+    buf, starts, ends = concat(msgs)
+    ct.decode(concat(news + ends_)[0])
+    got = C.decode_blocks(buf, starts, ends)
+    assert not any(isinstance(e, C.NewBlock) for e in got.events)
+    assert [type(e) for e in got.events].count(C.DestroyBlock) == 2
+    assert flatten(got.events) == ct.decode_walk(buf).events
+    alone = concat(short)
+    assert C.decode_blocks(*alone) == ct.decode_walk(alone[0])
