@@ -91,6 +91,7 @@ BURST = TESTS / "burst.py"
 
 NFFLOWD_PORT, ULOGD_PORT = 24801, 24802
 SINK_DRAIN = 0.05               # seconds between the collectors' drains
+SINK_KILL_AFTER = 120           # seconds a collector has after SIGTERM to write its results
 SINK_DRAIN_MAX = 100_000        # datagrams per drain at most
 SO_TIMESTAMPNS, SO_RXQ_OVFL, SO_RCVBUFFORCE = 35, 40, 33
 # ulogd2's NFCT input on ENOBUFS: "We are losing events, increasing buffer size
@@ -320,9 +321,10 @@ def scheduling(pid: int | None) -> tuple[str, int]:
 class Proc:
     """A process in a namespace, its stderr (and stdout) read by threads."""
 
-    def __init__(self, lab, ns, *cmd, lifetime: float, cwd=None):
+    def __init__(self, lab, ns, *cmd, lifetime: float, cwd=None, kill_after: int = 10):
+        # timeout(1) passes a SIGTERM on and kills kill_after seconds later
         self.p = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "timeout", "-k", "10", str(int(lifetime)),
+            ["ip", "netns", "exec", ns, "timeout", "-k", str(kill_after), str(int(lifetime)),
              *map(str, cmd)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
             start_new_session=True)
@@ -506,7 +508,10 @@ def main() -> int:
             outs[name] = work / f"sink-{name}.json"
             procs[f"sink-{name}"] = p = Proc(
                 lab, lab.fw, sys.executable, Path(__file__).resolve(), "sink", "127.0.0.1",
-                port, outs[name], "--lifetime", lifetime, "--lan", LAN4, lifetime=lifetime + 30)
+                port, outs[name], "--lifetime", lifetime, "--lan", LAN4, lifetime=lifetime + 30,
+                # its results are decoded after SIGTERM: 400k records took
+                # over 10 s on a slow day here (then timeout killed it)
+                kill_after=SINK_KILL_AFTER)
             if not wait_for(lambda: "READY\n" in p.out or p.p.poll() is not None, 15) \
                     or p.p.poll() is not None:
                 raise RuntimeError(f"collector for {name} did not start: {''.join(p.err)}")
@@ -634,14 +639,21 @@ def main() -> int:
         nf.stop(timeout=60)
         ul.stop(timeout=30)
         for name in outs:
-            procs[f"sink-{name}"].stop(timeout=60)
+            procs[f"sink-{name}"].stop(timeout=SINK_KILL_AFTER + 10)
         srv.stop()
         stopped = [x for x in nf.err if "event=stopped" in x]
         counters = dict(re.findall(r"(\S+)=(\S+)", stopped[-1])) if stopped else {}
         nf_flush_log = nf.err[nf_log_mark:]
         ul_all = ulog_text()
         ul_flush_log = ul_all[ul_log_mark:]
-        res = {k: json.loads(o.read_text()) for k, o in outs.items()}
+        res = {}
+        for k, o in outs.items():
+            if not o.exists():
+                sink = procs[f"sink-{k}"]
+                raise RuntimeError(
+                    f"the collector for {k} wrote no results (exit {sink.p.returncode}); "
+                    f"its stderr:\n{''.join(sink.err[-20:])}")
+            res[k] = json.loads(o.read_text())
 
         # -- report --------------------------------------------------------------
         print()
