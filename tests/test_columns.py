@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from nfflowd import columns as C
 from nfflowd import conntrack as ct
 from nfflowd.conntrack import EV_DESTROY, EV_DUMP, EV_NEW, CtEvent, CtTuple
+from nfflowd.correlate import _PACK4 as PACK4
+from nfflowd.correlate import _PACK6 as PACK6
 from nfflowd.correlate import Correlator
 from nfflowd.flowtools import csv_lines, expand, expand_columns
 from nfflowd.ipfix import IpfixEncoder
@@ -286,6 +288,34 @@ def test_resync_order_does_not_depend_on_deferred_removals():
         b = run_correlator(steps, False, True, lambda corr: None, blocks=True)
         assert a[1][0]["exported_by_resync"] == 2
         assert a == b
+
+
+def test_a_new_block_reusing_an_id_whose_removal_is_pending_keeps_its_entry():
+    # ids are reused: a connection made again (a NEW block) while the
+    # removal a DESTROY block left for its id is pending must keep the new
+    # entry when the removals run; and every entry is what _PACK4/_PACK6 make
+    def ev(kind, ct_id, fam, i):
+        a = V4 if fam == 4 else V6
+        o = CtTuple(a[0], a[2], 17, 1024 + i, 53)
+        r = CtTuple(a[1] if i % 2 else a[2], a[0], 17, 53, 40000 + i)
+        return CtEvent(kind, fam, ct_id, 0, o, r, 0, 0, 0, 0, 0, 0)
+    news = [ev(EV_NEW, 7000 + i, 4 if i % 3 else 6, i) for i in range(60)]
+    corr = Correlator(kernel_timestamps=True)
+    corr.handle_batch([C.NewBlock.from_events(news)], NOW_NS, [])
+    out = C.FlowBuffer()
+    corr.handle_batch([C.DestroyBlock.from_events([e._replace(kind=EV_DESTROY)
+                                                   for e in news])], NOW_NS, out)
+    assert len(out) == 120 and corr.reap_pending == 60
+    again = news[:10]
+    corr.handle_batch([C.NewBlock.from_events(again)], NOW_NS + 1, [])
+    corr.reap()
+    assert sorted(corr._live) == [e.ct_id for e in again]
+    for e in again:
+        pack = PACK4 if e.family == 4 else PACK6
+        o, r = e.orig, e.reply
+        assert corr._live[e.ct_id] == pack(o.proto, o.src, o.dst, o.sport, o.dport,
+                                           r.src, r.dst, r.sport, r.dport, NOW_NS + 1)
+    assert corr.counters["events_new"] == 70
 
 
 def test_block_of_known_connections_correlates_like_events():
