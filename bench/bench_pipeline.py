@@ -102,17 +102,18 @@ def run(batches, stage: str, objects: bool, news=()) -> tuple[float, int, float]
     ``news``: NEW batches handled first, untimed, so that every DESTROY
     finds its connection in the correlator's cache as in the daemon."""
     corr = Correlator(kernel_timestamps=True)
+
+    def fill():
+        for buf, starts, ends, stride in news:
+            corr.handle_batch(decode_datagrams(buf, starts, ends).events if objects
+                              else decode_blocks(buf, starts, ends, stride).events, 0, [])
     if stage == "new":
         # the NEW events themselves, timed: the cache fill
         t0 = time.process_time()
-        for buf, starts, ends, stride in news:
-            corr.handle_batch(decode_datagrams(buf, starts, ends).events if objects
-                              else decode_blocks(buf, starts, ends, stride).events, 0, [])
+        fill()
         return time.process_time() - t0, corr.counters["events_new"], 0.0
     if stage != "decode":
-        for buf, starts, ends, stride in news:
-            corr.handle_batch(decode_datagrams(buf, starts, ends).events if objects
-                              else decode_blocks(buf, starts, ends, stride).events, 0, [])
+        fill()
     v5 = V5Encoder()
     ipfix = IpfixEncoder(records=("flows",))
     now_ns = time.time_ns()

@@ -302,6 +302,14 @@ class NewBlock(DestroyBlock):
         raise IndexError(i)
 
 
+def _of_kind(block: DestroyBlock, kind: int) -> DestroyBlock:
+    """``block`` as the block class of its rows' ``kind`` (the same columns:
+    a NEW run becomes a NewBlock in place)."""
+    if kind == EV_NEW:
+        block.__class__ = NewBlock
+    return block
+
+
 def _addr_list(a, fam) -> list:
     raw = a.tobytes()
     return [raw[16 * i:16 * i + (4 if f == 4 else 16)] for i, f in enumerate(fam)]
@@ -503,12 +511,9 @@ def decode_blocks(buf, starts=None, ends=None, stride: int = 0) -> DecodeResult:
         G = W.take(sw[:, None] + rel, mode="clip")
         G *= pres                               # values the shape has not: 0
     block = _block_from(G, fam)
-    if ok.all() and (kinds == kinds[0]).all():
-        if kinds[0] != EV_NEW:
-            return DecodeResult([block], 0, 0, False, [])
-        if n >= NEW_MIN_ROWS:
-            block.__class__ = NewBlock
-            return DecodeResult([block], 0, 0, False, [])
+    k = int(kinds[0])
+    if ok.all() and (kinds == k).all() and (k != EV_NEW or n >= NEW_MIN_ROWS):
+        return DecodeResult([_of_kind(block, k)], 0, 0, False, [])
     if ok.sum() < MIN_ROWS:
         return _objects(buf, starts, ends)
     # runs of good rows of one kind as blocks, the others through the object
@@ -521,26 +526,24 @@ def decode_blocks(buf, starts=None, ends=None, stride: int = 0) -> DecodeResult:
     kl = kinds.tolist()
     i = 0
     while i < n:
-        j = i
+        j = i + 1
         if okl[i]:
             k = kl[i]
             while j < n and okl[j] and kl[j] == k:
                 j += 1
-        if okl[i] and (k != EV_NEW or j - i >= NEW_MIN_ROWS):
-            run = block.take(slice(i, j))
-            if k == EV_NEW:
-                run.__class__ = NewBlock
-            events.append(run)
+            if k != EV_NEW or j - i >= NEW_MIN_ROWS:
+                events.append(_of_kind(block.take(slice(i, j)), k))
+                i = j
+                continue
         else:
-            if not okl[i]:
-                while j < n and not okl[j]:
-                    j += 1
-            res = _objects(buf, starts[i:j], ends[i:j])
-            events.extend(res.events)
-            malformed += res.malformed
-            unknown += res.unknown
-            done = done or res.done
-            errors.extend(res.errors)
+            while j < n and not okl[j]:
+                j += 1
+        res = _objects(buf, starts[i:j], ends[i:j])
+        events.extend(res.events)
+        malformed += res.malformed
+        unknown += res.unknown
+        done = done or res.done
+        errors.extend(res.errors)
         i = j
     return DecodeResult(events, malformed, unknown, done, errors)
 

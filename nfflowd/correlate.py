@@ -135,9 +135,10 @@ _REC6 = np.dtype([("p", "u1"), ("os", "V16"), ("od", "V16"), ("osp", "<u2"), ("o
 def _pack_rows(b, rows, dtype, width: int, now_ns: int) -> list:
     """The entries (bytes) of ``rows`` of the block ``b`` in the layout
     ``dtype`` (addresses ``width`` bytes)."""
-    rec = np.empty(len(b.o_proto[rows]), dtype=dtype)
+    proto = b.o_proto[rows]
+    rec = np.empty(len(proto), dtype=dtype)
     names = dtype.names
-    rec["p"] = b.o_proto[rows]
+    rec["p"] = proto
     for name, col in (("os", b.o_src), ("od", b.o_dst), ("rs", b.r_src), ("rd", b.r_dst)):
         if name in names:
             rec[name] = np.ascontiguousarray(col[rows, :width]).view(f"V{width}").ravel()

@@ -128,6 +128,7 @@ REAP_STREAM_RATE = 30_000
 # are still collected, later.
 GC_THRESHOLDS = (50_000, 20, 20)
 
+
 def tune_gc() -> None:
     """The daemon's collector settings (see GC_THRESHOLDS); the replay
     benchmark applies them too."""
@@ -480,9 +481,9 @@ class Daemon:
                 # a stream arriving a few datagrams at a time: let a batch
                 # gather (see STREAM_BATCH); what is pending meanwhile is not
                 # held back for long, and in a burst goes during the wait
-                end = time.monotonic() + wait
-                if pending and (self._in_burst
-                                or time.monotonic() - self._last_flush >= STREAM_FLUSH):
+                start = time.monotonic()
+                end = start + wait
+                if pending and (self._in_burst or start - self._last_flush >= STREAM_FLUSH):
                     self._flush(pending)
                 if corr.reap_pending and (last_rate < REAP_STREAM_RATE
                                           or corr.reap_pending >= DEAD_MAX // 2):
