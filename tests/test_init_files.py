@@ -85,6 +85,8 @@ def test_unit_content():
     # /proc/sys/net/netfilter must stay readable
     assert "ProcSubset" not in keys
     assert keys["WantedBy"] == ["multi-user.target"]
+    # journald must not rate-limit the syslog mirror (a line per record)
+    assert keys["LogRateLimitIntervalSec"] == ["0"]
 
 
 def test_systemd_analyze_verify(tmp_path):
