@@ -1,0 +1,258 @@
+"""Steady churn: connections begun and ended at a steady rate for minutes.
+Does nfflowd export every one, and does its memory stay flat?
+
+    sudo python bench/bench_churn.py [--rate R] [--seconds T] [--udp-timeout S]
+
+As root, in network namespaces (tests/natlab.py: lan -> fw (NAT) -> wan):
+
+1. in fw, an IPFIX collector (bench_burst.py's ``sink``: it keeps every
+   datagram and decodes them at the end) and nfflowd (IPFIX over UDP, flow
+   records only, the normal scheduler: a steady load needs no real-time
+   priority; ``--sched-priority`` to change that);
+2. from lan, R UDP connections per second for T seconds (tests/burst.py
+   ``churn``), each one datagram from a new source and destination port
+   pair; fw's nf_conntrack_udp_timeout is S, so each connection ends S
+   seconds after it began (plus the kernel's garbage-collection delay): once
+   the first have timed out, NEW and DESTROY events both come at about R per
+   second, and the table holds about R * S connections;
+3. every ``--sample`` seconds: nfflowd's resident memory (VmRSS), its CPU,
+   the conntrack table's size and the datagrams the collector has received;
+4. once the sender is done, a bounded wait until the table is empty and the
+   collector quiet.
+
+Prints the samples, then: connections sent, connections exported (distinct
+original-direction records at the collector), records (nfflowd sends one per
+direction: 2 per connection), duplicates, overruns (nfflowd's own count) and
+the kernel's drops on nfflowd's netlink socket; nfflowd's CPU per connection
+(its NEW and its DESTROY) over the churn; its resident memory once the table
+has reached its steady size, at the end of the churn, and the peak.  Target
+(issue 5's "lose nothing", over time): every connection exported once, zero
+overruns, memory not growing with the connections seen.
+
+Every wait is bounded; every process started here has a lifetime of its own
+(``timeout``) and is stopped in ``finally``; the namespaces are deleted; a
+raised nf_conntrack_max (global, initial namespace) is restored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import bench_burst as bb  # noqa: E402  (its collector, processes and /proc readers)
+
+PORT = bb.NFFLOWD_PORT
+
+
+def rss_kib(pid: int | None) -> int | None:
+    """VmRSS of a process in KiB, None when it cannot be read."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rate", type=float, default=2000.0, metavar="R",
+                    help="connections per second (default 2000)")
+    ap.add_argument("--seconds", type=float, default=120.0, metavar="T",
+                    help="how long connections are begun (default 120)")
+    ap.add_argument("--udp-timeout", type=int, default=5, metavar="S",
+                    help="fw's nf_conntrack_udp_timeout: each connection's life (default 5)")
+    ap.add_argument("--sample", type=float, default=10.0,
+                    help="seconds between samples (default 10)")
+    ap.add_argument("--sched-priority", type=int, default=0, metavar="N",
+                    help="nfflowd's sched_priority (default 0: the normal scheduler)")
+    ap.add_argument("--rcvbuf", type=int, default=64 << 20,
+                    help="nfflowd's conntrack.rcvbuf (default: the sample config's 64 MiB)")
+    ap.add_argument("--quiet", type=float, default=5.0,
+                    help="seconds without a new datagram (and an empty table) that end the wait")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (network namespaces, nftables, conntrack)")
+    for tool in ("ip", "nft", "conntrack", "timeout"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"needs the '{tool}' command")
+    if args.rate <= 0 or args.seconds <= 0 or args.udp_timeout < 1 or args.sample <= 0:
+        raise SystemExit("--rate, --seconds, --sample must be > 0 and --udp-timeout >= 1")
+    n = int(args.rate * args.seconds)
+    dports = list(range(9000, 9000 + max(1, math.ceil(n / 50_000))))
+    lifetime = args.seconds + 300 + n / 2000          # every child's own bound
+    from natlab import LAN4, WAN4, NatLab  # noqa: E402
+
+    work = Path(tempfile.mkdtemp(prefix="bench_churn."))
+    lab = NatLab(tag=f"c{os.getpid() % 100000}")
+    procs: dict[str, bb.Proc] = {}
+    ct_max_saved = None
+    ct_max_path = Path("/proc/sys/net/netfilter/nf_conntrack_max")
+    try:
+        # the table holds about rate * (timeout + gc delay); nf_conntrack_max
+        # is global (set in the initial namespace only)
+        ct_max = int(ct_max_path.read_text())
+        need = int(args.rate * (args.udp_timeout + 60)) + 1000
+        if ct_max < need:
+            ct_max_saved = ct_max
+            ct_max_path.write_text(str(need))
+            print(f"nf_conntrack_max raised from {ct_max} to {need} (restored at the end)")
+        lab.setup()
+        lab.ns(lab.fw, "sysctl", "-qw", f"net.netfilter.nf_conntrack_udp_timeout={args.udp_timeout}")
+        lab.ns(lab.fw, "sysctl", "-qw",
+               f"net.netfilter.nf_conntrack_udp_timeout_stream={args.udp_timeout}")
+        print(f"churn: {args.rate:g} connections/s for {args.seconds:g} s ({n} connections), "
+              f"each {args.udp_timeout} s long; cpus: {os.cpu_count()}; work dir: {work}")
+
+        out = work / "sink.json"
+        procs["sink"] = sink = bb.Proc(
+            lab, lab.fw, sys.executable, HERE / "bench_burst.py", "sink", "127.0.0.1", PORT,
+            out, "--lifetime", lifetime, "--lan", LAN4, lifetime=lifetime + 30,
+            kill_after=bb.SINK_KILL_AFTER)
+        if not bb.wait_for(lambda: "READY\n" in sink.out or sink.p.poll() is not None, 15) \
+                or sink.p.poll() is not None:
+            raise RuntimeError(f"the collector did not start: {''.join(sink.err)}")
+        cfg = work / "nfflowd.yaml"
+        bb.nfflowd_config(cfg, work, PORT, args.rcvbuf, None, args.sched_priority)
+        procs["nfflowd"] = nf = bb.Proc(lab, lab.fw, sys.executable, "-m", "nfflowd.cli",
+                                        "-f", "-c", cfg, "start", lifetime=lifetime,
+                                        cwd=bb.ROOT)
+        bb.wait_for(lambda: any("event=ready" in x for x in nf.err) or nf.p.poll() is not None,
+                    30)
+        if nf.p.poll() is not None or not any("event=ready" in x for x in nf.err):
+            raise RuntimeError("nfflowd did not start:\n" + "".join(nf.err))
+        nf_pid = nf.child_pid()
+        procs["servers"] = srv = bb.Proc(lab, lab.wan, sys.executable, bb.BURST, "sink", WAN4,
+                                         "--ports", *dports, "--lifetime", lifetime,
+                                         lifetime=lifetime + 30)
+        if not bb.wait_for(lambda: "READY\n" in srv.out or srv.p.poll() is not None, 15) \
+                or srv.p.poll() is not None:
+            raise RuntimeError(f"UDP listeners did not start: {''.join(srv.err)}")
+
+        def count() -> int:
+            r = lab.ns(lab.fw, "conntrack", "-C", check=False)
+            return int(r.stdout.strip()) if r.stdout.strip().isdigit() else -1
+
+        status = Path(str(out) + ".status")
+        samples = []
+        cpu0 = bb.cpu_seconds(nf_pid)
+        t0 = time.monotonic()
+
+        def sample():
+            c = bb.cpu_seconds(nf_pid)
+            samples.append(dict(t=time.monotonic() - t0, rss=rss_kib(nf_pid), table=count(),
+                                cpu=sum(c) - sum(cpu0) if c and cpu0 else float("nan"),
+                                datagrams=bb.read_status(status).get("datagrams", 0)))
+
+        # -- the churn: the sender runs while this samples -----------------------
+        procs["sender"] = snd = bb.Proc(lab, lab.lan, sys.executable, bb.BURST, "churn", LAN4,
+                                        WAN4, args.rate, args.seconds, "--dports", *dports,
+                                        lifetime=args.seconds * 2 + 60)
+        sample()
+        next_sample = t0 + args.sample
+        while snd.p.poll() is None and time.monotonic() < t0 + args.seconds * 2 + 60:
+            time.sleep(min(0.2, max(0.0, next_sample - time.monotonic())))
+            if time.monotonic() >= next_sample:
+                sample()
+                next_sample += args.sample
+        churn_end = time.monotonic()
+        sample()
+        churn_cpu = samples[-1]["cpu"]
+        snd.stop()                  # (it has ended: this reads the rest of its output)
+        m = re.search(r"SENT (\d+) LATE ([\d.]+)", "".join(snd.out))
+        if not m:
+            raise RuntimeError(f"the sender did not finish: {''.join(snd.err)}")
+        sent, late = int(m.group(1)), float(m.group(2))
+
+        # -- the end: every connection times out, the collector goes quiet -------
+        end = time.monotonic() + args.udp_timeout + 180
+        last_seen, last_change = None, time.monotonic()
+        while time.monotonic() < end:
+            seen = (count(), bb.read_status(status).get("datagrams", 0))
+            if seen != last_seen:
+                last_seen, last_change = seen, time.monotonic()
+            if seen[0] == 0 and time.monotonic() - last_change >= args.quiet:
+                break
+            time.sleep(0.5)
+        else:
+            print("wait timeout: counting what arrived")
+        sample()
+        drops = bb.netlink_drops(lab, nf_pid)
+        nf.stop(timeout=60)
+        sink.stop(timeout=bb.SINK_KILL_AFTER + 10)
+        srv.stop()
+        stopped = [x for x in nf.err if "event=stopped" in x]
+        counters = dict(re.findall(r"(\S+)=(\S+)", stopped[-1])) if stopped else {}
+        if not out.exists():
+            raise RuntimeError(f"the collector wrote no results (exit {sink.p.returncode}); "
+                               f"its stderr:\n{''.join(sink.err[-20:])}")
+        res = json.loads(out.read_text())
+
+        # -- report ----------------------------------------------------------------
+        print()
+        print(f"{'t (s)':>8s} {'table':>8s} {'datagrams':>10s} {'nfflowd CPU s':>14s} "
+              f"{'RSS MiB':>8s}")
+        for s in samples:
+            rss = f"{s['rss'] / 1024:8.1f}" if s["rss"] is not None else f"{'?':>8s}"
+            print(f"{s['t']:8.1f} {s['table']:8d} {s['datagrams']:10d} {s['cpu']:14.2f} {rss}")
+        print()
+        # steady: the first sample at least two connection lives into the churn
+        steady = next((s for s in samples if s["t"] >= 2 * args.udp_timeout + 30
+                       and s["t"] <= churn_end - t0), None)
+        during = [s["rss"] for s in samples if s["rss"] is not None]
+        print(f"connections sent                 {sent:,} (sender ended {late:.3f} s behind "
+              "its pace)")
+        print(f"connections exported             {res['orig_distinct']:,}")
+        print(f"records                          {res['records']:,} (2 per connection: "
+              f"{2 * sent:,})")
+        print(f"duplicate records                {res['orig_duplicates']:,}")
+        print(f"flowEndReason counts             {res['reasons']}")
+        print(f"overruns (own count)             {counters.get('overruns', '?')}")
+        print(f"kernel drops (netlink)           {drops[0] if drops else '?'}")
+        print(f"collector socket drops           {res['drops']}")
+        print(f"nfflowd CPU during the churn     {churn_cpu:.2f} s "
+              f"({1e6 * churn_cpu / max(1, sent):.1f} us per connection, NEW and DESTROY)")
+        if steady is not None and steady["rss"] is not None and samples[-2]["rss"] is not None:
+            print(f"nfflowd RSS                      {steady['rss'] / 1024:.1f} MiB at "
+                  f"{steady['t']:.0f} s (table {steady['table']:,}), "
+                  f"{samples[-2]['rss'] / 1024:.1f} MiB at the churn's end "
+                  f"({samples[-2]['t']:.0f} s), peak {max(during) / 1024:.1f} MiB")
+        else:
+            print("nfflowd RSS: the churn was too short for a steady sample "
+                  f"(needs more than {2 * args.udp_timeout + 30} s)")
+        ok = (res["orig_distinct"] == sent and res["records"] == 2 * sent
+              and res["orig_duplicates"] == 0 and counters.get("overruns") == "0")
+        print(f"target (every connection exported once, zero overruns): "
+              f"{'met' if ok else 'NOT met'}")
+        return 0 if ok else 1
+    finally:
+        for name, p in reversed(list(procs.items())):
+            try:
+                p.stop(timeout=20)
+            except Exception as e:  # noqa: BLE001
+                print(f"stopping {name}: {e}", file=sys.stderr)
+        lab.teardown()
+        if ct_max_saved is not None:
+            ct_max_path.write_text(str(ct_max_saved))
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
