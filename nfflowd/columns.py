@@ -62,7 +62,7 @@ _WIDE = {"co.packets": _CO_PK, "co.bytes": _CO_BY, "cr.packets": _CR_PK,
          "cr.bytes": _CR_BY, "ts.start": _TS_START, "ts.stop": _TS_STOP}
 _TUPLE_FMT = {"src": ("4s", "16s"), "dst": ("4s", "16s"), "proto": ("B",), "sport": ("H",),
               "dport": ("H",), "itype": ("B",), "icode": ("B",)}
-MIN_ROWS = 32           # fewer DESTROY messages in a batch: the object path
+MIN_ROWS = 32           # fewer DESTROY messages in a batch, or in a run: the object path
 # A run of fewer NEW messages goes the object way too: below this a block's
 # fixed costs (decode, then the cache entries) are more than the objects'
 # (replayed, per NEW: 9.7 us as objects and 12.3 as a block in batches of
@@ -434,6 +434,39 @@ def _gather_slots(M, h, ok, words: int):
     return G, fam, kinds
 
 
+def _new_first(block: DestroyBlock, isnew, buf, st, en) -> DecodeResult | None:
+    """A batch of NEW and DESTROY messages (``isnew``: which rows are NEW)
+    as its NEW rows, then its DESTROY rows: each kind one block where it has
+    enough rows for one (NEW_MIN_ROWS, MIN_ROWS), else objects.  A steady
+    churn alternates the two kinds in runs of a few messages: as runs, its
+    batches went the object way (see decode_blocks).  Taking a batch's NEW
+    events before its DESTROY events changes nothing unless a DESTROY comes
+    before a NEW with the same id (a connection ended, its id used again by
+    one made after it): None then, and the batch is taken in order."""
+    pos_new = np.flatnonzero(isnew)
+    pos_del = np.flatnonzero(~isnew)
+    if len(pos_new) < NEW_MIN_ROWS and len(pos_del) < MIN_ROWS:
+        return None
+    ids = block.ct_id
+    both = np.intersect1d(ids[pos_new], ids[pos_del])
+    for cid in both.tolist():
+        if pos_del[ids[pos_del] == cid][0] < pos_new[ids[pos_new] == cid][-1]:
+            return None
+    events: list = []
+    malformed = unknown = 0
+    for pos, kind, least in ((pos_new, EV_NEW, NEW_MIN_ROWS), (pos_del, EV_DESTROY, MIN_ROWS)):
+        if len(pos) >= least:
+            events.append(_of_kind(block.take(pos), kind))
+        elif len(pos):
+            res = _objects(buf, st[pos], en[pos])
+            if res.errors or res.done:
+                return None             # (rows that passed the checks: not seen)
+            events.extend(res.events)
+            malformed += res.malformed
+            unknown += res.unknown
+    return DecodeResult(events, malformed, unknown, False, [])
+
+
 def decode_blocks(buf, starts=None, ends=None, stride: int = 0) -> DecodeResult:
     """Decode ``buf`` as ``conntrack.decode`` does, but with runs of DESTROY
     messages as ``DestroyBlock`` items in ``events``, and runs of NEW ones as
@@ -445,6 +478,9 @@ def decode_blocks(buf, starts=None, ends=None, stride: int = 0) -> DecodeResult:
     (the slots recvmmsg fills, ``conntrack._MultiRecv``), and ``buf`` holds
     the whole slot of the last one: the batch is then read as a matrix, a row
     per slot, without per-word index matrices.
+    The events are in message order, but for one case: a batch of NEW and
+    DESTROY messages only may come as its NEW events, then its DESTROY
+    events, where that changes nothing for the correlator (``_new_first``).
     The counts (malformed, unknown, errors, done) are those of ``decode``."""
     if starts is None:
         if type(buf) is not bytes:
@@ -514,37 +550,51 @@ def decode_blocks(buf, starts=None, ends=None, stride: int = 0) -> DecodeResult:
     k = int(kinds[0])
     if ok.all() and (kinds == k).all() and (k != EV_NEW or n >= NEW_MIN_ROWS):
         return DecodeResult([_of_kind(block, k)], 0, 0, False, [])
+    if ok.all():
+        split = _new_first(block, kinds == EV_NEW, buf, st, en)
+        if split is not None:
+            return split
     if ok.sum() < MIN_ROWS:
         return _objects(buf, starts, ends)
-    # runs of good rows of one kind as blocks, the others through the object
-    # path
+    # long runs of good rows of one kind as blocks; the rest (rows refused,
+    # short runs) through the object path, one call per stretch between
+    # blocks.  A block's fixed costs (here, in the correlator, in the export)
+    # are those of the whole batch's: where NEW and DESTROY messages
+    # alternate (a steady churn), a block per short run cost ~80 us per
+    # event in the daemon (bench/bench_churn.py)
     events: list = []
     malformed = unknown = 0
     done = False
     errors: list = []
     okl = ok.tolist()
     kl = kinds.tolist()
-    i = 0
+    i = lo = 0                  # rows lo..i-1 wait for the object path
+
+    def objects(a, b):
+        nonlocal malformed, unknown, done
+        res = _objects(buf, starts[a:b], ends[a:b])
+        events.extend(res.events)
+        malformed += res.malformed
+        unknown += res.unknown
+        done = done or res.done
+        errors.extend(res.errors)
     while i < n:
         j = i + 1
         if okl[i]:
             k = kl[i]
             while j < n and okl[j] and kl[j] == k:
                 j += 1
-            if k != EV_NEW or j - i >= NEW_MIN_ROWS:
+            if j - i >= (NEW_MIN_ROWS if k == EV_NEW else MIN_ROWS):
+                if lo < i:
+                    objects(lo, i)
                 events.append(_of_kind(block.take(slice(i, j)), k))
-                i = j
-                continue
+                lo = j
         else:
             while j < n and not okl[j]:
                 j += 1
-        res = _objects(buf, starts[i:j], ends[i:j])
-        events.extend(res.events)
-        malformed += res.malformed
-        unknown += res.unknown
-        done = done or res.done
-        errors.extend(res.errors)
         i = j
+    if lo < n:
+        objects(lo, n)
     return DecodeResult(events, malformed, unknown, done, errors)
 
 

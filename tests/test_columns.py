@@ -124,6 +124,83 @@ def test_news_and_destroys_interleaved_are_blocks_of_each_kind():
     assert flatten(got.events) == ct.decode_walk(buf).events
 
 
+def churn(n, news_per_run=(1, 2, 3), ends_per_run=(2, 1, 3)):
+    """NEW and DESTROY messages of distinct connections alternating in short
+    runs (a steady churn), ``n`` of each."""
+    news = [renumbered(m, i) for i in range(n) for m in NEW_MSGS][:n]
+    ends_ = [renumbered(m, 1000 + i) for i in range(n) for m in DESTROY_MSGS][:n]
+    msgs, k = [], 0
+    while news or ends_:
+        a, b = news_per_run[k % 3], ends_per_run[k % 3]
+        msgs += news[:a] + ends_[:b]
+        news, ends_ = news[a:], ends_[b:]
+        k += 1
+    return msgs
+
+
+def test_a_churn_batch_is_its_news_then_its_destroys():
+    ct.clear_layout_cache()
+    msgs = churn(C.NEW_MIN_ROWS)
+    buf, starts, ends = concat(msgs)
+    ct.decode(buf)
+    got = C.decode_blocks(buf, starts, ends)
+    # one block of each kind, not a block (or an object call) per short run
+    assert [type(e) for e in got.events] == [C.NewBlock, C.DestroyBlock]
+    want = ct.decode_walk(buf).events
+    assert flatten(got.events) == ([e for e in want if e.kind == EV_NEW]
+                                   + [e for e in want if e.kind == EV_DESTROY])
+    assert got[1:] == (0, 0, False, [])
+    # too few NEW messages for a block: they come first as objects
+    msgs = churn(C.NEW_MIN_ROWS // 2)
+    buf, starts, ends = concat(msgs)
+    got = C.decode_blocks(buf, starts, ends)
+    want = ct.decode_walk(buf).events
+    assert isinstance(got.events[-1], C.DestroyBlock)
+    assert not any(isinstance(e, C.DestroyBlock) for e in got.events[:-1])
+    assert flatten(got.events) == ([e for e in want if e.kind == EV_NEW]
+                                   + [e for e in want if e.kind == EV_DESTROY])
+
+
+def test_a_destroy_before_a_new_of_its_id_keeps_message_order():
+    ct.clear_layout_cache()
+    msgs = churn(C.NEW_MIN_ROWS)
+    # a connection ends, and its id comes again in a NEW after it
+    reused = next(e for e in (ct.decode_walk(m).events[0] for m in msgs)
+                  if e.kind == EV_DESTROY)
+    again = next(m for m in NEW_MSGS if ct.decode_walk(m).events[0].family == reused.family)
+    m = bytearray(again)
+    at = bytes(m).find(struct.pack(">I", ct.decode_walk(again).events[0].ct_id), 20)
+    struct.pack_into(">I", m, at, reused.ct_id)
+    msgs = msgs + [bytes(m)]
+    buf, starts, ends = concat(msgs)
+    ct.decode(buf)
+    got = C.decode_blocks(buf, starts, ends)
+    assert flatten(got.events) == ct.decode_walk(buf).events
+    # and the correlator keeps the new connection's entry, as in order
+    corr_a, corr_b = Correlator(), Correlator()
+    fa, fb = [], C.FlowBuffer()
+    corr_a.handle_batch(ct.decode_walk(buf).events, NOW_NS, fa)
+    corr_b.handle_batch(got.events, NOW_NS, fb)
+    corr_b.reap()
+    assert list(fb) == fa and reused.ct_id in corr_b._live and corr_b._live == corr_a._live
+
+
+def test_short_destroy_runs_between_refused_rows_take_the_object_path():
+    ct.clear_layout_cache()
+    msgs = churn(C.NEW_MIN_ROWS)
+    bad = bytearray(msgs[5])
+    bad[16:20] = b"\xff\xff\xff\xff"       # a header word no shape has: refused
+    msgs = msgs[:5] + [bytes(bad)] + msgs[6:]
+    buf, starts, ends = concat(msgs)
+    ct.decode(buf)
+    got = C.decode_blocks(buf, starts, ends)
+    # in message order; runs of fewer than MIN_ROWS DESTROY messages (all
+    # of them here) are objects, not blocks
+    assert not any(isinstance(e, C.DestroyBlock) for e in got.events)
+    assert flatten(got.events) == ct.decode_walk(buf).events
+    assert got[1:] == ct.decode_walk(buf)[1:]
+
+
 def test_unlearnt_shapes_and_small_batches_take_the_object_path():
     ct.clear_layout_cache()
     msgs = [renumbered(m, i) for i in range(4) for m in DESTROY_MSGS]
@@ -211,7 +288,18 @@ def scenario(draw):
     return steps
 
 
-def run_correlator(steps, kernel_ts, nat, setup, blocks):
+def new_first_safe(batch) -> bool:
+    """No DESTROY in ``batch`` before a NEW of its id (columns._new_first)."""
+    ended = set()
+    for ev in batch:
+        if ev.kind == EV_DESTROY:
+            ended.add(ev.ct_id)
+        elif ev.kind == EV_NEW and ev.ct_id in ended:
+            return False
+    return True
+
+
+def run_correlator(steps, kernel_ts, nat, setup, blocks, new_first=False):
     corr = Correlator(kernel_timestamps=kernel_ts, nat_events=nat)
     out = C.FlowBuffer() if blocks else []
     setup(corr)
@@ -219,7 +307,15 @@ def run_correlator(steps, kernel_ts, nat, setup, blocks):
     batch: list = []
 
     def flush():
-        if blocks:
+        if blocks and new_first and batch and new_first_safe(batch):
+            # the batch's NEW events, then its DESTROY events, a block each,
+            # as decode_blocks gives a batch of the two kinds (_new_first)
+            news = [ev for ev in batch if ev.kind == EV_NEW]
+            ends = [ev for ev in batch if ev.kind == EV_DESTROY]
+            items = ([C.NewBlock.from_events(news)] if news else []) + \
+                ([C.DestroyBlock.from_events(ends)] if ends else [])
+            corr.handle_batch(items, now, out)
+        elif blocks:
             # runs of DESTROY and of NEW as blocks, as decode_blocks gives them
             items, run = [], []
             block_of = {EV_DESTROY: C.DestroyBlock, EV_NEW: C.NewBlock}
@@ -266,6 +362,13 @@ def test_blocks_correlate_like_events(steps, kernel_ts, nat, pre):
     a = run_correlator(steps, kernel_ts, nat, setup, blocks=False)
     b = run_correlator(steps, kernel_ts, nat, setup, blocks=True)
     assert a == b
+    # a batch's NEW events first (where no DESTROY comes before a NEW of its
+    # id): the same flows and state; the NAT events of one batch come out in
+    # another order (its creations first), each the same
+    (fa, sa), (fc, sc) = a, run_correlator(steps, kernel_ts, nat, setup, blocks=True,
+                                            new_first=True)
+    assert fc == fa and sc[:5] == sa[:5]
+    assert sorted(sc[5]) == sorted(sa[5])
 
 
 def test_resync_order_does_not_depend_on_deferred_removals():
