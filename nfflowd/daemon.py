@@ -65,6 +65,19 @@ RECV_BATCH = 2048
 # nothing).
 STREAM_BATCH = 1024
 STREAM_WAIT = 0.01
+# ... outside a burst, at most STREAM_WAIT_STEADY: a steady stream of a few
+# thousand events per second (connections made and ended all day) then
+# comes in rounds of hundreds, not tens: each round's fixed costs (the
+# loop, numpy calls) are shared by more events, and more runs are long
+# enough for blocks.  5000 connections per second (bench/bench_churn.py):
+# nfflowd's CPU per connection (its NEW and DESTROY) 60-63 us with rounds of
+# at most 10 ms, 34-38 us with this.  Not for a fast stream (FAST_RATE): a
+# slow wait ends early only once its batch has gathered, and a burst that
+# slows down near its end (a flush) would hold its tail for the whole wait.
+STREAM_WAIT_STEADY = 0.05
+# A receive call (rounds and their waits) returns to the loop (signals, the
+# control socket, deadlines, stream collectors' writes) after RECEIVE_SPAN.
+RECEIVE_SPAN = 0.5
 # A wait ends early when a WAIT_SLICE passes with nothing added to the queue
 # although the rate just seen promised WAIT_EARLY_MIN datagrams or more in it:
 # the stream stopped (a flush ended), and its tail goes now rather than up to
@@ -82,6 +95,18 @@ WAIT_SLICE = 0.00025
 WAIT_EARLY_MIN = 8
 WAIT_SLICE_SLOW = 0.001
 EVENT_TRUESIZE = 2048
+# A stream is fast (its waits at most STREAM_WAIT) while it is in a burst
+# or brought FAST_RATE datagrams per second or more over the last
+# FAST_WINDOW seconds.  A flush on a busy machine leaves gaps (the burst may
+# end, see BURST_QUIET) and slow rounds; one of those, its wait 50 ms long,
+# held a 200k flush's last records 32 ms.  Not a round's own rate: the
+# kernel ends timed-out connections in bursts (its garbage collector), and a
+# steady churn of 10k events per second then had fast rounds every second;
+# such a burst of a few thousand makes a burst of the stream (STREAM_BATCH),
+# which ends when a window brings less than half FAST_RATE, as a steady
+# stream never leaves netlink quiet for BURST_QUIET.
+FAST_WINDOW = 0.2
+FAST_RATE = WAIT_EARLY_MIN / WAIT_SLICE
 # ... and what the stream brought is exported at least every STREAM_FLUSH
 # seconds (else a stream that slows down near its end holds its tail for up
 # to 64 rounds of STREAM_WAIT).  In a burst, at every wait: the export then
@@ -234,6 +259,8 @@ class Daemon:
         self._truesize = float(EVENT_TRUESIZE)
         self._queued_seen = 0
         self._burst_rate = 0.0          # the rate of the last round with events
+        # datagrams received in the current FAST_WINDOW, and the last one's rate
+        self._window_start, self._window_count, self._window_rate = 0.0, 0, 0.0
 
     # -- signals ----------------------------------------------------------------
     def _install_signals(self):
@@ -473,11 +500,14 @@ class Daemon:
         # events the receive buffer holds, a quarter of which a wait may fill
         room = max(1, self.sock.rcvbuf // EVENT_TRUESIZE) / 4
         prev = time.monotonic()
+        back = prev + RECEIVE_SPAN
         last_rate = 0.0
         first = True
         for _ in range(max_rounds):
             stopped = False     # this round's wait ended early: the stream stopped
             if wait:
+                if self.stopping or prev + wait > back:
+                    break       # the loop's turn (what is queued stays for the next call)
                 # a stream arriving a few datagrams at a time: let a batch
                 # gather (see STREAM_BATCH); what is pending meanwhile is not
                 # held back for long, and in a burst goes during the wait
@@ -527,8 +557,18 @@ class Daemon:
                     # a burst resuming after a pause: the first round's own
                     # interval is too short to say how fast it comes
                     rate = max(rate, self._burst_rate)
+            self._window_count += got
+            if now - self._window_start >= FAST_WINDOW:
+                self._window_rate = self._window_count / (now - self._window_start)
+                self._window_start, self._window_count = now, 0
+                if self._window_rate < FAST_RATE / 2:
+                    # a burst slowed down to a steady stream (one that
+                    # never pauses for BURST_QUIET)
+                    self._in_burst = False
             if 0 < got < STREAM_BATCH and rate >= last_rate / 2 and not stopped:
-                wait = min(STREAM_WAIT, (STREAM_BATCH - got) / rate, room / rate)
+                cap = (STREAM_WAIT if self._in_burst or self._window_rate >= FAST_RATE
+                       else STREAM_WAIT_STEADY)
+                wait = min(cap, (STREAM_BATCH - got) / rate, room / rate)
             else:
                 # a full round, or the rate fell by half or more since the
                 # last round: the stream is thinning out (a flush ending,
