@@ -558,10 +558,10 @@ def decode_blocks(buf, starts=None, ends=None, stride: int = 0) -> DecodeResult:
         return _objects(buf, starts, ends)
     # long runs of good rows of one kind as blocks; the rest (rows refused,
     # short runs) through the object path, one call per stretch between
-    # blocks.  A block's fixed costs (here, in the correlator, in the export)
-    # are those of the whole batch's: where NEW and DESTROY messages
-    # alternate (a steady churn), a block per short run cost ~80 us per
-    # event in the daemon (bench/bench_churn.py)
+    # blocks.  A block of a few rows costs about what one of a whole batch
+    # does (numpy calls here, in the correlator, in the export): where NEW
+    # and DESTROY messages alternated (a steady churn), a block per short
+    # run cost ~80 us per event in the daemon (bench/bench_churn.py)
     events: list = []
     malformed = unknown = 0
     done = False
