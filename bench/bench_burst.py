@@ -769,18 +769,24 @@ def main() -> int:
               f"{'met' if ok else 'NOT met'}")
         return 0
     finally:
-        for name, p in reversed(list(procs.items())):
-            try:
-                p.stop(timeout=20)
-            except Exception as e:  # noqa: BLE001
-                print(f"stopping {name}: {e}", file=sys.stderr)
-        lab.teardown()
-        if ct_max_saved is not None:
-            Path("/proc/sys/net/netfilter/nf_conntrack_max").write_text(str(ct_max_saved))
-        if args.keep:
-            print(f"work dir kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        clean_up(procs, lab, ct_max_saved, work, args.keep)
+
+
+def clean_up(procs: dict, lab, ct_max_saved: int | None, work: Path, keep: bool) -> None:
+    """Stop every process (the last started first), delete the namespaces,
+    restore nf_conntrack_max, remove the work directory unless ``keep``."""
+    for name, p in reversed(list(procs.items())):
+        try:
+            p.stop(timeout=20)
+        except Exception as e:  # noqa: BLE001
+            print(f"stopping {name}: {e}", file=sys.stderr)
+    lab.teardown()
+    if ct_max_saved is not None:
+        Path("/proc/sys/net/netfilter/nf_conntrack_max").write_text(str(ct_max_saved))
+    if keep:
+        print(f"work dir kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -240,18 +240,7 @@ def main() -> int:
               f"{'met' if ok else 'NOT met'}")
         return 0 if ok else 1
     finally:
-        for name, p in reversed(list(procs.items())):
-            try:
-                p.stop(timeout=20)
-            except Exception as e:  # noqa: BLE001
-                print(f"stopping {name}: {e}", file=sys.stderr)
-        lab.teardown()
-        if ct_max_saved is not None:
-            ct_max_path.write_text(str(ct_max_saved))
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        bb.clean_up(procs, lab, ct_max_saved, work, args.keep)
 
 
 if __name__ == "__main__":
