@@ -173,3 +173,37 @@ def test_active_timeout_splits_a_long_connection(lab, tmp_path):
     assert sum(x[6] for x in reply) == entry.reply["packets"]
     assert sum(x[7] for x in reply) == entry.reply["bytes"]
     assert int(counters["active_exports"]) >= 3
+
+
+def test_steady_churn_exports_every_connection_once(lab, tmp_path):
+    # connections begun at a steady rate and ended by the kernel (their UDP
+    # timeout): NEW and DESTROY events in the same batches, the daemon's
+    # steady pacing, the kernel's garbage collector ending them in bunches
+    lab.ns(lab.fw, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=2")
+    sink, out = start_sink(lab, tmp_path, 24742)
+    daemon, log = start_nfflowd(lab, write_config(tmp_path, 24742))
+    servers = lab.spawn(lab.wan, sys.executable, BURST, "sink", WAN4, "--ports", 9000,
+                        "--lifetime", 300)
+    assert "READY" in servers.stdout.readline()
+    try:
+        r = lab.ns(lab.lan, sys.executable, BURST, "churn", LAN4, WAN4, 2000, 8,
+                   "--dports", 9000, timeout=120)
+        sent = int(re.search(r"SENT (\d+)", r.stdout).group(1))
+        assert sent == 16000
+        # every connection timed out (2 s, then the garbage collector's delay)
+        assert wait_for(lambda: count_table(lab) == 0, timeout=120, interval=0.5)
+        assert wait_for(lambda: len(records(out)) >= 2 * sent, timeout=30)
+        time.sleep(0.5)
+    finally:
+        counters, text = final_counters(daemon, log)
+        stop(sink)
+        stop(servers)
+    rows = records(out)
+    assert int(counters["events_new"]) == sent, counters
+    assert int(counters["events_destroy"]) == sent, counters
+    assert int(counters["connections_exported"]) == sent, counters
+    assert int(counters["overruns"]) == 0, counters
+    assert len(rows) == 2 * sent
+    orig = [r for r in rows if r[2] == LAN4]
+    assert len(orig) == sent and len({r[3] for r in orig}) == sent
+    assert sum(r[6] for r in orig) == sent               # one datagram each
