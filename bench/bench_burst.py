@@ -294,13 +294,16 @@ mtu={mtu}
 
 
 def nfflowd_config(path: Path, workdir: Path, port: int, rcvbuf: int,
-                   flush_interval: float | None, sched_priority: int) -> None:
+                   flush_interval: float | None, sched_priority: int,
+                   syslog: str | None = None) -> None:
+    """``syslog``: the mirror's address (host:port), None: no mirror."""
     flush = f"\n  flush_interval: {flush_interval}" if flush_interval is not None else ""
+    mirror = f"{{enabled: true, address: '{syslog}'}}" if syslog else "{enabled: false}"
     path.write_text(f"""# written by bench/bench_burst.py
 export:{flush}
   collectors:
     - {{host: 127.0.0.1, port: {port}, version: 10, records: [flows]}}
-syslog: {{enabled: false}}
+syslog: {mirror}
 conntrack: {{rcvbuf: {rcvbuf}}}
 pidfile: {workdir}/nfflowd.pid
 sched_priority: {sched_priority}

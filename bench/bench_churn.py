@@ -29,6 +29,10 @@ has reached its steady size, at the end of the churn, and the peak.  Target
 (issue 5's "lose nothing", over time): every connection exported once, zero
 overruns, memory not growing with the connections seen.
 
+``--syslog`` turns the syslog mirror on (a CSV line per flow-tools record,
+3 per translated connection, over UDP to a line counter in fw) and checks
+that every line arrived.
+
 Every wait is bounded; every process started here has a lifetime of its own
 (``timeout``) and is stopped in ``finally``; the namespaces are deleted; a
 raised nf_conntrack_max (global, initial namespace) is restored.
@@ -42,6 +46,9 @@ import math
 import os
 import re
 import shutil
+import signal
+import socket
+import struct
 import sys
 import tempfile
 import time
@@ -52,6 +59,47 @@ sys.path.insert(0, str(HERE))
 import bench_burst as bb  # noqa: E402  (its collector, processes and /proc readers)
 
 PORT = bb.NFFLOWD_PORT
+SYSLOG_PORT = PORT + 10
+
+
+def syslog_sink_main(argv) -> int:
+    """Count the syslog datagrams (one CSV line each) on a UDP port until
+    SIGTERM or the lifetime; rewrite OUT (JSON: lines, drops) every 0.2 s
+    and at the end.  ``bench_churn.py syslog-sink ADDR PORT OUT``."""
+    ap = argparse.ArgumentParser(prog="bench_churn.py syslog-sink")
+    ap.add_argument("addr"), ap.add_argument("port", type=int), ap.add_argument("out")
+    ap.add_argument("--lifetime", type=float, default=600)
+    a = ap.parse_args(argv)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, bb.SO_RCVBUFFORCE, 64 << 20)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+    s.setsockopt(socket.SOL_SOCKET, bb.SO_RXQ_OVFL, 1)
+    s.bind((a.addr, a.port))
+    s.setblocking(False)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    lines = drops = 0
+    print("READY", flush=True)
+    end = time.monotonic() + a.lifetime
+    next_status = 0.0
+    while not stop and time.monotonic() < end:
+        time.sleep(bb.SINK_DRAIN)
+        for _ in range(bb.SINK_DRAIN_MAX):
+            try:
+                _d, anc, _f, _a = s.recvmsg(4096, socket.CMSG_SPACE(4))
+            except (BlockingIOError, InterruptedError):
+                break
+            lines += 1
+            for level, typ, data in anc:
+                if level == socket.SOL_SOCKET and typ == bb.SO_RXQ_OVFL and len(data) >= 4:
+                    drops = struct.unpack("I", data[:4])[0]
+        if time.monotonic() >= next_status:
+            bb._write_atomic(Path(a.out), json.dumps({"lines": lines, "drops": drops}))
+            next_status = time.monotonic() + 0.2
+    bb._write_atomic(Path(a.out), json.dumps({"lines": lines, "drops": drops}))
+    return 0
 
 
 def rss_kib(pid: int | None) -> int | None:
@@ -83,7 +131,11 @@ def main() -> int:
                     help="nfflowd's conntrack.rcvbuf (default: the sample config's 64 MiB)")
     ap.add_argument("--quiet", type=float, default=5.0,
                     help="seconds without a new datagram (and an empty table) that end the wait")
+    ap.add_argument("--syslog", action="store_true",
+                    help="with the syslog mirror on (over UDP to a line counter in fw)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    if len(sys.argv) > 1 and sys.argv[1] == "syslog-sink":
+        return syslog_sink_main(sys.argv[2:])
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces, nftables, conntrack)")
@@ -126,8 +178,18 @@ def main() -> int:
         if not bb.wait_for(lambda: "READY\n" in sink.out or sink.p.poll() is not None, 15) \
                 or sink.p.poll() is not None:
             raise RuntimeError(f"the collector did not start: {''.join(sink.err)}")
+        lines_out = work / "syslog.json"
+        if args.syslog:
+            procs["syslog-sink"] = ls = bb.Proc(
+                lab, lab.fw, sys.executable, Path(__file__).resolve(), "syslog-sink",
+                "127.0.0.1", SYSLOG_PORT, lines_out, "--lifetime", lifetime,
+                lifetime=lifetime + 30)
+            if not bb.wait_for(lambda: "READY\n" in ls.out or ls.p.poll() is not None, 15) \
+                    or ls.p.poll() is not None:
+                raise RuntimeError(f"the syslog counter did not start: {''.join(ls.err)}")
         cfg = work / "nfflowd.yaml"
-        bb.nfflowd_config(cfg, work, PORT, args.rcvbuf, None, args.sched_priority)
+        bb.nfflowd_config(cfg, work, PORT, args.rcvbuf, None, args.sched_priority,
+                          syslog=f"127.0.0.1:{SYSLOG_PORT}" if args.syslog else None)
         procs["nfflowd"] = nf = bb.Proc(lab, lab.fw, sys.executable, "-m", "nfflowd.cli",
                                         "-f", "-c", cfg, "start", lifetime=lifetime,
                                         cwd=bb.ROOT)
@@ -195,6 +257,8 @@ def main() -> int:
         nf.stop(timeout=60)
         sink.stop(timeout=bb.SINK_KILL_AFTER + 10)
         srv.stop()
+        if args.syslog:
+            procs["syslog-sink"].stop()
         stopped = [x for x in nf.err if "event=stopped" in x]
         counters = dict(re.findall(r"(\S+)=(\S+)", stopped[-1])) if stopped else {}
         if not out.exists():
@@ -236,6 +300,16 @@ def main() -> int:
                   f"(needs more than {2 * args.udp_timeout + 30} s)")
         ok = (res["orig_distinct"] == sent and res["records"] == 2 * sent
               and res["orig_duplicates"] == 0 and counters.get("overruns") == "0")
+        if args.syslog:
+            got = bb.read_status(lines_out)
+            # a translated connection's flow-tools records: the original
+            # direction before and after the NAT, and the reply
+            print(f"syslog lines                     {got.get('lines', '?'):,} received "
+                  f"(3 per connection: {3 * sent:,}); nfflowd: "
+                  f"{counters.get('syslog_lines', '?')} sent, "
+                  f"{counters.get('syslog_dropped', '?')} dropped; the counter's socket "
+                  f"dropped {got.get('drops', '?')}")
+            ok = ok and got.get("lines") == 3 * sent
         print(f"target (every connection exported once, zero overruns): "
               f"{'met' if ok else 'NOT met'}")
         return 0 if ok else 1
