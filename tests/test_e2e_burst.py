@@ -102,18 +102,23 @@ def test_burst_of_20k_ended_at_once(lab, tmp_path):
         counters, text = final_counters(daemon, log)
         stop(sink)
     rows = records(out)
-    # received equals exported, exported equals arrived: once each
-    assert int(counters["events_new"]) == made, counters
-    assert int(counters["events_destroy"]) == made, counters
-    assert int(counters["connections_exported"]) == made, counters
-    assert int(counters["overruns"]) == 0, counters
-    # the cache entries the burst ended were removed once netlink was idle
-    assert int(counters["cache_removals_pending"]) == 0, counters
-    assert len(rows) == 2 * made
-    orig = [r for r in rows if r[2] == LAN4]
-    assert len(orig) == made and len({r[3] for r in orig}) == made
-    assert sum(r[6] for r in orig) == made               # one datagram each
+    assert_each_exported_once(counters, rows, made)
     assert {r[0] for r in rows} == {3}                   # end of flow
+
+
+def assert_each_exported_once(counters, rows, n):
+    """``n`` one-datagram connections from lan: received equals exported,
+    exported equals arrived, once each."""
+    assert int(counters["events_new"]) == n, counters
+    assert int(counters["events_destroy"]) == n, counters
+    assert int(counters["connections_exported"]) == n, counters
+    assert int(counters["overruns"]) == 0, counters
+    # the cache entries of ended connections were removed once netlink was idle
+    assert int(counters["cache_removals_pending"]) == 0, counters
+    assert len(rows) == 2 * n
+    orig = [r for r in rows if r[2] == LAN4]
+    assert len(orig) == n and len({r[3] for r in orig}) == n
+    assert sum(r[6] for r in orig) == n                  # one datagram each
 
 
 def test_overrun_is_recovered_by_resync(lab, tmp_path):
@@ -198,12 +203,4 @@ def test_steady_churn_exports_every_connection_once(lab, tmp_path):
         counters, text = final_counters(daemon, log)
         stop(sink)
         stop(servers)
-    rows = records(out)
-    assert int(counters["events_new"]) == sent, counters
-    assert int(counters["events_destroy"]) == sent, counters
-    assert int(counters["connections_exported"]) == sent, counters
-    assert int(counters["overruns"]) == 0, counters
-    assert len(rows) == 2 * sent
-    orig = [r for r in rows if r[2] == LAN4]
-    assert len(orig) == sent and len({r[3] for r in orig}) == sent
-    assert sum(r[6] for r in orig) == sent               # one datagram each
+    assert_each_exported_once(counters, records(out), sent)
