@@ -547,10 +547,10 @@ def decode_blocks(buf, starts=None, ends=None, stride: int = 0) -> DecodeResult:
         G = W.take(sw[:, None] + rel, mode="clip")
         G *= pres                               # values the shape has not: 0
     block = _block_from(G, fam)
-    k = int(kinds[0])
-    if ok.all() and (kinds == k).all() and (k != EV_NEW or n >= NEW_MIN_ROWS):
-        return DecodeResult([_of_kind(block, k)], 0, 0, False, [])
     if ok.all():
+        k = int(kinds[0])
+        if (kinds == k).all() and (k != EV_NEW or n >= NEW_MIN_ROWS):
+            return DecodeResult([_of_kind(block, k)], 0, 0, False, [])
         split = _new_first(block, kinds == EV_NEW, buf, st, en)
         if split is not None:
             return split

@@ -602,7 +602,7 @@ class Daemon:
             return False
         # a slow stream (or one only just begun: its rate is a guess) looks
         # less often, and only for a full batch
-        fast = rate * WAIT_SLICE >= WAIT_EARLY_MIN
+        fast = rate >= FAST_RATE
         slice_ = WAIT_SLICE if fast else WAIT_SLICE_SLOW
         queued = self.sock.queued_bytes()
         if queued is None:
