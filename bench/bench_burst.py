@@ -118,15 +118,8 @@ def sink_main(argv) -> int:
     ap.add_argument("--lifetime", type=float, default=600)
     ap.add_argument("--lan", default="198.51.100.2", help="original source of the burst")
     a = ap.parse_args(argv)
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 256 << 20)
-    except OSError:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 << 20)
+    s = collector_socket(a.addr, a.port, 256 << 20)
     s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    s.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
-    s.bind((a.addr, a.port))
-    s.setblocking(False)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     templates: dict = {}
@@ -175,6 +168,21 @@ def sink_main(argv) -> int:
     s.close()
     _write_atomic(Path(a.out), json.dumps(_decode_all(kept, a.lan, drops)))
     return 0
+
+
+def collector_socket(addr: str, port: int, rcvbuf: int) -> socket.socket:
+    """A non-blocking UDP socket bound to addr:port, its receive buffer
+    ``rcvbuf`` (forced where allowed), counting what it drops (SO_RXQ_OVFL:
+    the count so far comes with each datagram)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+    s.bind((addr, port))
+    s.setblocking(False)
+    return s
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -339,6 +347,19 @@ class Proc:
         for t in self._t:
             t.start()
 
+    def started(self, what: str, marker: str = "READY\n", timeout: float = 15.0,
+                stream: str = "out") -> None:
+        """Wait (bounded) until a line of its stdout (``stream="err"``: its
+        stderr) holds ``marker``; RuntimeError naming ``what`` if it ended or
+        the time ran out first."""
+        lines = self.out if stream == "out" else self.err
+
+        def seen():
+            return any(marker in x for x in lines)
+        wait_for(lambda: seen() or self.p.poll() is not None, timeout)
+        if self.p.poll() is not None or not seen():
+            raise RuntimeError(f"{what} did not start:\n{''.join(self.err)}")
+
     def child_pid(self) -> int | None:
         """The pid under ``timeout`` (ip netns exec execs timeout itself)."""
         try:
@@ -491,13 +512,7 @@ def main() -> int:
     procs: dict[str, Proc] = {}
     ct_max_saved = None
     try:
-        # nf_conntrack_max is global (set in the initial namespace only)
-        ct_max = int(Path("/proc/sys/net/netfilter/nf_conntrack_max").read_text())
-        need = n + n // 20 + 1000
-        if ct_max < need:
-            ct_max_saved = ct_max
-            Path("/proc/sys/net/netfilter/nf_conntrack_max").write_text(str(need))
-            print(f"nf_conntrack_max raised from {ct_max} to {need} (restored at the end)")
+        ct_max_saved = raise_ct_max(n + n // 20 + 1000)
         lab.setup()
         lab.ns(lab.fw, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=3600")
         lab.ns(lab.fw, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout_stream=3600")
@@ -515,9 +530,7 @@ def main() -> int:
                 # its results are decoded after SIGTERM: 400k records took
                 # over 10 s on a slow day here (then timeout killed it)
                 kill_after=SINK_KILL_AFTER)
-            if not wait_for(lambda: "READY\n" in p.out or p.p.poll() is not None, 15) \
-                    or p.p.poll() is not None:
-                raise RuntimeError(f"collector for {name} did not start: {''.join(p.err)}")
+            p.started(f"the collector for {name}")
 
         ulog_conf, ulog_log = work / "ulogd.conf", work / "ulogd.log"
         ulogd_config(ulog_conf, ulog_log, plugins, ULOGD_PORT, args.ulogd_buffer,
@@ -541,9 +554,7 @@ def main() -> int:
         prof = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())] if args.profile else []
         procs["nfflowd"] = nf = Proc(lab, lab.fw, sys.executable, *prof, "-m", "nfflowd.cli",
                                      "-f", "-c", cfg, "start", lifetime=lifetime, cwd=ROOT)
-        wait_for(lambda: any("event=ready" in x for x in nf.err) or nf.p.poll() is not None, 30)
-        if nf.p.poll() is not None or not any("event=ready" in x for x in nf.err):
-            raise RuntimeError("nfflowd did not start:\n" + "".join(nf.err))
+        nf.started("nfflowd", "event=ready", timeout=30, stream="err")
         time.sleep(0.5)
         ul_pid, nf_pid = ul.child_pid(), nf.child_pid()
         if netlink_drops(lab, ul_pid) is None:
@@ -562,9 +573,7 @@ def main() -> int:
         procs["servers"] = srv = Proc(lab, lab.wan, sys.executable, BURST, "sink", WAN4,
                                       "--ports", *dports, "--lifetime", lifetime,
                                       lifetime=lifetime + 30)
-        if not wait_for(lambda: "READY\n" in srv.out or srv.p.poll() is not None, 15) \
-                or srv.p.poll() is not None:
-            raise RuntimeError(f"UDP listeners did not start: {''.join(srv.err)}")
+        srv.started("the UDP listeners")
         t0 = time.monotonic()
         build_cpu0 = cpu_seconds(nf_pid)
         r = lab.ns(lab.lan, sys.executable, BURST, "udp", LAN4, WAN4, n, "--dports", *dports,
@@ -775,6 +784,20 @@ def main() -> int:
         clean_up(procs, lab, ct_max_saved, work, args.keep)
 
 
+CT_MAX = Path("/proc/sys/net/netfilter/nf_conntrack_max")
+
+
+def raise_ct_max(need: int) -> int | None:
+    """Raise nf_conntrack_max (global: set in the initial namespace only) to
+    ``need`` if it is lower; the value to restore (clean_up), or None."""
+    ct_max = int(CT_MAX.read_text())
+    if ct_max >= need:
+        return None
+    CT_MAX.write_text(str(need))
+    print(f"nf_conntrack_max raised from {ct_max} to {need} (restored at the end)")
+    return ct_max
+
+
 def clean_up(procs: dict, lab, ct_max_saved: int | None, work: Path, keep: bool) -> None:
     """Stop every process (the last started first), delete the namespaces,
     restore nf_conntrack_max, remove the work directory unless ``keep``."""
@@ -785,7 +808,7 @@ def clean_up(procs: dict, lab, ct_max_saved: int | None, work: Path, keep: bool)
             print(f"stopping {name}: {e}", file=sys.stderr)
     lab.teardown()
     if ct_max_saved is not None:
-        Path("/proc/sys/net/netfilter/nf_conntrack_max").write_text(str(ct_max_saved))
+        CT_MAX.write_text(str(ct_max_saved))
     if keep:
         print(f"work dir kept: {work}")
     else:

@@ -70,14 +70,7 @@ def syslog_sink_main(argv) -> int:
     ap.add_argument("addr"), ap.add_argument("port", type=int), ap.add_argument("out")
     ap.add_argument("--lifetime", type=float, default=600)
     a = ap.parse_args(argv)
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, bb.SO_RCVBUFFORCE, 64 << 20)
-    except OSError:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
-    s.setsockopt(socket.SOL_SOCKET, bb.SO_RXQ_OVFL, 1)
-    s.bind((a.addr, a.port))
-    s.setblocking(False)
+    s = bb.collector_socket(a.addr, a.port, 64 << 20)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     lines = drops = 0
@@ -153,16 +146,9 @@ def main() -> int:
     lab = NatLab(tag=f"c{os.getpid() % 100000}")
     procs: dict[str, bb.Proc] = {}
     ct_max_saved = None
-    ct_max_path = Path("/proc/sys/net/netfilter/nf_conntrack_max")
     try:
-        # the table holds about rate * (timeout + gc delay); nf_conntrack_max
-        # is global (set in the initial namespace only)
-        ct_max = int(ct_max_path.read_text())
-        need = int(args.rate * (args.udp_timeout + 60)) + 1000
-        if ct_max < need:
-            ct_max_saved = ct_max
-            ct_max_path.write_text(str(need))
-            print(f"nf_conntrack_max raised from {ct_max} to {need} (restored at the end)")
+        # the table holds about rate * (timeout + gc delay)
+        ct_max_saved = bb.raise_ct_max(int(args.rate * (args.udp_timeout + 60)) + 1000)
         lab.setup()
         lab.ns(lab.fw, "sysctl", "-qw", f"net.netfilter.nf_conntrack_udp_timeout={args.udp_timeout}")
         lab.ns(lab.fw, "sysctl", "-qw",
@@ -175,35 +161,26 @@ def main() -> int:
             lab, lab.fw, sys.executable, HERE / "bench_burst.py", "sink", "127.0.0.1", PORT,
             out, "--lifetime", lifetime, "--lan", LAN4, lifetime=lifetime + 30,
             kill_after=bb.SINK_KILL_AFTER)
-        if not bb.wait_for(lambda: "READY\n" in sink.out or sink.p.poll() is not None, 15) \
-                or sink.p.poll() is not None:
-            raise RuntimeError(f"the collector did not start: {''.join(sink.err)}")
+        sink.started("the collector")
         lines_out = work / "syslog.json"
         if args.syslog:
             procs["syslog-sink"] = ls = bb.Proc(
                 lab, lab.fw, sys.executable, Path(__file__).resolve(), "syslog-sink",
                 "127.0.0.1", SYSLOG_PORT, lines_out, "--lifetime", lifetime,
                 lifetime=lifetime + 30)
-            if not bb.wait_for(lambda: "READY\n" in ls.out or ls.p.poll() is not None, 15) \
-                    or ls.p.poll() is not None:
-                raise RuntimeError(f"the syslog counter did not start: {''.join(ls.err)}")
+            ls.started("the syslog counter")
         cfg = work / "nfflowd.yaml"
         bb.nfflowd_config(cfg, work, PORT, args.rcvbuf, None, args.sched_priority,
                           syslog=f"127.0.0.1:{SYSLOG_PORT}" if args.syslog else None)
         procs["nfflowd"] = nf = bb.Proc(lab, lab.fw, sys.executable, "-m", "nfflowd.cli",
                                         "-f", "-c", cfg, "start", lifetime=lifetime,
                                         cwd=bb.ROOT)
-        bb.wait_for(lambda: any("event=ready" in x for x in nf.err) or nf.p.poll() is not None,
-                    30)
-        if nf.p.poll() is not None or not any("event=ready" in x for x in nf.err):
-            raise RuntimeError("nfflowd did not start:\n" + "".join(nf.err))
+        nf.started("nfflowd", "event=ready", timeout=30, stream="err")
         nf_pid = nf.child_pid()
         procs["servers"] = srv = bb.Proc(lab, lab.wan, sys.executable, bb.BURST, "sink", WAN4,
                                          "--ports", *dports, "--lifetime", lifetime,
                                          lifetime=lifetime + 30)
-        if not bb.wait_for(lambda: "READY\n" in srv.out or srv.p.poll() is not None, 15) \
-                or srv.p.poll() is not None:
-            raise RuntimeError(f"UDP listeners did not start: {''.join(srv.err)}")
+        srv.started("the UDP listeners")
 
         def count() -> int:
             r = lab.ns(lab.fw, "conntrack", "-C", check=False)
