@@ -1,6 +1,6 @@
 """``nfflowd meter -r`` into a biflow IPFIX collector (RFC 5103), end to end.
 
-Each capture of ../shared/pcaps is metered once by ``nfflowd meter -r`` (a
+Each capture of tests/data/pcaps is metered once by ``nfflowd meter -r`` (a
 subprocess) with three collectors on 127.0.0.1: a biflow IPFIX one and a
 uniflow IPFIX one, UDP sockets of this test that keep the datagrams as they
 arrive, and for some captures a real nfcapd with ``biflow: true``.  Then
@@ -41,16 +41,13 @@ from test_netflow5 import write_pcap
 from test_netflow9 import _port_taken, free_udp_port
 
 ROOT = Path(__file__).resolve().parents[1]
-PCAPS = ROOT.parent / "shared" / "pcaps"
-CAPTURES = sorted(p.name for p in PCAPS.glob("*.pcap") if p.name != "arp.pcap") \
-    if PCAPS.is_dir() else []
+PCAPS = ROOT / "tests" / "data" / "pcaps"
+CAPTURES = sorted(p.name for p in PCAPS.glob("*.pcap") if p.name != "arp.pcap")
 # the captures also sent to a real nfcapd and read by tshark
 DEEP = ("dns.pcap", "http.pcap", "vlan.pcap", "tls.pcap")
 
 _reason = None
-if not CAPTURES:
-    _reason = "needs the captures in ../shared/pcaps"
-elif shutil.which("ipfixDump") is None:
+if shutil.which("ipfixDump") is None:
     _reason = "needs ipfixDump (Debian: libfixbuf-tools)"
 pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark")
@@ -278,7 +275,6 @@ def test_biflow_records_are_the_uniflow_records_paired(run, decoded):
     assert totals_bi == totals_uni
 
 
-@pytest.mark.skipif("vlan.pcap" not in CAPTURES, reason="needs ../shared/pcaps/vlan.pcap")
 def test_vlan_ids_survive_the_pairing(tmp_path_factory):
     bi, uni, _, _ = _decoded_of(_run_of("vlan.pcap", tmp_path_factory))
     vlans = {r["vlanId"] for r in uni}

@@ -21,9 +21,8 @@ from nfflowd.meter import FlowTable, meter_file
 from nfflowd.pcapfile import CaptureReader
 
 ROOT = Path(__file__).resolve().parents[1]
-PCAPS = ROOT.parent / "shared" / "pcaps"
+PCAPS = ROOT / "tests" / "data" / "pcaps"
 CAPTURES = sorted(PCAPS.glob("*.pcap"))
-needs_pcaps = pytest.mark.skipif(not CAPTURES, reason="needs ../shared/pcaps")
 needs_tcpdump = pytest.mark.skipif(shutil.which("tcpdump") is None,
                                    reason="needs tcpdump (Debian: tcpdump)")
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark")
@@ -52,7 +51,6 @@ def tcpdump_count(path, expr, check=True) -> int | str:
     return len(r.stdout.splitlines())
 
 
-@needs_pcaps
 @needs_tcpdump
 @pytest.mark.parametrize("expr", EXPRESSIONS)
 def test_the_filter_keeps_what_tcpdump_prints(expr):
@@ -85,7 +83,6 @@ def kept_numbers(path, expr) -> list[int] | str:
         return "error"
 
 
-@needs_pcaps
 @needs_tshark
 @pytest.mark.skipif(shutil.which("mergecap") is None, reason="needs mergecap (wireshark)")
 @pytest.mark.parametrize("expr, display", [
@@ -153,7 +150,6 @@ def flows_of(summary_flows):
                    f.start_ms, f.end_ms, f.tcp_flags, f.end_reason) for f in summary_flows)
 
 
-@needs_pcaps
 @needs_tcpdump
 @pytest.mark.parametrize("name, expr", [("http.pcap", "tcp port 80 and greater 100"),
                                         ("sip.pcap", "udp"), ("smtp.pcap", "not udp"),
@@ -174,7 +170,6 @@ def test_metering_with_a_filter_equals_metering_tcpdumps_filtered_copy(tmp_path,
     assert (stats.ip_packets, stats.octets) == (want.ip_packets, want.octets)
 
 
-@needs_pcaps
 def test_count_limits_the_frames_metered():
     got = []
     stats = meter_reader(str(PCAPS / "ntp.pcap"), FlowTable(), got.extend, count=7)
@@ -191,7 +186,6 @@ def test_count_limits_the_frames_metered():
     assert 0 < stats.filtered == thirtieth + 1 - 30
 
 
-@needs_pcaps
 @needs_tcpdump
 def test_meter_r_with_bpf_prints_the_filtered_flows(tmp_path, capsys):
     conf = tmp_path / "c.yaml"

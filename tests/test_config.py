@@ -54,9 +54,7 @@ def test_meter_options_default_to_the_config(tmp_path, capsys):
                  "meter:\n  bpf: 'udp prot 53'\n")
     assert main(["-c", str(p), "meter", "-r", "x.pcap"]) == 2
     assert "meter.bpf: bad BPF filter 'udp prot 53'" in capsys.readouterr().err
-    http = ROOT.parent / "shared" / "pcaps" / "http.pcap"
-    if not http.exists():
-        return
+    http = ROOT / "tests" / "data" / "pcaps" / "http.pcap"
     p.write_text("export:\n  collectors: []\nsyslog:\n  enabled: false\n"
                  "meter:\n  count: 5\n  bpf: tcp\n")
     assert main(["-c", str(p), "meter", "-r", str(http)]) == 0

@@ -41,7 +41,7 @@ from nfflowd.record import (END_ACTIVE_TIMEOUT, END_FORCED, END_IDLE_TIMEOUT,
                             END_LACK_OF_RESOURCES, END_OF_FLOW, Flow)
 
 ROOT = Path(__file__).resolve().parents[1]
-PCAPS = ROOT.parent / "shared" / "pcaps"
+PCAPS = ROOT / "tests" / "data" / "pcaps"
 CAPTURES = sorted(glob.glob(str(PCAPS / "*.pcap")))
 FOREVER = 10 ** 9          # seconds: longer than any capture spans
 

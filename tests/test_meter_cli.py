@@ -24,8 +24,7 @@ from test_netflow9 import (free_udp_port, local_nfcapd, needs_nfcapd, nfdump_row
                           pypi_decode_v9)
 
 ROOT = Path(__file__).resolve().parents[1]
-PCAPS = ROOT.parent / "shared" / "pcaps"
-needs_pcaps = pytest.mark.skipif(not (PCAPS / "vlan.pcap").exists(), reason="needs the pcaps")
+PCAPS = ROOT / "tests" / "data" / "pcaps"
 
 
 def config(tmp_path, port, version):
@@ -77,7 +76,6 @@ def key(src, dst, sport, dport, proto):
 
 # --------------------------------------------------------------------------
 
-@needs_pcaps
 def test_vlan_ids_appear_in_the_v9_records(tmp_path, capsys, monkeypatch, v9_socket):
     conf = config(tmp_path, v9_socket.port, 9)
     rc, out, err = run(capsys, "-c", conf, "meter", "-r", str(PCAPS / "vlan.pcap"), "--print")
@@ -109,7 +107,6 @@ def nf_flags(n: int) -> str:
                    zip("CEUAPRSF", (0x80, 0x40, 0x20, 0x10, 0x08, 0x04, 0x02, 0x01)))
 
 
-@needs_pcaps
 @needs_nfcapd
 def test_http_to_v5_nfcapd_equals_the_printed_csv(tmp_path, capsys):
     port = free_udp_port()
@@ -159,7 +156,6 @@ def test_http_to_v5_nfcapd_equals_the_printed_csv(tmp_path, capsys):
         assert nf_first == first_seen
 
 
-@needs_pcaps
 def test_arp_prints_no_flow_and_says_why(tmp_path, capsys, v9_socket):
     rc, out, err = run(capsys, "-c", config(tmp_path, v9_socket.port, 9), "meter",
                        "-r", str(PCAPS / "arp.pcap"), "--print")
@@ -171,7 +167,6 @@ def test_arp_prints_no_flow_and_says_why(tmp_path, capsys, v9_socket):
     assert "45 frames skipped, not metered (arp=45)" in err
 
 
-@needs_pcaps
 def test_truncated_capture_exports_what_was_metered_and_fails(tmp_path, capsys, monkeypatch,
                                                               v9_socket):
     data = (PCAPS / "http.pcap").read_bytes()
@@ -241,7 +236,6 @@ def test_unreadable_capture_is_an_error_naming_it(tmp_path, capsys, v9_socket):
     assert rc == 1 and str(missing) in err and out == ""
 
 
-@needs_pcaps
 def test_progress_line_on_a_terminal_only(tmp_path):
     import pty
     import sys

@@ -28,7 +28,7 @@ from nfflowd.meter import FlowTable, meter_file
 from nfflowd.packet import PacketParser
 from nfflowd.pcapfile import CaptureError, CaptureReader
 
-PCAPS = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
+PCAPS = Path(__file__).resolve().parent / "data" / "pcaps"
 CAPTURES = sorted(glob.glob(str(PCAPS / "*.pcap")))
 S = 1_000_000_000
 

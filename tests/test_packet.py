@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from nfflowd.packet import Packet, PacketParser
 from nfflowd.pcapfile import CaptureReader
 
-PCAPS = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
+PCAPS = Path(__file__).resolve().parent / "data" / "pcaps"
 
 A4, B4 = bytes([192, 0, 2, 1]), bytes([198, 51, 100, 7])
 A6 = ipaddress.IPv6Address("2001:db8::1").packed

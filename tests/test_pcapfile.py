@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from nfflowd.errors import NfflowdError, SourceError
 from nfflowd.pcapfile import CaptureError, CaptureReader, read_packets
 
-PCAPS = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
+PCAPS = Path(__file__).resolve().parent / "data" / "pcaps"
 
 PKTS = [(1_600_000_000, 123456, b"\x01" * 60, 60),
         (1_600_000_001, 999999, b"\x02" * 20, 1500),      # snaplen-cut
@@ -229,3 +229,12 @@ def test_fuzz_mutated_files(seed, flips, cut):
 @given(st.binary(max_size=300), st.sampled_from([b"", pcap()[:24], SEEDS[2][:28]]))
 def test_fuzz_random_bytes(tail, head):
     _drain(head + tail)
+
+
+def test_the_sample_captures_ship_with_the_repository():
+    """The capture tests parametrize over tests/data/pcaps: an empty or missing
+    folder would make them pass by collecting nothing.  A fresh clone has them
+    all, with their licence."""
+    names = sorted(p.name for p in PCAPS.glob("*.pcap"))
+    assert len(names) == 15 and "vlan.pcap" in names and "http.pcap" in names
+    assert (PCAPS / "LICENSE").read_text().count("BSD 3-Clause") == 1
