@@ -117,8 +117,9 @@ class UdpCollector(_Sink):
         self.sock.setblocking(False)
         self._bind(self.sock)
         # Connected UDP: ICMP errors (port unreachable...) come back as errors
-        # on later sends, which are counted.  connect() itself only fails when
-        # there is no route; then sendto is used and connect is retried.
+        # on later sends, which are counted (``send``).  connect() itself only
+        # fails when there is no route; then the datagrams are dropped
+        # (counted) and connect is retried at each send.
         self._connected = self._try_connect()
 
     def _try_connect(self) -> bool:
@@ -131,29 +132,42 @@ class UdpCollector(_Sink):
 
     def send(self, datagram: bytes, records: int = 0) -> bool:
         """Send one datagram (``records``: how many flow records it carries, for
-        the counters).  Returns whether it left; never raises."""
+        the counters).  Returns whether the kernel took it; never raises.
+        Exact accounting: every datagram given here is counted either sent
+        (``datagrams_sent``/``records_sent``: handed to the kernel) or
+        dropped (``datagrams_dropped``/``records_dropped``: not handed)."""
+        if not self._connected:
+            self._connected = self._try_connect()
+            if not self._connected:
+                return self._dropped(records)
+        sock = self.sock
         try:
-            if self._connected:
-                self.sock.send(datagram)
-            else:
-                self._connected = self._try_connect()
-                if not self._connected:
-                    self.datagrams_dropped += 1
-                    self.records_dropped += records
-                    return False
-                self.sock.send(datagram)
+            try:
+                sock.send(datagram)
+            except ConnectionRefusedError:
+                # An ICMP port unreachable for an EARLIER datagram (the
+                # collector's port was closed): the kernel reports it at this
+                # send and does not send this datagram, clearing the error.
+                # Counted as an error, and this datagram is sent again, once:
+                # it is not lost (nor its sequence number) if the collector is
+                # back.
+                self._error(errno.ECONNREFUSED)
+                sock.send(datagram)
         except OSError as e:
-            # ECONNREFUSED (an earlier datagram hit a closed port), ENETUNREACH,
-            # EHOSTUNREACH, EAGAIN/ENOBUFS (socket buffer full), EMSGSIZE...:
-            # counted; the datagram is lost; the next send tries again.
+            # ENETUNREACH, EHOSTUNREACH, EAGAIN/ENOBUFS (socket buffer full),
+            # EMSGSIZE, ECONNREFUSED again: the kernel did not take it;
+            # counted; the next send tries again.
             self._error(e)
-            self.datagrams_dropped += 1
-            self.records_dropped += records
-            return False
+            return self._dropped(records)
         self.datagrams_sent += 1
         self.bytes_sent += len(datagram)
         self.records_sent += records
         return True
+
+    def _dropped(self, records: int) -> bool:
+        self.datagrams_dropped += 1
+        self.records_dropped += records
+        return False
 
     def stats(self) -> dict:
         return {"datagrams_sent": self.datagrams_sent, "records_sent": self.records_sent,
