@@ -27,6 +27,7 @@ registry and RFC 7012 / RFC 8158:
   27  sourceIPv6Address                  ipv6Address          16
   28  destinationIPv6Address             ipv6Address          16
   32  icmpTypeCodeIPv4                   unsigned16           2   type*256+code
+                                                                 (v9's ICMP_TYPE: ICMPv6 too)
   58  vlanId                             unsigned16           2   802.1Q VLAN id
  136  flowEndReason                      unsigned8            1
  139  icmpTypeCodeIPv6                   unsigned16           2

@@ -18,6 +18,10 @@ What is v9's own:
 - Times: absolute flowStartMilliseconds / flowEndMilliseconds (152/153) in
   the records instead of uptime-relative FIRST/LAST_SWITCHED (22/21), so a
   collector never has to combine them with sysUptime.
+- ICMPv6 type and code go in ICMP_TYPE (32, RFC 3954: type*256+code, any IP
+  version) as well as in icmpTypeCodeIPv6 (139), as v9 exporters (nprobe,
+  ipt-netflow) do: nfdump 1.7.1's v9 reader and the PyPI netflow parser
+  know 32, not 139.  IPFIX keeps 139 alone (its 32 is IPv4's).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import struct
 from typing import Sequence
 
 from .record import Flow, NatEvent
-from .template import RECORD_KINDS, TemplateEncoder
+from .template import RECORD_KINDS, TID_FLOW6_ICMP, TemplateEncoder
 
 HEADER = struct.Struct("!HHIIII")
 assert HEADER.size == 20
@@ -52,6 +56,13 @@ class NetflowV9Encoder(TemplateEncoder):
         self.sequence = 0           # sequence of the next datagram
         super().__init__(records, nat_event_codes, max_size, template_refresh_packets,
                          template_refresh_seconds, vlan)
+
+    def _flow_template_names(self, vlan: bool) -> dict:
+        out = super()._flow_template_names(vlan)
+        names = list(out[TID_FLOW6_ICMP])
+        names.insert(names.index("icmpTypeCodeIPv6") + 1, "icmpTypeCodeIPv4")   # ICMP_TYPE
+        out[TID_FLOW6_ICMP] = tuple(names)
+        return out
 
     def encode(self, flows: Sequence[Flow], nat_events: Sequence[NatEvent], now_ms: int,
                boot_ms: int) -> list[bytes]:
