@@ -223,17 +223,22 @@ FLOW4_ICMP = ("sourceIPv4Address", "destinationIPv4Address", *_FLOW_COMMON_HEAD,
 FLOW6_ICMP = ("sourceIPv6Address", "destinationIPv6Address", *_FLOW_COMMON_HEAD,
               "icmpTypeCodeIPv6", *_FLOW_COUNTERS,
               "postNATSourceIPv6Address", "postNATDestinationIPv6Address")
-# RFC 8158 section 4.4 (NAT44 / NAT64 session create/delete), less the VRF id.
+# RFC 8158 section 4.4 (NAT44 / NAT64 session create/delete), less the VRF id,
+# then flowStartMilliseconds and flowEndMilliseconds, both the event time:
+# collectors that time every record by them (nfdump 1.7 reads only these as
+# a record's first/last, in v9 and IPFIX) list and select NAT events at their
+# time rather than at 1970-01-01.
+_NAT_TIMES = ("flowStartMilliseconds", "flowEndMilliseconds")
 NAT4 = ("observationTimeMilliseconds", "natEvent", "protocolIdentifier",
         "sourceIPv4Address", "sourceTransportPort",
         "postNATSourceIPv4Address", "postNAPTSourceTransportPort",
         "destinationIPv4Address", "destinationTransportPort",
-        "postNATDestinationIPv4Address", "postNAPTDestinationTransportPort")
+        "postNATDestinationIPv4Address", "postNAPTDestinationTransportPort", *_NAT_TIMES)
 NAT6 = ("observationTimeMilliseconds", "natEvent", "protocolIdentifier",
         "sourceIPv6Address", "sourceTransportPort",
         "postNATSourceIPv6Address", "postNAPTSourceTransportPort",
         "destinationIPv6Address", "destinationTransportPort",
-        "postNATDestinationIPv6Address", "postNAPTDestinationTransportPort")
+        "postNATDestinationIPv6Address", "postNAPTDestinationTransportPort", *_NAT_TIMES)
 
 TID_FLOW4, TID_FLOW6, TID_FLOW4_ICMP, TID_FLOW6_ICMP, TID_NAT4, TID_NAT6 = range(256, 262)
 
@@ -254,7 +259,8 @@ _FLOW_SOURCE = {
     "postNAPTDestinationTransportPort": "post_dport",
     "vlanId": "vlan",
 }
-_NAT_SOURCE = dict(_FLOW_SOURCE, observationTimeMilliseconds="time_ms", natEvent="code")
+_NAT_SOURCE = dict(_FLOW_SOURCE, observationTimeMilliseconds="time_ms", natEvent="code",
+                   flowStartMilliseconds="time_ms", flowEndMilliseconds="time_ms")
 _NAT_FIELDS = NatEvent._fields + ("code",)
 
 

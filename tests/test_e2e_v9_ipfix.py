@@ -71,7 +71,7 @@ COLS = ("sa", "sp", "da", "dp", "pr", "pkt", "byt", "nsa", "nsp", "nda", "ndp", 
 # (protocol version, family, IP protocol or None for any): these columns are
 # left out of the nfdump comparison and checked with tshark instead.
 NFDUMP_BLIND = {
-    (9, 6, 58): {"dp"},             # icmpTypeCodeIPv6 (139) is not read from v9
+    # (v9 ICMPv6: nfdump reads not 139 but ICMP_TYPE (32), which nfflowd fills too)
     (10, 6, None): {"nsa", "nda"},  # postNAT{Source,Destination}IPv6Address from IPFIX
 }
 # The ICMP type/code of NAT events: nfflowd puts it in destinationTransportPort
@@ -467,6 +467,9 @@ def test_timestamps_absolute(run_result, which):
     for e in events:
         t = int(e["msec"]) / 1000
         assert lo <= t <= hi, (e, r.t_start, r.t_end)
+        # the event time is the record's first and last too (#15 item 18)
+        for d, hms in ((e["ts_date"], e["ts_time"]), (e["te_date"], e["te_time"])):
+            assert abs(_epoch(d, hms) - t) < 0.0005, e
         key = (e["sa"], e["sp"], e["pr"])
         if key in starts:
             if e["nevt"] == ADD:
@@ -570,8 +573,9 @@ def test_ipfix_ipv6_translation_in_tshark(run_result):
 
 
 def test_v9_icmpv6_type_in_tshark(run_result):
-    """nfdump 1.7.1 does not read icmpTypeCodeIPv6 (139) from v9: tshark shows
-    echo request and reply types of the IPv6 ping's two flows there."""
+    """icmpTypeCodeIPv6 (139), which nfdump 1.7.1 does not read from v9 (it
+    reads ICMP_TYPE, 32: see assert_flows): tshark shows echo request and
+    reply types of the IPv6 ping's two flows there."""
     r = run_result
     got = Counter()
     for f in frames(r.pcap, PORT9, ["cflow.icmp_ipv6_type", "cflow.icmp_ipv6_code"]):

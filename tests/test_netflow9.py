@@ -108,7 +108,9 @@ def _addr(b):
     return ipaddress.ip_address(b)
 
 
-def expected_flow(f):
+def expected_flow(f, v9=True):
+    """``v9``: an ICMPv6 record carries its type and code in ICMP_TYPE (32,
+    icmpTypeCodeIPv4) too, as NetFlow v9 exporters do; IPFIX in 139 alone."""
     v6 = f.family == 6
     a = "IPv6" if v6 else "IPv4"
     d = {f"source{a}Address": _addr(f.src), f"destination{a}Address": _addr(f.dst),
@@ -119,6 +121,8 @@ def expected_flow(f):
          f"postNATDestination{a}Address": _addr(f.post_dst)}
     if (f.family, f.proto) in ((4, 1), (6, 58)):
         d[f"icmpTypeCode{a}"] = f.dport
+        if v9:
+            d["icmpTypeCodeIPv4"] = f.dport
     else:
         d.update(sourceTransportPort=f.sport, destinationTransportPort=f.dport,
                  postNAPTSourceTransportPort=f.post_sport,
@@ -136,7 +140,9 @@ def expected_nat(e, codes="rfc8158"):
             f"postNATSource{a}Address": _addr(e.post_src),
             f"postNATDestination{a}Address": _addr(e.post_dst),
             "postNAPTSourceTransportPort": e.post_sport,
-            "postNAPTDestinationTransportPort": e.post_dport}
+            "postNAPTDestinationTransportPort": e.post_dport,
+            # the event time as the record's first and last (nfdump's times)
+            "flowStartMilliseconds": e.time_ms, "flowEndMilliseconds": e.time_ms}
 
 
 def canon(records):
@@ -232,7 +238,7 @@ def test_byte_exact_first_datagram():
     enc = NetflowV9Encoder(source_id=0x01020304, records=("flows",))
     (d,) = enc.encode(sample_flows()[:1], [], T0, BOOT)
     assert T0 - 5000 == 0x18bcfe55478 and T0 - 10 == 0x18bcfe567f6
-    tset_len = 4 + 60 + 60 + 48 + 48
+    tset_len = 4 + 60 + 60 + 48 + 52     # the ICMPv6 template: 139 and 32 (ICMP_TYPE)
     expected_head = bytes.fromhex(
         "0009" "0005"              # version 9, count: 4 template records + 1 data record
         "0036ee80"                 # sysUptime 3600000 ms
@@ -257,14 +263,16 @@ def test_nat_event_record_byte_exact():
     (d,) = enc.encode([], sample_nat_events()[:1], T0, BOOT)
     assert hdr(d)[1] == 2 + 1
     assert flowset_ids(d) == [0, 260]
-    assert d[-40:] == bytes.fromhex(
-        "0104" "0028"              # template 260, 4 + 34 bytes + 2 padding
+    assert d[-56:] == bytes.fromhex(
+        "0104" "0038"              # template 260, 4 + 50 bytes + 2 padding
         "0000018bcfe55478"         # observationTimeMilliseconds T0 - 5000
         "04" "06"                  # natEvent NAT44 session create, TCP
         "c6336407" "c350"          # 198.51.100.7:50000
         "cb007101" "9c40"          # -> 203.0.113.1:40000
         "cb007109" "0050"          # 203.0.113.9:80
         "cb007109" "0050"          # -> 203.0.113.9:80
+        "0000018bcfe55478"         # flowStartMilliseconds: the event time
+        "0000018bcfe55478"         # flowEndMilliseconds: the event time
         "0000")
 
 
@@ -292,7 +300,7 @@ def test_sequence_wraps():
     assert [hdr(d)[4] for d in ds[:2]] == [2**32 - 1, 0]
 
 
-@pytest.mark.parametrize("max_size", [448, 512, 1400, 9000])
+@pytest.mark.parametrize("max_size", [468, 512, 1400, 9000])
 def test_size_bound_nothing_lost(max_size, monkeypatch):
     flows = many_flows(700) + sample_flows()
     nats = sample_nat_events() * 50
@@ -319,8 +327,11 @@ def test_size_bound_nothing_lost(max_size, monkeypatch):
 
 def test_max_size_checked():
     with pytest.raises(ValueError):
-        NetflowV9Encoder(max_size=447)              # templates + one IPv6 record need 448
-    NetflowV9Encoder(max_size=352, records=("flows",))
+        NetflowV9Encoder(max_size=467)              # templates + one IPv6 record need 468
+    NetflowV9Encoder(max_size=468)
+    with pytest.raises(ValueError):
+        NetflowV9Encoder(max_size=355, records=("flows",))
+    NetflowV9Encoder(max_size=356, records=("flows",))
     with pytest.raises(ValueError):
         NetflowV9Encoder(max_size=70000)
     with pytest.raises(ValueError):
@@ -489,7 +500,9 @@ def test_read_back_with_tshark(tmp_path):
         1 + 1 + 15      # the v6 sample flow, the v6 NAT event, 15 many_flows
     assert "203.0.113.1" in col("cflow.post_natsource_ipv4_address")
     assert sorted(col("cflow.nat_event")) == ["4", "4", "5"]
-    assert col("cflow.icmp_type_code_ipv4") == ["0x0800"]
+    # ICMP_TYPE (32): the ICMP flow's echo request and, as v9 exporters
+    # fill it for ICMPv6 too, the ICMPv6 flow's echo reply (129.0)
+    assert col("cflow.icmp_type_code_ipv4") == ["0x0800", "0x8100"]
     assert str(2**40 + 5) in col("cflow.octets")
     assert "Nov 14, 2023 22:13:15.000000000 UTC" in col("cflow.abstimestart")
 
@@ -537,22 +550,23 @@ def local_nfcapd(out: Path, port: int):
         proc.stderr.close()
 
 
-def nfdump_rows(out: Path, fmt: str, env=None) -> list[list[str]]:
-    """nfdump's lines in ``fmt`` (split in words) of every closed file in ``out``."""
+def nfdump_rows(out: Path, fmt: str, env=None, args=()) -> list[list[str]]:
+    """nfdump's lines in ``fmt`` (split in words) of every closed file in
+    ``out``; ``args``: more options (a filter, ``-t``)."""
     files = [p for p in out.rglob("nfcapd.*") if p.is_file() and "current" not in p.name]
     assert files, os.listdir(out)
     lines = []
     for f in files:
-        r = subprocess.run(["nfdump", "-q", "-N", "-r", str(f), "-o", f"fmt:{fmt}"],
+        r = subprocess.run(["nfdump", "-q", "-N", "-r", str(f), "-o", f"fmt:{fmt}", *args],
                            capture_output=True, text=True, timeout=60, env=env)
         assert r.returncode == 0, r.stderr
         lines += [line.split() for line in r.stdout.splitlines() if line.strip()]
     return lines
 
 
-def nfcapd_collect(tmp_path, datagrams, fmt):
+def nfcapd_files(tmp_path, datagrams) -> Path:
     """Run nfcapd on 127.0.0.1, send ``datagrams``, stop it (SIGTERM writes
-    the file) and return nfdump's lines in ``fmt``."""
+    the file); the directory of its files."""
     port = free_udp_port()
     out = tmp_path / "nfcapd"
     out.mkdir()
@@ -561,7 +575,31 @@ def nfcapd_collect(tmp_path, datagrams, fmt):
             for d in datagrams:
                 s.sendto(d, ("127.0.0.1", port))
                 time.sleep(0.005)
-    return nfdump_rows(out, fmt)
+    return out
+
+
+def nfcapd_collect(tmp_path, datagrams, fmt):
+    """nfdump's lines in ``fmt`` of ``datagrams`` received by nfcapd."""
+    return nfdump_rows(nfcapd_files(tmp_path, datagrams), fmt)
+
+
+def check_nat_event_times(out: Path) -> None:
+    """#15 item 18: nfdump lists the sample NAT events (legacy codes) at their
+    event time (first and last), not at 1970-01-01, and its ``-t`` time
+    window (first and last inside it) selects them."""
+    utc = dict(os.environ, TZ="UTC")
+    rows = nfdump_rows(out, NFDUMP_FMT, env=utc)
+    got = sorted((r[0], r[1], r[2], r[3], r[4], r[13]) for r in rows if r[13] != "INVALID")
+    day = "2023-11-14"
+    assert got == [(day, "22:13:15.000", day, "22:13:15.000", "198.51.100.7", "ADD"),  # T0-5000
+                   (day, "22:13:19.991", day, "22:13:19.991", "198.51.100.7", "DELETE"),
+                   (day, "22:13:20.001", day, "22:13:20.001", "2001:db8::7", "ADD")]
+
+    def window(t):
+        return sorted(tuple(r) for r in nfdump_rows(out, "%sa %nevt", env=utc, args=("-t", t)))
+    # no flow lies wholly inside these seconds: only the events do
+    assert window("2023/11/14.22:13:15-2023/11/14.22:13:16") == [("198.51.100.7", "ADD")]
+    assert window("2023/11/14.22:13:19-2023/11/14.22:13:20") == [("198.51.100.7", "DELETE")]
 
 
 needs_nfcapd = pytest.mark.skipif(not (shutil.which("nfcapd") and shutil.which("nfdump")),
@@ -590,7 +628,11 @@ def test_end_to_end_with_nfcapd(tmp_path):
     assert r[9:13] == [str(2**33), str(2**40 + 5), "2001:db8:ffff::1", "1234"]
     r = by_key[("198.51.100.7", "0", "1", "INVALID")]
     assert r[7] == "8.0"        # ICMP type.code
+    # ICMPv6 too: nfdump 1.7.1 reads ICMP_TYPE (32) in v9, not 139 (#15 item 17)
+    r = by_key[("2001:db8:1::9", "0", "58", "INVALID")]
+    assert r[7] == "129.0"
     events = sorted((r[4], r[5], r[11], r[12], r[13]) for r in rows if r[13] != "INVALID")
     assert events == [("198.51.100.7", "50000", "203.0.113.1", "40000", "ADD"),
                       ("198.51.100.7", "50000", "203.0.113.1", "40000", "DELETE"),
                       ("2001:db8::7", "5353", "2001:db8:ffff::1", "1234", "ADD")]
+    check_nat_event_times(tmp_path / "nfcapd")
