@@ -10,6 +10,7 @@ them.  A bad config stops start-up with exit status 2 (``ConfigError``).
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 RECORD_KINDS = ("flows", "nat_events")
 NAT_EVENT_CODES = ("rfc8158", "legacy")
 VERSIONS = (5, 9, 10)
+# C0, DEL and C1 control characters (newline, escape, ...)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -180,12 +183,22 @@ class _Checker:
             return default
         return v
 
+    def printable(self, key, v: str) -> bool:
+        """No control characters: a newline in syslog.ident would forge
+        syslog lines, one in a host or path would forge log lines (#15)."""
+        bad = _CONTROL.search(v)
+        if bad:
+            self.bad(key, f"control character {bad.group()!r} not allowed, got {v!r}")
+        return bad is None
+
     def string(self, mapping, name, key, default, choices=None):
         if name not in mapping or mapping[name] is None:
             return default
         v = mapping[name]
         if not isinstance(v, str) or not v:
             self.bad(key, f"expected a non-empty string, got {v!r}")
+            return default
+        if not self.printable(key, v):
             return default
         if choices is not None and v not in choices:
             self.bad(key, f"expected one of: {', '.join(choices)}; got {v!r}")
@@ -227,6 +240,8 @@ def _collectors(c: _Checker, export: dict):
         host = item.get("host")
         if not isinstance(host, str) or not host:
             c.bad(f"{key}.host", f"expected a host name or address, got {host!r}")
+            continue
+        if not c.printable(f"{key}.host", host):
             continue
         port = c.integer(item, "port", f"{key}.port", 2055, 1, 65535)
         version = c.integer(item, "version", f"{key}.version", 5, 5, 10)
