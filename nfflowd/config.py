@@ -10,13 +10,12 @@ them.  A bad config stops start-up with exit status 2 (``ConfigError``).
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
+from .errors import CONTROL_CHARS, ConfigError
 from .syslog import FACILITIES, PRIORITIES
 
 DEFAULT_PATH = "/etc/nfflowd.yaml"
@@ -27,8 +26,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 RECORD_KINDS = ("flows", "nat_events")
 NAT_EVENT_CODES = ("rfc8158", "legacy")
 VERSIONS = (5, 9, 10)
-# C0, DEL and C1 control characters (newline, escape, ...)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -186,7 +183,7 @@ class _Checker:
     def printable(self, key, v: str) -> bool:
         """No control characters: a newline in syslog.ident would forge
         syslog lines, one in a host or path would forge log lines (#15)."""
-        bad = _CONTROL.search(v)
+        bad = CONTROL_CHARS.search(v)
         if bad:
             self.bad(key, f"control character {bad.group()!r} not allowed, got {v!r}")
         return bad is None

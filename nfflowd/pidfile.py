@@ -8,9 +8,19 @@ fails to take it and is refused with the running pid named; the lock dies
 with the process, so a pidfile left by a crash (or a kill -9) is never
 mistaken for a running daemon by ``PidFile``.  On exit the file is removed.
 
+The file is opened without following a symbolic link and used only if it is
+a regular file owned by us: in a directory some user owns (``/run/nfflowd/``
+for ``user:``), a planted link would otherwise have root truncate its target.
+Any user who can read the file can flock it too; such a lock (a process that
+is not ours, or a shared lock) does not block ``start``: the file is replaced
+by a new one, created under a temporary name (mode 0600), locked and written
+before it is renamed into place.
+
 ``running_pid`` is for the other side (``stop``, ``check``, ``status``): the
-pid in the file, if that process is alive and its command line looks like
-nfflowd (a pid reused by another program after a crash is stale).
+pid in the file, if that process is alive and it is the daemon: it holds the
+pidfile's lock as our user, or it listens on the control socket next to the
+pidfile (SO_PEERCRED; see ``control.peer_pid``).  A command line that merely
+looks like nfflowd (``nfflowd meter -i``) is not enough.
 """
 
 from __future__ import annotations
@@ -18,6 +28,8 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import stat
+import tempfile
 import time
 
 from .errors import NfflowdError
@@ -46,17 +58,60 @@ class PidFileError(NfflowdError):
 def read_pid(path) -> int | None:
     """The pid in the file, or None (no file, empty, not a positive number)."""
     try:
-        with open(path) as f:
-            text = f.read(64)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        fd = _open_checked(path, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    try:
+        text = os.read(fd, 64).decode(errors="replace")
     except OSError as e:
         raise PidFileError(f"{path}: cannot read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
     text = text.strip()
     if not text.isdigit():
         return None
     pid = int(text)
     return pid if 0 < pid < 2**22 + 1 else None
+
+
+def _open_checked(path, flags: int, mode: int = 0o644, owner: int | None = None) -> int:
+    """Open ``path`` without following a symbolic link (nor blocking on a
+    FIFO); the descriptor if it is a regular file with a single link (and,
+    with ``owner``, owned by that uid), else PidFileError.
+    FileNotFoundError and NotADirectoryError pass through."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except (FileNotFoundError, NotADirectoryError):
+        raise
+    except OSError as e:
+        if os.path.islink(path):
+            raise PidFileError(f"{path}: is a symbolic link; not following it") from None
+        raise PidFileError(f"{path}: cannot open: {e.strerror or e}") from None
+    st = os.fstat(fd)
+    why = None
+    if not stat.S_ISREG(st.st_mode):
+        why = "not a regular file"
+    elif st.st_nlink != 1:
+        why = f"a regular file with {st.st_nlink} links"
+    elif owner is not None and st.st_uid != owner:
+        why = f"owned by uid {st.st_uid}, not {owner}"
+    if why:
+        os.close(fd)
+        raise PidFileError(f"{path}: {why}; not using it as the pidfile")
+    return fd
+
+
+def _uids(pid: int) -> tuple[int, int] | None:
+    """(real, effective) uid of a process, None if gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    real, eff = line.split()[1:3]
+                    return int(real), int(eff)
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _state(pid: int) -> str | None:
@@ -115,33 +170,62 @@ def looks_like_nfflowd(argv: list[str] | None) -> bool:
     return False
 
 
-def lock_holder(path) -> int | None:
-    """The pid holding a flock on the file, from /proc/locks (which, unlike
-    trying the lock, cannot disturb a daemon taking it); None if unlocked."""
+def lock_holders(st: os.stat_result) -> list[tuple[int, str]]:
+    """(pid, "WRITE" or "READ") of each flock held on the file whose stat is
+    ``st``, from /proc/locks (which, unlike trying the lock, cannot disturb a
+    daemon taking it)."""
     try:
-        st = os.stat(path)
         with open("/proc/locks") as f:
             lines = f.read().splitlines()
     except OSError:
-        return None
+        return []
     dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    out = []
     for line in lines:
         parts = line.split()
         # "1: FLOCK  ADVISORY  WRITE 1234 00:1f:5678 0 EOF" ("->" marks waiters)
         if len(parts) >= 6 and parts[1] == "FLOCK" and parts[2] != "->" \
                 and parts[5] == dev and parts[4].isdigit():
-            return int(parts[4])
-    return None
+            out.append((int(parts[4]), parts[3]))
+    return out
+
+
+def lock_holder(path) -> int | None:
+    """The pid holding a flock on the file; None if unlocked."""
+    try:
+        holders = lock_holders(os.stat(path))
+    except OSError:
+        return None
+    return holders[0][0] if holders else None
+
+
+def _our_lock(st: os.stat_result, pid: int) -> bool:
+    """Whether ``pid`` holds the only lock on the file, exclusive, as our
+    user: as a daemon does (anyone who can read the file can lock it)."""
+    return lock_holders(st) == [(pid, "WRITE")] and _uids(pid) == (os.geteuid(),) * 2
+
+
+def _listening(path, pid: int) -> bool:
+    """Whether ``pid`` is the daemon on the control socket next to ``path``."""
+    from .control import ControlError, peer_pid, socket_path
+    try:
+        return peer_pid(socket_path(str(path))) == pid
+    except ControlError:
+        return False
 
 
 def running_pid(path) -> int | None:
-    """The pid in the pidfile if that process is alive and is an nfflowd
-    (its command line names nfflowd, or it holds the pidfile's lock); None
-    when there is no pidfile or it is stale."""
+    """The pid in the pidfile if that process is alive and is the daemon:
+    it holds the pidfile's lock as our user, or it listens on the control
+    socket; None when there is no pidfile or it is stale."""
     pid = read_pid(path)
     if pid is None or not _alive(pid):
         return None
-    if looks_like_nfflowd(cmdline(pid)) or lock_holder(path) == pid:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if _our_lock(st, pid) or _listening(path, pid):
         return pid
     return None
 
@@ -164,15 +248,22 @@ class PidFile:
             raise PidFileError(f"{self.path}: already held by this process")
         for _ in range(10):  # retried only when a dying holder unlinks it under us
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self.mode)
-            except OSError as e:
-                raise PidFileError(f"{self.path}: cannot create: {e.strerror or e}") from None
+                fd = _open_checked(self.path, os.O_RDWR, owner=os.geteuid())
+            except (FileNotFoundError, NotADirectoryError):
+                self._create()
+                return
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                st = os.fstat(fd)
                 os.close(fd)
                 pid = read_pid(self.path)
-                raise AlreadyRunning(self.path, pid) from None
+                if pid is not None and (_our_lock(st, pid) or _listening(self.path, pid)):
+                    raise AlreadyRunning(self.path, pid) from None
+                # locked by someone else (anyone can flock a file they can
+                # read): not a daemon of ours; replace the file
+                self._create()
+                return
             except OSError as e:
                 os.close(fd)
                 raise PidFileError(f"{self.path}: cannot lock: {e.strerror or e}") from None
@@ -184,6 +275,11 @@ class PidFile:
             if not same:
                 os.close(fd)
                 continue
+            pid = read_pid(self.path)
+            if pid is not None and pid != os.getpid() and _alive(pid) \
+                    and _listening(self.path, pid):
+                os.close(fd)        # a daemon that has let the lock go (user:)
+                raise AlreadyRunning(self.path, pid)
             try:
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()}\n".encode())
@@ -194,6 +290,40 @@ class PidFile:
             self._fd = fd
             return
         raise PidFileError(f"{self.path}: replaced repeatedly while locking")
+
+    def _create(self) -> None:
+        """A new pidfile: written and locked under a temporary name that only
+        we can open (mode 0600), then given its mode and renamed into place,
+        so that it is never at the path unlocked (rename replaces a stale
+        file, or a link, not what it points to)."""
+        directory, base = os.path.split(os.path.abspath(self.path))
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{base}.", dir=directory)
+        except OSError as e:
+            raise PidFileError(f"{self.path}: cannot create: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            os.fsync(fd)
+            os.fchmod(fd, self.mode)
+            os.rename(tmp, self.path)
+        except OSError as e:
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise PidFileError(f"{self.path}: cannot create: {e.strerror or e}") from None
+        self._fd = fd
+
+    def close(self) -> None:
+        """Let the file go without removing it: its descriptor closes and the
+        lock with it.  For a daemon that drops root (``user:``), which could
+        not remove the file anyway; the control socket names it from then on,
+        and ``stop`` removes the file."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
