@@ -354,37 +354,70 @@ class PidFile:
 def stop(path, timeout: float = 30.0, sig: int = signal.SIGTERM,
          poll: float = 0.05) -> tuple[str, str]:
     """Stop the nfflowd named by the pidfile: send ``sig`` and wait up to
-    ``timeout`` seconds for it to exit.  Returns (status, message) with
-    status one of STOPPED, NOT_RUNNING, TIMEOUT, FAILED."""
+    ``timeout`` seconds for it to exit.  Only a process that both the
+    pidfile and the control socket next to it name (SO_PEERCRED) is
+    signalled, through a pidfd (a pid reused meanwhile is not hit).
+    Returns (status, message) with status one of STOPPED, NOT_RUNNING,
+    TIMEOUT, FAILED."""
+    from .control import ControlError, NotRunning, peer_pid, socket_path
     pid = read_pid(path)
     if pid is None:
         return NOT_RUNNING, f"nfflowd is not running (no pid in {path})"
-    if running_pid(path) != pid:
-        _remove_stale(path, pid)
-        return NOT_RUNNING, f"nfflowd is not running (stale pidfile {path}: pid {pid})"
     try:
-        os.kill(pid, sig)
+        pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
-        return NOT_RUNNING, f"nfflowd is not running (pid {pid} exited)"
-    except PermissionError:
-        return FAILED, f"cannot signal nfflowd (pid {pid}): permission denied"
-    deadline = time.monotonic() + timeout
-    while True:
-        if not _alive(pid):
-            return STOPPED, f"nfflowd (pid {pid}) stopped"
-        if time.monotonic() >= deadline:
-            return TIMEOUT, (f"nfflowd (pid {pid}) is still running {timeout:g} s after "
-                             f"{signal.Signals(sig).name}; kill -KILL {pid} would stop it "
-                             "without flushing")
-        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        pidfd = None
+    try:
+        if pidfd is None or not _alive(pid):
+            _remove_stale(path, pid)
+            return NOT_RUNNING, f"nfflowd is not running (stale pidfile {path}: pid {pid})"
+        sock = socket_path(str(path))
+        try:
+            listener = peer_pid(sock)
+        except NotRunning:
+            listener = None
+        except ControlError as e:
+            return FAILED, f"not signalling pid {pid}: {e}"
+        if listener is None:
+            st = os.stat(path)
+            if _our_lock(st, pid):
+                return FAILED, (f"nfflowd (pid {pid}) holds {path} but does not listen on "
+                                f"{sock} (still starting?); not signalling it")
+            _remove_stale(path, pid)
+            return NOT_RUNNING, f"nfflowd is not running (stale pidfile {path}: pid {pid})"
+        if listener != pid:
+            return FAILED, (f"{path} names pid {pid}, but the daemon on {sock} is pid "
+                            f"{listener}; not signalling either")
+        try:
+            signal.pidfd_send_signal(pidfd, sig)
+        except ProcessLookupError:
+            return NOT_RUNNING, f"nfflowd is not running (pid {pid} exited)"
+        except PermissionError:
+            return FAILED, f"cannot signal nfflowd (pid {pid}): permission denied"
+        deadline = time.monotonic() + timeout
+        while True:
+            if not _alive(pid):
+                _remove_stale(path, pid)    # a daemon that dropped root could not
+                return STOPPED, f"nfflowd (pid {pid}) stopped"
+            if time.monotonic() >= deadline:
+                return TIMEOUT, (f"nfflowd (pid {pid}) is still running {timeout:g} s after "
+                                 f"{signal.Signals(sig).name}; kill -KILL {pid} would stop it "
+                                 "without flushing")
+            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def _remove_stale(path, pid) -> None:
-    """Remove a stale pidfile, unless some process holds its lock."""
-    if lock_holder(path) is not None:
-        return
+    """Remove a stale pidfile naming ``pid``, unless a daemon holds its lock
+    (a lock anyone else holds does not keep it)."""
     try:
+        st = os.lstat(path)
+        holders = lock_holders(st)
+        if any(_our_lock(st, p) for p, _ in holders[:1]):
+            return
         if read_pid(path) == pid:
             os.unlink(path)
-    except OSError:
+    except (OSError, PidFileError):
         pass

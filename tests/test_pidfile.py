@@ -3,8 +3,10 @@ taken over after a crash, stale pids recognised, and stop() against real
 child processes (each ends by itself within seconds)."""
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,11 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 # A child that looks like nfflowd (a script named nfflowd), holds the
-# pidfile, says "locked" and lives at most 10 seconds.
+# pidfile, listens on the control socket next to it (as the daemon does;
+# not with mode "no-socket"), says "locked" and lives at most 10 seconds.
 HOLDER = r"""
 import os, signal, sys, time
+from nfflowd.control import ControlServer, socket_path
 from nfflowd.pidfile import PidFile
 path, mode = sys.argv[1], sys.argv[2]
+server = None
 if mode == "ignore-term":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 elif mode == "slow-term":
@@ -35,13 +40,19 @@ pf.acquire()
 # inside print() - so everything after acquire() must be under the
 # try/finally that releases (it was not: the pidfile was left behind).
 try:
+    if mode != "no-socket":
+        server = ControlServer(socket_path(path), lambda: {"pid": os.getpid()})
     print("locked", flush=True)
     if mode == "crash":
         os._exit(3)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
+        if server is not None:
+            server.handle_ready()
         time.sleep(0.05)
 finally:
+    if server is not None:
+        server.close()
     pf.release()
 """
 
@@ -127,22 +138,31 @@ def test_running_pid_rejects_dead_zombie_and_foreign_processes(tmp_path, childre
     children.append(other)
     f.write_text(f"{other.pid}\n")
     assert pidfile.running_pid(f) is None
-    # the same pid, looking like nfflowd
-    nf = subprocess.Popen([sys.executable, script(tmp_path, "import time; time.sleep(5)")])
+    # the same pid, looking like nfflowd (an operator's `nfflowd meter -i`),
+    # but neither holding the pidfile nor listening on the control socket
+    (tmp_path / "m").mkdir()            # not the holder's script, written below
+    nf = subprocess.Popen([sys.executable, script(tmp_path / "m", "import time; time.sleep(5)"),
+                           "meter", "-i", "eth0"])
     children.append(nf)
     f.write_text(f"{nf.pid}\n")
     deadline = time.monotonic() + 5
-    while pidfile.running_pid(f) is None and time.monotonic() < deadline:
+    while not pidfile.looks_like_nfflowd(pidfile.cmdline(nf.pid)) \
+            and time.monotonic() < deadline:
         time.sleep(0.02)       # until the exec has replaced the command line
-    assert pidfile.running_pid(f) == nf.pid
-    # a zombie (exited, not yet reaped) is dead
-    nf.kill()
-    deadline = time.monotonic() + 5
-    while pidfile._state(nf.pid) != "Z" and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert pidfile._state(nf.pid) == "Z"
+    assert pidfile.looks_like_nfflowd(pidfile.cmdline(nf.pid))
     assert pidfile.running_pid(f) is None
-    nf.wait(timeout=5)
+    # a daemon (lock and control socket), then a zombie (exited, not yet
+    # reaped): dead
+    holder = start_holder(f)
+    children.append(holder)
+    assert pidfile.running_pid(f) == holder.pid
+    holder.kill()
+    deadline = time.monotonic() + 5
+    while pidfile._state(holder.pid) != "Z" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pidfile._state(holder.pid) == "Z"
+    assert pidfile.running_pid(f) is None
+    holder.wait(timeout=5)
     assert pidfile.running_pid(f) is None
 
 
@@ -225,3 +245,161 @@ def test_works_as_python_daemon_pidfile(tmp_path):
     while f.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not f.exists()                       # removed by DaemonContext.close()
+
+
+# -- attackers: a local user (nobody) ------------------------------------------------
+
+NOBODY = 65534
+
+
+def as_nobody(*argv, **kw):
+    """Popen of argv running as nobody (setpriv, util-linux)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a process as nobody")
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) not installed")
+    return subprocess.Popen([setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                             "--clear-groups", *map(str, argv)], **kw)
+
+
+def _public_dir(owner):
+    # not under pytest's 0700 tmp_path, which nobody cannot reach
+    d = Path(tempfile.mkdtemp(prefix="nfflowd-pid-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    os.chown(d, owner, owner)
+    return d
+
+
+@pytest.fixture
+def userdir():
+    """A directory nobody owns, as /run/nfflowd would be for `user: nobody`."""
+    d = _public_dir(NOBODY)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def rundir():
+    """A directory of root's, as /run is, that nobody can read."""
+    d = _public_dir(0)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_planted_symlink_is_not_followed(rundir, userdir):
+    """#15 item 7: the owner of the pidfile's directory plants a link to a
+    file of root's; starting must not truncate and overwrite its target."""
+    victim = rundir / "shadow"
+    victim.write_text("root:secret:19000::::::\n")
+    f = userdir / "nfflowd.pid"
+    assert as_nobody("ln", "-s", victim, f).wait(timeout=10) == 0
+    assert f.is_symlink()
+    with pytest.raises(pidfile.PidFileError, match="symbolic link"):
+        PidFile(f).acquire()
+    assert victim.read_text() == "root:secret:19000::::::\n"
+    # nor is anything else that is not a regular file of ours: a file nobody
+    # planted, a FIFO (which would also block the open)
+    f.unlink()
+    assert as_nobody("sh", "-c", f"echo 1 > {f}").wait(timeout=10) == 0
+    with pytest.raises(pidfile.PidFileError, match=f"owned by uid {NOBODY}"):
+        PidFile(f).acquire()
+    assert f.read_text() == "1\n"
+    f.unlink()
+    os.mkfifo(f)
+    with pytest.raises(pidfile.PidFileError, match="not a regular file"):
+        PidFile(f).acquire()
+    assert pidfile.read_pid(rundir / "absent") is None
+    with pytest.raises(pidfile.PidFileError, match="not a regular file"):
+        pidfile.read_pid(f)                 # stop and check do not hang on it either
+
+
+def test_a_users_lock_on_a_stale_pidfile_blocks_neither_start_nor_stop(rundir, children):
+    """#15 item 8: the pidfile is world-readable, so anyone can flock it;
+    such a lock is not a daemon's: start replaces the file, stop removes it."""
+    f = rundir / "nfflowd.pid"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    f.write_text(f"{dead.pid}\n")
+    os.chmod(f, 0o644)
+    for flag in ("-x", "-s"):
+        locker = as_nobody("flock", flag, "-n", f, "sh", "-c", "echo locked; sleep 10",
+                           stdout=subprocess.PIPE, text=True)
+        children.append(locker)
+        assert locker.stdout.readline() == "locked\n"
+        assert pidfile.lock_holder(f) is not None
+        # stop: stale, and removed although locked
+        status, msg = pidfile.stop(f, timeout=1)
+        assert status == pidfile.NOT_RUNNING and "stale" in msg, msg
+        assert not f.exists()
+        f.write_text(f"{dead.pid}\n")
+        os.chmod(f, 0o644)
+        locker.kill()
+        locker.wait(timeout=5)
+    locker = as_nobody("flock", "-x", "-n", f, "sh", "-c", "echo locked; sleep 10",
+                       stdout=subprocess.PIPE, text=True)
+    children.append(locker)
+    assert locker.stdout.readline() == "locked\n"
+    with PidFile(f) as pf:
+        assert pf.locked
+        assert f.read_text() == f"{os.getpid()}\n"
+        assert (f.stat().st_mode & 0o777) == 0o644 and f.stat().st_uid == 0
+        assert pidfile.lock_holder(f) == os.getpid()
+        # and the user cannot take the new file's lock from us
+        assert as_nobody("flock", "-x", "-n", f, "true").wait(timeout=10) != 0
+    assert not f.exists()
+    assert not list(rundir.glob(".nfflowd.pid.*"))        # no temporary left
+
+
+def test_stop_does_not_signal_a_process_that_merely_looks_like_nfflowd(tmp_path, children):
+    """#15 item 9: a stale pid that now belongs to an operator's
+    `nfflowd meter -i` is not the daemon: not signalled."""
+    f = tmp_path / "nfflowd.pid"
+    (tmp_path / "m").mkdir()
+    meter = subprocess.Popen([sys.executable, script(tmp_path / "m", "import time; time.sleep(10)"),
+                              "meter", "-i", "eth0"])
+    children.append(meter)
+    deadline = time.monotonic() + 5
+    while not pidfile.looks_like_nfflowd(pidfile.cmdline(meter.pid)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+    f.write_text(f"{meter.pid}\n")
+    status, msg = pidfile.stop(f, timeout=1)
+    assert status == pidfile.NOT_RUNNING and "stale" in msg, msg
+    time.sleep(0.2)
+    assert meter.poll() is None
+
+
+def test_stop_signals_only_the_pid_both_the_pidfile_and_the_socket_name(tmp_path, children):
+    """#15 item 9: the pidfile names one process, the control socket's
+    listener is another: neither is signalled."""
+    f = tmp_path / "nfflowd.pid"
+    daemon = start_holder(f)
+    children.append(daemon)
+    (tmp_path / "o").mkdir()
+    other = subprocess.Popen([sys.executable, script(tmp_path / "o", "import time; "
+                                                     "time.sleep(10)"), "start"])
+    children.append(other)
+    f.write_text(f"{other.pid}\n")            # the daemon's pidfile, rewritten
+    status, msg = pidfile.stop(f, timeout=1)
+    assert status == pidfile.FAILED, msg
+    assert f"names pid {other.pid}" in msg and f"pid {daemon.pid}" in msg
+    time.sleep(0.2)
+    assert other.poll() is None and daemon.poll() is None
+    # the pidfile and the socket agree again: stopped
+    f.write_text(f"{daemon.pid}\n")
+    status, msg = pidfile.stop(f, timeout=5)
+    assert status == pidfile.STOPPED, msg
+    assert daemon.wait(timeout=5) == 0
+    assert other.poll() is None
+
+
+def test_stop_refuses_a_bad_config_instead_of_the_default_pidfile(tmp_path, capsys):
+    """#15 item 9: with a broken config, stop said "using the default
+    pidfile" and stopped whatever instance that named."""
+    from nfflowd.cli import main
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"pidfile: {tmp_path}/nfflowd.pid\nexport: {{collectors: [{{port: 0}}]}}\n")
+    assert main(["-c", str(bad), "stop"]) == 2
+    out = capsys.readouterr()
+    assert "export.collectors[0]" in out.err and "default pidfile" not in out.err
