@@ -169,13 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         return install(dry_run=args.dry_run)
     if cmd == "check":
         return check(args.config)
-    if cmd == "stop":
-        return stop(_pidfile_for_stop(args.config))
     try:
         cfg = _load(args.config)
     except ConfigError as e:
         err(f"bad configuration:\n{e}")
         return EXIT_CONFIG
+    if cmd == "stop":
+        return stop(cfg.pidfile)
     if cmd == "reload":
         return reload(cfg)
     if cmd == "restart":
@@ -530,8 +530,9 @@ def _run_foreground(cfg: Config) -> int:
     from .pidfile import AlreadyRunning, PidFile
     configure_logging(cfg.log_level)
     try:
-        with PidFile(cfg.pidfile):
-            return run_foreground(cfg)
+        with PidFile(cfg.pidfile) as pf:
+            # a daemon that drops root keeps no descriptor on root's pidfile
+            return run_foreground(cfg, on_ready=pf.close if cfg.user else None)
     except AlreadyRunning as e:
         err(str(e))
         return EXIT_FAILURE
@@ -592,12 +593,16 @@ def _daemon_child(cfg: Config, w: int) -> int:               # pragma: no cover 
         except OSError:
             pass
 
+    pidfile = PidFile(cfg.pidfile)
+
     def ready() -> None:
+        if cfg.user:
+            pidfile.close()      # no descriptor on root's pidfile once root is dropped
         tell(f"ready {os.getpid()}")
         os.close(w)
 
     try:
-        ctx = daemon.DaemonContext(pidfile=PidFile(cfg.pidfile), umask=0o022,
+        ctx = daemon.DaemonContext(pidfile=pidfile, umask=0o022,
                                    working_directory="/", files_preserve=[w],
                                    detach_process=True)
         with ctx:
@@ -609,21 +614,16 @@ def _daemon_child(cfg: Config, w: int) -> int:               # pragma: no cover 
 
 
 # -- stop, reload ---------------------------------------------------------------
-def _pidfile_for_stop(path: str) -> str:
-    """stop works even when the config has since become invalid."""
-    from .config import Config as Defaults
-    try:
-        return _load(path).pidfile
-    except ConfigError as e:
-        pidfile = Defaults().pidfile
-        err(f"bad configuration ({e.problems[0][1] if e.problems else e}); "
-            f"using the default pidfile {pidfile}")
-        return pidfile
-
-
 def stop(pidfile_path: str) -> int:
-    from .pidfile import NOT_RUNNING, STOPPED, stop as stop_pid
-    status, message = stop_pid(pidfile_path, timeout=STOP_TIMEOUT)
+    """Stop the daemon that the pidfile and its control socket both name.  A
+    bad config is refused (exit 2) as for every other command: guessing the
+    default pidfile instead stopped another instance."""
+    from .pidfile import NOT_RUNNING, STOPPED, PidFileError, stop as stop_pid
+    try:
+        status, message = stop_pid(pidfile_path, timeout=STOP_TIMEOUT)
+    except PidFileError as e:
+        err(str(e))
+        return EXIT_FAILURE
     if status in (STOPPED, NOT_RUNNING):
         print(message)
         return EXIT_OK
@@ -769,12 +769,19 @@ def _try_sched_priority(priority: int) -> str | None:
 
 
 def daemon_state(cfg: Config, unchecked: list[str]) -> bool | None:
-    """Print the running daemon's state; True running, False not, None unknown."""
-    from .control import ControlPermissionError, NotRunning, ControlError, query, socket_path
-    from .pidfile import running_pid
-    pid = running_pid(cfg.pidfile)
+    """Print the running daemon's state; True running, False not, None unknown.
+    Running means: the process listening on the control socket (root's,
+    SO_PEERCRED) is the one the pidfile names."""
+    from .control import (ControlError, ControlPermissionError, Impostor, NotRunning,
+                          query_peer, socket_path)
+    from .pidfile import PidFileError, running_pid
     try:
-        state = query(socket_path(cfg.pidfile))
+        pid = running_pid(cfg.pidfile)
+    except PidFileError as e:
+        print(f"daemon: {e}")
+        return False
+    try:
+        state, listener = query_peer(socket_path(cfg.pidfile))
     except ControlPermissionError:
         if pid is not None:
             print(f"daemon: running (pid {pid})")
@@ -787,14 +794,26 @@ def daemon_state(cfg: Config, unchecked: list[str]) -> bool | None:
             return None
         print(f"daemon: not running (pidfile {cfg.pidfile})")
         return False
+    except Impostor as e:
+        print(f"daemon: not running ({e})")
+        return False
     except ControlError as e:
         print(f"daemon: {e}")
         return None
-    print(f"daemon: running (pid {state.get('pid')}), up {_duration(state.get('uptime', 0))}, "
+    if listener != pid:
+        print(f"daemon: the process on the control socket (pid {listener}) is not "
+              f"the one in {cfg.pidfile} ({pid or 'none'}); stop it by hand")
+        return None
+    print(f"daemon: running (pid {pid}), up {_duration(_number(state.get('uptime')))}, "
           f"config {state.get('config')}")
-    for key, value in sorted(state.get("counters", {}).items()):
+    counters = state.get("counters")
+    for key, value in sorted(counters.items() if isinstance(counters, dict) else ()):
         print(f"  {key} = {value}")
     return True
+
+
+def _number(value) -> float:
+    return value if isinstance(value, (int, float)) else 0.0
 
 
 def _duration(seconds: float) -> str:

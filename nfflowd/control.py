@@ -8,6 +8,14 @@ one request line, one answer, then the server closes::
     -> status\\n
     <- {"pid": 1234, "uptime": 12.5, "counters": {...}}\\n
 
+The client trusts the socket only if the file is a socket owned by root
+(or by the user running the client), not writable by group or others, and
+the process listening on it runs as root or as that user (SO_PEERCRED): in a
+directory some user owns, that user could otherwise plant a listener that
+``check`` would show as the running daemon, and that ``stop`` would believe.
+``peer_pid`` names the listening process; text in the answers is returned
+with control characters escaped (``errors.printable``).
+
 The server side has no thread of its own: the daemon adds ``fileno()`` to its
 ``select`` read list and calls ``handle_ready()`` when it is readable.  Each
 connection is served with short timeouts (a client that sends nothing costs
@@ -24,7 +32,7 @@ import stat
 import struct
 import time
 
-from .errors import NfflowdError
+from .errors import NfflowdError, printable
 
 MAX_REQUEST = 256
 MAX_ANSWER = 16 * 1024 * 1024
@@ -49,13 +57,46 @@ def socket_path(pidfile: str) -> str:
     return base + ".sock"
 
 
-def _peer_uid(conn: socket.socket) -> int | None:
+class Impostor(ControlError):
+    """Something that is not nfflowd's daemon owns or listens on the path."""
+
+
+def _peer(conn: socket.socket) -> tuple[int, int] | None:
+    """(pid, uid) of the process at the other end, None if unknown."""
     try:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except OSError:
         return None
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return pid, uid
+
+
+def _peer_uid(conn: socket.socket) -> int | None:
+    peer = _peer(conn)
+    return None if peer is None else peer[1]
+
+
+def _trusted() -> tuple[int, ...]:
+    """The uids a daemon's control socket may belong to: root, or us."""
+    return (0, os.geteuid())
+
+
+def _check_file(path: str) -> None:
+    """The socket file's owner and mode (NotRunning if there is none)."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotRunning(f"nfflowd is not running (no control socket {path})") from None
+    except OSError as e:
+        raise ControlError(f"{path}: {e.strerror or e}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise Impostor(f"{path}: not a socket; not nfflowd's control socket")
+    if st.st_uid not in _trusted():
+        raise Impostor(f"{path}: owned by uid {st.st_uid}, not root; "
+                       "not nfflowd's control socket")
+    if st.st_mode & 0o022:
+        raise Impostor(f"{path}: writable by others (mode {st.st_mode & 0o777:04o}); "
+                       "not nfflowd's control socket")
 
 
 class ControlServer:
@@ -99,14 +140,17 @@ class ControlServer:
         probe.settimeout(0.5)
         try:
             probe.connect(self.path)
+            peer = _peer(probe)
         except (ConnectionRefusedError, FileNotFoundError):
             pass  # left behind by a daemon that is gone
         except OSError as e:
             raise ControlError(f"{self.path}: cannot check the old socket: "
                                f"{e.strerror or e}") from None
         else:
-            raise ControlError(f"{self.path}: another process is listening on it "
-                               "(is nfflowd already running?)")
+            if peer is not None and peer[1] in _trusted():
+                raise ControlError(f"{self.path}: another process is listening on it "
+                                   f"(pid {peer[0]}; is nfflowd already running?)")
+            # a listener that is not root's cannot be a daemon: replaced
         finally:
             probe.close()
         try:
@@ -153,6 +197,8 @@ class ControlServer:
             if not chunk:
                 break
             buf += chunk
+        if not buf:
+            return  # closed without a request (peer_pid): nothing to answer
         # Answered only once the request is read: closing a unix socket with
         # unread data resets the connection, and the answer would be lost.
         request = buf.split(b"\n", 1)[0].strip().decode("ascii", errors="replace")
@@ -198,12 +244,10 @@ def _encode(obj) -> bytes:
     return (json.dumps(obj, default=str, sort_keys=True) + "\n").encode()
 
 
-def query(path: str, timeout: float = 2.0, request: str = "status") -> dict:
-    """Ask the daemon listening on ``path``; returns its answer.  Raises
-    NotRunning (no socket, nobody listening), ControlPermissionError (not
-    allowed) or ControlError (no or bad answer in ``timeout`` seconds)."""
-    path = str(path)
-    deadline = time.monotonic() + timeout
+def _connect(path: str, timeout: float) -> tuple[socket.socket, int]:
+    """A connection to the daemon listening on ``path`` and its pid, after
+    checking the file and the listener's credentials."""
+    _check_file(path)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         s.settimeout(timeout)
@@ -221,6 +265,39 @@ def query(path: str, timeout: float = 2.0, request: str = "status") -> dict:
                                "(is nfflowd stuck?)") from None
         except OSError as e:
             raise ControlError(f"{path}: cannot connect: {e.strerror or e}") from None
+        peer = _peer(s)
+        if peer is None or peer[1] not in _trusted():
+            who = "unknown" if peer is None else f"pid {peer[0]}, uid {peer[1]}"
+            raise Impostor(f"{path}: the process listening ({who}) is not root; "
+                           "not nfflowd's control socket")
+    except BaseException:
+        s.close()
+        raise
+    return s, peer[0]
+
+
+def peer_pid(path: str, timeout: float = 2.0) -> int:
+    """The pid of the daemon listening on ``path`` (its credentials checked
+    as for ``query``); asks it nothing."""
+    s, pid = _connect(str(path), timeout)
+    s.close()
+    return pid
+
+
+def query(path: str, timeout: float = 2.0, request: str = "status") -> dict:
+    """Ask the daemon listening on ``path``; returns its answer, every
+    string's control characters escaped.  Raises NotRunning (no socket,
+    nobody listening), ControlPermissionError (not allowed), Impostor (not
+    root's) or ControlError (no or bad answer in ``timeout`` seconds)."""
+    return query_peer(path, timeout, request)[0]
+
+
+def query_peer(path: str, timeout: float = 2.0, request: str = "status") -> tuple[dict, int]:
+    """``query``, and the pid of the process that answered (SO_PEERCRED)."""
+    path = str(path)
+    deadline = time.monotonic() + timeout
+    s, pid = _connect(path, timeout)
+    try:
         data = b""
         try:
             s.sendall(request.encode() + b"\n")
@@ -250,8 +327,20 @@ def query(path: str, timeout: float = 2.0, request: str = "status") -> dict:
         raise ControlError(f"{path}: not a JSON answer: {data[:80]!r}") from None
     if not isinstance(answer, dict):
         raise ControlError(f"{path}: unexpected answer: {data[:80]!r}")
+    answer = _printable(answer)
     if set(answer) == {"error"}:
         if answer["error"] == "permission denied":
             raise ControlPermissionError(f"{path}: the daemon refused: permission denied")
         raise ControlError(f"{path}: the daemon answered: {answer['error']}")
-    return answer
+    return answer, pid
+
+
+def _printable(obj):
+    """A JSON value with every string (keys too) made printable."""
+    if isinstance(obj, str):
+        return printable(obj)
+    if isinstance(obj, dict):
+        return {_printable(str(k)): _printable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_printable(v) for v in obj]
+    return obj

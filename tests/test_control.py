@@ -168,18 +168,26 @@ def test_refuses_to_replace_a_live_socket_or_a_file(sockdir):
     assert f.read_text() == "x"
 
 
+# What the server answers a client running as nobody: a raw connection, so
+# that the server's own checks are what is tested (control.query would not
+# even connect to a socket that others may write to).
 NOBODY_CLIENT = r"""
-import sys
-sys.path.insert(0, sys.argv[2])
-from nfflowd import control
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(5)
 try:
-    control.query(sys.argv[1], timeout=2)
-except control.ControlPermissionError as e:
-    print("permission:", e)
-except Exception as e:
-    print("other:", type(e).__name__, e)
-else:
-    print("answered")
+    s.connect(sys.argv[1])
+except PermissionError as e:
+    print("permission: connect:", e)
+    sys.exit()
+s.sendall(b"status\n")
+data = b""
+while not data.endswith(b"\n"):
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+print("permission: refused" if b"permission denied" in data else "answered: " + data.decode())
 """
 
 
@@ -235,3 +243,84 @@ def test_peer_credentials_are_checked_even_if_the_mode_is_loosened(sockdir):
         got = served_to_nobody(server, path)
         assert got.startswith("permission:") and "refused" in got, got
         assert server.refused == 1 and server.served == 0
+
+
+# -- an impostor: a local user listening where the daemon's socket would be --------
+
+# Listens on argv[1] as whoever runs it, answers every client with a
+# daemon-like status full of terminal escapes, for at most 15 seconds.
+IMPOSTOR = r"""
+import json, os, socket, sys, time
+path = sys.argv[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(path)
+os.chmod(path, 0o600)
+s.listen(8)
+s.settimeout(0.2)
+answer = {"pid": 1, "uptime": 5, "config": "\x1b]0;pwned\x07\x1b[2J/etc/nfflowd.yaml",
+          "counters": {"connections_exported\x1b[31m": "\x1b[1mmany\n  forged = 1"}}
+print("listening", flush=True)
+deadline = time.monotonic() + 15
+while time.monotonic() < deadline:
+    try:
+        c, _ = s.accept()
+    except socket.timeout:
+        continue
+    c.settimeout(1)
+    try:
+        c.recv(256)
+        c.sendall((json.dumps(answer) + "\n").encode())
+    except OSError:
+        pass
+    c.close()
+"""
+
+
+@pytest.fixture
+def impostor(tmp_path):
+    """(directory nobody owns, the impostor's process) with the impostor
+    listening on DIR/nfflowd.sock as nobody."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run a process as nobody")
+    d = Path(tempfile.mkdtemp(prefix="nfflowd-user-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    os.chown(d, 65534, 65534)
+    p = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          sys.executable, "-I", "-c", IMPOSTOR, str(d / "nfflowd.sock")],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "listening\n"
+        yield d, p
+    finally:
+        p.kill()
+        p.wait(timeout=5)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_check_does_not_believe_a_users_listener(impostor, capsys):
+    """#15 item 8: a listener as nobody was shown as "running (pid 1)", exit
+    0, its escapes printed raw."""
+    from nfflowd.cli import daemon_state
+    from nfflowd.config import parse
+    d, _ = impostor
+    cfg = parse({"pidfile": str(d / "nfflowd.pid")})
+    running = daemon_state(cfg, [])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "forged" not in out, out
+    assert "daemon: not running" in out and "running (pid" not in out, out
+    assert running is False            # check's exit status 3
+    with pytest.raises(ControlError, match="uid 65534"):
+        control.query(str(d / "nfflowd.sock"), timeout=2)
+
+
+def test_a_users_listener_does_not_block_the_daemons_socket(impostor):
+    """#15 item 8: start replaces what a user listens on (it cannot be a
+    daemon: those are root's), instead of refusing to start."""
+    d, _ = impostor
+    path = str(d / "nfflowd.sock")
+    with ControlServer(path, lambda: {"pid": os.getpid()}) as server:
+        assert os.stat(path).st_uid == 0
+        t, result = query_in_thread(path)
+        serve_until(server, lambda: not t.is_alive())
+        assert result.get("answer") == {"pid": os.getpid()}, result
+
