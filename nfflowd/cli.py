@@ -88,8 +88,9 @@ def _meter_parser() -> argparse.ArgumentParser:
         epilog="-i runs until SIGINT (Ctrl-C) or SIGTERM, or COUNT packets; every flow is "
                "then exported.  Exit status: 0 ok; 1 the capture is truncated or corrupt, "
                "or cannot be read or opened (every flow metered before the problem is "
-               "still exported); 2 bad configuration or arguments, a bad BPF filter "
-               "among them.")
+               "still exported), or a collector's encoder refused flows (a value out of "
+               "its field's range, as a time no NetFlow field holds: counted in the "
+               "summary); 2 bad configuration or arguments, a bad BPF filter among them.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("-r", dest="read", metavar="FILE", help="the capture file to meter")
     src.add_argument("-i", dest="interface", metavar="IFACE",
@@ -352,14 +353,14 @@ def meter(cfg: Config, path: str, table, print_csv: bool = False, out=None, bpf=
         bar.clear()
         elapsed = time.monotonic() - t0      # metering, not the exporters' closing
         sink.pipeline.close()
-    for line in _meter_report(path, summary, sink.exported, elapsed, sink.pipeline.summary(),
-                              bpf=bpf):
+    sent = sink.pipeline.summary()
+    for line in _meter_report(path, summary, sink.exported, elapsed, sent, bpf=bpf):
         err(line)
     if summary.error is not None:
         err(f"error: {path}: {summary.error}; the {sink.exported} flows metered before it "
             "were exported")
         return EXIT_FAILURE
-    return EXIT_OK
+    return _refused_status(sent)
 
 
 def meter_interface(cfg: Config, iface: str, table, bpf: str | None = None,
@@ -429,20 +430,36 @@ def meter_interface(cfg: Config, iface: str, table, bpf: str | None = None,
         capture.close()
         elapsed = time.monotonic() - t0
         sink.pipeline.close()
-    for line in _live_report(stats, sink.exported, elapsed,
-                             sink.pipeline.summary(), bpf, "end"):
+    sent = sink.pipeline.summary()
+    for line in _live_report(stats, sink.exported, elapsed, sent, bpf, "end"):
         err(line)
-    return EXIT_OK
+    return _refused_status(sent)
+
+
+def _refused_status(sent: dict) -> int:
+    """EXIT_FAILURE (with an error line) if an encoder refused records: those
+    flows are missing at that collector; else EXIT_OK."""
+    refused = sum(v for k, v in sent.items() if k.endswith(".records_invalid"))
+    if not refused:
+        return EXIT_OK
+    err(f"error: the encoders refused {refused} records (see above): those flows are "
+        "missing at their collectors")
+    return EXIT_FAILURE
 
 
 def _export_problems(sent: dict) -> list[str]:
     problems = {k: v for k, v in sent.items()
                 if v and k.rsplit(".", 1)[-1] in ("send_errors", "records_dropped",
                                                   "messages_dropped", "skipped_ipv6",
-                                                  "syslog_dropped")}
+                                                  "syslog_dropped", "records_invalid")}
+    lines = []
     if problems:
-        return ["export problems: " + ", ".join(f"{k}={v}" for k, v in problems.items())]
-    return []
+        lines.append("export problems: " + ", ".join(f"{k}={v}" for k, v in problems.items()))
+    for k, v in sent.items():
+        if k.endswith(".records_invalid_why"):
+            lines.append(f"{k[:-len('.records_invalid_why')]} refused records (not exported "
+                         f"there): {v}")
+    return lines
 
 
 def _biflow_lines(sent: dict) -> list[str]:

@@ -56,7 +56,10 @@ COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
 PER_COLLECTOR: dict[str, tuple[str, str]] = {
     "records": ("records_sent", "Flow records sent, by collector"),
     "datagrams": ("datagrams_sent", "Export datagrams sent, by collector"),
-    "send_errors": ("send_errors", "Export datagrams that could not be sent, by collector"),
+    "send_errors": ("send_errors", "Export send errors (a datagram not sent; over UDP also "
+                    "the collector's port reported closed for an earlier one), by collector"),
+    "records_invalid": ("records_invalid", "Records the collector's encoder refused (a value "
+                        "out of its field's range; not exported there), by collector"),
 }
 
 # per-interface packet meter stat (``"meter.<iface>.<stat>"``, from

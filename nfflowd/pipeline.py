@@ -51,6 +51,7 @@ class V5Exporter:
                 "datagrams": self.sink.datagrams_sent,
                 "records_dropped": self.sink.records_dropped,
                 "send_errors": self.sink.send_errors,
+                "records_invalid": self.encoder.invalid,
                 "skipped_ipv6": self.encoder.skipped_ipv6}
 
     def close(self) -> None:
@@ -103,9 +104,14 @@ class TemplateExporter:
         """Nothing is held back here (see biflow.BiflowExporter.tick)."""
 
     def summary(self) -> dict:
-        out = {"records": self.encoder.records_sent,
+        enc = self.encoder
+        out = {"records": enc.records_sent,
                "send_errors": self.sink.send_errors,
-               "template_sends": self.encoder.template_sends}
+               "template_sends": enc.template_sends,
+               # records the encoder refused (a value out of its field's range)
+               "records_invalid": enc.invalid}
+        if enc.invalid_reasons:
+            out["records_invalid_why"] = _invalid_why(enc.invalid_reasons)
         if isinstance(self.sink, TcpCollector):
             out.update(messages=self.sink.messages_sent,
                        messages_dropped=self.sink.messages_dropped,
@@ -118,6 +124,12 @@ class TemplateExporter:
 
     def close(self) -> None:
         self.sink.close()
+
+
+def _invalid_why(reasons: dict) -> str:
+    """An encoder's ``invalid_reasons`` in words: ``flowStartMilliseconds out
+    of range: 1``."""
+    return ", ".join(f"{why}: {n}" for why, n in sorted(reasons.items()))
 
 
 # NetFlow version -> exporter class.

@@ -80,6 +80,16 @@ class Template:
     def __repr__(self):
         return f"Template({self.id}, {self.names})"
 
+    def misfit(self, values: Sequence) -> str:
+        """Why ``values`` (in template order) do not pack: the first element
+        whose value does not fit its field (for the counters; rare path)."""
+        for name, v in zip(self.names, values):
+            try:
+                struct.pack("!" + element(name).fmt, v)
+            except (struct.error, TypeError):
+                return f"{name} out of range"
+        return "values do not fit the template"
+
 
 def padded(n: int, pad: int) -> int:
     """``n`` rounded up to a multiple of ``pad`` (1 = no padding)."""
@@ -153,11 +163,12 @@ class Datagram:
         return True
 
     def add_data_set(self, template: Template, items: Sequence, start: int, n: int,
-                     args: Callable) -> int:
+                     args: Callable, reasons: dict | None = None) -> int:
         """Pack ``items[start:start+n]`` (``args(item)`` gives the values in
         template order) as one data set.  The caller checked ``fits``.
         Records whose values do not fit their fields are skipped; returns the
-        number skipped."""
+        number skipped, counted by reason (``Template.misfit``) in
+        ``reasons`` if given."""
         buf = self.buf
         set_off = self.off
         off = set_off + 4
@@ -169,6 +180,9 @@ class Datagram:
                 pack(buf, off, *args(items[i]))
             except (struct.error, TypeError):
                 bad += 1
+                if reasons is not None:
+                    why = template.misfit(args(items[i]))
+                    reasons[why] = reasons.get(why, 0) + 1
                 continue
             off += size
         good = n - bad
@@ -312,6 +326,7 @@ FLOW_TEMPLATES = {TID_FLOW4: FLOW4, TID_FLOW6: FLOW6,
 NAT_TEMPLATES = {TID_NAT4: NAT4, TID_NAT6: NAT6}
 
 RECORD_KINDS = ("flows", "nat_events")
+NOT_IP = "not IPv4 or IPv6"     # a reason the encoders skip a record (invalid_reasons)
 NAT_CODES = {
     # (codes, family) -> (create, delete).  RFC 8158 defines session events for
     # NAT44 and NAT64 only; an IPv6-to-IPv6 translation (NPTv6, NAT66) gets
@@ -390,6 +405,7 @@ class TemplateEncoder:
         self.records_sent = 0           # data records, flows and NAT events
         self.template_sends = 0         # datagrams that carried templates
         self.invalid = 0                # records skipped: bad family or values
+        self.invalid_reasons: dict[str, int] = {}   # ``invalid`` by reason
         self.last_counts: list[int] = []  # data records per datagram of the last encode()
 
     # What a flow item is (the fields its getters index) and which of them
@@ -471,7 +487,7 @@ class TemplateEncoder:
         for t, (_at, rows) in sorted(first.items(), key=lambda kv: kv[1][0]):
             tpl = self._flow_tpl[t]
             groups[t] = (tpl, _pack_columns(tpl, self._flow_dtype[t], cols, rows), None)
-        self.invalid += bad
+        self._refused(NOT_IP, bad)
 
     def _groups(self, flows: Sequence[Flow], nat_events: Sequence[NatEvent]):
         """[(template, items, getter)], first-seen order of templates."""
@@ -510,8 +526,15 @@ class TemplateEncoder:
                 if g is None:
                     g = groups[t.id] = (t, [], self._nat_get[t.id])
                 g[1].append(ev + (create if ev[11] else delete,))
-        self.invalid += invalid
+        self._refused(NOT_IP, invalid)
         return list(groups.values())
+
+    def _refused(self, reason: str, n: int) -> None:
+        """``n`` records skipped for ``reason`` (counted in ``invalid`` and
+        ``invalid_reasons``)."""
+        if n:
+            self.invalid += n
+            self.invalid_reasons[reason] = self.invalid_reasons.get(reason, 0) + n
 
     def _encode(self, flows, nat_events, now_ms: int, boot_ms: int) -> list[bytes]:
         groups = self._groups(flows, nat_events)
@@ -535,7 +558,8 @@ class TemplateEncoder:
                 if getter is None:
                     dg.add_data_bytes(tpl, items, i, k)
                 else:
-                    invalid += dg.add_data_set(tpl, items, i, k, getter)
+                    invalid += dg.add_data_set(tpl, items, i, k, getter,
+                                               self.invalid_reasons)
                 i += k
         if dg is None and self._forced:
             dg = self._new_datagram(now_ms)     # forced: templates only

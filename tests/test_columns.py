@@ -479,7 +479,7 @@ def encode_all(flows, now_ns=NOW_NS, boot_ms=BOOT_MS, exaddr="203.0.113.1", roun
         out.append(("v5", v5.encode(ft), v5.invalid, v5.skipped_ipv6))
         out.append(("csv", csv_lines(ft, "x: "), ft.records))
         out.append(("ipfix", ipfix.encode(flows, [], now // 10**6), list(ipfix.last_counts),
-                    ipfix.invalid))
+                    ipfix.invalid, dict(ipfix.invalid_reasons)))
         out.append(("v9", v9.encode(flows, [], now // 10**6, boot_ms), list(v9.last_counts)))
         out.append(("vlan", vlan.encode(flows, [], now // 10**6)))
     return out

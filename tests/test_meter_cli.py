@@ -11,6 +11,7 @@ import ipaddress
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +23,8 @@ from nfflowd.meter import FlowTable, meter_file
 
 from test_netflow9 import (free_udp_port, local_nfcapd, needs_nfcapd, nfdump_rows,
                           pypi_decode_v9)
+from test_packet import eth, ipv4, udp
+from test_pcapfile import epb, idb, shb
 
 ROOT = Path(__file__).resolve().parents[1]
 PCAPS = ROOT / "tests" / "data" / "pcaps"
@@ -265,3 +268,45 @@ def test_progress_line_on_a_terminal_only(tmp_path):
     assert "46 IP packets" in tty                       # and the summary after it
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=30)
     assert r.returncode == 0 and "\r" not in r.stderr and "46 IP packets" in r.stderr
+
+
+@pytest.mark.parametrize("tsresol,tsoffset,ts", [
+    (9, -(1 << 40), 5),             # nanoseconds, 2^40 s before 1970
+    (0, None, 1 << 62),             # seconds: 2^62 s, past any 64-bit millisecond
+], ids=["before-1970", "past-2^64-ms"])
+def test_a_flow_the_encoders_refuse_is_reported_and_fails(tmp_path, capsys, tsresol, tsoffset,
+                                                          ts):
+    """#15 item 14: a pcapng whose timestamp no NetFlow v9/IPFIX time field
+    holds: the encoders send their templates only; the summary says which
+    collectors refused how many records and why, and the exit status is 1
+    (not "1 flows exported" and no problem)."""
+    cap = tmp_path / "time.pcapng"
+    cap.write_bytes(shb() + idb(1, tsresol=tsresol, tsoffset=tsoffset)
+                    + epb(0, ts, eth(ipv4(17, udp(5353, 53), bytes([198, 51, 100, 7]),
+                                          bytes([203, 0, 113, 9])))))
+    v9, v10 = UdpCollector(), UdpCollector()
+    try:
+        conf = tmp_path / "nfflowd.yaml"
+        conf.write_text("export:\n  collectors:\n"
+                        f"    - {{host: 127.0.0.1, port: {v9.port}, version: 9}}\n"
+                        f"    - {{host: 127.0.0.1, port: {v10.port}, version: 10}}\n"
+                        "syslog:\n  enabled: false\n")
+        rc, out, err = run(capsys, "-c", str(conf), "meter", "-r", str(cap))
+        got9, got10 = v9.drain(), v10.drain()
+    finally:
+        v9.close()
+        v10.close()
+    # what went out: templates only (v9 FlowSet 0, IPFIX set 2), no data set
+    assert len(got9) == len(got10) == 1
+    assert got9[0][20:22] == b"\0\0" and len(got9[0]) == 20 + struct.unpack_from(
+        "!H", got9[0], 22)[0]
+    assert got10[0][16:18] == b"\0\2" and len(got10[0]) == 16 + struct.unpack_from(
+        "!H", got10[0], 18)[0]
+    n9, n10 = f"127.0.0.1:{v9.port}/v9", f"127.0.0.1:{v10.port}/v10"
+    assert rc == 1, err
+    assert "1 IP packets" in err
+    assert f"export problems: {n9}.records_invalid=1, {n10}.records_invalid=1" in err
+    for name in (n9, n10):
+        assert (f"{name} refused records (not exported there): "
+                "flowStartMilliseconds out of range: 1") in err
+    assert "error: the encoders refused 2 records (see above)" in err

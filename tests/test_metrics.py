@@ -124,3 +124,46 @@ def test_listen_addresses_and_errors():
     with MetricsServer("127.0.0.1:0", dict, process_metrics=False) as m:
         with pytest.raises(MetricsError, match="cannot listen"):
             MetricsServer(f"127.0.0.1:{m.port}", dict)
+
+
+def test_records_the_encoders_refuse_are_counted_by_collector():
+    """#15 item 14: a record no encoder can carry (a start time before 1970)
+    through a real Pipeline to v5, v9 and IPFIX collectors on 127.0.0.1: its
+    summary (what the daemon's ``check`` prints and the endpoint serves)
+    counts it per collector with the reason, and the endpoint names it."""
+    import socket
+
+    from nfflowd import config
+    from nfflowd.pipeline import Pipeline
+
+    from test_netflow9 import T0, many_flows
+
+    rx = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    for s in rx:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in rx]
+    cfg = config.parse({"export": {"collectors": [
+        {"host": "127.0.0.1", "port": p, "version": v} for p, v in zip(ports, (5, 9, 10))]},
+        "syslog": {"enabled": False}})
+    pl = Pipeline(cfg)
+    pl.open()
+    try:
+        good, bad = many_flows(2)[0], many_flows(2)[0]._replace(start_ms=-5)
+        pl.export([good, bad, good], [], T0 * 1_000_000, 3_600_000)
+        s = pl.summary()
+    finally:
+        pl.close()
+        for r in rx:
+            r.close()
+    n5, n9, n10 = (f"127.0.0.1:{p}/v{v}" for p, v in zip(ports, (5, 9, 10)))
+    for n in (n9, n10):
+        assert (s[f"{n}.records"], s[f"{n}.records_invalid"]) == (2, 1)
+        assert s[f"{n}.records_invalid_why"] == "flowStartMilliseconds out of range: 1"
+    # v5 (times since boot, clamped at 0) takes it: before and after NAT each
+    assert (s[f"{n5}.records"], s[f"{n5}.records_invalid"]) == (6, 0)
+    with MetricsServer("127.0.0.1:0", lambda: dict(s), process_metrics=False) as m:
+        got = scrape(m.url)
+    L = lambda **kw: frozenset(kw.items())  # noqa: E731
+    assert got[("nfflowd_records_invalid_total", L(collector=n9))] == 1
+    assert got[("nfflowd_records_invalid_total", L(collector=n10))] == 1
+    assert got[("nfflowd_records_invalid_total", L(collector=n5))] == 0

@@ -421,6 +421,10 @@ def test_bad_records_counted_not_raised():
     ds = enc.encode([good[0], bad_family, bad_port, negative, good[2]], [], T0, BOOT)
     assert enc.invalid == 3 and sum(enc.last_counts) == 2 and enc.records_sent == 2
     assert len(ds) == 1
+    # by reason, for the summaries (#15 item 14)
+    assert enc.invalid_reasons == {"not IPv4 or IPv6": 1,
+                                   "sourceTransportPort out of range": 1,
+                                   "flowStartMilliseconds out of range": 1}
 
 
 # -- independent decoders ------------------------------------------------------
