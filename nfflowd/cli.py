@@ -211,6 +211,8 @@ def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser) -> i
         err(f"bad configuration:\n{e}")
         return EXIT_CONFIG
     m = cfg.meter
+    from .daemon import configure_logging
+    configure_logging(cfg.log_level)     # stderr: stdout may carry --print's lines
 
     def pick(value, default):
         return default if value is None else value

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from .errors import CONTROL_CHARS, ConfigError
-from .syslog import FACILITIES, PRIORITIES
+from .syslog import DEFAULT_BACKLOG, FACILITIES, PRIORITIES
 
 DEFAULT_PATH = "/etc/nfflowd.yaml"
 
@@ -70,6 +70,8 @@ class SyslogConfig:
     facility: str = "local6"
     priority: str = "info"
     ident: str = "nfflowd"
+    # lines held while syslog cannot take them (about 200 bytes each)
+    backlog: int = DEFAULT_BACKLOG
 
 
 @dataclass(frozen=True)
@@ -362,13 +364,15 @@ def parse(data, path: str = "<string>") -> Config:
                                           "export.template_refresh_seconds", 60.0, 0, 86400),
     )
 
-    sl = c.section(data, "syslog", {"enabled", "address", "facility", "priority", "ident"})
+    sl = c.section(data, "syslog", {"enabled", "address", "facility", "priority", "ident",
+                                    "backlog"})
     syslog = SyslogConfig(
         enabled=c.boolean(sl, "enabled", "syslog.enabled", True),
         address=c.string(sl, "address", "syslog.address", "/dev/log"),
         facility=c.string(sl, "facility", "syslog.facility", "local6", tuple(FACILITIES)),
         priority=c.string(sl, "priority", "syslog.priority", "info", tuple(PRIORITIES)),
         ident=c.string(sl, "ident", "syslog.ident", "nfflowd"),
+        backlog=c.integer(sl, "backlog", "syslog.backlog", DEFAULT_BACKLOG, 0, 10_000_000),
     )
     if syslog.enabled and not syslog.address.startswith("/"):
         _host, sep, port = syslog.address.rpartition(":")

@@ -165,7 +165,9 @@ class Pipeline:
             self.exporters.append(exp)
         if cfg.syslog.enabled:
             s = cfg.syslog
-            self.mirror = SyslogSink(s.address, s.facility, s.priority, s.ident)
+            self.mirror = SyslogSink(s.address, s.facility, s.priority, s.ident,
+                                     backlog=s.backlog, log=log)
+            self.mirror.open()              # not there: said now, not at the first line
 
     @property
     def wants_nat_events(self) -> bool:
@@ -222,8 +224,12 @@ class Pipeline:
                 out[f"{exp.collector.name}.{k}"] = v
         out["skipped_ipv6"] = skipped6
         if self.mirror is not None:
-            out["syslog_lines"] = self.mirror.sent
-            out["syslog_dropped"] = self.mirror.dropped
+            m = self.mirror
+            out["syslog_lines"] = m.sent
+            out["syslog_dropped"] = m.dropped
+            out["syslog_backlog"] = len(m.backlog)
+            out["syslog_send_errors"] = m.send_errors
+            out["syslog_unavailable"] = m.unavailable
         return out
 
     def close(self) -> None:

@@ -16,10 +16,18 @@ The timestamp is local time, month names in English whatever the locale, the
 day space-padded ("Jul  3"), as syslog(3) does.
 
 The sink never raises on the data path.  Sends are non-blocking; a line that
-cannot be sent now (EAGAIN, ENOBUFS, the socket not there because syslog is
-not running, a refused UDP port) stays in a bounded backlog retried on the next
-``send``/``flush``; lines beyond the bound are dropped (oldest first) and
-counted in ``dropped``.
+cannot be sent now (the socket queue full, ENOBUFS, the socket not there
+because syslog is not running, a refused UDP port) stays in a bounded backlog
+(``syslog.backlog`` lines); lines beyond the bound are dropped (oldest first)
+and counted in ``dropped``.  The backlog drains as fast as syslog reads: the
+daemon's loop selects the socket for writing while ``wants_write()`` and calls
+``on_writable()`` (at most ``DRAIN_CHUNK`` lines a call, so netlink waits for
+no long drain); a socket that is not there is tried again at every ``flush``
+(the daemon's flush deadline, ``export.flush_interval``).
+
+Given a logger, the sink says once per episode that syslog cannot be reached
+(and once that it can again, with the lines dropped meanwhile), and once per
+episode that the backlog is full and lines are being dropped.
 """
 
 from __future__ import annotations
@@ -47,7 +55,15 @@ PRIORITIES = {
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
            "Nov", "Dec")
 
-DEFAULT_BACKLOG = 100_000
+# Lines held while syslog cannot take them: a 200k-connection table flush
+# makes 600k lines (3 per translated connection).  About 200 bytes a line.
+DEFAULT_BACKLOG = 600_000
+# Lines sent at most per flush (on_writable) call: a receiver as fast as the
+# daemon would otherwise keep the loop (and netlink) waiting for one long drain.
+DRAIN_CHUNK = 4096
+# An episode of unavailability ends once lines have gone through with no
+# failure for this many seconds (a refused UDP port fails every other send).
+EPISODE_QUIET = 10.0
 
 
 def _code(value, table, what, hi) -> int:
@@ -131,19 +147,27 @@ def parse_address(address: str):
 _RETRY = {errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.ENOENT, errno.ECONNREFUSED,
           errno.ENOTCONN, errno.EDESTADDRREQ, errno.ENETUNREACH, errno.EHOSTUNREACH,
           errno.ENETDOWN, errno.EHOSTDOWN, errno.ECONNRESET}
+# ... of which these say the socket queue is full (flow control, not an error)
+_FULL = {errno.EAGAIN, errno.EWOULDBLOCK}
+
+_MEANING_DOWN = ("flow-tools lines wait in the backlog (syslog.backlog lines) and go once "
+                 "syslog is back; lines beyond it are dropped and counted (syslog_dropped)")
 
 
 class SyslogSink:
     """Sends messages to a local unix datagram socket or to host:port over UDP.
 
     Counters: ``sent``, ``dropped`` (lines lost past the backlog bound or
-    too large to send), ``send_errors`` (failed send attempts),
-    ``unavailable`` (connect attempts that found no listener), ``last_error``.
+    too large to send), ``send_errors`` (failed sends: not those that found
+    the socket queue full, which wait for writability), ``unavailable``
+    (connect attempts that found no listener), ``last_error``; the backlog's
+    length is ``stats()["backlog"]``.  ``log``: a structlog-style logger for
+    the episode messages (None: silent).
     """
 
     def __init__(self, address: str = "/dev/log", facility="local6", priority="info",
                  ident: str = "nfflowd", *, pid: int | None = None,
-                 hostname: str | None = None, backlog: int = DEFAULT_BACKLOG):
+                 hostname: str | None = None, backlog: int = DEFAULT_BACKLOG, log=None):
         self.address = address
         family, target = parse_address(address)
         self._unix = family == socket.AF_UNIX
@@ -161,8 +185,24 @@ class SyslogSink:
         self.send_errors = 0
         self.unavailable = 0
         self.last_error: str | None = None
+        self.log = log
         self._sock: socket.socket | None = None
         self._resolved = None       # UDP: (family, sockaddr)
+        # episodes: syslog unreachable since (monotonic; None: it is not), the
+        # last failure, the dropped count when it began; the backlog full
+        # (the dropped count when it began; None: not full)
+        self._down_since: float | None = None
+        self._last_failure = 0.0
+        self._down_dropped = 0
+        self._full_dropped: int | None = None
+        # a send failed with the socket still there (ENOBUFS): no writability
+        # wait (the socket may well say writable) until the next flush
+        self._hold = False
+
+    def open(self) -> bool:
+        """Connect now (a daemon starting says at once when syslog is not
+        there); whether it could.  Never raises."""
+        return self._connect()
 
     # -- connection ---------------------------------------------------------
     def _connect(self) -> bool:
@@ -181,7 +221,7 @@ class SyslogSink:
                 s = socket.socket(fam, socket.SOCK_DGRAM)
         except OSError as e:
             self.unavailable += 1
-            self.last_error = f"{type(e).__name__}: {e}"
+            self._failed(f"{type(e).__name__}: {e}")
             return False
         s.setblocking(False)
         try:
@@ -189,7 +229,7 @@ class SyslogSink:
         except OSError as e:
             s.close()
             self.unavailable += 1
-            self.last_error = errno.errorcode.get(e.errno, str(e))
+            self._failed(errno.errorcode.get(e.errno, str(e)))
             return False
         self._sock = s
         return True
@@ -198,6 +238,50 @@ class SyslogSink:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+    # -- episodes --------------------------------------------------------------
+    def _failed(self, error: str) -> None:
+        """Syslog could not be reached (``error``): an episode begins unless
+        one is under way."""
+        self.last_error = error
+        self._last_failure = time.monotonic()
+        if self._down_since is None:
+            self._down_since = self._last_failure
+            self._down_dropped = self.dropped
+            if self.log is not None:
+                self.log.warning("syslog_unavailable", address=self.address, error=error,
+                                 backlog=len(self.backlog), max_backlog=self.max_backlog,
+                                 meaning=_MEANING_DOWN)
+
+    def _reachable(self) -> None:
+        """Lines went through (or the socket stayed connected) with no failure
+        for EPISODE_QUIET seconds: the episode is over."""
+        now = time.monotonic()
+        if now - self._last_failure >= EPISODE_QUIET:
+            if self.log is not None:
+                self.log.info("syslog_available", address=self.address,
+                              unavailable_for=round(now - self._down_since, 1),
+                              dropped_meanwhile=self.dropped - self._down_dropped,
+                              backlog=len(self.backlog))
+            self._down_since = None
+
+    def _overflow(self, over: int) -> None:
+        if self._full_dropped is None:
+            self._full_dropped = self.dropped
+            if self.log is not None:
+                self.log.warning("syslog_backlog_full", address=self.address,
+                                 max_backlog=self.max_backlog, error=self.last_error,
+                                 meaning="syslog is not taking the lines as fast as they come: "
+                                         "the oldest waiting are dropped and counted "
+                                         "(syslog_dropped) until the backlog drains")
+        self.dropped += over
+
+    def _drained(self) -> None:
+        if self._full_dropped is not None:
+            if self.log is not None:
+                self.log.info("syslog_backlog_drained", address=self.address,
+                              dropped_meanwhile=self.dropped - self._full_dropped)
+            self._full_dropped = None
 
     # -- data path ------------------------------------------------------------
     def send(self, lines: Iterable[str], now: float | None = None) -> None:
@@ -214,41 +298,74 @@ class SyslogSink:
         self._queue(list(map(str.encode, csv_lines(batch, p))))
 
     def _queue(self, msgs: list[bytes]) -> None:
-        self.backlog.extend(msgs)
-        over = len(self.backlog) - self.max_backlog
-        if over > 0:
-            self.dropped += over
+        bl = self.backlog
+        bl.extend(msgs)
+        self.flush(max(len(msgs), DRAIN_CHUNK))
+        over = len(bl) - self.max_backlog
+        if over > 0:                    # what waits beyond the bound, oldest first
+            self._overflow(over)
             for _ in range(over):
-                self.backlog.popleft()
+                bl.popleft()
+
+    # -- the daemon's loop ------------------------------------------------------
+    def wants_write(self) -> bool:
+        """Whether to select ``fileno()`` for writing: lines wait and the
+        socket is there (without one, ``flush`` tries to connect)."""
+        return bool(self.backlog) and self._sock is not None and not self._hold
+
+    def fileno(self) -> int:
+        """The socket's descriptor, -1 without one."""
+        return self._sock.fileno() if self._sock is not None else -1
+
+    def on_writable(self) -> None:
+        """The socket selected writable: send what it takes (a chunk)."""
         self.flush()
 
-    def flush(self) -> int:
-        """Send as much of the backlog as the socket takes now; returns how
-        many messages were sent.  Never raises."""
-        if not self.backlog or not self._connect():
+    def flush(self, limit: int | None = None) -> int:
+        """Send as much of the backlog (at most ``limit`` lines, default
+        DRAIN_CHUNK) as the socket takes now; returns how many messages were
+        sent.  Never raises."""
+        if not self.backlog:
+            if self._down_since is not None and self._sock is not None:
+                self._reachable()
+            return 0
+        self._hold = False
+        if not self._connect():
             return 0
         bl = self.backlog
         send = self._sock.send
         n = 0
-        for _ in range(len(bl)):
-            msg = bl[0]
+        failed = False
+        for _ in range(min(len(bl), DRAIN_CHUNK if limit is None else limit)):
             try:
-                send(msg)
+                send(bl[0])
             except OSError as e:
+                if e.errno in _FULL:
+                    break               # the queue is full: on_writable goes on
                 self.send_errors += 1
-                self.last_error = errno.errorcode.get(e.errno, str(e))
+                name = errno.errorcode.get(e.errno, str(e))
                 if e.errno in _RETRY:
-                    if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS):
+                    failed = True
+                    if e.errno == errno.ENOBUFS:
+                        self.last_error = name
+                        self._hold = True
+                    else:
                         # syslogd restarted or went away: reconnect next time
                         self._disconnect()
+                        self._failed(name)
                     break
                 # EMSGSIZE and the like: this message can never go; drop it.
+                self.last_error = name
                 bl.popleft()
                 self.dropped += 1
                 continue
             bl.popleft()
             n += 1
         self.sent += n
+        if n and not failed and self._down_since is not None:
+            self._reachable()
+        if not bl:
+            self._drained()
         return n
 
     def close(self, timeout: float = 5.0) -> None:

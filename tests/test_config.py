@@ -21,6 +21,9 @@ def test_the_sample_config_is_valid_and_matches_the_defaults():
     d = config.parse({})
     assert (cfg.syslog, cfg.conntrack, cfg.pidfile) == (d.syslog, d.conntrack, d.pidfile)
     assert (d.syslog.facility, d.syslog.priority, d.syslog.ident) == ("local6", "info", "nfflowd")
+    # a 200k-connection table flush waits whole for a slow syslog: 3 lines a connection
+    assert d.syslog.backlog == 600_000
+    assert config.parse({"syslog": {"backlog": 0}}).syslog.backlog == 0
     assert (d.conntrack.ttl, d.conntrack.poll_interval) == (604800, 30)
     assert cfg.sched_priority == d.sched_priority == 0
     assert config.parse({"sched_priority": 99}).sched_priority == 99
@@ -114,6 +117,8 @@ def test_collectors_and_ipv6_hosts():
     ({"syslog": {"priority": "loud"}}, "syslog.priority", "info"),
     ({"syslog": {"enabled": "yes"}}, "syslog.enabled", "true or false"),
     ({"syslog": {"address": "loghost"}}, "syslog.address", "host:port"),
+    ({"syslog": {"backlog": -1}}, "syslog.backlog", "from 0 to 10000000"),
+    ({"syslog": {"backlog": "lots"}}, "syslog.backlog", "an integer"),
     ({"conntrack": {"ttl": -1}}, "conntrack.ttl", "seconds"),
     ({"conntrack": {"poll_interval": "often"}}, "conntrack.poll_interval", "seconds"),
     ({"conntrack": {"tll": 5}}, "conntrack.tll", "unknown key"),

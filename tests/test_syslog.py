@@ -3,12 +3,13 @@
 
 import os
 import re
+import select
 import socket
 import time
 
 import pytest
 
-from nfflowd import flowtools
+from nfflowd import flowtools, syslog
 from nfflowd.syslog import SyslogFormatter, SyslogSink, parse_address, pri, timestamp
 
 from test_flowtools import EX_BOOT_MS, EX_NOW_NS, EXAMPLE_CSV, example_flows
@@ -141,8 +142,10 @@ def test_backlog_bound_counts_dropped(tmp_path):
 
 
 def test_full_receiver_keeps_lines_in_backlog(tmp_path):
-    """A receiver that does not read: sends hit EAGAIN, nothing blocks or
-    raises, and once it reads again every line arrives, in order."""
+    """A receiver that does not read: sends find its queue full, nothing
+    blocks or raises, and once it reads again the backlog drains as fast as
+    it reads (the socket selected for writing, as the daemon's loop does):
+    every line arrives, in order.  A full queue is not a send error."""
     path = tmp_path / "log"
     r = unix_receiver(path)
     r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -151,7 +154,9 @@ def test_full_receiver_keeps_lines_in_backlog(tmp_path):
     t0 = time.monotonic()
     sink.send([f"{i:06d}" + "x" * 200 for i in range(n)], now=T_EXAMPLE)
     assert time.monotonic() - t0 < 5
-    assert 0 < len(sink.backlog) < n and sink.send_errors >= 1 and sink.dropped == 0
+    assert 0 < len(sink.backlog) < n and sink.dropped == 0 and sink.send_errors == 0
+    assert sink.wants_write() and sink.fileno() >= 0
+    assert select.select([], [sink], [], 0)[1] == []        # full: not writable
     got = []
     r.setblocking(False)
     for _ in range(100_000):                 # bounded
@@ -162,10 +167,125 @@ def test_full_receiver_keeps_lines_in_backlog(tmp_path):
                 break
         if len(got) == n:
             break
-        sink.flush()
+        if sink.wants_write() and select.select([], [sink], [], 1)[1]:
+            sink.on_writable()
     assert len(got) == n
     assert [int(g.split(b": ", 1)[1][:6]) for g in got] == list(range(n))
-    assert sink.sent == n and not sink.backlog
+    assert sink.sent == n and not sink.backlog and not sink.wants_write()
+    assert sink.send_errors == 0 and sink.dropped == 0
+    sink.close()
+    r.close()
+
+
+def test_on_writable_sends_a_chunk_at_most(tmp_path, monkeypatch):
+    """A drain call is bounded (the daemon's netlink socket waits meanwhile)."""
+    monkeypatch.setattr(syslog, "DRAIN_CHUNK", 3)
+    path = tmp_path / "log"
+    sink = SyslogSink(str(path), pid=1)
+    sink.send([str(i) for i in range(8)], now=T_EXAMPLE)   # nobody there: all wait
+    r = unix_receiver(path)                  # its queue takes 10 (max_dgram_qlen) or more
+    sink.flush()
+    assert sink.sent == 3 and sink.wants_write()
+    sink.on_writable()
+    assert sink.sent == 6
+    sink.on_writable()
+    assert sink.sent == 8 and not sink.wants_write()
+    assert [r.recv(65536).split(b": ", 1)[1] for _ in range(8)] == \
+        [str(i).encode() for i in range(8)]
+    sink.close()
+    r.close()
+
+
+def test_only_what_exceeds_the_backlog_is_dropped(tmp_path):
+    """The bound is on lines waiting: what the socket takes at once is never
+    dropped, even with no backlog at all; past the bound, the oldest waiting."""
+    path = tmp_path / "log"
+    r = unix_receiver(path)
+    sink = SyslogSink(str(path), pid=1, backlog=0)
+    sink.send(["a", "b", "c"], now=T_EXAMPLE)
+    assert [r.recv(65536).split(b": ", 1)[1] for _ in range(3)] == [b"a", b"b", b"c"]
+    assert sink.sent == 3 and sink.dropped == 0
+    r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # then it stops reading
+    n = 500
+    sink.send([f"{i:04d}" + "y" * 200 for i in range(n)], now=T_EXAMPLE)
+    taken = sink.sent - 3
+    assert 0 < taken < n and sink.dropped == n - taken and not sink.backlog
+    sink2 = SyslogSink(str(path), pid=1, backlog=100)
+    sink2.send([f"{i:04d}" + "y" * 200 for i in range(n)], now=T_EXAMPLE)
+    assert sink2.sent == 0 and len(sink2.backlog) == 100 and sink2.dropped == n - 100
+    assert sink2.backlog[0].endswith(b": 0400" + b"y" * 200)   # the newest kept
+    sink.close(timeout=0)
+    sink2.close(timeout=0)
+    r.close()
+
+
+class Events:
+    """What the sink logs: (level, event, fields)."""
+
+    def __init__(self):
+        self.got = []
+
+    def warning(self, event, **kw):
+        self.got.append(("warning", event, kw))
+
+    def info(self, event, **kw):
+        self.got.append(("info", event, kw))
+
+    def names(self):
+        return [e for _, e, _ in self.got]
+
+
+def test_unavailable_is_logged_once_per_episode(tmp_path, monkeypatch):
+    path = tmp_path / "log"
+    ev = Events()
+    sink = SyslogSink(str(path), pid=1, log=ev)
+    assert sink.open() is False              # the daemon's start: said at once
+    assert ev.got == [("warning", "syslog_unavailable",
+                       {"address": str(path), "error": "ENOENT", "backlog": 0,
+                        "max_backlog": sink.max_backlog, "meaning": ev.got[0][2]["meaning"]})]
+    for _ in range(5):                       # the episode goes on: not said again
+        sink.send(["x"], now=T_EXAMPLE)
+        sink.flush()
+    assert ev.names() == ["syslog_unavailable"]
+    assert sink.unavailable == 11 and len(sink.backlog) == 5
+    assert sink.stats() == {"sent": 0, "dropped": 0, "send_errors": 0, "unavailable": 11,
+                            "backlog": 5}
+    r = unix_receiver(path)                  # syslog starts
+    sink.flush()
+    assert sink.sent == 5 and not sink.backlog
+    # ... and is over once lines have gone with no failure for EPISODE_QUIET
+    assert ev.names() == ["syslog_unavailable"]
+    monkeypatch.setattr(syslog, "EPISODE_QUIET", 0.0)
+    sink.flush()
+    assert ev.names() == ["syslog_unavailable", "syslog_available"]
+    assert ev.got[1][2]["dropped_meanwhile"] == 0
+    # syslogd goes away again: a new episode, said once
+    r.close()
+    os.unlink(path)
+    for _ in range(3):
+        sink.send(["y"], now=T_EXAMPLE)
+    assert ev.names() == ["syslog_unavailable", "syslog_available", "syslog_unavailable"]
+    assert sink.send_errors == 1 and len(sink.backlog) == 3
+    sink.close()
+    assert sink.dropped == 3
+
+
+def test_backlog_full_is_logged_once_per_episode(tmp_path):
+    path = tmp_path / "log"
+    ev = Events()
+    sink = SyslogSink(str(path), pid=1, backlog=5, log=ev)
+    sink.send([f"l{i}" for i in range(8)], now=T_EXAMPLE)
+    sink.send([f"m{i}" for i in range(8)], now=T_EXAMPLE)
+    assert ev.names() == ["syslog_unavailable", "syslog_backlog_full"]
+    assert sink.dropped == 11
+    r = unix_receiver(path)
+    sink.flush()
+    assert ev.names()[-1] == "syslog_backlog_drained"
+    assert ev.got[-1][2]["dropped_meanwhile"] == 11
+    got = [r.recv(65536).split(b": ", 1)[1] for _ in range(5)]
+    assert got == [f"m{i}".encode() for i in range(3, 8)]
+    sink.send([f"n{i}" for i in range(8)], now=T_EXAMPLE)    # all taken: nothing to say
+    assert ev.names()[-1] == "syslog_backlog_drained" and sink.dropped == 11
     sink.close()
     r.close()
 
@@ -257,3 +377,22 @@ def test_send_csv_same_messages_as_send(tmp_path, utc):
     a.close()
     b.close()
     r.close()
+
+
+def test_meter_print_keeps_stdout_to_the_csv(tmp_path):
+    """``nfflowd meter -r FILE --print`` with no syslog listening: the CSV on
+    stdout only; the warning, once, and the loss on stderr."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    conf = tmp_path / "nfflowd.yaml"
+    conf.write_text(f"export:\n  collectors: []\nsyslog: {{address: {tmp_path}/nobody}}\n")
+    p = subprocess.run([sys.executable, "-m", "nfflowd.cli", "-c", str(conf), "meter", "-r",
+                        str(root / "tests" / "data" / "pcaps" / "dns.pcap"), "--print"],
+                       capture_output=True, text=True, timeout=60, cwd=root)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines and all(len(line.split(",")) == 18 for line in lines), p.stdout
+    assert p.stderr.count("event=syslog_unavailable") == 1, p.stderr
+    assert f"syslog_dropped={len(lines)}" in p.stderr, p.stderr
