@@ -11,6 +11,8 @@ or the next deadline (flush, table poll, TTL purge) is due.  Signals only set a
 flag and wake the loop through a wakeup fd; nothing is done in a handler.
 SIGTERM and SIGINT drain what the kernel has already queued, flush every
 pending record and close the sinks: nothing already received is lost.
+While syslog lines wait (a table flush outruns syslogd's socket queue), the
+mirror's socket is in the write set and drains as fast as syslogd reads.
 
 The packet meters of ``meter.interfaces`` (``capture.InterfaceMeters``: a
 TPACKET_V3 ring and a flow table per interface) join the same loop: their
@@ -421,6 +423,11 @@ class Daemon:
                 if wake is not None:
                     deadline = min(deadline, wake)
             wlist = [sink for sink in streams if sink.wants_write() and sink.fileno() >= 0]
+            mirror = self.pipeline.mirror
+            if mirror is not None and mirror.wants_write():
+                # syslog lines waiting (its socket queue was full): they go
+                # as fast as syslog reads, a chunk per writable round
+                wlist.append(mirror)
             now = time.monotonic()
             timeout = max(0.0, deadline - now)
             quiet = self._quiet_from if self._quiet_from is not None else now
