@@ -8,8 +8,8 @@ return a fresh snapshot (``{**daemon.counters, **correlator.counters,
 GIL, iterating a dict the loop is resizing is not (a RuntimeError is retried
 once).
 
-The mapping from daemon counter names to metrics is ``COUNTERS`` and
-``PER_COLLECTOR`` below.  A key ``"<collector>.<stat>"`` (as in
+The mapping from daemon counter names to metrics is ``COUNTERS``,
+``GAUGES`` and ``PER_COLLECTOR`` below.  A key ``"<collector>.<stat>"`` (as in
 ``Pipeline.summary()``, e.g. ``"127.0.0.1:2055/v5.records"``) becomes a
 sample labelled ``collector="127.0.0.1:2055/v5"``; a dict value
 ``{"records": {"127.0.0.1:2055/v5": 10}}`` is read the same way.  A packet
@@ -50,6 +50,16 @@ COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
                      "(still mirrored to syslog)", {}),
     "syslog_lines": ("syslog_lines", "Flow-tools CSV lines sent to syslog", {}),
     "syslog_dropped": ("syslog_lines_dropped", "Flow-tools CSV lines syslog did not take", {}),
+    "syslog_send_errors": ("syslog_send_errors", "Sends to syslog that failed (not those "
+                           "that found its socket queue full: they wait)", {}),
+    "syslog_unavailable": ("syslog_unavailable", "Attempts to reach the syslog socket that "
+                           "found no listener", {}),
+}
+
+# daemon value that goes up and down -> (metric name without prefix, help)
+GAUGES: dict[str, tuple[str, str]] = {
+    "syslog_backlog": ("syslog_backlog_lines", "Flow-tools CSV lines waiting for syslog to "
+                       "take them (at most syslog.backlog)"),
 }
 
 # per-collector stat -> (metric name without prefix and _total, help)
@@ -123,6 +133,10 @@ def families(counters: dict) -> list:
         if key in COUNTERS:
             name, help_, labels = COUNTERS[key]
             counter(name, help_, labels, value)
+            return
+        if key in GAUGES:
+            name, help_ = GAUGES[key]
+            gauge(name, {}, value, help_)
             return
         if key.startswith("meter."):
             iface, dot, stat = key[6:].rpartition(".")

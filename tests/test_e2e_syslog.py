@@ -22,6 +22,7 @@ import pytest
 from natlab import LAN4, NatLab, run, skip_reason, stop, wait_for
 from test_e2e_burst import burst, count_table, final_counters
 from test_e2e_nat import SYSLOG_RE, start_nfflowd
+from test_lifecycle import nfflowd
 
 _reason = skip_reason() or (None if shutil.which("rsyslogd") else "needs rsyslogd (Debian: rsyslog)")
 pytestmark = [pytest.mark.root, pytest.mark.skipif(_reason is not None, reason=_reason or "")]
@@ -140,3 +141,61 @@ def test_table_flush_reaches_rsyslogd_whole(lab, tmp_path):
     assert len(keys) == 3 * n               # each record once
     assert sum(1 for k in keys if k[0] == LAN4) == n
 
+
+def check_counters(lab, cfg) -> dict:
+    """The running daemon's counters as ``nfflowd check`` prints them."""
+    out = nfflowd(lab, "-c", cfg, "check").stdout
+    return dict(re.findall(r"^  (\S+) = (\S+)$", out, re.M))
+
+
+def scrape(lab, port) -> dict:
+    """The metrics endpoint in fw: {sample name: value} of unlabelled samples."""
+    r = lab.ns(lab.fw, sys.executable, "-c",
+               "import sys, urllib.request; "
+               "print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())",
+               f"http://127.0.0.1:{port}/metrics")
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(r"^(nfflowd_\w+) (\S+)$", r.stdout, re.M)}
+
+
+def test_missing_syslog_is_said_once_and_shown(lab, tmp_path):
+    """syslog.address where nothing listens: said once at start (not again at
+    each retry), the waiting lines, the failed attempts and the send errors in
+    ``check`` and the metrics; once rsyslogd is there, the lines go."""
+    rs = Rsyslogd(lab, tmp_path)            # made, not started: no socket yet
+    cfg = write_config(tmp_path, rs.socket, "metrics: {listen: '127.0.0.1:19469'}")
+    daemon, log = start_nfflowd(lab, cfg)
+    try:
+        text = "".join(log)
+        assert text.count("event=syslog_unavailable") == 1, text
+        said = next(x for x in log if "event=syslog_unavailable" in x)
+        assert "level=warning" in said and str(rs.socket) in said and "error=ENOENT" in said
+        assert log.index(said) < next(i for i, x in enumerate(log) if "event=ready" in x)
+        n = 100
+        assert burst(lab, n) == n
+        assert wait_for(lambda: count_table(lab) >= n, timeout=20)
+        lab.flush()
+        assert wait_for(lambda: check_counters(lab, cfg).get("syslog_backlog") == str(3 * n),
+                        timeout=20)
+        time.sleep(2.5)                     # retries at two flush deadlines or more
+        c = check_counters(lab, cfg)
+        assert c["syslog_backlog"] == str(3 * n), c
+        assert int(c["syslog_unavailable"]) >= 3, c
+        assert (c["syslog_lines"], c["syslog_dropped"], c["syslog_send_errors"]) == \
+            ("0", "0", "0"), c
+        m = scrape(lab, 19469)
+        assert m["nfflowd_syslog_backlog_lines"] == 3 * n, m
+        assert m["nfflowd_syslog_unavailable_total"] >= 3, m
+        assert m["nfflowd_syslog_send_errors_total"] == 0, m
+        assert m["nfflowd_syslog_lines_dropped_total"] == 0, m
+        assert "".join(log).count("event=syslog_unavailable") == 1
+        rs.start()                          # syslog comes: the backlog goes
+        assert wait_for(lambda: rs.count() >= 3 * n, timeout=10), rs.count()
+        c = check_counters(lab, cfg)
+        assert (c["syslog_backlog"], c["syslog_lines"], c["syslog_dropped"]) == \
+            ("0", str(3 * n), "0"), c
+    finally:
+        counters, text = final_counters(daemon, log)
+        rs.stop()
+    assert text.count("event=syslog_unavailable") == 1, text
+    assert int(counters["syslog_dropped"]) == 0 and rs.count() == 3 * n

@@ -38,6 +38,7 @@ def daemon_like_counters():
         "[::1]:9995/v5.records": 18, "[::1]:9995/v5.datagrams": 1,
         "[::1]:9995/v5.send_errors": 2,
         "skipped_ipv6": 3, "syslog_lines": 21, "syslog_dropped": 0,
+        "syslog_backlog": 5, "syslog_send_errors": 1, "syslog_unavailable": 4,
     }
 
 
@@ -57,6 +58,10 @@ def test_scrape_reads_the_live_dicts():
         assert got[("nfflowd_send_errors_total", L(collector="[::1]:9995/v5"))] == 2
         assert got[("nfflowd_records_skipped_ipv6_total", L())] == 3
         assert got[("nfflowd_syslog_lines_total", L())] == 21
+        assert got[("nfflowd_syslog_lines_dropped_total", L())] == 0
+        assert got[("nfflowd_syslog_backlog_lines", L())] == 5
+        assert got[("nfflowd_syslog_send_errors_total", L())] == 1
+        assert got[("nfflowd_syslog_unavailable_total", L())] == 4
         assert got[("nfflowd_counters_up", L())] == 1
         assert got[("nfflowd_info", L(version=metrics.__version__))] == 1
         assert ("process_resident_memory_bytes", L()) in got
