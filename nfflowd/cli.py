@@ -550,8 +550,8 @@ def _run_foreground(cfg: Config) -> int:
     configure_logging(cfg.log_level)
     try:
         with PidFile(cfg.pidfile) as pf:
-            # a daemon that drops root keeps no descriptor on root's pidfile
-            return run_foreground(cfg, on_ready=pf.close if cfg.user else None)
+            # a daemon that drops root (user:) keeps no descriptor on root's pidfile
+            return run_foreground(cfg, on_drop=pf.close)
     except AlreadyRunning as e:
         err(str(e))
         return EXIT_FAILURE
@@ -615,8 +615,6 @@ def _daemon_child(cfg: Config, w: int) -> int:               # pragma: no cover 
     pidfile = PidFile(cfg.pidfile)
 
     def ready() -> None:
-        if cfg.user:
-            pidfile.close()      # no descriptor on root's pidfile once root is dropped
         tell(f"ready {os.getpid()}")
         os.close(w)
 
@@ -626,7 +624,7 @@ def _daemon_child(cfg: Config, w: int) -> int:               # pragma: no cover 
                                    detach_process=True)
         with ctx:
             configure_logging(cfg.log_level, to_syslog=True)
-            return run_foreground(cfg, on_ready=ready)
+            return run_foreground(cfg, on_ready=ready, on_drop=pidfile.close)
     except BaseException as e:  # noqa: BLE001 - whatever it was, the parent must hear it
         tell(f"error {e}")
         return EXIT_FAILURE

@@ -229,9 +229,10 @@ def announce_kernel_settings() -> bool:
 
 
 class Daemon:
-    def __init__(self, cfg: Config, on_ready=None):
+    def __init__(self, cfg: Config, on_ready=None, on_drop=None):
         self.cfg = cfg
         self.on_ready = on_ready        # called once subscribed and ready
+        self.on_drop = on_drop          # called before dropping root (user:)
         self.stopping = False
         self.reload_requested = False
         self.started_at = time.time()
@@ -332,6 +333,8 @@ class Daemon:
             self.meters = InterfaceMeters(self.cfg.meter)       # before dropping CAP_NET_RAW
             log.info("metering", interfaces=[i.name for i in self.cfg.meter.interfaces])
         if self.cfg.user:
+            if self.on_drop is not None:
+                self.on_drop()          # what root's only: the pidfile's descriptor
             drop_privileges(self.cfg.user)
             log.info("privileges_dropped", user=self.cfg.user, kept="CAP_NET_ADMIN")
         log.info("ready", connections_at_start=added, rcvbuf=self.sock.rcvbuf,
@@ -761,5 +764,5 @@ def uptime_ms() -> int:
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1_000_000
 
 
-def run_foreground(cfg: Config, on_ready=None) -> int:
-    return Daemon(cfg, on_ready).run()
+def run_foreground(cfg: Config, on_ready=None, on_drop=None) -> int:
+    return Daemon(cfg, on_ready, on_drop).run()

@@ -78,7 +78,12 @@ def test_unit_content():
     assert keys["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert keys["Restart"] == ["on-failure"]
     assert keys["RestartPreventExitStatus"] == ["2"]      # bad config: no restart loop
-    assert set(keys["CapabilityBoundingSet"][0].split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW"}
+    # CAP_SETUID, CAP_SETGID and CAP_SETPCAP for `user:` (#15 item 10;
+    # test_lifecycle runs the daemon with this set)
+    assert set(keys["CapabilityBoundingSet"][0].split()) == {
+        "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"}
+    # in this order: the set-uid calls and capset come back after ~@privileged
+    assert keys["SystemCallFilter"] == ["@system-service", "~@privileged", "@setuid capset"]
     assert set(keys["RestrictAddressFamilies"][0].split()) == {
         "AF_NETLINK", "AF_UNIX", "AF_INET", "AF_INET6", "AF_PACKET"}
     assert keys["ReadWritePaths"] == ["/run"]

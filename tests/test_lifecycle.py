@@ -4,6 +4,7 @@ in the middle of traffic, the legacy config, install --dry-run."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
@@ -252,6 +253,17 @@ def proc_status(pid: int) -> dict:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
+def assert_dropped(pid, pidfile):
+    """#15 item 10: nothing kept beyond CAP_NET_ADMIN, not even in the
+    bounding set; no new privileges; no descriptor on root's pidfile."""
+    st = proc_status(pid)
+    assert int(st["CapPrm"], 16) == 1 << 12, st["CapPrm"]
+    assert int(st["CapBnd"], 16) == 1 << 12, st["CapBnd"]
+    assert st["NoNewPrivs"] == "1", st["NoNewPrivs"]
+    fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    assert str(pidfile) not in fds, fds
+
+
 def test_user_drops_root_but_keeps_cap_net_admin_for_the_poller(lab, tmp_path):
     collector = Nfcapd(lab, tmp_path, port=20606)
     # a socket nobody can reach, as /dev/log is (tmp_path's parents are 0700)
@@ -266,6 +278,7 @@ def test_user_drops_root_but_keeps_cap_net_admin_for_the_poller(lab, tmp_path):
         st = proc_status(daemon.pid)        # `ip netns exec` execs python itself
         assert st["Uid"].split()[:2] == [str(65534)] * 2, st["Uid"]
         assert int(st["CapEff"], 16) == 1 << 12, st["CapEff"]   # CAP_NET_ADMIN only
+        assert_dropped(daemon.pid, tmp_path / "nfflowd.pid")
         polls = lambda: int(nfflowd(lab, "-c", cfg, "check").stdout  # noqa: E731
                             .split("polls = ")[1].split()[0])
         assert wait_for(lambda: polls() >= 2, timeout=10)    # table dumps as nobody work
@@ -351,3 +364,105 @@ def test_sched_priority_fifo_and_refused(lab, tmp_path):
     assert "event=sched_priority_refused" in text and "priority=5" in text, text
     assert "scheduling=SCHED_OTHER" in text, text
     assert p.returncode == 0, text
+
+
+def unit_settings(key) -> list[str]:
+    """The values of ``key`` in the shipped unit, in order."""
+    text = (ROOT / "init" / "nfflowd.service").read_text()
+    return re.findall(rf"^{key}=(.*)$", text, re.M)
+
+
+def syscall_names(spec: str) -> set[str]:
+    """The system calls that a SystemCallFilter= value names, groups expanded
+    by systemd-analyze itself."""
+    out = set()
+    for item in spec.split():
+        if not item.startswith("@"):
+            out.add(item)
+            continue
+        text = subprocess.run(["systemd-analyze", "syscall-filter", item], capture_output=True,
+                              text=True, timeout=30, check=True).stdout
+        for line in text.splitlines()[1:]:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                out |= syscall_names(line)
+    return out
+
+
+def unit_syscalls() -> set[str]:
+    """What the unit's SystemCallFilter= lines allow, applied in order as
+    systemd does: the first (an allow list) sets, a ~ line removes, others add."""
+    allowed: set[str] = set()
+    for i, value in enumerate(unit_settings("SystemCallFilter")):
+        assert i or not value.startswith("~"), "the unit's first filter is an allow list"
+        if value.startswith("~"):
+            allowed -= syscall_names(value[1:])
+        else:
+            allowed |= syscall_names(value)
+    return allowed
+
+
+# Loads a seccomp filter allowing the system calls listed in argv[1] (any
+# other fails with EPERM, SystemCallErrorNumber=EPERM), then execs argv[2:].
+SECCOMP = r"""
+import ctypes, errno, os, sys
+lib = ctypes.CDLL("libseccomp.so.2")
+lib.seccomp_init.restype = ctypes.c_void_p
+ctx = ctypes.c_void_p(lib.seccomp_init(ctypes.c_uint32(0x00050000 | errno.EPERM)))
+for name in open(sys.argv[1]).read().split():
+    nr = lib.seccomp_syscall_resolve_name(name.encode())
+    if nr >= 0:
+        assert lib.seccomp_rule_add(ctx, ctypes.c_uint32(0x7fff0000), nr, 0) == 0, name
+assert lib.seccomp_load(ctx) == 0
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def under_the_unit(tmp_path) -> tuple[str, ...]:
+    """A command prefix that runs as root in the shipped unit would: its
+    capability bounding set and NoNewPrivileges (setpriv), its system call
+    filter (seccomp, through libseccomp)."""
+    if shutil.which("setpriv") is None or shutil.which("systemd-analyze") is None:
+        pytest.skip("needs setpriv (util-linux) and systemd-analyze")
+    try:
+        ctypes.CDLL("libseccomp.so.2")
+    except OSError:
+        pytest.skip("libseccomp.so.2 (a dependency of systemd) not found")
+    [bounding] = unit_settings("CapabilityBoundingSet")
+    assert unit_settings("NoNewPrivileges") == ["yes"]
+    assert unit_settings("SystemCallErrorNumber") == ["EPERM"]
+    caps = ",".join("+" + c.lower().removeprefix("cap_") for c in bounding.split())
+    allowed = tmp_path / "syscalls"
+    allowed.write_text("\n".join(sorted(unit_syscalls())))
+    return ("setpriv", f"--bounding-set=-all,{caps}", "--inh-caps=-all", "--no-new-privs",
+            sys.executable, "-I", "-c", SECCOMP, str(allowed))
+
+
+def test_user_works_under_the_units_capability_set(lab, tmp_path):
+    """#15 item 10: the unit's bounding set lacked CAP_SETUID and CAP_SETGID
+    (and its system call filter the set-uid calls), so `user:` under systemd
+    failed with "Operation not permitted" (and was restarted every 5 s).  The
+    daemon is run here as systemd would run it (see under_the_unit)."""
+    prefix = under_the_unit(tmp_path)
+    collector = Nfcapd(lab, tmp_path, port=20609)
+    sockdir = Path(tempfile.mkdtemp(prefix="nfflowd-test-"))
+    os.chmod(sockdir, 0o755)
+    catcher = SyslogCatcher(sockdir / "log.sock")
+    os.chmod(catcher.path, 0o666)
+    cfg = config(tmp_path, "nfflowd.yaml", 20609, catcher.path, extra="user: nobody\n")
+    daemon, log = start_nfflowd(lab, cfg, prefix=prefix)
+    try:
+        st = proc_status(daemon.pid)
+        assert st["Seccomp"] == "2"                     # the filter is on
+        assert st["Uid"].split()[:2] == [str(65534)] * 2, st["Uid"]
+        assert_dropped(daemon.pid, tmp_path / "nfflowd.pid")
+        connections(lab, 1)
+        assert flush_and_wait(lab, catcher, 3)
+    finally:
+        stop(daemon)
+    daemon.log_reader.join(5)
+    text = "".join(log)
+    assert daemon.returncode == 0, text
+    collector.stop()
+    assert len(v5_records(collector)) == 3
+    shutil.rmtree(sockdir)
