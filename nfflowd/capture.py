@@ -229,6 +229,7 @@ class LiveStats:
     skipped: dict = field(default_factory=dict)     # reason -> frames
     fragments: int = 0
     truncated: int = 0
+    length_mismatch: int = 0                        # IP length above the wire length
     flows_exported: int = 0
     evicted: int = 0
     end_reasons: dict = field(default_factory=dict)
@@ -243,7 +244,8 @@ class LiveStats:
     count_reached: bool = False
 
     def warnings(self) -> list[str]:
-        return skip_warnings(self.skipped, self.truncated, self.evicted)
+        return skip_warnings(self.skipped, self.truncated, self.evicted,
+                             self.length_mismatch)
 
 
 def _fill(stats: LiveStats, table, parser: PacketParser, pkts0: int, oct0: int,
@@ -253,6 +255,7 @@ def _fill(stats: LiveStats, table, parser: PacketParser, pkts0: int, oct0: int,
     stats.skipped = dict(parser.skipped)
     stats.fragments = parser.fragments
     stats.truncated = parser.truncated
+    stats.length_mismatch = parser.length_mismatch
     stats.flows_exported = table.flows_exported - exp0
     stats.evicted = table.evicted - ev0
     stats.end_reasons = {k: v - reasons0.get(k, 0) for k, v in table.end_reasons.items()
@@ -456,6 +459,7 @@ class InterfaceMeters:
                         p + "flows_exported": table.flows_exported,
                         p + "flows_evicted": table.evicted,
                         p + "frames_skipped": sum(parser.skipped.values()),
+                        p + "length_mismatch": parser.length_mismatch,
                         p + "kernel_packets": kp, p + "kernel_drops": kd})
         return out
 

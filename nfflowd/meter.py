@@ -196,8 +196,13 @@ class FlowTable:
                 proto = data[23]
                 f = data[47] if proto == 6 else 0
                 o = (data[16] << 8) | data[17]
-                if o < 20:
-                    o = max(ol - 14, 0)
+                if o < 20 or o > ol - 14:      # as the parser: never above the wire
+                    w = (ol if ol > len(data) else len(data)) - 14
+                    if o > w:
+                        o = w
+                        parser.length_mismatch += 1
+                    elif o < 20:
+                        o = w
                 key = data[26:38] + suffix[proto]
                 n += 1
                 octets += o
@@ -394,6 +399,7 @@ class MeterSummary:
     skipped: dict = field(default_factory=dict)   # reason -> frames (non-IP, ...)
     fragments: int = 0
     truncated: int = 0              # transport header cut by the snaplen
+    length_mismatch: int = 0        # IP length above the wire length (the wire's counted)
     snapped: int = 0                # captured length < original length
     flows: list = field(default_factory=list)     # when no sink was given
     flows_exported: int = 0
@@ -409,10 +415,12 @@ class MeterSummary:
 
     def warnings(self) -> list[str]:
         out = [] if self.error is None else [f"capture error: {self.error}"]
-        return out + skip_warnings(self.skipped, self.truncated, self.evicted)
+        return out + skip_warnings(self.skipped, self.truncated, self.evicted,
+                                   self.length_mismatch)
 
 
-def skip_warnings(skipped: dict, truncated: int, evicted: int) -> list[str]:
+def skip_warnings(skipped: dict, truncated: int, evicted: int,
+                  length_mismatch: int = 0) -> list[str]:
     """What a meter run did not meter, or ended early, in words (file and live)."""
     out = []
     non_ip = sum(skipped.values())
@@ -422,6 +430,9 @@ def skip_warnings(skipped: dict, truncated: int, evicted: int) -> list[str]:
     if truncated:
         out.append(f"{truncated} packets with a transport header cut by the snaplen "
                    "(metered with ports 0)")
+    if length_mismatch:
+        out.append(f"{length_mismatch} packets whose IP header claims more bytes than the "
+                   "frame carried (counted at the frame's length)")
     if evicted:
         out.append(f"{evicted} flows ended early: flow table full")
     return out
@@ -491,6 +502,7 @@ def meter_file(source, table: FlowTable, bpf: str | None = None,
     summary.skipped = dict(parser.skipped)
     summary.fragments = parser.fragments
     summary.truncated = parser.truncated
+    summary.length_mismatch = parser.length_mismatch
     summary.snapped = reader.snapped
     summary.flows_exported = table.flows_exported
     summary.evicted = table.evicted

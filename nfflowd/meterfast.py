@@ -188,6 +188,8 @@ class ChunkMeter:
             frag = at("<u2", 8)[base]          # flags/offset, bytes swapped
             proto = at(np.uint8, 11)[base]
             tot = at(">u2", 4)[base]
+            # the IP length, never above what the frame held (packet.py)
+            wire = np.maximum(orig, cap) - hl
             tcp = proto == 6
             fast = (((hdr & 0xFFFFFF) == 0x450008) & ((frag & 0xFF3F) == 0)
                     & (tcp | (proto == 17)) & (cap >= hl + 24 + 10 * tcp) & (tot >= 20))
@@ -201,7 +203,8 @@ class ChunkMeter:
         v6 = []                                    # (frame index, key, octets, flags, tos)
         from .meter import flow_key
         pa = self.parser
-        saved = (dict(pa.skipped), pa.fragments, pa.truncated, dict(pa._frags))
+        saved = (dict(pa.skipped), pa.fragments, pa.truncated, pa.length_mismatch,
+                 dict(pa._frags))
         if len(rare):
             ro = offs[rare].tolist()
             rc = cap[rare].tolist()
@@ -212,13 +215,6 @@ class ChunkMeter:
                 if p is None:
                     continue
                 octets = p[6]
-                # meter_frames' inline case counts a zero IP length as the
-                # original length minus 14 (the parser: (original or captured) - 14)
-                if (lt == 1 and data[12:15] == b"\x08\x00\x45" and len(data) >= 38
-                        and not (data[20] & 0x3F or data[21])
-                        and (data[23] == 17 or (data[23] == 6 and len(data) >= 48))
-                        and ((data[16] << 8) | data[17]) < 20):
-                    octets = max(ol - 14, 0)
                 key = flow_key(p)
                 if len(key) == 16:
                     k0, k1 = _QQ(key)
@@ -238,6 +234,12 @@ class ChunkMeter:
                 proto = proto[fidx]
                 tot = tot[fidx]
                 tcp = tcp[fidx]
+                wire = wire[fidx]
+            over = tot > wire
+            if over.any():
+                tot = np.where(over, wire, tot)
+                pa.length_mismatch += int(np.count_nonzero(over))
+            del wire, over
             k0 = at("<u8", 14)[base]
             k1 = at("<u4", 22)[base].astype(np.uint64)
             k1 |= proto.astype(np.uint64) << u(32)
@@ -277,7 +279,7 @@ class ChunkMeter:
             sk1 = k1[srt]
             newk = (sk0[1:] != sk0[:-1]) | (sk1[1:] != sk1[:-1])
             if (newk & (hs[1:] == hs[:-1])).any():          # a hash collision
-                pa.skipped, pa.fragments, pa.truncated, pa._frags = saved
+                pa.skipped, pa.fragments, pa.truncated, pa.length_mismatch, pa._frags = saved
                 return False
             starts = np.concatenate(([0], np.flatnonzero(newk) + 1))
             del h, sv, newk
@@ -316,7 +318,7 @@ class ChunkMeter:
             new += sum(1 for k in v6keys if k not in flows)
         if len(flows) + new > table.max_flows:
             # the per-packet path parses these frames again: undo
-            pa.skipped, pa.fragments, pa.truncated, pa._frags = saved
+            pa.skipped, pa.fragments, pa.truncated, pa.length_mismatch, pa._frags = saved
             return False
         bs = self.bs
         last_b = (g0 + n) // bs * bs - 1

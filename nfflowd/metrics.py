@@ -84,6 +84,8 @@ PER_METER: dict[str, tuple[str, str, bool]] = {
                       "cache was full, by interface", True),
     "frames_skipped": ("meter_frames_skipped", "Frames not metered (not IP, cut short), "
                        "by interface", True),
+    "length_mismatch": ("meter_length_mismatch", "Packets whose IP length exceeds the "
+                        "frame's (counted at the frame's length), by interface", True),
     "kernel_packets": ("meter_kernel_packets", "Packets the kernel passed to the capture "
                        "socket (its drops included), by interface", True),
     "kernel_drops": ("meter_kernel_drops", "Packets the kernel dropped because the capture "

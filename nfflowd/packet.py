@@ -14,7 +14,11 @@ NULL (0, host byte order) and LOOP (108, network byte order).
 
 Counting, as NetFlow does: ``octets`` is the layer-3 length, IPv4 Total Length
 (RFC 791) or IPv6 Payload Length + 40 (RFC 8200), whatever the link adds
-(Ethernet padding, FCS) or the capture cut.  ``sport``/``dport`` for TCP, UDP,
+(Ethernet padding, FCS) or the capture cut -- but never more than the frame
+carried on the wire: when the header claims more than the original length
+after the link header (a forged or corrupt length), that is what is counted
+(softflowd counts the wire length too), and the packet counts in
+``length_mismatch``.  A length of 0 (TSO, jumbograms) counts the wire length.  ``sport``/``dport`` for TCP, UDP,
 SCTP, UDP-Lite and DCCP (the first four bytes of each header); ICMP and ICMPv6
 carry ``type * 256 + code`` in ``dport`` and 0 in ``sport``; other protocols 0
 and 0.  IPv6 extension headers (hop-by-hop, routing, fragment, destination
@@ -109,13 +113,15 @@ class PacketParser:
 
     ``parse(linktype, data, original_length)`` returns a ``Packet`` or None.
     Counters: ``skipped`` (reason -> frames), ``fragments`` (IP fragments seen),
-    ``truncated`` (transport header cut: metered with ports 0).
+    ``truncated`` (transport header cut: metered with ports 0),
+    ``length_mismatch`` (IP length above the wire length: the wire's counted).
     """
 
     def __init__(self, max_fragment_keys: int = MAX_FRAGMENT_KEYS):
         self.skipped: dict[str, int] = {}
         self.fragments = 0
         self.truncated = 0
+        self.length_mismatch = 0
         self._frags: dict = {}
         self._max_frags = max_fragment_keys
 
@@ -220,8 +226,13 @@ class PacketParser:
         if vihl >> 4 != 4 or ihl < 20:
             self.skip("bad_ip_header")
             return None
-        if total < ihl:                  # 0 with TSO: take what the frame says
-            total = max((origlen or n) - o, 0)
+        if total < ihl or total > origlen - o:
+            wire = (origlen if origlen > n else n) - o      # what the frame held
+            if total > wire:             # a forged length: count the wire's
+                total = wire
+                self.length_mismatch += 1
+            elif total < ihl:            # 0 with TSO: take what the frame says
+                total = wire
         src = data[o + 12:o + 16]
         dst = data[o + 16:o + 20]
         t = o + ihl
@@ -265,7 +276,14 @@ class PacketParser:
             return None
         tos = ((b0 & 15) << 4) | (data[o + 1] >> 4)
         plen = (data[o + 4] << 8) | data[o + 5]
-        total = plen + 40 if plen else max((origlen or n) - o, 40)   # 0: jumbogram
+        total = plen + 40
+        if plen == 0 or total > origlen - o:
+            wire = (origlen if origlen > n else n) - o      # what the frame held
+            if plen == 0:                # a jumbogram: what the frame says
+                total = wire
+            elif total > wire:           # a forged length: count the wire's
+                total = wire
+                self.length_mismatch += 1
         nh = data[o + 6]
         src = data[o + 8:o + 24]
         dst = data[o + 24:o + 40]

@@ -426,3 +426,63 @@ def test_inline_fast_path_equals_parser_path(capture):
     end = frames[-1][0]
     assert sorted(a.expire(end) + a.flush_all()) == sorted(b.expire(end) + b.flush_all())
     assert (a.packets, a.octets, pa.skipped) == (b.packets, b.octets, pb.skipped)
+
+
+# --------------------------------------------------------------------------
+# forged IP lengths (#15 item 12)
+# --------------------------------------------------------------------------
+
+def forged_capture(path, n=10, claim=65000) -> bytes:
+    """n 60-byte Ethernet/IPv4/UDP frames (46 bytes of IP on the wire) whose
+    IP header claims ``claim`` bytes, one second apart, one flow."""
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for i in range(n):
+        l4 = struct.pack("!HHHH", 40000, 53, 26, 0) + b"x" * 18
+        l3 = struct.pack("!BBHHHBBH4s4s", 0x45, 0, claim, i, 0, 64, 17, 0,
+                         bytes([198, 51, 100, 1]), bytes([203, 0, 113, 1])) + l4
+        frame = b"\0\0\0\0\0\2\0\0\0\0\0\1\x08\x00" + l3
+        assert len(frame) == 60
+        out.append(struct.pack("<IIII", 1_700_000_000 + i, 0, 60, 60) + frame)
+    data = b"".join(out)
+    Path(path).write_bytes(data)
+    return data
+
+
+def test_forged_ip_length_counts_what_the_frame_held(tmp_path):
+    """Ten 60-byte frames claiming 65000-byte packets are 460 bytes (60 - 14
+    each, what softflowd counts), not 650000; each is counted in
+    length_mismatch and the summary says so.  The numpy chunk path, the
+    per-packet path (a chunk that falls back to it), and the batch path
+    with a filter agree."""
+    from nfflowd.bpf import Filter
+    from nfflowd.capture import meter_reader
+    path = tmp_path / "forged.pcap"
+    forged_capture(path)
+    s = meter(path)
+    assert [(f.packets, f.octets) for f in s.flows] == [(10, 460)]
+    assert (s.ip_packets, s.octets, s.length_mismatch) == (10, 460, 10)
+    assert any("10 packets whose IP header claims more bytes than the frame carried" in w
+               for w in s.warnings())
+    # max_flows 1 sends the chunk through FlowTable.meter_frames (two flows could not fit)
+    forged_capture(path, claim=1000)
+    with open(path, "ab") as f:
+        f.write(forged_capture(tmp_path / "other.pcap", 3, claim=46)[24:].replace(
+            bytes([203, 0, 113, 1]), bytes([203, 0, 113, 2])))
+    for kw in ({}, {"max_flows": 1}):
+        s = meter(path, **kw)
+        assert (s.ip_packets, s.octets, s.length_mismatch) == (13, 13 * 46, 10), kw
+    got = []
+    st = meter_reader(path, FlowTable(active_timeout=FOREVER, inactive_timeout=FOREVER),
+                      got.extend, bpf=Filter("udp"))
+    assert (st.ip_packets, st.octets, st.length_mismatch) == (13, 13 * 46, 10)
+    assert sum(f.octets for f in got) == 13 * 46
+
+
+@needs_tools
+def test_forged_ip_length_as_softflowd_counts_it(tmp_path):
+    path = tmp_path / "forged.pcap"
+    forged_capture(path)
+    s = meter(path)
+    theirs, _stats = run_softflowd(str(path), tmp_path, s.frames)
+    assert ours(s.flows) == theirs
+    assert [k[7] for k in theirs] == [460]

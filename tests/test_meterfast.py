@@ -6,7 +6,7 @@ Both run on every sample capture and on captures generated here with
 hypothesis: Ethernet with and without 802.1Q/QinQ tags, Linux cooked, IPv4
 with options and fragments, IPv6 with extension headers and fragments, TCP
 with FIN and RST in both directions, UDP, ICMP, snaplen-cut frames, IP length
-0, time gaps around the idle, active, FIN and RST timeouts, time going
+0 and IP lengths above the frame's (forged), time gaps around the idle, active, FIN and RST timeouts, time going
 backwards, small tables (eviction) and small batches (expire boundaries).
 Every record (all fields, end reasons included) and every counter must be
 the same."""
@@ -53,7 +53,8 @@ def per_packet(source, table, batch_size=4096):
         err = str(e)
     out += table.flush_all(last if last is not None else 0)
     return out, (frames, table.packets, table.octets, dict(parser.skipped), parser.fragments,
-                 parser.truncated, reader.snapped, table.flows_exported, table.evicted,
+                 parser.truncated, parser.length_mismatch, reader.snapped,
+                 table.flows_exported, table.evicted,
                  dict(table.end_reasons), first, last, err)
 
 
@@ -61,8 +62,8 @@ def vectorised(source, table, batch_size=4096, chunk_size=1 << 25):
     got = []
     s = meter_file(source, table, sink=got.extend, batch_size=batch_size, chunk_size=chunk_size)
     return got, (s.frames, s.ip_packets, s.octets, s.skipped, s.fragments, s.truncated,
-                 s.snapped, s.flows_exported, s.evicted, s.end_reasons, s.first_ns, s.last_ns,
-                 str(s.error) if s.error else None)
+                 s.length_mismatch, s.snapped, s.flows_exported, s.evicted, s.end_reasons,
+                 s.first_ns, s.last_ns, str(s.error) if s.error else None)
 
 
 def same(source, batch_size=4096, chunk_size=1 << 25, **kw):
@@ -104,17 +105,20 @@ def l4(proto, sp, dp, flags):
 
 def frame(p) -> tuple[bytes, int]:
     """(frame bytes, link type) of one generated packet description."""
-    (fam, si, di, proto, sp, dp, flags, link, tags, opts, frag, ext, tos, pad, zero_len) = p
+    (fam, si, di, proto, sp, dp, flags, link, tags, opts, frag, ext, tos, pad, odd_len) = p
+    # odd_len: 1 the IP length is 0 (TSO), 2 it claims 1000 bytes more than the frame
+    zero_len = odd_len == 1
+    more = 1000 if odd_len == 2 else 0
     body = l4(proto, sp, dp, flags) + b"\0" * pad
     if fam == 4:
         src, dst = HOSTS4[si], HOSTS4[di]
         o = b"\x01\x01\x01\x00" if opts else b""
         ihl = 5 + len(o) // 4
         fr = {0: 0x4000, 1: 0x2000, 2: 0x2000 | 3, 3: 5}[frag]     # DF, first, middle, last
-        total = 0 if zero_len else 4 * ihl + len(body)
+        total = 0 if zero_len else 4 * ihl + len(body) + more
         if frag in (2, 3):
             body = body[8:]
-            total = 0 if zero_len else 4 * ihl + len(body)
+            total = 0 if zero_len else 4 * ihl + len(body) + more
         l3 = struct.pack("!BBHHHBB2x4s4s", 0x40 | ihl, tos, total, 77, fr, 64, proto,
                          src, dst) + o + body
         et = 0x0800
@@ -137,7 +141,7 @@ def frame(p) -> tuple[bytes, int]:
         if frag in (2, 3):
             body = body[8:]
         pl = hdrs + body
-        l3 = struct.pack("!IHBB16s16s", (6 << 28) | (tos << 20), 0 if zero_len else len(pl),
+        l3 = struct.pack("!IHBB16s16s", (6 << 28) | (tos << 20), 0 if zero_len else len(pl) + more,
                          nh, 64, src, dst) + pl
         et = 0x86DD
     if link == 1:
@@ -163,7 +167,7 @@ packets = st.tuples(
     st.sampled_from([0, 0, 1, 2, 4, 5]),
     st.sampled_from([0, 0, 0x10]),
     st.sampled_from([0, 0, 30, 1400]),
-    st.sampled_from([False] * 15 + [True]),
+    st.sampled_from([0] * 14 + [1, 2]),
 )
 # time steps in ms: same instant, small, around the timeouts (1 s RST, 2 s FIN,
 # 4 s idle, 10 s active), backwards
@@ -273,7 +277,7 @@ def test_generated_tcp_conversations(conv, batch, chunk, fin, rst):
     recs = []
     for (d, which, flags, fam, tags), dt in conv:
         sp, dp = (1000 + which, 80) if d == 0 else (80, 1000 + which)
-        p = (fam, d, 1 - d, 6, sp, dp, flags, 1, tags, False, 0, 0, 0, 0, False)
+        p = (fam, d, 1 - d, 6, sp, dp, flags, 1, tags, False, 0, 0, 0, 0, 0)
         recs.append((p, dt, 0))
     same(capture(recs), batch, chunk, active_timeout=10, inactive_timeout=4,
          tcp_fin_timeout=fin, tcp_rst_timeout=rst)

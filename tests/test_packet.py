@@ -167,6 +167,32 @@ def test_ip_length_zero_falls_back_to_the_frame():
     assert PacketParser().parse(1, eth(l3), 14 + 9000).octets == 9000
 
 
+def test_ip_length_above_the_wire_counts_the_wire():
+    """A forged IP length (#15 item 12): the frame's original length after
+    the link header is counted, as softflowd counts it, and the packet in
+    length_mismatch; a length the wire holds is kept (Ethernet padding is
+    not counted), and so is one a snaplen cut hides."""
+    p = PacketParser()
+    v4 = eth(ipv4(17, udp(body=b"x" * 18), total=65000))             # a 60-byte frame
+    assert len(v4) == 60
+    assert p.parse(1, v4, 60).octets == 46
+    assert p.parse(1, v4[:40], 60).octets == 46                       # cut by the snaplen
+    v6 = ipv6(17, udp())                                              # payload length 13
+    v6 = v6[:4] + struct.pack("!H", 65000) + v6[6:]
+    assert p.parse(1, eth(v6, 0x86DD), 14 + len(v6)).octets == len(v6)
+    assert p.parse(101, v6, len(v6)).octets == len(v6)                # raw IP: no link header
+    # a record whose original length is below its captured one: the captured counts
+    assert p.parse(1, v4, 50).octets == 46
+    assert p.length_mismatch == 5
+    honest = eth(ipv4(6, tcp()) + b"\0" * 6)                           # 40 bytes, 6 of padding
+    assert p.parse(1, honest, 60).octets == 40
+    assert p.parse(1, eth(ipv4(6, tcp(), total=1500))[:54], 1514).octets == 1500
+    assert p.length_mismatch == 5
+    frag = eth(ipv4(17, udp(), total=9000, frag=0x2000))              # a first fragment
+    assert p.parse(1, frag, len(frag)).octets == len(frag) - 14
+    assert p.length_mismatch == 6
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.sampled_from([0, 1, 12, 14, 101, 108, 113, 228, 229, 276, 9999]),
        st.binary(max_size=120),
