@@ -9,7 +9,9 @@ out, ``meter`` met a truncated or corrupt capture or could not capture);
 ``meter`` has options of its own; they follow the command word and go to
 the meter's parser, the global options (``-c``) precede it.  Its options
 default to the config's ``meter:`` section.  Every other command is parsed as
-before.
+before.  Without ``-c``, ``meter`` runs on the built-in defaults when the
+default config file does not exist (as softflowd needs none); a file ``-c``
+names must exist, and every other command needs its config.
 """
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                "'nfflowd meter --help' lists its options), help, version. "
                "Exit status: 0 ok, 1 failure, 2 bad config or arguments, 3 not running, "
                "4 kernel prerequisites missing.")
-    p.add_argument("-c", dest="config", metavar="file", default=DEFAULT_PATH,
-                   help=f"configuration file (default {DEFAULT_PATH}); the original nfflowd's "
+    p.add_argument("-c", dest="config", metavar="file", default=None,
+                   help=f"configuration file (default {DEFAULT_PATH}; meter runs on the "
+                        "built-in defaults without it); the original nfflowd's "
                         "nfflowd.conf is read too")
     p.add_argument("-f", dest="foreground", action="store_true",
                    help="run in the foreground (don't detach)")
@@ -149,16 +152,22 @@ def _load(path: str) -> Config:
     return load_any(path)[0]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, default_config: str = DEFAULT_PATH) -> int:
+    """The command line.  ``default_config``: the file read without ``-c``."""
     parser = _parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     head, meter_args = _split_meter(argv)
     args = parser.parse_args(head)
     cmd = args.command
+    if args.config is None:
+        args.config = default_config
+        optional = True
+    else:
+        optional = False
     if cmd == "meter":
         mparser = _meter_parser()
         opts = mparser.parse_args(meter_args)
-        return meter_command(args.config, opts, mparser)
+        return meter_command(args.config, opts, mparser, optional=optional)
     if cmd == "help":
         parser.print_help()
         return EXIT_OK
@@ -191,9 +200,12 @@ END_NAMES = {1: "idle timeout", 2: "active timeout", 3: "end of flow", 4: "end o
              5: "flow table full"}
 
 
-def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser) -> int:
+def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser,
+                  optional: bool = False) -> int:
     """``nfflowd meter``: argument and configuration checks, then ``meter``
-    (-r) or ``meter_interface`` (-i)."""
+    (-r) or ``meter_interface`` (-i).  ``optional``: ``config_path`` is the
+    default one, not named by ``-c``: if it does not exist, the built-in
+    defaults apply (said on standard error)."""
     if opts.read is None and opts.interface is None:
         mparser.print_usage(sys.stderr)
         err("meter: -r FILE or -i IFACE is required")
@@ -205,11 +217,18 @@ def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser) -> i
         err(f"meter: -s SNAPLEN must be from {SNAPLEN_MIN} to {SNAPLEN_MAX}, "
             f"got {opts.snaplen}")
         return EXIT_CONFIG
-    try:
-        cfg = _load(config_path)
-    except ConfigError as e:
-        err(f"bad configuration:\n{e}")
-        return EXIT_CONFIG
+    if optional and not os.path.lexists(config_path):
+        cfg = Config()
+        err(f"no {config_path}: the built-in defaults apply ("
+            + ", ".join(c.name for c in cfg.export.collectors)
+            + (f", syslog mirror to {cfg.syslog.address}" if cfg.syslog.enabled else "")
+            + "); -c names another configuration")
+    else:
+        try:
+            cfg = _load(config_path)
+        except ConfigError as e:
+            err(f"bad configuration:\n{e}")
+            return EXIT_CONFIG
     m = cfg.meter
     from .daemon import configure_logging
     configure_logging(cfg.log_level)     # stderr: stdout may carry --print's lines

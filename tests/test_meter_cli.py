@@ -310,3 +310,68 @@ def test_a_flow_the_encoders_refuse_is_reported_and_fails(tmp_path, capsys, tsre
         assert (f"{name} refused records (not exported there): "
                 "flowStartMilliseconds out of range: 1") in err
     assert "error: the encoders refused 2 records (see above)" in err
+
+
+# the meter without -c, in a network and mount namespace of its own: the
+# built-in defaults' collector (127.0.0.1:2055) is this script's socket, and
+# the syslog mirror's /dev/log (where the host has one) a socket nobody reads
+_DEFAULTS_RUN = r'''
+import json, os, socket, subprocess, sys
+from nfflowd import cli
+result, pcap, default, logsock = sys.argv[1:5]
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=10)
+col = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+col.bind(("127.0.0.1", 2055))
+log = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+log.bind(logsock)
+if os.path.lexists("/dev/log"):
+    subprocess.run(["mount", "--bind", logsock, "/dev/log"], check=True, timeout=10)
+rc = cli.main(["meter", "-r", pcap, "--print"], default_config=default)
+sys.stdout.flush()
+got = []
+col.settimeout(0.5)
+try:
+    while len(got) < 1000:
+        got.append(col.recv(65535).hex())
+except socket.timeout:
+    pass
+with open(result, "w") as f:
+    json.dump({"rc": rc, "datagrams": got}, f)
+'''
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
+                    reason="unshare and root needed (a namespace of its own)")
+def test_meter_without_c_runs_on_the_defaults_when_the_default_config_is_missing(
+        tmp_path, capsys):
+    """#15 item 22: no -c and no default config file: the meter meters on the
+    built-in defaults (NetFlow v5 to 127.0.0.1:2055, the syslog mirror) and
+    says so; softflowd needs no config either.  A -c naming a missing file,
+    and a default file that exists but is bad, stay errors (exit 2)."""
+    import json
+    import sys
+    default = tmp_path / "absent" / "nfflowd.yaml"
+    result = tmp_path / "result.json"
+    pcap = PCAPS / "dns.pcap"
+    r = subprocess.run(["unshare", "--mount", "--net", sys.executable, "-c", _DEFAULTS_RUN,
+                        str(result), str(pcap), str(default), str(tmp_path / "log.sock")],
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr
+    got = json.loads(result.read_text())
+    assert got["rc"] == 0, r.stderr
+    assert f"no {default}: the built-in defaults apply (127.0.0.1:2055/v5" in r.stderr
+    expected = meter_file(pcap, FlowTable())
+    assert len(r.stdout.splitlines()) == len(expected.flows) == 16
+    # the default collector got every flow as NetFlow v5
+    heads = [bytes.fromhex(d)[:4] for d in got["datagrams"]]
+    assert heads and all(h[:2] == b"\0\5" for h in heads)
+    assert sum(int.from_bytes(h[2:4], "big") for h in heads) == 16
+    # -c naming a missing file stays an error, and so does a bad default file
+    rc, out, err = run(capsys, "-c", str(default), "meter", "-r", str(pcap), "--print")
+    assert rc == 2 and "cannot read" in err and out == ""
+    default.parent.mkdir()
+    default.write_text("export: [\n")
+    rc = cli.main(["meter", "-r", str(pcap), "--print"], default_config=str(default))
+    got = capsys.readouterr()
+    assert rc == 2 and "not valid YAML" in got.err and got.out == ""
