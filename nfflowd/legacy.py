@@ -46,7 +46,8 @@ SYSLOG_CLASS = "Log::Dispatch::Syslog"
 LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 LEVEL_ALIASES = {"warn": "warning", "err": "error", "crit": "critical", "emerg": "emergency"}
 
-_LOOKS = re.compile(r"^[ \t]*<[ \t]*/?[ \t]*(%s)\b[^>]*>" % "|".join(BLOCKS), re.M)
+# [^>\n]: a tag is on one line (and so each line is scanned once)
+_LOOKS = re.compile(r"^[ \t]*<[ \t]*/?[ \t]*(%s)\b[^>\n]*>" % "|".join(BLOCKS), re.M)
 
 
 def looks_legacy(text: str) -> bool:
@@ -64,10 +65,45 @@ class Block:
     blocks: dict = field(default_factory=dict)    # name -> [Block, ...]
 
 
-_OPEN = re.compile(r"^<\s*([^\s/>][^\s>]*)(?:\s+([^>]*?))?\s*>$")
-_CLOSE = re.compile(r"^<\s*/\s*([^\s>]+)\s*>$")
 _OPTION = re.compile(r"^([^\s=]+)(?:\s*=\s*|\s+|$)(.*)$")
 _HEREDOC = re.compile(r"^<<\s*(\w+)\s*;?$")
+
+
+def _tag(line: str):
+    """A block tag line: ("open", name) for ``<name [argument]>`` (the name
+    then "name argument"), ("close", name) for ``</name>``, else None.
+    String operations, not a regular expression, so that a long line costs
+    its length and no more."""
+    if not line.startswith("<") or line.startswith("<<") or not line.endswith(">"):
+        return None
+    inner = line[1:-1].strip()
+    if not inner or ">" in inner:
+        return None
+    if inner.startswith("/"):
+        name = inner[1:].strip()
+        return ("close", name) if name and len(name.split()) == 1 else None
+    return ("open", " ".join(inner.split(None, 1)))
+
+
+def _strip_c_comments(line: str, in_comment: bool) -> tuple[str | None, bool]:
+    """One line through Config::General's C-comment rules (CComments, on by
+    default): ``/* ... */`` within a line goes, from the first ``/*`` to the
+    last ``*/`` with the blanks around; a line beginning with ``/*`` and no
+    ``*/`` opens a comment; a line with ``*/`` (and no ``/*`` before it) closes
+    it, the text after the last ``*/`` staying.  A ``/*`` inside a comment
+    does not nest: the first closing line ends it.  Returns (the line, or None
+    when it is all comment; whether a comment is open after it).  A few
+    find/rfind calls: linear in the line."""
+    start = line.find("/*")
+    end = line.rfind("*/")
+    if start >= 0 and end >= start + 2:            # /* ... */ on the line
+        line = line[:start].rstrip() + line[end + 2:].lstrip()
+    elif line.lstrip().startswith("/*"):            # a comment opens here
+        in_comment = not line.rstrip().endswith("*/")
+    elif end >= 0:                                  # ... and closes here
+        in_comment = False
+        line = line[end + 2:]
+    return (None if in_comment else line), in_comment
 
 
 def _logical_lines(text: str):
@@ -77,24 +113,11 @@ def _logical_lines(text: str):
     lines = text.splitlines()
     i = 0
     while i < len(lines):
-        n, raw = i + 1, lines[i]
+        n = i + 1
+        line, in_c_comment = _strip_c_comments(lines[i], in_c_comment)
         i += 1
-        line = raw
-        if in_c_comment:
-            end = line.find("*/")
-            if end < 0:
-                continue
-            line, in_c_comment = line[end + 2:], False
-        # /* ... */ comments, which Config::General also strips
-        while True:
-            s = line.find("/*")
-            if s < 0:
-                break
-            e = line.find("*/", s + 2)
-            if e < 0:
-                line, in_c_comment = line[:s], True
-                break
-            line = line[:s] + line[e + 2:]
+        if line is None:
+            continue
         line = re.sub(r"(?<!\\)#.*$", "", line).replace("\\#", "#").strip()
         if line.endswith("\\"):
             if not pending:
@@ -123,23 +146,21 @@ def parse_general(text: str, path: str = "<string>") -> Block:
         if line.lower().startswith("<<include"):
             problems.append((where, "<<include>> is not supported; paste the included file in"))
             continue
-        m = _CLOSE.match(line)
-        if m:
-            if len(stack) == 1 or m.group(1) != stack[-1].name:
+        tag = _tag(line)
+        if tag is not None and tag[0] == "close":
+            name = tag[1]
+            if len(stack) == 1 or name != stack[-1].name:
                 want = f"</{stack[-1].name}>" if len(stack) > 1 else "no closing tag"
-                problems.append((where, f"unexpected </{m.group(1)}> (expected {want})"))
-                if len(stack) > 1 and any(b.name == m.group(1) for b in stack[1:]):
-                    while stack[-1].name != m.group(1):
+                problems.append((where, f"unexpected </{name}> (expected {want})"))
+                if len(stack) > 1 and any(b.name == name for b in stack[1:]):
+                    while stack[-1].name != name:
                         stack.pop()
                     stack.pop()
                 continue
             stack.pop()
             continue
-        m = _OPEN.match(line)
-        if m and not line.startswith("<<"):
-            name = m.group(1)
-            if m.group(2):
-                name = f"{name} {m.group(2)}"
+        if tag is not None:
+            name = tag[1]
             block = Block(name, n)
             stack[-1].blocks.setdefault(name, []).append(block)
             stack.append(block)

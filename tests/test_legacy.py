@@ -5,13 +5,19 @@ nfflowd 1.x): the flow_send block of its SYNOPSIS, the ct2ft ttl and the
 built-in defaults (conntrack, ptee with the Log::Dispatch syslog dispatcher,
 flow_import, flow_send format)."""
 
+import json
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
 
 from nfflowd import config, legacy
 from nfflowd.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # The original's SYNOPSIS: source address, collector address, collector port.
 SYNOPSIS = """\
@@ -221,3 +227,87 @@ def test_load_any_reads_both_formats(tmp_path):
     new.write_text(legacy.to_yaml(legacy.parse_legacy(SYNOPSIS)))
     cfg2, notes2, was_legacy2 = legacy.load_any(new)
     assert not was_legacy2 and cfg2 == config.parse(legacy.parse_legacy(SYNOPSIS), str(new))
+
+
+# -- C comments, as Config::General reads them; in time linear in the file (#15 item 16) --
+
+C_COMMENTS = """\
+/* a header
+   <flow_send>
+   /* an opening inside a comment does not nest */
+   d 5
+*/
+a 1 /* x */ /* y */
+b 2 /* x */ 3 /* y */
+c 4 /* opened mid-line: not a comment
+f 7
+*/ g 8
+k 10/**/11
+/*/
+/* the rest of the file
+h 9
+"""
+C_COMMENTS_READ = {"a": ["1"], "b": ["2"], "c": ["4 /* opened mid-line: not a comment"],
+                   "f": ["7"], "g": ["8"], "k": ["1011"], "/*/": [""]}
+
+
+def test_c_comments_as_config_general_reads_them():
+    """From the first /* to the last */ of a line; a comment opens only at the
+    start of a line and ends at the first line with */ (an inner one-line
+    comment does not end it); one left open runs to the end of the file."""
+    root = legacy.parse_general(C_COMMENTS)
+    assert {k: [v for v, _ in vs] for k, vs in root.options.items()} == C_COMMENTS_READ
+    assert root.blocks == {}
+    assert [n for _, vs in root.options.items() for _, n in vs] == [6, 7, 8, 9, 10, 11, 12]
+
+
+@pytest.mark.skipif(subprocess.run(["perl", "-MConfig::General", "-e", "1"],
+                                   capture_output=True).returncode != 0,
+                    reason="needs Config::General (Debian: libconfig-general-perl)")
+def test_c_comments_are_read_as_the_real_config_general_reads_them(tmp_path):
+    p = tmp_path / "nfflowd.conf"
+    p.write_text(C_COMMENTS)
+    r = subprocess.run(["perl", "-MConfig::General", "-MJSON::PP", "-e",
+                        "my %c = Config::General->new(-ConfigFile => $ARGV[0])->getall;"
+                        "print JSON::PP->new->canonical->encode(\\%c)", str(p)],
+                       capture_output=True, text=True, timeout=30, check=True)
+    real = {k: [v or ""] if not isinstance(v, list) else v
+            for k, v in json.loads(r.stdout).items()}
+    assert real == C_COMMENTS_READ
+
+
+def test_a_large_file_of_any_shape_is_read_in_linear_time():
+    """1.2 MB of each shape that once cost quadratic or cubic time (a line of
+    many comments took 20 s, a long unclosed tag line hours).  Run in a
+    subprocess so that a regression fails on the time guard instead of hanging
+    the suite: the guard is generous (all take about a second); the time
+    targets proper are not a test's business."""
+    code = textwrap.dedent("""\
+        from nfflowd import legacy
+        from nfflowd.errors import ConfigError
+        n = 1_200_000
+        shapes = {
+            "comments on a line": "/**/" * (n // 4),
+            "comments on many lines": "a 1 /* c */ /* c */\\n" * (n // 20),
+            "an unclosed tag line of blanks": "< a" + " " * n + "x",
+            "unclosed tags": "<flow_send\\n" * (n // 11),
+            "nested comment openings": "/* a\\n" * (n // 5) + "*/\\nb 2\\n",
+        }
+        for name, text in shapes.items():
+            try:
+                root = legacy.parse_general(text)
+                got = sorted((k, len(v)) for k, v in root.options.items())
+            except ConfigError as e:
+                got = len(e.problems)
+            print(name, len(text), legacy.looks_legacy(text), got)
+        """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "comments on a line 1200000 False []",
+        "comments on many lines 1200000 False [('a', 60000)]",
+        "an unclosed tag line of blanks 1200004 False [('<', 1)]",
+        "unclosed tags 1199990 False [('<flow_send', 109090)]",
+        "nested comment openings 1200007 False [('b', 1)]",
+    ]
