@@ -147,9 +147,15 @@ def err(msg: str) -> None:
     print(f"nfflowd: {msg}", file=sys.stderr)
 
 
-def _load(path: str) -> Config:
+def _load(path: str, daemon: bool = False) -> Config:
+    """The configuration; for the daemon (``daemon``), one that records
+    somewhere."""
+    from .config import require_output
     from .legacy import load_any
-    return load_any(path)[0]
+    cfg = load_any(path)[0]
+    if daemon:
+        require_output(cfg)
+    return cfg
 
 
 def main(argv: list[str] | None = None, default_config: str = DEFAULT_PATH) -> int:
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None, default_config: str = DEFAULT_PATH) -> i
     if cmd == "check":
         return check(args.config)
     try:
-        cfg = _load(args.config)
+        cfg = _load(args.config, daemon=cmd != "stop")   # stop needs only the pidfile
     except ConfigError as e:
         err(f"bad configuration:\n{e}")
         return EXIT_CONFIG
@@ -229,6 +235,9 @@ def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser,
         except ConfigError as e:
             err(f"bad configuration:\n{e}")
             return EXIT_CONFIG
+    if not (cfg.export.collectors or cfg.syslog.enabled or opts.print_csv):
+        err("meter: no collector, the syslog mirror off and no --print: the flows are "
+            "counted, not recorded")
     m = cfg.meter
     from .daemon import configure_logging
     configure_logging(cfg.log_level)     # stderr: stdout may carry --print's lines
@@ -704,11 +713,13 @@ def reload(cfg: Config) -> int:
 
 # -- check -------------------------------------------------------------------------
 def check(path: str) -> int:
-    from .legacy import looks_legacy, parse_legacy, to_yaml
+    from .config import read_text, require_output
+    from .legacy import parse_any, parse_legacy, to_yaml
     status = EXIT_OK
     try:
-        from .legacy import load_any
-        cfg, notes, legacy = load_any(path)
+        text = read_text(path)
+        cfg, notes, legacy = parse_any(text, path)
+        require_output(cfg)
     except ConfigError as e:
         print(f"configuration: INVALID\n{e}")
         return EXIT_CONFIG
@@ -717,10 +728,7 @@ def check(path: str) -> int:
         print("  (the original nfflowd's format; notes follow, then the YAML equivalent)")
         for note in notes:
             print(f"  note: {note}")
-        with open(path) as f:
-            text = f.read()
-        if looks_legacy(text):
-            print(to_yaml(parse_legacy(text, path), source=path))
+        print(to_yaml(parse_legacy(text, path), source=path))
 
     problems, unchecked = kernel_prerequisites(cfg)
     for line in problems:

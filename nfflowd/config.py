@@ -10,9 +10,9 @@ them.  A bad config stops start-up with exit status 2 (``ConfigError``).
 from __future__ import annotations
 
 import ipaddress
+import os
+import stat
 from dataclasses import dataclass, field
-from pathlib import Path
-
 import yaml
 
 from .errors import CONTROL_CHARS, ConfigError
@@ -422,18 +422,110 @@ def parse(data, path: str = "<string>") -> Config:
                   metrics_listen=metrics_listen, sched_priority=sched_priority)
 
 
-def load(path) -> Config:
-    """Read and validate a config file; raises ConfigError naming file and key."""
-    p = Path(path)
+def require_output(cfg: Config) -> None:
+    """What the daemon needs beyond a valid file: somewhere to record the
+    connections.  ``collectors: []`` with the syslog mirror on is a
+    syslog-only setup; with it off too, every connection would be lost.  (The
+    meter may run so: it counts, or prints with ``--print``.)"""
+    if not cfg.export.collectors and not cfg.syslog.enabled:
+        raise ConfigError(cfg.path, [("export.collectors", "empty, and syslog.enabled is "
+                                      "false: the daemon would record nothing; list a "
+                                      "collector or enable the syslog mirror")])
+
+
+# a configuration file is small; anything bigger is a mistake (or /dev/zero)
+MAX_BYTES = 1024 * 1024
+
+_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISSOCK, "a socket"))
+
+
+def read_text(path) -> str:
+    """A configuration file's text: a regular file (not a FIFO, device or
+    directory, which could block or never end), at most ``MAX_BYTES``, in
+    UTF-8.  Raises ConfigError naming the file and the reason."""
     try:
-        text = p.read_text()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         raise ConfigError(path, [("", f"cannot read: {e.strerror or e}")]) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a file")
+        raise ConfigError(path, [("", f"is {kind}, not a regular file: give the path of "
+                                      "the configuration file itself")])
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(MAX_BYTES + 1)
+        except OSError as e:
+            raise ConfigError(path, [("", f"cannot read: {e.strerror or e}")]) from None
+    if len(data) > MAX_BYTES:
+        raise ConfigError(path, [("", f"larger than {MAX_BYTES} bytes: not a configuration "
+                                      "file")])
     try:
-        data = yaml.safe_load(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(path, [("", f"not UTF-8: byte 0x{data[e.start]:02x} at offset "
+                                      f"{e.start} (line {line}): {e.reason}")]) from None
+
+
+def _duplicate_keys(root) -> list[tuple[str, str]]:
+    """Keys given twice in one mapping of the composed document, with their
+    dotted path (YAML itself would keep the last silently).  Iterative, and
+    each node once: aliases may share or nest nodes."""
+    problems = []
+    seen = set()
+    todo = [(root, "")]
+    while todo:
+        node, where = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            lines: dict = {}
+            for k, v in node.value:
+                if k.tag == "tag:yaml.org,2002:merge":
+                    continue
+                scalar = isinstance(k, yaml.ScalarNode)
+                name = k.value if scalar else "?"
+                here = f"{where}.{name}" if where else name
+                if scalar and (k.tag, name) in lines:
+                    first, line = lines[k.tag, name], k.start_mark.line + 1
+                    on = f"on line {line}" if first == line else f"(lines {first} and {line})"
+                    problems.append((line, here, f"given twice {on}; keep one"))
+                elif scalar:
+                    lines[k.tag, name] = k.start_mark.line + 1
+                todo.append((v, here))
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend((v, f"{where}[{i}]") for i, v in enumerate(node.value))
+    return [(key, msg) for _line, key, msg in sorted(problems)]
+
+
+def loads(text: str, path: str = "<string>") -> Config:
+    """Validate a configuration's YAML text; raises ConfigError naming file and key."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            duplicates = _duplicate_keys(node)
+            if duplicates:
+                raise ConfigError(path, duplicates)
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(path, [("", f"not valid YAML: {where}{problem}")]) from None
-    return parse(data, str(path))
+    except RecursionError:
+        raise ConfigError(path, [("", "not valid YAML: nested too deeply")]) from None
+    finally:
+        loader.dispose()
+    return parse(data, path)
+
+
+def load(path) -> Config:
+    """Read and validate a config file; raises ConfigError naming file and key."""
+    return loads(read_text(path), str(path))

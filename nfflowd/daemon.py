@@ -31,7 +31,7 @@ import time
 import structlog
 
 from . import __version__, conntrack, schedule, sdnotify
-from .config import Config
+from .config import Config, require_output
 from .control import ControlServer
 from .control import socket_path as control_socket_path
 from .columns import FlowBuffer
@@ -361,6 +361,7 @@ class Daemon:
         sdnotify.reloading()
         try:
             new, _notes, _legacy = load_any(self.cfg.path)
+            require_output(new)
         except ConfigError as e:
             self.counters["reloads_refused"] += 1
             log.error("reload_refused", config=self.cfg.path, problems=str(e).replace("\n", "; "),

@@ -32,7 +32,6 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
@@ -392,17 +391,18 @@ def to_yaml(data: dict, source: str | None = None) -> str:
     return head + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
-def load_any(path):
-    """Read a configuration file in either format: the YAML one, or an old
+def parse_any(text: str, path) -> tuple:
+    """A configuration's text in either format: the YAML one, or an old
     nfflowd.conf (converted).  Returns (Config, notes, legacy: bool)."""
     from . import config
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError(path, [("", f"cannot read: {e.strerror or e}")]) from None
     if not looks_legacy(text):
-        return config.load(path), [], False
+        return config.loads(text, str(path)), [], False
     notes: list = []
     data = parse_legacy(text, str(path), notes)
     return config.parse(data, str(path)), notes, True
+
+
+def load_any(path):
+    """Read a configuration file in either format (see ``parse_any``)."""
+    from . import config
+    return parse_any(config.read_text(path), path)

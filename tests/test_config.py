@@ -1,5 +1,6 @@
 """The configuration: the sample loads, defaults hold, every error names file and key."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,116 @@ def test_help_and_version(capsys):
     assert "start" in capsys.readouterr().out
     assert main(["version"]) == 0
     assert capsys.readouterr().out.startswith("nfflowd ")
+
+
+# -- bad input: a clear error and status 2, never a traceback or a hang (#15 item 16) --
+
+def cli(*args, timeout=30, env=None, **kw):
+    """The command line in a subprocess (a hang is a failure, not a stuck test); its
+    address space is capped so that an unbounded read fails fast instead of eating
+    the machine's memory."""
+    import resource
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+    return subprocess.run([sys.executable, "-m", "nfflowd.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          preexec_fn=cap, env=env, **kw)
+
+
+def test_a_config_not_in_utf8_is_refused_naming_the_byte(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("export:\n  source: café\n".encode("latin-1"))
+    for cmd in ("check", "start"):
+        r = cli("-f", "-c", p, cmd)
+        assert r.returncode == 2, r
+        assert f"{p}: not UTF-8: byte 0xe9 at offset 21 (line 2): invalid continuation " \
+            "byte" in r.stdout + r.stderr
+        assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "directory"])
+def test_only_a_regular_file_is_read(tmp_path, kind):
+    # a FIFO would block the open (no writer comes), /dev/zero never ends
+    if kind == "fifo":
+        path, what = tmp_path / "fifo.yaml", "a FIFO (named pipe)"
+        os.mkfifo(path)
+    elif kind == "directory":
+        path, what = tmp_path, "a directory"
+    else:
+        path, what = Path(kind), "a character device"
+    r = cli("-c", path, "check", timeout=20)
+    assert r.returncode == 2, r
+    assert f"{path}: is {what}, not a regular file" in r.stdout
+    assert "Traceback" not in r.stderr
+
+
+def test_a_config_file_is_read_up_to_a_mebibyte(tmp_path):
+    p = tmp_path / "huge.yaml"
+    with open(p, "wb") as f:
+        f.truncate(config.MAX_BYTES + 1)            # sparse: no disk used
+    with pytest.raises(ConfigError, match=f"larger than {config.MAX_BYTES} bytes"):
+        config.load(p)
+    p.write_text("# " + "x" * (config.MAX_BYTES - 3) + "\n")      # exactly the limit
+    assert config.load(p) == config.parse({}, str(p))
+
+
+def test_a_key_given_twice_is_refused_with_its_path(tmp_path):
+    p = tmp_path / "twice.yaml"
+    p.write_text("export:\n"
+                 "  engine_id: 1\n"
+                 "  collectors:\n"
+                 "    - {host: 127.0.0.1, port: 2055}\n"
+                 "    - {host: 127.0.0.1, port: 2056, port: 2057}\n"
+                 "  engine_id: 2\n"
+                 "syslog: {enabled: true}\n"
+                 "syslog: {enabled: false}\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(p)
+    assert e.value.problems == [
+        ("export.collectors[1].port", "given twice on line 5; keep one"),
+        ("export.engine_id", "given twice (lines 2 and 6); keep one"),
+        ("syslog", "given twice (lines 7 and 8); keep one")]
+    r = cli("-c", p, "check")
+    assert r.returncode == 2 and f"{p}: export.engine_id: given twice" in r.stdout
+    # a merge key (<<) may be overridden: that is no duplicate
+    p.write_text("export:\n  collectors:\n"
+                 "    - &v9 {host: 127.0.0.1, port: 9995, version: 9}\n"
+                 "    - <<: *v9\n      port: 9996\n")
+    assert [c.name for c in config.load(p).export.collectors] == \
+        ["127.0.0.1:9995/v9", "127.0.0.1:9996/v9"]
+
+
+def test_yaml_nested_too_deeply_is_an_error_not_a_crash(tmp_path):
+    p = tmp_path / "deep.yaml"
+    p.write_text("export: " + "[" * 100000)
+    r = cli("-c", p, "check")
+    assert r.returncode == 2, r
+    assert f"{p}: not valid YAML: nested too deeply" in r.stdout
+
+
+def test_the_daemon_refuses_a_config_that_records_nowhere(tmp_path, capsys):
+    """collectors: [] with the syslog mirror on is a syslog-only daemon; with it
+    off too the daemon would lose every connection: check, start, restart
+    and reload refuse it.  The meter may still use it (it counts, or prints)."""
+    p = tmp_path / "nowhere.yaml"
+    p.write_text(f"export:\n  collectors: []\nsyslog:\n  enabled: false\n"
+                 f"pidfile: {tmp_path}/nfflowd.pid\n")
+    words = (f"{p}: export.collectors: empty, and syslog.enabled is false: the daemon would "
+             "record nothing")
+    assert main(["-c", str(p), "check"]) == 2
+    assert words in capsys.readouterr().out
+    r = cli("-f", "-c", p, "start", timeout=20)
+    assert r.returncode == 2 and words in r.stderr, r
+    assert not (tmp_path / "nfflowd.pid").exists()
+    # the meter: counted only, and it says so; with --print there is an output
+    http = ROOT / "tests" / "data" / "pcaps" / "http.pcap"
+    assert main(["-c", str(p), "meter", "-r", str(http)]) == 0
+    assert "the flows are counted, not recorded" in capsys.readouterr().err
+    assert main(["-c", str(p), "meter", "-r", str(http), "--print"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 17 and "counted, not recorded" not in err
+    # a syslog-only daemon is fine
+    p.write_text("export:\n  collectors: []\nsyslog:\n  enabled: true\n")
+    assert main(["-c", str(p), "check"]) != 2
+    assert f"configuration: {p}: valid" in capsys.readouterr().out

@@ -128,10 +128,22 @@ def test_start_check_reload_stop(lab, tmp_path):
         os.kill(pid, signal.SIGHUP)                     # the daemon itself refuses it too
         wait_for(lambda: "reloads_refused = 1" in nfflowd(lab, "-c", cfg, "check").stdout,
                  timeout=10)
+        # so is one that would record nowhere: no collector, the syslog mirror off
+        cfg.write_text(good.replace("  collectors:\n    - {host: 127.0.0.1, port: 20602, "
+                                    "version: 5}", "  collectors: []")
+                       .replace("syslog: {enabled: true", "syslog: {enabled: false"))
+        r = nfflowd(lab, "-c", cfg, "reload")
+        assert r.returncode == 2 and "export.collectors: empty, and syslog.enabled is " \
+            "false" in r.stderr, r
+        os.kill(pid, signal.SIGHUP)
+        same = tmp_path / "same.yaml"                   # check refuses cfg now
+        same.write_text(good)
+        assert wait_for(lambda: "reloads_refused = 2" in nfflowd(lab, "-c", same,
+                                                                 "check").stdout, timeout=10)
         cfg.write_text(good)
         r = nfflowd(lab, "-c", cfg, "check")
         assert f"daemon: running (pid {pid})" in r.stdout
-        assert "reloads_refused = 1" in r.stdout and "reloads = 1" in r.stdout
+        assert "reloads_refused = 2" in r.stdout and "reloads = 1" in r.stdout
         assert "connections_exported = 5" in r.stdout
     finally:
         r = nfflowd(lab, "-c", cfg, "stop")
