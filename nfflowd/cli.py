@@ -17,6 +17,7 @@ names must exist, and every other command needs its config.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import select
 import signal
@@ -24,7 +25,8 @@ import sys
 import time
 
 from . import __version__
-from .config import DEFAULT_PATH, SNAPLEN_MAX, SNAPLEN_MIN, Config
+from .config import (DEFAULT_PATH, METER_TIMEOUT_MAX, METER_TIMEOUT_MIN, SNAPLEN_MAX,
+                     SNAPLEN_MIN, Config)
 from .errors import ConfigError, NfflowdError
 
 USAGE = ("nfflowd [ -c file ] [ -f ] { start | stop | restart | reload | install | check "
@@ -75,6 +77,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _seconds(text: str) -> float:
+    """A meter timeout option's value: seconds, within the range the
+    config's meter: section allows (so never inf or nan)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not METER_TIMEOUT_MIN <= value <= METER_TIMEOUT_MAX:     # nan fails too
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds from {METER_TIMEOUT_MIN} to {METER_TIMEOUT_MAX} "
+            f"(30 days), got {text!r}")
+    return value
+
+
 def _meter_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nfflowd meter", usage=METER_USAGE,
@@ -109,9 +125,9 @@ def _meter_parser() -> argparse.ArgumentParser:
     p.add_argument("--print", dest="print_csv", action="store_true",
                    help="also write each flow as flow-tools CSV lines (flow-export -f2 "
                         "order) to standard output: the values the v5 records carry")
-    p.add_argument("--active-timeout", type=float, metavar="S",
+    p.add_argument("--active-timeout", type=_seconds, metavar="S",
                    help="end a flow S seconds after its first packet (default 300)")
-    p.add_argument("--inactive-timeout", type=float, metavar="S",
+    p.add_argument("--inactive-timeout", type=_seconds, metavar="S",
                    help="end a flow after S seconds without a packet (default 30)")
     p.add_argument("--max-flows", type=int, metavar="N",
                    help="flows held at once; beyond, the one due first ends early "
@@ -160,6 +176,24 @@ def _load(path: str, daemon: bool = False) -> Config:
 
 def main(argv: list[str] | None = None, default_config: str = DEFAULT_PATH) -> int:
     """The command line.  ``default_config``: the file read without ``-c``."""
+    try:
+        status = _main(argv, default_config)
+        sys.stdout.flush()                  # here, not at exit, where it cannot be caught
+        return status
+    except BrokenPipeError:
+        # the reader went away (nfflowd check | head): stop quietly, as other
+        # command-line tools do; what is still buffered goes nowhere
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (OSError, ValueError):
+                pass
+        os.close(devnull)
+        return EXIT_FAILURE
+
+
+def _main(argv: list[str] | None, default_config: str) -> int:
     parser = _parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     head, meter_args = _split_meter(argv)

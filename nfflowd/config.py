@@ -91,6 +91,8 @@ class MeterInterface:
 
 # the capture length a packet meter may be given (meter.snaplen, meter -s)
 SNAPLEN_MIN, SNAPLEN_MAX = 64, 262144
+# a packet meter's active and inactive timeouts, in seconds (up to 30 days)
+METER_TIMEOUT_MIN, METER_TIMEOUT_MAX = 1, 30 * 86400
 
 
 @dataclass(frozen=True)
@@ -324,9 +326,9 @@ def _meter(c: _Checker, data) -> MeterConfig:
         interfaces.append(MeterInterface(name, _bpf(c, item, f"{key}.bpf")))
     out = MeterConfig(
         active_timeout=c.number(m, "active_timeout", "meter.active_timeout", d.active_timeout,
-                                1, 30 * 86400),
+                                METER_TIMEOUT_MIN, METER_TIMEOUT_MAX),
         inactive_timeout=c.number(m, "inactive_timeout", "meter.inactive_timeout",
-                                  d.inactive_timeout, 1, 30 * 86400),
+                                  d.inactive_timeout, METER_TIMEOUT_MIN, METER_TIMEOUT_MAX),
         max_flows=c.integer(m, "max_flows", "meter.max_flows", d.max_flows, 1, 2**31 - 1),
         snaplen=c.integer(m, "snaplen", "meter.snaplen", d.snaplen, SNAPLEN_MIN, SNAPLEN_MAX),
         bpf=_bpf(c, m, "meter.bpf"),

@@ -316,3 +316,21 @@ def test_the_daemon_refuses_a_config_that_records_nowhere(tmp_path, capsys):
     p.write_text("export:\n  collectors: []\nsyslog:\n  enabled: true\n")
     assert main(["-c", str(p), "check"]) != 2
     assert f"configuration: {p}: valid" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_check_into_a_closed_pipe_stops_quietly(unbuffered):
+    """nfflowd check | head -1, head gone before check writes: no
+    BrokenPipeError traceback (with stdout buffered or not)."""
+    r, w = os.pipe()
+    os.close(r)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = unbuffered
+    try:
+        p = subprocess.run([sys.executable, "-m", "nfflowd.cli", "-c", str(SAMPLE), "check"],
+                           stdout=w, stderr=subprocess.PIPE, text=True, timeout=30, cwd=ROOT,
+                           env=env)
+    finally:
+        os.close(w)
+    assert p.returncode == 1 and p.stderr == ""

@@ -232,6 +232,28 @@ def test_meter_arguments(tmp_path, capsys):
         assert words in out, words
 
 
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "1e300", "0", "0.5", "2592001",
+                                   "soon"])
+@pytest.mark.parametrize("option", ["--active-timeout", "--inactive-timeout"])
+def test_meter_timeouts_are_seconds_in_the_configs_range(tmp_path, capsys, option, value):
+    """Not inf (an OverflowError once), nor nan: an argument error, status 2 (#15 item 16)."""
+    conf = config(tmp_path, 9, 9)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["-c", conf, "meter", "-r", str(PCAPS / "http.pcap"), f"{option}={value}"])
+    assert e.value.code == 2
+    assert (f"argument {option}: expected a number of seconds from 1 to 2592000 (30 days), "
+            f"got {value!r}") in capsys.readouterr().err
+
+
+def test_meter_timeouts_at_the_ends_of_the_range(tmp_path, capsys):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("export:\n  collectors: []\nsyslog:\n  enabled: false\n")
+    for value in ("1", "2592000"):
+        rc, out, err = run(capsys, "-c", str(conf), "meter", "-r", str(PCAPS / "http.pcap"),
+                           "--print", "--active-timeout", value, "--inactive-timeout", value)
+        assert rc == 0 and out, err
+
+
 def test_unreadable_capture_is_an_error_naming_it(tmp_path, capsys, v9_socket):
     missing = tmp_path / "nope.pcap"
     rc, out, err = run(capsys, "-c", config(tmp_path, v9_socket.port, 9), "meter",
