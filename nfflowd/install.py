@@ -269,11 +269,11 @@ def _config(inst: _Installer) -> None:
         from . import config, legacy
         from .errors import ConfigError
         try:
-            text = legacy_path.read_text()
+            text = config.read_text(legacy_path)      # bounded, UTF-8 or a clear error
             notes: list = []
             data = legacy.parse_legacy(text, inst.show(LEGACY_CONFIG), notes)
             config.parse(data, inst.show(LEGACY_CONFIG))
-        except (OSError, ConfigError) as e:
+        except ConfigError as e:
             inst.fail(f"cannot convert the old configuration:\n{e}")
             return
         for n in notes:

@@ -188,6 +188,14 @@ def test_the_old_nfflowd_conf_is_converted(tmp_path):
     assert rc == 1
     assert not (tmp_path / "etc/nfflowd.yaml").exists()
     assert any("line 2: flow_send.args" in line for line in lines)
+    # so is one not in UTF-8 (#15 item 16: a UnicodeDecodeError traceback once)
+    (tmp_path / "etc/nfflowd.conf").write_bytes(
+        "# Fran\xe7ois\n<flow_send>\n  args 172.16.1.1\n</flow_send>\n".encode("latin-1"))
+    rc, lines = run(tmp_path, init_system="systemd")
+    assert rc == 1
+    assert not (tmp_path / "etc/nfflowd.yaml").exists()
+    assert any("nfflowd.conf: not UTF-8: byte 0xe7 at offset 6 (line 1)" in line
+               for line in lines), lines
 
 
 def test_detection_and_executable(tmp_path, monkeypatch):
