@@ -606,7 +606,16 @@ def start(cfg: Config, foreground: bool) -> int:
     return _start_detached(cfg)
 
 
+def _block_signals(cfg: Config) -> None:
+    """With user:, the daemon reads its signals with their senders (only
+    root's count): blocked here, before a thread starts (at numpy's import)."""
+    if cfg.user:
+        from .privileges import block_control_signals
+        block_control_signals()
+
+
 def _run_foreground(cfg: Config) -> int:
+    _block_signals(cfg)
     from .daemon import configure_logging, run_foreground
     from .pidfile import AlreadyRunning, PidFile
     configure_logging(cfg.log_level)
@@ -663,6 +672,7 @@ def _read_until_closed(fd: int, timeout: float) -> str:
 
 
 def _daemon_child(cfg: Config, w: int) -> int:               # pragma: no cover (child)
+    _block_signals(cfg)
     import daemon
 
     from .daemon import configure_logging, run_foreground

@@ -39,7 +39,7 @@ from .correlate import DEAD_MAX, Correlator
 from .errors import ConfigError
 from .legacy import load_any
 from .pipeline import Pipeline
-from .privileges import drop_privileges
+from .privileges import SENT_BY_A_PROCESS, SignalFd, drop_privileges
 
 log = structlog.get_logger("nfflowd")
 
@@ -233,6 +233,8 @@ class Daemon:
         self.cfg = cfg
         self.on_ready = on_ready        # called once subscribed and ready
         self.on_drop = on_drop          # called before dropping root (user:)
+        self._sigfd = None              # privileges.SignalFd, with user:
+        self._uid_at_start = os.getuid()
         self.stopping = False
         self.reload_requested = False
         self.started_at = time.time()
@@ -274,6 +276,25 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+        if self.cfg.user:
+            # dropping root: any process of that user could signal us, so
+            # these are read with their senders (the caller has blocked them
+            # before any thread started: privileges.block_control_signals)
+            self._sigfd = SignalFd()
+            self.counters["signals_refused"] = 0
+
+    def _read_signals(self):
+        """Act on the signals root (or the kernel) sent; count the others."""
+        for signo, code, pid, uid in self._sigfd.read():
+            if code in SENT_BY_A_PROCESS and uid not in (0, self._uid_at_start):
+                self.counters["signals_refused"] += 1
+                log.warning("signal_refused", signal=signal.Signals(signo).name,
+                            sender_pid=pid, sender_uid=uid,
+                            meaning="only root may stop or reload the daemon")
+            elif signo == signal.SIGHUP:
+                self._on_hup(signo, None)
+            else:
+                self._on_stop(signo, None)
 
     def _on_stop(self, signum, frame):
         self.stopping = True
@@ -406,6 +427,8 @@ class Daemon:
         active_timeout = self.cfg.conntrack.active_timeout
         next_active = now + active_timeout if active_timeout else float("inf")
         rlist = [self.sock, self._wake_r, self.control]
+        if self._sigfd is not None:
+            rlist.append(self._sigfd)
         if self.meters is not None:
             rlist += self.meters.sockets
         corr = self.correlator
@@ -453,6 +476,8 @@ class Daemon:
                     sink.tick()
             if self._wake_r in readable:
                 self._drain_wakeup()
+            if self._sigfd is not None and self._sigfd in readable:
+                self._read_signals()
             if self.sock in readable:
                 self._receive(pending)
             else:
@@ -756,6 +781,8 @@ class Daemon:
                 self.control.close()
             if self.metrics is not None:
                 self.metrics.close()
+            if self._sigfd is not None:
+                self._sigfd.close()
         log.info("stopped", **self.all_counters())
         return 0
 

@@ -23,6 +23,8 @@ import ctypes
 import ctypes.util
 import os
 import pwd
+import signal
+import struct
 
 from .errors import NfflowdError
 
@@ -47,7 +49,7 @@ class _CapData(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
-def _libc():
+def libc():
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
@@ -74,12 +76,12 @@ def _last_cap() -> int:
         return 63
 
 
-def _drop_bounding_set(libc, keep_mask: int) -> None:
+def _drop_bounding_set(c, keep_mask: int) -> None:
     """Every capability outside ``keep_mask`` out of the bounding set."""
     for cap in range(_last_cap() + 1):
-        if keep_mask >> cap & 1 or libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) != 1:
+        if keep_mask >> cap & 1 or c.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) != 1:
             continue
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+        if c.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             raise PrivilegeError(
                 f"prctl(PR_CAPBSET_DROP, {cap}): {os.strerror(ctypes.get_errno())} "
                 "(narrowing the capability bounding set takes CAP_SETPCAP)")
@@ -96,12 +98,12 @@ def drop_privileges(user: str, keep: tuple[int, ...] = (CAP_NET_ADMIN,)) -> None
         if os.geteuid() == pw.pw_uid:
             return
         raise PrivilegeError(f"user: cannot become {user!r}: not started as root")
-    libc = _libc()
+    c = libc()
     mask = 0
     for cap in keep:
         mask |= 1 << cap
-    _drop_bounding_set(libc, mask)
-    if libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0:
+    _drop_bounding_set(c, mask)
+    if c.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0:
         raise PrivilegeError(f"prctl(PR_SET_KEEPCAPS): {os.strerror(ctypes.get_errno())}")
     try:
         os.setgroups([])
@@ -113,10 +115,10 @@ def drop_privileges(user: str, keep: tuple[int, ...] = (CAP_NET_ADMIN,)) -> None
     data = (_CapData * 2)()
     data[0].effective = data[0].permitted = mask & 0xFFFFFFFF
     data[1].effective = data[1].permitted = mask >> 32
-    if libc.capset(ctypes.byref(header), data) != 0:
+    if c.capset(ctypes.byref(header), data) != 0:
         raise PrivilegeError(f"capset: {os.strerror(ctypes.get_errno())}")
-    libc.prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0)
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+    c.prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0)
+    if c.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise PrivilegeError(f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(ctypes.get_errno())}")
     got = {f: _status(f) for f in ("CapEff", "CapPrm", "CapBnd", "NoNewPrivs")}
     want = {"CapEff": mask, "CapPrm": mask, "CapBnd": mask, "NoNewPrivs": 1}
@@ -124,3 +126,89 @@ def drop_privileges(user: str, keep: tuple[int, ...] = (CAP_NET_ADMIN,)) -> None
         raise PrivilegeError(f"after dropping to {user!r}: "
                              + ", ".join(f"{k} {got[k]:#x} (expected {want[k]:#x})"
                                          for k in want if got[k] != want[k]))
+
+
+# -- signals: after dropping root, only root's count ---------------------------------
+# A process may signal any process of its own user, so once the daemon runs
+# as `user:` every other process of that user could stop or reload it.  The
+# daemon reads SIGTERM, SIGINT and SIGHUP from a signalfd instead, which says
+# who sent each, and acts only on those sent by root or by the kernel (a
+# terminal's Ctrl-C).  SIGKILL and SIGSTOP cannot be refused: a user of its
+# own is the only protection from them.  Every thread must block these
+# signals, or the kernel hands them to one that does not: so they are
+# blocked before any thread starts (numpy's OpenBLAS starts some at import),
+# with block_control_signals().
+CONTROL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+SFD_NONBLOCK = 0o4000
+SFD_CLOEXEC = 0o2000000
+_SIGINFO = struct.Struct("IiiII")   # ssi_signo, ssi_errno, ssi_code, ssi_pid, ssi_uid
+_SIGINFO_SIZE = 128
+SENT_BY_A_PROCESS = (0, -1, -6)     # si_code SI_USER (kill), SI_QUEUE, SI_TKILL
+
+
+def block_control_signals() -> None:
+    """Block CONTROL_SIGNALS in this thread and the threads it starts."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)
+
+
+def _unblocked_threads(signals) -> list[int]:
+    """The threads of this process that do not block all of ``signals``."""
+    want = sum(1 << (sig - 1) for sig in signals)
+    out = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/status") as f:
+                blocked = next(int(line.split()[1], 16) for line in f
+                               if line.startswith("SigBlk:"))
+        except (OSError, StopIteration):
+            continue            # a thread that has ended
+        if blocked & want != want:
+            out.append(int(tid))
+    return out
+
+
+class SignalFd:
+    """``signals`` blocked and readable from ``fileno()`` with their senders.
+    PrivilegeError if a thread of this process does not block them."""
+
+    def __init__(self, signals=CONTROL_SIGNALS):
+        self.signals = set(signals)
+        mask = (ctypes.c_uint64 * 16)()     # a sigset_t: 1024 bits
+        for sig in self.signals:
+            mask[(sig - 1) // 64] |= 1 << ((sig - 1) % 64)
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.signals)
+        fd = libc().signalfd(-1, ctypes.byref(mask), SFD_NONBLOCK | SFD_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, self.signals)
+            raise PrivilegeError(f"signalfd: {os.strerror(err)}")
+        self.fd = fd
+        loose = _unblocked_threads(self.signals)
+        if loose:
+            self.close()
+            raise PrivilegeError(f"threads {loose} do not block SIGTERM, SIGINT and SIGHUP: "
+                                 "other processes of the user could stop the daemon")
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def read(self) -> list[tuple[int, int, int, int]]:
+        """(signal, si_code, sender pid, sender uid) of each signal pending."""
+        out = []
+        while True:
+            try:
+                data = os.read(self.fd, _SIGINFO_SIZE * 16)
+            except (BlockingIOError, InterruptedError):
+                break
+            for off in range(0, len(data) - _SIGINFO_SIZE + 1, _SIGINFO_SIZE):
+                signo, _errno, code, pid, uid = _SIGINFO.unpack_from(data, off)
+                out.append((signo, code, pid, uid))
+            if len(data) < _SIGINFO_SIZE * 16:
+                break
+        return out
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, self.signals)

@@ -299,12 +299,22 @@ def test_user_drops_root_but_keeps_cap_net_admin_for_the_poller(lab, tmp_path):
         # attached events to it after all) by its DESTROY event
         assert wait_for(lambda: "connections_exported = 1" in
                         nfflowd(lab, "-c", cfg, "check").stdout, timeout=15)
+        # #15 item 10: another process of that user cannot stop or reload it
+        for sig in ("TERM", "HUP", "INT"):
+            subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            "kill", f"-{sig}", str(daemon.pid)], check=True, timeout=10)
+        assert wait_for(lambda: "signals_refused = 3" in
+                        nfflowd(lab, "-c", cfg, "check").stdout, timeout=10), \
+            (daemon.poll(), nfflowd(lab, "-c", cfg, "check").stdout, "".join(log)[-3000:])
+        assert daemon.poll() is None
+        assert "reloads = 0" in nfflowd(lab, "-c", cfg, "check").stdout
     finally:
-        stop(daemon)
+        stop(daemon)                        # root's SIGTERM does
     daemon.log_reader.join(5)
     text = "".join(log)
     assert daemon.returncode == 0, text
     assert "poll_failed" not in text and "syslog_dropped=0" in text, text
+    assert text.count("event=signal_refused") == 3 and "sender_uid=65534" in text, text
     collector.stop()
     sports = [int(r.split("|")[2]) for r in v5_records(collector)]
     assert early[1] in sports, sports
