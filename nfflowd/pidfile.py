@@ -415,7 +415,7 @@ def _remove_stale(path, pid) -> None:
     try:
         st = os.lstat(path)
         holders = lock_holders(st)
-        if any(_our_lock(st, p) for p, _ in holders[:1]):
+        if holders and _our_lock(st, holders[0][0]):
             return
         if read_pid(path) == pid:
             os.unlink(path)

@@ -159,12 +159,23 @@ def test_sysv_script_syntax_and_lsb_header():
 
 FAKE_DAEMON = r"""#!{python}
 # Stands in for nfflowd: `check` succeeds; `start` detaches, writes the
-# pidfile, notes SIGHUP, exits on SIGTERM, and never lives beyond 20 s.
+# pidfile, notes SIGHUP, exits on SIGTERM, and never lives beyond 20 s;
+# `stop` and `reload` signal the pid in the pidfile (stop waits, 5 s at most).
 import os, signal, sys, time
 pidfile, marker = {pidfile!r}, {marker!r}
 cmd = sys.argv[-1]
 if cmd == "check":
     sys.exit(0)
+if cmd in ("stop", "reload"):
+    try:
+        pid = int(open(pidfile).read())
+    except OSError:
+        sys.exit(0 if cmd == "stop" else 3)
+    os.kill(pid, signal.SIGTERM if cmd == "stop" else signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while cmd == "stop" and os.path.exists(pidfile) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sys.exit(1 if os.path.exists(pidfile) and cmd == "stop" else 0)
 if cmd != "start":
     sys.exit(1)
 if os.fork():
@@ -362,3 +373,47 @@ def test_logrotate_rotates_daily_keeps_30_and_compresses(tmp_path):
     assert "flows.log-20000130.gz" in rotated    # the previous one compressed now
     assert "flows.log-20000101.gz" not in rotated  # beyond 30: removed
     assert len(rotated) == 30 and "flows.log" not in rotated
+
+
+def test_sysv_stop_does_not_signal_a_stale_pids_namesake(tmp_path):
+    """#15 item 9: the script's stop matched the pidfile and the process name
+    only (start-stop-daemon --name nfflowd), so a stale pid now belonging to
+    an operator's `nfflowd meter -i` got SIGTERM, then SIGKILL.  It asks
+    nfflowd itself, which signals only what its control socket confirms."""
+    need("start-stop-daemon")
+    pidfile = tmp_path / "nfflowd.pid"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    wrapper = bindir / "nfflowd"                   # the real command line
+    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} "
+                       "-m nfflowd.cli \"$@\"\n")
+    wrapper.chmod(0o755)
+    conf = tmp_path / "nfflowd.yaml"
+    conf.write_text(f"pidfile: {pidfile}\n")
+    meterdir = tmp_path / "m"
+    meterdir.mkdir()
+    meter_script = meterdir / "nfflowd"            # its process is named nfflowd
+    meter_script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(15)\n")
+    meter_script.chmod(0o755)
+    meter = subprocess.Popen([str(meter_script), "meter", "-i", "eth0"])
+    try:
+        assert wait_for(lambda: open(f"/proc/{meter.pid}/comm").read().strip() == "nfflowd")
+        pidfile.write_text(f"{meter.pid}\n")       # left by a daemon that crashed
+        text = (INIT / "nfflowd.init").read_text()
+        for old, new in [("DAEMON=/usr/local/bin/nfflowd", f"DAEMON={wrapper}"),
+                         ("CONFIG=/etc/nfflowd.yaml", f"CONFIG={conf}"),
+                         ("PIDFILE=/run/nfflowd.pid", f"PIDFILE={pidfile}"),
+                         ("/etc/default/$NAME", str(tmp_path / "default-nfflowd"))]:
+            assert old in text
+            text = text.replace(old, new)
+        script = tmp_path / "nfflowd.init"
+        script.write_text(text)
+        p = subprocess.run(["sh", str(script), "stop"], capture_output=True, text=True,
+                           timeout=60)
+        time.sleep(0.3)
+        assert meter.poll() is None, "the namesake was signalled: " + p.stdout + p.stderr
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert not pidfile.exists()                # the stale pidfile is removed
+    finally:
+        meter.kill()
+        meter.wait(timeout=5)
