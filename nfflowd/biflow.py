@@ -369,8 +369,10 @@ class BiflowExporter(TemplateExporter):
         self._send(pairs, nat_events, now_ns)
 
     def tick(self, now_ns: int) -> None:
-        """Export the records whose hold ended by ``now_ns``."""
+        """Export the records whose hold ended by ``now_ns``; the template
+        timer (``TemplateExporter.tick``)."""
         self._send(self.pairer.expire(now_ns), (), now_ns)
+        super().tick(now_ns)
 
     def summary(self) -> dict:
         out = super().summary()

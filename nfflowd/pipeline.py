@@ -93,15 +93,22 @@ class TemplateExporter:
                                                               before=head))
         else:
             self.sink = UdpCollector(collector.host, collector.port, source=ex.source)
+        self._boot_ms = 0               # of the last export: for the template timer (v9)
 
     def export(self, flows, nat_events, ft_records, now_ns: int, boot_ms: int) -> None:
         enc = self.encoder
+        self._boot_ms = boot_ms
         messages = self._encode(flows, nat_events, now_ns // 1_000_000, boot_ms)
         for message, records in zip(messages, enc.last_counts):
             self.sink.send(message, records)
 
     def tick(self, now_ns: int) -> None:
-        """Nothing is held back here (see biflow.BiflowExporter.tick)."""
+        """The templates on their own timer (UDP): a templates-only datagram
+        once template_refresh_seconds passed without data carrying them, so
+        that a collector restarted on a quiet exporter learns them without
+        waiting for the next export."""
+        for message in self.encoder.refresh_templates(now_ns // 1_000_000, self._boot_ms):
+            self.sink.send(message, 0)
 
     def summary(self) -> dict:
         enc = self.encoder

@@ -36,7 +36,9 @@ Templates go before the first data set, then again in the first datagram
 once ``template_refresh_packets`` datagrams were sent since the last ones, or
 ``template_refresh_seconds`` elapsed (``now_ms`` is passed in), or after
 ``force_templates()`` (IPFIX over TCP after a reconnect, a collector restart).
-Each refresh carries every template of the enabled record kinds.
+Each refresh carries every template of the enabled record kinds.  A quiet
+exporter sends no data to carry them: ``refresh_templates(now_ms)``, called
+periodically, returns a templates-only datagram once the time refresh is due.
 """
 
 from __future__ import annotations
@@ -439,6 +441,22 @@ class TemplateEncoder:
         if self.refresh_ms and not 0 <= now_ms - self._templates_ms < self.refresh_ms:
             return True     # also when the clock went back
         return False
+
+    def refresh_templates(self, now_ms: int, boot_ms: int = 0) -> list[bytes]:
+        """The template timer: a templates-only datagram (in a list) once
+        ``template_refresh_seconds`` have passed since data last carried the
+        templates, else nothing.  Call it periodically (the daemon does at
+        every flush deadline): a collector that restarted while no data was
+        exported learns the templates within the refresh period.  Nothing
+        before the first templates (the first data carries them).  The
+        datagram follows the sequence rules (v9 counts it, IPFIX does not
+        advance); ``last_counts`` is left alone."""
+        if not (self._templates_sent and self.refresh_ms
+                and not 0 <= now_ms - self._templates_ms < self.refresh_ms):
+            return []
+        out: list[bytes] = []
+        self._close(self._new_datagram(now_ms), now_ms, boot_ms, out, [])
+        return out
 
     def _new_datagram(self, now_ms: int) -> Datagram:
         dg = Datagram(self.max_size, self.HEADER_SIZE, self.PAD)
