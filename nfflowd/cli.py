@@ -728,12 +728,15 @@ def reload(cfg: Config) -> int:
         err(f"not running (pidfile {cfg.pidfile})")
         return EXIT_NOT_RUNNING
     sock = socket_path(cfg.pidfile)
+    last: dict = {}
 
     def counts():
         try:
-            c = query(sock)["counters"]
+            state = query(sock)
+            c = state["counters"]
+            last["reload"] = state.get("last_reload") or {}
             return c.get("reloads", 0), c.get("reloads_refused", 0)
-        except (ControlError, KeyError):
+        except (ControlError, KeyError, TypeError):
             return None
     before = counts()
     os.kill(pid, signal.SIGHUP)
@@ -749,7 +752,10 @@ def reload(cfg: Config) -> int:
         print(f"nfflowd (pid {pid}) reloaded {cfg.path}")
         return EXIT_OK
     if after[1] > before[1]:
-        err(f"nfflowd (pid {pid}) refused the new configuration; the old one stays in force")
+        result = last.get("reload")
+        reason = result.get("reason") if isinstance(result, dict) else None
+        err(f"nfflowd (pid {pid}) refused the new configuration"
+            + (f": {reason}" if reason else "") + "; the old one stays in force")
         return EXIT_CONFIG
     err(f"nfflowd (pid {pid}) did not confirm the reload within 10 s")
     return EXIT_FAILURE
@@ -767,7 +773,14 @@ def check(path: str) -> int:
     except ConfigError as e:
         print(f"configuration: INVALID\n{e}")
         return EXIT_CONFIG
-    print(f"configuration: {cfg.path}: valid")
+    cannot = start_problems(cfg)
+    if cannot:
+        print(f"configuration: {cfg.path}: valid, but start and reload would refuse it here:")
+        for line in cannot:
+            print(f"  {line}")
+        status = EXIT_CONFIG
+    else:
+        print(f"configuration: {cfg.path}: valid")
     if legacy:
         print("  (the original nfflowd's format; notes follow, then the YAML equivalent)")
         for note in notes:
@@ -779,7 +792,7 @@ def check(path: str) -> int:
         print(f"kernel: {line}")
     for line in unchecked:
         print(f"could not check: {line}")
-    if problems:
+    if problems and status == EXIT_OK:
         status = EXIT_PREREQUISITES
 
     running = daemon_state(cfg, unchecked_out := [])
@@ -788,6 +801,25 @@ def check(path: str) -> int:
     if running is False and status == EXIT_OK:
         status = EXIT_NOT_RUNNING
     return status
+
+
+def start_problems(cfg: Config) -> list[str]:
+    """What a valid configuration needs of this host that start and reload
+    would refuse without (each with its key): collector hosts that do not
+    resolve, a metrics address that is not of this host."""
+    from .export import ExportError, resolve
+    from .metrics import listen_problem
+    out = []
+    for i, c in enumerate(cfg.export.collectors):
+        try:
+            resolve(c.host, c.port)
+        except ExportError as e:
+            out.append(f"export.collectors[{i}].host: {e}")
+    if cfg.metrics_listen:
+        problem = listen_problem(cfg.metrics_listen)
+        if problem:
+            out.append(f"metrics.listen: {problem}")
+    return out
 
 
 def kernel_prerequisites(cfg: Config) -> tuple[list[str], list[str]]:

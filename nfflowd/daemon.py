@@ -36,7 +36,7 @@ from .control import ControlServer
 from .control import socket_path as control_socket_path
 from .columns import FlowBuffer
 from .correlate import DEAD_MAX, Correlator
-from .errors import ConfigError
+from .errors import ConfigError, NfflowdError
 from .legacy import load_any
 from .pipeline import Pipeline
 from .privileges import SENT_BY_A_PROCESS, SignalFd, drop_privileges
@@ -252,6 +252,7 @@ class Daemon:
         self.sock: conntrack.ConntrackSocket | None = None
         self.control = None
         self.metrics = None
+        self.last_reload: dict | None = None     # result and reason of the last reload
         # a burst is being received (STREAM_BATCH datagrams or more since the
         # last export, or a threshold flush): its tail is sent when it pauses
         self._in_burst = False
@@ -322,6 +323,7 @@ class Daemon:
                 "started": self.started_at, "uptime": round(time.time() - self.started_at, 3),
                 "rcvbuf": self.sock.rcvbuf if self.sock else None,
                 "collectors": [c.name for c in self.cfg.export.collectors],
+                "last_reload": self.last_reload,
                 "counters": self.all_counters()}
 
     # -- start -------------------------------------------------------------------
@@ -369,39 +371,87 @@ class Daemon:
 
     def _start_metrics(self, cfg: Config) -> None:
         if cfg.metrics_listen:
-            from .metrics import MetricsServer
-            self.metrics = MetricsServer(cfg.metrics_listen, self.all_counters)
+            self.metrics = self._metrics_server(cfg.metrics_listen)
             log.info("metrics_listening", url=self.metrics.url)
 
+    def _metrics_server(self, listen: str):
+        from .metrics import MetricsServer
+        return MetricsServer(listen, self.all_counters)
+
+    def _prepare_metrics(self, new: Config):
+        """The metrics endpoint of a reload: the server to keep, or the one
+        started for ``new`` (None: none).  Raises (MetricsError) when
+        ``new``'s cannot listen; the old one then serves as before."""
+        listen = new.metrics_listen
+        if listen == self.cfg.metrics_listen or not listen:
+            return self.metrics if listen else None
+        try:
+            return self._metrics_server(listen)
+        except Exception:
+            if self.metrics is None:
+                raise
+        # the new address may take the old one's port (127.0.0.1:9469 ->
+        # 0.0.0.0:9469): once more without the old server, and back to it if
+        # that fails too
+        self.metrics.close()
+        try:
+            return self._metrics_server(listen)
+        except Exception:
+            try:
+                self.metrics = self._metrics_server(self.cfg.metrics_listen)
+            except Exception as e:  # noqa: BLE001 - the reload's reason is the one to raise
+                self.metrics = None
+                log.error("metrics_lost", listen=self.cfg.metrics_listen, error=str(e))
+            raise
+
     # -- reload (SIGHUP) ------------------------------------------------------------
+    def _refuse_reload(self, reason: str) -> None:
+        self.counters["reloads_refused"] += 1
+        self.last_reload = {"result": "refused", "reason": reason, "at": time.time()}
+        log.error("reload_refused", config=self.cfg.path, problems=reason,
+                  meaning="the configuration in force is kept")
+        sdnotify.ready(f"reload refused: {reason}")
+
     def reload(self, pending: list) -> None:
-        """Re-read the config; apply collectors, syslog and timeouts.  The
-        netlink socket stays open throughout: events arriving meanwhile wait in
-        its buffer.  A bad new config is refused and the old one stays."""
+        """Re-read the config; apply collectors, syslog, metrics and timeouts.
+        The netlink socket stays open throughout: events arriving meanwhile
+        wait in its buffer.  Applied whole or refused whole: every new part
+        (collectors, syslog mirror, metrics endpoint) is built before anything
+        changes; a bad config or a part that cannot be built (a collector
+        host that does not resolve, a metrics address not of this host) is
+        refused with its reason and the configuration in force stays.
+        Collectors whose settings did not change keep their exporter
+        (socket, sequence numbers, counters)."""
         self.reload_requested = False
         sdnotify.reloading()
         try:
             new, _notes, _legacy = load_any(self.cfg.path)
             require_output(new)
         except ConfigError as e:
-            self.counters["reloads_refused"] += 1
-            log.error("reload_refused", config=self.cfg.path, problems=str(e).replace("\n", "; "),
-                      meaning="the configuration in force is kept")
-            sdnotify.ready("reload refused: bad configuration")
+            self._refuse_reload(str(e).replace("\n", "; "))
             return
         self._flush(pending)                 # what arrived so far goes the old way
-        old = self.pipeline
-        self.pipeline = Pipeline(new, vlan=self.meters is not None)
-        self.pipeline.open()
-        old.close()
+        try:
+            plan = self.pipeline.prepare(new)
+        except Exception as e:  # noqa: BLE001 - whatever it is, the old config stays
+            self._refuse_reload(_reason(e))
+            return
+        try:
+            metrics = self._prepare_metrics(new)
+        except Exception as e:  # noqa: BLE001
+            self.pipeline.discard(plan)
+            self._refuse_reload(_reason(e))
+            return
+        self.pipeline.apply(plan)
+        if metrics is not self.metrics:
+            if self.metrics is not None:
+                self.metrics.close()            # (closed already if it made room)
+            self.metrics = metrics
+            if metrics is not None:
+                log.info("metrics_listening", url=metrics.url)
         corr = self.correlator
         corr.ttl_ns = int(new.conntrack.ttl * 1_000_000_000)
         corr.want_nat_events = self.pipeline.wants_nat_events
-        if new.metrics_listen != self.cfg.metrics_listen:
-            if self.metrics is not None:
-                self.metrics.close()
-                self.metrics = None
-            self._start_metrics(new)
         if (new.conntrack.rcvbuf != self.cfg.conntrack.rcvbuf or new.user != self.cfg.user
                 or new.sched_priority != self.cfg.sched_priority):
             log.warning("reload_needs_restart", keys="conntrack.rcvbuf, user, sched_priority",
@@ -411,7 +461,9 @@ class Daemon:
                         meaning="the meter settings apply at the next start")
         self.cfg = new
         self.counters["reloads"] += 1
+        self.last_reload = {"result": "reloaded", "reason": None, "at": time.time()}
         log.info("reloaded", collectors=[c.name for c in new.export.collectors],
+                 kept=len(self.pipeline.exporters) - len(plan.built),
                  syslog=new.syslog.address if new.syslog.enabled else "off")
         sdnotify.ready()
 
@@ -785,6 +837,11 @@ class Daemon:
                 self._sigfd.close()
         log.info("stopped", **self.all_counters())
         return 0
+
+
+def _reason(e: BaseException) -> str:
+    """An exception as a refusal's reason: our errors say what they are."""
+    return str(e) if isinstance(e, NfflowdError) else f"{type(e).__name__}: {e}"
 
 
 def uptime_ms() -> int:

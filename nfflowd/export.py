@@ -50,6 +50,16 @@ def _errname(e: OSError | int) -> str:
     return str(e)
 
 
+def resolve(host: str, port: int, socktype: int = socket.SOCK_DGRAM) -> tuple:
+    """(family, sockaddr) of a collector; ``ExportError`` if it does not
+    resolve (``check`` asks this too)."""
+    try:
+        ai = socket.getaddrinfo(host, port, 0, socktype)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ExportError(f"collector {host}:{port}: cannot resolve: {e}") from None
+    return ai[0][0], ai[0][4]
+
+
 class _Sink:
     """The collector address and the export source, for either transport."""
 
@@ -59,11 +69,7 @@ class _Sink:
         self.host = host
         self.port = port
         self.source = source
-        try:
-            ai = socket.getaddrinfo(host, port, 0, self.SOCKTYPE)
-        except (socket.gaierror, UnicodeError) as e:
-            raise ExportError(f"collector {host}:{port}: cannot resolve: {e}") from None
-        self.family, _, _, _, self.sockaddr = ai[0]
+        self.family, self.sockaddr = resolve(host, port, self.SOCKTYPE)
         self.send_errors = 0
         self.last_error: str | None = None
         self.bound = False

@@ -109,6 +109,24 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
+def listen_problem(listen: str) -> str | None:
+    """Why ``MetricsServer`` could not listen on ``listen``'s address (not
+    an address of this host, a name that does not resolve), None if it can;
+    tried on port 0, as the running daemon may hold the port (``check``)."""
+    import socket
+    try:
+        host, _port = parse_listen(listen)
+        family, _, _, _, sockaddr = socket.getaddrinfo(
+            host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind(sockaddr)
+    except MetricsError as e:
+        return str(e)
+    except OSError as e:
+        return f"metrics: cannot listen on {listen}: {e.strerror or e}"
+    return None
+
+
 def families(counters: dict) -> list:
     """The metric families for one snapshot of the daemon's counters."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

@@ -12,10 +12,11 @@ send failures are counted by the sinks.
 
 from __future__ import annotations
 
-import structlog
-
-from .config import Collector, Config
+import dataclasses
 import time
+from typing import TYPE_CHECKING
+
+import structlog
 
 from .export import TcpCollector, UdpCollector
 from .columns import FlowBuffer, FlowColumns
@@ -24,6 +25,9 @@ from .ipfix import IpfixEncoder
 from .netflow5 import V5Encoder, record_count
 from .netflow9 import NetflowV9Encoder
 from .syslog import SyslogSink
+
+if TYPE_CHECKING:       # config imports this module to check encoder sizes
+    from .config import Collector, Config, ExportConfig
 
 log = structlog.get_logger("nfflowd")
 
@@ -46,6 +50,11 @@ class V5Exporter:
     def tick(self, now_ns: int) -> None:
         """Nothing is held back here (see biflow.BiflowExporter.tick)."""
 
+    @property
+    def stream(self) -> tuple:
+        """What a collector tells exporters apart by (its sequence is theirs)."""
+        return (5, self.encoder.engine_type, self.encoder.engine_id)
+
     def summary(self) -> dict:
         return {"records": self.encoder.records_encoded,
                 "datagrams": self.sink.datagrams_sent,
@@ -58,6 +67,12 @@ class V5Exporter:
         self.sink.close()
 
 
+def _domain(collector: Collector, ex: ExportConfig) -> int:
+    """The v9 source id / IPFIX observation domain of ``collector``."""
+    return (collector.observation_domain if collector.observation_domain is not None
+            else ex.observation_domain)
+
+
 class TemplateExporter:
     """One NetFlow v9 or IPFIX collector: per-direction flows carrying both
     sides of the translation, and RFC 8158 NAT session events."""
@@ -67,33 +82,39 @@ class TemplateExporter:
 
     def __init__(self, collector: Collector, cfg: Config, vlan: bool = False):
         ex = cfg.export
-        domain = (collector.observation_domain if collector.observation_domain is not None
-                  else ex.observation_domain)
-        kw = dict(records=collector.records, nat_event_codes=collector.nat_event_codes,
-                  max_size=ex.max_datagram,
-                  template_refresh_packets=ex.template_refresh_packets,
-                  template_refresh_seconds=ex.template_refresh_seconds, vlan=vlan)
         self.collector = collector
-        tcp = collector.transport == "tcp"
-        if tcp:
-            # RFC 7011 10.4: templates once at the start of every connection
-            # (TcpCollector asks for them), not on a schedule
-            kw.update(template_refresh_packets=0, template_refresh_seconds=0)
+        self.encoder = enc = self.make_encoder(collector, ex, vlan)
         if collector.version == 9:
-            enc = NetflowV9Encoder(domain, **kw)
             self._encode = enc.encode
         else:
-            enc = self.IPFIX_ENCODER(domain, **kw)
             self._encode = lambda flows, nats, now_ms, boot_ms: enc.encode(flows, nats, now_ms)
-        self.encoder = enc
-        if tcp:
+        self._boot_ms = 0               # of the last export: for the template timer (v9)
+        self.stream = (collector.version, _domain(collector, ex))
+        if collector.transport == "tcp":
             self.sink = TcpCollector(
                 collector.host, collector.port, source=ex.source,
                 on_connect=lambda head: enc.templates_message(time.time_ns() // 1_000_000,
                                                               before=head))
         else:
             self.sink = UdpCollector(collector.host, collector.port, source=ex.source)
-        self._boot_ms = 0               # of the last export: for the template timer (v9)
+
+    @classmethod
+    def make_encoder(cls, collector: Collector, ex: ExportConfig, vlan: bool = False):
+        """The encoder of ``collector`` under the export settings ``ex``.
+        ValueError if ``ex.max_datagram`` cannot hold its templates and a
+        record (config.parse asks this, so that check refuses what start
+        would)."""
+        kw = dict(records=collector.records, nat_event_codes=collector.nat_event_codes,
+                  max_size=ex.max_datagram,
+                  template_refresh_packets=ex.template_refresh_packets,
+                  template_refresh_seconds=ex.template_refresh_seconds, vlan=vlan)
+        if collector.transport == "tcp":
+            # RFC 7011 10.4: templates once at the start of every connection
+            # (TcpCollector asks for them), not on a schedule
+            kw.update(template_refresh_packets=0, template_refresh_seconds=0)
+        if collector.version == 9:
+            return NetflowV9Encoder(_domain(collector, ex), **kw)
+        return cls.IPFIX_ENCODER(_domain(collector, ex), **kw)
 
     def export(self, flows, nat_events, ft_records, now_ns: int, boot_ms: int) -> None:
         enc = self.encoder
@@ -143,6 +164,41 @@ def _invalid_why(reasons: dict) -> str:
 DIALECTS = {5: V5Exporter, 9: TemplateExporter, 10: TemplateExporter}
 
 
+def exporter_class(collector: Collector):
+    """The exporter class of ``collector``."""
+    if collector.biflow:
+        from .biflow import BiflowExporter
+        return BiflowExporter
+    return DIALECTS[collector.version]
+
+
+# Per-collector stats that are gauges, not counters: not carried over when
+# an exporter is replaced (see Pipeline.summary).
+GAUGES = ("biflow_held", "syslog_backlog")
+
+
+def _add(out: dict, key: str, value) -> None:
+    """``out[key] += value`` for numbers; any other value (a text) is kept
+    if ``key`` has none yet."""
+    old = out.get(key)
+    if old is None:
+        out[key] = value
+    elif isinstance(old, (int, float)) and isinstance(value, (int, float)):
+        out[key] = old + value
+
+
+@dataclasses.dataclass
+class Plan:
+    """What ``Pipeline.prepare`` built for a new configuration, for
+    ``Pipeline.apply`` (or ``Pipeline.discard``)."""
+    cfg: Config
+    exporters: list             # in the order of the new collectors
+    built: list                 # those of them made new (the rest are kept)
+    follows: list               # (new exporter, the one it replaces): same collector
+    mirror: SyslogSink | None
+    mirror_built: bool
+
+
 class Pipeline:
     def __init__(self, cfg: Config, vlan: bool = False, biflow_hold: float | None = None):
         """``vlan``: the flows carry VLAN ids (the pcap meter); v9 and IPFIX
@@ -150,31 +206,117 @@ class Pipeline:
         Collectors with ``biflow: true`` get a ``biflow.BiflowExporter``:
         ``biflow_hold`` is its pairing hold in seconds (None: the config's
         meter.inactive_timeout); it pairs on the ``now_ns`` given to
-        ``export`` and ``tick`` (a capture file's own clock for ``meter -r``)."""
+        ``export`` and ``tick`` (a capture file's own clock for ``meter -r``).
+
+        A reload (``prepare`` then ``apply``) keeps every exporter whose
+        settings did not change, with its socket, TCP connection, sequence
+        numbers and counters, and the syslog mirror likewise; the counters of
+        exporters and mirrors it closes are carried into ``summary``, so that
+        they never go backwards for the life of the pipeline."""
         self.cfg = cfg
         self.vlan = vlan
         self.biflow_hold = biflow_hold
         self.exporters: list = []
         self.mirror: SyslogSink | None = None
+        self._settings: list = []           # each exporter's settings (_settings_of)
+        self._retired: dict[str, int] = {}  # counters of closed exporters and mirrors
 
     def open(self) -> None:
-        cfg = self.cfg
-        for c in cfg.export.collectors:
-            if c.biflow:
-                from .biflow import BiflowExporter
-                exp = BiflowExporter(c, cfg, self.vlan, hold_s=self.biflow_hold)
+        self.apply(self.prepare(self.cfg))
+
+    def _settings_of(self, c: Collector, cfg: Config) -> tuple:
+        """What an exporter of ``c`` is made from: equal settings, same exporter."""
+        hold = None
+        if c.biflow:
+            hold = cfg.meter.inactive_timeout if self.biflow_hold is None else self.biflow_hold
+        return (c, dataclasses.replace(cfg.export, collectors=(), flush_interval=0.0), hold)
+
+    def prepare(self, cfg: Config) -> Plan:
+        """Build what ``cfg`` needs that this pipeline does not have yet: an
+        exporter per collector whose settings are new, a syslog mirror if its
+        settings changed; nothing in use is touched.  If anything cannot be
+        built (a host that does not resolve, ...), what was built is closed
+        and the exception raised."""
+        free: dict = {}
+        for key, exp in zip(self._settings, self.exporters):
+            free.setdefault(key, []).append(exp)
+        exporters, new = [], []     # new: the indexes of collectors without one
+        for i, c in enumerate(cfg.export.collectors):
+            kept = free.get(self._settings_of(c, cfg))
+            if kept:
+                exporters.append(kept.pop(0))
             else:
-                exp = DIALECTS[c.version](c, cfg, self.vlan)
-            if exp.sink.bind_problem is not None:
-                log.warning("export_source_not_bound", source=cfg.export.source,
-                            collector=c.name, reason=exp.sink.bind_problem,
-                            meaning="datagrams leave from the address the kernel chooses")
-            self.exporters.append(exp)
-        if cfg.syslog.enabled:
-            s = cfg.syslog
-            self.mirror = SyslogSink(s.address, s.facility, s.priority, s.ident,
-                                     backlog=s.backlog, log=log)
-            self.mirror.open()              # not there: said now, not at the first line
+                exporters.append(None)
+                new.append(i)
+        leaving: dict = {}          # collector name -> its exporters not kept
+        for exp in (e for lst in free.values() for e in lst):
+            leaving.setdefault(exp.collector.name, []).append(exp)
+        built, follows = [], []
+        mirror, mirror_built = None, False
+        try:
+            for i in new:
+                c = cfg.export.collectors[i]
+                cls = exporter_class(c)
+                exp = (cls(c, cfg, self.vlan, hold_s=self.biflow_hold) if c.biflow
+                       else cls(c, cfg, self.vlan))
+                built.append(exp)
+                exporters[i] = exp
+                if leaving.get(c.name):
+                    follows.append((exp, leaving[c.name].pop(0)))
+                if exp.sink.bind_problem is not None:
+                    log.warning("export_source_not_bound", source=cfg.export.source,
+                                collector=c.name, reason=exp.sink.bind_problem,
+                                meaning="datagrams leave from the address the kernel chooses")
+            if cfg.syslog.enabled:
+                s = cfg.syslog
+                if self.mirror is not None and self.cfg.syslog == s:
+                    mirror = self.mirror
+                else:
+                    mirror = SyslogSink(s.address, s.facility, s.priority, s.ident,
+                                        backlog=s.backlog, log=log)
+                    mirror_built = True
+                    mirror.open()       # not there: said now, not at the first line
+        except BaseException:
+            for exp in built:
+                exp.close()
+            raise
+        return Plan(cfg, exporters, built, follows, mirror, mirror_built)
+
+    def discard(self, plan: Plan) -> None:
+        """Close what ``prepare`` built (the configuration was refused)."""
+        for exp in plan.built:
+            exp.close()
+        if plan.mirror_built:
+            plan.mirror.close(timeout=0)
+
+    def apply(self, plan: Plan) -> None:
+        """Put ``plan`` in force; close the exporters and the mirror it does
+        not keep (their counters carried over)."""
+        kept = {id(exp) for exp in plan.exporters}
+        for exp in self.exporters:
+            if id(exp) not in kept:
+                exp.close()
+                self._retire(self._exporter_summary(exp))
+        for exp, old in plan.follows:
+            # a collector whose settings changed: the same stream to it
+            # continues its sequence (closed first: biflow sends what it held)
+            if exp.stream == old.stream:
+                exp.encoder.sequence = old.encoder.sequence
+        if self.mirror is not None and self.mirror is not plan.mirror:
+            self.mirror.close()
+            self._retire(self._mirror_summary(self.mirror))
+        self.cfg = plan.cfg
+        self.exporters = plan.exporters
+        self._settings = [self._settings_of(exp.collector, plan.cfg) for exp in plan.exporters]
+        self.mirror = plan.mirror
+
+    def _retire(self, stats: dict) -> None:
+        for k, v in stats.items():
+            if k.rsplit(".", 1)[-1] in GAUGES:
+                continue
+            if not isinstance(v, (int, float)):
+                self._retired.pop(k, None)      # a text: the latest
+            _add(self._retired, k, v)
 
     @property
     def wants_nat_events(self) -> bool:
@@ -221,22 +363,34 @@ class Pipeline:
         if self.mirror is not None:
             self.mirror.flush()
 
+    @staticmethod
+    def _exporter_summary(exp) -> dict:
+        s = exp.summary()
+        out = {"skipped_ipv6": s.pop("skipped_ipv6", 0)}
+        name = exp.collector.name
+        for k, v in s.items():
+            out[f"{name}.{k}"] = v
+        return out
+
+    @staticmethod
+    def _mirror_summary(m: SyslogSink) -> dict:
+        return {"syslog_lines": m.sent, "syslog_dropped": m.dropped,
+                "syslog_backlog": len(m.backlog), "syslog_send_errors": m.send_errors,
+                "syslog_unavailable": m.unavailable}
+
     def summary(self) -> dict:
-        out = {}
-        skipped6 = 0
+        """Counters per collector (``"<name>.<stat>"``), ``skipped_ipv6`` and
+        the mirror's; those of exporters and mirrors closed by a reload are
+        added in (a collector whose exporter was replaced continues its
+        counts; one removed keeps its last)."""
+        out = {"skipped_ipv6": 0}
         for exp in self.exporters:
-            s = exp.summary()
-            skipped6 += s.pop("skipped_ipv6", 0)
-            for k, v in s.items():
-                out[f"{exp.collector.name}.{k}"] = v
-        out["skipped_ipv6"] = skipped6
+            for k, v in self._exporter_summary(exp).items():
+                _add(out, k, v)
         if self.mirror is not None:
-            m = self.mirror
-            out["syslog_lines"] = m.sent
-            out["syslog_dropped"] = m.dropped
-            out["syslog_backlog"] = len(m.backlog)
-            out["syslog_send_errors"] = m.send_errors
-            out["syslog_unavailable"] = m.unavailable
+            out.update(self._mirror_summary(self.mirror))
+        for k, v in self._retired.items():
+            _add(out, k, v)
         return out
 
     def close(self) -> None:
