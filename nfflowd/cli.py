@@ -198,6 +198,8 @@ def _main(argv: list[str] | None, default_config: str) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     head, meter_args = _split_meter(argv)
     args = parser.parse_args(head)
+    # absolute now: a detached daemon works from / and rereads it on reload
+    args.config = os.path.abspath(args.config)
     cmd = args.command
     if args.config is None:
         args.config = default_config

@@ -255,3 +255,39 @@ pidfile: {tmp_path}/nfflowd.pid
     v5.stop()
     assert len([x for x in v5.dump("%sa") if in_lab(x)]) == 6
 
+
+# -- item 15 -----------------------------------------------------------------------
+
+def test_reload_of_a_detached_daemon_started_with_a_relative_path(lab, tmp_path):
+    a = Nfcapd(lab, tmp_path, port=20617)
+    b = Nfcapd(lab, tmp_path, port=20618)
+    catcher = SyslogCatcher(tmp_path / "log.sock")
+    cfg = tmp_path / "rel.yaml"
+    cfg.write_text(f"""
+export:
+  source: 203.0.113.1
+  collectors:
+    - {{host: 127.0.0.1, port: 20617, version: 5}}
+syslog: {{enabled: true, address: {catcher.path}}}
+conntrack: {{poll_interval: 1}}
+pidfile: {tmp_path}/nfflowd.pid
+""")
+    pid = start(lab, "rel.yaml", cwd=tmp_path)      # -c rel.yaml, from its directory
+    try:
+        connections(lab, 1)
+        lab.flush()
+        assert wait_for(lambda: len(catcher.collect()) >= 3, timeout=20)
+        cfg.write_text(cfg.read_text().replace("port: 20617", "port: 20618"))
+        r = nfflowd(lab, "-c", cfg, "reload")
+        assert r.returncode == 0 and "reloaded" in r.stdout, r
+        r = nfflowd(lab, "-c", cfg, "check")
+        assert f"config {cfg}" in r.stdout, r.stdout
+        connections(lab, 1)
+        lab.flush()
+        assert wait_for(lambda: len(catcher.collect()) >= 6, timeout=20)
+    finally:
+        stop_daemon(lab, cfg, pid)
+    a.stop()
+    b.stop()
+    assert len([x for x in a.dump("%sa") if in_lab(x)]) == 3
+    assert len([x for x in b.dump("%sa") if in_lab(x)]) == 3
