@@ -198,14 +198,14 @@ def _main(argv: list[str] | None, default_config: str) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     head, meter_args = _split_meter(argv)
     args = parser.parse_args(head)
-    # absolute now: a detached daemon works from / and rereads it on reload
-    args.config = os.path.abspath(args.config)
     cmd = args.command
     if args.config is None:
         args.config = default_config
         optional = True
     else:
         optional = False
+    # absolute now: a detached daemon works from / and rereads it on reload
+    args.config = os.path.abspath(args.config)
     if cmd == "meter":
         mparser = _meter_parser()
         opts = mparser.parse_args(meter_args)
