@@ -221,11 +221,21 @@ def _main(argv: list[str] | None, default_config: str) -> int:
         return install(dry_run=args.dry_run)
     if cmd == "check":
         return check(args.config)
+    starting = cmd in ("start", "restart")
+    if starting:
+        # with user:, the daemon's signals must be blocked before any thread
+        # starts (see _block_signals); loading a config with v9/IPFIX
+        # collectors starts numpy's (config._encoders_fit)
+        from .privileges import block_control_signals
+        block_control_signals()
     try:
         cfg = _load(args.config, daemon=cmd != "stop")   # stop needs only the pidfile
     except ConfigError as e:
         err(f"bad configuration:\n{e}")
         return EXIT_CONFIG
+    if starting and not cfg.user:
+        from .privileges import unblock_control_signals
+        unblock_control_signals()
     if cmd == "stop":
         return stop(cfg.pidfile)
     if cmd == "reload":

@@ -343,14 +343,14 @@ def _encoders_fit(c: _Checker, export: ExportConfig) -> None:
     settings (``export.max_datagram`` holds its templates and a record), so
     that what start, reload and meter would refuse is a config error here.
     Asked with vlanId in the templates, as the packet meter sends them (the
-    largest)."""
-    from .pipeline import exporter_class
+    largest).  (The encoders import numpy, whose threads start then: the
+    command line blocks the daemon's signals before loading a config.)"""
     for i, col in enumerate(export.collectors):
-        make = getattr(exporter_class(col), "make_encoder", None)
-        if make is None:
-            continue                    # NetFlow v5: fixed records
+        if col.version == 5:
+            continue                    # fixed records, no template
+        from .pipeline import exporter_class
         try:
-            make(col, export, vlan=True)
+            exporter_class(col).make_encoder(col, export, vlan=True)
         except ValueError as e:
             kind = ", biflow" if col.biflow else ""
             c.bad("export.max_datagram", f"{export.max_datagram} is too small for "

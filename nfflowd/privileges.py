@@ -151,6 +151,12 @@ def block_control_signals() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)
 
 
+def unblock_control_signals() -> None:
+    """Undo ``block_control_signals`` in this thread (threads started
+    meanwhile keep them blocked: the signals then go to this one)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, CONTROL_SIGNALS)
+
+
 def _unblocked_threads(signals) -> list[int]:
     """The threads of this process that do not block all of ``signals``."""
     want = sum(1 << (sig - 1) for sig in signals)

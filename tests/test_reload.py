@@ -14,11 +14,10 @@ import os
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
-import textwrap
-import urllib.request
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -291,3 +290,39 @@ pidfile: {tmp_path}/nfflowd.pid
     b.stop()
     assert len([x for x in a.dump("%sa") if in_lab(x)]) == 3
     assert len([x for x in b.dump("%sa") if in_lab(x)]) == 3
+
+
+def test_user_and_a_v9_collector_start_and_reload(lab, tmp_path):
+    """The max_datagram check loads the v9/IPFIX encoders (and numpy's
+    threads) while the config is read: with user:, the daemon's signals are
+    blocked before that, or it would refuse to start (#15 item 10)."""
+    from test_e2e_nat import start_nfflowd
+    v9 = Nfcapd(lab, tmp_path, port=20619)
+    confdir = Path(tempfile.mkdtemp(prefix="nfflowd-test-"))   # readable by nobody
+    os.chmod(confdir, 0o755)
+    cfg = confdir / "nfflowd.yaml"
+    cfg.write_text(f"""
+export:
+  collectors:
+    - {{host: 127.0.0.1, port: 20619, version: 9}}
+syslog: {{enabled: false}}
+conntrack: {{poll_interval: 1}}
+pidfile: {tmp_path}/nfflowd.pid
+user: nobody
+""")
+    daemon, log = start_nfflowd(lab, cfg)
+    try:
+        connections(lab, 1)
+        lab.flush()
+        assert wait_for(lambda: counters(lab, cfg).get("127.0.0.1:20619/v9.records", 0) >= 4,
+                        timeout=20)
+        cfg.write_text(cfg.read_text().replace("poll_interval: 1", "poll_interval: 2"))
+        r = nfflowd(lab, "-c", cfg, "reload")
+        assert r.returncode == 0 and "reloaded" in r.stdout, (r, "".join(log))
+    finally:
+        stop(daemon)
+        shutil.rmtree(confdir, ignore_errors=True)
+    daemon.log_reader.join(5)
+    assert daemon.returncode == 0, "".join(log)
+    v9.stop()
+    assert sequence_failures(v9) == 0
