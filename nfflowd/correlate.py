@@ -299,6 +299,9 @@ class Correlator:
             "resyncs": 0,
             "exported_by_resync": 0,     # vanished during an overrun (lack of resources)
             "adopted_by_resync": 0,      # in the table, their NEW event lost
+            # NAT create events of connections whose NEW event was lost, sent
+            # when a resync adopted them or with their delete at DESTROY
+            "nat_creates_late": 0,
             "active_exports": 0,         # connections exported by the active timeout
         }
 
@@ -320,7 +323,7 @@ class Correlator:
         dead = self._dead
         revived = self._revived
         extend = out.extend
-        exported = duplicates = new = other = 0
+        exported = duplicates = new = other = late = 0
         for ev in events:
             kind = ev[0]
             if kind == EV_DESTROY:
@@ -330,18 +333,20 @@ class Correlator:
                     remembered = new_ns.pop(ct_id, 0)
                     if not start:
                         start = remembered
+                cached = None
                 if live:
-                    entry = live.pop(ct_id, None)
+                    cached = live.pop(ct_id, None)
                     if revived:
                         revived.discard(ct_id)
-                    if entry is not None and len(entry) in early_lens:
+                    if cached is not None and len(cached) in early_lens:
                         # exported early by the active timeout: the rest only
-                        ev, start = self._rest(ev, entry)
-                    # under `if live` to keep the cache-less path as it was;
-                    # with an empty cache there is nothing a sync could revive
-                    # but a connection whose NEW was lost, a corner left open
-                    if sync_log is not None:
-                        sync_log.add(ct_id)
+                        ev, start = self._rest(ev, cached)
+                if caching and sync_log is not None:
+                    # (an empty cache too: a connection whose NEW was lost
+                    # must not be brought back by the dump in flight)
+                    sync_log.add(ct_id)
+                # no NEW event showed it (lost in an overrun), nor a dump
+                unseen = caching and cached is None
                 if dumped or poll_exported:
                     key = (ct_id, ev[4])            # (ct_id, orig): see _key
                     if poll_exported.pop(key, None) is not None:
@@ -349,6 +354,7 @@ class Correlator:
                         continue
                     entry = dumped.pop(key, None)
                     if entry is not None:
+                        unseen = False
                         if len(entry) > 3:          # exported early: the rest only
                             b = entry[3]
                             ev = _with_counters(ev, ev[6] - b[0], ev[7] - b[1],
@@ -361,6 +367,9 @@ class Correlator:
                     start = end
                 exported += 1
                 if want_nat:
+                    if unseen:
+                        # its create event, late: at its start if known
+                        late += self._late_create(ev, start)
                     nat = nat_event_of(ev, end, False)
                     if nat is not None:
                         self.nat_events.append(nat)
@@ -378,7 +387,8 @@ class Correlator:
                     r = ev[5]
                     live[ev[2]] = (pack4 if ev[1] == 4 else pack6)(
                         o[2], o[0], o[1], o[3], o[4], r[0], r[1], r[3], r[4], now_ns)
-                if want_nat:
+                if want_nat and not (dumped and (ev[2], ev[4]) in dumped):
+                    # (one in the start-up dump had its create event then)
                     nat = nat_event_of(ev, now_ns, True)
                     if nat is not None:
                         self.nat_events.append(nat)
@@ -407,6 +417,17 @@ class Correlator:
             self.counters["connections_exported"] += exported
         if duplicates:
             self.counters["duplicate_destroy"] += duplicates
+        if late:
+            self.counters["nat_creates_late"] += late
+
+    def _late_create(self, ev, time_ns: int) -> int:
+        """The NAT create event of a connection whose NEW event was lost
+        (found by a resync, or by its DESTROY); returns 1 if it has one."""
+        nat = nat_event_of(ev, time_ns, True)
+        if nat is None:
+            return 0
+        self.nat_events.append(nat)
+        return 1
 
     def _known_ids(self) -> set:
         """The conntrack ids among the keys of ``_dumped`` and
@@ -436,16 +457,27 @@ class Correlator:
         live = self._live
         # the ids as ints, for the per-connection state beyond the cache's
         # deferred removal (none in a burst of connections made while running)
+        # With NAT events the block's cache entries go at once (not left to
+        # ``reap``): a connection with none was never seen (its NEW lost in
+        # an overrun) and gets its create event with its delete.
+        want_nat = self.want_nat_events and live is not None
         ids = (b.ct_id.tolist()
-               if new_ns or self._dumped or self._poll_exported
-               or (live and self._destroyed_during_sync is not None)
+               if want_nat or new_ns or self._dumped or self._poll_exported
+               or (live is not None and self._destroyed_during_sync is not None)
                else None)
         remembered = None
         if new_ns:
             pop = new_ns.pop
             remembered = [pop(c, 0) for c in ids]
             start = np.where(start == 0, np.array(remembered, dtype=np.uint64), start)
-        if live:
+        popped = None                           # row -> its entry, with NAT events
+        if want_nat:
+            pop = live.pop
+            popped = [pop(c, None) for c in ids]
+            for i, e in enumerate(popped):
+                if e is not None and len(e) in _EARLY:
+                    special[i] = e
+        elif live:
             # Only entries that may carry a base (exported early) are looked
             # at now; the others are removed later by ``reap`` (a pop from a
             # large dict misses the CPU caches a few times: ~0.6 us here at
@@ -460,13 +492,13 @@ class Correlator:
                         e = live.pop(ids[i], None)
                         if e is not None and _early(e):
                             special[i] = e
-            if self._destroyed_during_sync is not None:
-                self._destroyed_during_sync.update(ids)
+        if live is not None and self._destroyed_during_sync is not None:
+            self._destroyed_during_sync.update(ids)
         if self._dumped or self._poll_exported:
             known = self._known_ids()
             for i, c in enumerate(ids):
                 if c in known and i not in special:
-                    special[i] = None
+                    special[i] = popped[i] if popped is not None else None
         revived = self._revived
         if live and revived:
             # connections made again under an id whose removal is pending:
@@ -479,8 +511,8 @@ class Correlator:
                 rows = [i for i, c in enumerate(ids if ids is not None else b.ct_id.tolist())
                         if c in revived]
             for i in rows:
-                special.setdefault(i, None)
-        if live:
+                special.setdefault(i, popped[i] if popped is not None else None)
+        if live and popped is None:
             # the object path pops the special rows' entries itself
             dead = b.ct_id if not special else np.delete(b.ct_id, list(special))
             if len(dead):
@@ -499,10 +531,15 @@ class Correlator:
             sub = b if (lo == 0 and hi == n) else b.take(slice(lo, hi))
             cols = flows_of_block(sub, start[lo:hi], end[lo:hi])
             if self.want_nat_events:
-                for ev, e in zip(sub.events(), end[lo:hi].tolist()):
+                late = 0
+                for k, ev, s, e in zip(range(lo, hi), sub.events(), start[lo:hi].tolist(),
+                                       end[lo:hi].tolist()):
+                    if popped is not None and popped[k] is None:
+                        late += self._late_create(ev, s)
                     nat = nat_event_of(ev, e, False)
                     if nat is not None:
                         self.nat_events.append(nat)
+                self.counters["nat_creates_late"] += late
             if add_block is not None:
                 add_block(cols)
             else:
@@ -547,7 +584,10 @@ class Correlator:
 
     # -- connections older than the daemon -------------------------------------
     def add_dumped(self, events, now_ns: int) -> int:
-        """Learn the table as it was at start.  Returns how many were added."""
+        """Learn the table as it was at start.  Returns how many were added.
+        With NAT events, each translated one gets its create event (at its
+        kernel start time if stamped, else ``now_ns``), as a connection made
+        while running does: its delete comes when it ends."""
         added = 0
         for ev in events:
             key = _key(ev)
@@ -555,6 +595,10 @@ class Correlator:
                 self._dumped[key] = [ev, now_ns, now_ns]
                 self._ids_stale = True
                 added += 1
+                if self.want_nat_events:
+                    nat = nat_event_of(ev, ev.start_ns or now_ns, True)
+                    if nat is not None:
+                        self.nat_events.append(nat)
         return added
 
     @property
@@ -675,7 +719,7 @@ class Correlator:
             return self.reconcile(table, now_ns)
         dumped = self._dumped
         present = set()
-        adopted = early = 0
+        adopted = early = late = 0
         for ev in table:
             ct_id = ev[2]
             present.add(ct_id)
@@ -690,11 +734,15 @@ class Correlator:
                 if ct_id in destroyed or key in self._poll_exported:
                     continue                    # ended meanwhile: not to bring back
                 o, r = ev[4], ev[5]
+                new_ns = ev[10] or now_ns
                 entry = (_PACK4 if ev[1] == 4 else _PACK6)(
-                    o[2], o[0], o[1], o[3], o[4], r[0], r[1], r[3], r[4],
-                    ev[10] or now_ns)
+                    o[2], o[0], o[1], o[3], o[4], r[0], r[1], r[3], r[4], new_ns)
                 live[ct_id] = entry
                 adopted += 1
+                if self.want_nat_events:
+                    # its NEW event was lost: its create event now, at the
+                    # kernel's start time if stamped, else as found
+                    late += self._late_create(ev, new_ns)
                 # fall through: an adopted connection's counters so far are
                 # exported now by the active timeout too
                 if not active:
@@ -729,6 +777,7 @@ class Correlator:
         c["exported_by_resync"] += vanished
         c["connections_exported"] += vanished
         c["adopted_by_resync"] += adopted
+        c["nat_creates_late"] += late
         c["active_exports"] += early
         out.extend(self.reconcile(table, now_ns))
         return out

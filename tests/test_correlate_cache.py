@@ -1,10 +1,13 @@
 """The correlator's live cache: overrun resync and active-timeout deltas (sans-IO)."""
 
+import pytest
+
+from nfflowd.columns import DestroyBlock, FlowBuffer
 from nfflowd.conntrack import EV_DESTROY, EV_DUMP, EV_NEW
 from nfflowd.correlate import Correlator
 from nfflowd.record import END_ACTIVE_TIMEOUT, END_LACK_OF_RESOURCES, END_OF_FLOW
 
-from test_correlate import ICMP, NAT66, SNAT, S, ev, view
+from test_correlate import ICMP, NAT66, ROUTED, SNAT, S, ev, view
 
 NOCOUNT = (0, 0, 0, 0)
 
@@ -287,3 +290,111 @@ def test_many_revived_ids_are_found_in_a_block_too():
     c.handle_batch([_block_of(ends[:40])], 7 * S, FlowBuffer())
     c.reap()
     assert c.cached == 60 and c.reap_pending == 0
+
+
+# -- NAT create events of connections whose NEW event was lost (#15 item 6) ----------
+
+def nat_log(nats) -> dict:
+    """conn id -> [(created, time_ms), ...] in order."""
+    log: dict = {}
+    for n in nats:
+        log.setdefault(n.conn_id, []).append((n.created, n.time_ms))
+    return log
+
+
+@pytest.mark.parametrize("kernel_ts", [True, False])
+def test_resync_sends_the_create_event_of_an_adopted_connection(kernel_ts):
+    c = Correlator(nat_events=True, kernel_timestamps=kernel_ts)
+    c.handle(ev(EV_NEW, *SNAT, ct_id=1, counters=NOCOUNT), 1 * S)
+    c.begin_sync()
+    start = 3 * S if kernel_ts else 0       # the dump carries it when stamped
+    table = [ev(EV_DUMP, *SNAT, ct_id=1, start=start),
+             ev(EV_DUMP, *NAT66, ct_id=5, start=start),      # NEW lost: adopted
+             ev(EV_DUMP, *ROUTED, ct_id=6, start=start)]     # adopted, no translation
+    c.resync(table, 7 * S, 5 * S)
+    c.handle(ev(EV_DESTROY, *NAT66, ct_id=5, start=start, stop=9 * S), 9 * S)
+    created = 3000 if kernel_ts else 7000   # its start, else when the resync found it
+    assert nat_log(c.take_nat_events()) == {1: [(True, 1000)],
+                                            5: [(True, created), (False, 9000)]}
+    assert c.counters["adopted_by_resync"] == 2
+    assert c.counters["nat_creates_late"] == 1
+
+
+def destroy_burst(n=48):
+    """``n`` translated connections (IPv4 and IPv6): their NEW and DESTROY
+    events; the even ids' NEW events are the ones lost."""
+    news, ends = [], []
+    for i in range(n):
+        base = SNAT if i % 3 else NAT66
+        o, r = base
+        o = (*o[:3], 20000 + i, o[4])
+        r = (*r[:4], 30000 + i)
+        news.append(ev(EV_NEW, o, r, ct_id=100 + i, counters=NOCOUNT))
+        ends.append(ev(EV_DESTROY, o, r, ct_id=100 + i, start=(2 + i % 2) * S, stop=8 * S))
+    return news, ends
+
+
+@pytest.mark.parametrize("blocks", [False, True])
+@pytest.mark.parametrize("kernel_ts", [True, False])
+def test_destroy_of_a_connection_never_seen_sends_create_then_delete(blocks, kernel_ts):
+    news, ends = destroy_burst()
+    if not kernel_ts:
+        ends = [e._replace(start_ns=0, stop_ns=0) for e in ends]
+    ended = 8000 if kernel_ts else 9000
+    seen = [e for e in news if e.ct_id % 2]
+    c = Correlator(nat_events=True, kernel_timestamps=kernel_ts)
+    c.handle_batch(seen, 1 * S, [])
+    out = FlowBuffer() if blocks else []
+    c.handle_batch([DestroyBlock.from_events(ends)] if blocks else ends, 9 * S, out)
+    assert len(out) == 2 * len(ends)
+    log = nat_log(c.take_nat_events())
+    assert sorted(log) == [e.ct_id for e in ends]
+    for e in ends:
+        if e.ct_id % 2:
+            want_create = 1000                          # at its NEW
+        else:
+            # never seen: its create with its delete, at its start if known
+            want_create = e.start_ns // 1_000_000 if kernel_ts else 9000
+        assert log[e.ct_id] == [(True, want_create), (False, ended)], e.ct_id
+    assert c.counters["nat_creates_late"] == len(ends) // 2
+
+
+def test_destroy_blocks_and_objects_agree_on_unseen_connections():
+    # the columnar path, with early-exported and start-up rows mixed in
+    # (those go the object way in their place), gives what the objects give
+    news, ends = destroy_burst()
+
+    def run(blocks):
+        c = Correlator(nat_events=True, kernel_timestamps=False)
+        c.add_dumped([e._replace(kind=EV_DUMP) for e in news[40:44]], 1 * S)
+        c.handle_batch([e for e in news[:40] if e.ct_id % 2], 1 * S, [])
+        c.begin_sync()
+        c.active_export([e._replace(kind=EV_DUMP, orig_packets=1, reply_packets=1)
+                         for e in news[:10]], 2 * S, 2 * S)
+        out = FlowBuffer() if blocks else []
+        c.handle_batch([DestroyBlock.from_events(ends)] if blocks else ends, 9 * S, out)
+        c.reap()
+        return list(out), c.counters, c.take_nat_events(), c.cached
+    a, b = run(False), run(True)
+    assert a == b
+    log = nat_log(a[2])
+    assert all([k for k, _t in log[e.ct_id]] == [True, False] for e in ends)
+    # adopted by the active-timeout sync: the 5 even ids of 0..9; never seen
+    # before their DESTROY: the 15 even ones of 10..39 and 44..47
+    assert a[1]["nat_creates_late"] == 5 + 15 + 4
+
+
+def test_start_up_dump_sends_the_create_events_of_the_connections_it_finds():
+    # made before the daemon: a create event each, as for one made while it
+    # runs, at the kernel's start time (else when found); a NEW that raced
+    # the dump (subscribed first, then dumped) does not send a second
+    c = Correlator(nat_events=True)
+    c.add_dumped([ev(EV_DUMP, *SNAT, ct_id=1, start=2 * S),
+                  ev(EV_DUMP, *NAT66, ct_id=2, start=0),
+                  ev(EV_DUMP, *ROUTED, ct_id=3, start=2 * S)], 5 * S)
+    c.handle(ev(EV_NEW, *NAT66, ct_id=2, counters=NOCOUNT), 6 * S)
+    c.handle(ev(EV_DESTROY, *SNAT, ct_id=1, start=2 * S, stop=7 * S), 7 * S)
+    c.handle(ev(EV_DESTROY, *NAT66, ct_id=2, start=4 * S, stop=8 * S), 8 * S)
+    assert nat_log(c.take_nat_events()) == {1: [(True, 2000), (False, 7000)],
+                                            2: [(True, 5000), (False, 8000)]}
+    assert c.counters["nat_creates_late"] == 0
