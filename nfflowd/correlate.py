@@ -38,10 +38,13 @@ serves two things:
   The daemon dumps the table; connections cached but no longer in it ended
   during the overrun and are exported with the last counters seen and
   flowEndReason lack of resources (5); connections in the table but unknown
-  (their NEW was lost) are adopted.  A resync export goes into
-  ``_poll_exported``, so a DESTROY the kernel redelivers later (reliable
-  delivery, NETLINK_BROADCAST_ERROR) is counted as a duplicate, not exported
-  twice.
+  (their NEW was lost) are adopted, and with NAT events get their create
+  event then.  A DESTROY of a connection neither a NEW event nor a dump
+  showed gets its create event just before its delete (with NAT events a
+  DESTROY block removes its cache entries at once to tell those apart).
+  A resync export goes into ``_poll_exported``, so a DESTROY the kernel
+  redelivers later (reliable delivery, NETLINK_BROADCAST_ERROR) is counted
+  as a duplicate, not exported twice.
 - active timeout (``active_export``): every ``active_timeout`` seconds the
   daemon dumps the table (a plain dump) and each open connection's counters
   *since the previous export* are exported with flowEndReason active timeout

@@ -1,12 +1,14 @@
 """A minimal IPFIX-over-UDP collector for the burst tests and bench.
 
-    python ipfix_sink.py ADDR PORT OUT --lifetime S
+    python ipfix_sink.py ADDR PORT OUT --lifetime S [--nat NAT_OUT]
 
 Binds ADDR:PORT with a 64 MiB receive buffer (SO_RCVBUFFORCE: root), prints
 READY, and writes one line per flow data record to OUT (flushed every
 datagram): ``reason proto src sport dst dport packets octets start_ms end_ms``
-(IPv4 and IPv6; NAT event records are skipped).  Also notes the time of the
-first and the last data record in OUT.times.  Exits on SIGTERM or after S s.
+(IPv4 and IPv6).  NAT event records are skipped, or with ``--nat`` written
+to NAT_OUT, one line each: ``natEvent proto src sport post_src post_sport
+time_ms``.  Also notes the time of the first and the last flow record in
+OUT.times.  Exits on SIGTERM or after S s.
 Templates are learnt as they come (fixed-length fields only, as nfflowd sends).
 """
 
@@ -53,11 +55,27 @@ def learn(d: bytes, body: int, bend: int, templates: dict) -> None:
 WANT = {136: "reason", 4: "proto", 8: "src", 27: "src", 7: "sport", 12: "dst", 28: "dst",
         11: "dport", 2: "packets", 1: "octets", 152: "start", 153: "end",
         32: "icmp", 139: "icmp"}
+NAT_WANT = {230: "event", 4: "proto", 8: "src", 27: "src", 7: "sport", 225: "post_src",
+            281: "post_src", 227: "post_sport", 323: "time"}
+
+
+def values(d: bytes, p: int, fields, want: dict) -> dict:
+    """The ``want`` elements of the record at ``p``."""
+    rec = {}
+    for ie, fo, ln in fields:
+        name = want.get(ie)
+        if name is None:
+            continue
+        raw = d[p + fo:p + fo + ln]
+        rec[name] = (str(ipaddress.ip_address(raw)) if name in ("src", "dst", "post_src")
+                     else int.from_bytes(raw, "big"))
+    return rec
 
 
 def main():
     addr, port, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     lifetime = float(sys.argv[sys.argv.index("--lifetime") + 1]) if "--lifetime" in sys.argv else 60
+    nat_out = open(sys.argv[sys.argv.index("--nat") + 1], "w") if "--nat" in sys.argv else None
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)    # SO_RCVBUFFORCE
@@ -79,24 +97,24 @@ def main():
             continue
         except InterruptedError:
             continue
-        lines = []
+        lines, nat_lines = [], []
         for sid, body, bend in sets(d):
             if sid == 2:
                 learn(d, body, bend, templates)
             elif sid >= 256 and sid in templates:
                 fields, rlen = templates[sid]
                 names = {WANT[ie] for ie, _, _ in fields if ie in WANT}
-                if "packets" in names and rlen:
+                if nat_out is not None and 230 in {ie for ie, _, _ in fields} and rlen:
+                    for p in range(body, bend - rlen + 1, rlen):
+                        rec = values(d, p, fields, NAT_WANT)
+                        nat_lines.append("%s %s %s %s %s %s %s\n" % (
+                            rec["event"], rec.get("proto", 0), rec.get("src"),
+                            rec.get("sport", 0), rec.get("post_src"),
+                            rec.get("post_sport", 0), rec.get("time", 0)))
+                elif "packets" in names and rlen:
                     p = body
                     while p + rlen <= bend:
-                        rec = {}
-                        for ie, fo, ln in fields:
-                            name = WANT.get(ie)
-                            if name is None:
-                                continue
-                            raw = d[p + fo:p + fo + ln]
-                            rec[name] = (str(ipaddress.ip_address(raw)) if name in ("src", "dst")
-                                         else int.from_bytes(raw, "big"))
+                        rec = values(d, p, fields, WANT)
                         lines.append("%s %s %s %s %s %s %s %s %s %s\n" % (
                             rec.get("reason", 0), rec.get("proto", 0), rec.get("src"),
                             rec.get("sport", 0), rec.get("dst"),
@@ -109,7 +127,12 @@ def main():
             last = now
             f.write("".join(lines))
             f.flush()
+        if nat_lines:
+            nat_out.write("".join(nat_lines))
+            nat_out.flush()
     f.close()
+    if nat_out is not None:
+        nat_out.close()
     with open(out + ".times", "w") as t:
         t.write(f"{first} {last}\n")
 
