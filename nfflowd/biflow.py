@@ -54,6 +54,10 @@ Pairing (meter records, ``conn_id == 0``):
   the pairer first.  biflowDirection is 1 (initiator) when the first
   packets or the ICMP types told, 0 (arbitrary, section 5.3) after a tie
   broken by port or arrival.
+- At most ``max_held`` records wait at once (the meter's ``max_flows``: a
+  table's worth).  A record beyond that makes the one whose hold ends first
+  go alone at once, counted in ``overflow`` (and in ``alone``): the pairer's
+  memory is bounded whatever the rate of records, as the table's is.
 - A record with no partner by the end of its hold is exported alone in the
   biflow template with the reverse values zero (counters and times): a
   uniflow record in a biflow template, which a reader takes for a biflow
@@ -90,7 +94,7 @@ import time
 from typing import Iterable, Sequence
 
 from .ipfix import IpfixEncoder
-from .pipeline import TemplateExporter
+from .pipeline import TemplateExporter, biflow_bound
 from .record import ORIGINAL, Flow
 from .template import _FLOW_SOURCE, FLOW_TEMPLATES
 
@@ -162,11 +166,15 @@ def biflow_direction(fwd: Flow, rev: Flow | None) -> int:
 
 class BiflowPairer:
     """Pairs a meter's unidirectional records into biflows (see the module
-    docstring).  ``hold_s``: how long a record waits for its reverse."""
+    docstring).  ``hold_s``: how long a record waits for its reverse;
+    ``max_held``: how many records may wait at once (None: no bound)."""
 
-    def __init__(self, hold_s: float = 30.0):
+    def __init__(self, hold_s: float = 30.0, max_held: int | None = None):
         if not hold_s >= 0:
             raise ValueError("hold_s must be >= 0")
+        if max_held is not None and max_held < 1:
+            raise ValueError("max_held must be at least 1")
+        self.max_held = max_held
         self.hold_ns = int(hold_s * 1e9)
         self.hold_ms = self.hold_ns // _MS
         self._waiting: dict[tuple, list] = {}     # key -> [entry], arrival order
@@ -176,6 +184,7 @@ class BiflowPairer:
         # counters
         self.pairs = 0
         self.alone = 0                            # records exported without a partner
+        self.overflow = 0                         # of those, sent early: max_held reached
         self.conntrack_pairs = 0
 
     def __len__(self) -> int:
@@ -224,11 +233,17 @@ class BiflowPairer:
                 out.append(_order(e[2], f))
                 self.pairs += 1
                 continue
+            if self.held == self.max_held:
+                self._overflow(out)
             self._seq += 1
             e = [now_ns + self.hold_ns, self._seq, f, True]
             self._waiting.setdefault(_key(f), []).append(e)
             heapq.heappush(self._heap, (e[0], e[1], e))
             self.held += 1
+        if len(self._heap) > 2 * self.held + 1024:
+            # entries of the records paired since: drop them (amortised O(1))
+            self._heap = [x for x in self._heap if x[2][3]]
+            heapq.heapify(self._heap)
         for f in ct.values():
             out.append((f, None))
             self.alone += 1
@@ -261,6 +276,18 @@ class BiflowPairer:
         self.held = 0
         self.alone += len(out)
         return out
+
+    def _overflow(self, out: list) -> None:
+        """Send the record whose hold ends first alone, now (max_held reached)."""
+        heap = self._heap
+        while heap:
+            e = heapq.heappop(heap)[2]
+            if e[3]:
+                self._drop(e)
+                out.append((e[2], None))
+                self.alone += 1
+                self.overflow += 1
+                return
 
     def _drop(self, e) -> None:
         e[3] = False
@@ -342,16 +369,22 @@ class BiflowIpfixEncoder(IpfixEncoder):
 class BiflowExporter(TemplateExporter):
     """An IPFIX collector with ``biflow: true``: records paired by a
     ``BiflowPairer``, encoded by a ``BiflowIpfixEncoder``.  ``hold_s``:
-    the pairer's hold (None: the config's ``meter.inactive_timeout``).
+    the pairer's hold (None: the config's ``meter.inactive_timeout``);
+    ``max_held``: its bound (None: ``meter.max_flows`` per metered
+    interface, at least one table's worth).
     The pairer's clock is the ``now_ns`` of ``export`` and ``tick``."""
 
     IPFIX_ENCODER = BiflowIpfixEncoder
 
-    def __init__(self, collector, cfg, vlan: bool = False, hold_s: float | None = None):
+    def __init__(self, collector, cfg, vlan: bool = False, hold_s: float | None = None,
+                 max_held: int | None = None):
         if collector.version != 10:
             raise ValueError("biflow export is IPFIX (version 10) only")
         super().__init__(collector, cfg, vlan)
-        self.pairer = BiflowPairer(cfg.meter.inactive_timeout if hold_s is None else hold_s)
+        if max_held is None:
+            max_held = biflow_bound(cfg)
+        self.pairer = BiflowPairer(cfg.meter.inactive_timeout if hold_s is None else hold_s,
+                                   max_held)
 
     def _send(self, pairs, nat_events, now_ns: int) -> None:
         if not pairs and not nat_events:
@@ -378,7 +411,7 @@ class BiflowExporter(TemplateExporter):
         out = super().summary()
         p = self.pairer
         out.update(biflow_pairs=p.pairs + p.conntrack_pairs, biflow_alone=p.alone,
-                   biflow_held=p.held)
+                   biflow_held=p.held, biflow_overflow=p.overflow)
         return out
 
     def close(self) -> None:

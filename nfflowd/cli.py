@@ -326,10 +326,12 @@ class _Exporter:
     def __init__(self, cfg: Config, print_csv: bool, out, table=None,
                  record_clock: bool = False):
         # biflow collectors pair the two directions for as long as the
-        # table's inactive timeout, on the clock below (a capture's own for -r)
+        # table's inactive timeout, on the clock below (a capture's own for -r),
+        # holding at most a table's worth of records
         from .pipeline import Pipeline
         hold = table.inactive_ns / 1e9 if table is not None else None
-        self.pipeline = Pipeline(cfg, vlan=True, biflow_hold=hold)
+        most = table.max_flows if table is not None else None
+        self.pipeline = Pipeline(cfg, vlan=True, biflow_hold=hold, biflow_max=most)
         self.print_csv = print_csv
         self.out = out
         self.exported = 0
@@ -544,8 +546,12 @@ def _biflow_lines(sent: dict) -> list[str]:
     for k, v in sent.items():
         if k.endswith(".biflow_pairs"):
             name = k[:-len(".biflow_pairs")]
+            over = sent.get(name + ".biflow_overflow", 0)
             out.append(f"biflow {name}: {v} pairs, {sent.get(name + '.biflow_alone', 0)} "
-                       f"records alone, {sent.get(name + '.records', 0)} biflow records sent")
+                       "records alone"
+                       + (f" ({over} of them before their hold ended: too many waiting, "
+                          "--max-flows bounds them)" if over else "")
+                       + f", {sent.get(name + '.records', 0)} biflow records sent")
     return out
 
 

@@ -438,9 +438,23 @@ def skip_warnings(skipped: dict, truncated: int, evicted: int,
     return out
 
 
+# a classic pcap file is metered a chunk at a time (nfflowd.meterfast), whose
+# working set (the buffer, numpy arrays, a key per flow) is some 3 bytes per
+# byte of chunk: the chunk follows the table's size, so that a small
+# --max-flows bounds the memory of a run (from 1 MB, to 32 MB at the
+# default 131072 flows)
+CHUNK_PER_FLOW = 256
+CHUNK_MIN, CHUNK_MAX = 1 << 20, 1 << 25
+
+
+def chunk_size_for(max_flows: int) -> int:
+    """Bytes of capture per chunk for a table of ``max_flows`` flows."""
+    return max(CHUNK_MIN, min(CHUNK_MAX, max_flows * CHUNK_PER_FLOW))
+
+
 def meter_file(source, table: FlowTable, bpf: str | None = None,
                sink: Callable[[list], None] | None = None,
-               batch_size: int = 4096, chunk_size: int = 1 << 25) -> MeterSummary:
+               batch_size: int = 4096, chunk_size: int | None = None) -> MeterSummary:
     """Meter a capture file (path, binary file object or bytes) through
     ``table``.  Time comes from the packets.  Finished flows go to ``sink``
     (called with each list of records) or, without one, to ``summary.flows``.
@@ -450,7 +464,9 @@ def meter_file(source, table: FlowTable, bpf: str | None = None,
     ``expire(last time of the batch)`` after each; a classic pcap file is
     metered ``chunk_size`` bytes at a time by ``nfflowd.meterfast`` (the
     records come out in another order, and some later: at the chunk's
-    last batch boundary)."""
+    last batch boundary; default: ``chunk_size_for(table.max_flows)``).
+    Memory: the table's flows, one chunk, and the records of one batch (or,
+    on the vectorised path, of one chunk: no more than the table holds)."""
     if bpf:
         raise NotImplementedError("BPF filters are not supported by the pcap meter yet")
     summary = MeterSummary(source=os.fspath(source) if isinstance(source, (str, os.PathLike))
@@ -469,7 +485,7 @@ def meter_file(source, table: FlowTable, bpf: str | None = None,
         if chunks is None:
             items = reader.batches()
         else:
-            items = reader.record_chunks(chunk_size)
+            items = reader.record_chunks(chunk_size or chunk_size_for(table.max_flows))
         for item in items:
             if type(item) is list:          # pcapng (or no numpy): batch by batch
                 frames += len(item)
@@ -479,7 +495,8 @@ def meter_file(source, table: FlowTable, bpf: str | None = None,
                 last = item[-1][0]
                 done = table.expire(last)
             else:                           # a pcap chunk: vectorised (nfflowd.meterfast)
-                done = chunks.meter(item)
+                chunks.meter(item, emit)
+                done = None
                 frames += len(item)
                 if first is None:
                     first = int(item.first_ts())

@@ -38,9 +38,12 @@ per packet; a capture file has millions.  Here a chunk of a classic pcap file
    earlier by the per-packet path, with the same contents and end reason.
 
 The whole chunk goes through the per-packet path (``FlowTable.meter_frames``
-and ``expire`` per batch, exactly as ``meter_file`` did before) when its
-timestamps go backwards or when the table could fill up inside it (eviction
-order depends on everything before it).  The cyclic garbage collector is
+and ``expire`` per batch, exactly as ``meter_file`` did before, each batch's
+records to the sink at once) when its timestamps go backwards or when the
+table could fill up inside it (eviction order depends on everything before
+it); a chunk with more flows than the table may hold is sent there before a
+Python object is made per flow.  So the records held at once are a batch's,
+or on the vectorised path no more than the table holds.  The cyclic garbage collector is
 off while a chunk is metered (it would walk the new records again and again).
 tests/test_meterfast.py checks the records and counters against the
 per-packet path for every sample capture and for hypothesis-made captures.
@@ -106,56 +109,58 @@ class ChunkMeter:
         self.bulk: list = []            # records made by _vector, not yet returned
 
     # ------------------------------------------------------------------
-    def meter(self, chunk) -> list:
-        """Meter one chunk.  Returns what ``table.expire`` returned at the
-        batch boundaries inside it (the fast path calls it once, at the last
-        one: flows that ended earlier wait in the table until then)."""
+    def meter(self, chunk, sink) -> None:
+        """Meter one chunk; ``sink(records)`` gets what ``table.expire``
+        returned at the batch boundaries inside it (the fast path calls it
+        once, at the last one: flows that ended earlier wait in the table
+        until then, and the records it made at once come with them; the
+        per-packet path batch by batch, so that a chunk's records are
+        never all held at once)."""
         # the chunk allocates some 100k lists and tuples that all live on:
         # the cyclic collector would walk them again and again for nothing
         enabled = gc.isenabled()
         gc.disable()
         try:
-            return self._meter(chunk)
+            self._meter(chunk, sink)
         finally:
             if enabled:
                 gc.enable()
 
-    def _meter(self, chunk) -> list:
+    def _meter(self, chunk, sink) -> None:
         ts, cap, orig = chunk.fields()
         n = len(ts)
         if n == 0:
-            return []
+            return
         g0 = self.frames
         mono = bool((ts[1:] >= ts[:-1]).all()) and (self.last_ts is None or ts[0] >= self.last_ts)
-        done = []
         if mono and n <= _IDX_MASK and self._fast(chunk, ts, cap, orig, g0):
             last_b = (g0 + n) // self.bs * self.bs - 1
-            if last_b >= g0:
-                done = self._expire(int(ts[last_b - g0]))
+            done = self._expire(int(ts[last_b - g0])) if last_b >= g0 else []
             if self.bulk:
                 done = self.bulk + done
                 self.bulk = []
+            if done:
+                sink(done)
         else:
-            done = self._exact(chunk, g0)
+            self._exact(chunk, g0, sink)
         self.frames = g0 + n
         self.last_ts = int(ts[-1])
-        return done
 
-    def _exact(self, chunk, g0) -> list:
+    def _exact(self, chunk, g0, sink) -> None:
         """meter_file's own loop over the chunk's frames, batch by batch."""
         table = self.table
-        frames = chunk.frames()
         bs = self.bs
-        out = []
         i = 0
-        n = len(frames)
+        n = len(chunk)
         while i < n:
             j = min(n, (g0 + i) // bs * bs + bs - g0)
-            table.meter_frames(frames[i:j], self.parser)
+            frames = chunk.frames(i, j)
+            table.meter_frames(frames, self.parser)
             if (g0 + j) % bs == 0:
-                out.extend(table.expire(frames[j - 1][0]))
+                done = table.expire(frames[-1][0])
+                if done:
+                    sink(done)
             i = j
-        return out
 
     def _fast(self, chunk, ts, cap, orig, g0) -> bool:
         table = self.table
@@ -283,6 +288,12 @@ class ChunkMeter:
                 return False
             starts = np.concatenate(([0], np.flatnonzero(newk) + 1))
             del h, sv, newk
+            if len(starts) > table.max_flows:
+                # more flows than the table may hold (some must be evicted,
+                # in an order only the per-packet path knows): stop here,
+                # before a Python object is made per flow
+                pa.skipped, pa.fragments, pa.truncated, pa.length_mismatch, pa._frags = saved
+                return False
         else:
             srt = np.zeros(0, np.int64)
             starts = np.zeros(0, np.int64)

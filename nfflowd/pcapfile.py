@@ -476,13 +476,16 @@ class RecordChunk:
             self._fields = (ts, cap, orig)
         return self._fields
 
-    def frames(self) -> list:
-        """The records as ``batches`` yields them: (ts_ns, linktype, data, origlen)."""
+    def frames(self, start: int = 0, stop: int | None = None) -> list:
+        """The records ``start`` to ``stop`` as ``batches`` yields them:
+        (ts_ns, linktype, data, origlen)."""
         ts, cap, orig = self.fields()
         buf = self.buf
         lt = self.linktype
+        s = slice(start, stop)
         return [(t, lt, bytes(buf[o + 16:o + 16 + c]), g) for t, o, c, g in
-                zip(ts.tolist(), self.offsets.tolist(), cap.tolist(), orig.tolist())]
+                zip(ts[s].tolist(), self.offsets[s].tolist(), cap[s].tolist(),
+                    orig[s].tolist())]
 
 
 def _u32(view, idx, dtype):

@@ -164,6 +164,12 @@ def _invalid_why(reasons: dict) -> str:
 DIALECTS = {5: V5Exporter, 9: TemplateExporter, 10: TemplateExporter}
 
 
+def biflow_bound(cfg: Config) -> int:
+    """How many records a biflow pairer may hold by default: a meter table's
+    worth (``meter.max_flows``) per metered interface, at least one."""
+    return cfg.meter.max_flows * max(1, len(cfg.meter.interfaces))
+
+
 def exporter_class(collector: Collector):
     """The exporter class of ``collector``."""
     if collector.biflow:
@@ -200,13 +206,16 @@ class Plan:
 
 
 class Pipeline:
-    def __init__(self, cfg: Config, vlan: bool = False, biflow_hold: float | None = None):
+    def __init__(self, cfg: Config, vlan: bool = False, biflow_hold: float | None = None,
+                 biflow_max: int | None = None):
         """``vlan``: the flows carry VLAN ids (the pcap meter); v9 and IPFIX
         templates then include vlanId.  Conntrack flows have none.
         Collectors with ``biflow: true`` get a ``biflow.BiflowExporter``:
         ``biflow_hold`` is its pairing hold in seconds (None: the config's
         meter.inactive_timeout); it pairs on the ``now_ns`` given to
-        ``export`` and ``tick`` (a capture file's own clock for ``meter -r``).
+        ``export`` and ``tick`` (a capture file's own clock for ``meter -r``);
+        ``biflow_max`` bounds the records it holds (None: the config's
+        meter.max_flows per metered interface).
 
         A reload (``prepare`` then ``apply``) keeps every exporter whose
         settings did not change, with its socket, TCP connection, sequence
@@ -216,6 +225,7 @@ class Pipeline:
         self.cfg = cfg
         self.vlan = vlan
         self.biflow_hold = biflow_hold
+        self.biflow_max = biflow_max
         self.exporters: list = []
         self.mirror: SyslogSink | None = None
         self._settings: list = []           # each exporter's settings (_settings_of)
@@ -228,7 +238,8 @@ class Pipeline:
         """What an exporter of ``c`` is made from: equal settings, same exporter."""
         hold = None
         if c.biflow:
-            hold = cfg.meter.inactive_timeout if self.biflow_hold is None else self.biflow_hold
+            hold = (cfg.meter.inactive_timeout if self.biflow_hold is None else self.biflow_hold,
+                    biflow_bound(cfg) if self.biflow_max is None else self.biflow_max)
         return (c, dataclasses.replace(cfg.export, collectors=(), flush_interval=0.0), hold)
 
     def prepare(self, cfg: Config) -> Plan:
@@ -257,8 +268,8 @@ class Pipeline:
             for i in new:
                 c = cfg.export.collectors[i]
                 cls = exporter_class(c)
-                exp = (cls(c, cfg, self.vlan, hold_s=self.biflow_hold) if c.biflow
-                       else cls(c, cfg, self.vlan))
+                exp = (cls(c, cfg, self.vlan, hold_s=self.biflow_hold, max_held=self.biflow_max)
+                       if c.biflow else cls(c, cfg, self.vlan))
                 built.append(exp)
                 exporters[i] = exp
                 if leaving.get(c.name):

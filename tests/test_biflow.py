@@ -99,6 +99,55 @@ def test_hold_zero_pairs_overlapping_records_only():
     assert p.add([Q, overlapping], 6) == [(Q, overlapping)]
 
 
+def test_the_pairer_holds_at_most_max_held_records():
+    """#15 item 13: a bound on the records waiting; beyond it the one whose
+    hold ends first goes alone at once, counted (overflow, and alone); a
+    record within the bound still pairs.  The entries of paired records do
+    not pile up in the timer heap either."""
+    qs = [Q._replace(sport=40000 + i) for i in range(5)]
+    p = BiflowPairer(30, max_held=3)
+    assert p.add(qs[:3], 1 * S) == []
+    assert p.add(qs[3:4], 2 * S) == [(qs[0], None)]          # the oldest, early
+    assert p.add(qs[4:], 3 * S) == [(qs[1], None)]
+    assert (len(p), p.overflow, p.alone) == (3, 2, 2)
+    answer = A._replace(dport=40003)
+    assert p.add([answer], 4 * S) == [(qs[3], answer)]       # held: pairs
+    assert p.add([A], 5 * S) == []                           # its query went alone
+    assert p.flush() == [(qs[2], None), (qs[4], None), (A, None)]
+    assert (p.overflow, p.alone, p.pairs) == (2, 5, 1)
+    with pytest.raises(ValueError):
+        BiflowPairer(30, max_held=0)
+    # many pairs, each made while the hold runs: what they leave behind (their
+    # entries in the timer heap) is dropped as it piles up
+    import tracemalloc
+    p = BiflowPairer(30, max_held=10)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(20000):
+            q, a = Q._replace(sport=i), A._replace(dport=i)
+            assert p.add([q, a], i) == [(q, a)]
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(p) == 0 and p.overflow == 0 and p.pairs == 20000
+    assert grown < 1_000_000          # 20000 records kept alive would be some 10 MB
+
+
+def test_the_biflow_exporter_bound_follows_the_meter_table():
+    from nfflowd.biflow import BiflowExporter
+    c = config.Collector("127.0.0.1", 9, version=10, biflow=True)
+    cfg = config.Config(meter=config.MeterConfig(
+        max_flows=7, interfaces=(config.MeterInterface("a"), config.MeterInterface("b"))))
+    for kw, want in (({}, 14), ({"max_held": 3}, 3)):
+        e = BiflowExporter(c, cfg, **kw)
+        try:
+            assert e.pairer.max_held == want
+            assert e.summary()["biflow_overflow"] == 0
+        finally:
+            e.close()
+
+
 def test_vlan_is_part_of_the_key():
     q10, a20 = Q._replace(vlan=10), A._replace(vlan=20)
     p = BiflowPairer(30)
