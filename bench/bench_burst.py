@@ -86,7 +86,7 @@ TESTS = ROOT / "tests"
 sys.path.insert(0, str(TESTS))
 from ipfix_sink import learn, sets  # noqa: E402  (the tests' IPFIX reader)
 sys.path.insert(0, str(ROOT))
-from nfflowd import schedule  # noqa: E402
+from nfflowd.app import schedule  # noqa: E402
 BURST = TESTS / "burst.py"
 
 NFFLOWD_PORT, ULOGD_PORT = 24801, 24802

@@ -6,7 +6,7 @@ As root: creates two network namespaces joined by a veth pair (documentation
 addresses, nothing leaves them), floods frames from one end and captures them
 at the other, one receiver at a time, each in a process of its own:
 
-- ``ring``:  ``nfflowd.capture.RingCapture`` (AF_PACKET, memory-mapped
+- ``ring``:  ``nfflowd.io.capture.RingCapture`` (AF_PACKET, memory-mapped
   TPACKET_V3 ring, 16 x 1 MiB blocks, snaplen 256) reading every block;
 - ``pcap``:  libpcap 1.10 (the Debian libpcap0.8 nfflowd already uses for
   BPF) through ctypes: ``pcap_create`` with the same snaplen and a 16 MiB
@@ -33,7 +33,7 @@ packet (user + system of the receiver process, getrusage).
 
 Then the BPF filter on capture files (``meter -r --bpf``), CPU per frame over
 the flood's frames: libpcap's ``bpf_filter`` through ctypes (what
-``nfflowd.bpf`` does) against a classic-BPF interpreter written in Python.
+``nfflowd.io.bpf`` does) against a classic-BPF interpreter written in Python.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class PcapCapture:
     """libpcap through ctypes, the interface of RingCapture."""
 
     def __init__(self, iface: str):
-        from nfflowd.bpf import libpcap
+        from nfflowd.io.bpf import libpcap
         lib = self.lib = libpcap()
         vp = ctypes.c_void_p
         lib.pcap_create.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
@@ -197,7 +197,7 @@ class RecvCapture:
 
 def receive(kind: str, iface: str) -> dict:
     if kind.startswith("ring"):
-        from nfflowd.capture import RingCapture
+        from nfflowd.io.capture import RingCapture
         cap = RingCapture(iface, snaplen=SNAPLEN)
     elif kind.startswith("pcapy"):
         cap = PcapyCapture(iface)
@@ -394,7 +394,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root (network namespaces, raw sockets)", file=sys.stderr)
         return 2
-    from nfflowd.bpf import libpcap
+    from nfflowd.io.bpf import libpcap
     print(f"libpcap: {libpcap().pcap_lib_version().decode()}; {os.cpu_count()} CPUs; "
           f"{a.packets} packets from {a.senders} sender(s), snaplen {SNAPLEN}")
     setup()
@@ -413,7 +413,7 @@ def main() -> int:
     finally:
         teardown()
     # the BPF filter on capture files: libpcap's bpf_filter per frame
-    from nfflowd.bpf import Filter
+    from nfflowd.io.bpf import Filter
     fr = [(0, 1, f, len(f)) for f in frames()] * 100
     expr = "udp and src portrange 10000-10511"
     f = Filter(expr)

@@ -126,7 +126,7 @@ def generate(path: Path, packets: int, flows: int, full: bool, seed: int = 1) ->
 
 
 def count_packets(path: Path) -> int:
-    from nfflowd.pcapfile import CaptureReader
+    from nfflowd.io.pcapfile import CaptureReader
     r = CaptureReader(path)
     for _ in r.batches():
         pass

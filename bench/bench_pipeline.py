@@ -47,7 +47,7 @@ sys.path.insert(0, str(HERE.parent))
 from nfflowd.columns import FlowBuffer, decode_blocks  # noqa: E402
 from nfflowd.conntrack import _MultiRecv, decode_datagrams  # noqa: E402
 from nfflowd.correlate import Correlator  # noqa: E402
-from nfflowd.daemon import FLUSH_THRESHOLD, RECV_BATCH, tune_gc  # noqa: E402
+from nfflowd.app.daemon import FLUSH_THRESHOLD, RECV_BATCH, tune_gc  # noqa: E402
 from nfflowd.flowtools import csv_lines, expand, expand_columns  # noqa: E402
 from nfflowd.ipfix import IpfixEncoder  # noqa: E402
 from nfflowd.netflow5 import V5Encoder  # noqa: E402

@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from nfflowd import flowtools  # noqa: E402
 from nfflowd.netflow5 import V5Encoder  # noqa: E402
 from nfflowd.record import ORIGINAL, REPLY, Flow  # noqa: E402
-from nfflowd.syslog import SyslogFormatter  # noqa: E402
+from nfflowd.io.syslog import SyslogFormatter  # noqa: E402
 
 N = 100_000
 boot = 1_700_000_000_000

@@ -93,10 +93,10 @@ import heapq
 import time
 from typing import Iterable, Sequence
 
-from .ipfix import IpfixEncoder
-from .pipeline import TemplateExporter, biflow_bound
-from .record import ORIGINAL, Flow
-from .template import _FLOW_SOURCE, FLOW_TEMPLATES
+from nfflowd.ipfix import IpfixEncoder
+from nfflowd.app.pipeline import TemplateExporter, biflow_bound
+from nfflowd.record import ORIGINAL, Flow
+from nfflowd.template import _FLOW_SOURCE, FLOW_TEMPLATES
 
 __all__ = ["BiflowPairer", "BiflowIpfixEncoder", "BiflowExporter", "reverse_key",
            "biflow_direction", "REVERSE_ELEMENTS"]

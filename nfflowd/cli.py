@@ -24,10 +24,10 @@ import signal
 import sys
 import time
 
-from . import __version__
-from .config import (DEFAULT_PATH, METER_TIMEOUT_MAX, METER_TIMEOUT_MIN, SNAPLEN_MAX,
+from nfflowd import __version__
+from nfflowd.app.config import (DEFAULT_PATH, METER_TIMEOUT_MAX, METER_TIMEOUT_MIN, SNAPLEN_MAX,
                      SNAPLEN_MIN, Config)
-from .errors import ConfigError, NfflowdError
+from nfflowd.errors import ConfigError, NfflowdError
 
 USAGE = ("nfflowd [ -c file ] [ -f ] { start | stop | restart | reload | install | check "
          "| help | version }\n"
@@ -166,8 +166,8 @@ def err(msg: str) -> None:
 def _load(path: str, daemon: bool = False) -> Config:
     """The configuration; for the daemon (``daemon``), one that records
     somewhere."""
-    from .config import require_output
-    from .legacy import load_any
+    from nfflowd.app.config import require_output
+    from nfflowd.app.legacy import load_any
     cfg = load_any(path)[0]
     if daemon:
         require_output(cfg)
@@ -217,7 +217,7 @@ def _main(argv: list[str] | None, default_config: str) -> int:
         print(f"nfflowd {__version__}")
         return EXIT_OK
     if cmd == "install":
-        from .install import install
+        from nfflowd.app.install import install
         return install(dry_run=args.dry_run)
     if cmd == "check":
         return check(args.config)
@@ -226,7 +226,7 @@ def _main(argv: list[str] | None, default_config: str) -> int:
         # with user:, the daemon's signals must be blocked before any thread
         # starts (see _block_signals); loading a config with v9/IPFIX
         # collectors starts numpy's (config._encoders_fit)
-        from .privileges import block_control_signals
+        from nfflowd.app.privileges import block_control_signals
         block_control_signals()
     try:
         cfg = _load(args.config, daemon=cmd != "stop")   # stop needs only the pidfile
@@ -234,7 +234,7 @@ def _main(argv: list[str] | None, default_config: str) -> int:
         err(f"bad configuration:\n{e}")
         return EXIT_CONFIG
     if starting and not cfg.user:
-        from .privileges import unblock_control_signals
+        from nfflowd.app.privileges import unblock_control_signals
         unblock_control_signals()
     if cmd == "stop":
         return stop(cfg.pidfile)
@@ -285,13 +285,13 @@ def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser,
         err("meter: no collector, the syslog mirror off and no --print: the flows are "
             "counted, not recorded")
     m = cfg.meter
-    from .daemon import configure_logging
+    from nfflowd.app.daemon import configure_logging
     configure_logging(cfg.log_level)     # stderr: stdout may carry --print's lines
 
     def pick(value, default):
         return default if value is None else value
 
-    from .meter import FlowTable
+    from nfflowd.meter import FlowTable
     try:
         table = FlowTable(active_timeout=pick(opts.active_timeout, m.active_timeout),
                           inactive_timeout=pick(opts.inactive_timeout, m.inactive_timeout),
@@ -308,7 +308,7 @@ def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser,
                                print_csv=opts.print_csv, progress=progress)
     filt = None
     if bpf is not None:
-        from .bpf import Filter, FilterError
+        from nfflowd.io.bpf import Filter, FilterError
         filt = Filter(bpf)
         try:
             filt.check()                 # Ethernet; other link types when met
@@ -328,7 +328,7 @@ class _Exporter:
         # biflow collectors pair the two directions for as long as the
         # table's inactive timeout, on the clock below (a capture's own for -r),
         # holding at most a table's worth of records
-        from .pipeline import Pipeline
+        from nfflowd.app.pipeline import Pipeline
         hold = table.inactive_ns / 1e9 if table is not None else None
         most = table.max_flows if table is not None else None
         self.pipeline = Pipeline(cfg, vlan=True, biflow_hold=hold, biflow_max=most)
@@ -347,7 +347,7 @@ class _Exporter:
         datagram carries both in its header, so a collector computes every
         flow's real time from it (as it does for any exporter)."""
         if not self.record_clock:
-            from .daemon import uptime_ms
+            from nfflowd.app.daemon import uptime_ms
             return time.time_ns(), uptime_ms()
         if flows:
             self._now_ms = max(self._now_ms, max(f.end_ms for f in flows))
@@ -357,7 +357,7 @@ class _Exporter:
         return self._now_ms * 1_000_000, self._now_ms - start + 1000
 
     def __call__(self, flows) -> None:
-        from .flowtools import csv_lines
+        from nfflowd.flowtools import csv_lines
         now_ns, up_ms = self.clock(flows)
         ft = self.pipeline.export(flows, [], now_ns, up_ms, flowtools=self.print_csv)
         self.exported += len(flows)
@@ -409,9 +409,9 @@ def meter(cfg: Config, path: str, table, print_csv: bool = False, out=None, bpf=
     Returns 1 if the capture is truncated, corrupt or unreadable (everything
     metered before the problem is exported), 2 if the filter cannot be
     compiled for the capture's link type, else 0."""
-    from .bpf import FilterError
-    from .capture import meter_reader
-    from .meter import meter_file
+    from nfflowd.io.bpf import FilterError
+    from nfflowd.io.capture import meter_reader
+    from nfflowd.meter import meter_file
 
     sink = _Exporter(cfg, print_csv, sys.stdout if out is None else out, table,
                      record_clock=True)
@@ -450,8 +450,8 @@ def meter_interface(cfg: Config, iface: str, table, bpf: str | None = None,
     a bad filter."""
     import socket as socketmod
 
-    from .bpf import FilterError
-    from .capture import RingCapture, meter_live
+    from nfflowd.io.bpf import FilterError
+    from nfflowd.io.capture import RingCapture, meter_live
 
     try:
         capture = RingCapture(iface, bpf=bpf, snaplen=snaplen)
@@ -608,7 +608,7 @@ def _meter_report(path, s, exported: int, elapsed: float, sent: dict, bpf=None) 
 
 # -- start ---------------------------------------------------------------------
 def _refuse_if_running(cfg: Config) -> bool:
-    from .pidfile import running_pid
+    from nfflowd.app.pidfile import running_pid
     pid = running_pid(cfg.pidfile)
     if pid is not None:
         err(f"already running (pid {pid}, pidfile {cfg.pidfile})")
@@ -628,14 +628,14 @@ def _block_signals(cfg: Config) -> None:
     """With user:, the daemon reads its signals with their senders (only
     root's count): blocked here, before a thread starts (at numpy's import)."""
     if cfg.user:
-        from .privileges import block_control_signals
+        from nfflowd.app.privileges import block_control_signals
         block_control_signals()
 
 
 def _run_foreground(cfg: Config) -> int:
     _block_signals(cfg)
-    from .daemon import configure_logging, run_foreground
-    from .pidfile import AlreadyRunning, PidFile
+    from nfflowd.app.daemon import configure_logging, run_foreground
+    from nfflowd.app.pidfile import AlreadyRunning, PidFile
     configure_logging(cfg.log_level)
     try:
         with PidFile(cfg.pidfile) as pf:
@@ -693,8 +693,8 @@ def _daemon_child(cfg: Config, w: int) -> int:               # pragma: no cover 
     _block_signals(cfg)
     import daemon
 
-    from .daemon import configure_logging, run_foreground
-    from .pidfile import PidFile
+    from nfflowd.app.daemon import configure_logging, run_foreground
+    from nfflowd.app.pidfile import PidFile
 
     def tell(text: str) -> None:
         try:
@@ -725,7 +725,7 @@ def stop(pidfile_path: str) -> int:
     """Stop the daemon that the pidfile and its control socket both name.  A
     bad config is refused (exit 2) as for every other command: guessing the
     default pidfile instead stopped another instance."""
-    from .pidfile import NOT_RUNNING, STOPPED, PidFileError, stop as stop_pid
+    from nfflowd.app.pidfile import NOT_RUNNING, STOPPED, PidFileError, stop as stop_pid
     try:
         status, message = stop_pid(pidfile_path, timeout=STOP_TIMEOUT)
     except PidFileError as e:
@@ -739,8 +739,8 @@ def stop(pidfile_path: str) -> int:
 
 
 def reload(cfg: Config) -> int:
-    from .control import ControlError, query, socket_path
-    from .pidfile import running_pid
+    from nfflowd.app.control import ControlError, query, socket_path
+    from nfflowd.app.pidfile import running_pid
     pid = running_pid(cfg.pidfile)
     if pid is None:
         err(f"not running (pidfile {cfg.pidfile})")
@@ -781,8 +781,8 @@ def reload(cfg: Config) -> int:
 
 # -- check -------------------------------------------------------------------------
 def check(path: str) -> int:
-    from .config import read_text, require_output
-    from .legacy import parse_any, parse_legacy, to_yaml
+    from nfflowd.app.config import read_text, require_output
+    from nfflowd.app.legacy import parse_any, parse_legacy, to_yaml
     status = EXIT_OK
     try:
         text = read_text(path)
@@ -825,8 +825,8 @@ def start_problems(cfg: Config) -> list[str]:
     """What a valid configuration needs of this host that start and reload
     would refuse without (each with its key): collector hosts that do not
     resolve, a metrics address that is not of this host."""
-    from .export import ExportError, resolve
-    from .metrics import listen_problem
+    from nfflowd.io.export import ExportError, resolve
+    from nfflowd.app.metrics import listen_problem
     out = []
     for i, c in enumerate(cfg.export.collectors):
         try:
@@ -843,7 +843,7 @@ def start_problems(cfg: Config) -> list[str]:
 def kernel_prerequisites(cfg: Config) -> tuple[list[str], list[str]]:
     """Problems (each with the command that fixes it) and what could not be
     checked, in the current network namespace."""
-    from .conntrack import read_sysctl
+    from nfflowd.conntrack import read_sysctl
     problems: list[str] = []
     unchecked: list[str] = []
     events = read_sysctl("nf_conntrack_events")
@@ -877,7 +877,7 @@ def kernel_prerequisites(cfg: Config) -> tuple[list[str], list[str]]:
         sched_problem = _try_sched_priority(cfg.sched_priority)
         if sched_problem:
             problems.append(sched_problem)
-    from . import conntrack
+    from nfflowd import conntrack
     try:
         sock = conntrack.ConntrackSocket(rcvbuf=cfg.conntrack.rcvbuf)
     except NfflowdError as e:
@@ -894,7 +894,7 @@ def kernel_prerequisites(cfg: Config) -> tuple[list[str], list[str]]:
 def _try_sched_priority(priority: int) -> str | None:
     """Set SCHED_RR ``priority`` on this process and back, as the daemon
     would at start; a problem line when refused."""
-    from . import schedule
+    from nfflowd.app import schedule
     before = os.sched_getscheduler(0), os.sched_getparam(0)
     try:
         schedule.set_realtime(priority)
@@ -910,9 +910,9 @@ def daemon_state(cfg: Config, unchecked: list[str]) -> bool | None:
     """Print the running daemon's state; True running, False not, None unknown.
     Running means: the process listening on the control socket (root's,
     SO_PEERCRED) is the one the pidfile names."""
-    from .control import (ControlError, ControlPermissionError, Impostor, NotRunning,
+    from nfflowd.app.control import (ControlError, ControlPermissionError, Impostor, NotRunning,
                           query_peer, socket_path)
-    from .pidfile import PidFileError, running_pid
+    from nfflowd.app.pidfile import PidFileError, running_pid
     try:
         pid = running_pid(cfg.pidfile)
     except PidFileError as e:

@@ -43,9 +43,9 @@ import sys
 
 import numpy as np
 
-from . import conntrack as _ct
-from .conntrack import EV_DESTROY, EV_NEW, CtEvent, CtTuple, DecodeResult
-from .record import END_OF_FLOW, ORIGINAL, REPLY, Flow
+from nfflowd import conntrack as _ct
+from nfflowd.conntrack import EV_DESTROY, EV_NEW, CtEvent, CtTuple, DecodeResult
+from nfflowd.record import END_OF_FLOW, ORIGINAL, REPLY, Flow
 
 EV_BLOCK = 5            # the "kind" of a DestroyBlock in an event list
 EV_NEW_BLOCK = 6        # ... and of a NewBlock

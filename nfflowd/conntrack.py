@@ -16,7 +16,7 @@ import struct as _struct
 from operator import itemgetter as _itemgetter
 from typing import NamedTuple
 
-from .errors import SourceError
+from nfflowd.errors import SourceError
 
 # Event kinds (what the message means to us, not its netlink type).
 EV_NEW = 1       # IPCTNL_MSG_CT_NEW with NLM_F_CREATE|NLM_F_EXCL: a new connection
@@ -887,7 +887,7 @@ class ConntrackSocket:
         if blocks:
             global _decode_blocks
             if _decode_blocks is None:
-                from .columns import decode_blocks as _decode_blocks
+                from nfflowd.columns import decode_blocks as _decode_blocks
             res = _decode_blocks(view, starts, ends, stride)
         else:
             if not isinstance(starts, list):

@@ -70,9 +70,9 @@ from itertools import repeat
 
 import numpy as np
 
-from .columns import EV_BLOCK, EV_NEW_BLOCK, flows_of_block
-from .conntrack import EV_DESTROY, EV_NEW, CtEvent, CtTuple
-from .record import (END_ACTIVE_TIMEOUT, END_LACK_OF_RESOURCES, END_OF_FLOW, ORIGINAL,
+from nfflowd.columns import EV_BLOCK, EV_NEW_BLOCK, flows_of_block
+from nfflowd.conntrack import EV_DESTROY, EV_NEW, CtEvent, CtTuple
+from nfflowd.record import (END_ACTIVE_TIMEOUT, END_LACK_OF_RESOURCES, END_OF_FLOW, ORIGINAL,
                      REPLY, Flow, NatEvent)
 
 _ICMP_PROTOS = (1, 58)

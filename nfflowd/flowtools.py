@@ -44,7 +44,7 @@ import ipaddress
 import socket
 from typing import Iterable
 
-from .record import ORIGINAL, Flow
+from nfflowd.record import ORIGINAL, Flow
 
 FIELDS = (
     "UNIX_SECS", "UNIX_NSECS", "SYSUPTIME", "EXADDR", "DPKTS", "DOCTETS", "FIRST",
@@ -213,7 +213,7 @@ def expand_columns(cols, now_ns: int, boot_ms: int, exaddr=None) -> FtBatch:
     ``batch.records``)."""
     import numpy as np
 
-    from .columns import interleave
+    from nfflowd.columns import interleave
     secs, nsecs, up = header_times(now_ns, boot_ms)
     n = cols.n
     u32 = np.uint64(U32)

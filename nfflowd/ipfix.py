@@ -28,8 +28,8 @@ from __future__ import annotations
 import struct
 from typing import Sequence
 
-from .record import Flow, NatEvent
-from .template import RECORD_KINDS, Datagram, TemplateEncoder
+from nfflowd.record import Flow, NatEvent
+from nfflowd.template import RECORD_KINDS, Datagram, TemplateEncoder
 
 HEADER = struct.Struct("!HHIII")
 assert HEADER.size == 16

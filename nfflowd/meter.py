@@ -54,14 +54,14 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .packet import PacketParser
+from nfflowd.packet import PacketParser
 
 try:
-    from .meterfast import ChunkMeter
+    from nfflowd.meterfast import ChunkMeter
 except ImportError:                  # numpy missing: the per-packet path only
     ChunkMeter = None
-from .pcapfile import CaptureError, CaptureReader
-from .record import (END_ACTIVE_TIMEOUT, END_FORCED, END_IDLE_TIMEOUT, END_LACK_OF_RESOURCES,
+from nfflowd.io.pcapfile import CaptureError, CaptureReader
+from nfflowd.record import (END_ACTIVE_TIMEOUT, END_FORCED, END_IDLE_TIMEOUT, END_LACK_OF_RESOURCES,
                      END_OF_FLOW, ORIGINAL, Flow)
 
 __all__ = ["FlowTable", "MeterSummary", "meter_file"]

@@ -60,7 +60,7 @@ import numpy as np
 from itertools import repeat
 from operator import is_not
 
-from .record import END_ACTIVE_TIMEOUT, END_IDLE_TIMEOUT, END_OF_FLOW, ORIGINAL, Flow
+from nfflowd.record import END_ACTIVE_TIMEOUT, END_IDLE_TIMEOUT, END_OF_FLOW, ORIGINAL, Flow
 
 __all__ = ["ChunkMeter"]
 
@@ -206,7 +206,7 @@ class ChunkMeter:
         lt = chunk.linktype
         r_idx, r_k0, r_k1, r_o, r_tos, r_fl = [], [], [], [], [], []
         v6 = []                                    # (frame index, key, octets, flags, tos)
-        from .meter import flow_key
+        from nfflowd.meter import flow_key
         pa = self.parser
         saved = (dict(pa.skipped), pa.fragments, pa.truncated, pa.length_mismatch,
                  dict(pa._frags))
@@ -602,7 +602,7 @@ class ChunkMeter:
         timeout; then only its FIN/RST packets are walked, in file order, as
         ``FlowTable._tcp_end`` would, checking that the reverse flow each one
         reaches is alive then.  Returns (keys to replay, keys done)."""
-        from .meter import reverse_flow_key     # (meter imports this module)
+        from nfflowd.meter import reverse_flow_key     # (meter imports this module)
         table = self.table
         flows = table._flows
         get = flows.get
@@ -754,7 +754,7 @@ class ChunkMeter:
         return X, H
 
     def _replay(self, rp, ts, g0) -> None:
-        from .meter import reverse_flow_key     # (meter imports this module)
+        from nfflowd.meter import reverse_flow_key     # (meter imports this module)
         table = self.table
         side = table._sibling()
         flows = table._flows

@@ -29,8 +29,8 @@ from __future__ import annotations
 import struct
 from typing import Sequence
 
-from .record import Flow, NatEvent
-from .template import RECORD_KINDS, TID_FLOW6_ICMP, TemplateEncoder
+from nfflowd.record import Flow, NatEvent
+from nfflowd.template import RECORD_KINDS, TID_FLOW6_ICMP, TemplateEncoder
 
 HEADER = struct.Struct("!HHIIII")
 assert HEADER.size == 20

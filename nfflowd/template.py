@@ -49,9 +49,9 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .columns import FlowColumns
-from .ie import element
-from .record import (NAT44_SESSION_CREATE, NAT44_SESSION_DELETE, NAT_CREATE, NAT_DELETE,
+from nfflowd.columns import FlowColumns
+from nfflowd.ie import element
+from nfflowd.record import (NAT44_SESSION_CREATE, NAT44_SESSION_DELETE, NAT_CREATE, NAT_DELETE,
                      Flow, NatEvent)
 
 SET_HEADER = struct.Struct("!HH")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from nfflowd import config
+from nfflowd.app import config
 from nfflowd.biflow import (ARBITRARY, INITIATOR, BiflowIpfixEncoder, BiflowPairer,
                             biflow_direction, biflow_names, reverse_key)
 from nfflowd.cli import main
@@ -537,7 +537,7 @@ class _Socket:
 
 
 def _pipeline(port, **kw):
-    from nfflowd.pipeline import Pipeline
+    from nfflowd.app.pipeline import Pipeline
     cfg = config.parse({"export": {"collectors": [
         {"host": "127.0.0.1", "port": port, "version": 10, "biflow": True}]},
         "syslog": {"enabled": False}})

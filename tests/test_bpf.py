@@ -1,4 +1,4 @@
-"""BPF filters (nfflowd.bpf) on capture files, against tcpdump and tshark.
+"""BPF filters (nfflowd.io.bpf) on capture files, against tcpdump and tshark.
 
 tcpdump reads the same filter syntax (through the same libpcap compiler, so it
 checks our use of it: link types, lengths, the per-frame run); tshark's display
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from nfflowd import cli
-from nfflowd.bpf import Filter, FilterError, compile_filter
-from nfflowd.capture import meter_reader
+from nfflowd.io.bpf import Filter, FilterError, compile_filter
+from nfflowd.io.capture import meter_reader
 from nfflowd.meter import FlowTable, meter_file
-from nfflowd.pcapfile import CaptureReader
+from nfflowd.io.pcapfile import CaptureReader
 
 ROOT = Path(__file__).resolve().parents[1]
 PCAPS = ROOT / "tests" / "data" / "pcaps"

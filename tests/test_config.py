@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd import config
+from nfflowd.app import config
 from nfflowd.cli import main
 from nfflowd.errors import ConfigError
 

@@ -8,7 +8,7 @@ refused with its name, the character shown escaped."""
 
 import pytest
 
-from nfflowd import config
+from nfflowd.app import config
 from nfflowd.errors import ConfigError
 
 FORGED = "nfflowd\n<182>Dec  4 12:00:00 fw nfflowd: 1,0,0,0.0.0.0,1,1"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd import control
-from nfflowd.control import ControlError, ControlServer, NotRunning
+from nfflowd.app import control
+from nfflowd.app.control import ControlError, ControlServer, NotRunning
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -301,7 +301,7 @@ def test_check_does_not_believe_a_users_listener(impostor, capsys):
     """#15 item 8: a listener as nobody was shown as "running (pid 1)", exit
     0, its escapes printed raw."""
     from nfflowd.cli import daemon_state
-    from nfflowd.config import parse
+    from nfflowd.app.config import parse
     d, _ = impostor
     cfg = parse({"pidfile": str(d / "nfflowd.pid")})
     running = daemon_state(cfg, [])

@@ -4,8 +4,8 @@ stream stops, so a burst's tail is not held for the rest of the wait."""
 import time
 from types import SimpleNamespace
 
-from nfflowd import daemon
-from nfflowd.daemon import WAIT_EARLY_MIN, WAIT_SLICE, WAIT_SLICE_SLOW, Daemon
+from nfflowd.app import daemon
+from nfflowd.app.daemon import WAIT_EARLY_MIN, WAIT_SLICE, WAIT_SLICE_SLOW, Daemon
 
 
 class Queue:

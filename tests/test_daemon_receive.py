@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from nfflowd import config
-from nfflowd import daemon as daemon_mod
+from nfflowd.app import config
+from nfflowd.app import daemon as daemon_mod
 from nfflowd.conntrack import DecodeResult
-from nfflowd.daemon import EVENT_TRUESIZE, STREAM_BATCH, STREAM_WAIT, STREAM_WAIT_STEADY, Daemon
+from nfflowd.app.daemon import EVENT_TRUESIZE, STREAM_BATCH, STREAM_WAIT, STREAM_WAIT_STEADY, Daemon
 
 
 class Sock:

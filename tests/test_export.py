@@ -7,7 +7,7 @@ import time
 import pytest
 
 from nfflowd import flowtools
-from nfflowd.export import UdpCollector
+from nfflowd.io.export import UdpCollector
 from nfflowd.netflow5 import V5Encoder, record_count
 from nfflowd.netflow9 import NetflowV9Encoder
 

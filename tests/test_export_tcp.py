@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from nfflowd.export import CONNECTED, CONNECTING, DISCONNECTED, ExportError, TcpCollector
+from nfflowd.io.export import CONNECTED, CONNECTING, DISCONNECTED, ExportError, TcpCollector
 from nfflowd.ipfix import IpfixEncoder
 
 from test_netflow9 import T0, many_flows, sample_flows, sample_nat_events

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd import config, install as inst
+from nfflowd.app import config
+from nfflowd.app import install as inst
 
 ROOT = Path(__file__).resolve().parent.parent
 EXE = "/opt/nfflowd/venv/bin/nfflowd"

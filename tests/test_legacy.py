@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nfflowd import config, legacy
+from nfflowd.app import config
+from nfflowd.app import legacy
 from nfflowd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -283,7 +284,7 @@ def test_a_large_file_of_any_shape_is_read_in_linear_time():
     the suite: the guard is generous (all take about a second); the time
     targets proper are not a test's business."""
     code = textwrap.dedent("""\
-        from nfflowd import legacy
+        from nfflowd.app import legacy
         from nfflowd.errors import ConfigError
         n = 1_200_000
         shapes = {

@@ -355,7 +355,7 @@ def test_metrics_endpoint_serves_the_running_daemons_counters(lab, tmp_path):
 def test_sched_priority_fifo_and_refused(lab, tmp_path):
     """sched_priority: check tries it, the daemon runs SCHED_RR at it; without
     CAP_SYS_NICE the daemon says so and runs under the normal scheduler."""
-    from nfflowd import schedule
+    from nfflowd.app import schedule
     catcher = SyslogCatcher(tmp_path / "log.sock")
     cfg = config(tmp_path, "nfflowd.yaml", 20605, catcher.path, extra="sched_priority: 5\n")
     r = nfflowd(lab, "-c", cfg, "check")

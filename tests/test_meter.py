@@ -36,7 +36,7 @@ import pytest
 from nfflowd.errors import NfflowdError
 from nfflowd.meter import FlowTable, meter_file
 from nfflowd.packet import Packet
-from nfflowd.pcapfile import CaptureError
+from nfflowd.io.pcapfile import CaptureError
 from nfflowd.record import (END_ACTIVE_TIMEOUT, END_FORCED, END_IDLE_TIMEOUT,
                             END_LACK_OF_RESOURCES, END_OF_FLOW, Flow)
 
@@ -417,7 +417,7 @@ def test_same_flows_as_softflowd(capture, tmp_path):
 def test_inline_fast_path_equals_parser_path(capture):
     """meter_frames' inline Ethernet/IPv4 parsing == PacketParser + update."""
     from nfflowd.packet import PacketParser
-    from nfflowd.pcapfile import CaptureReader
+    from nfflowd.io.pcapfile import CaptureReader
     frames = [p for b in CaptureReader(capture).batches() for p in b]
     a, b = FlowTable(inactive_timeout=5), FlowTable(inactive_timeout=5)
     pa, pb = PacketParser(), PacketParser()
@@ -454,8 +454,8 @@ def test_forged_ip_length_counts_what_the_frame_held(tmp_path):
     length_mismatch and the summary says so.  The numpy chunk path, the
     per-packet path (a chunk that falls back to it), and the batch path
     with a filter agree."""
-    from nfflowd.bpf import Filter
-    from nfflowd.capture import meter_reader
+    from nfflowd.io.bpf import Filter
+    from nfflowd.io.capture import meter_reader
     path = tmp_path / "forged.pcap"
     forged_capture(path)
     s = meter(path)

@@ -292,12 +292,12 @@ def test_the_kernel_filter_tests_offloaded_vlan_tags(veth):
     ancillary fields ([vlanp], [vlan_tci]), as tcpdump's do; a capture
     file's program tests the bytes.  Other filters compile the same."""
     code = ("import sys; sys.path.insert(0, sys.argv[1]);"
-            "from nfflowd.bpf import compile_for_interface as c;"
+            "from nfflowd.io.bpf import compile_for_interface as c;"
             "print(c('vlan 10 and udp', 'vb', 1, 256).dump()); print('==');"
             "print(c('udp port 53', 'vb', 1, 256).code.hex())")
     r = veth.ns(veth.fw, sys.executable, "-c", code, ROOT)
     live, plain = r.stdout.split("==\n")
-    from nfflowd.bpf import compile_filter
+    from nfflowd.io.bpf import compile_filter
     assert "[vlanp]" in live and "[vlan_tci]" in live
     assert "vlanp" not in compile_filter("vlan 10 and udp", 1, 256).dump()
     assert plain.strip() == compile_filter("udp port 53", 1, 256).code.hex()

@@ -23,10 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nfflowd import pcapfile
+from nfflowd.io import pcapfile
 from nfflowd.meter import FlowTable, meter_file
 from nfflowd.packet import PacketParser
-from nfflowd.pcapfile import CaptureError, CaptureReader
+from nfflowd.io.pcapfile import CaptureError, CaptureReader
 
 PCAPS = Path(__file__).resolve().parent / "data" / "pcaps"
 CAPTURES = sorted(glob.glob(str(PCAPS / "*.pcap")))

@@ -9,8 +9,8 @@ import pytest
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from nfflowd import metrics  # noqa: E402
-from nfflowd.metrics import MetricsError, MetricsServer  # noqa: E402
+from nfflowd.app import metrics  # noqa: E402
+from nfflowd.app.metrics import MetricsError, MetricsServer  # noqa: E402
 
 
 def scrape(url) -> dict:
@@ -138,8 +138,8 @@ def test_records_the_encoders_refuse_are_counted_by_collector():
     counts it per collector with the reason, and the endpoint names it."""
     import socket
 
-    from nfflowd import config
-    from nfflowd.pipeline import Pipeline
+    from nfflowd.app import config
+    from nfflowd.app.pipeline import Pipeline
 
     from test_netflow9 import T0, many_flows
 

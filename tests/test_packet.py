@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nfflowd.packet import Packet, PacketParser
-from nfflowd.pcapfile import CaptureReader
+from nfflowd.io.pcapfile import CaptureReader
 
 PCAPS = Path(__file__).resolve().parent / "data" / "pcaps"
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nfflowd.errors import NfflowdError, SourceError
-from nfflowd.pcapfile import CaptureError, CaptureReader, read_packets
+from nfflowd.io.pcapfile import CaptureError, CaptureReader, read_packets
 
 PCAPS = Path(__file__).resolve().parent / "data" / "pcaps"
 

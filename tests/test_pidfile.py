@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd import pidfile
-from nfflowd.pidfile import AlreadyRunning, PidFile
+from nfflowd.app import pidfile
+from nfflowd.app.pidfile import AlreadyRunning, PidFile
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -23,8 +23,8 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 # not with mode "no-socket"), says "locked" and lives at most 10 seconds.
 HOLDER = r"""
 import os, signal, sys, time
-from nfflowd.control import ControlServer, socket_path
-from nfflowd.pidfile import PidFile
+from nfflowd.app.control import ControlServer, socket_path
+from nfflowd.app.pidfile import PidFile
 path, mode = sys.argv[1], sys.argv[2]
 server = None
 if mode == "ignore-term":
@@ -217,7 +217,7 @@ def test_stop_without_daemon(tmp_path, children):
 
 DETACHED = r"""
 import os, sys, time, daemon
-from nfflowd.pidfile import PidFile
+from nfflowd.app.pidfile import PidFile
 path, marker = sys.argv[2], sys.argv[3]
 with daemon.DaemonContext(pidfile=PidFile(path), working_directory="/"):
     with open(path) as f:

@@ -13,8 +13,8 @@ import struct
 
 import pytest
 
-from nfflowd import config
-from nfflowd.pipeline import Pipeline
+from nfflowd.app import config
+from nfflowd.app.pipeline import Pipeline
 from nfflowd.record import END_OF_FLOW, ORIGINAL, REPLY, Flow
 
 NOW_NS = 1_800_000_000 * 10**9

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd import control
+from nfflowd.app import control
 from natlab import NatLab, Nfcapd, run, skip_reason, stop, wait_for
 from test_e2e_ipfix_tcp import counts, ipfix_dump, receiver
 from test_e2e_nat import SyslogCatcher, in_lab

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from nfflowd import sdnotify
+from nfflowd.app import sdnotify
 
 
 def _receiver(address):

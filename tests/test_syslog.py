@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from nfflowd import flowtools, syslog
-from nfflowd.syslog import SyslogFormatter, SyslogSink, parse_address, pri, timestamp
+from nfflowd import flowtools
+from nfflowd.io import syslog
+from nfflowd.io.syslog import SyslogFormatter, SyslogSink, parse_address, pri, timestamp
 
 from test_flowtools import EX_BOOT_MS, EX_NOW_NS, EXAMPLE_CSV, example_flows
 

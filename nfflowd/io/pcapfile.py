@@ -38,7 +38,7 @@ import os
 import struct
 from typing import BinaryIO, Iterator, Union
 
-from .errors import SourceError
+from nfflowd.errors import SourceError
 
 __all__ = ["CaptureError", "CaptureReader", "read_packets",
            "PCAP_MAGIC_US", "PCAP_MAGIC_NS", "PCAPNG_SHB"]

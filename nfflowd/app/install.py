@@ -266,8 +266,9 @@ def _config(inst: _Installer) -> None:
         return
     legacy_path = inst.dest(LEGACY_CONFIG)
     if legacy_path.is_file():
-        from . import config, legacy
-        from .errors import ConfigError
+        from nfflowd.app import config
+        from nfflowd.app import legacy
+        from nfflowd.errors import ConfigError
         try:
             text = config.read_text(legacy_path)      # bounded, UTF-8 or a clear error
             notes: list = []

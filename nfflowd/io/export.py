@@ -35,7 +35,7 @@ from collections import deque
 from itertools import islice
 from typing import Callable, Iterable
 
-from .errors import NfflowdError
+from nfflowd.errors import NfflowdError
 
 
 class ExportError(NfflowdError):

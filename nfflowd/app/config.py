@@ -15,8 +15,8 @@ import stat
 from dataclasses import dataclass, field
 import yaml
 
-from .errors import CONTROL_CHARS, ConfigError
-from .syslog import DEFAULT_BACKLOG, FACILITIES, PRIORITIES
+from nfflowd.errors import CONTROL_CHARS, ConfigError
+from nfflowd.io.syslog import DEFAULT_BACKLOG, FACILITIES, PRIORITIES
 
 DEFAULT_PATH = "/etc/nfflowd.yaml"
 
@@ -283,7 +283,7 @@ def _bpf(c: _Checker, mapping, key: str):
     expr = c.string(mapping, "bpf", key, None)
     if expr is None:
         return None
-    from .bpf import FilterError, compile_filter
+    from nfflowd.io.bpf import FilterError, compile_filter
     try:
         compile_filter(expr)
     except FilterError as e:
@@ -348,7 +348,7 @@ def _encoders_fit(c: _Checker, export: ExportConfig) -> None:
     for i, col in enumerate(export.collectors):
         if col.version == 5:
             continue                    # fixed records, no template
-        from .pipeline import exporter_class
+        from nfflowd.app.pipeline import exporter_class
         try:
             exporter_class(col).make_encoder(col, export, vlan=True)
         except ValueError as e:

@@ -40,7 +40,7 @@ import time
 from collections import deque
 from typing import Iterable
 
-from .flowtools import csv_lines
+from nfflowd.flowtools import csv_lines
 
 FACILITIES = {
     "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5,

@@ -8,7 +8,7 @@ one datagram of newline-separated ``KEY=VALUE`` assignments.  Without
 a no-op returning False; a failed send is never fatal either: the daemon goes
 on and the caller may log the returned False.
 
-    from nfflowd import sdnotify
+    from nfflowd.app import sdnotify
     sdnotify.ready("exporting to 127.0.0.1:2055/v5")
     sdnotify.reloading(); ...; sdnotify.ready()
     sdnotify.stopping()

@@ -7,7 +7,7 @@ returns a ``Program``: the classic BPF instructions (``struct bpf_insn``,
 8 bytes each, the same layout as Linux's ``struct sock_filter``), which
 
 - ``Program.sock_fprog()`` hands to the kernel for a live socket
-  (``SO_ATTACH_FILTER``, see ``nfflowd.capture``): filtered-out packets never
+  (``SO_ATTACH_FILTER``, see ``nfflowd.io.capture``): filtered-out packets never
   reach user space, and the program's accept value (the snaplen given here)
   caps how much of each packet is copied;
 - ``Filter.keep(batch)`` runs it on each captured frame of a capture file,
@@ -29,7 +29,7 @@ import ctypes
 import ctypes.util
 import struct
 
-from .errors import NfflowdError
+from nfflowd.errors import NfflowdError
 
 __all__ = ["FilterError", "Program", "Filter", "compile_filter", "libpcap"]
 
@@ -190,7 +190,7 @@ def _compile(lib, handle, expression: str, linktype: int, snaplen: int,
             why = (lib.pcap_geterr(handle) or b"").decode(errors="replace")
             on = ""
             if linktype != 1:
-                from .packet import LINKTYPES
+                from nfflowd.packet import LINKTYPES
                 on = f" for link type {linktype} ({LINKTYPES.get(linktype, 'unknown')})"
             raise FilterError(f"bad BPF filter {expression!r}{on}: {why}")
         code = ctypes.string_at(prog.bf_insns, prog.bf_len * 8)

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import re
 
-from . import __version__
-from .errors import NfflowdError
+from nfflowd import __version__
+from nfflowd.errors import NfflowdError
 
 PREFIX = "nfflowd_"
 

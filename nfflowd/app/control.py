@@ -32,7 +32,7 @@ import stat
 import struct
 import time
 
-from .errors import NfflowdError, printable
+from nfflowd.errors import NfflowdError, printable
 
 MAX_REQUEST = 256
 MAX_ANSWER = 16 * 1024 * 1024

@@ -30,16 +30,18 @@ import time
 
 import structlog
 
-from . import __version__, conntrack, schedule, sdnotify
-from .config import Config, require_output
-from .control import ControlServer
-from .control import socket_path as control_socket_path
-from .columns import FlowBuffer
-from .correlate import DEAD_MAX, Correlator
-from .errors import ConfigError, NfflowdError
-from .legacy import load_any
-from .pipeline import Pipeline
-from .privileges import SENT_BY_A_PROCESS, SignalFd, drop_privileges
+from nfflowd import __version__, conntrack
+from nfflowd.app import schedule
+from nfflowd.app import sdnotify
+from nfflowd.app.config import Config, require_output
+from nfflowd.app.control import ControlServer
+from nfflowd.app.control import socket_path as control_socket_path
+from nfflowd.columns import FlowBuffer
+from nfflowd.correlate import DEAD_MAX, Correlator
+from nfflowd.errors import ConfigError, NfflowdError
+from nfflowd.app.legacy import load_any
+from nfflowd.app.pipeline import Pipeline
+from nfflowd.app.privileges import SENT_BY_A_PROCESS, SignalFd, drop_privileges
 
 log = structlog.get_logger("nfflowd")
 
@@ -352,7 +354,7 @@ class Daemon:
         self.control = ControlServer(control_socket_path(self.cfg.pidfile), self.state)
         self._start_metrics(self.cfg)
         if self.cfg.meter.interfaces:
-            from .capture import InterfaceMeters
+            from nfflowd.io.capture import InterfaceMeters
             self.meters = InterfaceMeters(self.cfg.meter)       # before dropping CAP_NET_RAW
             log.info("metering", interfaces=[i.name for i in self.cfg.meter.interfaces])
         if self.cfg.user:
@@ -375,7 +377,7 @@ class Daemon:
             log.info("metrics_listening", url=self.metrics.url)
 
     def _metrics_server(self, listen: str):
-        from .metrics import MetricsServer
+        from nfflowd.app.metrics import MetricsServer
         return MetricsServer(listen, self.all_counters)
 
     def _prepare_metrics(self, new: Config):

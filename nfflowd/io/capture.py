@@ -16,7 +16,7 @@ packet.  libpcap does the same on Linux; bench/bench_capture.py measures the
 two on a flooded veth pair (packets/s, CPU per packet, kernel drops), which is
 why this adapter, and not a libpcap binding, is the one nfflowd uses.
 
-- The BPF filter (tcpdump syntax, compiled by libpcap: ``nfflowd.bpf``) runs in
+- The BPF filter (tcpdump syntax, compiled by libpcap: ``nfflowd.io.bpf``) runs in
   the kernel (SO_ATTACH_FILTER); its accept value is the snapshot length, so
   the kernel copies at most ``snaplen`` bytes of each packet into the ring.
   It is compiled on a libpcap handle activated on the interface
@@ -55,9 +55,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import SourceError
-from .meter import skip_warnings
-from .packet import PacketParser
+from nfflowd.errors import SourceError
+from nfflowd.meter import skip_warnings
+from nfflowd.packet import PacketParser
 
 __all__ = ["RingCapture", "LiveStats", "meter_live", "meter_reader", "linktype_of"]
 
@@ -116,7 +116,7 @@ class RingCapture:
 
     def __init__(self, iface: str, bpf: str | None = None, snaplen: int = 256,
                  block_size: int = 1 << 20, block_nr: int = 16, block_timeout_ms: int = 50):
-        from .bpf import compile_for_interface
+        from nfflowd.io.bpf import compile_for_interface
         self.iface = iface
         self.linktype = linktype_of(iface)
         self.snaplen = int(snaplen)
@@ -289,7 +289,7 @@ def meter_reader(source, table, sink: Callable[[list], None], bpf=None,
     ``tcpdump -c``); ``progress(stats)`` is called after every batch.  At
     the end, and after a capture error (kept in ``stats.error``), every flow
     is flushed to ``sink``."""
-    from .pcapfile import CaptureError, CaptureReader
+    from nfflowd.io.pcapfile import CaptureError, CaptureReader
     run = _Run(table, os.fspath(source) if isinstance(source, (str, os.PathLike))
                else type(source).__name__)
     stats = run.stats
@@ -406,7 +406,7 @@ class InterfaceMeters:
     (the sockets keep working after)."""
 
     def __init__(self, mcfg):
-        from .meter import FlowTable
+        from nfflowd.meter import FlowTable
         self.meters = []
         try:
             for itf in mcfg.interfaces:

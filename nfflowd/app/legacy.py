@@ -24,7 +24,7 @@ the records were logged at priority ``notice``.  ``<conntrack>`` and
 ``<flow_import>`` only configured helper programs nfflowd no longer runs.
 
 ``parse_legacy`` turns such a file into the YAML-shaped dict that
-``nfflowd.config.parse`` validates; ``to_yaml`` prints it for ``check``.
+``nfflowd.app.config.parse`` validates; ``to_yaml`` prints it for ``check``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .errors import ConfigError
+from nfflowd.errors import ConfigError
 
 LEGACY_PATH = "/etc/nfflowd.conf"
 BLOCKS = ("conntrack", "ct2ft", "ptee", "flow_import", "flow_send")
@@ -234,7 +234,7 @@ class _Reader:
 
 def parse_legacy(text: str, path: str = LEGACY_PATH, notes: list | None = None) -> dict:
     """An old nfflowd.conf as the equivalent YAML-shaped dict (for
-    ``nfflowd.config.parse``).  Raises ConfigError naming the file, the line
+    ``nfflowd.app.config.parse``).  Raises ConfigError naming the file, the line
     and the key.  Settings with no equivalent are described in ``notes``."""
     path = str(path)
     notes = [] if notes is None else notes
@@ -360,7 +360,7 @@ def _ptee(r: _Reader, conf: Block, syslog: dict) -> dict:
     if ident is not None and ident[0]:
         out["ident"] = ident[0]
     fac = r.one(b, "facility", prefix)
-    from .config import FACILITIES
+    from nfflowd.app.config import FACILITIES
     facility = fac[0] if fac is not None and fac[0] else "user"  # Log::Dispatch's default
     if facility not in FACILITIES:
         r.bad(fac[1], f"{prefix}.facility",
@@ -394,7 +394,7 @@ def to_yaml(data: dict, source: str | None = None) -> str:
 def parse_any(text: str, path) -> tuple:
     """A configuration's text in either format: the YAML one, or an old
     nfflowd.conf (converted).  Returns (Config, notes, legacy: bool)."""
-    from . import config
+    from nfflowd.app import config
     if not looks_legacy(text):
         return config.loads(text, str(path)), [], False
     notes: list = []
@@ -404,5 +404,5 @@ def parse_any(text: str, path) -> tuple:
 
 def load_any(path):
     """Read a configuration file in either format (see ``parse_any``)."""
-    from . import config
+    from nfflowd.app import config
     return parse_any(config.read_text(path), path)

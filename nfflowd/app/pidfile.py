@@ -32,7 +32,7 @@ import stat
 import tempfile
 import time
 
-from .errors import NfflowdError
+from nfflowd.errors import NfflowdError
 
 # Results of stop().
 STOPPED = "stopped"           # it was running and has exited
@@ -207,7 +207,7 @@ def _our_lock(st: os.stat_result, pid: int) -> bool:
 
 def _listening(path, pid: int) -> bool:
     """Whether ``pid`` is the daemon on the control socket next to ``path``."""
-    from .control import ControlError, peer_pid, socket_path
+    from nfflowd.app.control import ControlError, peer_pid, socket_path
     try:
         return peer_pid(socket_path(str(path))) == pid
     except ControlError:
@@ -359,7 +359,7 @@ def stop(path, timeout: float = 30.0, sig: int = signal.SIGTERM,
     signalled, through a pidfd (a pid reused meanwhile is not hit).
     Returns (status, message) with status one of STOPPED, NOT_RUNNING,
     TIMEOUT, FAILED."""
-    from .control import ControlError, NotRunning, peer_pid, socket_path
+    from nfflowd.app.control import ControlError, NotRunning, peer_pid, socket_path
     pid = read_pid(path)
     if pid is None:
         return NOT_RUNNING, f"nfflowd is not running (no pid in {path})"

@@ -26,7 +26,7 @@ import pwd
 import signal
 import struct
 
-from .errors import NfflowdError
+from nfflowd.errors import NfflowdError
 
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_READ = 23

@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from .export import TcpCollector, UdpCollector
-from .columns import FlowBuffer, FlowColumns
-from .flowtools import expand, expand_columns
-from .ipfix import IpfixEncoder
-from .netflow5 import V5Encoder, record_count
-from .netflow9 import NetflowV9Encoder
-from .syslog import SyslogSink
+from nfflowd.io.export import TcpCollector, UdpCollector
+from nfflowd.columns import FlowBuffer, FlowColumns
+from nfflowd.flowtools import expand, expand_columns
+from nfflowd.ipfix import IpfixEncoder
+from nfflowd.netflow5 import V5Encoder, record_count
+from nfflowd.netflow9 import NetflowV9Encoder
+from nfflowd.io.syslog import SyslogSink
 
 if TYPE_CHECKING:       # config imports this module to check encoder sizes
-    from .config import Collector, Config, ExportConfig
+    from nfflowd.app.config import Collector, Config, ExportConfig
 
 log = structlog.get_logger("nfflowd")
 
@@ -173,7 +173,7 @@ def biflow_bound(cfg: Config) -> int:
 def exporter_class(collector: Collector):
     """The exporter class of ``collector``."""
     if collector.biflow:
-        from .biflow import BiflowExporter
+        from nfflowd.biflow import BiflowExporter
         return BiflowExporter
     return DIALECTS[collector.version]
 

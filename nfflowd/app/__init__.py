@@ -1,0 +1,1 @@
+"""The wiring: the daemon loop, configuration, control and service files."""

@@ -1,0 +1,1 @@
+"""Adapters: the parts that touch sockets, files or the kernel."""
