@@ -12,7 +12,7 @@ What the daemon does, measured: the datagrams of a receive batch (RECV_BATCH
 of them) lie in slots of conntrack._MultiRecv.HEAD bytes, one each, in one
 buffer (as ConntrackSocket.recv_batch's recvmmsg leaves them), decoded by
 columns.decode_blocks reading the slots as a matrix (``stride``);
-the correlator appends to a FlowBuffer, exported every FLUSH_THRESHOLD flows
+the correlator appends to a FlowBatchBuilder, exported every FLUSH_THRESHOLD flows
 (the flow-tools view and v5 datagrams, or IPFIX messages); the garbage
 collector is set as the daemon sets it once started (daemon.tune_gc).
 Before each pass the connections' NEW events (the recorded messages with the
@@ -44,7 +44,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from nfflowd.columns import FlowBuffer, decode_blocks  # noqa: E402
+from nfflowd.columns import decode_blocks  # noqa: E402
+from nfflowd.record import FlowBatchBuilder  # noqa: E402
 from nfflowd.conntrack import _MultiRecv, decode_datagrams  # noqa: E402
 from nfflowd.correlate import Correlator  # noqa: E402
 from nfflowd.app.daemon import FLUSH_THRESHOLD, RECV_BATCH, tune_gc  # noqa: E402
@@ -119,7 +120,7 @@ def run(batches, stage: str, objects: bool, news=()) -> tuple[float, int, float]
     now_ns = time.time_ns()
     boot_ms = now_ns // 1_000_000 - 3_600_000
     exaddr = b"\xcb\x00\x71\x01"
-    pending = [] if objects else FlowBuffer()
+    pending = [] if objects else FlowBatchBuilder()
     events = 0
 
     def flush():

@@ -360,7 +360,7 @@ class BiflowIpfixEncoder(IpfixEncoder):
     def encode(self, flows, nat_events, now_ms: int) -> list[bytes]:
         """Uniflow records as biflow records with the reverse values zero."""
         if hasattr(flows, "flows") and not isinstance(flows, (list, tuple)):
-            flows = flows.flows()       # columns.FlowColumns
+            flows = flows.flows()       # record.FlowBatch
         return self.encode_pairs([(f, None) for f in flows], nat_events, now_ms)
 
 
@@ -396,7 +396,7 @@ class BiflowExporter(TemplateExporter):
 
     def export(self, flows, nat_events, ft_records, now_ns: int, boot_ms: int) -> None:
         if hasattr(flows, "flows") and not isinstance(flows, (list, tuple)):
-            flows = flows.flows()       # columns.FlowColumns
+            flows = flows.flows()       # record.FlowBatch
         pairs = self.pairer.add(flows, now_ns)
         pairs += self.pairer.expire(now_ns)
         self._send(pairs, nat_events, now_ns)

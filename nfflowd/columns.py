@@ -21,18 +21,12 @@ arrays, so the per-connection cost is a few numpy element operations:
   object path decodes one in ~6 us, a block of a thousand ~1 us each.
 - ``Correlator.handle_batch`` makes a NewBlock's cache entries at once
   (numpy records, the bytes of the entry layouts; with NAT events wanted,
-  the object way), and turns a DestroyBlock into ``FlowColumns`` (the
-  ``Flow`` fields as columns, original then reply per connection, as
-  ``flows_of`` orders them) with the per-connection state still kept in its
-  dicts (one ``pop`` per connection); connections that need more (exported
-  early by the active timeout, known from a table dump) go through the
-  object path, in their place.
-- ``FlowBuffer``: what the daemon holds between flushes, ``Flow`` lists and
-  ``FlowColumns`` in order.  ``Pipeline.export`` hands one ``FlowColumns``
-  to the encoders (``flowtools.expand_columns`` and the v5 encoder,
-  ``template.TemplateEncoder`` for v9 and IPFIX), which write the same bytes
-  as their object paths (tests/test_columns.py compares both over the
-  recorded real messages and generated ones).
+  the object way), and turns a DestroyBlock into a ``record.FlowBatch``
+  (``flows_of_block``: original then reply per connection, as ``flows_of``
+  orders them) with the per-connection state still kept in its dicts (one
+  ``pop`` per connection); connections that need more (exported early by
+  the active timeout, known from a table dump) go through the object path,
+  in their place.
 
 Nothing here reads a clock or touches a socket.
 """
@@ -45,7 +39,7 @@ import numpy as np
 
 from nfflowd import conntrack as _ct
 from nfflowd.conntrack import EV_DESTROY, EV_NEW, CtEvent, CtTuple, DecodeResult
-from nfflowd.record import END_OF_FLOW, ORIGINAL, REPLY, Flow
+from nfflowd.record import END_OF_FLOW, ORIGINAL, REPLY, FlowBatch, address_list, interleave
 
 EV_BLOCK = 5            # the "kind" of a DestroyBlock in an event list
 EV_NEW_BLOCK = 6        # ... and of a NewBlock
@@ -270,10 +264,10 @@ class DestroyBlock:
         out = []
         kind = self.EVENT
         fam = self.family.tolist()
-        osrc = _addr_list(self.o_src, fam)
-        odst = _addr_list(self.o_dst, fam)
-        rsrc = _addr_list(self.r_src, fam)
-        rdst = _addr_list(self.r_dst, fam)
+        osrc = address_list(self.o_src, fam)
+        odst = address_list(self.o_dst, fam)
+        rsrc = address_list(self.r_src, fam)
+        rdst = address_list(self.r_dst, fam)
         cols = [c.tolist() for c in (self.ct_id, self.status, self.o_proto, self.o_sport,
                                      self.o_dport, self.r_proto, self.r_sport, self.r_dport,
                                      self.o_packets, self.o_bytes, self.r_packets,
@@ -308,11 +302,6 @@ def _of_kind(block: DestroyBlock, kind: int) -> DestroyBlock:
     if kind == EV_NEW:
         block.__class__ = NewBlock
     return block
-
-
-def _addr_list(a, fam) -> list:
-    raw = a.tobytes()
-    return [raw[16 * i:16 * i + (4 if f == 4 else 16)] for i, f in enumerate(fam)]
 
 
 def _block_from(G, fam) -> DestroyBlock:
@@ -599,98 +588,15 @@ def decode_blocks(buf, starts=None, ends=None, stride: int = 0) -> DecodeResult:
 
 
 # ---------------------------------------------------------------------------
-# Flows as columns
+# Flows of a block
 # ---------------------------------------------------------------------------
 
-FLOW_COLUMNS = Flow._fields
-_ADDR_FIELDS = ("src", "dst", "post_src", "post_dst")
-
-
-class FlowColumns:
-    """``Flow`` records as columns: addresses (n, 16) uint8 (IPv4 in the first
-    4 bytes, the rest zero), every other field uint64, in ``Flow`` order."""
-
-    __slots__ = FLOW_COLUMNS + ("n",)
-
-    def __len__(self):
-        return self.n
-
-    def flows(self) -> list:
-        """The records as ``Flow`` tuples."""
-        if not self.n:
-            return []
-        fam = self.family.tolist()
-        cols = []
-        for name in FLOW_COLUMNS:
-            col = getattr(self, name)
-            cols.append(_addr_list(col, fam) if name in _ADDR_FIELDS else col.tolist())
-        new = tuple.__new__
-        return [new(Flow, t) for t in zip(*cols)]
-
-    @classmethod
-    def concat(cls, parts: list) -> "FlowColumns":
-        if len(parts) == 1:
-            return parts[0]
-        c = cls()
-        for name in FLOW_COLUMNS:
-            setattr(c, name, np.concatenate([getattr(p, name) for p in parts]))
-        c.n = sum(p.n for p in parts)
-        return c
-
-    @classmethod
-    def from_flows(cls, flows) -> "FlowColumns":
-        """Columns of ``Flow`` tuples.  Raises ValueError for records the
-        columns cannot hold as they are (address length not that of the
-        family, values beyond 64 bits or negative)."""
-        c = cls()
-        c.n = len(flows)
-        if not flows:
-            for name in FLOW_COLUMNS:
-                setattr(c, name, np.zeros((0, 16) if name in _ADDR_FIELDS else 0,
-                                          dtype=np.uint8 if name in _ADDR_FIELDS
-                                          else np.uint64))
-            return c
-        cols = list(zip(*flows))
-        if len(cols) != len(FLOW_COLUMNS):
-            raise ValueError("not Flow records")
-        fam = cols[0]
-        for i, name in enumerate(FLOW_COLUMNS):
-            col = cols[i]
-            if name in _ADDR_FIELDS:
-                parts = []
-                for f, a in zip(fam, col):
-                    if type(a) is not bytes or len(a) != (4 if f == 4 else 16) \
-                            or f not in (4, 6):
-                        raise ValueError("address")
-                    parts.append(a if f == 6 else a + b"\0" * 12)
-                arr = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(c.n, 16)
-            else:
-                try:
-                    arr = np.array(col, dtype=np.uint64)
-                except (OverflowError, ValueError, TypeError) as e:
-                    raise ValueError(name) from e
-                if any(type(v) is not int or v < 0 for v in col):
-                    raise ValueError(name)
-            setattr(c, name, arr)
-        return c
-
-
-def interleave(a, b):
-    """Rows a[0], b[0], a[1], b[1], ... (``a`` and ``b`` alike in shape and
-    type)."""
-    n = len(a)
-    out = np.empty((n, 2) + a.shape[1:], dtype=a.dtype)
-    out[:, 0] = a
-    out[:, 1] = b
-    return out.reshape((2 * n,) + a.shape[1:])
-
-
 def flows_of_block(b: DestroyBlock, start_ns, end_ns, end_reason: int = END_OF_FLOW
-                   ) -> FlowColumns:
+                   ) -> FlowBatch:
     """``correlate.flows_of`` over a block: original and reply flow of each
     row, in row order.  ``start_ns``/``end_ns``: uint64 arrays."""
     n = b.n
-    c = FlowColumns()
+    c = FlowBatch()
     c.n = 2 * n
     icmp = (b.o_proto == 1) | (b.o_proto == 58)
     zero = np.zeros(n, dtype=np.uint64)
@@ -721,76 +627,3 @@ def flows_of_block(b: DestroyBlock, start_ns, end_ns, end_reason: int = END_OF_F
     c.conn_id = interleave(b.ct_id, b.ct_id)
     c.vlan = c.tos
     return c
-
-
-class FlowBuffer:
-    """The flows waiting for the next export, in order: ``Flow`` tuples and
-    ``FlowColumns`` blocks.  ``len`` counts flows; iterating gives ``Flow``
-    tuples (the slow way, for readers that know no columns)."""
-
-    __slots__ = ("_parts", "_n", "_blocks")
-
-    def __init__(self):
-        self._parts: list = []      # list of Flow lists and FlowColumns
-        self._n = 0
-        self._blocks = 0
-
-    def __len__(self):
-        return self._n
-
-    def __bool__(self):
-        return self._n > 0
-
-    def append(self, flow) -> None:
-        self.extend((flow,))
-
-    def extend(self, flows) -> None:
-        flows = list(flows)
-        if not flows:
-            return
-        parts = self._parts
-        if parts and type(parts[-1]) is list:
-            parts[-1].extend(flows)
-        else:
-            parts.append(flows)
-        self._n += len(flows)
-
-    def add_block(self, cols: FlowColumns) -> None:
-        if cols.n:
-            self._parts.append(cols)
-            self._n += cols.n
-            self._blocks += 1
-
-    @property
-    def has_blocks(self) -> bool:
-        return self._blocks > 0
-
-    def clear(self) -> None:
-        self._parts = []
-        self._n = 0
-        self._blocks = 0
-
-    def __iter__(self):
-        for p in self._parts:
-            if type(p) is list:
-                yield from p
-            else:
-                yield from p.flows()
-
-    def flows(self) -> list:
-        return list(self)
-
-    def for_export(self):
-        """What the encoders take: one ``FlowColumns`` when a burst left
-        blocks here (and every flow fits columns), else the ``Flow`` list."""
-        cols = self.columns() if self._blocks else None
-        return cols if cols is not None else self.flows()
-
-    def columns(self) -> FlowColumns | None:
-        """Everything as one ``FlowColumns``; None when some ``Flow`` cannot be
-        held as columns (then use ``flows()``)."""
-        try:
-            return FlowColumns.concat([p if type(p) is not list else FlowColumns.from_flows(p)
-                                       for p in self._parts])
-        except ValueError:
-            return None

@@ -208,12 +208,12 @@ class FtColumns:
 
 
 def expand_columns(cols, now_ns: int, boot_ms: int, exaddr=None) -> FtBatch:
-    """``expand`` over a ``columns.FlowColumns``: the same records (as
+    """``expand`` over a ``record.FlowBatch``: the same records (as
     ``FtColumns``, made into tuples only if someone reads
     ``batch.records``)."""
     import numpy as np
 
-    from nfflowd.columns import interleave
+    from nfflowd.record import interleave
     secs, nsecs, up = header_times(now_ns, boot_ms)
     n = cols.n
     u32 = np.uint64(U32)

@@ -49,10 +49,9 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from nfflowd.columns import FlowColumns
 from nfflowd.ie import element
 from nfflowd.record import (NAT44_SESSION_CREATE, NAT44_SESSION_DELETE, NAT_CREATE, NAT_DELETE,
-                     Flow, NatEvent)
+                            Flow, FlowBatch, NatEvent)
 
 SET_HEADER = struct.Struct("!HH")
 # IPFIX field specifier of an enterprise-specific element (RFC 7011 section
@@ -477,7 +476,7 @@ class TemplateEncoder:
 
     # -- records ---------------------------------------------------------------
     def _column_groups(self, cols, groups: dict) -> None:
-        """``_groups`` for a ``columns.FlowColumns``: per template (first-seen
+        """``_groups`` for a ``record.FlowBatch``: per template (first-seen
         order), its records packed by numpy as ``struct`` would pack them,
         as (template, blob, None)."""
         fam, proto = cols.family, cols.proto
@@ -511,7 +510,7 @@ class TemplateEncoder:
         """[(template, items, getter)], first-seen order of templates."""
         groups: dict[int, tuple] = {}
         invalid = 0
-        if isinstance(flows, FlowColumns):
+        if isinstance(flows, FlowBatch):
             try:
                 if flows.n and "flows" in self.records:
                     self._column_groups(flows, groups)

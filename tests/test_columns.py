@@ -26,7 +26,7 @@ from nfflowd.flowtools import csv_lines, expand, expand_columns
 from nfflowd.ipfix import IpfixEncoder
 from nfflowd.netflow5 import V5Encoder
 from nfflowd.netflow9 import NetflowV9Encoder
-from nfflowd.record import END_OF_FLOW, ORIGINAL, REPLY, Flow
+from nfflowd.record import END_OF_FLOW, ORIGINAL, REPLY, Flow, FlowBatch, FlowBatchBuilder
 from test_conntrack import CT_MSGS, DUMP_DGRAMS, EVENT_DGRAMS, NLHDR
 
 DESTROY_MSGS = [m for m in CT_MSGS if NLHDR.unpack_from(m)[1] == ct.MSG_CT_DELETE]
@@ -178,7 +178,7 @@ def test_a_destroy_before_a_new_of_its_id_keeps_message_order():
     assert flatten(got.events) == ct.decode_walk(buf).events
     # and the correlator keeps the new connection's entry, as in order
     corr_a, corr_b = Correlator(), Correlator()
-    fa, fb = [], C.FlowBuffer()
+    fa, fb = [], FlowBatchBuilder()
     corr_a.handle_batch(ct.decode_walk(buf).events, NOW_NS, fa)
     corr_b.handle_batch(got.events, NOW_NS, fb)
     corr_b.reap()
@@ -301,7 +301,7 @@ def new_first_safe(batch) -> bool:
 
 def run_correlator(steps, kernel_ts, nat, setup, blocks, new_first=False):
     corr = Correlator(kernel_timestamps=kernel_ts, nat_events=nat)
-    out = C.FlowBuffer() if blocks else []
+    out = FlowBatchBuilder() if blocks else []
     setup(corr)
     now = NOW_NS - 10_000_000_000
     batch: list = []
@@ -405,7 +405,7 @@ def test_a_new_block_reusing_an_id_whose_removal_is_pending_keeps_its_entry():
     news = [ev(EV_NEW, 7000 + i, 4 if i % 3 else 6, i) for i in range(60)]
     corr = Correlator(kernel_timestamps=True)
     corr.handle_batch([C.NewBlock.from_events(news)], NOW_NS, [])
-    out = C.FlowBuffer()
+    out = FlowBatchBuilder()
     corr.handle_batch([C.DestroyBlock.from_events([e._replace(kind=EV_DESTROY)
                                                    for e in news])], NOW_NS, out)
     assert len(out) == 120 and corr.reap_pending == 60
@@ -435,7 +435,7 @@ def test_block_of_known_connections_correlates_like_events():
     results = []
     for blocks in (False, True):
         corr = Correlator()
-        out = C.FlowBuffer() if blocks else []
+        out = FlowBatchBuilder() if blocks else []
         corr.handle_batch(evs, NOW_NS - 2 * 10**9, out)
         corr.begin_sync()
         corr.active_export([ends[7]._replace(kind=EV_DUMP, orig_packets=1)], NOW_NS - 10**9,
@@ -458,7 +458,7 @@ def replay_flows(copies=6):
     ct.decode(buf)
     res = C.decode_blocks(buf, starts, ends)
     assert isinstance(res.events[0], C.DestroyBlock)
-    objs, cols = [], C.FlowBuffer()
+    objs, cols = [], FlowBatchBuilder()
     Correlator().handle_batch(ct.decode(buf).events, NOW_NS, objs)
     Correlator().handle_batch(res.events, NOW_NS, cols)
     assert cols.has_blocks
@@ -466,9 +466,9 @@ def replay_flows(copies=6):
 
 
 def encode_all(flows, now_ns=NOW_NS, boot_ms=BOOT_MS, exaddr="203.0.113.1", rounds=3):
-    """Every encoder's output for ``flows`` (a Flow list or FlowColumns),
+    """Every encoder's output for ``flows`` (a Flow list or FlowBatch),
     several batches in a row (sequence numbers, template refresh)."""
-    cols = isinstance(flows, C.FlowColumns)
+    cols = isinstance(flows, FlowBatch)
     v5, ipfix, v9 = V5Encoder(3, 4), IpfixEncoder(7, template_refresh_packets=3), \
         NetflowV9Encoder(9, template_refresh_packets=2, max_size=600)
     vlan = IpfixEncoder(1, vlan=True, max_size=700)
@@ -488,7 +488,7 @@ def encode_all(flows, now_ns=NOW_NS, boot_ms=BOOT_MS, exaddr="203.0.113.1", roun
 def test_replayed_flows_encode_the_same_as_columns():
     objs, buf = replay_flows()
     assert buf.flows() == objs
-    cols = buf.columns()
+    cols = buf.batch()
     assert cols.flows() == objs
     assert encode_all(cols) == encode_all(objs)
 
@@ -497,10 +497,10 @@ def test_pipeline_buffer_iterates_in_order():
     objs, buf = replay_flows(3)
     extra = objs[:3]
     buf.extend(extra)
-    buf.add_block(C.FlowColumns.from_flows(objs[3:5]))
+    buf.add_block(FlowBatch.from_flows(objs[3:5]))
     assert len(buf) == len(objs) + 5
     assert list(buf) == objs + extra + objs[3:5]
-    assert buf.columns().flows() == list(buf)
+    assert buf.batch().flows() == list(buf)
     buf.clear()
     assert not buf and list(buf) == [] and not buf.has_blocks
 
@@ -533,7 +533,7 @@ def flow(draw, wide=False):
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(flow(), max_size=90), st.integers(-10**6, 2**44))
 def test_generated_flows_encode_the_same_as_columns(flows, boot_ms):
-    cols = C.FlowColumns.from_flows(flows)
+    cols = FlowBatch.from_flows(flows)
     assert cols.flows() == flows
     assert encode_all(cols, boot_ms=boot_ms, rounds=2) == encode_all(flows, boot_ms=boot_ms,
                                                                       rounds=2)
@@ -544,7 +544,7 @@ def test_generated_flows_encode_the_same_as_columns(flows, boot_ms):
 def test_values_too_wide_fall_back_to_the_per_record_path(flows):
     """Ports beyond 16 bits: the per-record path skips and counts them; the
     columns give the same datagrams and counts."""
-    cols = C.FlowColumns.from_flows(flows)
+    cols = FlowBatch.from_flows(flows)
     assert encode_all(cols, rounds=1) == encode_all(flows, rounds=1)
 
 
@@ -552,14 +552,14 @@ def test_from_flows_refuses_what_columns_cannot_hold():
     f = Flow(4, 6, bytes(16), bytes(4), 1, 2, bytes(4), bytes(4), 1, 2, 1, 1, 1, 1)
     for bad in (f, f._replace(src=bytes(4), packets=-1), f._replace(src=bytes(4), octets=2**64)):
         try:
-            C.FlowColumns.from_flows([bad])
+            FlowBatch.from_flows([bad])
         except ValueError:
             continue
         raise AssertionError(f"accepted {bad}")
-    buf = C.FlowBuffer()
+    buf = FlowBatchBuilder()
     buf.extend([f])
-    buf.add_block(C.FlowColumns.from_flows([f._replace(src=bytes(4))]))
-    assert buf.columns() is None            # the pipeline then encodes buf.flows()
+    buf.add_block(FlowBatch.from_flows([f._replace(src=bytes(4))]))
+    assert buf.batch() is None            # the pipeline then encodes buf.flows()
 
 
 # -- the recvmmsg layout: datagrams in fixed-size slots ---------------------------

@@ -2,7 +2,8 @@
 
 import pytest
 
-from nfflowd.columns import DestroyBlock, FlowBuffer
+from nfflowd.columns import DestroyBlock
+from nfflowd.record import FlowBatchBuilder
 from nfflowd.conntrack import EV_DESTROY, EV_DUMP, EV_NEW
 from nfflowd.correlate import Correlator
 from nfflowd.record import END_ACTIVE_TIMEOUT, END_LACK_OF_RESOURCES, END_OF_FLOW
@@ -171,11 +172,11 @@ def _news_and_ends(ids, first=1 * S, end=4 * S):
 
 
 def test_a_destroy_block_leaves_its_removals_to_reap():
-    from nfflowd.columns import FlowBuffer
+    from nfflowd.record import FlowBatchBuilder
     c = Correlator()
     news, ends = _news_and_ends(range(100, 150))
     c.handle_batch(news, 1 * S, [])
-    out = FlowBuffer()
+    out = FlowBatchBuilder()
     c.handle_batch([_block_of(ends[:40])], 5 * S, out)
     assert len(list(out)) == 80
     # the 40 ended entries are still there, waiting
@@ -190,11 +191,11 @@ def test_a_new_connection_reusing_an_ended_id_keeps_its_entry():
     leaves the removals pending (a NEW must not pay for a burst's), but the
     later reap does not take the new entry (a resync then finds it, neither
     vanished nor adopted)."""
-    from nfflowd.columns import FlowBuffer
+    from nfflowd.record import FlowBatchBuilder
     c = Correlator()
     news, ends = _news_and_ends(range(100, 140))
     c.handle_batch(news, 1 * S, [])
-    c.handle_batch([_block_of(ends)], 5 * S, FlowBuffer())
+    c.handle_batch([_block_of(ends)], 5 * S, FlowBatchBuilder())
     again = news[7]._replace(orig=news[7].orig._replace(sport=5555))
     c.handle_batch([again], 6 * S, [])
     assert c.reap_pending == 40
@@ -209,14 +210,14 @@ def test_an_id_reused_and_ended_again_before_the_reap_is_removed_once_each():
     """DESTROY (removal left pending), NEW with the same id, its DESTROY in
     a block before the reap, NEW again: each DESTROY exports its own
     connection's records, and the cache ends with the last one only."""
-    from nfflowd.columns import FlowBuffer
+    from nfflowd.record import FlowBatchBuilder
     c = Correlator()
     news, ends = _news_and_ends(range(100, 140))
     c.handle_batch(news, 1 * S, [])
-    c.handle_batch([_block_of(ends)], 5 * S, FlowBuffer())
+    c.handle_batch([_block_of(ends)], 5 * S, FlowBatchBuilder())
     second = [n._replace(orig=n.orig._replace(sport=6000 + i)) for i, n in enumerate(news)]
     c.handle_batch(second, 6 * S, [])
-    out = FlowBuffer()
+    out = FlowBatchBuilder()
     c.handle_batch([_block_of([e._replace(orig=s.orig) for e, s in zip(ends, second)])],
                    7 * S, out)
     assert {f.sport for f in out if f.direction == 0} == {6000 + i for i in range(40)}
@@ -233,11 +234,11 @@ def test_an_id_reused_and_ended_again_before_the_reap_is_removed_once_each():
 def test_resync_after_a_block_does_not_export_its_connections_again():
     """The removals a block left pending are done before a resync compares
     the cache with the table: the block's connections are not 'vanished'."""
-    from nfflowd.columns import FlowBuffer
+    from nfflowd.record import FlowBatchBuilder
     c = Correlator()
     news, ends = _news_and_ends(range(100, 140))
     c.handle_batch(news, 1 * S, [])
-    c.handle_batch([_block_of(ends)], 5 * S, FlowBuffer())
+    c.handle_batch([_block_of(ends)], 5 * S, FlowBatchBuilder())
     assert c.reap_pending == 40
     c.begin_sync()
     assert c.resync([], 7 * S, 6 * S) == []
@@ -246,13 +247,13 @@ def test_resync_after_a_block_does_not_export_its_connections_again():
 
 def test_removals_pending_stay_bounded(monkeypatch):
     from nfflowd import correlate
-    from nfflowd.columns import FlowBuffer
+    from nfflowd.record import FlowBatchBuilder
     monkeypatch.setattr(correlate, "DEAD_MAX", 50)
     c = Correlator()
     news, ends = _news_and_ends(range(1000, 1120))
     c.handle_batch(news, 1 * S, [])
     for k in range(0, 120, 40):
-        c.handle_batch([_block_of(ends[k:k + 40])], 5 * S, FlowBuffer())
+        c.handle_batch([_block_of(ends[k:k + 40])], 5 * S, FlowBatchBuilder())
         assert c.reap_pending <= 50
     assert c.cached == 120 - 120 + c.reap_pending
 
@@ -260,7 +261,7 @@ def test_removals_pending_stay_bounded(monkeypatch):
 def test_a_block_exports_only_the_rest_of_a_connection_the_active_timeout_exported():
     """The entries that may carry an earlier export (the hint kept by the
     active timeout) are looked at by the block itself, not left to reap."""
-    from nfflowd.columns import FlowBuffer
+    from nfflowd.record import FlowBatchBuilder
     c = Correlator()
     news, ends = _news_and_ends(range(100, 140))
     c.handle_batch(news, 1 * S, [])
@@ -269,7 +270,7 @@ def test_a_block_exports_only_the_rest_of_a_connection_the_active_timeout_export
     table[5] = ends[5]._replace(kind=EV_DUMP, orig_packets=1, orig_bytes=100,
                                 reply_packets=1, reply_bytes=50)   # ... but one
     assert len(c.active_export(table, 3 * S, 3 * S)) == 2
-    out = FlowBuffer()
+    out = FlowBatchBuilder()
     c.handle_batch([_block_of(ends)], 5 * S, out)
     got = {(f.conn_id, f.direction): (f.packets, f.octets) for f in out}
     assert got[(105, 0)] == (2, 200) and got[(105, 1)] == (1, 150)
@@ -280,14 +281,14 @@ def test_a_block_exports_only_the_rest_of_a_connection_the_active_timeout_export
 def test_many_revived_ids_are_found_in_a_block_too():
     """Past 64 revived ids the block looks them up by the ids list: the
     revived connections' DESTROYs still pop their own entries at once."""
-    from nfflowd.columns import FlowBuffer
+    from nfflowd.record import FlowBatchBuilder
     c = Correlator()
     news, ends = _news_and_ends(range(100, 200))
     c.handle_batch(news, 1 * S, [])
-    c.handle_batch([_block_of(ends)], 5 * S, FlowBuffer())      # 100 removals pending
+    c.handle_batch([_block_of(ends)], 5 * S, FlowBatchBuilder())      # 100 removals pending
     c.handle_batch(news, 6 * S, [])                             # the same ids again
     assert len(c._revived) == 100
-    c.handle_batch([_block_of(ends[:40])], 7 * S, FlowBuffer())
+    c.handle_batch([_block_of(ends[:40])], 7 * S, FlowBatchBuilder())
     c.reap()
     assert c.cached == 60 and c.reap_pending == 0
 
@@ -344,7 +345,7 @@ def test_destroy_of_a_connection_never_seen_sends_create_then_delete(blocks, ker
     seen = [e for e in news if e.ct_id % 2]
     c = Correlator(nat_events=True, kernel_timestamps=kernel_ts)
     c.handle_batch(seen, 1 * S, [])
-    out = FlowBuffer() if blocks else []
+    out = FlowBatchBuilder() if blocks else []
     c.handle_batch([DestroyBlock.from_events(ends)] if blocks else ends, 9 * S, out)
     assert len(out) == 2 * len(ends)
     log = nat_log(c.take_nat_events())
@@ -371,7 +372,7 @@ def test_destroy_blocks_and_objects_agree_on_unseen_connections():
         c.begin_sync()
         c.active_export([e._replace(kind=EV_DUMP, orig_packets=1, reply_packets=1)
                          for e in news[:10]], 2 * S, 2 * S)
-        out = FlowBuffer() if blocks else []
+        out = FlowBatchBuilder() if blocks else []
         c.handle_batch([DestroyBlock.from_events(ends)] if blocks else ends, 9 * S, out)
         c.reap()
         return list(out), c.counters, c.take_nat_events(), c.cached

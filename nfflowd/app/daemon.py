@@ -36,7 +36,7 @@ from nfflowd.app import sdnotify
 from nfflowd.app.config import Config, require_output
 from nfflowd.app.control import ControlServer
 from nfflowd.app.control import socket_path as control_socket_path
-from nfflowd.columns import FlowBuffer
+from nfflowd.record import FlowBatchBuilder
 from nfflowd.correlate import DEAD_MAX, Correlator
 from nfflowd.errors import ConfigError, NfflowdError
 from nfflowd.app.legacy import load_any
@@ -473,7 +473,7 @@ class Daemon:
     def run(self) -> int:
         self._install_signals()
         self.start()
-        pending = FlowBuffer()
+        pending = FlowBatchBuilder()
         now = time.monotonic()
         next_flush = now + self.cfg.export.flush_interval
         next_poll = now + self.cfg.conntrack.poll_interval

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from nfflowd.io.export import TcpCollector, UdpCollector
-from nfflowd.columns import FlowBuffer, FlowColumns
+from nfflowd.record import FlowBatch, FlowBatchBuilder
 from nfflowd.flowtools import expand, expand_columns
 from nfflowd.ipfix import IpfixEncoder
 from nfflowd.netflow5 import V5Encoder, record_count
@@ -337,7 +337,7 @@ class Pipeline:
                flowtools: bool = False):
         """Send a batch to every collector and the mirror.  ``uptime_ms`` is
         this machine's uptime read together with ``now_ns`` (SysUptime).
-        ``flows``: ``Flow`` records, or the daemon's ``columns.FlowBuffer``
+        ``flows``: ``Flow`` records, or the daemon's ``record.FlowBatchBuilder``
         (encoded as columns when it holds blocks: the same bytes).
         Returns the batch's flow-tools view (``FtBatch``, the values the v5
         records and the mirror's CSV lines carry) when one was computed:
@@ -345,12 +345,12 @@ class Pipeline:
         mirror needed it (None otherwise)."""
         boot_ms = now_ns // 1_000_000 - uptime_ms
         ft = None
-        if isinstance(flows, FlowBuffer):
+        if isinstance(flows, FlowBatchBuilder):
             flows = flows.for_export()  # the daemon's: columns after a burst
         if (flowtools or self.mirror is not None
                 or any(exp.uses_flowtools for exp in self.exporters)):
             # computed once, shared by the v5 encoders and the CSV mirror
-            if isinstance(flows, FlowColumns):
+            if isinstance(flows, FlowBatch):
                 ft = expand_columns(flows, now_ns, boot_ms, self.cfg.export.source)
             else:
                 ft = expand(flows, now_ns, boot_ms, self.cfg.export.source)
