@@ -301,6 +301,26 @@ mtu={mtu}
 """)
 
 
+def start_ulogd(lab, work: Path, procs: dict, plugins: dict, port: int, lifetime: float,
+                bufsize: int = 128 << 20, maxsize: int | None = None, mtu: int = 512):
+    """Debian's ulogd2 in fw (``ulogd -c CONF``, the config written to
+    ``work`` by ``ulogd_config``: NFCT input, DESTROY events only, IPFIX over
+    UDP to 127.0.0.1:``port``), as ``procs["ulogd2"]``; waits (bounded) until
+    its log says it is connected.  ``maxsize`` None: ``bufsize`` + 1, a fixed
+    buffer like nfflowd's.  Returns (Proc, a function returning its log's
+    text)."""
+    conf, logf = work / "ulogd.conf", work / "ulogd.log"
+    ulogd_config(conf, logf, plugins, port, bufsize, maxsize or bufsize + 1, mtu)
+    procs["ulogd2"] = ul = Proc(lab, lab.fw, "ulogd", "-c", conf, lifetime=lifetime)
+
+    def text() -> str:
+        return logf.read_text(errors="replace") if logf.exists() else ""
+    wait_for(lambda: "connected to" in text() or ul.p.poll() is not None, 15)
+    if ul.p.poll() is not None or "connected to" not in text():
+        raise RuntimeError(f"ulogd2 did not start:\n{text()}{''.join(ul.err)}")
+    return ul, text
+
+
 def nfflowd_config(path: Path, workdir: Path, port: int, rcvbuf: int,
                    flush_interval: float | None, sched_priority: int,
                    syslog: str | None = None) -> None:
@@ -532,14 +552,8 @@ def main() -> int:
                 kill_after=SINK_KILL_AFTER)
             p.started(f"the collector for {name}")
 
-        ulog_conf, ulog_log = work / "ulogd.conf", work / "ulogd.log"
-        ulogd_config(ulog_conf, ulog_log, plugins, ULOGD_PORT, args.ulogd_buffer,
-                     args.ulogd_maxsize or args.ulogd_buffer + 1, args.ulogd_mtu)
-        procs["ulogd2"] = ul = Proc(lab, lab.fw, "ulogd", "-c", ulog_conf, lifetime=lifetime)
-        ulog_text = lambda: ulog_log.read_text(errors="replace") if ulog_log.exists() else ""  # noqa
-        wait_for(lambda: "connected to" in ulog_text() or ul.p.poll() is not None, 15)
-        if ul.p.poll() is not None or "connected to" not in ulog_text():
-            raise RuntimeError(f"ulogd2 did not start:\n{ulog_text()}{''.join(ul.err)}")
+        ul, ulog_text = start_ulogd(lab, work, procs, plugins, ULOGD_PORT, lifetime,
+                                    args.ulogd_buffer, args.ulogd_maxsize, args.ulogd_mtu)
 
         # ulogd2 sets its own scheduling when it starts (real-time at the
         # highest priority: SCHED_RR 99 here): by default nfflowd gets the same

@@ -1,21 +1,26 @@
 """Steady churn: connections begun and ended at a steady rate for minutes.
-Does nfflowd export every one, and does its memory stay flat?
+Does nfflowd export every one, does its memory stay flat, and what CPU does
+it take per connection beside ulogd2?
 
     sudo python bench/bench_churn.py [--rate R] [--seconds T] [--udp-timeout S]
 
 As root, in network namespaces (tests/natlab.py: lan -> fw (NAT) -> wan):
 
-1. in fw, an IPFIX collector (bench_burst.py's ``sink``: it keeps every
-   datagram and decodes them at the end) and nfflowd (IPFIX over UDP, flow
-   records only, the normal scheduler: a steady load needs no real-time
-   priority; ``--sched-priority`` to change that);
+1. in fw, two IPFIX collectors (bench_burst.py's ``sink``: it keeps every
+   datagram and decodes them at the end), Debian's ulogd2 as bench_burst.py
+   runs it (``start_ulogd``: NFCT input, DESTROY events only, IPFIX over UDP
+   to its own collector; it makes itself SCHED_RR 99) and nfflowd (IPFIX over
+   UDP, flow records only, the normal scheduler: a steady load needs no
+   real-time priority; ``--sched-priority`` to change that); ``--no-ulogd2``
+   leaves ulogd2 out;
 2. from lan, R UDP connections per second for T seconds (tests/burst.py
    ``churn``), each one datagram from a new source and destination port
    pair; fw's nf_conntrack_udp_timeout is S, so each connection ends S
    seconds after it began (plus the kernel's garbage-collection delay): once
    the first have timed out, NEW and DESTROY events both come at about R per
    second, and the table holds about R * S connections;
-3. every ``--sample`` seconds: nfflowd's resident memory (VmRSS), its CPU,
+3. every ``--sample`` seconds: nfflowd's resident memory (VmRSS), its CPU
+   and ulogd2's,
    the conntrack table's size and the datagrams the collector has received;
 4. once the sender is done, a bounded wait until the table is empty and the
    collector quiet.
@@ -23,11 +28,16 @@ As root, in network namespaces (tests/natlab.py: lan -> fw (NAT) -> wan):
 Prints the samples, then: connections sent, connections exported (distinct
 original-direction records at the collector), records (nfflowd sends one per
 direction: 2 per connection), duplicates, overruns (nfflowd's own count) and
-the kernel's drops on nfflowd's netlink socket; nfflowd's CPU per connection
-(its NEW and its DESTROY) over the churn; its resident memory once the table
-has reached its steady size, at the end of the churn, and the peak.  Target
-(issue 5's "lose nothing", over time): every connection exported once, zero
-overruns, memory not growing with the connections seen.
+the kernel's drops on nfflowd's netlink socket; nfflowd's resident memory
+once the table has reached its steady size, at the end of the churn, and the
+peak; the connections ulogd2 exported; the CPU per connection sent of
+nfflowd and of ulogd2, and their ratio nfflowd / ulogd2, over the churn (from
+the first connection to the sender's end: every NEW event, the DESTROY
+events of all but the last S seconds' connections) and to the end (every
+event, and the quiet wait).  Targets: every connection exported once, zero
+overruns, memory not growing with the connections seen (issue 5's "lose
+nothing", over time); nfflowd's CPU per connection no more than ulogd2's
+(issue 16).
 
 ``--syslog`` turns the syslog mirror on (a CSV line per flow-tools record,
 3 per translated connection, over UDP to a line counter in fw) and checks
@@ -126,15 +136,18 @@ def main() -> int:
                     help="seconds without a new datagram (and an empty table) that end the wait")
     ap.add_argument("--syslog", action="store_true",
                     help="with the syslog mirror on (over UDP to a line counter in fw)")
+    ap.add_argument("--no-ulogd2", dest="ulogd2", action="store_false",
+                    help="without ulogd2 beside nfflowd")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     if len(sys.argv) > 1 and sys.argv[1] == "syslog-sink":
         return syslog_sink_main(sys.argv[2:])
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces, nftables, conntrack)")
-    for tool in ("ip", "nft", "conntrack", "timeout"):
+    for tool in ("ip", "nft", "conntrack", "timeout") + (("ulogd", "dpkg") if args.ulogd2 else ()):
         if shutil.which(tool) is None:
             raise SystemExit(f"needs the '{tool}' command")
+    plugins = bb.ulogd_plugins() if args.ulogd2 else None
     if args.rate <= 0 or args.seconds <= 0 or args.udp_timeout < 1 or args.sample <= 0:
         raise SystemExit("--rate, --seconds, --sample must be > 0 and --udp-timeout >= 1")
     n = int(args.rate * args.seconds)
@@ -162,6 +175,16 @@ def main() -> int:
             out, "--lifetime", lifetime, "--lan", LAN4, lifetime=lifetime + 30,
             kill_after=bb.SINK_KILL_AFTER)
         sink.started("the collector")
+        ul_out = work / "sink-ulogd2.json"
+        ul_pid = None
+        if args.ulogd2:
+            procs["sink-ulogd2"] = bb.Proc(
+                lab, lab.fw, sys.executable, HERE / "bench_burst.py", "sink", "127.0.0.1",
+                bb.ULOGD_PORT, ul_out, "--lifetime", lifetime, "--lan", LAN4,
+                lifetime=lifetime + 30, kill_after=bb.SINK_KILL_AFTER)
+            procs["sink-ulogd2"].started("the collector for ulogd2")
+            ul, _ulog_text = bb.start_ulogd(lab, work, procs, plugins, bb.ULOGD_PORT, lifetime)
+            ul_pid = ul.child_pid()
         lines_out = work / "syslog.json"
         if args.syslog:
             procs["syslog-sink"] = ls = bb.Proc(
@@ -177,6 +200,7 @@ def main() -> int:
                                         cwd=bb.ROOT)
         nf.started("nfflowd", "event=ready", timeout=30, stream="err")
         nf_pid = nf.child_pid()
+        print(f"pids: nfflowd {nf_pid}, ulogd2 {ul_pid} ({bb.scheduling(ul_pid)[0]})")
         procs["servers"] = srv = bb.Proc(lab, lab.wan, sys.executable, bb.BURST, "sink", WAN4,
                                          "--ports", *dports, "--lifetime", lifetime,
                                          lifetime=lifetime + 30)
@@ -189,12 +213,16 @@ def main() -> int:
         status = Path(str(out) + ".status")
         samples = []
         cpu0 = bb.cpu_seconds(nf_pid)
+        ul_cpu0 = bb.cpu_seconds(ul_pid)
         t0 = time.monotonic()
 
+        def used(pid, before):
+            c = bb.cpu_seconds(pid)
+            return sum(c) - sum(before) if c and before else float("nan")
+
         def sample():
-            c = bb.cpu_seconds(nf_pid)
             samples.append(dict(t=time.monotonic() - t0, rss=rss_kib(nf_pid), table=count(),
-                                cpu=sum(c) - sum(cpu0) if c and cpu0 else float("nan"),
+                                cpu=used(nf_pid, cpu0), ul_cpu=used(ul_pid, ul_cpu0),
                                 datagrams=bb.read_status(status).get("datagrams", 0)))
 
         # -- the churn: the sender runs while this samples -----------------------
@@ -210,7 +238,7 @@ def main() -> int:
                 next_sample += args.sample
         churn_end = time.monotonic()
         sample()
-        churn_cpu = samples[-1]["cpu"]
+        churn_cpu, ul_churn_cpu = samples[-1]["cpu"], samples[-1]["ul_cpu"]
         snd.stop()                  # (it has ended: this reads the rest of its output)
         m = re.search(r"SENT (\d+) LATE ([\d.]+)", "".join(snd.out))
         if not m:
@@ -230,9 +258,16 @@ def main() -> int:
         else:
             print("wait timeout: counting what arrived")
         sample()
+        total_cpu, ul_total_cpu = samples[-1]["cpu"], samples[-1]["ul_cpu"]
         drops = bb.netlink_drops(lab, nf_pid)
         nf.stop(timeout=60)
         sink.stop(timeout=bb.SINK_KILL_AFTER + 10)
+        ul_res = None
+        if args.ulogd2:
+            procs["ulogd2"].stop(timeout=30)
+            procs["sink-ulogd2"].stop(timeout=bb.SINK_KILL_AFTER + 10)
+            if ul_out.exists():
+                ul_res = json.loads(ul_out.read_text())
         srv.stop()
         if args.syslog:
             procs["syslog-sink"].stop()
@@ -246,10 +281,11 @@ def main() -> int:
         # -- report ----------------------------------------------------------------
         print()
         print(f"{'t (s)':>8s} {'table':>8s} {'datagrams':>10s} {'nfflowd CPU s':>14s} "
-              f"{'RSS MiB':>8s}")
+              f"{'RSS MiB':>8s} {'ulogd2 CPU s':>13s}")
         for s in samples:
             rss = f"{s['rss'] / 1024:8.1f}" if s["rss"] is not None else f"{'?':>8s}"
-            print(f"{s['t']:8.1f} {s['table']:8d} {s['datagrams']:10d} {s['cpu']:14.2f} {rss}")
+            print(f"{s['t']:8.1f} {s['table']:8d} {s['datagrams']:10d} {s['cpu']:14.2f} {rss} "
+                  f"{s['ul_cpu']:13.2f}")
         print()
         # steady: the first sample at least two connection lives into the churn
         steady = next((s for s in samples if s["t"] >= 2 * args.udp_timeout + 30
@@ -267,6 +303,17 @@ def main() -> int:
         print(f"collector socket drops           {res['drops']}")
         print(f"nfflowd CPU during the churn     {churn_cpu:.2f} s "
               f"({1e6 * churn_cpu / max(1, sent):.1f} us per connection, NEW and DESTROY)")
+        if ul_res is not None:
+            print(f"ulogd2: connections exported     {ul_res['orig_distinct']:,} "
+                  f"(duplicates {ul_res['orig_duplicates']:,}, collector socket drops "
+                  f"{ul_res['drops']})")
+        print()
+        print(f"{'CPU us per connection sent':30s} {'nfflowd':>9s} {'ulogd2':>9s} {'ratio':>7s}")
+        for what, nf_s, ul_s in (("during the churn", churn_cpu, ul_churn_cpu),
+                                 ("to the end", total_cpu, ul_total_cpu)):
+            a, b = 1e6 * nf_s / max(1, sent), 1e6 * ul_s / max(1, sent)
+            print(f"{what:30s} {a:9.1f} {b:9.1f} {a / b if b > 0 else float('nan'):7.2f}")
+        print()
         if steady is not None and steady["rss"] is not None and samples[-2]["rss"] is not None:
             print(f"nfflowd RSS                      {steady['rss'] / 1024:.1f} MiB at "
                   f"{steady['t']:.0f} s (table {steady['table']:,}), "
@@ -289,6 +336,9 @@ def main() -> int:
             ok = ok and got.get("lines") == 3 * sent
         print(f"target (every connection exported once, zero overruns): "
               f"{'met' if ok else 'NOT met'}")
+        if args.ulogd2:
+            print(f"target (nfflowd's CPU per connection during the churn <= ulogd2's): "
+                  f"{'met' if churn_cpu <= ul_churn_cpu else 'NOT met'}")
         return 0 if ok else 1
     finally:
         bb.clean_up(procs, lab, ct_max_saved, work, args.keep)
