@@ -2,9 +2,8 @@
 
 Reads bench/data/destroy_replay.bin (made by bench/make_replay.py from the real
 DESTROY messages in tests/data; made here if missing), groups the datagrams
-into buffers of --batch datagrams as ConntrackSocket.recv_batch does (it
-receives a batch of datagrams back to back into one buffer and decodes it in
-one call), and times decode() over all of them: best of --repeat runs (the
+into buffers of --batch datagrams as ConntrackSocket.recv fills them (a
+batch of datagrams back to back in one buffer, decoded in one call), and times decode() over all of them: best of --repeat runs (the
 layout cache is cleared before each run).  Also times the plain walker (the
 layout cache off) on the first 20k messages, for comparison.
 

@@ -9,8 +9,8 @@ core, one process, no sockets: the figure is the sans-IO pipeline's
 throughput, the part the daemon's loop spends its CPU on.
 
 What the daemon does, measured: the datagrams of a receive batch (RECV_BATCH
-of them) lie in slots of conntrack._MultiRecv.HEAD bytes, one each, in one
-buffer (as ConntrackSocket.recv_batch's recvmmsg leaves them), decoded by
+of them) lie in slots of io.netlink.MultiRecv.HEAD bytes, one each, in one
+buffer (as ConntrackSocket.recv's recvmmsg leaves them), decoded by
 columns.decode_blocks reading the slots as a matrix (``stride``);
 the correlator appends to a FlowBatchBuilder, exported every FLUSH_THRESHOLD flows
 (the flow-tools view and v5 datagrams, or IPFIX messages); the garbage
@@ -46,14 +46,15 @@ sys.path.insert(0, str(HERE.parent))
 
 from nfflowd.columns import decode_blocks  # noqa: E402
 from nfflowd.record import FlowBatchBuilder  # noqa: E402
-from nfflowd.conntrack import _MultiRecv, decode_datagrams  # noqa: E402
+from nfflowd.conntrack import decode_datagrams  # noqa: E402
 from nfflowd.correlate import Correlator  # noqa: E402
 from nfflowd.app.daemon import FLUSH_THRESHOLD, RECV_BATCH, tune_gc  # noqa: E402
 from nfflowd.flowtools import csv_lines, expand, expand_columns  # noqa: E402
 from nfflowd.ipfix import IpfixEncoder  # noqa: E402
+from nfflowd.io.netlink import MultiRecv  # noqa: E402
 from nfflowd.netflow5 import V5Encoder  # noqa: E402
 
-HEAD = _MultiRecv.HEAD          # the receive slots' in-line bytes
+HEAD = MultiRecv.HEAD          # the receive slots' in-line bytes
 
 DEFAULT = HERE / "data" / "destroy_replay.bin"
 
@@ -69,7 +70,7 @@ def load(path: Path) -> list[bytes]:
 
 
 def receive_batches(datagrams, size, slot=HEAD):
-    """(buffer, starts, ends, stride) per receive batch, as recv_batch's
+    """(buffer, starts, ends, stride) per receive batch, as recv's
     recvmmsg fills its slots (each datagram at a multiple of ``slot``; the
     recordings are all shorter); ``slot=0``: back to back, 4-aligned (the
     per-datagram receive path)."""

@@ -843,7 +843,7 @@ def start_problems(cfg: Config) -> list[str]:
 def kernel_prerequisites(cfg: Config) -> tuple[list[str], list[str]]:
     """Problems (each with the command that fixes it) and what could not be
     checked, in the current network namespace."""
-    from nfflowd.conntrack import read_sysctl
+    from nfflowd.io.netlink import read_sysctl
     problems: list[str] = []
     unchecked: list[str] = []
     events = read_sysctl("nf_conntrack_events")
@@ -877,9 +877,9 @@ def kernel_prerequisites(cfg: Config) -> tuple[list[str], list[str]]:
         sched_problem = _try_sched_priority(cfg.sched_priority)
         if sched_problem:
             problems.append(sched_problem)
-    from nfflowd import conntrack
+    from nfflowd.io import netlink
     try:
-        sock = conntrack.ConntrackSocket(rcvbuf=cfg.conntrack.rcvbuf)
+        sock = netlink.ConntrackSocket(rcvbuf=cfg.conntrack.rcvbuf)
     except NfflowdError as e:
         problems.append(f"cannot subscribe to conntrack events: {e}")
     except OSError as e:

@@ -346,7 +346,7 @@ def _block_from(G, fam) -> DestroyBlock:
 
 def frame(buf) -> tuple[list, list]:
     """(starts, ends) of the netlink messages in ``buf``, one per message (for
-    buffers that did not come from ``ConntrackSocket``, which knows its
+    buffers that did not come from ``io.netlink.ConntrackSocket``, which knows its
     datagrams).  Stops at the first message that cannot be framed."""
     unpack = _ct._NLERR.unpack_from     # any 4-byte int: nlmsg_len is read as u32 below
     n = len(buf)
@@ -464,7 +464,7 @@ def decode_blocks(buf, starts=None, ends=None, stride: int = 0) -> DecodeResult:
     fine, the object path takes them; lists or integer arrays), ``None`` to
     frame ``buf`` here.
     ``stride``: every datagram starts at a multiple of it and is no longer
-    (the slots recvmmsg fills, ``conntrack._MultiRecv``), and ``buf`` holds
+    (the slots recvmmsg fills, ``io.netlink.MultiRecv``), and ``buf`` holds
     the whole slot of the last one: the batch is then read as a matrix, a row
     per slot, without per-word index matrices.
     The events are in message order, but for one case: a batch of NEW and

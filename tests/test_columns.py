@@ -46,7 +46,7 @@ def flatten(events):
 
 
 def concat(datagrams):
-    """One receive buffer as ConntrackSocket.recv_batch fills it."""
+    """One receive buffer as ConntrackSocket.recv fills it."""
     buf, starts, ends, off = b"", [], [], 0
     for d in datagrams:
         starts.append(off)
@@ -565,7 +565,7 @@ def test_from_flows_refuses_what_columns_cannot_hold():
 # -- the recvmmsg layout: datagrams in fixed-size slots ---------------------------
 
 def slots(datagrams, stride=512, gaps=(), fill=0xA5):
-    """The datagrams in slots of ``stride`` bytes as conntrack._MultiRecv
+    """The datagrams in slots of ``stride`` bytes as io.netlink.MultiRecv
     leaves them (the rest of each slot holds what an earlier batch left:
     ``fill``); slots in ``gaps`` are skipped (a datagram dropped as cut
     short).  Returns (buffer up to the end of the last slot, starts, ends)."""

@@ -9,29 +9,33 @@ import pytest
 from nfflowd.app import config
 from nfflowd.app import daemon as daemon_mod
 from nfflowd.conntrack import DecodeResult
+from nfflowd.io.netlink import Datagrams
 from nfflowd.app.daemon import EVENT_TRUESIZE, STREAM_BATCH, STREAM_WAIT, STREAM_WAIT_STEADY, Daemon
 
 
 class Sock:
-    """recv_batch gives ``rounds[i]`` datagrams (one event each) at its
-    i-th call; queued_bytes() is what the next call will bring."""
+    """recv gives ``rounds[i]`` datagrams at its i-th call; queued_bytes()
+    is what the next call will bring."""
     rcvbuf = 64 << 20
 
     def __init__(self, rounds, truesize=1280, takes=0.0):
         self.rounds = list(rounds)
         self.truesize = truesize
         self.takes = takes              # seconds a call takes (a slower stream)
-        self.last_datagrams = 0
 
-    def recv_batch(self, max_datagrams, blocks=False):
+    def recv(self, max_datagrams):
         if self.takes:
             time.sleep(self.takes)
         got = self.rounds.pop(0) if self.rounds else 0
-        self.last_datagrams = got
-        return DecodeResult([("event",)] * got, 0, 0, False, [])
+        return Datagrams(bytes(got), list(range(got)), list(range(1, got + 1)))
 
     def queued_bytes(self):
         return (self.rounds[0] if self.rounds else 0) * self.truesize
+
+
+def decoder(buf, starts, ends, stride):
+    """One event per datagram."""
+    return DecodeResult([("event",)] * len(starts), 0, 0, False, [])
 
 
 class Correlator:
@@ -58,6 +62,7 @@ class Pipeline:
 def daemon(rounds, truesize=1280, takes=0.0, sleeps=False):
     d = Daemon(config.parse({"syslog": {"enabled": False}}))
     d.sock = Sock(rounds, truesize, takes)
+    d.decoder = decoder
     d.correlator = Correlator()
     d.pipeline = Pipeline()
     d.paces = []

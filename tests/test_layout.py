@@ -14,7 +14,6 @@ ENTRY = {"nfflowd.cli", "nfflowd.__main__"}
 KNOWN: set[tuple[str, str]] = {
     ("nfflowd.meter", "nfflowd.io.pcapfile"),
     ("nfflowd.biflow", "nfflowd.app.pipeline"),
-    ("nfflowd.conntrack", "nfflowd.columns"),
     ("nfflowd.meter", "nfflowd.meterfast"),
     ("nfflowd.app.config", "nfflowd.app.pipeline"),
 }

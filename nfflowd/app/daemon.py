@@ -30,15 +30,17 @@ import time
 
 import structlog
 
-from nfflowd import __version__, conntrack
+from nfflowd import __version__
 from nfflowd.app import schedule
 from nfflowd.app import sdnotify
 from nfflowd.app.config import Config, require_output
 from nfflowd.app.control import ControlServer
 from nfflowd.app.control import socket_path as control_socket_path
+from nfflowd.columns import decode_blocks
 from nfflowd.record import FlowBatchBuilder
 from nfflowd.correlate import DEAD_MAX, Correlator
 from nfflowd.errors import ConfigError, NfflowdError
+from nfflowd.io import netlink
 from nfflowd.app.legacy import load_any
 from nfflowd.app.pipeline import Pipeline
 from nfflowd.app.privileges import SENT_BY_A_PROCESS, SignalFd, drop_privileges
@@ -204,9 +206,9 @@ def configure_logging(level: str = "info", to_syslog: bool = False) -> None:
 def announce_kernel_settings() -> bool:
     """Say at start what the kernel's conntrack settings mean for the records.
     Returns whether the kernel timestamps connections."""
-    events = conntrack.read_sysctl("nf_conntrack_events")
-    acct = conntrack.read_sysctl("nf_conntrack_acct")
-    tstamp = conntrack.read_sysctl("nf_conntrack_timestamp")
+    events = netlink.read_sysctl("nf_conntrack_events")
+    acct = netlink.read_sysctl("nf_conntrack_acct")
+    tstamp = netlink.read_sysctl("nf_conntrack_timestamp")
     if events == 0:
         log.warning("conntrack_events_off", nf_conntrack_events=0,
                     meaning="the kernel sends no conntrack events: nothing will be exported",
@@ -251,7 +253,10 @@ class Daemon:
         self.pipeline = Pipeline(cfg, vlan=bool(cfg.meter.interfaces))
         self.meters = None              # capture.InterfaceMeters (meter.interfaces)
         self.correlator: Correlator | None = None
-        self.sock: conntrack.ConntrackSocket | None = None
+        self.sock: netlink.ConntrackSocket | None = None
+        # how a receive round's datagrams are decoded: runs of DESTROY and of
+        # NEW events as blocks (the columnar path), the rest as events
+        self.decoder = decode_blocks
         self.control = None
         self.metrics = None
         self.last_reload: dict | None = None     # result and reason of the last reload
@@ -344,10 +349,10 @@ class Daemon:
                                      nat_events=self.pipeline.wants_nat_events)
         # Subscribe first, then dump: a connection created in between is seen
         # in both, and the correlator keys the dump by id and tuple.
-        self.sock = conntrack.ConntrackSocket(rcvbuf=ccfg.rcvbuf)
+        self.sock = netlink.ConntrackSocket(rcvbuf=ccfg.rcvbuf)
         if self.sock.rcvbuf < ccfg.rcvbuf:
             log.warning("netlink_rcvbuf_smaller", wanted=ccfg.rcvbuf, obtained=self.sock.rcvbuf)
-        table = conntrack.dump_table()
+        table = netlink.dump_table()
         now_ns = time.time_ns()
         added = self.correlator.add_dumped(table, now_ns)
         self.pipeline.open()
@@ -613,8 +618,8 @@ class Daemon:
                 stopped = self._pace(end, last_rate, STREAM_BATCH * self._truesize)
             now = time.monotonic()
             try:
-                res = self.sock.recv_batch(RECV_BATCH, blocks=True)
-            except conntrack.NetlinkOverrun:
+                batch = self.sock.recv(RECV_BATCH)
+            except netlink.NetlinkOverrun:
                 c["overruns"] += 1
                 if not self._overrun_episode:
                     # once per episode: a burst can raise ENOBUFS thousands
@@ -629,7 +634,8 @@ class Daemon:
                 self._overrun_episode += 1
                 wait = 0.0
                 continue
-            got = self.sock.last_datagrams
+            res = batch.decoded(self.decoder)
+            got = batch.count
             if wait and 0 < got < RECV_BATCH and self._queued_seen:
                 # what a datagram took of the buffer: the queue at the end of
                 # the wait over the datagrams drained (a few more may have
@@ -728,7 +734,7 @@ class Daemon:
         """Dump the table and export start-up connections that have gone."""
         self.counters["polls"] += 1
         try:
-            table = conntrack.dump_table()
+            table = netlink.dump_table()
         except Exception as e:  # noqa: BLE001 - the loop must go on
             log.error("poll_failed", error=str(e))
             return
@@ -749,7 +755,7 @@ class Daemon:
         corr.begin_sync()
         dump_ns = time.time_ns()
         try:
-            table = conntrack.dump_table()
+            table = netlink.dump_table()
         except Exception as e:  # noqa: BLE001 - the loop must go on
             log.error("dump_failed", error=str(e))
             corr._destroyed_during_sync = None
