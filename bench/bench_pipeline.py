@@ -11,7 +11,7 @@ throughput, the part the daemon's loop spends its CPU on.
 What the daemon does, measured: the datagrams of a receive batch (RECV_BATCH
 of them) lie in slots of io.netlink.MultiRecv.HEAD bytes, one each, in one
 buffer (as ConntrackSocket.recv's recvmmsg leaves them), decoded by
-columns.decode_blocks reading the slots as a matrix (``stride``);
+ctblocks.decode_blocks reading the slots as a matrix (``stride``);
 the correlator appends to a FlowBatchBuilder, exported every FLUSH_THRESHOLD flows
 (the flow-tools view and v5 datagrams, or IPFIX messages); the garbage
 collector is set as the daemon sets it once started (daemon.tune_gc).
@@ -44,7 +44,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from nfflowd.columns import decode_blocks  # noqa: E402
+from nfflowd.ctblocks import decode_blocks  # noqa: E402
 from nfflowd.record import FlowBatchBuilder  # noqa: E402
 from nfflowd.conntrack import decode_datagrams  # noqa: E402
 from nfflowd.correlate import Correlator  # noqa: E402

@@ -300,10 +300,6 @@ def _event_from(fields, kind, family):
 # mean the walker would read the same values from the same offsets: the result
 # is the same (the tests compare both over real and fuzzed messages).
 
-_LAYOUT_MAX = 512          # compiled layouts kept (then the cache restarts)
-_LAYOUTS_PER_KEY = 4
-_layouts: dict = {}        # shape key (see _decode) -> [compiled fn, ...], last hit first
-_layout_count = 0
 
 
 def _compile(buf, off, ln, rec, family, kind):
@@ -388,28 +384,30 @@ def _compile(buf, off, ln, rec, family, kind):
     return ns["_decode_layout"]
 
 
-# -- the columnar specs ------------------------------------------------------
+# -- the block specs ---------------------------------------------------------
 #
-# For bursts of DESTROY and NEW events ``columns.decode_blocks`` reads a whole batch
-# of same-key messages at once (numpy).  It needs, per shape key, where each
-# attribute header and value sits, in 4-byte words from the message start:
-# netlink attributes are 4-aligned (NLA_ALIGNTO) and every value nfflowd
-# reads starts an attribute payload, so every position is a word.  The spec
-# is made from the same walk as the compiled layout; ``columns`` checks every
+# For bursts of DESTROY and NEW events ``ctblocks.decode_blocks`` reads a whole
+# batch of same-key messages at once (numpy).  It needs, per shape key, where
+# each attribute header and value sits, in 4-byte words from the message
+# start: netlink attributes are 4-aligned (NLA_ALIGNTO) and every value nfflowd
+# reads starts an attribute payload, so every position is a word.  The spec is
+# made from the same walk as the compiled layout; ``ctblocks`` checks every
 # header word as the compiled layout does, so it reads what the walker would.
 
-_col_specs: dict = {}      # shape key -> spec (see _col_spec); DESTROY and NEW shapes
-_col_version = [0]         # bumped whenever _col_specs changes
 _ADDR_WIDTH = {4: "4s", 6: "16s"}
 
 
-def _col_spec(buf, off, rec, family, kind):
-    """The columnar spec of a walked DESTROY or NEW message, or None when
-    the columnar reader cannot take its shape (then the object path does).
+class BlockSpec(NamedTuple):
+    """Where a DESTROY or NEW shape's words lie, for the columnar decoder."""
+    kind: int            # EV_DESTROY or EV_NEW
+    family: int          # 4 or 6
+    hdr: list            # [(word, big-endian u32)]: every header word to check
+    vals: dict           # {name: (word, fmt)}: the walker's values, last wins
 
-    ``{"kind": EV_DESTROY|EV_NEW, "family": 4|6, "hdr": [(word, big-endian
-    u32)], "vals": {name: (word, fmt)}}``; ``vals`` keeps the walker's
-    last-wins names."""
+
+def _block_spec(buf, off, rec, family, kind) -> BlockSpec | None:
+    """The block spec of a walked DESTROY or NEW message, or None when the
+    columnar reader cannot take its shape (then the object path does)."""
     if kind != EV_DESTROY and kind != EV_NEW:
         return None
     # the shape key's words are checked too: nlmsg_len, type and flags,
@@ -435,31 +433,53 @@ def _col_spec(buf, off, rec, family, kind):
     for n in ("o.src", "o.dst", "r.src", "r.dst"):
         if names.get(n, (0, None))[1] != addr:
             return None
-    return {"kind": kind, "family": family, "hdr": hdr, "vals": names}
+    return BlockSpec(kind, family, hdr, names)
 
 
-def _remember(key, fn):
-    global _layout_count
-    if _layout_count >= _LAYOUT_MAX:
-        _layouts.clear()
-        _col_specs.clear()
-        _col_version[0] += 1
-        _layout_count = 0
-    lst = _layouts.setdefault(key, [])
-    if len(lst) >= _LAYOUTS_PER_KEY:
-        lst.pop()
-        _layout_count -= 1
-    lst.insert(0, fn)
-    _layout_count += 1
+class LayoutCache:
+    """The message shapes learnt, keyed by the shape key (nlmsghdr length,
+    type and flags, nfgenmsg and the first attribute header, as ``decode``
+    reads them): per key up to PER_KEY compiled layouts (last hit first),
+    which ``decode`` runs, and the block spec of DESTROY and NEW shapes,
+    which ``ctblocks.decode_blocks`` reads.  ``version`` changes whenever
+    the specs do.  Bounded: past MAX layouts it starts again empty."""
+
+    MAX = 512
+    PER_KEY = 4
+
+    def __init__(self):
+        self.layouts: dict = {}     # key -> [compiled fn, ...]
+        self.specs: dict = {}       # key -> BlockSpec
+        self.version = 0
+        self.count = 0              # compiled layouts held
+
+    def learn(self, key, fn, spec: BlockSpec | None) -> None:
+        """Keep the compiled layout ``fn`` (and ``spec``) of shape ``key``."""
+        if self.count >= self.MAX:
+            self.clear()
+        lst = self.layouts.setdefault(key, [])
+        if len(lst) >= self.PER_KEY:
+            lst.pop()
+            self.count -= 1
+        lst.insert(0, fn)
+        self.count += 1
+        if spec is not None:
+            self.specs[key] = spec
+            self.version += 1
+
+    def clear(self) -> None:
+        self.layouts.clear()
+        self.specs.clear()
+        self.version += 1
+        self.count = 0
+
+
+LAYOUTS = LayoutCache()         # the process's: both decoders share it
 
 
 def clear_layout_cache() -> None:
-    """Forget every compiled layout (for tests and benchmarks)."""
-    global _layout_count
-    _layouts.clear()
-    _col_specs.clear()
-    _col_version[0] += 1
-    _layout_count = 0
+    """Forget every learnt shape (for tests and benchmarks)."""
+    LAYOUTS.clear()
 
 
 def _decode(buf, use_cache: bool) -> DecodeResult:
@@ -472,7 +492,7 @@ def _decode(buf, use_cache: bool) -> DecodeResult:
         buf = bytes(buf)            # one copy; slicing bytes is cheaper later
     n = len(buf)
     off = 0
-    get = _layouts.get if use_cache else {}.get
+    get = LAYOUTS.layouts.get if use_cache else {}.get
     key_of = _KEYHEAD.unpack_from
     while off + 16 <= n:
         if off + 24 <= n:
@@ -529,11 +549,8 @@ def _decode(buf, use_cache: bool) -> DecodeResult:
                     if use_cache and tf is not None:
                         fn = _compile(buf, off, ln, rec, family, kind)
                         if fn is not None:
-                            _remember((ln, tf, nq), fn)
-                            spec = _col_spec(buf, off, rec, family, kind)
-                            if spec is not None:
-                                _col_specs[(ln, tf, nq)] = spec
-                                _col_version[0] += 1
+                            LAYOUTS.learn((ln, tf, nq), fn,
+                                          _block_spec(buf, off, rec, family, kind))
         elif typ == NLMSG_DONE:
             done = True
         elif typ == NLMSG_ERROR:

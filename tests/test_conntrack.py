@@ -320,9 +320,9 @@ def test_fuzz_spliced_real_messages(msg, at, junk):
 def test_layout_cache_is_bounded():
     ct.clear_layout_cache()
     base = CT_MSGS[0]
-    for i in range(ct._LAYOUT_MAX + 50):
+    for i in range(ct.LAYOUTS.MAX + 50):
         m = bytearray(base)
         struct.pack_into("=H", m, 18, i)      # nfgenmsg res_id: part of the key
         assert len(decode(bytes(m)).events) == 1
-    assert ct._layout_count <= ct._LAYOUT_MAX
-    assert sum(len(v) for v in ct._layouts.values()) == ct._layout_count
+    assert ct.LAYOUTS.count <= ct.LAYOUTS.MAX
+    assert sum(len(v) for v in ct.LAYOUTS.layouts.values()) == ct.LAYOUTS.count

@@ -2,7 +2,7 @@
 
 import pytest
 
-from nfflowd.columns import DestroyBlock
+from nfflowd.ctblocks import DestroyBlock
 from nfflowd.record import FlowBatchBuilder
 from nfflowd.conntrack import EV_DESTROY, EV_DUMP, EV_NEW
 from nfflowd.correlate import Correlator
@@ -154,7 +154,7 @@ def test_every_entry_layout_round_trips_through_active_export_and_destroy():
 # -- removals a DESTROY block leaves for later (Correlator.reap) ------------------
 
 def _block_of(events):
-    from nfflowd.columns import DestroyBlock
+    from nfflowd.ctblocks import DestroyBlock
     return DestroyBlock.from_events(events)
 
 

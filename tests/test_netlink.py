@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from nfflowd import conntrack as ct
-from nfflowd.columns import decode_blocks
+from nfflowd.ctblocks import decode_blocks
 from nfflowd.conntrack import EV_DESTROY, EV_DUMP, EV_NEW
 from nfflowd.io.netlink import ConntrackSocket, Datagrams, MultiRecv
 from test_conntrack import CT_MSGS, NLHDR

@@ -36,7 +36,7 @@ from nfflowd.app import sdnotify
 from nfflowd.app.config import Config, require_output
 from nfflowd.app.control import ControlServer
 from nfflowd.app.control import socket_path as control_socket_path
-from nfflowd.columns import decode_blocks
+from nfflowd.ctblocks import decode_blocks
 from nfflowd.record import FlowBatchBuilder
 from nfflowd.correlate import DEAD_MAX, Correlator
 from nfflowd.errors import ConfigError, NfflowdError

@@ -1,45 +1,26 @@
-"""The columnar fast path for bursts of DESTROY and NEW events (numpy).
+"""The columnar ctnetlink decoder for bursts of DESTROY and NEW events (numpy).
 
-Strategy: a table flush or the end of a scan storm brings tens of thousands of
-DESTROY messages back to back, a few shapes repeated (IPv4 TCP with NAT, ...).
-Decoding, correlating and encoding them one Python object at a time costs
-~15 us per connection; here a whole receive batch goes through each stage as
-arrays, so the per-connection cost is a few numpy element operations:
-
-- ``decode_blocks``: the messages of a batch are gathered as 32-bit words
-  (every attribute is 4-aligned) through one index matrix built from the
-  per-shape specs of ``conntrack._col_spec``.  Every attribute header the
-  walker would visit is compared with the one the shape was compiled from,
-  as the compiled layouts do, so a message is read from the same offsets as
-  the walker would read it; a message that fails (unknown shape, other
-  header, neither DESTROY nor NEW, several messages in one datagram) is
-  decoded by the object path (``conntrack.decode``), in its place.  The
-  result is a list in message order of ``CtEvent``, ``DestroyBlock`` and
-  ``NewBlock`` items (a block: a run of DESTROY messages, as columns, its
-  first field ``EV_BLOCK``; or of NEW messages, ``EV_NEW_BLOCK``).  A scan
-  storm, or a busy NAT's steady stream, is half NEW messages or more: the
-  object path decodes one in ~6 us, a block of a thousand ~1 us each.
-- ``Correlator.handle_batch`` makes a NewBlock's cache entries at once
-  (numpy records, the bytes of the entry layouts; with NAT events wanted,
-  the object way), and turns a DestroyBlock into a ``record.FlowBatch``
-  (``flows_of_block``: original then reply per connection, as ``flows_of``
-  orders them) with the per-connection state still kept in its dicts (one
-  ``pop`` per connection); connections that need more (exported early by
-  the active timeout, known from a table dump) go through the object path,
-  in their place.
-
-Nothing here reads a clock or touches a socket.
+Strategy: a table flush or a scan storm brings tens of thousands of messages
+back to back, a few shapes repeated.  ``decode_blocks`` gathers a receive
+round's messages as 32-bit words (every attribute is 4-aligned) through index
+matrices built from the block specs of ``conntrack.LAYOUTS``, checking every
+attribute header the walker would visit, so each message is read from the
+offsets the walker would read.  Runs of DESTROY or NEW messages come out as
+``DestroyBlock``/``NewBlock`` items (columns); any message that fails the
+checks is decoded by ``conntrack.decode`` in its place.  The tests compare the
+two decoders over recorded and mutated messages.
 """
 
 from __future__ import annotations
 
+import struct
 import sys
 
 import numpy as np
 
-from nfflowd import conntrack as _ct
-from nfflowd.conntrack import EV_DESTROY, EV_NEW, CtEvent, CtTuple, DecodeResult
-from nfflowd.record import END_OF_FLOW, ORIGINAL, REPLY, FlowBatch, address_list, interleave
+from nfflowd.conntrack import (EV_DESTROY, EV_NEW, LAYOUTS, MSG_CT_DELETE, MSG_CT_NEW, BlockSpec,
+                               CtEvent, CtTuple, DecodeResult, decode, decode_datagrams)
+from nfflowd.record import address_list
 
 EV_BLOCK = 5            # the "kind" of a DestroyBlock in an event list
 EV_NEW_BLOCK = 6        # ... and of a NewBlock
@@ -63,6 +44,7 @@ MIN_ROWS = 32           # fewer DESTROY messages in a batch, or in a run: the ob
 # 64; 8.0 and 4.3 in batches of 256)
 NEW_MIN_ROWS = 128
 _LITTLE = sys.byteorder == "little"
+_NLMSG_LEN = struct.Struct("=I")        # nlmsghdr's first field (native order)
 
 
 def _raw(values: np.ndarray) -> np.ndarray:
@@ -76,12 +58,12 @@ class _Shape:
 
     __slots__ = ("kind", "family", "rel", "present", "hrel", "hexp", "maxword")
 
-    def __init__(self, spec: dict):
-        self.kind = spec["kind"]
-        self.family = spec["family"]
+    def __init__(self, spec: BlockSpec):
+        self.kind = spec.kind
+        self.family = spec.family
         rel = [0] * NSLOTS
         present = [False] * NSLOTS
-        vals = dict(spec["vals"])
+        vals = dict(spec.vals)
         for prefix, base in (("o.", _O), ("r.", _R)):
             if prefix + "itype" in vals or prefix + "icode" in vals:
                 vals.pop(prefix + "dport", None)   # ICMP: dport is type*256+code
@@ -109,14 +91,14 @@ class _Shape:
                     rel[slot + k], present[slot + k] = word + k, True
             else:
                 raise ValueError(name)
-        hrel = [w for w, _ in spec["hdr"]]
+        hrel = [w for w, _ in spec.hdr]
         # word offsets of the values (rel, present 0/1) and of the header
         # words to check (hrel) with what they must hold (hexp, as the words
         # lie in a buffer: host order, the values big-endian)
         self.rel = np.array(rel, dtype=np.intp)
         self.present = np.array(present, dtype=np.uint32)
         self.hrel = np.array(hrel, dtype=np.intp)
-        self.hexp = _raw(np.array([e for _, e in spec["hdr"]], dtype=np.uint32))
+        self.hexp = _raw(np.array([e for _, e in spec.hdr], dtype=np.uint32))
         self.maxword = max(rel + hrel)
 
 
@@ -142,15 +124,15 @@ def _hash(ln, tf, w4, w5):
 
 def _index() -> dict:
     """hash -> [shape keys] of the learnt DESTROY shapes."""
-    if _index_version[0] != _ct._col_version[0]:
+    if _index_version[0] != LAYOUTS.version:
         _short_index.clear()
         _tables_cache.clear()
         _shapes.clear()
-        for key in _ct._col_specs:
+        for key in LAYOUTS.specs:
             ln, tf, nq = key
             w4, w5 = (nq & 0xFFFFFFFF, nq >> 32) if _LITTLE else (nq >> 32, nq & 0xFFFFFFFF)
             _short_index.setdefault(_hash(ln, tf, w4, w5), []).append(key)
-        _index_version[0] = _ct._col_version[0]
+        _index_version[0] = LAYOUTS.version
     return _short_index
 
 
@@ -188,7 +170,7 @@ def _shape(key):
     whenever the specs change (so this holds no more keys than they do)."""
     sh = _shapes.get(key, False)
     if sh is False:
-        spec = _ct._col_specs.get(key)
+        spec = LAYOUTS.specs.get(key)
         if spec is None:
             return None             # not learnt yet (or neither DESTROY nor NEW)
         try:
@@ -348,12 +330,12 @@ def frame(buf) -> tuple[list, list]:
     """(starts, ends) of the netlink messages in ``buf``, one per message (for
     buffers that did not come from ``io.netlink.ConntrackSocket``, which knows its
     datagrams).  Stops at the first message that cannot be framed."""
-    unpack = _ct._NLERR.unpack_from     # any 4-byte int: nlmsg_len is read as u32 below
+    unpack = _NLMSG_LEN.unpack_from
     n = len(buf)
     starts, ends = [], []
     off = 0
     while off + 16 <= n:
-        ln = unpack(buf, off)[0] & 0xFFFFFFFF
+        ln = unpack(buf, off)[0]
         if ln < 16 or off + ln > n:
             break
         starts.append(off)
@@ -367,7 +349,7 @@ def _objects(buf, starts, ends) -> DecodeResult:
     ``starts``/``ends`` (lists or arrays)."""
     if isinstance(starts, np.ndarray):
         starts, ends = starts.tolist(), ends.tolist()
-    return _ct.decode_datagrams(buf, starts, ends)
+    return decode_datagrams(buf, starts, ends)
 
 
 def _shapes_of(keys: list) -> list:
@@ -477,7 +459,7 @@ def decode_blocks(buf, starts=None, ends=None, stride: int = 0) -> DecodeResult:
         starts, ends = frame(buf)
         tail = len(buf) - (((ends[-1] + 3) & ~3) if ends else 0)
         if tail > 0 or len(starts) < MIN_ROWS:
-            return _ct.decode(buf)           # something to count or too few to gain
+            return decode(buf)           # something to count or too few to gain
     if len(starts) < MIN_ROWS:
         return _objects(buf, starts, ends)
     n = len(starts)
@@ -508,8 +490,8 @@ def decode_blocks(buf, starts=None, ends=None, stride: int = 0) -> DecodeResult:
     # too few DESTROY messages and too few NEW ones for blocks: the object
     # path, before any gathering
     typ = (hdr[:, 1] & 0xFFFF) if _LITTLE else (hdr[:, 1] >> 16)
-    if ((typ == _ct.MSG_CT_DELETE).sum() < MIN_ROWS
-            and (typ == _ct.MSG_CT_NEW).sum() < NEW_MIN_ROWS):
+    if ((typ == MSG_CT_DELETE).sum() < MIN_ROWS
+            and (typ == MSG_CT_NEW).sum() < NEW_MIN_ROWS):
         return _objects(buf, starts, ends)
     ln = hdr[:, 0].astype(np.int64)
     ok &= ln == en - st                       # exactly one message in the datagram
@@ -585,45 +567,3 @@ def decode_blocks(buf, starts=None, ends=None, stride: int = 0) -> DecodeResult:
     if lo < n:
         objects(lo, n)
     return DecodeResult(events, malformed, unknown, done, errors)
-
-
-# ---------------------------------------------------------------------------
-# Flows of a block
-# ---------------------------------------------------------------------------
-
-def flows_of_block(b: DestroyBlock, start_ns, end_ns, end_reason: int = END_OF_FLOW
-                   ) -> FlowBatch:
-    """``correlate.flows_of`` over a block: original and reply flow of each
-    row, in row order.  ``start_ns``/``end_ns``: uint64 arrays."""
-    n = b.n
-    c = FlowBatch()
-    c.n = 2 * n
-    icmp = (b.o_proto == 1) | (b.o_proto == 58)
-    zero = np.zeros(n, dtype=np.uint64)
-    c.family = interleave(b.family, b.family)
-    c.proto = interleave(b.o_proto, b.o_proto)
-    c.src = interleave(b.o_src, b.r_src)
-    c.dst = interleave(b.o_dst, b.r_dst)
-    c.post_src = interleave(b.r_dst, b.o_dst)
-    c.post_dst = interleave(b.r_src, b.o_src)
-    # NetFlow convention for ICMP: sport 0, dport type*256+code, on both sides
-    c.sport = interleave(np.where(icmp, zero, b.o_sport), np.where(icmp, zero, b.r_sport))
-    c.dport = interleave(b.o_dport, b.r_dport)
-    c.post_sport = interleave(np.where(icmp, zero, b.r_dport),
-                              np.where(icmp, zero, b.o_dport))
-    c.post_dport = interleave(np.where(icmp, b.o_dport, b.r_sport),
-                              np.where(icmp, b.r_dport, b.o_sport))
-    c.packets = interleave(b.o_packets, b.r_packets)
-    c.octets = interleave(b.o_bytes, b.r_bytes)
-    s = start_ns // np.uint64(1_000_000)
-    e = end_ns // np.uint64(1_000_000)
-    c.start_ms = interleave(s, s)
-    c.end_ms = interleave(e, e)
-    c.direction = interleave(np.full(n, ORIGINAL, dtype=np.uint64),
-                             np.full(n, REPLY, dtype=np.uint64))
-    c.end_reason = np.full(2 * n, end_reason, dtype=np.uint64)
-    c.tos = np.zeros(2 * n, dtype=np.uint64)
-    c.tcp_flags = c.tos
-    c.conn_id = interleave(b.ct_id, b.ct_id)
-    c.vlan = c.tos
-    return c

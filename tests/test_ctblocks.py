@@ -1,4 +1,4 @@
-"""The columnar fast path (nfflowd/columns.py) against the object path.
+"""The columnar fast path (nfflowd/ctblocks.py) against the object path.
 
 Every stage of the fast path must give what the object path gives, byte for
 byte: decoding (over the recorded real messages and mutants of them, with the
@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nfflowd import columns as C
+from nfflowd import ctblocks as C
 from nfflowd import conntrack as ct
 from nfflowd.conntrack import EV_DESTROY, EV_DUMP, EV_NEW, CtEvent, CtTuple
 from nfflowd.correlate import _PACK4 as PACK4
 from nfflowd.correlate import _PACK6 as PACK6
-from nfflowd.correlate import Correlator
+from nfflowd.correlate import Correlator, flows_of, flows_of_block
 from nfflowd.flowtools import csv_lines, expand, expand_columns
 from nfflowd.ipfix import IpfixEncoder
 from nfflowd.netflow5 import V5Encoder
@@ -269,6 +270,23 @@ def connection(draw, ct_id):
     return fam, orig, reply
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(connection(0), min_size=1, max_size=12), st.data())
+def test_flows_of_block_is_flows_of_over_arrays(conns, data):
+    """The rules of a connection's two flows (post-NAT side mirrored from the
+    other tuple, the ICMP port convention) over a block give, row by row,
+    what ``flows_of`` gives each event."""
+    u64 = st.integers(0, 2**64 - 1)
+    evs = [CtEvent(EV_DESTROY, fam, 1000 + i, 0, o, r, *data.draw(st.tuples(u64, u64, u64, u64)),
+                   0, 0) for i, (fam, o, r) in enumerate(conns)]
+    start = data.draw(st.lists(u64, min_size=len(evs), max_size=len(evs)))
+    end = data.draw(st.lists(u64, min_size=len(evs), max_size=len(evs)))
+    reason = data.draw(st.sampled_from([END_OF_FLOW, 2, 5]))
+    got = flows_of_block(C.DestroyBlock.from_events(evs), np.array(start, dtype=np.uint64),
+                         np.array(end, dtype=np.uint64), reason).flows()
+    assert got == [f for ev, s, e in zip(evs, start, end) for f in flows_of(ev, s, e, reason)]
+
+
 @st.composite
 def scenario(draw):
     n = draw(st.integers(1, 12))
@@ -289,7 +307,7 @@ def scenario(draw):
 
 
 def new_first_safe(batch) -> bool:
-    """No DESTROY in ``batch`` before a NEW of its id (columns._new_first)."""
+    """No DESTROY in ``batch`` before a NEW of its id (ctblocks._new_first)."""
     ended = set()
     for ev in batch:
         if ev.kind == EV_DESTROY:
