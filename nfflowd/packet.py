@@ -30,6 +30,10 @@ are counted in the same flow.  A non-first fragment whose first fragment was
 not seen goes to the flow with ports 0 (as softflowd does for all of them).
 A transport header cut by the snaplen gives ports 0 and counts in
 ``truncated``; the packet is still metered.
+
+Flow keys (``flow_key``) are bytes: src + dst + sport (2) + dport (2) +
+proto (1) + vlan (3), 16 bytes for IPv4 and 40 for IPv6, so that an IPv4
+Ethernet frame gives its first 12 in one slice (``IPV4_KEY_TAIL``).
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-__all__ = ["Packet", "PacketParser", "LINKTYPES",
+__all__ = ["Packet", "PacketParser", "LINKTYPES", "flow_key", "reverse_flow_key",
+           "split_flow_key", "IPV4_KEY_TAIL", "KEY_PROTO",
            "LINKTYPE_NULL", "LINKTYPE_ETHERNET", "LINKTYPE_RAW", "LINKTYPE_LOOP",
            "LINKTYPE_LINUX_SLL", "LINKTYPE_LINUX_SLL2"]
 
@@ -101,6 +106,34 @@ class Packet(NamedTuple):
 
 
 _new = tuple.__new__
+_KEYPACK = struct.Struct("!HHI").pack
+_KEYTAIL = struct.Struct("!HHI").unpack_from
+# the key's last 4 bytes of an untagged flow, by protocol: an IPv4 frame's
+# addresses and ports (12 bytes in a row) + IPV4_KEY_TAIL[proto] is its key
+IPV4_KEY_TAIL = [bytes((p, 0, 0, 0)) for p in range(256)]
+KEY_PROTO = -4                    # index of the protocol byte in a key
+
+
+def flow_key(p) -> bytes:
+    """The flow key of a ``Packet``: its first six fields, packed (vlan: 3
+    bytes, outer id | inner id << 12)."""
+    return p[0] + p[1] + _KEYPACK(p[2], p[3], (p[4] << 24) | p[5])
+
+
+def reverse_flow_key(key: bytes) -> bytes:
+    """The key of the other direction: addresses and ports swapped."""
+    a = len(key) - 8 >> 1             # address length: 4 or 16
+    return (key[a:2 * a] + key[:a] + key[2 * a + 2:2 * a + 4] + key[2 * a:2 * a + 2]
+            + key[-4:])
+
+
+def split_flow_key(key: bytes) -> tuple:
+    """(src, dst, sport, dport, proto, vlan) of a flow key."""
+    a = len(key) - 8 >> 1
+    sport, dport, pv = _KEYTAIL(key, 2 * a)
+    return key[:a], key[a:2 * a], sport, dport, pv >> 24, pv & 0xFFFFFF
+
+
 _H = struct.Struct("!H").unpack_from
 _I = struct.Struct("!I").unpack_from
 _HH = struct.Struct("!HH").unpack_from
@@ -124,6 +157,22 @@ class PacketParser:
         self.length_mismatch = 0
         self._frags: dict = {}
         self._max_frags = max_fragment_keys
+
+    @property
+    def pending_fragments(self) -> int:
+        """First fragments remembered for the datagrams' later fragments."""
+        return len(self._frags)
+
+    def snapshot(self):
+        """The counters and fragment memory, for ``restore``: a caller that
+        parsed frames tentatively (``nfflowd.meterfast``) undoes them."""
+        return (dict(self.skipped), self.fragments, self.truncated, self.length_mismatch,
+                dict(self._frags))
+
+    def restore(self, snap) -> None:
+        (skipped, self.fragments, self.truncated, self.length_mismatch, frags) = snap
+        self.skipped = dict(skipped)
+        self._frags = dict(frags)
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1

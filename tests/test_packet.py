@@ -141,7 +141,7 @@ def test_ipv4_fragments_follow_the_first():
     got = [p.parse(101, f) for f in (first, second, last, last, lone)]
     assert [(g.sport, g.dport, g.octets) for g in got] == [
         (1111, 53, 48), (1111, 53, 44), (1111, 53, 28), (0, 0, 28), (0, 0, 28)]
-    assert p.fragments == 5 and p._frags == {}
+    assert p.fragments == 5 and p.pending_fragments == 0
 
 
 def test_ipv6_fragments_follow_the_first():
