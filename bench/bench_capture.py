@@ -369,11 +369,8 @@ def py_bpf(prog, data: bytes, wirelen: int) -> int:
 
 
 def have_pcapy() -> bool:
-    try:
-        import pcapy  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+    return importlib.util.find_spec("pcapy") is not None
 
 
 def main() -> int:

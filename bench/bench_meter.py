@@ -43,7 +43,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from nfflowd.meter import FlowTable, meter_file  # noqa: E402
+from nfflowd.app.meters import meter_file  # noqa: E402
+from nfflowd.meter import FlowTable  # noqa: E402
 
 DATA = HERE / "data"
 SNAPLEN = 128

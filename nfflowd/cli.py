@@ -248,10 +248,6 @@ def _main(argv: list[str] | None, default_config: str) -> int:
 
 
 # -- meter ---------------------------------------------------------------------
-END_NAMES = {1: "idle timeout", 2: "active timeout", 3: "end of flow", 4: "end of capture",
-             5: "flow table full"}
-
-
 def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser,
                   optional: bool = False) -> int:
     """``nfflowd meter``: argument and configuration checks, then ``meter``
@@ -302,10 +298,11 @@ def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser,
     bpf = pick(opts.bpf, m.bpf) or None
     count = pick(opts.count, m.count) or None
     progress = sys.stderr.isatty()
+    from nfflowd.app.meters import run_file, run_interface
     if opts.interface is not None:
-        return meter_interface(cfg, opts.interface, table, bpf=bpf, count=count,
-                               snaplen=pick(opts.snaplen, m.snaplen),
-                               print_csv=opts.print_csv, progress=progress)
+        return _meter_status(run_interface(cfg, opts.interface, table, err, bpf=bpf,
+                                           count=count, snaplen=pick(opts.snaplen, m.snaplen),
+                                           print_csv=opts.print_csv, progress=progress))
     filt = None
     if bpf is not None:
         from nfflowd.io.bpf import Filter, FilterError
@@ -315,295 +312,15 @@ def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser,
         except FilterError as e:
             err(f"meter --bpf: {e}")
             return EXIT_CONFIG
-    return meter(cfg, opts.read, table, print_csv=opts.print_csv, bpf=filt, count=count,
-                 progress=progress)
+    return _meter_status(run_file(cfg, opts.read, table, err, print_csv=opts.print_csv,
+                                  bpf=filt, count=count, progress=progress))
 
 
-class _Exporter:
-    """The sink of a meter run: each batch of ended flows to the pipeline
-    (and, with ``print_csv``, its flow-tools CSV lines to ``out``)."""
-
-    def __init__(self, cfg: Config, print_csv: bool, out, table=None,
-                 record_clock: bool = False):
-        # biflow collectors pair the two directions for as long as the
-        # table's inactive timeout, on the clock below (a capture's own for -r),
-        # holding at most a table's worth of records
-        from nfflowd.app.pipeline import Pipeline
-        hold = table.inactive_ns / 1e9 if table is not None else None
-        most = table.max_flows if table is not None else None
-        self.pipeline = Pipeline(cfg, vlan=True, biflow_hold=hold, biflow_max=most)
-        self.print_csv = print_csv
-        self.out = out
-        self.exported = 0
-        self.record_clock = record_clock
-        self._now_ms = 0
-
-    def clock(self, flows) -> tuple[int, int]:
-        """(now_ns, uptime_ms) for a batch.  Live: this machine's.  A capture
-        file: the capture's own time, so that v5 and flow-tools times (kept
-        as milliseconds since boot) can carry flows older than this machine's
-        boot: "now" is the latest flow end seen so far and the batch's uptime
-        counts from one second before its earliest flow start.  Each v5
-        datagram carries both in its header, so a collector computes every
-        flow's real time from it (as it does for any exporter)."""
-        if not self.record_clock:
-            from nfflowd.app.daemon import uptime_ms
-            return time.time_ns(), uptime_ms()
-        if flows:
-            self._now_ms = max(self._now_ms, max(f.end_ms for f in flows))
-            start = min(f.start_ms for f in flows)
-        else:
-            start = self._now_ms
-        return self._now_ms * 1_000_000, self._now_ms - start + 1000
-
-    def __call__(self, flows) -> None:
-        from nfflowd.flowtools import csv_lines
-        now_ns, up_ms = self.clock(flows)
-        ft = self.pipeline.export(flows, [], now_ns, up_ms, flowtools=self.print_csv)
-        self.exported += len(flows)
-        self.pipeline.tick(now_ns)
-        if self.print_csv and ft is not None and len(ft):
-            self.out.write("\n".join(csv_lines(ft)) + "\n")
-            self.out.flush()
-
-
-class _Progress:
-    """One line on a terminal, rewritten at most every ``interval`` s."""
-
-    def __init__(self, enabled: bool, stream=None, interval: float = 0.2):
-        self.enabled = enabled
-        self.stream = sys.stderr if stream is None else stream
-        self.interval = interval
-        self._next = 0.0
-        self.shown = False
-
-    def __call__(self, stats) -> None:
-        if not self.enabled or time.monotonic() < self._next:
-            return
-        self._next = time.monotonic() + self.interval
-        self.stream.write(f"\r{stats.frames} packets, {stats.ip_packets} IP, "
-                          f"{stats.flows_exported + stats.active_flows} flows "
-                          f"({stats.active_flows} active)\x1b[K")
-        self.stream.flush()
-        self.shown = True
-
-    def clear(self) -> None:
-        if self.shown:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self.shown = False
-
-
-def meter(cfg: Config, path: str, table, print_csv: bool = False, out=None, bpf=None,
-          count: int | None = None, progress: bool = False) -> int:
-    """Meter the capture ``path`` through ``table`` and export every flow as
-    it ends to ``cfg``'s collectors (and its syslog mirror, if enabled), one
-    ``Pipeline.export`` per batch of ended flows.  Export times: ``now_ns``
-    is the wall clock at each export and SysUptime this machine's uptime, as
-    the daemon sends them; the flows keep the capture's times (absolute in
-    v9/IPFIX; in v5 and the CSV, FIRST/LAST relative to this machine's boot,
-    0 for a capture older than the boot).  With ``print_csv`` the flow-tools
-    CSV lines of each batch go to ``out`` (standard output).  ``bpf`` (a
-    ``bpf.Filter``) and ``count`` select the packets; ``progress`` shows a
-    progress line on standard error.  The summary goes to standard error.
-    Returns 1 if the capture is truncated, corrupt or unreadable (everything
-    metered before the problem is exported), 2 if the filter cannot be
-    compiled for the capture's link type, else 0."""
-    from nfflowd.io.bpf import FilterError
-    from nfflowd.io.capture import meter_reader
-    from nfflowd.meter import meter_file
-
-    sink = _Exporter(cfg, print_csv, sys.stdout if out is None else out, table,
-                     record_clock=True)
-    sink.pipeline.open()
-    bar = _Progress(progress)
-    t0 = time.monotonic()
-    try:
-        if bpf is None and count is None and not progress:
-            summary = meter_file(path, table, sink=sink)
-        else:
-            summary = meter_reader(path, table, sink, bpf=bpf, count=count, progress=bar)
-    except FilterError as e:
-        bar.clear()
-        err(f"meter --bpf: {e}")
-        return EXIT_CONFIG
-    finally:
-        bar.clear()
-        elapsed = time.monotonic() - t0      # metering, not the exporters' closing
-        sink.pipeline.close()
-    sent = sink.pipeline.summary()
-    for line in _meter_report(path, summary, sink.exported, elapsed, sent, bpf=bpf):
-        err(line)
-    if summary.error is not None:
-        err(f"error: {path}: {summary.error}; the {sink.exported} flows metered before it "
-            "were exported")
-        return EXIT_FAILURE
-    return _refused_status(sent)
-
-
-def meter_interface(cfg: Config, iface: str, table, bpf: str | None = None,
-                    count: int | None = None, snaplen: int = 256, print_csv: bool = False,
-                    out=None, progress: bool = False) -> int:
-    """Meter the live interface ``iface`` until SIGINT or SIGTERM (or
-    ``count`` packets), exporting every flow as it ends; SIGUSR1 prints the
-    statistics so far.  Returns 0, 1 if the capture cannot be opened, 2 for
-    a bad filter."""
-    import socket as socketmod
-
-    from nfflowd.io.bpf import FilterError
-    from nfflowd.io.capture import RingCapture, meter_live
-
-    try:
-        capture = RingCapture(iface, bpf=bpf, snaplen=snaplen)
-    except FilterError as e:
-        err(f"meter --bpf: {e}")
-        return EXIT_CONFIG
-    except NfflowdError as e:
-        err(f"meter -i: {e}")
-        return EXIT_FAILURE
-    sink = _Exporter(cfg, print_csv, sys.stdout if out is None else out, table)
-    bar = _Progress(progress)
-    flags = {"stop": False, "report": False}
-    r, w = socketmod.socketpair()
-    r.setblocking(False)
-    w.setblocking(False)
-
-    def on_stop(signum, frame):
-        flags["stop"] = True
-
-    def on_usr1(signum, frame):
-        flags["report"] = True
-
-    old = {s: signal.signal(s, h) for s, h in ((signal.SIGINT, on_stop),
-                                                (signal.SIGTERM, on_stop),
-                                                (signal.SIGUSR1, on_usr1))}
-    old_wakeup = signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
-    t0 = time.monotonic()
-
-    def on_wake(stats) -> None:
-        if flags["report"]:
-            flags["report"] = False
-            bar.clear()
-            for line in _live_report(stats, sink.exported, time.monotonic() - t0,
-                                     sink.pipeline.summary(), bpf, "statistics"):
-                err(line)
-        bar(stats)
-
-    try:
-        sink.pipeline.open()
-        err(f"metering {iface}" + (f" (filter {bpf!r})" if bpf else "")
-            + (f", {count} packets" if count else "") + "; SIGUSR1 prints statistics, "
-            "SIGINT or SIGTERM stops")
-        stats = meter_live(capture, table, sink, count=count, stop=lambda: flags["stop"],
-                           wake_fds=(r.fileno(),), on_wake=on_wake,
-                           tick=sink.pipeline.tick,
-                           tick_interval=cfg.export.flush_interval)
-    finally:
-        signal.set_wakeup_fd(old_wakeup)
-        for s, h in old.items():
-            signal.signal(s, h)
-        r.close()
-        w.close()
-        bar.clear()
-        capture.close()
-        elapsed = time.monotonic() - t0
-        sink.pipeline.close()
-    sent = sink.pipeline.summary()
-    for line in _live_report(stats, sink.exported, elapsed, sent, bpf, "end"):
-        err(line)
-    return _refused_status(sent)
-
-
-def _refused_status(sent: dict) -> int:
-    """EXIT_FAILURE (with an error line) if an encoder refused records: those
-    flows are missing at that collector; else EXIT_OK."""
-    refused = sum(v for k, v in sent.items() if k.endswith(".records_invalid"))
-    if not refused:
-        return EXIT_OK
-    err(f"error: the encoders refused {refused} records (see above): those flows are "
-        "missing at their collectors")
-    return EXIT_FAILURE
-
-
-def _export_problems(sent: dict) -> list[str]:
-    problems = {k: v for k, v in sent.items()
-                if v and k.rsplit(".", 1)[-1] in ("send_errors", "records_dropped",
-                                                  "messages_dropped", "skipped_ipv6",
-                                                  "syslog_dropped", "records_invalid")}
-    lines = []
-    if problems:
-        lines.append("export problems: " + ", ".join(f"{k}={v}" for k, v in problems.items()))
-    for k, v in sent.items():
-        if k.endswith(".records_invalid_why"):
-            lines.append(f"{k[:-len('.records_invalid_why')]} refused records (not exported "
-                         f"there): {v}")
-    return lines
-
-
-def _biflow_lines(sent: dict) -> list[str]:
-    """What each biflow collector paired and sent alone."""
-    out = []
-    for k, v in sent.items():
-        if k.endswith(".biflow_pairs"):
-            name = k[:-len(".biflow_pairs")]
-            over = sent.get(name + ".biflow_overflow", 0)
-            out.append(f"biflow {name}: {v} pairs, {sent.get(name + '.biflow_alone', 0)} "
-                       "records alone"
-                       + (f" ({over} of them before their hold ended: too many waiting, "
-                          "--max-flows bounds them)" if over else "")
-                       + f", {sent.get(name + '.records', 0)} biflow records sent")
-    return out
-
-
-def _end_reasons(s) -> list[str]:
-    if not s.end_reasons:
-        return []
-    return ["flows ended by: " + ", ".join(f"{END_NAMES.get(k, k)} {v}"
-                                           for k, v in sorted(s.end_reasons.items()))]
-
-
-def _live_report(s, exported: int, elapsed: float, sent: dict, bpf, what: str) -> list[str]:
-    rate = s.frames / elapsed if elapsed > 0 else 0.0
-    lines = [f"{what}: {s.source}: {s.frames} packets captured, {s.ip_packets} IP packets, "
-             f"{s.octets} bytes, {exported} flows exported, {s.active_flows} active; "
-             f"{elapsed:.1f} s ({rate:.0f} packets/s)"
-             + ("; count reached" if s.count_reached else "")]
-    lines.append(f"kernel: {s.kernel_packets} packets received by the socket, "
-                 f"{s.kernel_drops} dropped (ring full)"
-                 + (f"; filter {bpf!r} applied in the kernel (rejected packets are not "
-                    "counted)" if bpf else ""))
-    lines += _end_reasons(s)
-    lines += s.warnings()
-    lines += _biflow_lines(sent)
-    lines += _export_problems(sent)
-    return lines
-
-
-def _meter_report(path, s, exported: int, elapsed: float, sent: dict, bpf=None) -> list[str]:
-    span = ((s.last_ns - s.first_ns) / 1e9 if s.first_ns is not None and s.last_ns is not None
-            else 0.0)
-    rate = s.ip_packets / elapsed if elapsed > 0 else 0.0
-    lines = [f"{path} ({s.format or 'unknown format'}): {s.frames} frames, "
-             f"{s.ip_packets} IP packets, {s.octets} bytes, {exported} flows exported; "
-             f"capture spans {span:.3f} s; metered in {elapsed:.3f} s "
-             f"({rate:.0f} packets/s)"]
-    if bpf is not None:
-        lines.append(f"filter {bpf.expression!r}: {s.filtered} frames rejected, "
-                     f"{s.frames} passed")
-    if getattr(s, "count_reached", False):
-        lines.append(f"stopped after {s.frames} frames (-n)")
-    lines += _end_reasons(s)
-    if not exported and s.error is None:
-        if s.frames:
-            lines.append("no flow: no IP packet in the capture")
-        elif bpf is not None and s.filtered:
-            lines.append("no flow: the filter rejected every frame")
-        else:
-            lines.append("no flow: the capture holds no packet")
-    lines += [w for w in s.warnings() if not w.startswith("capture error:")]
-    lines += _biflow_lines(sent)
-    lines += _export_problems(sent)
-    return lines
+def _meter_status(outcome) -> int:
+    """The exit status of a meter run: 1 when the capture could not be read
+    whole or opened, or encoders refused records; 2 for a bad filter."""
+    from nfflowd.app.meters import Outcome
+    return {Outcome.OK: EXIT_OK, Outcome.BAD_FILTER: EXIT_CONFIG}.get(outcome, EXIT_FAILURE)
 
 
 # -- start ---------------------------------------------------------------------

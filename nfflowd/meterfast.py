@@ -52,7 +52,6 @@ per-packet path for every sample capture and for hypothesis-made captures.
 from __future__ import annotations
 
 import gc
-import heapq
 import struct
 
 import numpy as np
@@ -60,7 +59,10 @@ import numpy as np
 from itertools import repeat
 from operator import is_not
 
-from nfflowd.record import END_ACTIVE_TIMEOUT, END_IDLE_TIMEOUT, END_OF_FLOW, ORIGINAL, Flow
+from nfflowd.meter import (CLOSING, FIN, FLAGS, IDLE, LAST, OCTETS, PKTS, START, STATE, TOS,
+                           end_reason, flow_record)
+from nfflowd.packet import KEY_PROTO, flow_key, reverse_flow_key
+from nfflowd.record import ORIGINAL, Flow
 
 __all__ = ["ChunkMeter"]
 
@@ -88,12 +90,29 @@ def _last_of_runs(a):
     return m
 
 
-def _close(x, idle_ns) -> None:
-    """``FlowTable._closing`` on a pair's direction state (see ``_pairs``)."""
-    if x[4] and x[5] <= idle_ns:
-        return
-    x[4] = 2
-    x[5] = idle_ns
+class _Side:
+    """One direction of a FIN/RST pair while ``_pairs`` walks its events:
+    its group in the chunk (None: no packet here), its table entry (None:
+    new), start time, FIN and CLOSING bits, idle timeout, file positions of
+    its first and last packet here (-1: none)."""
+    __slots__ = ("group", "entry", "start", "fin", "closing", "idle", "first", "last")
+
+    def __init__(self, group, entry, start, fin, closing, idle, first, last):
+        self.group = group
+        self.entry = entry
+        self.start = start
+        self.fin = fin
+        self.closing = closing
+        self.idle = idle
+        self.first = first
+        self.last = last
+
+    def close(self, idle_ns) -> None:
+        """The table's closing (FIN both ways, a RST) on this direction."""
+        if self.closing and self.idle <= idle_ns:
+            return
+        self.closing = CLOSING
+        self.idle = idle_ns
 
 
 class ChunkMeter:
@@ -109,57 +128,55 @@ class ChunkMeter:
         self.bulk: list = []            # records made by _vector, not yet returned
 
     # ------------------------------------------------------------------
-    def meter(self, chunk, sink) -> None:
-        """Meter one chunk; ``sink(records)`` gets what ``table.expire``
-        returned at the batch boundaries inside it (the fast path calls it
-        once, at the last one: flows that ended earlier wait in the table
-        until then, and the records it made at once come with them; the
-        per-packet path batch by batch, so that a chunk's records are
-        never all held at once)."""
+    def meter(self, chunk, sink) -> bool:
+        """Meter one chunk, or return False when it must go batch by batch
+        (``batches``).  ``sink(records)`` gets, once, what ``table.expire``
+        would have returned at the batch boundaries inside it: flows that
+        ended earlier wait in the table until the last one, and the records
+        made at once come with them."""
         # the chunk allocates some 100k lists and tuples that all live on:
         # the cyclic collector would walk them again and again for nothing
         enabled = gc.isenabled()
         gc.disable()
         try:
-            self._meter(chunk, sink)
+            return self._meter(chunk, sink)
         finally:
             if enabled:
                 gc.enable()
 
-    def _meter(self, chunk, sink) -> None:
+    def _meter(self, chunk, sink) -> bool:
         ts, cap, orig = chunk.fields()
         n = len(ts)
         if n == 0:
-            return
+            return True
         g0 = self.frames
         mono = bool((ts[1:] >= ts[:-1]).all()) and (self.last_ts is None or ts[0] >= self.last_ts)
-        if mono and n <= _IDX_MASK and self._fast(chunk, ts, cap, orig, g0):
-            last_b = (g0 + n) // self.bs * self.bs - 1
-            done = self._expire(int(ts[last_b - g0])) if last_b >= g0 else []
-            if self.bulk:
-                done = self.bulk + done
-                self.bulk = []
-            if done:
-                sink(done)
-        else:
-            self._exact(chunk, g0, sink)
+        if not (mono and n <= _IDX_MASK and self._fast(chunk, ts, cap, orig, g0)):
+            return False
+        last_b = (g0 + n) // self.bs * self.bs - 1
+        done = self._expire(int(ts[last_b - g0])) if last_b >= g0 else []
+        if self.bulk:
+            done = self.bulk + done
+            self.bulk = []
+        if done:
+            sink(done)
         self.frames = g0 + n
         self.last_ts = int(ts[-1])
+        return True
 
-    def _exact(self, chunk, g0, sink) -> None:
-        """meter_file's own loop over the chunk's frames, batch by batch."""
-        table = self.table
+    def batches(self, chunk):
+        """The frames of a chunk ``meter`` refused, as the batches the reader
+        would have cut: (frames, whether a batch ends there and is expired)."""
+        g0 = self.frames
         bs = self.bs
         i = 0
         n = len(chunk)
         while i < n:
             j = min(n, (g0 + i) // bs * bs + bs - g0)
             frames = chunk.frames(i, j)
-            table.meter_frames(frames, self.parser)
-            if (g0 + j) % bs == 0:
-                done = table.expire(frames[-1][0])
-                if done:
-                    sink(done)
+            self.frames = g0 + j
+            self.last_ts = frames[-1][0]
+            yield frames, (g0 + j) % bs == 0
             i = j
 
     def _fast(self, chunk, ts, cap, orig, g0) -> bool:
@@ -206,10 +223,8 @@ class ChunkMeter:
         lt = chunk.linktype
         r_idx, r_k0, r_k1, r_o, r_tos, r_fl = [], [], [], [], [], []
         v6 = []                                    # (frame index, key, octets, flags, tos)
-        from nfflowd.meter import flow_key
         pa = self.parser
-        saved = (dict(pa.skipped), pa.fragments, pa.truncated, pa.length_mismatch,
-                 dict(pa._frags))
+        saved = pa.snapshot()
         if len(rare):
             ro = offs[rare].tolist()
             rc = cap[rare].tolist()
@@ -219,18 +234,17 @@ class ChunkMeter:
                 p = parse(lt, data, ol)
                 if p is None:
                     continue
-                octets = p[6]
                 key = flow_key(p)
                 if len(key) == 16:
                     k0, k1 = _QQ(key)
                     r_idx.append(i)
                     r_k0.append(k0)
                     r_k1.append(k1)
-                    r_o.append(octets)
-                    r_tos.append(p[7])
-                    r_fl.append(p[8])
+                    r_o.append(p.octets)
+                    r_tos.append(p.tos)
+                    r_fl.append(p.tcp_flags)
                 else:
-                    v6.append((i, key, octets, p[8], p[7]))
+                    v6.append((i, key, p.octets, p.tcp_flags, p.tos))
         # per packet arrays (IPv4), file order
         if len(fidx):
             allf = len(fidx) == n
@@ -284,7 +298,7 @@ class ChunkMeter:
             sk1 = k1[srt]
             newk = (sk0[1:] != sk0[:-1]) | (sk1[1:] != sk1[:-1])
             if (newk & (hs[1:] == hs[:-1])).any():          # a hash collision
-                pa.skipped, pa.fragments, pa.truncated, pa.length_mismatch, pa._frags = saved
+                pa.restore(saved)
                 return False
             starts = np.concatenate(([0], np.flatnonzero(newk) + 1))
             del h, sv, newk
@@ -292,7 +306,7 @@ class ChunkMeter:
                 # more flows than the table may hold (some must be evicted,
                 # in an order only the per-packet path knows): stop here,
                 # before a Python object is made per flow
-                pa.skipped, pa.fragments, pa.truncated, pa.length_mismatch, pa._frags = saved
+                pa.restore(saved)
                 return False
         else:
             srt = np.zeros(0, np.int64)
@@ -321,15 +335,14 @@ class ChunkMeter:
         kb[:, 1] = sk1[starts] if m else sk1
         del sk0, sk1, k0, k1
         keys = kb.view("V16").ravel().tolist()          # the FlowTable keys, as bytes
-        flows = table._flows
-        ents = list(map(flows.get, keys))
+        ents = table.lookup(keys)
         new = ents.count(None)
         if v6:
             v6keys = {k for _i, k, _o, _f, _t in v6}
-            new += sum(1 for k in v6keys if k not in flows)
-        if len(flows) + new > table.max_flows:
+            new += sum(1 for k in v6keys if k not in table)
+        if len(table) + new > table.max_flows:
             # the per-packet path parses these frames again: undo
-            pa.skipped, pa.fragments, pa.truncated, pa.length_mismatch, pa._frags = saved
+            pa.restore(saved)
             return False
         bs = self.bs
         last_b = (g0 + n) // bs * bs - 1
@@ -348,12 +361,8 @@ class ChunkMeter:
         # -- bulk accounting ----------------------------------------------
         active = table.active_ns
         inactive = table.inactive_ns
-        heap = table._heap
-        push = heapq.heappush
-        pend = table._pending
-        record = table._record
-        reason = table._reason
-        created = 0
+        end = table.end
+        created = []
         replay = []
         if m:
             rest = np.flatnonzero(~vec)
@@ -368,29 +377,27 @@ class ChunkMeter:
                 if key in H:
                     continue
                 if e is not None:
-                    if a - e[1] < e[6] and a - e[0] < active:
-                        if mg < e[6] and z - e[0] < active:
-                            e[1] = z
-                            e[2] += c
-                            e[3] += o
-                            e[4] |= f
+                    if a - e[LAST] < e[IDLE] and a - e[START] < active:
+                        if mg < e[IDLE] and z - e[START] < active:
+                            e[LAST] = z
+                            e[PKTS] += c
+                            e[OCTETS] += o
+                            e[FLAGS] |= f
                             continue
                         replay.append(gi)
                         continue
                     if mg < inactive and z - a < active:
-                        del flows[key]
-                        pend.append(record(key, e, reason(e, a)))
+                        end(key, e, a)
                     else:
                         replay.append(gi)
                         continue
                 elif not (mg < inactive and z - a < active):
                     replay.append(gi)
                     continue
-                dl = min(z + inactive, a + active)
-                flows[key] = [a, z, c, o, f, tq, inactive, 0, dl]
-                push(heap, (dl, key))
-                created += 1
-        table.flows_created += created
+                created.append((key, a, z, c, o, f, tq, inactive, 0, min(z + inactive, a + active)))
+        if created:
+            table.add(*zip(*created))
+        table.flows_created += len(created)
         table.packets += m + len(v6)
         table.octets += int(oc.sum(dtype=np.int64)) + sum(x[2] for x in v6)
         # -- replay, in file order, in a side table -------------------------
@@ -429,7 +436,6 @@ class ChunkMeter:
         minidle = min(fin_ns, rst_ns)
         G = len(keys)
         u = np.uint64
-        flows = table._flows
         ex = np.fromiter(map(is_not, ents, repeat(None)), bool, G)
         gk0 = kb[:, 0]
         gk1 = kb[:, 1]
@@ -457,7 +463,7 @@ class ChunkMeter:
             rb = np.empty((len(li), 2), np.uint64)
             rb[:, 0] = rk0[li]
             rb[:, 1] = rk1[li]
-            has = np.fromiter(map(flows.__contains__, rb.view("V16").ravel().tolist()),
+            has = np.fromiter(map(table.__contains__, rb.view("V16").ravel().tolist()),
                               bool, len(li))
             cand[li[has]] = False
         big = np.iinfo(np.int64).max
@@ -511,27 +517,21 @@ class ChunkMeter:
         else:
             now = np.zeros(G, bool)
         keep = np.flatnonzero(vec & ~now)
-        # survivors into the table (a list per flow, as FlowTable keeps them)
-        heap = table._heap
-        push = heapq.heappush
-        for i, a, z, c, o, f, tq, idl, sta, d in zip(
-                keep.tolist(), t1[keep].tolist(), tl[keep].tolist(), cnt[keep].tolist(),
-                soc[keep].tolist(), sfl[keep].tolist(), tos1[keep].tolist(),
-                idle[keep].tolist(), state[keep].tolist(), dl[keep].tolist()):
-            key = keys[i]
-            flows[key] = [a, z, c, o, f, tq, idl, sta, d]
-            push(heap, (d, key))
-        # the others are records now (FlowTable._record and _reason, vectorised)
+        # survivors into the table
+        table.add([keys[i] for i in keep.tolist()], t1[keep].tolist(), tl[keep].tolist(),
+                  cnt[keep].tolist(), soc[keep].tolist(), sfl[keep].tolist(),
+                  tos1[keep].tolist(), idle[keep].tolist(), state[keep].tolist(),
+                  dl[keep].tolist())
+        # the others are records now (flow_record, vectorised)
         idx = np.flatnonzero(now)
         if len(idx):
-            reason = np.where(t1[idx] + active <= tl[idx] + idle[idx], END_ACTIVE_TIMEOUT,
-                              np.where(closing[idx], END_OF_FLOW, END_IDLE_TIMEOUT))
+            reason = end_reason(t1[idx], tl[idx], idle[idx], state[idx], active)
             self.bulk += self._records(kb[idx], cnt[idx], soc[idx], t1[idx], tl[idx], reason,
                                        tos1[idx], sfl[idx])
         return vec
 
     def _records(self, kb, pkts, octets, start, last, reason, tos, flags) -> list:
-        """``FlowTable._record`` for many IPv4 flows at once (keys as an (n, 2)
+        """``flow_record`` for many IPv4 flows at once (keys as an (n, 2)
         uint64 array, the rest as arrays), counted as ``expire`` counts."""
         n = len(kb)
         b = kb.view(np.uint8).reshape(n, 16)
@@ -546,50 +546,33 @@ class ChunkMeter:
             pkts.tolist(), octets.tolist(), (start // 1_000_000).tolist(),
             (np.maximum(last, start) // 1_000_000).tolist(), repeat(ORIGINAL),
             reason.tolist(), tos.tolist(), flags.tolist(), repeat(0), vlan)))
-        table = self.table
-        table.flows_exported += n
-        reasons = table.end_reasons
-        for r, c in enumerate(np.bincount(reason).tolist()):
-            if c:
-                reasons[r] = reasons.get(r, 0) + c
+        self.table.count_reasons(dict(enumerate(np.bincount(reason).tolist())))
         return recs
 
     def _expire(self, now: int) -> list:
         """``table.expire(now)``, the IPv4 records made at once."""
         table = self.table
-        heap = table._heap
-        flows = table._flows
-        top = table._top
-        pop = heapq.heappop
+        active = table.active_ns
         k4 = []
         e4 = []
         other = []
-        while True:
-            t = top()
-            if t is None or t[0] > now:
-                break
-            _dl, key, e = t
-            pop(heap)
-            del flows[key]
+        for key, e in table.pop_due(now):
             if len(key) == 16:
                 k4.append(key)
                 e4.append(e)
             else:
-                other.append(table._record(key, e, table._reason(e, now)))
-        out = table._pending
-        table._pending = []
+                other.append(flow_record(key, e, end_reason(e[START], e[LAST], e[IDLE],
+                                                            e[STATE], active)))
+        out = table.take_pending()
         out += other
         if out:
-            table._count(out)
+            table.count(out)
         if k4:
             kb = np.frombuffer(b"".join(k4), "<u8").reshape(len(k4), 2)
             c = [np.array(x, np.int64) for x in zip(*e4)]
-            start, last, pkts, octets, flags, tos, idle, state = c[:8]
-            active = table.active_ns
-            reason = np.where((now - start >= active) & (start + active <= last + idle),
-                              END_ACTIVE_TIMEOUT,
-                              np.where(state & 2 != 0, END_OF_FLOW, END_IDLE_TIMEOUT))
-            out += self._records(kb, pkts, octets, start, last, reason, tos, flags)
+            start, last, idle = c[START], c[LAST], c[IDLE]
+            reason = end_reason(start, last, idle, c[STATE], active)
+            out += self._records(kb, c[PKTS], c[OCTETS], start, last, reason, c[TOS], c[FLAGS])
         return out
 
     def _pairs(self, keys, ents, evg, starts, ends, srt, pidx, st, fl, cnt, soc, sfl, mgap,
@@ -602,17 +585,13 @@ class ChunkMeter:
         timeout; then only its FIN/RST packets are walked, in file order, as
         ``FlowTable._tcp_end`` would, checking that the reverse flow each one
         reaches is alive then.  Returns (keys to replay, keys done)."""
-        from nfflowd.meter import reverse_flow_key     # (meter imports this module)
         table = self.table
-        flows = table._flows
-        get = flows.get
+        get = table.get
         active = table.active_ns
         inactive = table.inactive_ns
         fin_ns = table.fin_ns
         rst_ns = table.rst_ns
         minidle = min(fin_ns, rst_ns)
-        heap = table._heap
-        push = heapq.heappush
         # the groups in evg and their reverse groups (where they have packets here)
         revg = self._rev
         rv = revg[evg]
@@ -647,10 +626,10 @@ class ChunkMeter:
         revl = dict(zip(evg.tolist(), rv.tolist()))
         X = set()
         H = set()
-        created = 0
+        created = []
         for gk in evg.tolist():
             k = keys[gk]
-            if k in H or k in X or k[12] != 6:
+            if k in H or k in X or k[KEY_PROTO] != 6:
                 continue
             r = reverse_flow_key(k)
             gr = revl[gk]
@@ -658,8 +637,7 @@ class ChunkMeter:
                 gr = None
             ek = ents[gk]
             er = ents[gr] if gr is not None else get(r)
-            # per direction: [group, entry, start, fin, closing, idle,
-            #                 first position, last position]
+            # per direction (see _Side)
             st_ = []
             ok = True
             for g, e in ((gk, ek), (gr, er)):
@@ -667,18 +645,21 @@ class ChunkMeter:
                     if e is None:
                         st_.append(None)
                         continue
-                    st_.append([None, e, e[0], e[7] & 1, e[7] & 2, e[6], -1, -1])
+                    st_.append(_Side(None, e, e[START], e[STATE] & FIN, e[STATE] & CLOSING,
+                                     e[IDLE], -1, -1))
                     continue
                 a = t1[g]
                 if e is not None:
-                    if not (a - e[1] < e[6] and a - e[1] < minidle and a - e[0] < active):
+                    if not (a - e[LAST] < e[IDLE] and a - e[LAST] < minidle
+                            and a - e[START] < active):
                         ok = False
                         break
-                    start = e[0]
-                    st_.append([g, e, start, e[7] & 1, e[7] & 2, e[6], ifirst[g], ilast[g]])
+                    start = e[START]
+                    st_.append(_Side(g, e, start, e[STATE] & FIN, e[STATE] & CLOSING, e[IDLE],
+                                     ifirst[g], ilast[g]))
                 else:
                     start = a
-                    st_.append([g, None, start, 0, 0, inactive, ifirst[g], ilast[g]])
+                    st_.append(_Side(g, None, start, 0, 0, inactive, ifirst[g], ilast[g]))
                 if not (mgap[g] < minidle and tl[g] - start < active):
                     ok = False
                     break
@@ -690,29 +671,29 @@ class ChunkMeter:
                 for pos, t, f, side in evs:
                     x = st_[side]
                     y = st_[1 - side]
-                    if y is not None and (y[1] is not None or y[6] < pos):
+                    if y is not None and (y.entry is not None or y.first < pos):
                         # the reverse flow exists: it must be alive now
-                        if y[0] is None or y[6] > pos:      # no packet of it before
-                            last = y[1][1]
-                        elif y[7] < pos:                    # its last packet is before
-                            last = tl[y[0]]
-                        else:                               # packets around: alive
+                        if y.group is None or y.first > pos:    # no packet of it before
+                            last = y.entry[LAST]
+                        elif y.last < pos:                      # its last packet is before
+                            last = tl[y.group]
+                        else:                                   # packets around: alive
                             last = None
-                        if last is not None and not (t - last < y[5] and t - y[2] < active):
+                        if last is not None and not (t - last < y.idle and t - y.start < active):
                             ok = False
                             break
                         yp = True
                     else:
                         yp = False
                     if f & 4:
-                        _close(x, rst_ns)
+                        x.close(rst_ns)
                         if yp:
-                            _close(y, rst_ns)
-                    elif not x[3]:
-                        x[3] = 1
-                        if yp and y[3]:
-                            _close(x, fin_ns)
-                            _close(y, fin_ns)
+                            y.close(rst_ns)
+                    elif not x.fin:
+                        x.fin = FIN
+                        if yp and y.fin:
+                            x.close(fin_ns)
+                            y.close(fin_ns)
             if not ok:
                 X.add(k)
                 X.add(r)
@@ -722,75 +703,46 @@ class ChunkMeter:
             for key, x in ((k, st_[0]), (r, st_[1])):
                 if x is None:
                     continue
-                g, e = x[0], x[1]
-                state = x[3] | x[4]
-                idle = x[5]
+                g, e = x.group, x.entry
+                state = x.fin | x.closing
+                idle = x.idle
                 if g is None:                       # no packet here: the reverse's end reached it
-                    e[6] = idle
-                    e[7] = state
-                    dl = min(e[1] + idle, e[0] + active)
-                    if dl < e[8]:
-                        e[8] = dl
-                        push(heap, (dl, key))
+                    e[IDLE] = idle
+                    e[STATE] = state
+                    table.rearm(key, e)
                     continue
                 z = tl[g]
                 if e is not None:
-                    e[1] = z
-                    e[2] += cnt[g]
-                    e[3] += soc[g]
-                    e[4] |= sfl[g]
-                    e[6] = idle
-                    e[7] = state
-                    dl = min(z + idle, e[0] + active)
-                    if dl < e[8]:
-                        e[8] = dl
-                        push(heap, (dl, key))
+                    e[LAST] = z
+                    e[PKTS] += cnt[g]
+                    e[OCTETS] += soc[g]
+                    e[FLAGS] |= sfl[g]
+                    e[IDLE] = idle
+                    e[STATE] = state
+                    table.rearm(key, e)
                 else:
-                    dl = min(z + idle, t1[g] + active)
-                    flows[key] = [t1[g], z, cnt[g], soc[g], sfl[g], tos1[g], idle, state, dl]
-                    push(heap, (dl, key))
-                    created += 1
-        table.flows_created += created
+                    created.append((key, t1[g], z, cnt[g], soc[g], sfl[g], tos1[g], idle, state,
+                                    min(z + idle, t1[g] + active)))
+        if created:
+            table.add(*zip(*created))
+        table.flows_created += len(created)
         return X, H
 
     def _replay(self, rp, ts, g0) -> None:
-        from nfflowd.meter import reverse_flow_key     # (meter imports this module)
+        """Account ``rp`` ((frame index, key, octets, flags, tos), in file
+        order) packet by packet in a side table holding those flows (and
+        their reverse ones), with the expire calls of every batch boundary,
+        then give it back to the table."""
         table = self.table
-        side = table._sibling()
-        flows = table._flows
-        sflows = side._flows
-        for _i, key, _o, _f, _t in rp:
-            if key not in sflows:
-                e = flows.pop(key, None)
-                if e is not None:
-                    sflows[key] = e
-                    side._heap.append((e[8], key))
-                # the TCP end of this key reaches its reverse direction
-                if len(key) and key[-4] == 6:
-                    rkey = reverse_flow_key(key)
-                    if rkey not in sflows:
-                        r = flows.pop(rkey, None)
-                        if r is not None:
-                            sflows[rkey] = r
-                            side._heap.append((r[8], rkey))
-        heapq.heapify(side._heap)
+        side = table.split([r[1] for r in rp])
         bs = self.bs
         nb = (g0 // bs + 1) * bs - 1                 # next batch boundary (frame index)
-        account = side._account
+        account = side.account
         ended = []
         for i, key, o, f, tos in rp:
             g = g0 + i
             while nb < g:
                 ended += side.expire(int(ts[nb - g0]))
                 nb += bs
-            now = int(ts[i])
-            account(key, now, o, f, tos)
-        # back into the table: the flows, their timers, what ended
-        ended += side._pending
-        table._pending += ended
-        table.flows_created += side.flows_created
-        heap = table._heap
-        for key, e in sflows.items():
-            flows[key] = e
-            heap.append((e[8], key))
-        heapq.heapify(heap)
+            account(key, int(ts[i]), o, f, tos)
+        table.merge(side, ended)

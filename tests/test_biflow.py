@@ -580,14 +580,14 @@ def test_pipeline_pairs_conntrack_at_once_and_expires_meter_records_by_wall_cloc
 def test_pipeline_record_clock_for_a_capture_file():
     """``nfflowd meter -r``: the hold runs on the records' time, not the
     wall clock (which would hold everything until the end): the meter's sink
-    (``cli._Exporter`` for a capture file) passes the capture's clock."""
-    from nfflowd.cli import _Exporter
+    (``app.meters.Exporter`` for a capture file) passes the capture's clock."""
+    from nfflowd.app.meters import Exporter
     from nfflowd.meter import FlowTable
     rx = _Socket(vlan=True)
     cfg = config.parse({"export": {"collectors": [
         {"host": "127.0.0.1", "port": rx.port, "version": 10, "biflow": True}]},
         "syslog": {"enabled": False}})
-    sink = _Exporter(cfg, False, None, FlowTable(inactive_timeout=30), record_clock=True)
+    sink = Exporter(cfg, False, None, FlowTable(inactive_timeout=30), record_clock=True)
     pl = sink.pipeline
     pl.open()
     try:

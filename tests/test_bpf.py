@@ -16,8 +16,8 @@ import pytest
 
 from nfflowd import cli
 from nfflowd.io.bpf import Filter, FilterError, compile_filter
-from nfflowd.io.capture import meter_reader
-from nfflowd.meter import FlowTable, meter_file
+from nfflowd.app.meters import meter_file
+from nfflowd.meter import FlowTable
 from nfflowd.io.pcapfile import CaptureReader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,7 +163,7 @@ def test_metering_with_a_filter_equals_metering_tcpdumps_filtered_copy(tmp_path,
     assert r.returncode == 0, r.stderr
     want = meter_file(str(copy), FlowTable())
     got = []
-    stats = meter_reader(str(src), FlowTable(), got.extend, bpf=Filter(expr))
+    stats = meter_file(str(src), FlowTable(), got.extend, bpf=Filter(expr))
     assert want.flows and flows_of(got) == flows_of(want.flows)
     assert stats.frames == want.frames == tcpdump_count(src, expr)
     assert stats.filtered == tcpdump_count(src, "") - stats.frames
@@ -172,12 +172,12 @@ def test_metering_with_a_filter_equals_metering_tcpdumps_filtered_copy(tmp_path,
 
 def test_count_limits_the_frames_metered():
     got = []
-    stats = meter_reader(str(PCAPS / "ntp.pcap"), FlowTable(), got.extend, count=7)
+    stats = meter_file(str(PCAPS / "ntp.pcap"), FlowTable(), got.extend, count=7)
     assert stats.count_reached and stats.frames == 7
     assert sum(f.packets for f in got) == 7
     # with a filter: the first 3 frames that pass; frames after them are not counted
     got = []
-    stats = meter_reader(str(PCAPS / "sip.pcap"), FlowTable(), got.extend,
+    stats = meter_file(str(PCAPS / "sip.pcap"), FlowTable(), got.extend,
                          bpf=Filter("udp"), count=30)
     assert stats.frames == 30 and sum(f.packets for f in got) == 30
     frames = [fr for b in CaptureReader(str(PCAPS / "sip.pcap")).batches() for fr in b]

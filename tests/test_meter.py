@@ -34,7 +34,8 @@ from pathlib import Path
 import pytest
 
 from nfflowd.errors import NfflowdError
-from nfflowd.meter import FlowTable, meter_file
+from nfflowd.app.meters import meter_file
+from nfflowd.meter import FlowTable
 from nfflowd.packet import Packet
 from nfflowd.io.pcapfile import CaptureError
 from nfflowd.record import (END_ACTIVE_TIMEOUT, END_FORCED, END_IDLE_TIMEOUT,
@@ -198,11 +199,6 @@ def test_file_object_and_bytes_give_the_same_flows():
     b = meter(io.BytesIO(path.read_bytes())).flows
     c = meter(path.read_bytes()).flows
     assert sorted(a) == sorted(b) == sorted(c) and a
-
-
-def test_bpf_not_supported():
-    with pytest.raises(NotImplementedError):
-        meter_file(PCAPS / "dns.pcap", FlowTable(), bpf="udp")
 
 
 @pytest.mark.parametrize("cut", [24 + 8, 24 + 16 + 20])
@@ -455,7 +451,6 @@ def test_forged_ip_length_counts_what_the_frame_held(tmp_path):
     per-packet path (a chunk that falls back to it), and the batch path
     with a filter agree."""
     from nfflowd.io.bpf import Filter
-    from nfflowd.io.capture import meter_reader
     path = tmp_path / "forged.pcap"
     forged_capture(path)
     s = meter(path)
@@ -472,7 +467,7 @@ def test_forged_ip_length_counts_what_the_frame_held(tmp_path):
         s = meter(path, **kw)
         assert (s.ip_packets, s.octets, s.length_mismatch) == (13, 13 * 46, 10), kw
     got = []
-    st = meter_reader(path, FlowTable(active_timeout=FOREVER, inactive_timeout=FOREVER),
+    st = meter_file(path, FlowTable(active_timeout=FOREVER, inactive_timeout=FOREVER),
                       got.extend, bpf=Filter("udp"))
     assert (st.ip_packets, st.octets, st.length_mismatch) == (13, 13 * 46, 10)
     assert sum(f.octets for f in got) == 13 * 46

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from nfflowd import cli
-from nfflowd.meter import FlowTable, meter_file
+from nfflowd.app.meters import meter_file
+from nfflowd.meter import FlowTable
 
 from test_netflow9 import (free_udp_port, local_nfcapd, needs_nfcapd, nfdump_rows,
                           pypi_decode_v9)

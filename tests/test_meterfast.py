@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nfflowd.io import pcapfile
-from nfflowd.meter import FlowTable, meter_file
+from nfflowd.app.meters import meter_file
+from nfflowd.meter import FlowTable
 from nfflowd.packet import PacketParser
 from nfflowd.io.pcapfile import CaptureError, CaptureReader
 
@@ -292,11 +293,16 @@ def test_chunks_without_slack_after_the_buffer(recs):
     data = capture(recs)
     want, _ = per_packet(data, FlowTable(inactive_timeout=4, active_timeout=10), 4096)
     table = FlowTable(inactive_timeout=4, active_timeout=10)
-    cm = ChunkMeter(table, PacketParser(), 4096)
+    parser = PacketParser()
+    cm = ChunkMeter(table, parser, 4096)
     got = []
     for ch in CaptureReader(data).record_chunks(1 << 20):
         ch.buf = ch.room = bytes(ch.buf)
-        cm.meter(ch, got.extend)
+        if not cm.meter(ch, got.extend):           # batch by batch, as meter_file does
+            for batch, boundary in cm.batches(ch):
+                table.meter_frames(batch, parser)
+                if boundary:
+                    got += table.expire(batch[-1][0])
     if cm.frames % 4096 and cm.last_ts is not None:
         got += table.expire(cm.last_ts)
     got += table.flush_all()

@@ -1,10 +1,10 @@
-"""Packets in from a live interface or a capture file, metered: the meter's I/O edge.
+"""Packets in from a live interface: the meter's capture edge.
 
 Strategy: the flow table (``nfflowd.meter``) never reads a socket or the
-clock; this module does both and hands it batches of
+clock; this module reads the socket and hands out batches of
 ``(timestamp_ns, linktype, data, original_length)`` frames, the same tuples
-``CaptureReader`` yields for files, so one table and one ``Pipeline`` serve
-``meter -r`` and ``meter -i``.
+``CaptureReader`` yields for files, so one table and one loop serve
+``meter -r`` and ``meter -i`` (``nfflowd.app.meters``).
 
 Live capture: ``RingCapture`` is an AF_PACKET socket with a memory-mapped
 TPACKET_V3 receive ring (packet(7), Documentation/networking/packet_mmap.rst):
@@ -35,31 +35,20 @@ why this adapter, and not a libpcap binding, is the one nfflowd uses.
   parser sees the frames a capture file would hold.
 - Both directions are captured (incoming and outgoing), as tcpdump does.
 
-``meter_live`` is the loop: select on the ring (and the wake-up fds the
-caller gives: a signal pipe) until a block is ready or the table's next
-deadline, as softflowd sleeps; meter each block; expire flows with the wall
-clock as ``now`` (packet timestamps are wall-clock times too).
-``meter_reader`` is the same loop over a capture file, for ``meter -r`` with
-a BPF filter, a count limit or a progress line (``meter_file`` otherwise).
+``InterfaceMeters`` holds the daemon's captures and their flow tables.
 """
 
 from __future__ import annotations
 
 import mmap
-import os
-import select
 import socket
 import struct
 import threading
-import time
-from dataclasses import dataclass, field
-from typing import Callable
 
 from nfflowd.errors import SourceError
-from nfflowd.meter import skip_warnings
 from nfflowd.packet import PacketParser
 
-__all__ = ["RingCapture", "LiveStats", "meter_live", "meter_reader", "linktype_of"]
+__all__ = ["RingCapture", "InterfaceMeters", "linktype_of"]
 
 # <linux/if_packet.h>, <linux/if_ether.h>, <asm-generic/socket.h>
 SOL_PACKET = 263
@@ -216,181 +205,6 @@ class RingCapture:
 
     def __exit__(self, *exc):
         self.close()
-
-
-@dataclass
-class LiveStats:
-    """What a meter run saw (live or from a file with ``meter_reader``)."""
-    source: str = ""
-    frames: int = 0                 # frames read (after the BPF filter)
-    filtered: int = 0               # frames the filter rejected (files only)
-    ip_packets: int = 0             # metered
-    octets: int = 0
-    skipped: dict = field(default_factory=dict)     # reason -> frames
-    fragments: int = 0
-    truncated: int = 0
-    length_mismatch: int = 0                        # IP length above the wire length
-    flows_exported: int = 0
-    evicted: int = 0
-    end_reasons: dict = field(default_factory=dict)
-    kernel_packets: int | None = None               # live only: PACKET_STATISTICS
-    kernel_drops: int | None = None
-    active_flows: int = 0
-    first_ns: int | None = None
-    last_ns: int | None = None
-    error: Exception | None = None                  # files: the CaptureError
-    format: str | None = None                       # files: pcap or pcapng
-    snapped: int = 0
-    count_reached: bool = False
-
-    def warnings(self) -> list[str]:
-        return skip_warnings(self.skipped, self.truncated, self.evicted,
-                             self.length_mismatch)
-
-
-def _fill(stats: LiveStats, table, parser: PacketParser, pkts0: int, oct0: int,
-          exp0: int, ev0: int, reasons0: dict) -> None:
-    stats.ip_packets = table.packets - pkts0
-    stats.octets = table.octets - oct0
-    stats.skipped = dict(parser.skipped)
-    stats.fragments = parser.fragments
-    stats.truncated = parser.truncated
-    stats.length_mismatch = parser.length_mismatch
-    stats.flows_exported = table.flows_exported - exp0
-    stats.evicted = table.evicted - ev0
-    stats.end_reasons = {k: v - reasons0.get(k, 0) for k, v in table.end_reasons.items()
-                         if v - reasons0.get(k, 0)}
-    stats.active_flows = len(table)
-
-
-class _Run:
-    """The bookkeeping shared by the file and the live loops."""
-
-    def __init__(self, table, source: str):
-        self.table = table
-        self.parser = PacketParser()
-        self.stats = LiveStats(source=source)
-        self._base = (table.packets, table.octets, table.flows_exported, table.evicted,
-                      dict(table.end_reasons))
-
-    def update(self) -> LiveStats:
-        _fill(self.stats, self.table, self.parser, *self._base)
-        return self.stats
-
-
-def meter_reader(source, table, sink: Callable[[list], None], bpf=None,
-                 count: int | None = None,
-                 progress: Callable[[LiveStats], None] | None = None,
-                 batch_size: int = 4096) -> LiveStats:
-    """``meter_file`` with a filter, a count limit and a progress callback:
-    meter the capture file ``source`` through ``table``.  ``bpf`` (a
-    ``bpf.Filter``) keeps the frames that pass and counts the others;
-    ``count`` stops after that many frames (passing the filter, as
-    ``tcpdump -c``); ``progress(stats)`` is called after every batch.  At
-    the end, and after a capture error (kept in ``stats.error``), every flow
-    is flushed to ``sink``."""
-    from nfflowd.io.pcapfile import CaptureError, CaptureReader
-    run = _Run(table, os.fspath(source) if isinstance(source, (str, os.PathLike))
-               else type(source).__name__)
-    stats = run.stats
-    reader = CaptureReader(source, batch_size=batch_size)
-    parser = run.parser
-    last = None
-    rejected0 = bpf.rejected if bpf is not None else 0
-    try:
-        for batch in reader.batches():
-            if bpf is not None:
-                batch = bpf.keep(batch, None if count is None else count - stats.frames)
-            if count is not None and stats.frames + len(batch) >= count:
-                batch = batch[:count - stats.frames]
-                stats.count_reached = True
-            if batch:
-                if stats.first_ns is None:
-                    stats.first_ns = batch[0][0]
-                stats.frames += len(batch)
-                table.meter_frames(batch, parser)
-                last = batch[-1][0]
-                done = table.expire(last)
-                if done:
-                    sink(done)
-            if progress is not None:
-                progress(run.update())
-            if stats.count_reached:
-                break
-    except CaptureError as e:
-        stats.error = e
-    done = table.flush_all(last if last is not None else 0)
-    if done:
-        sink(done)
-    stats.last_ns = last
-    stats.format = reader.format
-    stats.snapped = reader.snapped
-    stats.filtered = bpf.rejected - rejected0 if bpf is not None else 0
-    return run.update()
-
-
-def meter_live(capture, table, sink: Callable[[list], None], count: int | None = None,
-               stop: Callable[[], bool] = lambda: False, wake_fds=(),
-               on_wake: Callable[[LiveStats], None] | None = None,
-               tick: Callable[[int], None] | None = None, tick_interval: float = 1.0,
-               clock: Callable[[], int] = time.time_ns) -> LiveStats:
-    """Meter ``capture`` (a ``RingCapture``) through ``table`` until
-    ``stop()`` is true or ``count`` frames were metered, then flush every
-    flow to ``sink``.  Sleeps in ``select`` until a block is ready, a
-    ``wake_fds`` descriptor is readable (drained here: a signal wake-up
-    pipe), or the table's next deadline; ``on_wake(stats)`` is called after
-    each wake-up (progress, SIGUSR1 statistics), ``tick(now_ns)`` at least
-    every ``tick_interval`` seconds (the pipeline's retries)."""
-    run = _Run(table, capture.iface)
-    stats = run.stats
-    parser = run.parser
-    fds = [capture.fileno(), *wake_fds]
-    next_tick = time.monotonic() + tick_interval
-    while not stop() and not stats.count_reached:
-        now = clock()
-        dl = table.next_deadline()
-        if dl is not None and dl <= now:
-            done = table.expire(now)
-            if done:
-                sink(done)
-            continue
-        timeout = max(0.0, next_tick - time.monotonic())
-        if dl is not None:
-            timeout = min(timeout, (dl - now) / 1e9)
-        try:
-            ready, _, _ = select.select(fds, [], [], timeout)
-        except InterruptedError:            # pragma: no cover (PEP 475 retries)
-            ready = []
-        for fd in ready:
-            if fd != fds[0]:
-                try:
-                    os.read(fd, 512)
-                except (BlockingIOError, InterruptedError):
-                    pass
-        batch = capture.read()
-        if batch:
-            if count is not None and stats.frames + len(batch) >= count:
-                batch = batch[:count - stats.frames]
-                stats.count_reached = True
-            if stats.first_ns is None:
-                stats.first_ns = batch[0][0]
-            stats.frames += len(batch)
-            stats.last_ns = batch[-1][0]
-            table.meter_frames(batch, parser)
-            done = table.expire(max(clock(), stats.last_ns))
-            if done:
-                sink(done)
-        if tick is not None and time.monotonic() >= next_tick:
-            tick(clock())
-            next_tick = time.monotonic() + tick_interval
-        if on_wake is not None:
-            stats.kernel_packets, stats.kernel_drops = capture.kernel_stats()
-            on_wake(run.update())
-    done = table.flush_all(clock())
-    if done:
-        sink(done)
-    stats.kernel_packets, stats.kernel_drops = capture.kernel_stats()
-    return run.update()
 
 
 class InterfaceMeters:
