@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import gc
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -90,22 +91,20 @@ def _last_of_runs(a):
     return m
 
 
+@dataclass(slots=True)
 class _Side:
     """One direction of a FIN/RST pair while ``_pairs`` walks its events:
     its group in the chunk (None: no packet here), its table entry (None:
     new), start time, FIN and CLOSING bits, idle timeout, file positions of
     its first and last packet here (-1: none)."""
-    __slots__ = ("group", "entry", "start", "fin", "closing", "idle", "first", "last")
-
-    def __init__(self, group, entry, start, fin, closing, idle, first, last):
-        self.group = group
-        self.entry = entry
-        self.start = start
-        self.fin = fin
-        self.closing = closing
-        self.idle = idle
-        self.first = first
-        self.last = last
+    group: int | None
+    entry: list | None
+    start: int
+    fin: int
+    closing: int
+    idle: int
+    first: int
+    last: int
 
     def close(self, idle_ns) -> None:
         """The table's closing (FIN both ways, a RST) on this direction."""
