@@ -1,0 +1,176 @@
+"""The NAT trace archive: ingest rate, bytes per connection, lookup latency.
+
+Generates CGNAT-like connections (a few public addresses whose 64k ports are
+reused all day, 16k private hosts, mostly short connections and 1% longer
+than an hour), hour by hour over ``--days``: each connection gives an OPEN row
+at its start and a FINAL row at its end, as the daemon writes them.  Rows go
+through the store as the writer thread drives it (append, flush, seal of each
+finished hour); the rate counts that whole work, CPU time of this process.
+Then ``--probes`` random ``trace ip:port --at T`` lookups on connections that
+exist (the first right after opening the archive) give the median and the
+99th percentile.
+
+    python bench/bench_archive.py --connections 100000000 --days 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nfflowd.archive import (HOUR_MS, KIND_FINAL, KIND_OPEN, ROW, addr16,  # noqa: E402
+                             make_pkey, set_pkeys)
+from nfflowd.io.archive import Reader, Store  # noqa: E402
+
+PUBLIC = [addr16(bytes([203, 0, 113, i])) for i in range(1, 9)]
+
+
+def _addrs(ints: np.ndarray) -> np.ndarray:
+    """IPv4 ints as 16-byte mapped addresses."""
+    out = np.zeros((len(ints), 16), np.uint8)
+    out[:, 10:12] = 0xFF
+    out[:, 12:] = ints.astype(">u4").view(np.uint8).reshape(-1, 4)
+    return out.view("S16").reshape(len(ints))
+
+
+def hour_rows(rng, hour_ms: int, n: int, n_public: int, first_id: int):
+    """The connections that start in one hour: (open rows, final rows)."""
+    rows = np.zeros(n, ROW)
+    start = hour_ms + np.sort(rng.integers(0, HOUR_MS, n))
+    dur = (rng.lognormal(8.5, 1.8, n)).astype(np.int64)         # median ~5 s
+    long_ = rng.random(n) < 0.01
+    dur[long_] = rng.integers(HOUR_MS, 6 * HOUR_MS, long_.sum())
+    rows["start_ms"] = start
+    rows["family"] = 4
+    rows["proto"] = rng.choice(np.array([6, 17, 1], np.uint8), n, p=[0.6, 0.38, 0.02])
+    rows["src"] = _addrs(0x64400000 + rng.integers(0, 16384, n))   # 100.64.0.0/10
+    popular = rng.integers(0, 5000, n) * 7919 % (1 << 24) + (93 << 24)
+    rows["dst"] = _addrs(np.where(rng.random(n) < 0.7, popular,
+                                  rng.integers(1 << 24, 223 << 24, n)))
+    rows["sport"] = rng.integers(32768, 61000, n)
+    rows["dport"] = rng.choice(np.array([443, 80, 53, 123, 993, 5222], np.uint16), n)
+    pub = np.array(PUBLIC[:n_public], "S16")
+    rows["xsrc"] = pub[rng.integers(0, n_public, n)]
+    rows["xdst"] = rows["dst"]
+    rows["xsport"] = rng.integers(1024, 65536, n)
+    rows["xdport"] = rows["dport"]
+    rows["conn_id"] = ((np.arange(n, dtype=np.uint64) + first_id) * 2654435761 % (1 << 32)).astype(np.uint32)
+    rows["fw"] = b"fw1"
+    set_pkeys(rows)
+    opens = rows.copy()
+    opens["kind"] = KIND_OPEN
+    fin = rows
+    fin["end_ms"] = start + dur
+    fin["kind"] = KIND_FINAL
+    fin["reason"] = 3
+    pk = rng.lognormal(2.5, 1.5, n).astype(np.uint64) + 1
+    fin["pkts_out"] = pk
+    fin["bytes_out"] = pk * rng.integers(60, 1400, n).astype(np.uint64)
+    fin["pkts_in"] = pk
+    fin["bytes_in"] = pk * rng.integers(60, 1400, n).astype(np.uint64)
+    return opens, fin
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--connections", type=int, default=10_000_000)
+    ap.add_argument("--days", type=float, default=7)
+    ap.add_argument("--public", type=int, default=4, help="public addresses")
+    ap.add_argument("--probes", type=int, default=100)
+    ap.add_argument("--dir", default=None, help="keep the archive here")
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+    rng = np.random.default_rng(a.seed)
+    hours = max(1, int(a.days * 24))
+    per_hour = a.connections // hours
+    base = (1_780_000_000_000 // HOUR_MS) * HOUR_MS
+    d = Path(a.dir) if a.dir else Path(tempfile.mkdtemp(prefix="nfflowd-archive-bench-"))
+    if d.exists():
+        shutil.rmtree(d)
+    store = Store(d)
+    store.open()
+    gen_cpu = io_cpu = 0.0
+    seal_cpu = 0.0
+    samples = []
+    pending_final = []
+    t_wall = time.perf_counter()
+    for h in range(hours):
+        hour = base + h * HOUR_MS
+        c0 = time.process_time()
+        opens, fin = hour_rows(rng, hour, per_hour, a.public, h * per_hour)
+        if len(samples) < 4 * a.probes:
+            pick = rng.integers(0, per_hour, max(1, 4 * a.probes // hours + 1))
+            samples.extend(fin[pick])
+        c1 = time.process_time()
+        gen_cpu += c1 - c0
+        # this hour's opens, and the finals that end in it (rows of earlier hours too)
+        pending_final.append(fin)
+        allfin = np.concatenate(pending_final)
+        due = allfin["end_ms"] < hour + HOUR_MS
+        c1 = time.process_time()
+        store.append(opens)
+        store.append(allfin[due])
+        store.flush()
+        pending_final = [allfin[~due]]
+        c2 = time.process_time()
+        store.seal_due(hour + HOUR_MS, grace_ms=0)
+        c3 = time.process_time()
+        io_cpu += c2 - c1
+        seal_cpu += c3 - c2
+        print(f"hour {h + 1}/{hours}: {per_hour} connections, append {c2 - c1:.2f} s, "
+              f"seal {c3 - c2:.2f} s CPU", file=sys.stderr, flush=True)
+    rest = np.concatenate(pending_final)
+    store.append(rest)
+    store.flush()
+    store.seal_due(base + (hours + 8) * HOUR_MS, grace_ms=0)
+    store.close()
+    wall = time.perf_counter() - t_wall
+    total = per_hour * hours
+    size = du(d)
+    print(f"connections            {total}")
+    print(f"ingest (append+flush)  {total / io_cpu:,.0f} connections/s CPU "
+          f"({2 * total / io_cpu:,.0f} rows/s)")
+    print(f"ingest with sealing    {total / (io_cpu + seal_cpu):,.0f} connections/s CPU")
+    print(f"generation (not counted) {gen_cpu:.1f} s CPU; wall for all {wall:.1f} s")
+    print(f"size on disk           {size / total:.1f} bytes/connection ({size / 1e6:.1f} MB)")
+
+    probes = [samples[i] for i in rng.choice(len(samples), min(a.probes, len(samples)),
+                                              replace=False)]
+    times = []
+    first = None
+    found = 0
+    reader = None
+    for r in probes:
+        t = int(r["start_ms"]) + random.randint(0, max(0, int(r["end_ms"] - r["start_ms"])))
+        key = make_pkey(bytes(r["xsrc"]).ljust(16, b"\0"), int(r["xsport"]))
+        c = time.perf_counter()
+        if reader is None:
+            reader = Reader(d)
+        got = reader.lookup(key, t, 2000)
+        times.append(time.perf_counter() - c)
+        first = times[0] if first is None else first
+        found += any(int(g["conn_id"]) == int(r["conn_id"]) for g in got)
+    times.sort()
+    p = lambda q: times[min(len(times) - 1, int(q * len(times)))] * 1000  # noqa: E731
+    print(f"probes                 {len(times)}, found {found}, "
+          f"the first (opening) {first * 1000:.1f} ms")
+    print(f"lookup median          {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms, max {times[-1] * 1000:.1f} ms")
+    if not a.dir:
+        shutil.rmtree(d)
+
+
+if __name__ == "__main__":
+    main()
