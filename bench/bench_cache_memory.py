@@ -12,7 +12,7 @@ exported so far, and its id is in the sorted array of such ids that DESTROY
 blocks look up).  Target: 200 bytes or fewer per connection.
 
 What the synthetic connections are, and so which entry layout they measure
-(nfflowd/correlate.py, _LAYOUT): IPv4 SNAT; IPv6 NAT66 with source
+(nfflowd/ctcache.py): IPv4 SNAT; IPv6 NAT66 with source
 translation only (the reply source is the original destination, so the
 entry leaves it out, as for every IPv6 connection without destination NAT);
 counters exported by the active timeout below 2**32 (a 32-bit base).  An
@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nfflowd.conntrack import EV_DUMP, EV_NEW, CtEvent, CtTuple  # noqa: E402
+from nfflowd import ctcache  # noqa: E402
 from nfflowd.correlate import Correlator  # noqa: E402
 
 BATCH = 10_000
@@ -68,14 +69,15 @@ def measure(n, family, active):
     if active:
         # the active timeout, in slices of the table so as not to hold a
         # dump of N events in memory while measuring
-        gen = events(n, family, EV_DUMP, (3, 300, 2, 200))
-        for _ in range(0, n, BATCH):
-            table = [next(gen) for _ in range(min(BATCH, n - _))]
-            for ev in table:
-                corr._active_live(ev[2], corr._live[ev[2]], ev, 2, out)
-            out.clear()
-        del table, gen, ev
-        corr._note_early()      # as the sync ends: the ids of entries with a base
+        # (what Correlator.active_export leaves in each entry: the counters
+        # exported, and the time)
+        cache = corr.cache
+        for ev in events(n, family, EV_DUMP, (3, 300, 2, 200)):
+            entry = cache.entries[ev[2]]
+            head = ctcache.unpack(entry)[1]
+            cache.entries[ev[2]] = ctcache.with_base(entry, head, *ev[6:10], 2)
+        del ev, entry, cache
+        corr.cache.note_early()     # as the sync ends: the ids of entries with a base
     gc.collect()
     used = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()

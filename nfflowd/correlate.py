@@ -1,76 +1,27 @@
-"""Connections into flow records.
+"""Connections into flow records (sans-IO: every method takes ``now_ns``).
 
-Strategy: conntrack keeps one entry per connection with two tuples, the
-original direction as the initiator sent it and the reply direction as the
-answer arrives (before the kernel undoes the translation).  Comparing the two
-tells what NAT did, whatever kind of NAT it was:
+Strategy: conntrack keeps two tuples per connection, the original direction
+as the initiator sent it and the reply direction as the answer arrives.  A
+connection gives two flows, and each flow's post-NAT side is the other tuple
+inverted: that holds for source NAT, destination NAT, both, and none
+(``flows_of``; ``flows_of_block`` is the same rules over a block's arrays).
 
-- original flow: the original tuple, and as its post-NAT side the reply tuple
-  inverted (reply dst -> src);
-- reply flow: the reply tuple, and as its post-NAT side the original tuple
-  inverted.
-
-That holds for source NAT, destination NAT (port forwards), both at once, and
-no NAT (then pre and post are equal and ``Flow.translated`` is False).
-
-Times: with ``nf_conntrack_timestamp=1`` the DESTROY event carries start and
-stop, and nothing is kept per connection.  Without it, the time of the NEW event
-is remembered by conntrack id; entries older than ``ttl`` are purged (the
-connection's DESTROY was lost, or it really lives that long) and counted.
-
-Connections that already existed when nfflowd started are learnt from a table
-dump (``add_dumped``).  With the kernel default ``nf_conntrack_events=2`` they
-never send DESTROY, so the daemon dumps the table every poll interval and
-``reconcile`` exports the ones that have gone, with the last counters seen and
-their last-seen time as end.  If they do send DESTROY (``nf_conntrack_events=1``)
-the event wins and the later poll does not export them again.
-
-Connections made while nfflowd runs are also kept in a compact cache keyed
-by conntrack id (``_live``: one ``bytes`` per connection packing the tuples
-and the NEW time, ~140 bytes per IPv4 connection and ~172 per IPv6 one with
-the dict's share, see
-bench/bench_cache_memory.py).  It costs one dict insert on NEW and one pop on
-DESTROY (a DESTROY block leaves its pops to ``reap``, done when the daemon
-is idle: at 200k entries a pop misses the CPU caches a few times), and
-serves two things:
-
-- overrun recovery (``resync``): after ENOBUFS the kernel has dropped events.
-  The daemon dumps the table; connections cached but no longer in it ended
-  during the overrun and are exported with the last counters seen and
-  flowEndReason lack of resources (5); connections in the table but unknown
-  (their NEW was lost) are adopted, and with NAT events get their create
-  event then.  A DESTROY of a connection neither a NEW event nor a dump
-  showed gets its create event just before its delete (with NAT events a
-  DESTROY block removes its cache entries at once to tell those apart).
-  A resync export goes into ``_poll_exported``, so a DESTROY the kernel
-  redelivers later (reliable delivery, NETLINK_BROADCAST_ERROR) is counted
-  as a duplicate, not exported twice.
-- active timeout (``active_export``): every ``active_timeout`` seconds the
-  daemon dumps the table (a plain dump) and each open connection's counters
-  *since the previous export* are exported with flowEndReason active timeout
-  (2); what was exported is remembered in the cache entry, so the DESTROY
-  record carries only the rest and a connection's records add up to its
-  totals.  Deltas rather than a counter-zeroing dump (IPCTNL_MSG_CT_GET_CTRZERO):
-  zeroing would change what ``conntrack -L``, nft counters readers, other
-  ctnetlink listeners and the DESTROY event itself report, for every tool on
-  the machine; deltas leave the kernel's counters untouched and cost 24 bytes (40 once a
-  counter passes 2**32)
-  in the entries of connections that have been exported early, and 4 bytes
-  each in the sorted array of their ids that DESTROY blocks look up.
-
-The class is sans-IO: every method takes ``now_ns`` (wall clock, ns) and returns
-records; it never reads a clock or touches a socket.
+State: NEW times where the kernel does not stamp connections (purged after
+``ttl``); the connections of the start-up dump, which with
+``nf_conntrack_events=2`` never send DESTROY (``add_dumped``, ``reconcile``);
+and the per-connection cache (``ctcache``), for overrun recovery (``resync``)
+and the active timeout (``active_export``).
 """
 
 from __future__ import annotations
 
-import struct
-from collections import deque
 from itertools import repeat
 
 import numpy as np
 
-from nfflowd.conntrack import EV_DESTROY, EV_NEW, CtEvent, CtTuple
+from nfflowd import ctcache
+from nfflowd.conntrack import EV_DESTROY, EV_NEW, CtEvent
+from nfflowd.ctcache import ConnCache
 from nfflowd.ctblocks import EV_BLOCK, EV_NEW_BLOCK, DestroyBlock
 from nfflowd.record import (END_ACTIVE_TIMEOUT, END_LACK_OF_RESOURCES, END_OF_FLOW, ORIGINAL,
                             REPLY, Flow, FlowBatch, NatEvent, interleave)
@@ -85,125 +36,6 @@ _new = tuple.__new__
 # A connection exported by the poller is remembered this long so that a late
 # DESTROY event for it is recognised as a duplicate instead of exported twice.
 _POLL_EXPORT_MEMORY_NS = 600 * 1_000_000_000
-
-
-# The live cache entry: proto, orig src dst sport dport, reply src dst sport
-# dport, NEW time (ns); then, once exported by the active timeout, the
-# counters exported so far and the time of that export (the base).  An IPv6
-# entry whose reply source is the original destination (no destination NAT:
-# nearly every IPv6 connection) leaves the reply source out; a base whose
-# counters all fit 32 bits stores them so.  The length tells which layout
-# (_LAYOUT; the full IPv6 head takes only the full base, so that no two
-# layouts have one length): 33/57/73 bytes IPv4, 65/89/105 or 81/121 IPv6.
-_HEAD4 = struct.Struct("<B4s4sHH4s4sHHq")
-_HEAD6 = struct.Struct("<B16s16sHH16s16sHHq")
-_HEAD6S = struct.Struct("<B16s16sHH16sHHq")      # reply src == orig dst, not stored
-_BASE = struct.Struct("<QQQQq")
-_BASE32 = struct.Struct("<IIIIq")
-_PACK4 = _HEAD4.pack
-_PACK6F = _HEAD6.pack
-_PACK6S = _HEAD6S.pack
-_LAYOUT = {33: (4, _HEAD4, None), 57: (4, _HEAD4, _BASE32), 73: (4, _HEAD4, _BASE),
-           65: (6, _HEAD6S, None), 89: (6, _HEAD6S, _BASE32), 105: (6, _HEAD6S, _BASE),
-           81: (6, _HEAD6, None), 121: (6, _HEAD6, _BASE)}
-_EARLY = frozenset(n for n, (_f, _h, base) in _LAYOUT.items() if base is not None)
-_U32 = 0xFFFFFFFF
-# Ended connections whose cache entries may wait for ``Correlator.reap``; past
-# this many, the DESTROY blocks remove the excess at once (a stream that never
-# leaves the daemon a pause pays as it goes, and the wait list stays bounded:
-# some 40 MB of entries at most).  A 200k-connection burst fits.
-DEAD_MAX = 1 << 18
-
-
-def _consume(it) -> None:
-    deque(it, maxlen=0)
-
-
-def _PACK6(proto, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, new_ns) -> bytes:
-    if rsrc == odst:
-        return _PACK6S(proto, osrc, odst, osp, odp, rdst, rsp, rdp, new_ns)
-    return _PACK6F(proto, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, new_ns)
-
-
-# The live entry's heads as numpy records (packed, little-endian: the bytes
-# of _HEAD4, _HEAD6S and _HEAD6), to make a NewBlock's entries at once.
-_REC4 = np.dtype([("p", "u1"), ("os", "V4"), ("od", "V4"), ("osp", "<u2"), ("odp", "<u2"),
-                  ("rs", "V4"), ("rd", "V4"), ("rsp", "<u2"), ("rdp", "<u2"), ("t", "<i8")])
-_REC6S = np.dtype([("p", "u1"), ("os", "V16"), ("od", "V16"), ("osp", "<u2"), ("odp", "<u2"),
-                   ("rd", "V16"), ("rsp", "<u2"), ("rdp", "<u2"), ("t", "<i8")])
-_REC6 = np.dtype([("p", "u1"), ("os", "V16"), ("od", "V16"), ("osp", "<u2"), ("odp", "<u2"),
-                  ("rs", "V16"), ("rd", "V16"), ("rsp", "<u2"), ("rdp", "<u2"), ("t", "<i8")])
-
-
-def _pack_rows(b, rows, dtype, width: int, now_ns: int) -> list:
-    """The entries (bytes) of ``rows`` of the block ``b`` in the layout
-    ``dtype`` (addresses ``width`` bytes)."""
-    proto = b.o_proto[rows]
-    rec = np.empty(len(proto), dtype=dtype)
-    names = dtype.names
-    rec["p"] = proto
-    for name, col in (("os", b.o_src), ("od", b.o_dst), ("rs", b.r_src), ("rd", b.r_dst)):
-        if name in names:
-            rec[name] = np.ascontiguousarray(col[rows, :width]).view(f"V{width}").ravel()
-    rec["osp"] = b.o_sport[rows]
-    rec["odp"] = b.o_dport[rows]
-    rec["rsp"] = b.r_sport[rows]
-    rec["rdp"] = b.r_dport[rows]
-    rec["t"] = now_ns
-    raw = rec.tobytes()
-    size = dtype.itemsize
-    return [raw[i:i + size] for i in range(0, len(raw), size)]
-
-
-def _pack_block(b, now_ns: int) -> list:
-    """The live cache entries of a NewBlock's connections, in row order:
-    what _PACK4 / _PACK6 make of each."""
-    fam = b.family
-    if (fam == 4).all():
-        return _pack_rows(b, slice(None), _REC4, 4, now_ns)
-    out = [None] * b.n
-    v4 = np.flatnonzero(fam == 4)
-    v6 = np.flatnonzero(fam != 4)
-    short = (b.r_src[v6] == b.o_dst[v6]).all(axis=1)      # reply src == orig dst
-    for rows, dtype, width in ((v4, _REC4, 4), (v6[short], _REC6S, 16),
-                               (v6[~short], _REC6, 16)):
-        if len(rows):
-            for i, e in zip(rows.tolist(), _pack_rows(b, rows, dtype, width, now_ns)):
-                out[i] = e
-    return out
-
-
-def _early(entry: bytes) -> bool:
-    """The entry carries counters exported by the active timeout."""
-    return len(entry) in _EARLY
-
-
-def _unpack_entry(entry: bytes):
-    """(family, head struct, (proto, osrc, odst, osp, odp, rsrc, rdst, rsp,
-    rdp, new_ns), base (opk, oby, rpk, rby, exported_ns) or None)."""
-    family, head, base = _LAYOUT[len(entry)]
-    v = head.unpack_from(entry)
-    if head is _HEAD6S:
-        proto, osrc, odst, osp, odp, rdst, rsp, rdp, new_ns = v
-        v = (proto, osrc, odst, osp, odp, odst, rdst, rsp, rdp, new_ns)
-    return family, head, v, (base.unpack_from(entry, head.size) if base else None)
-
-
-def _with_base(entry: bytes, head, opk, oby, rpk, rby, now_ns) -> bytes:
-    """The entry's head with a new base."""
-    if head is not _HEAD6 and 0 <= min(opk, oby, rpk, rby) and max(opk, oby, rpk, rby) <= _U32:
-        return entry[:head.size] + _BASE32.pack(opk, oby, rpk, rby, now_ns)
-    return entry[:head.size] + _BASE.pack(opk, oby, rpk, rby, now_ns)
-
-
-def _entry_event(ct_id: int, entry: bytes) -> tuple[CtEvent, int, tuple | None]:
-    """A cache entry back into (event with zero counters, NEW time, base):
-    base is (opk, oby, rpk, rby, exported_ns) or None."""
-    family, _head, v, base = _unpack_entry(entry)
-    proto, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, new_ns = v
-    ev = CtEvent(EV_DESTROY, family, ct_id, 0, CtTuple(osrc, odst, proto, osp, odp),
-                 CtTuple(rsrc, rdst, proto, rsp, rdp), 0, 0, 0, 0, 0, 0)
-    return ev, new_ns, base
 
 
 def _with_counters(ev, opk, oby, rpk, rby):
@@ -307,20 +139,10 @@ class Correlator:
         self._poll_exported: dict = {}          # key -> time exported by the poller
         self._ids: set = set()                  # ct ids of both (_known_ids)
         self._ids_stale = False
-        # ct_id -> packed entry (see _HEAD4); None: no cache (no resync, no
-        # active timeout)
-        self._live: dict[int, bytes] | None = {} if cache else None
-        # ct ids whose cache entries carried a base (exported early by the
-        # active timeout) at the last sync, sorted (4 bytes each): a hint,
-        # stale ones harmless (see _handle_block)
-        self._early_ids = np.zeros(0, dtype=np.uint32)
-        # ct id arrays of connections a DESTROY block has ended whose cache
-        # entries are still to be removed (``reap``: off a burst's path)
-        self._dead: list = []
-        # ids a NEW event re-used while a removal of theirs was pending: their
-        # entries are the new connections', which ``reap`` must leave
-        self._revived: set = set()
-        self._dead_n = 0
+        # the per-connection cache (overrun resync, active timeout); None:
+        # none kept.  _live: its entries, bound once for the hot paths
+        self.cache: ConnCache | None = ConnCache() if cache else None
+        self._live: dict[int, bytes] | None = self.cache.entries if cache else None
         # ct ids of DESTROY events handled while a resync dump is in flight
         # (begin_sync .. resync): a connection in the dump but already ended
         # must not be adopted
@@ -355,11 +177,11 @@ class Correlator:
         live = self._live
         caching = live is not None
         sync_log = self._destroyed_during_sync
-        pack4 = _PACK4
-        pack6 = _PACK6
-        early_lens = _EARLY
-        dead = self._dead
-        revived = self._revived
+        pack4 = ctcache.pack4
+        pack6 = ctcache.pack6
+        early_lens = ctcache.EARLY
+        dead = self.cache.dead if caching else ()
+        revived = self.cache.revived if caching else set()
         extend = out.extend
         exported = duplicates = new = other = late = 0
         for ev in events:
@@ -444,7 +266,7 @@ class Correlator:
                 if caching:
                     if dead:
                         revived.update(ids)
-                    live.update(zip(ids, _pack_block(ev, now_ns)))
+                    live.update(zip(ids, ctcache.pack_block(ev, now_ns)))
             else:
                 other += 1
         c = self.counters
@@ -513,14 +335,14 @@ class Correlator:
             pop = live.pop
             popped = [pop(c, None) for c in ids]
             for i, e in enumerate(popped):
-                if e is not None and len(e) in _EARLY:
+                if e is not None and ctcache.is_early(e):
                     special[i] = e
         elif live:
             # Only entries that may carry a base (exported early) are looked
             # at now; the others are removed later by ``reap`` (a pop from a
             # large dict misses the CPU caches a few times: ~0.6 us here at
             # 200k entries, a seventh of a burst's CPU in the daemon).
-            early = self._early_ids
+            early = self.cache.early_ids
             if len(early):
                 hit = early[np.minimum(np.searchsorted(early, ids32), len(early) - 1)] == ids32
                 if hit.any():
@@ -528,7 +350,7 @@ class Correlator:
                         ids = b.ct_id.tolist()
                     for i in np.flatnonzero(hit).tolist():
                         e = live.pop(ids[i], None)
-                        if e is not None and _early(e):
+                        if e is not None and ctcache.is_early(e):
                             special[i] = e
         if live is not None and self._destroyed_during_sync is not None:
             self._destroyed_during_sync.update(ids)
@@ -537,7 +359,7 @@ class Correlator:
             for i, c in enumerate(ids):
                 if c in known and i not in special:
                     special[i] = popped[i] if popped is not None else None
-        revived = self._revived
+        revived = self.cache.revived if live is not None else ()
         if live and revived:
             # connections made again under an id whose removal is pending:
             # the object path pops their entries at once
@@ -552,12 +374,7 @@ class Correlator:
                 special.setdefault(i, popped[i] if popped is not None else None)
         if live and popped is None:
             # the object path pops the special rows' entries itself
-            dead = b.ct_id if not special else np.delete(b.ct_id, list(special))
-            if len(dead):
-                self._dead.append(dead)
-                self._dead_n += len(dead)
-                if self._dead_n > DEAD_MAX:
-                    self.reap(self._dead_n - DEAD_MAX)
+            self.cache.defer(b.ct_id if not special else np.delete(b.ct_id, list(special)))
         stop = b.stop_ns
         end = np.where(stop == 0, np.uint64(now_ns), stop)
         start = np.where(start == 0, end, start)
@@ -615,6 +432,13 @@ class Correlator:
         out: list[Flow] = []
         self.handle_batch((ev,), now_ns, out)
         return out
+
+    def state(self) -> tuple:
+        """What the correlator holds, as copies, to compare two of them:
+        (counters, cache entries, NEW times, start-up connections, poll
+        exports, NAT events pending)."""
+        return (dict(self.counters), dict(self._live or {}), dict(self._new_ns),
+                dict(self._dumped), dict(self._poll_exported), list(self.nat_events))
 
     def take_nat_events(self) -> list[NatEvent]:
         events, self.nat_events = self.nat_events, []
@@ -682,7 +506,7 @@ class Correlator:
     def _rest(ev, entry: bytes):
         """A DESTROY of a connection exported early: (event carrying the
         counters not yet exported, start = time of the last export)."""
-        b = _unpack_entry(entry)[3]
+        b = ctcache.base_of(entry)
         return (_with_counters(ev, ev[6] - b[0], ev[7] - b[1], ev[8] - b[2], ev[9] - b[3]),
                 b[4])
 
@@ -690,38 +514,19 @@ class Correlator:
     def cached(self) -> int:
         """Entries in the live cache, those of ended connections still to be
         removed (``reap_pending``) included."""
-        return len(self._live) if self._live is not None else 0
+        return len(self.cache) if self.cache is not None else 0
 
     @property
     def reap_pending(self) -> int:
         """Ended connections whose cache entries are still to be removed."""
-        return self._dead_n
+        return self.cache.reap_pending if self.cache is not None else 0
 
     def reap(self, limit: int | None = None) -> int:
         """Remove the cache entries of connections DESTROY blocks have ended,
         oldest first, at most about ``limit`` of them (all by default).  The
         daemon calls it when netlink has nothing queued; a resync or an active
-        export calls it first.  An id a NEW event has used again meanwhile
-        (``_revived``) keeps its new entry.  Returns how many ids were done."""
-        live, dead, revived = self._live, self._dead, self._revived
-        done = 0
-        while dead and (limit is None or done < limit):
-            ids = dead[0]
-            if limit is not None and len(ids) > limit - done:
-                dead[0] = ids[limit - done:]
-                ids = ids[:limit - done]
-            else:
-                del dead[0]
-            done += len(ids)
-            if live:
-                ids = ids.tolist()
-                if revived:
-                    ids = [c for c in ids if c not in revived]
-                _consume(map(live.pop, ids, repeat(None)))
-        self._dead_n -= done
-        if not dead:
-            revived.clear()
-        return done
+        export calls it first.  Returns how many ids were done."""
+        return self.cache.reap(limit) if self.cache is not None else 0
 
     def begin_sync(self) -> None:
         """Call before dumping the table for ``resync``/``active_export``: from
@@ -729,11 +534,23 @@ class Correlator:
         still show them) does not bring them back."""
         self._destroyed_during_sync = set()
 
+    def abandon_sync(self) -> None:
+        """The dump ``begin_sync`` announced failed: stop noting ended
+        connections."""
+        self._destroyed_during_sync = None
+
     def resync(self, table, now_ns: int, dump_ns: int) -> list[Flow]:
         """After an overrun: compare a dump (begun at ``dump_ns``, after
         ``begin_sync``) with the cache.  Cached connections that are not in
-        the table any more are exported (last counters seen, reason lack of
-        resources); table entries the cache does not know are adopted.  The
+        the table any more ended while events were lost: they are exported
+        (last counters seen, reason lack of resources).  Table entries the
+        cache does not know (their NEW was lost) are adopted, and with NAT
+        events get their create event then; a DESTROY of a connection
+        neither a NEW event nor a dump showed gets its create event just
+        before its delete (so with NAT events a DESTROY block removes its
+        cache entries at once).  A resync export is remembered as a poll
+        export is, so that a DESTROY the kernel redelivers later (reliable
+        delivery, NETLINK_BROADCAST_ERROR) counts as a duplicate.  The
         start-up connections are reconciled as by ``reconcile``."""
         out = self._sync(table, now_ns, dump_ns, active=False)
         self.counters["resyncs"] += 1
@@ -743,8 +560,13 @@ class Correlator:
         """Active timeout: for every open connection in ``table`` (a dump
         begun at ``dump_ns``, after ``begin_sync``), the counters accumulated
         since its previous export, reason active timeout.  Connections that
-        are idle since then give no record.  Also does what ``resync`` does
-        (a DESTROY lost without an overrun is caught here)."""
+        are idle since then give no record.  What was exported is kept in
+        the cache entry, so the DESTROY record carries only the rest.
+        Deltas rather than a counter-zeroing dump (CTRZERO), which would
+        change what every other reader of the kernel's counters sees
+        (``conntrack -L``, nft, other listeners, the DESTROY event itself).
+        Also does what ``resync`` does (a DESTROY lost without an overrun is
+        caught here)."""
         return self._sync(table, now_ns, dump_ns, active=True)
 
     def _sync(self, table, now_ns: int, dump_ns: int, active: bool) -> list[Flow]:
@@ -771,10 +593,8 @@ class Correlator:
                     continue
                 if ct_id in destroyed or key in self._poll_exported:
                     continue                    # ended meanwhile: not to bring back
-                o, r = ev[4], ev[5]
                 new_ns = ev[10] or now_ns
-                entry = (_PACK4 if ev[1] == 4 else _PACK6)(
-                    o[2], o[0], o[1], o[3], o[4], r[0], r[1], r[3], r[4], new_ns)
+                entry = ctcache.pack_event(ev, new_ns)
                 live[ct_id] = entry
                 adopted += 1
                 if self.want_nat_events:
@@ -796,7 +616,7 @@ class Correlator:
             if ct_id in destroyed:
                 continue
             entry = live[ct_id]
-            ev, new_ns, base = _entry_event(ct_id, entry)
+            ev, new_ns, base = ctcache.entry_event(ct_id, entry)
             if new_ns >= dump_ns:
                 continue                        # NEW after the dump began
             del live[ct_id]
@@ -810,7 +630,7 @@ class Correlator:
                 nat = nat_event_of(ev, end, False)
                 if nat is not None:
                     self.nat_events.append(nat)
-        self._note_early()
+        self.cache.note_early()
         c = self.counters
         c["exported_by_resync"] += vanished
         c["connections_exported"] += vanished
@@ -820,14 +640,8 @@ class Correlator:
         out.extend(self.reconcile(table, now_ns))
         return out
 
-    def _note_early(self) -> None:
-        """Note the ids whose entries carry a base now (only a sync makes
-        them: ``_active_live``), for the DESTROY blocks (``_handle_block``)."""
-        self._early_ids = np.sort(np.fromiter(
-            (k for k, e in self._live.items() if len(e) in _EARLY), dtype=np.uint32))
-
     def _active_live(self, ct_id, entry, ev, now_ns, out) -> bool:
-        _family, head, v, b = _unpack_entry(entry)
+        _family, head, v, b = ctcache.unpack(entry)
         if b is not None:
             start = b[4]
         else:
@@ -838,7 +652,7 @@ class Correlator:
             return False                        # idle since the last export
         delta = _with_counters(ev, opk - b[0], oby - b[1], rpk - b[2], rby - b[3])
         out.extend(flows_of(delta, start, max(now_ns, start), END_ACTIVE_TIMEOUT))
-        self._live[ct_id] = _with_base(entry, head, opk, oby, rpk, rby, now_ns)
+        self._live[ct_id] = ctcache.with_base(entry, head, opk, oby, rpk, rby, now_ns)
         return True
 
     def _active_dumped(self, d: list, ev, now_ns, out) -> bool:

@@ -117,7 +117,7 @@ def test_every_entry_layout_round_trips_through_active_export_and_destroy():
     the full ones: an entry of each gives the same tuples back, and the
     records of an early export plus the DESTROY add up to the totals."""
     from nfflowd.conntrack import CtEvent, CtTuple
-    from nfflowd.correlate import _LAYOUT, _entry_event
+    from nfflowd.ctcache import SIZES, entry_event
 
     def mk(kind, fam, o, r, counters, start=0, stop=0):
         return CtEvent(kind, fam, 7, 0, o, r, *counters, start, stop)
@@ -135,20 +135,20 @@ def test_every_entry_layout_round_trips_through_active_export_and_destroy():
                 r = CtTuple(reply_src, c, 6, 443, 50000)
                 corr = Correlator()
                 corr.handle(mk(EV_NEW, fam, o, r, NOCOUNT), 1 * S)
-                seen.add(len(corr._live[7]))
-                assert _entry_event(7, corr._live[7])[0][4:6] == (o, r)
+                seen.add(len(corr.cache.entries[7]))
+                assert entry_event(7, corr.cache.entries[7])[0][4:6] == (o, r)
                 mid = (5 + big, 500 + big, 4, 400)
                 corr.begin_sync()
                 out = corr.active_export([mk(EV_DUMP, fam, o, r, mid, 1 * S)], 3 * S, 3 * S)
                 assert [f.end_reason for f in out] == [END_ACTIVE_TIMEOUT] * 2
-                seen.add(len(corr._live[7]))
-                assert _entry_event(7, corr._live[7])[0][4:6] == (o, r)
+                seen.add(len(corr.cache.entries[7]))
+                assert entry_event(7, corr.cache.entries[7])[0][4:6] == (o, r)
                 total = (9 + big, 900 + big, 6, 600)
                 out += corr.handle(mk(EV_DESTROY, fam, o, r, total, 1 * S, 5 * S), 5 * S)
                 assert sum(f.packets for f in out) == total[0] + total[2]
                 assert sum(f.octets for f in out) == total[1] + total[3]
                 assert {(f.src, f.post_dst) for f in out if f.direction == 1} == {(reply_src, a)}
-    assert seen == set(_LAYOUT)
+    assert seen == SIZES
 
 
 # -- removals a DESTROY block leaves for later (Correlator.reap) ------------------
@@ -245,11 +245,10 @@ def test_resync_after_a_block_does_not_export_its_connections_again():
     assert c.counters["exported_by_resync"] == 0 and c.cached == 0
 
 
-def test_removals_pending_stay_bounded(monkeypatch):
-    from nfflowd import correlate
+def test_removals_pending_stay_bounded():
     from nfflowd.record import FlowBatchBuilder
-    monkeypatch.setattr(correlate, "DEAD_MAX", 50)
     c = Correlator()
+    c.cache.dead_max = 50
     news, ends = _news_and_ends(range(1000, 1120))
     c.handle_batch(news, 1 * S, [])
     for k in range(0, 120, 40):
@@ -287,7 +286,7 @@ def test_many_revived_ids_are_found_in_a_block_too():
     c.handle_batch(news, 1 * S, [])
     c.handle_batch([_block_of(ends)], 5 * S, FlowBatchBuilder())      # 100 removals pending
     c.handle_batch(news, 6 * S, [])                             # the same ids again
-    assert len(c._revived) == 100
+    assert len(c.cache.revived) == 100
     c.handle_batch([_block_of(ends[:40])], 7 * S, FlowBatchBuilder())
     c.reap()
     assert c.cached == 60 and c.reap_pending == 0

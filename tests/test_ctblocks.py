@@ -19,9 +19,8 @@ from hypothesis import strategies as st
 
 from nfflowd import ctblocks as C
 from nfflowd import conntrack as ct
+from nfflowd.ctcache import pack4, pack6
 from nfflowd.conntrack import EV_DESTROY, EV_DUMP, EV_NEW, CtEvent, CtTuple
-from nfflowd.correlate import _PACK4 as PACK4
-from nfflowd.correlate import _PACK6 as PACK6
 from nfflowd.correlate import Correlator, flows_of, flows_of_block
 from nfflowd.flowtools import csv_lines, expand, expand_columns
 from nfflowd.ipfix import IpfixEncoder
@@ -183,7 +182,8 @@ def test_a_destroy_before_a_new_of_its_id_keeps_message_order():
     corr_a.handle_batch(ct.decode_walk(buf).events, NOW_NS, fa)
     corr_b.handle_batch(got.events, NOW_NS, fb)
     corr_b.reap()
-    assert list(fb) == fa and reused.ct_id in corr_b._live and corr_b._live == corr_a._live
+    assert list(fb) == fa and reused.ct_id in corr_b.cache.entries
+    assert corr_b.cache.entries == corr_a.cache.entries
 
 
 def test_short_destroy_runs_between_refused_rows_take_the_object_path():
@@ -307,7 +307,7 @@ def scenario(draw):
 
 
 def new_first_safe(batch) -> bool:
-    """No DESTROY in ``batch`` before a NEW of its id (ctblocks._new_first)."""
+    """No DESTROY in ``batch`` before a NEW of its id (as decode_blocks may order a batch)."""
     ended = set()
     for ev in batch:
         if ev.kind == EV_DESTROY:
@@ -363,9 +363,7 @@ def run_correlator(steps, kernel_ts, nat, setup, blocks, new_first=False):
     flush()
     flows = list(out)
     corr.reap()             # the removals the blocks left pending (daemon: when idle)
-    state = (corr.counters, corr._live, corr._new_ns, corr._dumped, corr._poll_exported,
-             corr.nat_events)
-    return flows, state
+    return flows, corr.state()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -414,7 +412,7 @@ def test_resync_order_does_not_depend_on_deferred_removals():
 def test_a_new_block_reusing_an_id_whose_removal_is_pending_keeps_its_entry():
     # ids are reused: a connection made again (a NEW block) while the
     # removal a DESTROY block left for its id is pending must keep the new
-    # entry when the removals run; and every entry is what _PACK4/_PACK6 make
+    # entry when the removals run; and every entry is what pack4/pack6 make
     def ev(kind, ct_id, fam, i):
         a = V4 if fam == 4 else V6
         o = CtTuple(a[0], a[2], 17, 1024 + i, 53)
@@ -430,11 +428,11 @@ def test_a_new_block_reusing_an_id_whose_removal_is_pending_keeps_its_entry():
     again = news[:10]
     corr.handle_batch([C.NewBlock.from_events(again)], NOW_NS + 1, [])
     corr.reap()
-    assert sorted(corr._live) == [e.ct_id for e in again]
+    assert sorted(corr.cache.entries) == [e.ct_id for e in again]
     for e in again:
-        pack = PACK4 if e.family == 4 else PACK6
+        pack = pack4 if e.family == 4 else pack6
         o, r = e.orig, e.reply
-        assert corr._live[e.ct_id] == pack(o.proto, o.src, o.dst, o.sport, o.dport,
+        assert corr.cache.entries[e.ct_id] == pack(o.proto, o.src, o.dst, o.sport, o.dport,
                                            r.src, r.dst, r.sport, r.dport, NOW_NS + 1)
     assert corr.counters["events_new"] == 70
 
@@ -461,7 +459,7 @@ def test_block_of_known_connections_correlates_like_events():
         items = [C.DestroyBlock.from_events(ends)] if blocks else ends
         corr.handle_batch(items, NOW_NS, out)
         corr.reap()
-        results.append((list(out), corr.counters, corr._live))
+        results.append((list(out), corr.counters, corr.cache.entries))
     assert results[0] == results[1]
     assert results[1][1]["connections_exported"] == 200
 

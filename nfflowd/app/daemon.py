@@ -38,7 +38,8 @@ from nfflowd.app.control import ControlServer
 from nfflowd.app.control import socket_path as control_socket_path
 from nfflowd.ctblocks import decode_blocks
 from nfflowd.record import FlowBatchBuilder
-from nfflowd.correlate import DEAD_MAX, Correlator
+from nfflowd.correlate import Correlator
+from nfflowd.ctcache import DEAD_MAX
 from nfflowd.errors import ConfigError, NfflowdError
 from nfflowd.io import netlink
 from nfflowd.app.legacy import load_any
@@ -143,7 +144,7 @@ BURST_QUIET = 0.05
 # second of wait: about a quarter of the wait at ~0.6 us a removal.  Only in a
 # stream slower than REAP_STREAM_RATE datagrams per second (a wait there is
 # idle time; in a flush it is the kernel's turn for the CPU), or once the
-# removals pending reach half of correlate.DEAD_MAX (a fast stream that never
+# removals pending reach half of ctcache.DEAD_MAX (a fast stream that never
 # pauses: past DEAD_MAX its DESTROY blocks would pay for them inline).
 REAP_PER_SECOND_OF_WAIT = 400_000
 REAP_STREAM_RATE = 30_000
@@ -758,7 +759,7 @@ class Daemon:
             table = netlink.dump_table()
         except Exception as e:  # noqa: BLE001 - the loop must go on
             log.error("dump_failed", error=str(e))
-            corr._destroyed_during_sync = None
+            corr.abandon_sync()
             return None
         self._receive(pending)
         return table, dump_ns
