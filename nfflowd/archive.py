@@ -29,7 +29,7 @@ import re
 import numpy as np
 
 from nfflowd.record import (END_ACTIVE_TIMEOUT, END_FORCED, END_IDLE_TIMEOUT,
-                            END_LACK_OF_RESOURCES, END_OF_FLOW, ORIGINAL)
+                            END_LACK_OF_RESOURCES, END_OF_FLOW, ORIGINAL, FlowBatch)
 
 KIND_OPEN, KIND_FINAL, KIND_UPDATE = 0, 1, 2
 HOUR_MS = 3_600_000
@@ -79,7 +79,8 @@ def make_pkey(addr16_: bytes, port: int) -> bytes:
 
 
 class RowBuilder:
-    """``Flow`` records and ``NatEvent``s into rows.
+    """``Flow`` records (a list or a ``FlowBatch``) and ``NatEvent``s into
+    rows; the records' columns are paired and copied as arrays.
 
     The ICMP query id is not in ``Flow`` records (they carry type and code);
     it is remembered from the create event, by conntrack id, so the FINAL row
@@ -94,6 +95,13 @@ class RowBuilder:
         self.unpaired = 0          # a direction whose other one never came
 
     def rows(self, flows, nat_events) -> np.ndarray:
+        opens = self._opens(nat_events)
+        if not len(flows):
+            return opens
+        batch = flows if isinstance(flows, FlowBatch) else FlowBatch.from_flows(list(flows))
+        return np.concatenate([opens, self._finals(batch)])
+
+    def _opens(self, nat_events) -> np.ndarray:
         out = []
         fw = self.firewall
         for e in nat_events:
@@ -107,32 +115,76 @@ class RowBuilder:
                         addr16(e.src), addr16(e.dst), e.sport, e.dport,
                         addr16(e.post_src), addr16(e.post_dst), e.post_sport, e.post_dport,
                         0, 0, 0, 0, 0, 0, e.conn_id, fw, b""))
-        held = {}
-        for f in flows:
-            if f.conn_id == 0:
-                continue
-            other = held.pop(f.conn_id, None)
-            if other is None:
-                held[f.conn_id] = f
-                continue
-            o, r = (f, other) if f.direction == ORIGINAL else (other, f)
-            out.append(self._final(o, r, fw))
-        self.unpaired += len(held)
         return finish(out)
 
-    def _final(self, o, r, fw) -> tuple:
-        sport, xsport, dport = o.sport, o.post_sport, o.dport
-        if o.proto in _ICMP:
-            ids = self._icmp.pop(o.conn_id, None)
-            if o.end_reason == END_ACTIVE_TIMEOUT and ids is not None:
-                self._icmp[o.conn_id] = ids
+    def _pairs(self, b: FlowBatch) -> tuple[np.ndarray, np.ndarray]:
+        """Indexes of each connection's ORIGINAL and REPLY records."""
+        cid = b.conn_id
+        o = np.flatnonzero((b.direction == ORIGINAL) & (cid != 0))
+        r = np.flatnonzero((b.direction != ORIGINAL) & (cid != 0))
+        if len(o) == len(r) and (cid[o] == cid[r]).all():
+            return o, r                     # the correlator's order: each pair together
+        held: dict[int, int] = {}
+        po, pr = [], []
+        for i in np.flatnonzero(cid != 0).tolist():
+            c = int(cid[i])
+            j = held.pop(c, None)
+            if j is None:
+                held[c] = i
+            elif b.direction[i] == ORIGINAL:
+                po.append(i)
+                pr.append(j)
+            else:
+                po.append(j)
+                pr.append(i)
+        self.unpaired += len(held)
+        return np.array(po, np.int64), np.array(pr, np.int64)
+
+    def _finals(self, b: FlowBatch) -> np.ndarray:
+        o, r = self._pairs(b)
+        n = len(o)
+        rows = np.zeros(n, ROW)
+        if n == 0:
+            return rows
+        fam = b.family[o]
+        rows["start_ms"] = b.start_ms[o]
+        rows["end_ms"] = b.end_ms[o]
+        reason = b.end_reason[o]
+        rows["kind"] = np.where(reason == END_ACTIVE_TIMEOUT, KIND_UPDATE, KIND_FINAL)
+        rows["reason"] = reason
+        rows["family"] = fam
+        rows["proto"] = b.proto[o]
+        for f, col in (("src", b.src), ("dst", b.dst), ("xsrc", b.post_src),
+                       ("xdst", b.post_dst)):
+            rows[f] = _addr16_cols(col[o], fam)
+        rows["sport"], rows["dport"] = b.sport[o], b.dport[o]
+        rows["xsport"], rows["xdport"] = b.post_sport[o], b.post_dport[o]
+        rows["pkts_out"], rows["bytes_out"] = b.packets[o], b.octets[o]
+        rows["pkts_in"], rows["bytes_in"] = b.packets[r], b.octets[r]
+        rows["conn_id"] = b.conn_id[o]
+        rows["fw"] = self.firewall
+        icmp = np.flatnonzero(np.isin(rows["proto"], _ICMP))
+        for i in icmp.tolist():
+            c = int(rows["conn_id"][i])
+            ids = self._icmp.pop(c, None)
             if ids is not None:
-                sport, xsport = ids
-        kind = KIND_UPDATE if o.end_reason == END_ACTIVE_TIMEOUT else KIND_FINAL
-        return (o.start_ms, o.end_ms, kind, o.end_reason, o.family, o.proto,
-                addr16(o.src), addr16(o.dst), sport, dport,
-                addr16(o.post_src), addr16(o.post_dst), xsport, o.post_dport,
-                o.packets, o.octets, r.packets, r.octets, 0, 0, o.conn_id, fw, b"")
+                if rows["kind"][i] == KIND_UPDATE:
+                    self._icmp[c] = ids
+                rows["sport"][i], rows["xsport"][i] = ids
+        set_pkeys(rows)
+        return rows
+
+
+def _addr16_cols(a: np.ndarray, fam: np.ndarray) -> np.ndarray:
+    """A batch's (n, 16) address column (IPv4 in the first 4 bytes) as
+    16-byte archive addresses."""
+    out = np.array(a, np.uint8, copy=True).reshape(len(a), 16)
+    v4 = fam == 4
+    if v4.any():
+        out[v4, 12:] = out[v4, :4]
+        out[v4, :10] = 0
+        out[v4, 10:12] = 0xFF
+    return out.view("S16").reshape(len(a))
 
 
 def finish(tuples) -> np.ndarray:
@@ -171,7 +223,7 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)
 def identity_hash(rows: np.ndarray) -> np.ndarray:
     """A 64-bit hash of the fields a connection's rows share (firewall,
     conntrack id, protocol, original source and destination, translated
-    source); callers check equality where it matters (``same_identity``)."""
+    source); ``plan_merge`` checks the fields where hashes meet."""
     n = len(rows)
     h = np.zeros(n, np.uint64)
     with np.errstate(over="ignore"):
@@ -180,59 +232,74 @@ def identity_hash(rows: np.ndarray) -> np.ndarray:
             for i in range(words):
                 h = (h ^ w[:, i]) * _MIX
                 h ^= h >> np.uint64(29)
-        small = np.zeros(n, np.uint64)
         for f in _ID_SMALL:
-            small = (small << np.uint64(8 * rows.dtype[f].itemsize)) | rows[f].astype(np.uint64)
-        h = (h ^ small) * _MIX
-        h ^= h >> np.uint64(31)
+            h = (h ^ rows[f].astype(np.uint64)) * _MIX
+            h ^= h >> np.uint64(31)
     return h
 
 
-def same_identity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def plan_merge(cols) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows stay as they are and which need ``merge_exact``, as index
+    arrays.  ``cols`` maps field names to arrays (rows or a columnar view).
+    A FINAL row absorbs its OPEN rows (they go); OPEN rows of one connection
+    keep the earliest; connections with UPDATE rows (active timeout) need
+    their counters summed, by ``merge_exact``."""
+    kind = cols["kind"]
+    n = len(kind)
+    every = np.arange(n)
+    if n == 0:
+        return every, every
+    h = identity_hash(cols)
+    upd = kind == KIND_UPDATE
+    exact = np.zeros(n, bool)
+    if upd.any():
+        exact = np.isin(h, h[upd])
+    fin = (kind == KIND_FINAL) & ~exact
+    opn = (kind == KIND_OPEN) & ~exact
+    fi, oi = every[fin], every[opn]
+    if len(oi) == 0:
+        return fi, every[exact]
+    # sorted by hash, a group's FINAL rows first, then its OPEN rows by start
+    idx = np.concatenate([fi, oi])
+    is_open = np.r_[np.zeros(len(fi), np.uint8), np.ones(len(oi), np.uint8)]
+    o = np.lexsort((cols["start_ms"][idx], is_open, h[idx]))
+    sidx, sh, so = idx[o], h[idx][o], is_open[o]
+    new = np.r_[True, sh[1:] != sh[:-1]]
+    first = np.flatnonzero(new)[np.cumsum(new) - 1]       # each row's group start
+    op = np.flatnonzero(so)
+    head = sidx[first[op]]
+    absorbed = (so[first[op]] == 0) & _same_at(cols, sidx[op], head)
+    # an OPEN row not absorbed stays if it is its group's first OPEN row
+    first_open = np.r_[True, (sh[op][1:] != sh[op][:-1])]
+    stays = op[~absorbed & (first_open | (so[first[op]] == 0))]
+    return np.sort(np.concatenate([fi, sidx[stays]])), every[exact]
+
+
+def _words(col: np.ndarray) -> np.ndarray:
+    c = np.ascontiguousarray(col)
+    if c.dtype.kind == "S":
+        return c.view("<u8").reshape(len(c), -1)
+    return c.reshape(len(c), 1)
+
+
+def _same_at(cols, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ok = np.ones(len(a), bool)
-    for f, _ in _ID_WORDS:
-        ok &= a[f] == b[f]
-    for f in _ID_SMALL:
-        ok &= a[f] == b[f]
+    for f in [f for f, _ in _ID_WORDS] + list(_ID_SMALL):
+        w = _words(cols[f])
+        ok &= (w[a] == w[b]).all(axis=1)
     return ok
 
 
-def _collapse_open(rows: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """OPEN rows of the same connection (a dump repeats a create) as one: the
-    earliest."""
-    if len(rows) < 2:
-        return rows
-    order = np.lexsort((rows["start_ms"], h))
-    hs = h[order]
-    keep = order[np.r_[True, hs[1:] != hs[:-1]]]
-    return rows[np.sort(keep)]
-
-
 def merge(rows: np.ndarray) -> np.ndarray:
-    """One row per connection.  A FINAL row absorbs its OPEN rows; with
-    UPDATE rows (active timeout) the connection's counters are summed and it
-    takes the end and reason of its last FINAL row, or stays open (end 0)."""
-    if len(rows) == 0:
-        return rows.copy()
-    h = identity_hash(rows)
-    upd = rows["kind"] == KIND_UPDATE
-    if upd.any():
-        with_upd = np.isin(h, h[upd])
-        rest = merge(rows[~with_upd])
-        return np.concatenate([rest, _merge_exact(rows[with_upd])])
-    fin = rows["kind"] == KIND_FINAL
-    finals, fh = rows[fin], h[fin]
-    opens, oh = rows[~fin], h[~fin]
-    if len(finals) and len(opens):
-        order = np.argsort(fh, kind="stable")
-        pos = np.searchsorted(fh[order], oh).clip(0, len(fh) - 1)
-        match = order[pos]
-        absorbed = (fh[match] == oh) & same_identity(opens, finals[match])
-        opens, oh = opens[~absorbed], oh[~absorbed]
-    return np.concatenate([finals, _collapse_open(opens, oh)])
+    """One row per connection (see ``plan_merge``): a connection with a FINAL
+    row takes its end and reason, else it is open (end 0)."""
+    keep, exact = plan_merge(rows)
+    if len(exact) == 0:
+        return rows[keep]
+    return np.concatenate([rows[keep], merge_exact(rows[exact])])
 
 
-def _merge_exact(rows: np.ndarray) -> np.ndarray:
+def merge_exact(rows: np.ndarray) -> np.ndarray:
     n = len(rows)
     if n < 2:
         return rows.copy()
@@ -279,21 +346,31 @@ def event_ms(rows: np.ndarray) -> np.ndarray:
     return np.where(rows["kind"] == KIND_OPEN, rows["start_ms"], rows["end_ms"])
 
 
-def seal_split(hour_rows: np.ndarray, open_rows: np.ndarray, hour_ms: int):
-    """Seal one hour: its rows (all kinds) and the archive's open set in,
-    ``(main, long, open)`` out.  ``main`` holds the connections that ended in
-    the hour and started at most an hour before it, ``long`` those that ended
-    in it after a longer life, ``open`` the new open set (connections with no
-    end yet, whatever hour they started in)."""
-    merged = merge(np.concatenate([open_rows, hour_rows]))
+def seal_masks(merged, hour_ms: int):
+    """Seal one hour: of the merged rows of the hour and the archive's open
+    set, ``(main, long, open)`` masks.  ``main``: the connections that ended
+    in the hour and started at most an hour before it; ``long``: those that
+    ended in it after a longer life; ``open``: the new open set (no end yet,
+    whatever hour they started in)."""
     done = merged["kind"] == KIND_FINAL
     short = merged["start_ms"] >= hour_ms - HOUR_MS
-    return merged[done & short], merged[done & ~short], merged[~done]
+    return done & short, done & ~short, ~done
+
+
+def key_order(cols) -> np.ndarray:
+    """The order of sealed files: by lookup key, then start."""
+    k = cols["pkey"]
+    n = len(k)
+    kb = np.ascontiguousarray(k).view(np.uint8).reshape(n, 18)
+    hi = np.ascontiguousarray(kb[:, :8]).view(">u8").reshape(n)
+    lo = np.ascontiguousarray(kb[:, 8:16]).view(">u8").reshape(n)
+    port = np.ascontiguousarray(kb[:, 16:]).view(">u2").reshape(n)
+    return np.lexsort((cols["start_ms"], port, lo, hi))
 
 
 def query_hours(t_ms: int, window_ms: int) -> range:
     """The sealed hours whose ``main`` file can hold a connection seen between
-    ``t - window`` and ``t + window`` (see ``seal_split``): it ended at or
+    ``t - window`` and ``t + window`` (see ``seal_masks``): it ended at or
     after ``t - window`` in the hour, and started at most an hour before it."""
     lo = hour_of(t_ms - window_ms)
     hi = hour_of(t_ms + window_ms) + HOUR_MS

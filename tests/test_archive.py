@@ -420,3 +420,24 @@ def test_pairer_dnat_line_order():
     assert p.connections == 1 and p.unpaired == 0
     assert rows[0]["pkey"] == make_pkey(addr16(pub), 8080)
     assert rows[0]["xdst"] == addr16(ins)
+
+
+def test_rows_from_a_batch_equal_rows_from_records():
+    from nfflowd.record import FlowBatch
+    flows, events = [], []
+    for i in range(5):
+        ev, fl = conn(100 + i, 1000 + i, 20000 + i, T0 + i, T0 + 1000 + i)
+        flows += fl
+        events.append(ev)
+    ev6, fl6 = conn(200, 5, 61000, T0, T0 + 9, priv=v6("2001:db8:1::2"),
+                    pub=v6("2001:db8:2::1"), rem=v6("2001:db8:2::2"))
+    flows += fl6
+    a = RowBuilder("fw1").rows(flows, events)
+    b = RowBuilder("fw1").rows(FlowBatch.from_flows(flows), events)
+    assert a.tobytes() == b.tobytes() and len(a) == 11
+    assert b[-1]["src"] == addr16(v6("2001:db8:1::2")) and b[-2]["src"] == addr16(PRIV)
+    # out of the correlator's order: paired by conntrack id all the same
+    shuffled = flows[1::2] + flows[0::2]
+    c = RowBuilder("fw1").rows(shuffled, [])
+    assert sorted(c["conn_id"].tolist()) == sorted(b[b["kind"] == KIND_FINAL]["conn_id"].tolist())
+    assert set(c["pkts_in"].tolist()) == {2}

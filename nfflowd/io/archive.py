@@ -41,8 +41,8 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from nfflowd.archive import (DAY_MS, HOUR_MS, ROW, RowBuilder, event_ms, merge,
-                             query_hours, seal_split, seen_at)
+from nfflowd.archive import (DAY_MS, HOUR_MS, ROW, RowBuilder, event_ms, key_order, merge,
+                             merge_exact, plan_merge, query_hours, seal_masks, seen_at)
 
 _TYPES = {"i8": pa.int64(), "u1": pa.uint8(), "u2": pa.uint16(), "u4": pa.uint32(),
           "u8": pa.uint64()}
@@ -89,23 +89,10 @@ def _fw_array(col: np.ndarray) -> pa.Array:
 
 
 def from_table(table: pa.Table) -> np.ndarray:
-    n = table.num_rows
-    rows = np.zeros(n, ROW)
-    if n == 0:
-        return rows
-    for name in ROW.names:
-        col = table.column(name).combine_chunks()
-        if name == _FW:
-            d = pc.dictionary_encode(col)
-            names = np.array([(s or "").encode() for s in d.dictionary.to_pylist()] or [b""],
-                             "S32")
-            rows[name] = names[d.indices.to_numpy(zero_copy_only=False)]
-        elif pa.types.is_fixed_size_binary(col.type):
-            w = col.type.byte_width
-            raw = np.frombuffer(col.buffers()[1], np.uint8, count=(col.offset + n) * w)
-            rows[name] = raw[col.offset * w:].view(f"S{w}")
-        else:
-            rows[name] = col.to_numpy(zero_copy_only=False)
+    rows = np.zeros(table.num_rows, ROW)
+    if table.num_rows:
+        for name in ROW.names:
+            rows[name] = _column(table.column(name))
     return rows
 
 
@@ -135,8 +122,14 @@ class ArchiveError(Exception):
 
 
 def read_hot(path: Path) -> tuple[np.ndarray, bool]:
-    """The whole batches of a hot file, and whether all of it was read (a
-    torn tail after a crash, or damage, cuts it at the last whole batch)."""
+    """The whole batches of a hot file as rows, and whether all of it was
+    read (a torn tail after a crash, or damage, cuts it at the last whole
+    batch)."""
+    t, whole = read_hot_table(path)
+    return from_table(t), whole
+
+
+def read_hot_table(path: Path) -> tuple[pa.Table, bool]:
     parts, whole = [], True
     try:
         with open(path, "rb") as f:
@@ -150,17 +143,52 @@ def read_hot(path: Path) -> tuple[np.ndarray, bool]:
         raise
     except (OSError, pa.ArrowException):
         whole = False
-    if not parts:
-        return np.zeros(0, ROW), whole
-    return from_table(pa.Table.from_batches(parts, SCHEMA)), whole
+    return pa.Table.from_batches(parts, SCHEMA), whole
 
 
-def write_parquet(path: Path, rows: np.ndarray, meta: dict | None = None,
+class Columns:
+    """A table's columns as numpy arrays, made once each, for the sans-IO
+    rules that take field names (``plan_merge``, ``seal_masks``,
+    ``key_order``)."""
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+        self._cols: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        c = self._cols.get(name)
+        if c is None:
+            c = self._cols[name] = _column(self.table.column(name))
+        return c
+
+
+def _column(col) -> np.ndarray:
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(col)
+    if pa.types.is_fixed_size_binary(col.type):
+        w = col.type.byte_width
+        if n == 0:
+            return np.zeros(0, f"S{w}")
+        raw = np.frombuffer(col.buffers()[1], np.uint8, count=(col.offset + n) * w)
+        return raw[col.offset * w:].view(f"S{w}")
+    if pa.types.is_string(col.type) or pa.types.is_dictionary(col.type):
+        d = col if pa.types.is_dictionary(col.type) else pc.dictionary_encode(col)
+        names = np.array([(x or "").encode()[:32] for x in d.dictionary.to_pylist()] or [b""],
+                         "S32")
+        return names[d.indices.to_numpy(zero_copy_only=False)]
+    return col.to_numpy(zero_copy_only=False)
+
+
+def write_parquet(path: Path, table, meta: dict | None = None,
                   row_group: int = 8192) -> None:
-    """Write sorted by key then start, atomically enough for the journal:
-    the caller renames ``path`` into place."""
-    order = np.lexsort((rows["start_ms"], rows["pkey"]))
-    table = to_table(rows[order])
+    """Write rows (a table or a row array) sorted by key then start, and
+    fsync; the caller renames ``path`` into place (the seal's journal)."""
+    if isinstance(table, np.ndarray):
+        table = to_table(table)
+    table = table.take(key_order(Columns(table)))
     if meta:
         table = table.replace_schema_metadata({k: json.dumps(v) for k, v in meta.items()})
     pq.write_table(table, path, compression="zstd", compression_level=3,
@@ -261,11 +289,11 @@ class Store:
                 n += 1
         return n
 
-    def _read_sealed(self, path: Path) -> np.ndarray:
+    def _read_sealed(self, path: Path) -> pa.Table:
         if not path.exists():
-            return np.zeros(0, ROW)
+            return SCHEMA.empty_table()
         try:
-            return from_table(pq.read_table(path, schema=SCHEMA))
+            return pq.read_table(path, schema=SCHEMA)
         except (OSError, pa.ArrowException) as e:
             self.counters["archive_damaged"] += 1
             bad = path.with_name(path.name + ".damaged")
@@ -273,37 +301,47 @@ class Store:
                 self.log.warning("archive_damaged_file", path=str(path), error=str(e),
                                  kept_as=str(bad))
             os.replace(path, bad)
-            return np.zeros(0, ROW)
+            return SCHEMA.empty_table()
 
     def seal(self, hour: int, files: list[Path]) -> None:
+        """Merge an hour's hot files, the hour's sealed file (rows that came
+        late) and the open set; write the hour's file, the day's long file
+        and the open set; then delete the hot files (through the journal)."""
         self.close_hot([hour])
-        parts = []
-        for p in files:
-            rows, whole = read_hot(p)
-            if not whole:
-                self.counters["archive_damaged"] += 1
-                if self.log is not None:
-                    self.log.warning("archive_torn_hot_file", path=str(p), rows_kept=len(rows))
-            parts.append(rows)
         day = self.path / _day_dir(hour)
         day.mkdir(exist_ok=True)
         main_p = day / f"{_hour_name(hour)[8:]}.parquet"
         long_p = day / "long.parquet"
         open_p = self.path / OPEN_FILE
-        parts.append(self._read_sealed(main_p))
-        hour_rows = np.concatenate(parts)
-        main, long_, open_ = seal_split(hour_rows, self._read_sealed(open_p), hour)
+        parts = [self._read_sealed(open_p), self._read_sealed(main_p)]
+        for p in files:
+            t, whole = read_hot_table(p)
+            if not whole:
+                self.counters["archive_damaged"] += 1
+                if self.log is not None:
+                    self.log.warning("archive_torn_hot_file", path=str(p), rows_kept=t.num_rows)
+            parts.append(t)
+        rows = pa.concat_tables(parts)
+        keep, exact = plan_merge(Columns(rows))
+        merged = rows.take(keep)
+        if len(exact):
+            merged = pa.concat_tables([merged, to_table(merge_exact(from_table(rows.take(exact))))])
+        cols = Columns(merged)
+        main_m, long_m, open_m = seal_masks(cols, hour)
         if self.retention_ms:
-            open_ = open_[open_["start_ms"] >= hour - self.retention_ms]
-        if len(long_):
-            long_ = merge(np.concatenate([self._read_sealed(long_p), long_]))
+            open_m &= cols["start_ms"] >= hour - self.retention_ms
+        main = merged.filter(main_m)
+        long_ = merged.filter(long_m)
+        open_ = merged.filter(open_m)
+        if long_.num_rows:
+            long_ = pa.concat_tables([self._read_sealed(long_p), long_])
         tag = f".tmp-{self.session}"
         renames = []
-        for rows, p, always in ((main, main_p, True), (long_, long_p, False),
-                                (open_, open_p, True)):
-            if len(rows) or always:
+        for table, p, always in ((main, main_p, True), (long_, long_p, False),
+                                 (open_, open_p, True)):
+            if table.num_rows or always:
                 tmp = p.with_name(p.name + tag)
-                write_parquet(tmp, rows, {"hour": hour})
+                write_parquet(tmp, table, {"hour": hour})
                 renames.append((str(tmp), str(p)))
         journal = {"renames": renames, "deletes": [str(p) for p in files]}
         jp = self.path / JOURNAL
