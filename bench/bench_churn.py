@@ -136,6 +136,9 @@ def main() -> int:
                     help="seconds without a new datagram (and an empty table) that end the wait")
     ap.add_argument("--syslog", action="store_true",
                     help="with the syslog mirror on (over UDP to a line counter in fw)")
+    ap.add_argument("--profile", metavar="FILE", default=None,
+                    help="run nfflowd under cProfile, statistics to FILE (slower: for "
+                         "finding where the time goes, not for the figures)")
     ap.add_argument("--no-ulogd2", dest="ulogd2", action="store_false",
                     help="without ulogd2 beside nfflowd")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -195,7 +198,8 @@ def main() -> int:
         cfg = work / "nfflowd.yaml"
         bb.nfflowd_config(cfg, work, PORT, args.rcvbuf, None, args.sched_priority,
                           syslog=f"127.0.0.1:{SYSLOG_PORT}" if args.syslog else None)
-        procs["nfflowd"] = nf = bb.Proc(lab, lab.fw, sys.executable, "-m", "nfflowd.cli",
+        prof = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())] if args.profile else []
+        procs["nfflowd"] = nf = bb.Proc(lab, lab.fw, sys.executable, *prof, "-m", "nfflowd.cli",
                                         "-f", "-c", cfg, "start", lifetime=lifetime,
                                         cwd=bb.ROOT)
         nf.started("nfflowd", "event=ready", timeout=30, stream="err")
