@@ -323,8 +323,9 @@ def start_ulogd(lab, work: Path, procs: dict, plugins: dict, port: int, lifetime
 
 def nfflowd_config(path: Path, workdir: Path, port: int, rcvbuf: int,
                    flush_interval: float | None, sched_priority: int,
-                   syslog: str | None = None) -> None:
-    """``syslog``: the mirror's address (host:port), None: no mirror."""
+                   syslog: str | None = None, new_events: bool = True) -> None:
+    """``syslog``: the mirror's address (host:port), None: no mirror;
+    ``new_events``: conntrack.new_events."""
     flush = f"\n  flush_interval: {flush_interval}" if flush_interval is not None else ""
     mirror = f"{{enabled: true, address: '{syslog}'}}" if syslog else "{enabled: false}"
     path.write_text(f"""# written by bench/bench_burst.py
@@ -332,7 +333,7 @@ export:{flush}
   collectors:
     - {{host: 127.0.0.1, port: {port}, version: 10, records: [flows]}}
 syslog: {mirror}
-conntrack: {{rcvbuf: {rcvbuf}}}
+conntrack: {{rcvbuf: {rcvbuf}, new_events: {str(new_events).lower()}}}
 pidfile: {workdir}/nfflowd.pid
 sched_priority: {sched_priority}
 """)

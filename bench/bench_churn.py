@@ -12,7 +12,8 @@ As root, in network namespaces (tests/natlab.py: lan -> fw (NAT) -> wan):
    to its own collector; it makes itself SCHED_RR 99) and nfflowd (IPFIX over
    UDP, flow records only, the normal scheduler: a steady load needs no
    real-time priority; ``--sched-priority`` to change that); ``--no-ulogd2``
-   leaves ulogd2 out;
+   leaves ulogd2 out, ``--destroy-only`` runs nfflowd with
+   ``conntrack.new_events: false`` (DESTROY events only, as ulogd2 here);
 2. from lan, R UDP connections per second for T seconds (tests/burst.py
    ``churn``), each one datagram from a new source and destination port
    pair; fw's nf_conntrack_udp_timeout is S, so each connection ends S
@@ -139,6 +140,9 @@ def main() -> int:
     ap.add_argument("--profile", metavar="FILE", default=None,
                     help="run nfflowd under cProfile, statistics to FILE (slower: for "
                          "finding where the time goes, not for the figures)")
+    ap.add_argument("--destroy-only", action="store_true",
+                    help="nfflowd with conntrack.new_events: false (DESTROY events only, "
+                         "as ulogd2 here)")
     ap.add_argument("--no-ulogd2", dest="ulogd2", action="store_false",
                     help="without ulogd2 beside nfflowd")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -197,7 +201,8 @@ def main() -> int:
             ls.started("the syslog counter")
         cfg = work / "nfflowd.yaml"
         bb.nfflowd_config(cfg, work, PORT, args.rcvbuf, None, args.sched_priority,
-                          syslog=f"127.0.0.1:{SYSLOG_PORT}" if args.syslog else None)
+                          syslog=f"127.0.0.1:{SYSLOG_PORT}" if args.syslog else None,
+                          new_events=not args.destroy_only)
         prof = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())] if args.profile else []
         procs["nfflowd"] = nf = bb.Proc(lab, lab.fw, sys.executable, *prof, "-m", "nfflowd.cli",
                                         "-f", "-c", cfg, "start", lifetime=lifetime,
@@ -306,7 +311,8 @@ def main() -> int:
         print(f"kernel drops (netlink)           {drops[0] if drops else '?'}")
         print(f"collector socket drops           {res['drops']}")
         print(f"nfflowd CPU during the churn     {churn_cpu:.2f} s "
-              f"({1e6 * churn_cpu / max(1, sent):.1f} us per connection, NEW and DESTROY)")
+              f"({1e6 * churn_cpu / max(1, sent):.1f} us per connection, "
+              f"{'its DESTROY' if args.destroy_only else 'NEW and DESTROY'})")
         if ul_res is not None:
             print(f"ulogd2: connections exported     {ul_res['orig_distinct']:,} "
                   f"(duplicates {ul_res['orig_duplicates']:,}, collector socket drops "

@@ -81,6 +81,9 @@ class ConntrackConfig:
     rcvbuf: int = 64 * 1024 * 1024
     # seconds between active-timeout exports of open connections (0: off)
     active_timeout: float = 1800.0
+    # False: DESTROY events only where nothing needs NEW ones (no NAT events,
+    # kernel timestamps on; see app/daemon.event_groups)
+    new_events: bool = True
 
 
 @dataclass(frozen=True)
@@ -401,13 +404,15 @@ def parse(data, path: str = "<string>") -> Config:
             c.bad("syslog.address", "expected a unix socket path (/dev/log) or host:port "
                   f"for UDP, got {syslog.address!r}")
 
-    ct = c.section(data, "conntrack", {"ttl", "poll_interval", "rcvbuf", "active_timeout"})
+    ct = c.section(data, "conntrack", {"ttl", "poll_interval", "rcvbuf", "active_timeout",
+                                       "new_events"})
     conntrack = ConntrackConfig(
         ttl=c.number(ct, "ttl", "conntrack.ttl", 604800.0, 1, 10 * 365 * 86400),
         poll_interval=c.number(ct, "poll_interval", "conntrack.poll_interval", 30.0, 0.1, 86400),
         rcvbuf=c.integer(ct, "rcvbuf", "conntrack.rcvbuf", 64 * 1024 * 1024, 65536, 2**31 - 1),
         active_timeout=c.number(ct, "active_timeout", "conntrack.active_timeout", 1800.0,
                                 0, 30 * 86400),
+        new_events=c.boolean(ct, "new_events", "conntrack.new_events", True),
     )
     if 0 < conntrack.active_timeout < 1:
         c.bad("conntrack.active_timeout", f"expected 0 (off) or at least 1 second, "

@@ -233,6 +233,35 @@ def announce_kernel_settings() -> bool:
     return bool(tstamp)
 
 
+def event_groups(new_events: bool, kernel_timestamps: bool,
+                 nat_events: bool) -> tuple[int, ...]:
+    """The ctnetlink groups to subscribe to.  With kernel timestamps a
+    DESTROY event carries all of a connection's records (tuples, counters,
+    start and stop); NEW events serve NAT create events, start times without
+    kernel timestamps, and the cache behind overrun recovery (resync) and the
+    active timeout.  ``new_events`` False (conntrack.new_events) leaves them
+    out where neither NAT events nor start times need them: an overrun then
+    loses no DESTROY event (the kernel redelivers those it could not
+    deliver, NETLINK_BROADCAST_ERROR), and connections are learnt from the
+    resync's and the active timeout's dumps instead (adopted)."""
+    if new_events or nat_events or not kernel_timestamps:
+        return (netlink.NFNLGRP_CONNTRACK_NEW, netlink.NFNLGRP_CONNTRACK_DESTROY)
+    return (netlink.NFNLGRP_CONNTRACK_DESTROY,)
+
+
+def _announce_groups(new_events: bool, groups: tuple) -> None:
+    """Say which events are received when conntrack.new_events is off."""
+    if new_events:
+        return
+    if netlink.NFNLGRP_CONNTRACK_NEW in groups:
+        log.info("conntrack_events", subscribed="new,destroy",
+                 meaning="conntrack.new_events is off, but NAT events or start times "
+                         "without kernel timestamps need NEW events")
+    else:
+        log.info("conntrack_events", subscribed="destroy",
+                 meaning="NEW events are not received (conntrack.new_events: false)")
+
+
 class Daemon:
     def __init__(self, cfg: Config, on_ready=None, on_drop=None):
         self.cfg = cfg
@@ -350,7 +379,9 @@ class Daemon:
                                      nat_events=self.pipeline.wants_nat_events)
         # Subscribe first, then dump: a connection created in between is seen
         # in both, and the correlator keys the dump by id and tuple.
-        self.sock = netlink.ConntrackSocket(rcvbuf=ccfg.rcvbuf)
+        groups = event_groups(ccfg.new_events, kernel_ts, self.pipeline.wants_nat_events)
+        self.sock = netlink.ConntrackSocket(rcvbuf=ccfg.rcvbuf, groups=groups)
+        _announce_groups(ccfg.new_events, groups)
         if self.sock.rcvbuf < ccfg.rcvbuf:
             log.warning("netlink_rcvbuf_smaller", wanted=ccfg.rcvbuf, obtained=self.sock.rcvbuf)
         table = netlink.dump_table()
@@ -460,6 +491,7 @@ class Daemon:
         corr = self.correlator
         corr.ttl_ns = int(new.conntrack.ttl * 1_000_000_000)
         corr.want_nat_events = self.pipeline.wants_nat_events
+        self._resubscribe(new.conntrack.new_events)
         if (new.conntrack.rcvbuf != self.cfg.conntrack.rcvbuf or new.user != self.cfg.user
                 or new.sched_priority != self.cfg.sched_priority):
             log.warning("reload_needs_restart", keys="conntrack.rcvbuf, user, sched_priority",
@@ -474,6 +506,20 @@ class Daemon:
                  kept=len(self.pipeline.exporters) - len(plan.built),
                  syslog=new.syslog.address if new.syslog.enabled else "off")
         sdnotify.ready()
+
+    def _resubscribe(self, new_events: bool) -> None:
+        """The event groups a reloaded configuration needs, on the same socket
+        (NAT events asked for now need NEW events)."""
+        groups = event_groups(new_events, self.correlator.kernel_timestamps,
+                              self.pipeline.wants_nat_events)
+        if groups == self.sock.groups:
+            return
+        try:
+            self.sock.set_groups(groups)
+        except NfflowdError as e:
+            log.error("conntrack_groups_unchanged", error=str(e), groups=self.sock.groups)
+            return
+        _announce_groups(new_events, groups)
 
     # -- the loop ----------------------------------------------------------------
     def run(self) -> int:

@@ -23,6 +23,7 @@ from nfflowd.errors import SourceError
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
+NETLINK_DROP_MEMBERSHIP = 2
 NETLINK_BROADCAST_ERROR = 4
 SO_RCVBUFFORCE = 33
 
@@ -282,6 +283,24 @@ class ConntrackSocket:
 
     def fileno(self) -> int:
         return self._sock.fileno()
+
+    def set_groups(self, groups) -> None:
+        """Subscribe to ``groups`` (NFNLGRP_CONNTRACK_* numbers) instead of
+        the ones held, on the same socket: what is queued stays queued.
+        Raises SourceError when the kernel refuses (``groups`` then says
+        what is held)."""
+        held = set(self.groups)
+        changes = [(NETLINK_DROP_MEMBERSHIP, g) for g in sorted(held - set(groups))]
+        changes += [(NETLINK_ADD_MEMBERSHIP, g) for g in sorted(set(groups) - held)]
+        try:
+            for opt, g in changes:
+                self._sock.setsockopt(SOL_NETLINK, opt, g)
+                held.symmetric_difference_update((g,))
+        except OSError as e:
+            raise SourceError(_errno_message("cannot change the conntrack event groups",
+                                             e.errno or 0)) from e
+        finally:
+            self.groups = tuple(sorted(held))
 
     def queued_bytes(self) -> int | None:
         """What the datagrams waiting in the receive queue take of the
