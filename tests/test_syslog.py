@@ -13,7 +13,9 @@ from nfflowd import flowtools
 from nfflowd.io import syslog
 from nfflowd.io.syslog import SyslogFormatter, SyslogSink, parse_address, pri, timestamp
 
-from test_flowtools import EX_BOOT_MS, EX_NOW_NS, EXAMPLE_CSV, example_flows
+from nfflowd.record import REPLY
+
+from test_flowtools import EX_BOOT_MS, EX_NOW_NS, EXAMPLE_CSV, example_flows, flow
 
 T_EXAMPLE = 1248952480      # Thu Jul 30 11:14:40 2009 UTC
 T_DAY3 = 1249297200         # Mon Aug  3 11:00:00 2009 UTC
@@ -397,3 +399,111 @@ def test_meter_print_keeps_stdout_to_the_csv(tmp_path):
     assert lines and all(len(line.split(",")) == 18 for line in lines), p.stdout
     assert p.stderr.count("event=syslog_unavailable") == 1, p.stderr
     assert f"syslog_dropped={len(lines)}" in p.stderr, p.stderr
+
+
+# The exact bytes of the mirror's messages, pinned: a table of flows (the
+# flow-tools triplet of a translated connection, a connection without NAT,
+# ICMP, IPv6 with and without prefix translation, counters past 32 bits) and
+# the datagrams they give, local (/dev/log) form.  Header of every line:
+# export time T_EXAMPLE + 0.5 in UTC, pid 4321, EXADDR 172.16.1.1.
+P = "<182>Jul 30 11:14:40 nfflowd[4321]: "
+H = P + "1248952480,737235000,279737,172.16.1.1,"
+S, E = EX_BOOT_MS + 136315, EX_BOOT_MS + 279737     # FIRST 136315, LAST 279737
+PINNED = [
+    ("ipv4_tcp_snat",
+     [flow("10.0.195.106", "74.125.6.225", 62380, 80, post_src="192.76.7.154",
+           post_sport=1025, packets=720, octets=38052, start_ms=S, end_ms=E, tcp_flags=0x1b),
+      flow("74.125.6.225", "192.76.7.154", 80, 1025, post_dst="10.0.195.106",
+           post_dport=62380, packets=1432, octets=2027040, start_ms=S, end_ms=E,
+           direction=REPLY, tcp_flags=0x13)],
+     [H + "720,38052,136315,279737,10.0.195.106,74.125.6.225,0.0.0.0,0,0,62380,80,6,0,27",
+      H + "720,38052,136315,279737,192.76.7.154,74.125.6.225,0.0.0.0,0,0,1025,80,6,0,27",
+      H + "1432,2027040,136315,279737,74.125.6.225,192.76.7.154,0.0.0.0,0,0,80,1025,6,0,19"]),
+    ("ipv4_udp_no_nat",
+     [flow("10.0.0.5", "10.0.1.5", 5353, 53, proto=17, packets=1, octets=61, start_ms=S,
+           end_ms=S, tos=0x10),
+      flow("10.0.1.5", "10.0.0.5", 53, 5353, proto=17, packets=1, octets=120, start_ms=S,
+           end_ms=S + 2, direction=REPLY)],
+     [H + "1,61,136315,136315,10.0.0.5,10.0.1.5,0.0.0.0,0,0,5353,53,17,16,0",
+      H + "1,120,136315,136317,10.0.1.5,10.0.0.5,0.0.0.0,0,0,53,5353,17,0,0"]),
+    ("icmp_echo_snat",
+     [flow("10.0.0.5", "198.51.100.7", 0, 8 * 256, post_src="203.0.113.9", proto=1,
+           packets=4, octets=336, start_ms=S, end_ms=E),
+      flow("198.51.100.7", "203.0.113.9", 0, 0, post_dst="10.0.0.5", proto=1, packets=4,
+           octets=336, start_ms=S, end_ms=E, direction=REPLY)],
+     [H + "4,336,136315,279737,10.0.0.5,198.51.100.7,0.0.0.0,0,0,0,2048,1,0,0",
+      H + "4,336,136315,279737,203.0.113.9,198.51.100.7,0.0.0.0,0,0,0,2048,1,0,0",
+      H + "4,336,136315,279737,198.51.100.7,203.0.113.9,0.0.0.0,0,0,0,0,1,0,0"]),
+    ("ipv6_no_nat_and_npt",
+     [flow("2001:db8::1", "2001:db8:1::2", 40000, 22, packets=10, octets=1500, start_ms=S,
+           end_ms=E),
+      flow("fd00::5", "2001:db8:1::2", 40001, 22, post_src="2001:db8:ff::5", proto=58,
+           packets=2, octets=208, start_ms=S, end_ms=E, tos=0xb8)],
+     [H + "10,1500,136315,279737,2001:db8::1,2001:db8:1::2,::,0,0,40000,22,6,0,0",
+      H + "2,208,136315,279737,fd00::5,2001:db8:1::2,::,0,0,40001,22,58,184,0",
+      H + "2,208,136315,279737,2001:db8:ff::5,2001:db8:1::2,::,0,0,40001,22,58,184,0"]),
+    ("counters_past_32_bits_and_times_before_boot",
+     [flow("192.0.2.1", "192.0.2.2", 65535, 65535, proto=17, packets=2**32, octets=2**40 + 5,
+           start_ms=EX_BOOT_MS - 5, end_ms=EX_BOOT_MS + 1)],
+     [H + "4294967295,4294967295,0,1,192.0.2.1,192.0.2.2,0.0.0.0,0,0,65535,65535,17,0,0"]),
+]
+
+
+def receive_all(r, sink) -> list:
+    """What ``r`` receives until ``sink`` has sent everything (its queue may
+    take fewer datagrams than were sent at once: max_dgram_qlen)."""
+    r.setblocking(False)
+    got = []
+    for _ in range(10_000):             # bounded
+        while True:
+            try:
+                got.append(r.recv(65536))
+            except BlockingIOError:
+                break
+        if not sink.backlog:
+            return got
+        if select.select([], [sink], [], 1)[1]:
+            sink.on_writable()
+    raise AssertionError("the sink did not drain")
+
+
+def pinned_batches():
+    """Every PINNED case's flows, one batch each and all in one, as the
+    flow-tools view made both ways (Flow lists and columns)."""
+    from nfflowd.columns import FlowColumns
+    everything = [f for _, flows, _ in PINNED for f in flows]
+    for name, flows, lines in PINNED + [("all", everything, [m for c in PINNED for m in c[2]])]:
+        for how, make in (("flows", list), ("columns", FlowColumns.from_flows)):
+            yield (f"{name}/{how}",
+                   flowtools.expand_columns(make(flows), EX_NOW_NS, EX_BOOT_MS, "172.16.1.1")
+                   if how == "columns" else
+                   flowtools.expand(flows, EX_NOW_NS, EX_BOOT_MS, "172.16.1.1"),
+                   [m.encode() for m in lines])
+
+
+@pytest.mark.parametrize("name,batch,expected", list(pinned_batches()),
+                         ids=[c[0] for c in pinned_batches()])
+def test_exact_bytes_of_the_mirror(tmp_path, utc, name, batch, expected):
+    path = tmp_path / "log"
+    r = unix_receiver(path)
+    sink = SyslogSink(str(path), pid=4321)
+    sink.send_csv(batch, now=T_EXAMPLE + 0.5)
+    assert receive_all(r, sink) == expected
+    assert sink.sent == len(expected) and not sink.backlog
+    assert [(P + line).encode() for line in flowtools.csv_lines(batch)] == expected
+    sink.close()
+    r.close()
+
+
+@pytest.mark.parametrize("name,flows,expected", PINNED, ids=[c[0] for c in PINNED])
+def test_exact_bytes_over_udp(utc, name, flows, expected):
+    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    r.bind(("127.0.0.1", 0))
+    r.settimeout(5)
+    sink = SyslogSink(f"127.0.0.1:{r.getsockname()[1]}", pid=4321, hostname="gw1")
+    sink.send_csv(flowtools.expand(flows, EX_NOW_NS, EX_BOOT_MS, "172.16.1.1"),
+                  now=T_EXAMPLE + 0.5)
+    assert [r.recv(65536) for _ in expected] == [
+        m.replace(" nfflowd[", " gw1 nfflowd[", 1).encode() for m in expected]
+    sink.close()
+    r.close()
