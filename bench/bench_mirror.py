@@ -40,7 +40,8 @@ import bench_pipeline as bp  # noqa: E402
 from nfflowd.app import config  # noqa: E402
 from nfflowd.app.daemon import FLUSH_THRESHOLD, RECV_BATCH, tune_gc  # noqa: E402
 from nfflowd.app.pipeline import Pipeline  # noqa: E402
-from nfflowd.columns import FlowBuffer, decode_blocks  # noqa: E402
+from nfflowd.columns import decode_blocks  # noqa: E402
+from nfflowd.record import FlowBatchBuilder  # noqa: E402
 from nfflowd.conntrack import decode_datagrams  # noqa: E402
 from nfflowd.correlate import Correlator  # noqa: E402
 from nfflowd.flowtools import csv_lines  # noqa: E402
@@ -57,14 +58,14 @@ def export_batches(batches, news, objects: bool) -> list:
         corr.handle_batch(decode_datagrams(buf, starts, ends).events if objects
                           else decode_blocks(buf, starts, ends, stride).events, 0, [])
     out = []
-    pending = [] if objects else FlowBuffer()
+    pending = [] if objects else FlowBatchBuilder()
     for buf, starts, ends, stride in batches:
         res = (decode_datagrams(buf, starts, ends) if objects
                else decode_blocks(buf, starts, ends, stride))
         corr.handle_batch(res.events, now_ns, pending)
         if len(pending) >= FLUSH_THRESHOLD:
             out.append(pending if objects else pending.for_export())
-            pending = [] if objects else FlowBuffer()
+            pending = [] if objects else FlowBatchBuilder()
     if len(pending):
         out.append(pending if objects else pending.for_export())
     return out

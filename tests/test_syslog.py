@@ -470,10 +470,10 @@ def receive_all(r, sink) -> list:
 def pinned_batches():
     """Every PINNED case's flows, one batch each and all in one, as the
     flow-tools view made both ways (Flow lists and columns)."""
-    from nfflowd.columns import FlowColumns
+    from nfflowd.record import FlowBatch
     everything = [f for _, flows, _ in PINNED for f in flows]
     for name, flows, lines in PINNED + [("all", everything, [m for c in PINNED for m in c[2]])]:
-        for how, make in (("flows", list), ("columns", FlowColumns.from_flows)):
+        for how, make in (("flows", list), ("columns", FlowBatch.from_flows)):
             yield (f"{name}/{how}",
                    flowtools.expand_columns(make(flows), EX_NOW_NS, EX_BOOT_MS, "172.16.1.1")
                    if how == "columns" else
