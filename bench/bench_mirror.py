@@ -1,6 +1,6 @@
 """The syslog CSV mirror's replay rate: flow-tools records per CPU second.
 
-    python bench/bench_mirror.py [REPLAY_FILE] [--repeat N] [--objects]
+    python bench/bench_mirror.py [REPLAY_FILE] [--repeat N] [--objects] [--qlen N]
 
 The replay (bench_pipeline.py's: 200k recorded DESTROY messages) is decoded
 and correlated once, untimed, into the export batches the daemon makes
@@ -8,15 +8,16 @@ and correlated once, untimed, into the export batches the daemon makes
 ``Pipeline`` with no collector and the mirror on (``Pipeline.export``: the
 flow-tools view, the CSV lines, the syslog framing and one datagram per
 line), the mirror's address a unix datagram socket bound in a temp dir
-(as /dev/log) and drained by a child process.  Lines that find the
+(as /dev/log) and drained by a child process; its queue holds
+net.unix.max_dgram_qlen datagrams (``--qlen``).  Lines that find the
 socket's queue full wait in the backlog and go as the daemon's loop sends
 them: the socket selected for writing, ``on_writable`` until the backlog
 is empty.  The child counts the lines; the bench checks it got them all.
 
 Prints, best of --repeat passes, the sender's CPU time (process_time: the
 child's is not in it) per record and records per CPU second, for the whole
-mirror and for its formatting alone (``flowtools.csv_lines`` of the batches,
-no socket).  ``--objects``: ``Flow`` lists (the per-object path) instead of
+mirror and for its formatting alone (the lines as the mirror makes them, no
+socket).  ``--objects``: ``Flow`` lists (the per-object path) instead of
 the columnar batches.
 """
 
@@ -40,11 +41,11 @@ import bench_pipeline as bp  # noqa: E402
 from nfflowd.app import config  # noqa: E402
 from nfflowd.app.daemon import FLUSH_THRESHOLD, RECV_BATCH, tune_gc  # noqa: E402
 from nfflowd.app.pipeline import Pipeline  # noqa: E402
-from nfflowd.columns import decode_blocks  # noqa: E402
+from nfflowd.ctblocks import decode_blocks  # noqa: E402
 from nfflowd.record import FlowBatchBuilder  # noqa: E402
 from nfflowd.conntrack import decode_datagrams  # noqa: E402
 from nfflowd.correlate import Correlator  # noqa: E402
-from nfflowd.flowtools import csv_lines  # noqa: E402
+from nfflowd import flowtools  # noqa: E402
 from nfflowd.io.syslog import SyslogFormatter  # noqa: E402
 
 UPTIME_MS = 3_600_000
@@ -104,13 +105,17 @@ def mirror_pass(pipeline: Pipeline, exports, now_ns: int) -> tuple[float, int]:
 
 
 def format_pass(bare: Pipeline, exports, now_ns: int) -> tuple[float, int]:
-    """CPU seconds of the view and the lines alone (no socket); lines made."""
+    """CPU seconds of the view and the lines alone (no socket), as the
+    mirror makes them (flowtools.csv_block where there is one, else the
+    encoded csv_lines); lines made."""
     prefix = SyslogFormatter(pid=os.getpid()).prefix_text(now_ns / 1e9)
+    block = getattr(flowtools, "csv_block", None)
     n = 0
     t0 = time.process_time()
     for flows in exports:
         ft = bare.export(flows, [], now_ns, UPTIME_MS, flowtools=True)
-        n += len([line.encode() for line in csv_lines(ft, prefix)])
+        n += len(block(ft, prefix) if block is not None
+                 else [line.encode() for line in flowtools.csv_lines(ft, prefix)])
     return time.process_time() - t0, n
 
 
@@ -120,7 +125,16 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="passes; best is shown")
     ap.add_argument("--objects", action="store_true",
                     help="Flow lists (the per-object path) instead of columnar batches")
+    ap.add_argument("--qlen", type=int, metavar="N",
+                    help="as root: run in a network namespace of its own whose "
+                         "net.unix.max_dgram_qlen is N (systemd sets 512; the kernel's "
+                         "default is 10)")
+    ap.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.qlen is not None:
+        if not args.in_netns:
+            os.execvp("unshare", ["unshare", "-n", sys.executable, *sys.argv, "--in-netns"])
+        Path("/proc/sys/net/unix/max_dgram_qlen").write_text(f"{args.qlen}\n")
     path = Path(args.replay)
     if not path.exists() and path == bp.DEFAULT:
         subprocess.run([sys.executable, str(HERE / "make_replay.py"), str(path)], check=True)

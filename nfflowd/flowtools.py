@@ -42,7 +42,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Iterable
+from itertools import accumulate
+from operator import itemgetter
+from typing import Iterable, NamedTuple
+
+import numpy as np
 
 from nfflowd.record import ORIGINAL, Flow
 
@@ -265,47 +269,88 @@ def ntop(addr: bytes) -> str:
 
 def csv_line(r: FtRecord) -> str:
     """One classic 18-tuple as the flow-tools CSV line (flow-export -f2 field
-    order).  The reference formatter: ``csv_lines`` gives the same text, faster."""
+    order).  The reference formatter: ``csv_block`` gives the same text, faster."""
     return (f"{r[0]},{r[1]},{r[2]},{ntop(r[3])},{r[4]},{r[5]},{r[6]},{r[7]},"
             f"{ntop(r[8])},{ntop(r[9])},{ntop(r[10])},{r[11]},{r[12]},{r[13]},{r[14]},"
             f"{r[15]},{r[16]},{r[17]}")
 
 
-# Hot path helpers for csv_lines: str() of the small fields (ports, protocol,
-# TOS, flags are all < 65536) by table, and the text of addresses by bounded
-# caches (a NAT box sees a limited set of addresses; a cache is emptied when it
-# reaches _CACHE_MAX so memory stays bounded).  _dst_text holds the text of a
-# destination followed by the NEXTHOP, INPUT and OUTPUT fields, which only
-# depend on the address family.
+# -- the CSV lines of a batch -------------------------------------------------
+# ``csv_block`` makes every line of a batch at once: the part all lines share
+# (the prefix and the batch-wide fields) once, each address's text once per
+# batch, the small fields from a table, and one format per line of what is
+# left; the lines go end to end into one bytes object.  Columns (a burst's
+# ``FtColumns``) are read as lists, the addresses as indexes into their texts;
+# tuples (``FtBatch.records``) as they are, the addresses as keys of their
+# texts; one loop formats both (numpy formatting a column at a time was no
+# faster on columns and slower on the tuples of small rounds: bench/README.md).
+
 _STR = [str(i) for i in range(65536)]
-_CACHE_MAX = 65536
-_src_text: dict[bytes, str] = {}
-_dst_text: dict[bytes, str] = {}
-_NH_IN_OUT = {4: ",0.0.0.0,0,0", 16: ",::,0,0"}
+_NH_IN_OUT4 = ",0.0.0.0,0,0"        # NEXTHOP, INPUT, OUTPUT after DSTADDR
+_NH_IN_OUT6 = ",::,0,0"
 
 
-def _learn(records) -> None:
-    """Put the addresses of ``records`` in the text caches."""
-    st, dt = _src_text, _dst_text
-    if len(st) >= _CACHE_MAX:
-        st.clear()
-    if len(dt) >= _CACHE_MAX:
-        dt.clear()
-    for r in records:
-        s = r[0]
-        if s not in st:
-            st[s] = ntop(s)
-        d = r[1]
-        if d not in dt:
-            dt[d] = ntop(d) + _NH_IN_OUT[len(d)]
+class CsvBlock(NamedTuple):
+    """Lines that begin alike: line i is ``head + data[ends[i - 1]:ends[i]]``
+    (from 0 for the first); ``ends`` a uint64 array, one entry per line."""
+    head: bytes
+    data: bytes
+    ends: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def line(self, i: int) -> bytes:
+        """Line ``i``."""
+        return self.head + self.data[int(self.ends[i - 1]) if i else 0:int(self.ends[i])]
+
+    def lines(self, start: int = 0) -> list[bytes]:
+        """Each line (from line ``start`` on) on its own."""
+        head, data = self.head, self.data
+        ends = self.ends.tolist()
+        return [head + data[a:b] for a, b in zip(([0] + ends)[start:-1], ends[start:])]
+
+    @classmethod
+    def of(cls, lines: list[bytes], head: bytes = b"") -> "CsvBlock":
+        """A block of ``lines``, each after ``head``."""
+        return cls(head, b"".join(lines),
+                   np.fromiter(accumulate(map(len, lines)), np.uint64, len(lines)))
 
 
-def _fast_lines(records, head: str) -> list[str]:
-    # KeyError: an address not in the caches; IndexError: a small field
-    # >= 65536 (never from expand).  The caller handles both.
+def _address_index(a: np.ndarray, is4: np.ndarray, suffix4: str, suffix6: str):
+    """An (n, 16) address column as the index of each row's address in a
+    list of texts (each distinct address formatted once, then the suffix of
+    its family): (indexes, texts)."""
+    if is4.all():
+        keys = np.ascontiguousarray(a[:, :4]).view(">u4").ravel()
+        uniq, inv = np.unique(keys, return_inverse=True)
+        raw = uniq.astype(">u4").tobytes()
+        texts = [_inet_ntoa(raw[i:i + 4]) + suffix4 for i in range(0, len(raw), 4)]
+    else:
+        # the family is part of the key: an IPv6 address may have the
+        # bytes of an IPv4 one
+        rows = np.empty((len(a), 17), np.uint8)
+        rows[:, :16] = a
+        rows[:, 16] = is4
+        _, first, inv = np.unique(rows.view("V17").ravel(), return_index=True,
+                                  return_inverse=True)
+        texts = [_inet_ntoa(r[:4]) + suffix4 if v4 else _inet_ntop(_AF_INET6, r) + suffix6
+                 for r, v4 in zip(map(bytes, a[first]), is4[first].tolist())]
+    return inv.ravel().tolist(), texts
+
+
+def _address_text(addresses, suffix4: str, suffix6: str) -> dict:
+    """Packed address -> its text and the suffix of its family."""
+    return {a: ntop(a) + (suffix4 if len(a) == 4 else suffix6) for a in set(addresses)}
+
+
+def _bodies(records, src_text, dst_text) -> list[str]:
+    """Each line after the batch-wide fields, from the comma on.  ``records``
+    in ``R_*`` order, whose addresses are keys of ``src_text`` and
+    ``dst_text``.  IndexError: a small field not in the table."""
     out: list[str] = []
     append = out.append
-    st, dt, S = _src_text, _dst_text, _STR
+    st, dt, S = src_text, dst_text, _STR
     # The two records of a translated ORIGINAL flow share their counters and
     # the three records of a connection usually share FIRST and LAST: their
     # text is formatted once per run of equal values.
@@ -315,7 +360,7 @@ def _fast_lines(records, head: str) -> list[str]:
         if pk != ppk or oc != poc:
             ppk = pk
             poc = oc
-            counters = f"{head}{pk},{oc},"
+            counters = f",{pk},{oc},"
         if fi != pfi or la != pla:
             pfi = fi
             pla = la
@@ -324,21 +369,31 @@ def _fast_lines(records, head: str) -> list[str]:
     return out
 
 
+def csv_block(batch: FtBatch, prefix: str = "") -> CsvBlock:
+    """The flow-tools CSV line of every record of ``batch``, each preceded
+    by ``prefix`` (the syslog header, say), in UTF-8.  The same text as
+    ``csv_line`` of each 18-tuple."""
+    head = (f"{prefix}{batch.unix_secs},{batch.unix_nsecs},{batch.sys_uptime},"
+            f"{ntop(batch.exaddr)}").encode()
+    if not len(batch):
+        return CsvBlock.of([], head)
+    c = batch.columns
+    if c is not None:
+        src, src_text = _address_index(c.src, c.is4, "", "")
+        dst, dst_text = _address_index(c.dst, c.is4, _NH_IN_OUT4, _NH_IN_OUT6)
+        records = zip(src, dst, *(getattr(c, name).tolist() for name in FtColumns.__slots__[4:]))
+    else:
+        records = batch.records
+        src_text = _address_text(map(itemgetter(R_SRCADDR), records), "", "")
+        dst_text = _address_text(map(itemgetter(R_DSTADDR), records), _NH_IN_OUT4, _NH_IN_OUT6)
+    try:
+        bodies = _bodies(records, src_text, dst_text)
+    except IndexError:      # records made by hand
+        return CsvBlock.of([(prefix + csv_line(r)).encode() for r in batch])
+    return CsvBlock(head, "".join(bodies).encode(),     # ASCII: one byte a character
+                    np.fromiter(accumulate(map(len, bodies)), np.uint64, len(bodies)))
+
+
 def csv_lines(batch: FtBatch, prefix: str = "") -> list[str]:
-    """The flow-tools CSV line of every record of ``batch``, each preceded by
-    ``prefix`` (the syslog header, say).  Same text as ``csv_line`` of each
-    18-tuple, made faster: the batch-wide fields are formatted once, small
-    ints come from a table and address text from bounded caches."""
-    recs = batch.records
-    head = f"{prefix}{batch.unix_secs},{batch.unix_nsecs},{batch.sys_uptime},{ntop(batch.exaddr)},"
-    try:
-        return _fast_lines(recs, head)
-    except KeyError:
-        pass
-    except IndexError:
-        return [prefix + csv_line(r) for r in batch]
-    _learn(recs)
-    try:
-        return _fast_lines(recs, head)
-    except (KeyError, IndexError):
-        return [prefix + csv_line(r) for r in batch]
+    """The lines of ``csv_block`` as a list of text."""
+    return [line.decode() for line in csv_block(batch, prefix).lines()]

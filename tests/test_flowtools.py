@@ -6,9 +6,9 @@ import pytest
 
 from nfflowd import flowtools
 from nfflowd.flowtools import (DPKTS, DOCTETS, DSTADDR, DSTPORT, FIRST, LAST, NEXTHOP,
-                               R_SRCPORT, SRCADDR, SRCPORT, SYSUPTIME, csv_line, csv_lines,
-                               expand)
-from nfflowd.record import ORIGINAL, REPLY, Flow
+                               R_SRCPORT, SRCADDR, SRCPORT, SYSUPTIME, csv_block, csv_line,
+                               csv_lines, expand)
+from nfflowd.record import ORIGINAL, REPLY, Flow, FlowBatch
 
 
 def ip(s):
@@ -171,12 +171,18 @@ def test_csv_lines_matches_csv_line_on_varied_records():
                           post_src=None if i % 2 else ("2001:db8:ff::1" if fam6 else "203.0.113.1"),
                           direction=ORIGINAL if i % 5 else REPLY))
     recs = expand(flows, 10**18 + 12345, 10**12 - 1, "192.0.2.254")
-    # A record made by hand with a small field out of the table's range takes
-    # the slow path and still formats correctly.
+    cols = flowtools.expand_columns(FlowBatch.from_flows(flows), 10**18 + 12345, 10**12 - 1,
+                                    "192.0.2.254")
+    assert csv_lines(cols) == csv_lines(recs) == [csv_line(r) for r in recs]
+    # Records made by hand: a port past 16 bits, then a value past 64 bits
+    # (which columns cannot hold) still format as csv_line does.
     r1 = recs.records[1]
     recs.records.append(r1[:R_SRCPORT] + (70000,) + r1[R_SRCPORT + 1:])
     assert csv_lines(recs) == [csv_line(r) for r in recs]
     assert csv_lines(recs)[-1].split(",")[13] == "70000"
+    huge = recs.replace(recs.records + [r1[:R_SRCPORT] + (2**64,) + r1[R_SRCPORT + 1:]])
+    assert csv_lines(huge) == [csv_line(r) for r in huge]
+    assert csv_lines(huge)[-1].split(",")[13] == str(2**64)
     # And the fields read back from the line are the record's.
     for line, r in zip(csv_lines(recs), recs):
         parts = line.split(",")
@@ -191,19 +197,26 @@ def test_boot_ms_from_uptime():
     assert flowtools.boot_ms_from_uptime(1248952480_737_235_000, 279737) == EX_BOOT_MS
 
 
-def test_csv_lines_prefix_and_bounded_address_caches(monkeypatch):
-    # Tiny caches: every batch overflows them; the text must not change.
-    monkeypatch.setattr(flowtools, "_CACHE_MAX", 3)
-    monkeypatch.setattr(flowtools, "_src_text", {})
-    monkeypatch.setattr(flowtools, "_dst_text", {})
-    flows = [flow(f"10.0.0.{i}", f"192.0.2.{i}", i, 80,
-                  post_src="203.0.113.1", packets=i, octets=i * 10) for i in range(1, 20)]
-    recs = expand(flows, 10**18, 10**12, "192.0.2.254")
-    expected = [csv_line(r) for r in recs]
-    for _ in range(2):
+def test_csv_lines_prefix_and_addresses_of_both_families():
+    """Each line after the prefix; addresses formatted per batch: many
+    distinct ones, both families in one batch, and an IPv6 address with
+    the bytes of an IPv4 one (10.0.0.1 and a00:1::) told apart."""
+    flows = [flow(f"10.0.{i // 256}.{i % 256}", f"192.0.2.{i % 7}", i, 80,
+                  post_src="203.0.113.1", packets=i, octets=i * 10) for i in range(1, 1000)]
+    flows += [flow("a00:1::", "c000:207::", 1, 2), flow("10.0.0.1", "192.0.2.7", 3, 4)]
+    for make in (list, FlowBatch.from_flows):
+        recs = (expand if make is list else flowtools.expand_columns)(
+            make(flows), 10**18, 10**12, "192.0.2.254")
+        expected = [csv_line(r) for r in recs]
         assert csv_lines(recs) == expected
         assert csv_lines(recs, "<182>x: ") == ["<182>x: " + line for line in expected]
-        assert len(flowtools._src_text) <= 3 + len(recs)
+        assert expected[-2].split(",")[8:11] == ["a00:1::", "c000:207::", "::"]
+        assert expected[-1].split(",")[8:11] == ["10.0.0.1", "192.0.2.7", "0.0.0.0"]
+    block = csv_block(recs, "p:")
+    assert len(block) == len(expected)
+    assert block.lines() == [("p:" + line).encode() for line in expected]
+    assert block.head == b"p:1000000000,0,0,192.0.2.254"
+    assert block.head + block.data[:int(block.ends[0])] == ("p:" + expected[0]).encode()
 
 
 def test_batch_view():

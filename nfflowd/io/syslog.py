@@ -40,7 +40,7 @@ import time
 from collections import deque
 from typing import Iterable
 
-from nfflowd.flowtools import csv_lines
+from nfflowd.flowtools import CsvBlock, csv_block
 
 FACILITIES = {
     "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5,
@@ -154,6 +154,130 @@ _MEANING_DOWN = ("flow-tools lines wait in the backlog (syslog.backlog lines) an
                  "syslog is back; lines beyond it are dropped and counted (syslog_dropped)")
 
 
+class Backlog:
+    """The lines waiting to be sent, oldest first, kept in the blocks they
+    came in (``flowtools.CsvBlock``): a line becomes a message of its own
+    only as it is sent.  ``len``, ``bool``, ``backlog[i]`` (line i, bytes)."""
+
+    def __init__(self):
+        self._blocks: deque[list] = deque()   # [block, its first line waiting, prepared]
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
+    def __getitem__(self, i: int) -> bytes:
+        if i < 0:
+            i += self._len
+        for block, start, _ in self._blocks:
+            if 0 <= i < len(block) - start:
+                return block.line(start + i)
+            i -= len(block) - start
+        raise IndexError("backlog index out of range")
+
+    def add(self, block: CsvBlock, start: int = 0, prepared=None) -> None:
+        """Lines ``start`` on of ``block`` wait after the others
+        (``prepared``: what the sender made of the block, if anything)."""
+        if len(block) > start:
+            self._blocks.append([block, start, prepared])
+            self._len += len(block) - start
+
+    def oldest(self) -> list:
+        """[block, its first line waiting, prepared] of the oldest lines
+        (the sender may set ``prepared``)."""
+        return self._blocks[0]
+
+    def drop(self, k: int) -> None:
+        """The ``k`` oldest lines are gone (sent or dropped)."""
+        self._len -= k
+        blocks = self._blocks
+        while k:
+            entry = blocks[0]
+            left = len(entry[0]) - entry[1]
+            if k < left:
+                entry[1] += k
+                return
+            blocks.popleft()
+            k -= left
+
+    def clear(self) -> None:
+        self._blocks.clear()
+        self._len = 0
+
+
+class Sendmmsg:
+    """sendmmsg(2) through ctypes: a run of datagrams in one system call.
+    ``create`` gives None where libc has none or pointers are not 64-bit.
+
+    Only for unix sockets: there every error is the datagram's own and comes
+    again when it is sent again, so a run that stops short is sent on from
+    the datagram that stopped it, whose error then comes back.  Over UDP a
+    refused port is told asynchronously, once: sendmmsg would lose it after
+    the first datagram of a call (the kernel reports errors only there)."""
+
+    MAX = 1024          # UIO_MAXIOV: datagrams per call
+
+    @classmethod
+    def create(cls):
+        try:
+            import ctypes
+            if ctypes.sizeof(ctypes.c_void_p) != 8:
+                return None
+            fn = ctypes.CDLL(None, use_errno=True).sendmmsg
+            return cls(ctypes, fn)
+        except (OSError, AttributeError, ImportError):
+            return None
+
+    def __init__(self, ctypes, fn):
+        fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+        fn.restype = ctypes.c_int
+        self._fn = fn
+        self._get_errno = ctypes.get_errno
+
+    @staticmethod
+    def prepare(block: CsvBlock):
+        """The struct mmsghdr array of ``block``'s lines (each a head iovec
+        and a body iovec, or only a body without head), with what it points
+        into, for ``send``."""
+        import numpy as np
+        n = len(block)
+        ends = block.ends
+        starts = np.zeros(n, np.uint64)
+        starts[1:] = ends[:-1]
+        data = np.frombuffer(block.data, np.uint8) if block.data else np.zeros(1, np.uint8)
+        per = 2 if block.head else 1
+        iov = np.empty((n, per, 2), np.uint64)     # struct iovec: base, len
+        if block.head:
+            head = np.frombuffer(block.head, np.uint8)
+            iov[:, 0, 0] = head.ctypes.data
+            iov[:, 0, 1] = len(head)
+        else:
+            head = None
+        iov[:, -1, 0] = starts + np.uint64(data.ctypes.data)
+        iov[:, -1, 1] = ends - starts
+        # struct mmsghdr (LP64): name, namelen, iov, iovlen, control,
+        # controllen, flags, msg_len: eight 8-byte words
+        hdr = np.zeros((n, 8), np.uint64)
+        hdr[:, 2] = np.uint64(iov.ctypes.data) + np.arange(n, dtype=np.uint64) * np.uint64(16 * per)
+        hdr[:, 3] = per
+        return hdr, (iov, data, head, block)
+
+    def send(self, fd: int, prepared, start: int, stop: int) -> tuple[int, int]:
+        """Send the prepared datagrams ``start`` to ``stop`` (excluded): how
+        many went, and the errno of the one that did not (0: all went)."""
+        base = prepared[0].ctypes.data
+        i = start
+        while i < stop:
+            r = self._fn(fd, base + 64 * i, min(stop - i, self.MAX), 0)
+            if r < 0:
+                return i - start, self._get_errno()
+            i += r
+        return i - start, 0
+
+
 class SyslogSink:
     """Sends messages to a local unix datagram socket or to host:port over UDP.
 
@@ -178,7 +302,7 @@ class SyslogSink:
             hostname = None
         self.formatter = SyslogFormatter(facility, priority, ident,
                                          os.getpid() if pid is None else pid, hostname)
-        self.backlog: deque[bytes] = deque()
+        self.backlog = Backlog()
         self.max_backlog = backlog
         self.sent = 0
         self.dropped = 0
@@ -198,6 +322,7 @@ class SyslogSink:
         # a send failed with the socket still there (ENOBUFS): no writability
         # wait (the socket may well say writable) until the next flush
         self._hold = False
+        self._mmsg = Sendmmsg.create() if self._unix else None
 
     def open(self) -> bool:
         """Connect now (a daemon starting says at once when syslog is not
@@ -240,9 +365,9 @@ class SyslogSink:
             self._sock = None
 
     # -- episodes --------------------------------------------------------------
-    def _failed(self, error: str) -> None:
-        """Syslog could not be reached (``error``): an episode begins unless
-        one is under way."""
+    def _failed(self, error: str, waiting: int | None = None) -> None:
+        """Syslog could not be reached (``error``; ``waiting`` lines, default
+        the backlog's): an episode begins unless one is under way."""
         self.last_error = error
         self._last_failure = time.monotonic()
         if self._down_since is None:
@@ -250,7 +375,8 @@ class SyslogSink:
             self._down_dropped = self.dropped
             if self.log is not None:
                 self.log.warning("syslog_unavailable", address=self.address, error=error,
-                                 backlog=len(self.backlog), max_backlog=self.max_backlog,
+                                 backlog=len(self.backlog) if waiting is None else waiting,
+                                 max_backlog=self.max_backlog,
                                  meaning=_MEANING_DOWN)
 
     def _reachable(self) -> None:
@@ -287,25 +413,94 @@ class SyslogSink:
     def send(self, lines: Iterable[str], now: float | None = None) -> None:
         """Queue ``lines`` (formatted with the time ``now``, default the
         clock) and send what can be sent.  Never raises."""
-        self._queue(self.formatter.format_many(lines, time.time() if now is None else now))
+        self._queue(CsvBlock.of(self.formatter.format_many(
+            lines, time.time() if now is None else now)))
 
     def send_csv(self, batch, now: float | None = None) -> None:
-        """``send(flowtools.csv_lines(batch), now)`` made faster: the syslog
-        header is formatted into each line with its CSV fields (one string
-        per message, encoded once).  ``batch`` is a ``flowtools.FtBatch``.
-        Never raises."""
-        p = self.formatter.prefix_text(time.time() if now is None else now)
-        self._queue(list(map(str.encode, csv_lines(batch, p))))
+        """``send(flowtools.csv_lines(batch), now)`` made faster: the lines
+        are made with their syslog header in one block
+        (``flowtools.csv_block``) and sent from it; only those the socket
+        does not take now are made into single messages for the backlog.
+        ``batch`` is a ``flowtools.FtBatch``.  Never raises."""
+        self._queue(csv_block(batch, self.formatter.prefix_text(
+            time.time() if now is None else now)))
 
-    def _queue(self, msgs: list[bytes]) -> None:
+    def _queue(self, block: CsvBlock) -> None:
         bl = self.backlog
-        bl.extend(msgs)
-        self.flush(max(len(msgs), DRAIN_CHUNK))
+        if bl or not len(block) or self._sock is None:
+            bl.add(block)                   # after the older lines
+            self.flush(max(len(block), DRAIN_CHUNK))
+        else:                               # sent at once; what the socket does not take waits
+            self._hold = False
+            entry = [block, 0, None]
+            done, sent, failed = self._send_lines(entry, len(block), queued=False)
+            bl.add(block, done, entry[2])
+            self._settle(sent, failed)
         over = len(bl) - self.max_backlog
         if over > 0:                    # what waits beyond the bound, oldest first
             self._overflow(over)
-            for _ in range(over):
-                bl.popleft()
+            bl.drop(over)
+
+    def _send_lines(self, entry: list, stop: int, queued: bool = True) -> tuple[int, int, bool]:
+        """Send the lines of ``entry`` (a ``Backlog`` entry: block, first
+        line, prepared) up to ``stop`` while the socket takes them: (lines
+        done with: sent, or dropped as never sendable; sent; whether a
+        failure said syslog cannot be reached now).  ``queued``: the lines
+        are in the backlog (not: they wait nowhere yet)."""
+        block, start = entry[0], entry[1]
+        mmsg = self._mmsg
+        if mmsg is not None and entry[2] is None:
+            entry[2] = mmsg.prepare(block)
+        i = start
+        sent = 0
+        while i < stop:
+            if mmsg is not None:
+                k, err = mmsg.send(self._sock.fileno(), entry[2], i, stop)
+            else:
+                k, err = self._send_each(block, i, stop)
+            i += k
+            sent += k
+            if not err or err in _FULL:
+                break                   # all sent, or the queue is full: on_writable goes on
+            self.send_errors += 1
+            name = errno.errorcode.get(err, f"[Errno {err}] {os.strerror(err)}")
+            if err in _RETRY:
+                if err == errno.ENOBUFS:
+                    self.last_error = name
+                    self._hold = True
+                else:
+                    # syslogd restarted or went away: reconnect next time
+                    self._disconnect()
+                    self._failed(name, len(self.backlog) + (0 if queued else len(block) - i))
+                return i - start, sent, True
+            # EMSGSIZE and the like: this line can never go; drop it.
+            self.last_error = name
+            self.dropped += 1
+            i += 1
+        return i - start, sent, False
+
+    def _send_each(self, block: CsvBlock, start: int, stop: int) -> tuple[int, int]:
+        """One send per line, lines ``start`` to ``stop`` (excluded): how
+        many went, and the errno of the one that did not (0: all went)."""
+        send = self._sock.send
+        head, data = block.head, block.data
+        ends = block.ends[start:stop].tolist()
+        a = int(block.ends[start - 1]) if start else 0
+        for i, b in enumerate(ends):
+            try:
+                send(head + data[a:b])
+            except OSError as e:
+                return i, e.errno
+            a = b
+        return len(ends), 0
+
+    def _settle(self, sent: int, failed: bool) -> None:
+        """Count what went; episodes that end with it."""
+        self.sent += sent
+        if sent and not failed and self._down_since is not None:
+            self._reachable()
+        if not self.backlog:
+            self._drained()
 
     # -- the daemon's loop ------------------------------------------------------
     def wants_write(self) -> bool:
@@ -333,40 +528,21 @@ class SyslogSink:
         if not self._connect():
             return 0
         bl = self.backlog
-        send = self._sock.send
-        n = 0
+        limit = DRAIN_CHUNK if limit is None else limit
+        done = sent = 0
         failed = False
-        for _ in range(min(len(bl), DRAIN_CHUNK if limit is None else limit)):
-            try:
-                send(bl[0])
-            except OSError as e:
-                if e.errno in _FULL:
-                    break               # the queue is full: on_writable goes on
-                self.send_errors += 1
-                name = errno.errorcode.get(e.errno, str(e))
-                if e.errno in _RETRY:
-                    failed = True
-                    if e.errno == errno.ENOBUFS:
-                        self.last_error = name
-                        self._hold = True
-                    else:
-                        # syslogd restarted or went away: reconnect next time
-                        self._disconnect()
-                        self._failed(name)
-                    break
-                # EMSGSIZE and the like: this message can never go; drop it.
-                self.last_error = name
-                bl.popleft()
-                self.dropped += 1
-                continue
-            bl.popleft()
-            n += 1
-        self.sent += n
-        if n and not failed and self._down_since is not None:
-            self._reachable()
-        if not bl:
-            self._drained()
-        return n
+        while done < limit and bl:
+            entry = bl.oldest()
+            start = entry[1]
+            stop = min(len(entry[0]), start + limit - done)
+            k, n, failed = self._send_lines(entry, stop)
+            bl.drop(k)
+            done += k
+            sent += n
+            if start + k < stop:
+                break               # the socket took no more
+        self._settle(sent, failed)
+        return sent
 
     def close(self, timeout: float = 5.0) -> None:
         """Send what can be sent within ``timeout`` seconds, waiting for a
