@@ -396,4 +396,9 @@ def csv_block(batch: FtBatch, prefix: str = "") -> CsvBlock:
 
 def csv_lines(batch: FtBatch, prefix: str = "") -> list[str]:
     """The lines of ``csv_block`` as a list of text."""
-    return [line.decode() for line in csv_block(batch, prefix).lines()]
+    block = csv_block(batch, prefix)
+    if not block.data.isascii():        # character offsets are not byte offsets
+        return [line.decode() for line in block.lines()]
+    head, text = block.head.decode(), block.data.decode()
+    ends = block.ends.tolist()
+    return [head + text[a:b] for a, b in zip([0] + ends[:-1], ends)]

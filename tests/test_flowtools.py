@@ -183,6 +183,9 @@ def test_csv_lines_matches_csv_line_on_varied_records():
     huge = recs.replace(recs.records + [r1[:R_SRCPORT] + (2**64,) + r1[R_SRCPORT + 1:]])
     assert csv_lines(huge) == [csv_line(r) for r in huge]
     assert csv_lines(huge)[-1].split(",")[13] == str(2**64)
+    # a prefix not in ASCII, both ways
+    assert csv_lines(huge, "ü: ") == ["ü: " + csv_line(r) for r in huge]
+    assert csv_lines(cols, "ü: ") == ["ü: " + csv_line(r) for r in cols]
     # And the fields read back from the line are the record's.
     for line, r in zip(csv_lines(recs), recs):
         parts = line.split(",")
