@@ -86,6 +86,25 @@ def unix_receiver(path):
     return r
 
 
+def receive_all(r, sink) -> list:
+    """What ``r`` receives until ``sink`` has sent everything, drained as the
+    daemon's loop does (its queue may take fewer datagrams than were sent at
+    once: max_dgram_qlen)."""
+    r.setblocking(False)
+    got = []
+    for _ in range(100_000):            # bounded
+        while True:
+            try:
+                got.append(r.recv(65536))
+            except BlockingIOError:
+                break
+        if not sink.backlog:
+            return got
+        if sink.wants_write() and select.select([], [sink], [], 1)[1]:
+            sink.on_writable()
+    raise AssertionError("the sink did not drain")
+
+
 LINE_RE = re.compile(rb"^<182>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d nfflowd\[(\d+)\]: (.*)$")
 
 
@@ -160,18 +179,7 @@ def test_full_receiver_keeps_lines_in_backlog(tmp_path):
     assert 0 < len(sink.backlog) < n and sink.dropped == 0 and sink.send_errors == 0
     assert sink.wants_write() and sink.fileno() >= 0
     assert select.select([], [sink], [], 0)[1] == []        # full: not writable
-    got = []
-    r.setblocking(False)
-    for _ in range(100_000):                 # bounded
-        while True:
-            try:
-                got.append(r.recv(65536))
-            except BlockingIOError:
-                break
-        if len(got) == n:
-            break
-        if sink.wants_write() and select.select([], [sink], [], 1)[1]:
-            sink.on_writable()
+    got = receive_all(r, sink)
     assert len(got) == n
     assert [int(g.split(b": ", 1)[1][:6]) for g in got] == list(range(n))
     assert sink.sent == n and not sink.backlog and not sink.wants_write()
@@ -447,24 +455,6 @@ PINNED = [
            start_ms=EX_BOOT_MS - 5, end_ms=EX_BOOT_MS + 1)],
      [H + "4294967295,4294967295,0,1,192.0.2.1,192.0.2.2,0.0.0.0,0,0,65535,65535,17,0,0"]),
 ]
-
-
-def receive_all(r, sink) -> list:
-    """What ``r`` receives until ``sink`` has sent everything (its queue may
-    take fewer datagrams than were sent at once: max_dgram_qlen)."""
-    r.setblocking(False)
-    got = []
-    for _ in range(10_000):             # bounded
-        while True:
-            try:
-                got.append(r.recv(65536))
-            except BlockingIOError:
-                break
-        if not sink.backlog:
-            return got
-        if select.select([], [sink], [], 1)[1]:
-            sink.on_writable()
-    raise AssertionError("the sink did not drain")
 
 
 def pinned_batches():
