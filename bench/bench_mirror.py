@@ -42,7 +42,7 @@ from nfflowd.app import config  # noqa: E402
 from nfflowd.app.daemon import FLUSH_THRESHOLD, RECV_BATCH, tune_gc  # noqa: E402
 from nfflowd.app.pipeline import Pipeline  # noqa: E402
 from nfflowd.ctblocks import decode_blocks  # noqa: E402
-from nfflowd.record import FlowBatchBuilder  # noqa: E402
+from nfflowd.record import FlowBatch, FlowBatchBuilder  # noqa: E402
 from nfflowd.conntrack import decode_datagrams  # noqa: E402
 from nfflowd.correlate import Correlator  # noqa: E402
 from nfflowd import flowtools  # noqa: E402
@@ -65,10 +65,10 @@ def export_batches(batches, news, objects: bool) -> list:
                else decode_blocks(buf, starts, ends, stride))
         corr.handle_batch(res.events, now_ns, pending)
         if len(pending) >= FLUSH_THRESHOLD:
-            out.append(pending if objects else pending.for_export())
+            out.append(FlowBatch.from_flows(pending) if objects else pending.batch())
             pending = [] if objects else FlowBatchBuilder()
     if len(pending):
-        out.append(pending if objects else pending.for_export())
+        out.append(FlowBatch.from_flows(pending) if objects else pending.batch())
     return out
 
 

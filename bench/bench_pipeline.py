@@ -45,11 +45,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from nfflowd.ctblocks import decode_blocks  # noqa: E402
-from nfflowd.record import FlowBatchBuilder  # noqa: E402
+from nfflowd.record import FlowBatch, FlowBatchBuilder  # noqa: E402
 from nfflowd.conntrack import decode_datagrams  # noqa: E402
 from nfflowd.correlate import Correlator  # noqa: E402
 from nfflowd.app.daemon import FLUSH_THRESHOLD, RECV_BATCH, tune_gc  # noqa: E402
-from nfflowd.flowtools import csv_lines, expand, expand_columns  # noqa: E402
+from nfflowd.flowtools import csv_lines, expand  # noqa: E402
 from nfflowd.ipfix import IpfixEncoder  # noqa: E402
 from nfflowd.io.netlink import MultiRecv  # noqa: E402
 from nfflowd.netflow5 import V5Encoder  # noqa: E402
@@ -125,18 +125,14 @@ def run(batches, stage: str, objects: bool, news=()) -> tuple[float, int, float]
     events = 0
 
     def flush():
-        if objects:
-            flows = pending
-        else:
-            flows = pending.for_export()
+        batch = FlowBatch.from_flows(pending) if objects else pending.batch()
         if stage in ("v5", "csv"):
-            ft = (expand if objects or isinstance(flows, list) else expand_columns)(
-                flows, now_ns, boot_ms, exaddr)
+            ft = expand(batch, now_ns, boot_ms, exaddr)
             v5.encode(ft)
             if stage == "csv":
                 csv_lines(ft)
         elif stage == "ipfix":
-            ipfix.encode(flows, [], now_ns // 1_000_000)
+            ipfix.encode(batch, [], now_ns // 1_000_000)
         pending.clear()
 
     t0 = time.process_time()

@@ -22,8 +22,8 @@ the records have left the flow table:
    there are no reverse ones.
    Datagram size bound, template refresh, TCP and sequence numbers are
    ``template.py``'s and ``ipfix.py``'s, unchanged.
-3. ``BiflowExporter``: ``pipeline.TemplateExporter`` with that encoder and a
-   pairer in front (``biflow: true`` on a version 10 collector).
+3. ``app.pipeline.BiflowExporter``: a ``TemplateExporter`` with that encoder
+   and a pairer in front (``biflow: true`` on a version 10 collector).
 
 Pairing (meter records, ``conn_id == 0``):
 
@@ -90,16 +90,14 @@ reached its arrival; what is left at the end is flushed.
 from __future__ import annotations
 
 import heapq
-import time
 from typing import Iterable, Sequence
 
 from nfflowd.ipfix import IpfixEncoder
-from nfflowd.app.pipeline import TemplateExporter, biflow_bound
-from nfflowd.record import ORIGINAL, Flow
-from nfflowd.template import _FLOW_SOURCE, FLOW_TEMPLATES
+from nfflowd.record import ORIGINAL, Flow, FlowBatch
+from nfflowd.template import FLOW_SOURCE, FLOW_TEMPLATES
 
-__all__ = ["BiflowPairer", "BiflowIpfixEncoder", "BiflowExporter", "reverse_key",
-           "biflow_direction", "REVERSE_ELEMENTS"]
+__all__ = ["BiflowPairer", "BiflowIpfixEncoder", "reverse_key", "biflow_direction",
+           "REVERSE_ELEMENTS"]
 
 # biflowDirection (IE 239) values, RFC 5103
 ARBITRARY = 0
@@ -346,7 +344,7 @@ class BiflowIpfixEncoder(IpfixEncoder):
     encoder's (256-259): a biflow collector's stream has only these."""
 
     FLOW_FIELDS = Flow._fields + _ROW_EXTRA
-    FLOW_SOURCE = dict(_FLOW_SOURCE, **dict(zip(REVERSE_ELEMENTS, _ROW_EXTRA)))
+    FLOW_SOURCE = dict(FLOW_SOURCE, **dict(zip(REVERSE_ELEMENTS, _ROW_EXTRA)))
 
     def _flow_template_names(self, vlan: bool) -> dict:
         extra = ("vlanId",) if vlan else ()
@@ -355,65 +353,10 @@ class BiflowIpfixEncoder(IpfixEncoder):
     def encode_pairs(self, pairs: Sequence, nat_events: Sequence, now_ms: int) -> list[bytes]:
         """IPFIX messages carrying one biflow record per pair (and
         ``nat_events``); as ``IpfixEncoder.encode`` otherwise."""
-        return self._encode(rows(pairs), nat_events, now_ms, 0)
+        # the rows as a batch of tuples (FLOW_FIELDS: a Flow's, then the
+        # reverse direction's values), encoded record by record
+        return self._encode(FlowBatch.from_flows(rows(pairs)), nat_events, now_ms, 0)
 
-    def encode(self, flows, nat_events, now_ms: int) -> list[bytes]:
+    def encode(self, batch: FlowBatch, nat_events, now_ms: int) -> list[bytes]:
         """Uniflow records as biflow records with the reverse values zero."""
-        if hasattr(flows, "flows") and not isinstance(flows, (list, tuple)):
-            flows = flows.flows()       # record.FlowBatch
-        return self.encode_pairs([(f, None) for f in flows], nat_events, now_ms)
-
-
-# -- the exporter ------------------------------------------------------------------
-
-class BiflowExporter(TemplateExporter):
-    """An IPFIX collector with ``biflow: true``: records paired by a
-    ``BiflowPairer``, encoded by a ``BiflowIpfixEncoder``.  ``hold_s``:
-    the pairer's hold (None: the config's ``meter.inactive_timeout``);
-    ``max_held``: its bound (None: ``meter.max_flows`` per metered
-    interface, at least one table's worth).
-    The pairer's clock is the ``now_ns`` of ``export`` and ``tick``."""
-
-    IPFIX_ENCODER = BiflowIpfixEncoder
-
-    def __init__(self, collector, cfg, vlan: bool = False, hold_s: float | None = None,
-                 max_held: int | None = None):
-        if collector.version != 10:
-            raise ValueError("biflow export is IPFIX (version 10) only")
-        super().__init__(collector, cfg, vlan)
-        if max_held is None:
-            max_held = biflow_bound(cfg)
-        self.pairer = BiflowPairer(cfg.meter.inactive_timeout if hold_s is None else hold_s,
-                                   max_held)
-
-    def _send(self, pairs, nat_events, now_ns: int) -> None:
-        if not pairs and not nat_events:
-            return
-        enc = self.encoder
-        for message, records in zip(enc.encode_pairs(pairs, nat_events, now_ns // _MS),
-                                    enc.last_counts):
-            self.sink.send(message, records)
-
-    def export(self, flows, nat_events, ft_records, now_ns: int, boot_ms: int) -> None:
-        if hasattr(flows, "flows") and not isinstance(flows, (list, tuple)):
-            flows = flows.flows()       # record.FlowBatch
-        pairs = self.pairer.add(flows, now_ns)
-        pairs += self.pairer.expire(now_ns)
-        self._send(pairs, nat_events, now_ns)
-
-    def tick(self, now_ns: int) -> None:
-        """Export the records whose hold ended by ``now_ns``; the template
-        timer (``TemplateExporter.tick``)."""
-        self._send(self.pairer.expire(now_ns), (), now_ns)
-        super().tick(now_ns)
-
-    def summary(self) -> dict:
-        out = super().summary()
-        p = self.pairer
-        out.update(biflow_pairs=p.pairs + p.conntrack_pairs, biflow_alone=p.alone,
-                   biflow_held=p.held, biflow_overflow=p.overflow)
-        return out
-
-    def close(self) -> None:
-        self._send(self.pairer.flush(), (), time.time_ns())
-        super().close()
+        return self.encode_pairs([(f, None) for f in batch.flows()], nat_events, now_ms)

@@ -1,4 +1,4 @@
-"""The flow-tools view: ``Flow`` records -> the classic 18-field records.
+"""The flow-tools view: a ``FlowBatch`` -> the classic 18-field records.
 
 Strategy: the NetFlow v5 encoder and the syslog CSV mirror must carry exactly
 the same values, so both are produced from one computed record per flow-tools
@@ -9,9 +9,11 @@ same for the whole batch are carried once, on the batch: UNIX_SECS,
 UNIX_NSECS, SYSUPTIME (``unix_secs``, ``unix_nsecs``, ``sys_uptime``) and
 EXADDR (``exaddr``, packed bytes).  NEXTHOP is always the zero address of the
 record's family (0.0.0.0 or ::), INPUT and OUTPUT are always 0 (nfflowd knows
-no routes nor interface indexes).  The per-record values are in
-``batch.records``, one flat tuple per record in NetFlow v5 wire order
-(``R_SRCADDR`` ... ``R_TOS``)::
+no routes nor interface indexes).  The per-record values are in the form of
+the ``FlowBatch`` they come from: ``batch.columns`` (``FtColumns``) for a
+batch of columns, else None; ``batch.records``, one flat tuple per record in
+NetFlow v5 wire order (``R_SRCADDR`` ... ``R_TOS``), made from the columns
+when first asked for::
 
     (SRCADDR, DSTADDR, DPKTS, DOCTETS, FIRST, LAST, SRCPORT, DSTPORT,
      TCP_FLAGS, PROT, TOS)
@@ -44,11 +46,12 @@ import ipaddress
 import socket
 from itertools import accumulate
 from operator import itemgetter
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
-import numpy as np
-
-from nfflowd.record import ORIGINAL, Flow
+from nfflowd.record import ORIGINAL, FlowBatch, int_column, interleave
+# numpy, imported at first use: this module is loaded with the configuration,
+# before the command line blocks the daemon's signals (see record._Numpy)
+from nfflowd.record import np
 
 FIELDS = (
     "UNIX_SECS", "UNIX_NSECS", "SYSUPTIME", "EXADDR", "DPKTS", "DOCTETS", "FIRST",
@@ -118,8 +121,8 @@ class FtBatch:
         self.exaddr = exaddr
         self._records = records
         self.v5_cache = None        # netflow5's packed bodies, shared by all v5 encoders
-        # ``FtColumns`` when made by ``expand_columns`` (records then made
-        # from them when first asked for)
+        # ``FtColumns`` when expanded from a batch of columns (records then
+        # made from them when first asked for)
         self.columns = columns
 
     @property
@@ -163,13 +166,71 @@ class FtBatch:
                 f"{ntop(self.exaddr)}, {len(self.records)} records)")
 
 
-def expand(flows: Iterable[Flow], now_ns: int, boot_ms: int, exaddr=None) -> FtBatch:
-    """The flow-tools records of ``flows`` (see the module doc), in order.
+class FtColumns:
+    """The records of an ``FtBatch`` as columns: ``src`` and ``dst`` (n, 16)
+    uint8 (IPv4 in the first 4 bytes), ``is4`` bool (the addresses are 4
+    bytes long), the other ``R_*`` fields integer columns (uint64, or object
+    where a hand-made record holds a value a uint64 cannot: see
+    ``record.FlowBatch``).  Made by ``expand`` from a batch of columns."""
+
+    __slots__ = ("n", "src", "dst", "is4", "pkts", "octs", "first", "last", "sport", "dport",
+                 "flags", "proto", "tos")
+    INTS = __slots__[4:]
+
+    def records(self) -> list[tuple]:
+        """The flat tuples of ``FtBatch.records``."""
+        if not self.n:
+            return []
+        is4 = self.is4.tolist()
+        out = []
+        for name in ("src", "dst"):
+            raw = getattr(self, name).tobytes()
+            out.append([raw[16 * i:16 * i + (4 if v4 else 16)] for i, v4 in enumerate(is4)])
+        rest = [getattr(self, n).tolist() for n in self.INTS]
+        return list(zip(out[0], out[1], *rest))
+
+
+
+def _since_boot(ms: np.ndarray, boot_ms: int) -> np.ndarray:
+    """Epoch ms as SysUptime ms: ``ms - boot_ms`` wrapped to 32 bits, 0 at or
+    before boot."""
+    if ms.dtype == np.uint64 and boot_ms >= 0:
+        b = np.uint64(boot_ms)
+        return np.where(ms > b, (ms - b) & np.uint64(U32), np.uint64(0))
+    if ms.dtype == np.uint64:       # a boot before the epoch: every time is after it
+        return (ms + np.uint64(-boot_ms)) & np.uint64(U32)
+    return int_column([(v - boot_ms) & U32 if v > boot_ms else 0 for v in ms.tolist()])
+
+
+def _clamp32(col: np.ndarray) -> np.ndarray:
+    """32-bit counters (flow-tools, NetFlow v5): clamped, never wrapped."""
+    if col.dtype == np.uint64:
+        return np.minimum(col, np.uint64(U32))
+    return int_column([U32 if v > U32 else v for v in col.tolist()])
+
+
+def _differ(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row by row, whether two integer columns differ (a bool mask)."""
+    if a.dtype != b.dtype:
+        a, b = a.astype(object), b.astype(object)
+    return np.asarray(a != b, dtype=bool)
+
+
+def expand(batch: FlowBatch, now_ns: int, boot_ms: int, exaddr=None) -> FtBatch:
+    """The flow-tools records of ``batch`` (see the module doc), in order.
 
     ``exaddr`` is the configured export source address (text, packed bytes or
     None for 0.0.0.0).  Pure function: no clock, no I/O.
     """
     secs, nsecs, up = header_times(now_ns, boot_ms)
+    exaddr = pack_address(exaddr)
+    if batch.flow_list is not None:
+        return FtBatch(secs, nsecs, up, exaddr, _records(batch.flow_list, boot_ms))
+    return FtBatch(secs, nsecs, up, exaddr, None, _columns(batch, boot_ms))
+
+
+def _records(flows: list, boot_ms: int) -> list[tuple]:
+    """``expand``'s records, one flat tuple each, of ``Flow`` tuples."""
     out: list[tuple] = []
     append = out.append
     # Hot path (measured in bench/): one flat tuple per record, constants
@@ -187,79 +248,50 @@ def expand(flows: Iterable[Flow], now_ns: int, boot_ms: int, exaddr=None) -> FtB
         if direction == ORIGINAL and (src != psrc or dst != pdst
                                       or sport != psport or dport != pdport):
             append((psrc, pdst, pkts, octs, first, last, psport, pdport, flags, proto, tos))
-    return FtBatch(secs, nsecs, up, pack_address(exaddr), out)
+    return out
 
 
-class FtColumns:
-    """The records of an ``FtBatch`` as columns (``expand_columns``): ``src``
-    and ``dst`` (n, 16) uint8 (IPv4 in the first 4 bytes), ``is4`` bool,
-    the other ``R_*`` fields uint64."""
-
-    __slots__ = ("n", "src", "dst", "is4", "pkts", "octs", "first", "last", "sport", "dport",
-                 "flags", "proto", "tos")
-
-    def records(self) -> list[tuple]:
-        """The flat tuples of ``FtBatch.records``."""
-        if not self.n:
-            return []
-        is4 = self.is4.tolist()
-        out = []
-        for name in ("src", "dst"):
-            raw = getattr(self, name).tobytes()
-            out.append([raw[16 * i:16 * i + (4 if v4 else 16)] for i, v4 in enumerate(is4)])
-        rest = [getattr(self, n).tolist() for n in self.__slots__[4:]]
-        return list(zip(out[0], out[1], *rest))
-
-
-def expand_columns(cols, now_ns: int, boot_ms: int, exaddr=None) -> FtBatch:
-    """``expand`` over a ``record.FlowBatch``: the same records (as
-    ``FtColumns``, made into tuples only if someone reads
-    ``batch.records``)."""
-    import numpy as np
-
-    from nfflowd.record import interleave
-    secs, nsecs, up = header_times(now_ns, boot_ms)
-    n = cols.n
-    u32 = np.uint64(U32)
-    pk = np.minimum(cols.packets, u32)
-    oc = np.minimum(cols.octets, u32)
-    if boot_ms >= 0:
-        b = np.uint64(boot_ms)
-        first = np.where(cols.start_ms > b, (cols.start_ms - b) & u32, np.uint64(0))
-        last = np.where(cols.end_ms > b, (cols.end_ms - b) & u32, np.uint64(0))
-    else:   # a boot before the epoch: every time is after it
-        b = -boot_ms
-        first = (cols.start_ms + np.uint64(b)) & u32
-        last = (cols.end_ms + np.uint64(b)) & u32
-    trans = (cols.direction == ORIGINAL) & (
-        (cols.src != cols.post_src).any(axis=1) | (cols.dst != cols.post_dst).any(axis=1)
-        | (cols.sport != cols.post_sport) | (cols.dport != cols.post_dport))
+def _columns(batch: FlowBatch, boot_ms: int) -> FtColumns:
+    """``expand``'s records as columns, of a batch's columns."""
+    b = batch
+    n = b.n
+    trans = (np.asarray(b.direction == ORIGINAL, dtype=bool)
+             & ((b.src != b.post_src).any(axis=1) | (b.dst != b.post_dst).any(axis=1)
+                | _differ(b.sport, b.post_sport) | _differ(b.dport, b.post_dport)))
+    f = FtColumns()
+    pk, oc = _clamp32(b.packets), _clamp32(b.octets)
+    first, last = _since_boot(b.start_ms, boot_ms), _since_boot(b.end_ms, boot_ms)
+    is4 = np.asarray(b.family != 6, dtype=bool)
+    if not trans.any():
+        # no second records: the columns as they are
+        f.src, f.dst, f.sport, f.dport, f.is4 = b.src, b.dst, b.sport, b.dport, is4
+        f.pkts, f.octs, f.first, f.last = pk, oc, first, last
+        f.flags, f.proto, f.tos = b.tcp_flags, b.proto, b.tos
+        f.n = n
+        return f
+    # each record, followed by its post-translation record where it has one
     keep = np.empty((n, 2), dtype=bool)
     keep[:, 0] = True
     keep[:, 1] = trans
     keep = keep.reshape(2 * n)
 
     def two(pre, post):
+        if pre.dtype != post.dtype:
+            pre, post = pre.astype(object), post.astype(object)
         return interleave(pre, post)[keep]
 
     def same(col):
         return np.repeat(col, 2)[keep]
 
-    f = FtColumns()
-    f.src = two(cols.src, cols.post_src)
-    f.dst = two(cols.dst, cols.post_dst)
-    f.sport = two(cols.sport, cols.post_sport)
-    f.dport = two(cols.dport, cols.post_dport)
-    f.is4 = same(cols.family == 4)
-    f.pkts = same(pk)
-    f.octs = same(oc)
-    f.first = same(first)
-    f.last = same(last)
-    f.flags = same(cols.tcp_flags)
-    f.proto = same(cols.proto)
-    f.tos = same(cols.tos)
+    f.src = two(b.src, b.post_src)
+    f.dst = two(b.dst, b.post_dst)
+    f.sport = two(b.sport, b.post_sport)
+    f.dport = two(b.dport, b.post_dport)
+    f.is4 = same(is4)
+    f.pkts, f.octs, f.first, f.last = same(pk), same(oc), same(first), same(last)
+    f.flags, f.proto, f.tos = same(b.tcp_flags), same(b.proto), same(b.tos)
     f.n = len(f.is4)
-    return FtBatch(secs, nsecs, up, pack_address(exaddr), None, f)
+    return f
 
 
 def ntop(addr: bytes) -> str:

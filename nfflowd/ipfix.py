@@ -28,7 +28,7 @@ from __future__ import annotations
 import struct
 from typing import Sequence
 
-from nfflowd.record import Flow, NatEvent
+from nfflowd.record import FlowBatch, NatEvent
 from nfflowd.template import RECORD_KINDS, Datagram, TemplateEncoder
 
 HEADER = struct.Struct("!HHIII")
@@ -56,13 +56,14 @@ class IpfixEncoder(TemplateEncoder):
         super().__init__(records, nat_event_codes, max_size, template_refresh_packets,
                          template_refresh_seconds, vlan)
 
-    def encode(self, flows: Sequence[Flow], nat_events: Sequence[NatEvent],
+    def encode(self, batch: FlowBatch, nat_events: Sequence[NatEvent],
                now_ms: int) -> list[bytes]:
-        """Complete IPFIX messages carrying ``flows`` and ``nat_events`` (those
-        of the enabled kinds), each <= max_size, templates first when due.
+        """Complete IPFIX messages carrying the flows of ``batch`` and
+        ``nat_events`` (those of the enabled kinds), each <= max_size,
+        templates first when due.
         ``now_ms`` is the wall clock (epoch ms).  Never raises on bad records
         (counted in ``invalid``)."""
-        return self._encode(flows, nat_events, now_ms, 0)
+        return self._encode(batch, nat_events, now_ms, 0)
 
     def templates_message(self, now_ms: int, before: bytes | None = None) -> bytes:
         """A message of every template of the enabled kinds and no data.

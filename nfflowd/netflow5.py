@@ -17,10 +17,14 @@ IPv6 records cannot be carried by v5: they are skipped and counted in
 fields anyway (a port > 65535, say, from a hand-made record) is skipped and
 counted in ``invalid`` instead of raising on the data path.
 
-Hot path: the records of a datagram are packed by one ``Struct`` call over the
-flattened records (NEXTHOP, INPUT, OUTPUT and the v5 fields nfflowd never
-fills are zero bytes of the format); a struct error (a bad record) falls back
-to one record at a time for that datagram.  The packed record bodies depend on
+Hot path, in the form of the ``FtBatch`` (see ``record.FlowBatch``): records
+(the small rounds) are packed by one ``Struct`` call per datagram over the
+flattened records, a struct error (a bad record) falling back to one record
+at a time for that datagram; columns (bursts) are packed all datagrams' at
+once by numpy into a record layout equal to the wire format.  Either way
+NEXTHOP, INPUT, OUTPUT and the v5 fields nfflowd never fills are zero bytes,
+and the IPv4 records are cut into datagrams of 30 in order, a bad record
+leaving its datagram one record shorter.  The packed record bodies depend on
 the batch only, so they are packed once and cached on the batch: every v5
 encoder (one per collector) only adds its own header.
 """
@@ -29,6 +33,10 @@ from __future__ import annotations
 
 import struct
 from itertools import chain
+
+import numpy as np
+
+from nfflowd.record import fits
 
 MAX_RECORDS = 30
 HEADER = struct.Struct("!HHIIIIBBH")
@@ -42,11 +50,37 @@ assert HEADER.size == 24 and RECORD.size == 48
 _BODY = [None] + [struct.Struct("!" + _RECORD_FORMAT * n) for n in range(1, MAX_RECORDS + 1)]
 
 _U32 = 0xFFFFFFFF
+# the record layout: (name, numpy type, offset), the FtColumns field of each
+_LAYOUT = (("src", ("u1", 4), 0), ("dst", ("u1", 4), 4), ("pkts", ">u4", 16),
+           ("octs", ">u4", 20), ("first", ">u4", 24), ("last", ">u4", 28),
+           ("sport", ">u2", 32), ("dport", ">u2", 34), ("flags", "u1", 37),
+           ("proto", "u1", 38), ("tos", "u1", 39))
+_DTYPE = np.dtype({"names": [n for n, _, _ in _LAYOUT], "formats": [t for _, t, _ in _LAYOUT],
+                   "offsets": [o for _, _, o in _LAYOUT], "itemsize": RECORD.size})
+# the integer fields and their widths in bits
+_WIDTHS = (("pkts", 32), ("octs", 32), ("first", 32), ("last", 32), ("sport", 16),
+           ("dport", 16), ("flags", 8), ("proto", 8), ("tos", 8))
+
+
+def _fitting(f) -> np.ndarray:
+    """Which records of ``f`` (``FtColumns``) fit the v5 fields."""
+    cols = [getattr(f, name) for name, _ in _WIDTHS]
+    if all(c.dtype == np.uint64 for c in cols):
+        pk, oc, fi, la, sp, dp, fl, pr, tos = cols
+        wide = ((pk | oc | fi | la) >> np.uint64(32)) | ((sp | dp) >> np.uint64(16)) \
+            | ((fl | pr | tos) >> np.uint64(8))
+        return wide == 0
+    ok = np.ones(f.n, dtype=bool)
+    for col, (_, bits) in zip(cols, _WIDTHS):
+        ok &= fits(col, bits)
+    return ok
 
 
 def _bodies(records) -> tuple[list[tuple[int, bytes]], int, int]:
-    """(count, packed records) of each datagram, IPv6 records skipped, bad
-    records counted: (bodies, skipped_ipv6, invalid)."""
+    """(count, packed records) of each datagram of ``records`` (flat tuples,
+    ``flowtools.R_*`` order), IPv6 records skipped, bad records counted:
+    (bodies, skipped_ipv6, invalid).  The IPv4 records go 30 to a datagram in
+    order; a bad record is left out of its datagram."""
     v4 = [r for r in records if len(r[0]) == 4]
     bodies = []
     append = bodies.append
@@ -72,41 +106,31 @@ def _bodies(records) -> tuple[list[tuple[int, bytes]], int, int]:
     return bodies, len(records) - len(v4), invalid
 
 
-_V5_DTYPE = None
-
-
-def _v5_dtype():
-    global _V5_DTYPE
-    if _V5_DTYPE is None:
-        import numpy as np
-        _V5_DTYPE = np.dtype({
-            "names": ["src", "dst", "pkts", "octs", "first", "last", "sport", "dport",
-                      "flags", "proto", "tos"],
-            "formats": [("u1", 4), ("u1", 4), ">u4", ">u4", ">u4", ">u4", ">u2", ">u2",
-                        "u1", "u1", "u1"],
-            "offsets": [0, 4, 16, 20, 24, 28, 32, 34, 37, 38, 39],
-            "itemsize": RECORD.size})
-    return _V5_DTYPE
-
-
-def _bodies_columns(f):
-    """``_bodies`` over ``flowtools.FtColumns``; None when some record would
-    not fit (then the per-record path finds and counts it)."""
-    import numpy as np
-    for name, bits in (("sport", 16), ("dport", 16), ("flags", 8), ("proto", 8), ("tos", 8)):
-        if (getattr(f, name) >> np.uint64(bits)).any():
-            return None
-    rows = np.flatnonzero(f.is4)
-    arr = np.zeros(len(rows), dtype=_v5_dtype())
-    arr["src"] = f.src[rows, :4]
-    arr["dst"] = f.dst[rows, :4]
-    for name in ("pkts", "octs", "first", "last", "sport", "dport", "flags", "proto", "tos"):
-        arr[name] = getattr(f, name)[rows]
+def _bodies_columns(f) -> tuple[list[tuple[int, bytes]], int, int]:
+    """``_bodies`` of ``f`` (``FtColumns``)."""
+    v4 = np.flatnonzero(f.is4)
+    ok = _fitting(f)[v4]
+    good = v4[ok]
+    arr = np.zeros(len(good), dtype=_DTYPE)
+    arr["src"] = f.src[good, :4]
+    arr["dst"] = f.dst[good, :4]
+    for name, _ in _WIDTHS:
+        col = getattr(f, name)[good]
+        arr[name] = col if col.dtype == np.uint64 else col.astype(np.uint64)
     blob = arr.tobytes()
     size = RECORD.size
-    bodies = [(min(MAX_RECORDS, len(rows) - j), blob[j * size:(j + MAX_RECORDS) * size])
-              for j in range(0, len(rows), MAX_RECORDS)]
-    return bodies, f.n - len(rows), 0
+    if len(good) == len(v4):
+        counts = [min(MAX_RECORDS, len(v4) - j) for j in range(0, len(v4), MAX_RECORDS)]
+    else:
+        counts = np.bincount(np.flatnonzero(ok) // MAX_RECORDS,
+                             minlength=-(-len(v4) // MAX_RECORDS)).tolist()
+    bodies = []
+    at = 0
+    for cnt in counts:
+        if cnt:
+            bodies.append((cnt, blob[at * size:(at + cnt) * size]))
+            at += cnt
+    return bodies, f.n - len(v4), len(v4) - len(good)
 
 
 class V5Encoder:
@@ -129,12 +153,9 @@ class V5Encoder:
         bad records (they are counted)."""
         cached = batch.v5_cache
         if cached is None:
-            cols = getattr(batch, "columns", None)
-            if cols is not None:
-                cached = _bodies_columns(cols)
-            if cached is None:
-                cached = _bodies(batch.records)
-            batch.v5_cache = cached
+            cols = batch.columns
+            cached = batch.v5_cache = (_bodies(batch.records) if cols is None
+                                       else _bodies_columns(cols))
         bodies, skipped6, invalid = cached
         pack_hdr = HEADER.pack
         up, secs, nsecs = batch.sys_uptime, batch.unix_secs, batch.unix_nsecs

@@ -1,4 +1,4 @@
-"""NetFlow v9 encoder (RFC 3954), sans-IO: Flow / NatEvent records -> datagrams.
+"""NetFlow v9 encoder (RFC 3954), sans-IO: a FlowBatch and NatEvents -> datagrams.
 
 Strategy: everything but the header lives in ``template.TemplateEncoder``
 (templates, record mapping, size bound, template refresh), shared with IPFIX.
@@ -29,7 +29,7 @@ from __future__ import annotations
 import struct
 from typing import Sequence
 
-from nfflowd.record import Flow, NatEvent
+from nfflowd.record import FlowBatch, NatEvent
 from nfflowd.template import RECORD_KINDS, TID_FLOW6_ICMP, TemplateEncoder
 
 HEADER = struct.Struct("!HHIIII")
@@ -64,13 +64,13 @@ class NetflowV9Encoder(TemplateEncoder):
         out[TID_FLOW6_ICMP] = tuple(names)
         return out
 
-    def encode(self, flows: Sequence[Flow], nat_events: Sequence[NatEvent], now_ms: int,
+    def encode(self, batch: FlowBatch, nat_events: Sequence[NatEvent], now_ms: int,
                boot_ms: int) -> list[bytes]:
-        """Datagrams carrying ``flows`` and ``nat_events`` (those of the enabled
-        kinds), each <= max_size, templates first when due.  ``now_ms`` is the
+        """Datagrams carrying the flows of ``batch`` and ``nat_events`` (those
+        of the enabled kinds), each <= max_size, templates first when due.  ``now_ms`` is the
         wall clock (epoch ms), ``boot_ms`` the wall-clock time of boot (for
         sysUptime).  Never raises on bad records (counted in ``invalid``)."""
-        return self._encode(flows, nat_events, now_ms, boot_ms)
+        return self._encode(batch, nat_events, now_ms, boot_ms)
 
     def _header(self, length, template_records, data_records, now_ms, boot_ms) -> bytes:
         h = HEADER.pack(9, template_records + data_records, (now_ms - boot_ms) & _U32,

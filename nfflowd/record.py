@@ -3,10 +3,10 @@
 Strategy: a source (the conntrack correlator, the pcap meter) turns what it
 sees into flow records, one per direction of a connection, and appends them to
 a ``FlowBatchBuilder``: one record at a time as ``Flow`` tuples, or a block
-of them at once as a ``FlowBatch``.  ``builder.batch()`` gives everything
-appended, in order, as one ``FlowBatch``: the ``Flow`` fields as columns
-(numpy arrays, one row per record).  Encoders see only finished records and
-never go back to the source.  A ``Flow`` is a NamedTuple rather than a
+of them at once as a ``FlowBatch`` of columns (the columnar decoder's
+bursts).  ``builder.batch()`` gives everything appended, in order, as one
+``FlowBatch``, the one thing encoders take.  Encoders see only finished
+records and never go back to the source.  A ``Flow`` is a NamedTuple rather than a
 dataclass because it is built on the hot path (measured in bench/); every
 field is a plain int or bytes.
 
@@ -14,8 +14,9 @@ The batch API:
 
 - ``FlowBatch``: ``len(batch)``; a column per ``Flow`` field by name
   (``batch.sport``, ...): addresses (n, 16) uint8, IPv4 in the first 4 bytes
-  and zeros after, every other field uint64; ``batch.flows()`` the rows as
-  ``Flow`` tuples; ``FlowBatch.from_flows(flows)``,
+  and zeros after, every other field uint64; ``batch.flows()`` the records
+  as ``Flow`` tuples; ``batch.flow_list``, the tuples it was made of (None
+  when made of columns); ``batch.as_columns()``; ``FlowBatch.from_flows(flows)``,
   ``FlowBatch.from_columns(**columns)`` (every field, same length) and
   ``FlowBatch.concat(batches)`` make one.
 - ``FlowBatchBuilder``: ``append(flow)``, ``extend(flows)``,
@@ -55,9 +56,8 @@ goes at the end, and every one of those must be updated with it
 
 from __future__ import annotations
 
+import struct
 from typing import Iterable, NamedTuple
-
-import numpy as np
 
 ORIGINAL = 0
 REPLY = 1
@@ -134,15 +134,77 @@ class NatEvent(NamedTuple):
 # Batches
 # ---------------------------------------------------------------------------
 
+class _Numpy:
+    """numpy, imported when first used.  The command line loads its
+    configuration (which imports the syslog mirror, so flowtools and this
+    module) before it blocks the daemon's signals, and numpy's import starts
+    threads, which must be started after that block (app/privileges.py).
+    Modules that take ``np`` from here get numpy's names as attributes of
+    this object, each looked up once."""
+
+    def __getattr__(self, name):
+        import numpy
+        value = getattr(numpy, name)
+        setattr(self, name, value)
+        return value
+
+
+np = _Numpy()
+
 FLOW_FIELDS = Flow._fields
 ADDRESS_FIELDS = ("src", "dst", "post_src", "post_dst")
+_U64_MAX = (1 << 64) - 1
+# One record as the bytes of a row of ``row_dtype()``: ``struct`` checks
+# every value (an int in [0, 2**64), addresses bytes) while it packs
+_ROW = struct.Struct("=" + "".join("16s" if n in ADDRESS_FIELDS else "Q" for n in FLOW_FIELDS))
+_row_dtype = []
+
+
+def row_dtype():
+    """The numpy record of a packed ``_ROW``: the ``Flow`` fields, addresses
+    as 16 uint8, every other field uint64."""
+    if not _row_dtype:
+        _row_dtype.append(np.dtype([(n, (np.uint8, 16) if n in ADDRESS_FIELDS else np.uint64)
+                                    for n in FLOW_FIELDS]))
+        assert _ROW.size == _row_dtype[0].itemsize
+    return _row_dtype[0]
 
 
 def address_list(a: np.ndarray, family: list) -> list:
-    """Rows of an (n, 16) uint8 address column as packed bytes, 4 of them
-    where the row's ``family`` is 4, else 16."""
+    """Rows of an (n, 16) uint8 address column as packed bytes: 16 of them
+    where the row's ``family`` is 6, else 4."""
     raw = a.tobytes()
-    return [raw[16 * i:16 * i + (4 if f == 4 else 16)] for i, f in enumerate(family)]
+    return [raw[16 * i:16 * i + (16 if f == 6 else 4)] for i, f in enumerate(family)]
+
+
+def address_column(values: list) -> np.ndarray:
+    """Packed addresses (bytes, 4 or 16 of them) as an (n, 16) uint8 column,
+    each zero-padded (and cut) to 16 bytes; anything not bytes as zeros."""
+    raw = b"".join(bytes(a[:16]).ljust(16, b"\0") if isinstance(a, (bytes, bytearray))
+                   else bytes(16) for a in values)
+    return np.frombuffer(raw, dtype=np.uint8).reshape(len(values), 16)
+
+
+def int_column(values: list) -> np.ndarray:
+    """Integers as a uint64 column, or, when some are not ints in
+    [0, 2**64), as an object column holding the values as they are."""
+    if all(type(v) is int and 0 <= v <= _U64_MAX for v in values):
+        return np.array(values, dtype=np.uint64)
+    col = np.empty(len(values), dtype=object)
+    col[:] = values
+    return col
+
+
+def fits(col: np.ndarray, bits: int) -> np.ndarray:
+    """Which values of an integer column are ints in [0, 2**bits) (a bool
+    mask): what a field of that width can carry."""
+    if col.dtype == np.uint64:
+        if bits >= 64:
+            return np.ones(len(col), dtype=bool)
+        return (col >> np.uint64(bits)) == 0
+    top = 1 << bits
+    return np.fromiter((type(v) is int and 0 <= v < top for v in col.tolist()),
+                       dtype=bool, count=len(col))
 
 
 def interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -156,16 +218,54 @@ def interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class FlowBatch:
-    """``Flow`` records as columns: addresses (n, 16) uint8 (IPv4 in the first
-    4 bytes, the rest zero), every other field uint64, in ``Flow`` order."""
+    """``Flow`` records, held in the form they were made in: ``Flow`` tuples
+    (``from_flows``) or columns (``from_columns``, ``concat`` of a block);
+    each form made from the other when first asked for.
 
-    __slots__ = FLOW_FIELDS + ("n",)
+    Columns: one attribute per ``Flow`` field, addresses (n, 16) uint8 (IPv4
+    in the first 4 bytes, the rest zero; 16 bytes long where ``family`` is
+    6, else 4), every other field a uint64 column.  A field some record of
+    which holds a value a uint64 cannot (negative, wider, not an int: a
+    hand-made record, a capture from before 1970) is an object column of the
+    values as they are (``fits`` tells which fit a field).
+
+    ``flow_list`` is the tuples a batch was made of (None for columns):
+    encoders take such a batch record by record, a columnar one with numpy
+    (per record is cheaper for the small rounds the tuples come in, numpy's
+    fixed cost per call being paid once per column; bench/README.md)."""
+
+    __slots__ = FLOW_FIELDS + ("n", "flow_list", "_rows")
+
+    def __init__(self):
+        self.n = 0
+        self.flow_list = None       # the Flow tuples the batch was made of
+        self._rows = None           # their row_dtype() array, once a column was asked for
+
+    def __getattr__(self, name):
+        # a column not made yet: made from the tuples (all columns at once,
+        # views of one packed array; an object column where needed)
+        flows = self.flow_list
+        if flows is None or name not in FLOW_FIELDS:
+            raise AttributeError(name)
+        if self._rows is None:
+            try:
+                pack = _ROW.pack
+                self._rows = np.frombuffer(b"".join([pack(*f) for f in flows]),
+                                           dtype=row_dtype())
+            except struct.error:        # a value a uint64 cannot hold
+                self._columns_of(flows)
+                return object.__getattribute__(self, name)
+        col = self._rows[name]
+        setattr(self, name, col)
+        return col
 
     def __len__(self):
         return self.n
 
     def flows(self) -> list:
         """The records as ``Flow`` tuples."""
+        if self.flow_list is not None:
+            return self.flow_list
         if not self.n:
             return []
         fam = self.family.tolist()
@@ -175,6 +275,23 @@ class FlowBatch:
             cols.append(address_list(col, fam) if name in ADDRESS_FIELDS else col.tolist())
         new = tuple.__new__
         return [new(Flow, t) for t in zip(*cols)]
+
+    def as_columns(self) -> "FlowBatch":
+        """The same records as a batch of columns (contiguous, as the
+        columnar decoder's blocks come): tests and tools, both forms being
+        encoded alike."""
+        if self.flow_list is None:
+            return self
+        return FlowBatch.from_columns(**{name: np.ascontiguousarray(getattr(self, name))
+                                         for name in FLOW_FIELDS})
+
+    @classmethod
+    def from_flows(cls, flows) -> "FlowBatch":
+        """The batch of the ``Flow`` tuples ``flows``."""
+        c = cls()
+        c.flow_list = flows if type(flows) is list else list(flows)
+        c.n = len(c.flow_list)
+        return c
 
     @classmethod
     def from_columns(cls, **columns) -> "FlowBatch":
@@ -189,53 +306,27 @@ class FlowBatch:
 
     @classmethod
     def concat(cls, parts: list) -> "FlowBatch":
-        """One batch of ``parts``' rows, in order."""
+        """One batch of ``parts``' rows, in order: tuples if they all are."""
         if len(parts) == 1:
             return parts[0]
-        if not parts:
-            return cls.from_flows([])
+        if all(p.flow_list is not None for p in parts):
+            return cls.from_flows([f for p in parts for f in p.flow_list])
         c = cls()
         for name in FLOW_FIELDS:
-            setattr(c, name, np.concatenate([getattr(p, name) for p in parts]))
+            cols = [getattr(p, name) for p in parts]
+            if name not in ADDRESS_FIELDS and any(col.dtype != np.uint64 for col in cols):
+                cols = [col.astype(object) for col in cols]
+            setattr(c, name, np.concatenate(cols))
         c.n = sum(p.n for p in parts)
         return c
 
-    @classmethod
-    def from_flows(cls, flows) -> "FlowBatch":
-        """Columns of ``Flow`` tuples.  Raises ValueError for records the
-        columns cannot hold as they are (address length not that of the
-        family, values beyond 64 bits or negative)."""
-        c = cls()
-        c.n = len(flows)
-        if not flows:
-            for name in FLOW_FIELDS:
-                setattr(c, name, np.zeros((0, 16) if name in ADDRESS_FIELDS else 0,
-                                          dtype=np.uint8 if name in ADDRESS_FIELDS
-                                          else np.uint64))
-            return c
-        cols = list(zip(*flows))
+    def _columns_of(self, flows) -> None:
+        cols = list(zip(*flows)) or [()] * len(FLOW_FIELDS)
         if len(cols) != len(FLOW_FIELDS):
             raise ValueError("not Flow records")
-        fam = cols[0]
-        for i, name in enumerate(FLOW_FIELDS):
-            col = cols[i]
-            if name in ADDRESS_FIELDS:
-                parts = []
-                for f, a in zip(fam, col):
-                    if type(a) is not bytes or len(a) != (4 if f == 4 else 16) \
-                            or f not in (4, 6):
-                        raise ValueError("address")
-                    parts.append(a if f == 6 else a + b"\0" * 12)
-                arr = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(c.n, 16)
-            else:
-                try:
-                    arr = np.array(col, dtype=np.uint64)
-                except (OverflowError, ValueError, TypeError) as e:
-                    raise ValueError(name) from e
-                if any(type(v) is not int or v < 0 for v in col):
-                    raise ValueError(name)
-            setattr(c, name, arr)
-        return c
+        for name, col in zip(FLOW_FIELDS, cols):
+            setattr(self, name,
+                    address_column(col) if name in ADDRESS_FIELDS else int_column(col))
 
 
 class FlowBatchBuilder:
@@ -243,12 +334,11 @@ class FlowBatchBuilder:
     ``FlowBatch`` blocks.  ``len`` counts records; ``batch()`` gives them
     all as one ``FlowBatch``."""
 
-    __slots__ = ("_parts", "_n", "_blocks")
+    __slots__ = ("_parts", "_n")
 
     def __init__(self):
         self._parts: list = []      # list of Flow lists and FlowBatch blocks
         self._n = 0
-        self._blocks = 0
 
     def __len__(self):
         return self._n
@@ -274,39 +364,13 @@ class FlowBatchBuilder:
         if batch.n:
             self._parts.append(batch)
             self._n += batch.n
-            self._blocks += 1
-
-    @property
-    def has_blocks(self) -> bool:
-        return self._blocks > 0
 
     def clear(self) -> None:
         self._parts = []
         self._n = 0
-        self._blocks = 0
 
-    def __iter__(self):
-        for p in self._parts:
-            if type(p) is list:
-                yield from p
-            else:
-                yield from p.flows()
-
-    def flows(self) -> list:
-        """The records as ``Flow`` tuples."""
-        return list(self)
-
-    def for_export(self):
-        """What the encoders take: one ``FlowBatch`` when a burst left
-        blocks here (and every flow fits columns), else the ``Flow`` list."""
-        cols = self.batch() if self._blocks else None
-        return cols if cols is not None else self.flows()
-
-    def batch(self) -> FlowBatch | None:
-        """Everything as one ``FlowBatch``; None when some ``Flow`` cannot be
-        held as columns (then use ``flows()``)."""
-        try:
-            return FlowBatch.concat([p if type(p) is not list else FlowBatch.from_flows(p)
-                                     for p in self._parts])
-        except ValueError:
-            return None
+    def batch(self) -> FlowBatch:
+        """Everything appended so far as one ``FlowBatch``, in order: of
+        tuples when only tuples were appended, else of columns."""
+        return FlowBatch.concat([p if type(p) is not list else FlowBatch.from_flows(p)
+                                 for p in self._parts] or [FlowBatch.from_flows([])])

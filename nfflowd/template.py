@@ -257,9 +257,10 @@ NAT6 = ("observationTimeMilliseconds", "natEvent", "protocolIdentifier",
 
 TID_FLOW4, TID_FLOW6, TID_FLOW4_ICMP, TID_FLOW6_ICMP, TID_NAT4, TID_NAT6 = range(256, 262)
 
-# Which record field carries each element.  ``Flow`` fields by name; for NAT
+# Which record field carries each element (FLOW_SOURCE: of the flow templates,
+# biflow.py extends it).  ``Flow`` fields by name; for NAT
 # events the natEvent code is appended to the NatEvent tuple (index 13).
-_FLOW_SOURCE = {
+FLOW_SOURCE = {
     "sourceIPv4Address": "src", "sourceIPv6Address": "src",
     "destinationIPv4Address": "dst", "destinationIPv6Address": "dst",
     "sourceTransportPort": "sport", "destinationTransportPort": "dport",
@@ -274,7 +275,7 @@ _FLOW_SOURCE = {
     "postNAPTDestinationTransportPort": "post_dport",
     "vlanId": "vlan",
 }
-_NAT_SOURCE = dict(_FLOW_SOURCE, observationTimeMilliseconds="time_ms", natEvent="code",
+_NAT_SOURCE = dict(FLOW_SOURCE, observationTimeMilliseconds="time_ms", natEvent="code",
                    flowStartMilliseconds="time_ms", flowEndMilliseconds="time_ms")
 _NAT_FIELDS = NatEvent._fields + ("code",)
 
@@ -306,7 +307,7 @@ def _pack_columns(tpl: Template, dt: np.dtype, cols, rows) -> bytes:
     ``cols`` packed as ``tpl`` packs them."""
     arr = np.zeros(cols.n if isinstance(rows, slice) else len(rows), dtype=dt)
     for n in tpl.names:
-        col = getattr(cols, _FLOW_SOURCE[n])[rows]
+        col = getattr(cols, FLOW_SOURCE[n])[rows]
         if col.ndim == 2:
             arr[n] = col[:, :dt[n].shape[0]]
         else:
@@ -413,7 +414,7 @@ class TemplateEncoder:
     # carries each element: ``Flow`` here; biflow.BiflowIpfixEncoder's rows
     # are a Flow followed by the reverse direction's values.
     FLOW_FIELDS: tuple = Flow._fields
-    FLOW_SOURCE: dict = _FLOW_SOURCE
+    FLOW_SOURCE: dict = FLOW_SOURCE
 
     def _flow_template_names(self, vlan: bool) -> dict:
         """Template id -> element names of the flow templates."""
@@ -480,6 +481,9 @@ class TemplateEncoder:
         order), its records packed by numpy as ``struct`` would pack them,
         as (template, blob, None)."""
         fam, proto = cols.family, cols.proto
+        if any(getattr(cols, n).dtype != np.uint64 for n in set(FLOW_SOURCE.values())
+               if n not in ("src", "dst", "post_src", "post_dst")):
+            raise ValueError("a value a uint64 cannot hold")
         for n, bits in _NARROW:
             if (getattr(cols, n) >> np.uint64(bits)).any():
                 raise ValueError(n)
@@ -506,18 +510,21 @@ class TemplateEncoder:
             groups[t] = (tpl, _pack_columns(tpl, self._flow_dtype[t], cols, rows), None)
         self._refused(NOT_IP, bad)
 
-    def _groups(self, flows: Sequence[Flow], nat_events: Sequence[NatEvent]):
-        """[(template, items, getter)], first-seen order of templates."""
+    def _groups(self, batch: FlowBatch, nat_events: Sequence[NatEvent]):
+        """[(template, items, getter)], first-seen order of templates: a
+        batch of tuples record by record, one of columns with numpy (see
+        ``record.FlowBatch``)."""
         groups: dict[int, tuple] = {}
         invalid = 0
-        if isinstance(flows, FlowBatch):
+        flows = batch.flow_list
+        if flows is None:
             try:
-                if flows.n and "flows" in self.records:
-                    self._column_groups(flows, groups)
+                if batch.n and "flows" in self.records:
+                    self._column_groups(batch, groups)
                 flows = ()
             except ValueError:          # a value too wide for its field: per record
                 groups.clear()
-                flows = flows.flows()
+                flows = batch.flows()
         if flows and "flows" in self.records:
             by_key, by_fam = self._flow_by_key, self._flow_by_family
             per: dict[int, list] = {}
@@ -553,8 +560,8 @@ class TemplateEncoder:
             self.invalid += n
             self.invalid_reasons[reason] = self.invalid_reasons.get(reason, 0) + n
 
-    def _encode(self, flows, nat_events, now_ms: int, boot_ms: int) -> list[bytes]:
-        groups = self._groups(flows, nat_events)
+    def _encode(self, batch: FlowBatch, nat_events, now_ms: int, boot_ms: int) -> list[bytes]:
+        groups = self._groups(batch, nat_events)
         if groups and all(g[2] is None for g in groups):
             return self._encode_packed(groups, now_ms, boot_ms)
         out: list[bytes] = []

@@ -20,7 +20,7 @@ from nfflowd.cli import main
 from nfflowd.errors import ConfigError
 from nfflowd.ie import REVERSE_PEN, element
 from nfflowd.ipfix import IpfixEncoder
-from nfflowd.record import (END_FORCED, END_IDLE_TIMEOUT, END_OF_FLOW, ORIGINAL, REPLY)
+from nfflowd.record import END_FORCED, END_IDLE_TIMEOUT, END_OF_FLOW, ORIGINAL, REPLY, FlowBatch
 from nfflowd.template import FLOW4, Template
 
 from test_netflow9 import FLOW4_DATA_RECORD, T0, mkflow, sample_flows
@@ -135,7 +135,7 @@ def test_the_pairer_holds_at_most_max_held_records():
 
 
 def test_the_biflow_exporter_bound_follows_the_meter_table():
-    from nfflowd.biflow import BiflowExporter
+    from nfflowd.app.pipeline import BiflowExporter
     c = config.Collector("127.0.0.1", 9, version=10, biflow=True)
     cfg = config.Config(meter=config.MeterConfig(
         max_flows=7, interfaces=(config.MeterInterface("a"), config.MeterInterface("b"))))
@@ -373,7 +373,7 @@ def test_same_forward_values_as_the_uniflow_encoder():
     utpl = {t.id: t for t in uni.templates}
     btpl = {t.id: t for t in bi.templates}
     for f in [f._replace(vlan=7) for f in sample_flows()]:
-        uid, ubody = last_data_set(uni.encode([f], [], T0)[-1])
+        uid, ubody = last_data_set(uni.encode(FlowBatch.from_flows([f]), [], T0)[-1])
         bid, bbody = last_data_set(bi.encode_pairs([(f, None)], [], T0)[-1])
         assert uid == bid
         uvals = dict(zip(utpl[uid].names, utpl[uid].struct.unpack(ubody)))
@@ -553,7 +553,7 @@ def test_pipeline_pairs_conntrack_at_once_and_expires_meter_records_by_wall_cloc
         o = conntrack_flow("198.51.100.7", "203.0.113.9", 50000, 80, 77, ORIGINAL, 5, 500)
         r = conntrack_flow("203.0.113.9", "198.51.100.7", 80, 50000, 77, REPLY, 4, 4000)
         now = 1_800_000_000 * S
-        pl.export([r, Q, o], [], now, 1000)
+        pl.export(FlowBatch.from_flows([r, Q, o]), [], now, 1000)
         got = rx.records()
         assert [(x["sourceTransportPort"], x["packetDeltaCount"], x["reversePacketDeltaCount"],
                  x["reverseOctetDeltaCount"], x["biflowDirection"]) for x in got] == \
@@ -564,7 +564,7 @@ def test_pipeline_pairs_conntrack_at_once_and_expires_meter_records_by_wall_cloc
         got = rx.records()
         assert [(x["sourceTransportPort"], x["reversePacketDeltaCount"]) for x in got] == \
             [(40000, 0)]
-        pl.export([A], [], now + 6 * S, 1000)       # its answer, too late: held
+        pl.export(FlowBatch.from_flows([A]), [], now + 6 * S, 1000)       # its answer, too late: held
         assert rx.records() == []
         s = pl.summary()
         name = f"127.0.0.1:{rx.port}/v10"

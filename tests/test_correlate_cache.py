@@ -178,7 +178,7 @@ def test_a_destroy_block_leaves_its_removals_to_reap():
     c.handle_batch(news, 1 * S, [])
     out = FlowBatchBuilder()
     c.handle_batch([_block_of(ends[:40])], 5 * S, out)
-    assert len(list(out)) == 80
+    assert len(out.batch().flows()) == 80
     # the 40 ended entries are still there, waiting
     assert (c.cached, c.reap_pending) == (50, 40)
     assert c.reap(15) == 15 and (c.cached, c.reap_pending) == (35, 25)
@@ -220,7 +220,7 @@ def test_an_id_reused_and_ended_again_before_the_reap_is_removed_once_each():
     out = FlowBatchBuilder()
     c.handle_batch([_block_of([e._replace(orig=s.orig) for e, s in zip(ends, second)])],
                    7 * S, out)
-    assert {f.sport for f in out if f.direction == 0} == {6000 + i for i in range(40)}
+    assert {f.sport for f in out.batch().flows() if f.direction == 0} == {6000 + i for i in range(40)}
     assert c.cached == 40 - 40              # the second ones popped by the block itself
     third = news[3]._replace(orig=news[3].orig._replace(sport=7777))
     c.handle_batch([third], 8 * S, [])
@@ -271,7 +271,7 @@ def test_a_block_exports_only_the_rest_of_a_connection_the_active_timeout_export
     assert len(c.active_export(table, 3 * S, 3 * S)) == 2
     out = FlowBatchBuilder()
     c.handle_batch([_block_of(ends)], 5 * S, out)
-    got = {(f.conn_id, f.direction): (f.packets, f.octets) for f in out}
+    got = {(f.conn_id, f.direction): (f.packets, f.octets) for f in out.batch().flows()}
     assert got[(105, 0)] == (2, 200) and got[(105, 1)] == (1, 150)
     assert got[(106, 0)] == (3, 300) and got[(106, 1)] == (2, 200)
     assert c.reap_pending == 39
@@ -374,7 +374,8 @@ def test_destroy_blocks_and_objects_agree_on_unseen_connections():
         out = FlowBatchBuilder() if blocks else []
         c.handle_batch([DestroyBlock.from_events(ends)] if blocks else ends, 9 * S, out)
         c.reap()
-        return list(out), c.counters, c.take_nat_events(), c.cached
+        flows = out.batch().flows() if blocks else out
+        return flows, c.counters, c.take_nat_events(), c.cached
     a, b = run(False), run(True)
     assert a == b
     log = nat_log(a[2])

@@ -22,7 +22,7 @@ from nfflowd import conntrack as ct
 from nfflowd.ctcache import pack4, pack6
 from nfflowd.conntrack import EV_DESTROY, EV_DUMP, EV_NEW, CtEvent, CtTuple
 from nfflowd.correlate import Correlator, flows_of, flows_of_block
-from nfflowd.flowtools import csv_lines, expand, expand_columns
+from nfflowd.flowtools import csv_lines, expand
 from nfflowd.ipfix import IpfixEncoder
 from nfflowd.netflow5 import V5Encoder
 from nfflowd.netflow9 import NetflowV9Encoder
@@ -182,7 +182,7 @@ def test_a_destroy_before_a_new_of_its_id_keeps_message_order():
     corr_a.handle_batch(ct.decode_walk(buf).events, NOW_NS, fa)
     corr_b.handle_batch(got.events, NOW_NS, fb)
     corr_b.reap()
-    assert list(fb) == fa and reused.ct_id in corr_b.cache.entries
+    assert fb.batch().flows() == fa and reused.ct_id in corr_b.cache.entries
     assert corr_b.cache.entries == corr_a.cache.entries
 
 
@@ -361,7 +361,7 @@ def run_correlator(steps, kernel_ts, nat, setup, blocks, new_first=False):
             continue
         batch.append(ev)
     flush()
-    flows = list(out)
+    flows = flows_in(out)
     corr.reap()             # the removals the blocks left pending (daemon: when idle)
     return flows, corr.state()
 
@@ -459,15 +459,21 @@ def test_block_of_known_connections_correlates_like_events():
         items = [C.DestroyBlock.from_events(ends)] if blocks else ends
         corr.handle_batch(items, NOW_NS, out)
         corr.reap()
-        results.append((list(out), corr.counters, corr.cache.entries))
+        results.append((flows_in(out), corr.counters, corr.cache.entries))
     assert results[0] == results[1]
     assert results[1][1]["connections_exported"] == 200
 
 
 # -- encoding ---------------------------------------------------------------------
 
+def flows_in(out) -> list:
+    """The flows a correlator appended to ``out`` (a list or a builder)."""
+    return out.batch().flows() if isinstance(out, FlowBatchBuilder) else out
+
+
 def replay_flows(copies=6):
-    """The flows of real DESTROY messages, through the object path."""
+    """The flows of real DESTROY messages: through the object path (a list)
+    and the block path (a builder holding blocks)."""
     ct.clear_layout_cache()
     msgs = [renumbered(m, i) for i in range(copies) for m in DESTROY_MSGS]
     buf, starts, ends = concat(msgs)
@@ -477,48 +483,44 @@ def replay_flows(copies=6):
     objs, cols = [], FlowBatchBuilder()
     Correlator().handle_batch(ct.decode(buf).events, NOW_NS, objs)
     Correlator().handle_batch(res.events, NOW_NS, cols)
-    assert cols.has_blocks
     return objs, cols
 
 
-def encode_all(flows, now_ns=NOW_NS, boot_ms=BOOT_MS, exaddr="203.0.113.1", rounds=3):
-    """Every encoder's output for ``flows`` (a Flow list or FlowBatch),
-    several batches in a row (sequence numbers, template refresh)."""
-    cols = isinstance(flows, FlowBatch)
+def encode_all(batch, now_ns=NOW_NS, boot_ms=BOOT_MS, exaddr="203.0.113.1", rounds=3):
+    """Every encoder's output for ``batch``, several batches in a row
+    (sequence numbers, template refresh)."""
     v5, ipfix, v9 = V5Encoder(3, 4), IpfixEncoder(7, template_refresh_packets=3), \
         NetflowV9Encoder(9, template_refresh_packets=2, max_size=600)
     vlan = IpfixEncoder(1, vlan=True, max_size=700)
     out = []
     for k in range(rounds):
         now = now_ns + k * 10**9
-        ft = (expand_columns if cols else expand)(flows, now, boot_ms, exaddr)
+        ft = expand(batch, now, boot_ms, exaddr)
         out.append(("v5", v5.encode(ft), v5.invalid, v5.skipped_ipv6))
         out.append(("csv", csv_lines(ft, "x: "), ft.records))
-        out.append(("ipfix", ipfix.encode(flows, [], now // 10**6), list(ipfix.last_counts),
+        out.append(("ipfix", ipfix.encode(batch, [], now // 10**6), list(ipfix.last_counts),
                     ipfix.invalid, dict(ipfix.invalid_reasons)))
-        out.append(("v9", v9.encode(flows, [], now // 10**6, boot_ms), list(v9.last_counts)))
-        out.append(("vlan", vlan.encode(flows, [], now // 10**6)))
+        out.append(("v9", v9.encode(batch, [], now // 10**6, boot_ms), list(v9.last_counts)))
+        out.append(("vlan", vlan.encode(batch, [], now // 10**6)))
     return out
 
 
-def test_replayed_flows_encode_the_same_as_columns():
+def test_replayed_flows_encode_the_same_as_blocks_and_as_objects():
     objs, buf = replay_flows()
-    assert buf.flows() == objs
     cols = buf.batch()
     assert cols.flows() == objs
-    assert encode_all(cols) == encode_all(objs)
+    assert encode_all(cols) == encode_all(FlowBatch.from_flows(objs))
 
 
-def test_pipeline_buffer_iterates_in_order():
+def test_builder_keeps_the_order_of_flows_and_blocks():
     objs, buf = replay_flows(3)
     extra = objs[:3]
     buf.extend(extra)
     buf.add_block(FlowBatch.from_flows(objs[3:5]))
     assert len(buf) == len(objs) + 5
-    assert list(buf) == objs + extra + objs[3:5]
-    assert buf.batch().flows() == list(buf)
+    assert buf.batch().flows() == objs + extra + objs[3:5]
     buf.clear()
-    assert not buf and list(buf) == [] and not buf.has_blocks
+    assert not buf and len(buf) == 0 and buf.batch().flows() == []
 
 
 addr4 = st.binary(min_size=4, max_size=4)
@@ -548,34 +550,52 @@ def flow(draw, wide=False):
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(flow(), max_size=90), st.integers(-10**6, 2**44))
-def test_generated_flows_encode_the_same_as_columns(flows, boot_ms):
-    cols = FlowBatch.from_flows(flows)
+def test_generated_flows_encode_the_same_from_rows_and_from_columns(flows, boot_ms):
+    rows = FlowBatch.from_flows(flows)
+    assert rows.flows() == flows
+    cols = rows.as_columns()
     assert cols.flows() == flows
-    assert encode_all(cols, boot_ms=boot_ms, rounds=2) == encode_all(flows, boot_ms=boot_ms,
+    assert encode_all(cols, boot_ms=boot_ms, rounds=2) == encode_all(rows, boot_ms=boot_ms,
                                                                       rounds=2)
+
+
+def _template_ports(f: Flow) -> tuple:
+    """The ports a v9/IPFIX flow template carries (ICMP: type and code only)."""
+    if (f.family, f.proto) in ((4, 1), (6, 58)):
+        return (f.dport,)
+    return (f.sport, f.dport, f.post_sport, f.post_dport)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(flow(wide=True), min_size=1, max_size=40))
-def test_values_too_wide_fall_back_to_the_per_record_path(flows):
-    """Ports beyond 16 bits: the per-record path skips and counts them; the
-    columns give the same datagrams and counts."""
-    cols = FlowBatch.from_flows(flows)
-    assert encode_all(cols, rounds=1) == encode_all(flows, rounds=1)
+def test_values_too_wide_are_skipped_and_counted_per_record(flows):
+    """Ports beyond 16 bits: each record that carries one is counted as
+    invalid and the others go out, whatever the batch is made of."""
+    batch = FlowBatch.from_flows(flows)
+    wide = sum(any(p > 65535 for p in _template_ports(f)) for f in flows)
+    ipfix = IpfixEncoder(records=("flows",))
+    ipfix.encode(batch, [], NOW_NS // 10**6)
+    assert (ipfix.invalid, ipfix.records_sent) == (wide, len(flows) - wide)
+    ft = expand(batch, NOW_NS, BOOT_MS)
+    v4 = [r for r in ft.records if len(r[0]) == 4]
+    wide4 = sum(r[6] > 65535 or r[7] > 65535 for r in v4)
+    v5 = V5Encoder()
+    v5.encode(ft)
+    assert (v5.invalid, v5.records_encoded, v5.skipped_ipv6) == (wide4, len(v4) - wide4,
+                                                                 len(ft) - len(v4))
+    assert encode_all(batch.as_columns(), rounds=1) == encode_all(batch, rounds=1)
 
 
-def test_from_flows_refuses_what_columns_cannot_hold():
-    f = Flow(4, 6, bytes(16), bytes(4), 1, 2, bytes(4), bytes(4), 1, 2, 1, 1, 1, 1)
-    for bad in (f, f._replace(src=bytes(4), packets=-1), f._replace(src=bytes(4), octets=2**64)):
-        try:
-            FlowBatch.from_flows([bad])
-        except ValueError:
-            continue
-        raise AssertionError(f"accepted {bad}")
+def test_values_a_uint64_cannot_hold_are_kept_as_they_are():
+    f = Flow(4, 6, bytes(4), bytes(4), 1, 2, bytes(4), bytes(4), 1, 2, 1, 1, 1, 1)
+    odd = [f._replace(packets=-1), f._replace(octets=2**64), f._replace(start_ms=-5)]
+    for bad in odd:
+        assert FlowBatch.from_flows([f, bad]).flows() == [f, bad]
     buf = FlowBatchBuilder()
     buf.extend([f])
-    buf.add_block(FlowBatch.from_flows([f._replace(src=bytes(4))]))
-    assert buf.batch() is None            # the pipeline then encodes buf.flows()
+    buf.add_block(FlowBatch.from_flows(odd))
+    buf.extend([f])
+    assert buf.batch().flows() == [f, *odd, f]
 
 
 # -- the recvmmsg layout: datagrams in fixed-size slots ---------------------------

@@ -48,6 +48,13 @@ class Correlator:
         return []
 
 
+class Pending(list):
+    """The daemon's FlowBatchBuilder, as a list of events."""
+
+    def batch(self):
+        return list(self)
+
+
 class Pipeline:
     def __init__(self):
         self.exports = []
@@ -79,7 +86,7 @@ def daemon(rounds, truesize=1280, takes=0.0, sleeps=False):
         return False
 
     d._pace = pace
-    d.pending = []
+    d.pending = Pending()
     d._window_start = time.monotonic()      # a rate window just opened
     return d
 
@@ -96,7 +103,7 @@ def test_in_a_burst_the_flows_go_before_the_wait_not_after():
 
 def test_a_trickle_is_not_exported_at_every_wait():
     d = daemon([10, 10, 0])
-    d._flush(["flow"])                      # flows went just now
+    d._flush(Pending(["flow"]))             # flows went just now
     d.pipeline.exports.clear()
     d._receive(d.pending)
     assert d._in_burst is False
@@ -134,7 +141,7 @@ def test_a_deadline_that_found_nothing_holds_no_stream_back():
     # the periodic flush ran just now with nothing to send: the first flows
     # of a stream starting then go at its first wait, not STREAM_FLUSH later
     d = daemon([10, 10, 0])
-    d._flush([])
+    d._flush(Pending())
     d._receive(d.pending)
     assert [p["pending"] for p in d.paces] == [0, 10]
     assert d.pipeline.exports == [10]

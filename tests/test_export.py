@@ -7,6 +7,7 @@ import time
 import pytest
 
 from nfflowd import flowtools
+from nfflowd.record import FlowBatch
 from nfflowd.io.export import UdpCollector
 from nfflowd.netflow5 import V5Encoder, record_count
 from nfflowd.netflow9 import NetflowV9Encoder
@@ -27,7 +28,7 @@ def test_send_v5_and_receive():
     r = receiver()
     port = r.getsockname()[1]
     c = UdpCollector("127.0.0.1", port)
-    recs = flowtools.expand(example_flows(), EX_NOW_NS, EX_BOOT_MS, "172.16.1.1")
+    recs = flowtools.expand(FlowBatch.from_flows(example_flows()), EX_NOW_NS, EX_BOOT_MS, "172.16.1.1")
     (d,) = V5Encoder().encode(recs)
     assert c.send(d, record_count(d)) is True
     data = r.recv(65536)
@@ -70,7 +71,7 @@ def test_unreachable_collector_never_raises_and_counts():
 
 def _v9_batch(enc, i):
     """One small batch through a v9 encoder: (datagrams, records each)."""
-    out = enc.encode(many_flows(3, start=T0 + 1000 * i), [], T0 + 1000 * i, T0 - 60_000)
+    out = enc.encode(FlowBatch.from_flows(many_flows(3, start=T0 + 1000 * i)), [], T0 + 1000 * i, T0 - 60_000)
     return list(zip(out, enc.last_counts))
 
 

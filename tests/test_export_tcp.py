@@ -18,6 +18,7 @@ import pytest
 
 from nfflowd.io.export import CONNECTED, CONNECTING, DISCONNECTED, ExportError, TcpCollector
 from nfflowd.ipfix import IpfixEncoder
+from nfflowd.record import FlowBatch
 
 from test_netflow9 import T0, many_flows, sample_flows, sample_nat_events
 
@@ -149,7 +150,7 @@ def test_not_listening_backoff_then_templates_first():
     enc = IpfixEncoder(domain_id=7, template_refresh_packets=0, template_refresh_seconds=0)
     c = TcpCollector("127.0.0.1", port, backoff_initial=1, backoff_max=4, clock=clock,
                      on_connect=lambda head: enc.templates_message(T0, before=head))
-    batch1 = enc.encode(sample_flows(), [], T0)     # with templates (first encode)
+    batch1 = enc.encode(FlowBatch.from_flows(sample_flows()), [], T0)     # with templates (first encode)
     for m, n in zip(batch1, enc.last_counts):
         assert c.send(m, n) is True                 # queued; the connect is refused
     attempts = [c.send_errors]
@@ -163,7 +164,7 @@ def test_not_listening_backoff_then_templates_first():
         attempts.append(c.send_errors)
         assert c.next_wakeup() == due
     assert attempts == [1, 1, 2, 2, 3, 4]
-    batch2 = enc.encode(sample_flows(), sample_nat_events(), T0)   # no templates in it
+    batch2 = enc.encode(FlowBatch.from_flows(sample_flows()), sample_nat_events(), T0)   # no templates in it
     for m, n in zip(batch2, enc.last_counts):
         c.send(m, n)
     assert c.send_errors == 4                       # not due: no attempt
@@ -451,7 +452,7 @@ def test_export_source_binding():
 
 def test_templates_message():
     enc = IpfixEncoder(domain_id=3)
-    ms = enc.encode(sample_flows(), [], T0)
+    ms = enc.encode(FlowBatch.from_flows(sample_flows()), [], T0)
     counts = list(enc.last_counts)
     t = enc.templates_message(T0 + 5000)
     assert HDR.unpack_from(t) == (10, len(t), T0 // 1000 + 5, enc.sequence, 3)
@@ -475,7 +476,7 @@ def test_ipfixdump_reads_each_connections_stream(tmp_path):
                      on_connect=lambda head: enc.templates_message(T0, before=head))
 
     def export(flows, nats):
-        ms = enc.encode(flows, nats, T0)
+        ms = enc.encode(FlowBatch.from_flows(flows), nats, T0)
         for m, n in zip(ms, enc.last_counts):
             assert c.send(m, n)
         return ms, sum(enc.last_counts)

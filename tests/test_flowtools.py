@@ -49,7 +49,7 @@ def example_flows():
 
 
 def test_example_reproduced_byte_for_byte():
-    recs = expand(example_flows(), EX_NOW_NS, EX_BOOT_MS, "172.16.1.1")
+    recs = expand(FlowBatch.from_flows(example_flows()), EX_NOW_NS, EX_BOOT_MS, "172.16.1.1")
     assert csv_lines(recs) == EXAMPLE_CSV
     assert [csv_line(r) for r in recs] == EXAMPLE_CSV
 
@@ -98,7 +98,7 @@ CASES = [
 
 @pytest.mark.parametrize("name,flows,expected", CASES, ids=[c[0] for c in CASES])
 def test_triplet(name, flows, expected):
-    recs = expand(flows, 10**18, 10**12 - 5000, "192.0.2.1")
+    recs = expand(FlowBatch.from_flows(flows), 10**18, 10**12 - 5000, "192.0.2.1")
     assert [four(r) for r in recs] == expected
     # Same counters on both records of a translated ORIGINAL flow.
     f0 = flows[0]
@@ -110,7 +110,7 @@ def test_triplet(name, flows, expected):
 def test_ipv6_csv_line():
     f = flow("2001:db8::1", "2001:db8:1::2", 40000, 22, post_src="2001:db8:ff::1",
              packets=3, octets=300, start_ms=1000, end_ms=2000)
-    recs = expand([f], 5_000_000_000, 0, "2001:db8::fe")
+    recs = expand(FlowBatch.from_flows([f]), 5_000_000_000, 0, "2001:db8::fe")
     assert csv_lines(recs) == [
         "5,0,5000,2001:db8::fe,3,300,1000,2000,2001:db8::1,2001:db8:1::2,::,0,0,40000,22,6,0,0",
         "5,0,5000,2001:db8::fe,3,300,1000,2000,2001:db8:ff::1,2001:db8:1::2,::,0,0,40000,22,6,0,0",
@@ -122,7 +122,7 @@ def test_reply_never_uses_post_fields_even_if_translated():
     f = flow("198.51.100.7", "203.0.113.9", 443, 1025, post_dst="10.0.0.5", post_dport=40000,
              direction=REPLY)
     assert f.translated
-    recs = expand([f], 10**18, 0)
+    recs = expand(FlowBatch.from_flows([f]), 10**18, 0)
     assert [four(r) for r in recs] == [("198.51.100.7", "203.0.113.9", 443, 1025)]
 
 
@@ -132,7 +132,7 @@ def test_reply_never_uses_post_fields_even_if_translated():
     (1000 + 2**32 + 7, 1000 + 2**32 + 9, 1000, 7, 9),   # uptime past 49.7 days: wraps
 ])
 def test_first_last(start, end, boot, first, last):
-    r = expand([flow("10.0.0.1", "10.0.0.2", 1, 2, start_ms=start, end_ms=end)],
+    r = expand(FlowBatch.from_flows([flow("10.0.0.1", "10.0.0.2", 1, 2, start_ms=start, end_ms=end)]),
                (boot + 2**33) * 1_000_000, boot)[0]
     assert (r[FIRST], r[LAST]) == (first, last)
 
@@ -140,14 +140,14 @@ def test_first_last(start, end, boot, first, last):
 @pytest.mark.parametrize("now_ms,boot,up", [
     (1_000_123, 1_000_000, 123), (1_000_000, 1_000_050, 0), (2**32 + 10, 0, 10)])
 def test_sysuptime(now_ms, boot, up):
-    r = expand([flow("10.0.0.1", "10.0.0.2", 1, 2)], now_ms * 1_000_000 + 999_999, boot)[0]
+    r = expand(FlowBatch.from_flows([flow("10.0.0.1", "10.0.0.2", 1, 2)]), now_ms * 1_000_000 + 999_999, boot)[0]
     assert r[SYSUPTIME] == up
     assert r[1] == (now_ms % 1000) * 1_000_000 + 999_999
     assert r[0] == now_ms // 1000 % 2**32
 
 
 def test_counters_clamped_to_32_bits():
-    r = expand([flow("10.0.0.1", "10.0.0.2", 1, 2, packets=2**32, octets=2**40 + 5)], 10**18, 0)[0]
+    r = expand(FlowBatch.from_flows([flow("10.0.0.1", "10.0.0.2", 1, 2, packets=2**32, octets=2**40 + 5)]), 10**18, 0)[0]
     assert (r[DPKTS], r[DOCTETS]) == (2**32 - 1, 2**32 - 1)
     assert ",4294967295,4294967295," in csv_line(r)
 
@@ -156,7 +156,7 @@ def test_exaddr_forms():
     f = [flow("10.0.0.1", "10.0.0.2", 1, 2)]
     for ex, text in [(None, "0.0.0.0"), ("198.51.100.1", "198.51.100.1"),
                      (ip("198.51.100.2"), "198.51.100.2")]:
-        assert csv_lines(expand(f, 10**18, 0, ex))[0].split(",")[3] == text
+        assert csv_lines(expand(FlowBatch.from_flows(f), 10**18, 0, ex))[0].split(",")[3] == text
 
 
 def test_csv_lines_matches_csv_line_on_varied_records():
@@ -170,9 +170,9 @@ def test_csv_lines_matches_csv_line_on_varied_records():
                           tos=i % 256, tcp_flags=(i * 7) % 256,
                           post_src=None if i % 2 else ("2001:db8:ff::1" if fam6 else "203.0.113.1"),
                           direction=ORIGINAL if i % 5 else REPLY))
-    recs = expand(flows, 10**18 + 12345, 10**12 - 1, "192.0.2.254")
-    cols = flowtools.expand_columns(FlowBatch.from_flows(flows), 10**18 + 12345, 10**12 - 1,
-                                    "192.0.2.254")
+    recs = expand(FlowBatch.from_flows(flows), 10**18 + 12345, 10**12 - 1, "192.0.2.254")
+    cols = expand(FlowBatch.from_flows(flows).as_columns(), 10**18 + 12345, 10**12 - 1,
+                  "192.0.2.254")
     assert csv_lines(cols) == csv_lines(recs) == [csv_line(r) for r in recs]
     # Records made by hand: a port past 16 bits, then a value past 64 bits
     # (which columns cannot hold) still format as csv_line does.
@@ -207,9 +207,8 @@ def test_csv_lines_prefix_and_addresses_of_both_families():
     flows = [flow(f"10.0.{i // 256}.{i % 256}", f"192.0.2.{i % 7}", i, 80,
                   post_src="203.0.113.1", packets=i, octets=i * 10) for i in range(1, 1000)]
     flows += [flow("a00:1::", "c000:207::", 1, 2), flow("10.0.0.1", "192.0.2.7", 3, 4)]
-    for make in (list, FlowBatch.from_flows):
-        recs = (expand if make is list else flowtools.expand_columns)(
-            make(flows), 10**18, 10**12, "192.0.2.254")
+    for make in (FlowBatch.from_flows, lambda f: FlowBatch.from_flows(f).as_columns()):
+        recs = expand(make(flows), 10**18, 10**12, "192.0.2.254")
         expected = [csv_line(r) for r in recs]
         assert csv_lines(recs) == expected
         assert csv_lines(recs, "<182>x: ") == ["<182>x: " + line for line in expected]
@@ -223,10 +222,10 @@ def test_csv_lines_prefix_and_addresses_of_both_families():
 
 
 def test_batch_view():
-    recs = expand(example_flows(), EX_NOW_NS, EX_BOOT_MS, "172.16.1.1")
+    recs = expand(FlowBatch.from_flows(example_flows()), EX_NOW_NS, EX_BOOT_MS, "172.16.1.1")
     assert len(recs) == 3 and len(recs.records) == 3
     assert recs[0] == (1248952480, 737235000, 279737, ip("172.16.1.1"), 720, 38052, 136315,
                        279737, ip("10.0.195.106"), ip("74.125.6.225"), bytes(4), 0, 0, 62380,
                        80, 6, 0, 0)
     assert recs[1:] == list(recs)[1:]
-    assert not expand([], EX_NOW_NS, EX_BOOT_MS)
+    assert not expand(FlowBatch.from_flows([]), EX_NOW_NS, EX_BOOT_MS)

@@ -10,6 +10,7 @@ import pytest
 
 from nfflowd.ipfix import IpfixEncoder
 from nfflowd.netflow9 import NetflowV9Encoder
+from nfflowd.record import FlowBatch
 
 from test_netflow5 import write_pcap
 from test_netflow9 import (BOOT, FLOW4_DATA_RECORD, FLOW4_TEMPLATE_RECORD, NFDUMP_FMT, T0,
@@ -49,7 +50,7 @@ def pypi_decode(messages):
 
 def test_byte_exact_first_message():
     enc = IpfixEncoder(domain_id=0x01020304, records=("flows",))
-    (m,) = enc.encode(sample_flows()[:1], [], T0 + 999)
+    (m,) = enc.encode(FlowBatch.from_flows(sample_flows()[:1]), [], T0 + 999)
     tset_len = 4 + 60 + 60 + 48 + 48
     length = 16 + tset_len + 4 + 58
     assert m[:16] == bytes.fromhex(
@@ -62,14 +63,14 @@ def test_byte_exact_first_message():
     # data set: 4 + 58 bytes, no padding in IPFIX
     assert m[16 + tset_len:] == bytes.fromhex("0100" "003e" + FLOW4_DATA_RECORD)
     assert len(m) == length
-    (m2,) = enc.encode(sample_flows()[:1] * 3, [], T0 + 1000)
+    (m2,) = enc.encode(FlowBatch.from_flows(sample_flows()[:1] * 3), [], T0 + 1000)
     assert hdr(m2) == (10, 16 + 4 + 3 * 58, 1_700_000_001, 1, 0x01020304)
 
 
 def test_same_records_as_v9_except_header_and_padding():
     flows, nats = sample_flows(), sample_nat_events()
-    m = IpfixEncoder(records=("flows", "nat_events")).encode(flows, nats, T0)
-    d = NetflowV9Encoder().encode(flows, nats, T0, BOOT)
+    m = IpfixEncoder(records=("flows", "nat_events")).encode(FlowBatch.from_flows(flows), nats, T0)
+    d = NetflowV9Encoder().encode(FlowBatch.from_flows(flows), nats, T0, BOOT)
     assert len(m) == len(d) == 1
 
     def sets(b, start, pad):
@@ -111,7 +112,7 @@ def test_same_records_as_v9_except_header_and_padding():
 
 def test_sequence_counts_data_records_not_messages():
     enc = IpfixEncoder(max_size=1400, domain_id=3)
-    ds = enc.encode(many_flows(200), sample_nat_events(), T0)
+    ds = enc.encode(FlowBatch.from_flows(many_flows(200)), sample_nat_events(), T0)
     counts = enc.last_counts
     assert len(ds) > 3 and sum(counts) == 203
     expected, acc = [], 0
@@ -122,16 +123,16 @@ def test_sequence_counts_data_records_not_messages():
     assert enc.sequence == 203
     # template records do not count: a forced templates-only message keeps it
     enc.force_templates()
-    (t,) = enc.encode([], [], T0)
+    (t,) = enc.encode(FlowBatch.from_flows([]), [], T0)
     assert set_ids(t) == [2] and hdr(t)[3] == 203
-    (m,) = enc.encode(many_flows(1), [], T0)
+    (m,) = enc.encode(FlowBatch.from_flows(many_flows(1)), [], T0)
     assert hdr(m)[3] == 203 and enc.sequence == 204
 
 
 def test_sequence_wraps():
     enc = IpfixEncoder()
     enc.sequence = 2**32 - 3
-    ds = enc.encode(many_flows(60), [], T0)
+    ds = enc.encode(FlowBatch.from_flows(many_flows(60)), [], T0)
     assert hdr(ds[0])[3] == 2**32 - 3
     assert hdr(ds[1])[3] == (2**32 - 3 + enc.last_counts[0]) % 2**32
 
@@ -141,7 +142,7 @@ def test_size_bound_nothing_lost(max_size):
     flows = many_flows(700) + sample_flows()
     nats = sample_nat_events() * 50
     enc = IpfixEncoder(max_size=max_size)
-    ds = enc.encode(flows, nats, T0)
+    ds = enc.encode(FlowBatch.from_flows(flows), nats, T0)
     assert all(len(m) <= max_size and hdr(m)[1] == len(m) for m in ds)
     for m in ds:
         set_ids(m)
@@ -172,24 +173,24 @@ def test_templates_refresh_by_count_and_time():
     enc = IpfixEncoder(template_refresh_packets=2, template_refresh_seconds=10)
     has = []
     for t in [T0, T0 + 1, T0 + 2, T0 + 3, T0 + 10_003, T0 + 10_004, T0 + 10_005]:
-        (m,) = enc.encode(many_flows(1), [], t)
+        (m,) = enc.encode(FlowBatch.from_flows(many_flows(1)), [], t)
         has.append(set_ids(m)[0] == 2)
     assert has == [True, False, True, False, True, False, True]
     enc = IpfixEncoder(template_refresh_packets=0, template_refresh_seconds=10)
     has = []
     for t in [T0, T0 + 9_999, T0 + 10_000, T0 + 10_001]:
-        (m,) = enc.encode(many_flows(1), [], t)
+        (m,) = enc.encode(FlowBatch.from_flows(many_flows(1)), [], t)
         has.append(set_ids(m)[0] == 2)
     assert has == [True, False, True, False]
 
 
 def test_reset_templates_for_a_new_tcp_connection():
     enc = IpfixEncoder(template_refresh_packets=0, template_refresh_seconds=0)
-    assert set_ids(enc.encode(many_flows(1), [], T0)[0]) == [2, 256]
-    assert set_ids(enc.encode(many_flows(1), [], T0)[0]) == [256]
+    assert set_ids(enc.encode(FlowBatch.from_flows(many_flows(1)), [], T0)[0]) == [2, 256]
+    assert set_ids(enc.encode(FlowBatch.from_flows(many_flows(1)), [], T0)[0]) == [256]
     enc.reset_templates()
-    assert set_ids(enc.encode(many_flows(1), [], T0)[0]) == [2, 256]
-    assert set_ids(enc.encode(many_flows(1), [], T0)[0]) == [256]
+    assert set_ids(enc.encode(FlowBatch.from_flows(many_flows(1)), [], T0)[0]) == [2, 256]
+    assert set_ids(enc.encode(FlowBatch.from_flows(many_flows(1)), [], T0)[0]) == [256]
 
 
 # -- independent decoders ------------------------------------------------------
@@ -197,7 +198,7 @@ def test_reset_templates_for_a_new_tcp_connection():
 def test_read_back_with_pypi_netflow():
     flows, nats = sample_flows(), sample_nat_events()
     enc = IpfixEncoder(domain_id=9)
-    ms = enc.encode(flows, nats, T0) + enc.encode(flows[:2], nats[:1], T0 + 2500)
+    ms = enc.encode(FlowBatch.from_flows(flows), nats, T0) + enc.encode(FlowBatch.from_flows(flows[:2]), nats[:1], T0 + 2500)
     headers, recs = pypi_decode(ms)
     n = len(flows) + len(nats)
     assert [(h.version, h.length, h.export_uptime, h.sequence_number, h.obervation_domain_id)
@@ -217,7 +218,7 @@ def test_read_back_with_pypi_netflow():
 def test_read_back_with_tshark(tmp_path):
     flows, nats = sample_flows(), sample_nat_events()
     enc = IpfixEncoder(domain_id=9, max_size=600)
-    ms = enc.encode(flows + many_flows(30), nats, T0)
+    ms = enc.encode(FlowBatch.from_flows(flows + many_flows(30)), nats, T0)
     pcap = tmp_path / "ipfix.pcap"
     write_pcap(pcap, ms, dport=4739)
     assert tshark_problems(pcap, 4739) == ""
@@ -243,7 +244,7 @@ def test_read_back_with_tshark(tmp_path):
 def test_read_back_with_ipfixdump(tmp_path):
     flows, nats = sample_flows(), sample_nat_events()
     enc = IpfixEncoder(domain_id=9, max_size=600, template_refresh_packets=3)
-    ms = enc.encode(flows + many_flows(30), nats, T0)
+    ms = enc.encode(FlowBatch.from_flows(flows + many_flows(30)), nats, T0)
     f = tmp_path / "out.ipfix"
     f.write_bytes(b"".join(ms))
     res = subprocess.run(["ipfixDump", "--in", str(f)], capture_output=True, text=True,
@@ -266,7 +267,7 @@ def test_read_back_with_ipfixdump(tmp_path):
 def test_end_to_end_with_nfcapd(tmp_path):
     flows, nats = sample_flows(), sample_nat_events()
     enc = IpfixEncoder(domain_id=5, nat_event_codes="legacy", max_size=600)
-    ms = enc.encode(flows, nats, T0)
+    ms = enc.encode(FlowBatch.from_flows(flows), nats, T0)
     assert len(ms) > 1
     rows = nfcapd_collect(tmp_path, ms, NFDUMP_FMT)
     assert len(rows) == len(flows) + len(nats)

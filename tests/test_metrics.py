@@ -140,6 +140,7 @@ def test_records_the_encoders_refuse_are_counted_by_collector():
 
     from nfflowd.app import config
     from nfflowd.app.pipeline import Pipeline
+    from nfflowd.record import FlowBatch
 
     from test_netflow9 import T0, many_flows
 
@@ -154,7 +155,7 @@ def test_records_the_encoders_refuse_are_counted_by_collector():
     pl.open()
     try:
         good, bad = many_flows(2)[0], many_flows(2)[0]._replace(start_ms=-5)
-        pl.export([good, bad, good], [], T0 * 1_000_000, 3_600_000)
+        pl.export(FlowBatch.from_flows([good, bad, good]), [], T0 * 1_000_000, 3_600_000)
         s = pl.summary()
     finally:
         pl.close()

@@ -11,7 +11,7 @@ import pytest
 from nfflowd import flowtools
 from nfflowd.flowtools import R_SRCPORT
 from nfflowd.netflow5 import V5Encoder, record_count
-from nfflowd.record import ORIGINAL, REPLY, Flow
+from nfflowd.record import ORIGINAL, REPLY, Flow, FlowBatch
 
 from test_flowtools import EX_BOOT_MS, EX_NOW_NS, example_flows, flow, ip
 
@@ -21,7 +21,7 @@ def test_byte_exact_header_and_record():
     f = Flow(4, 6, ip("10.0.195.106"), ip("74.125.6.225"), 62380, 80,
              ip("10.0.195.106"), ip("74.125.6.225"), 62380, 80,
              720, 38052, start, end, ORIGINAL, tos=0x10, tcp_flags=0x1b)
-    recs = flowtools.expand([f], EX_NOW_NS, EX_BOOT_MS, "172.16.1.1")
+    recs = flowtools.expand(FlowBatch.from_flows([f]), EX_NOW_NS, EX_BOOT_MS, "172.16.1.1")
     enc = V5Encoder(engine_type=1, engine_id=2)
     (d,) = enc.encode(recs)
     expected = bytes.fromhex(
@@ -48,7 +48,7 @@ def many_records(n, now_ns=10**18, boot=10**12):
     flows = [flow(f"10.0.{i // 256}.{i % 256}", "192.0.2.1", 1024 + i, 80, packets=i + 1,
                   octets=100 * (i + 1), start_ms=boot + i, end_ms=boot + 2 * i)
              for i in range(n)]
-    return flowtools.expand(flows, now_ns, boot)
+    return flowtools.expand(FlowBatch.from_flows(flows), now_ns, boot)
 
 
 def header(d):
@@ -97,7 +97,7 @@ def test_ipv6_skipped_and_counted():
     flows = [flow("2001:db8::1", "2001:db8::2", 1, 2),
              flow("10.0.0.1", "10.0.0.2", 3, 4, post_src="192.0.2.1"),
              flow("2001:db8::2", "2001:db8::1", 2, 1, direction=REPLY)]
-    recs = flowtools.expand(flows, 10**18, 10**12)
+    recs = flowtools.expand(FlowBatch.from_flows(flows), 10**18, 10**12)
     assert len(recs) == 4
     enc = V5Encoder()
     (d,) = enc.encode(recs)
@@ -135,7 +135,7 @@ def example_and_more():
         flow("10.0.0.5", "198.51.100.7", 0, 8 * 256 + 0, proto=1, post_src="203.0.113.9",
              packets=2**33, octets=2**40, start_ms=EX_BOOT_MS + 5, end_ms=EX_BOOT_MS + 6),
     ]
-    return flowtools.expand(flows, EX_NOW_NS, EX_BOOT_MS, "172.16.1.1")
+    return flowtools.expand(FlowBatch.from_flows(flows), EX_NOW_NS, EX_BOOT_MS, "172.16.1.1")
 
 
 def example_and_more_and_40():
@@ -269,7 +269,7 @@ def test_encoders_share_a_batch_with_their_own_headers():
 def test_bad_record_among_ipv6_and_many():
     recs = many_records(40)
     r = list(recs.records)
-    six = flowtools.expand([flow("2001:db8::1", "2001:db8::2", 1, 2)], 10**18, 10**12).records[0]
+    six = flowtools.expand(FlowBatch.from_flows([flow("2001:db8::1", "2001:db8::2", 1, 2)]), 10**18, 10**12).records[0]
     r[5] = r[5][:R_SRCPORT] + (-1,) + r[5][R_SRCPORT + 1:]      # does not fit u16
     r.insert(3, six)
     enc = V5Encoder()

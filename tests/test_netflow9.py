@@ -20,7 +20,7 @@ import pytest
 
 from nfflowd.netflow9 import NetflowV9Encoder
 from nfflowd.record import (END_ACTIVE_TIMEOUT, END_IDLE_TIMEOUT, END_OF_FLOW, ORIGINAL, REPLY,
-                            Flow, NatEvent)
+                            Flow, FlowBatch, NatEvent)
 
 from test_netflow5 import write_pcap
 
@@ -236,7 +236,7 @@ FLOW4_DATA_RECORD = (
 
 def test_byte_exact_first_datagram():
     enc = NetflowV9Encoder(source_id=0x01020304, records=("flows",))
-    (d,) = enc.encode(sample_flows()[:1], [], T0, BOOT)
+    (d,) = enc.encode(FlowBatch.from_flows(sample_flows()[:1]), [], T0, BOOT)
     assert T0 - 5000 == 0x18bcfe55478 and T0 - 10 == 0x18bcfe567f6
     tset_len = 4 + 60 + 60 + 48 + 52     # the ICMPv6 template: 139 and 32 (ICMP_TYPE)
     expected_head = bytes.fromhex(
@@ -253,14 +253,14 @@ def test_byte_exact_first_datagram():
     assert data == bytes.fromhex("0100" "0040" + FLOW4_DATA_RECORD + "0000")
     assert len(d) == 20 + tset_len + 64
     # the next datagram: no templates, sequence 1, count 1
-    (d2,) = enc.encode(sample_flows()[:1], [], T0 + 1000, BOOT)
+    (d2,) = enc.encode(FlowBatch.from_flows(sample_flows()[:1]), [], T0 + 1000, BOOT)
     assert hdr(d2) == (9, 1, 3_601_000, 1_700_000_001, 1, 0x01020304)
     assert d2[20:] == data
 
 
 def test_nat_event_record_byte_exact():
     enc = NetflowV9Encoder(records=("nat_events",))
-    (d,) = enc.encode([], sample_nat_events()[:1], T0, BOOT)
+    (d,) = enc.encode(FlowBatch.from_flows([]), sample_nat_events()[:1], T0, BOOT)
     assert hdr(d)[1] == 2 + 1
     assert flowset_ids(d) == [0, 260]
     assert d[-56:] == bytes.fromhex(
@@ -281,7 +281,7 @@ def test_nat_event_record_byte_exact():
 def test_sequence_counts_datagrams_and_count_counts_all_records():
     enc = NetflowV9Encoder(max_size=1400)
     flows = many_flows(200)
-    ds = enc.encode(flows, [], T0, BOOT)
+    ds = enc.encode(FlowBatch.from_flows(flows), [], T0, BOOT)
     assert len(ds) > 3
     assert [hdr(d)[4] for d in ds] == list(range(len(ds)))
     assert enc.sequence == len(ds) and enc.datagrams_sent == len(ds)
@@ -289,14 +289,14 @@ def test_sequence_counts_datagrams_and_count_counts_all_records():
     assert sum(data_counts) == 200 == enc.records_sent
     # count = template records (6 in the first datagram) + data records
     assert [hdr(d)[1] for d in ds] == [data_counts[0] + 6] + data_counts[1:]
-    ds2 = enc.encode(flows[:3], [], T0, BOOT)
+    ds2 = enc.encode(FlowBatch.from_flows(flows[:3]), [], T0, BOOT)
     assert hdr(ds2[0])[4] == len(ds)
 
 
 def test_sequence_wraps():
     enc = NetflowV9Encoder()
     enc.sequence = 2**32 - 1
-    ds = enc.encode(many_flows(60), [], T0, BOOT)
+    ds = enc.encode(FlowBatch.from_flows(many_flows(60)), [], T0, BOOT)
     assert [hdr(d)[4] for d in ds[:2]] == [2**32 - 1, 0]
 
 
@@ -305,7 +305,7 @@ def test_size_bound_nothing_lost(max_size, monkeypatch):
     flows = many_flows(700) + sample_flows()
     nats = sample_nat_events() * 50
     enc = NetflowV9Encoder(max_size=max_size)
-    ds = enc.encode(flows, nats, T0, BOOT)
+    ds = enc.encode(FlowBatch.from_flows(flows), nats, T0, BOOT)
     assert all(len(d) <= max_size for d in ds)
     assert len(ds) >= (len(flows) * 58) // max_size
     assert [hdr(d)[4] for d in ds] == list(range(len(ds)))
@@ -348,7 +348,7 @@ def test_templates_refresh_by_count():
     enc = NetflowV9Encoder(template_refresh_packets=3, template_refresh_seconds=0)
     ds = []
     for i in range(8):
-        ds += enc.encode(many_flows(2), [], T0 + i, BOOT)
+        ds += enc.encode(FlowBatch.from_flows(many_flows(2)), [], T0 + i, BOOT)
     has = [flowset_ids(d)[0] == 0 for d in ds]
     assert has == [True, False, False, True, False, False, True, False]
     assert enc.template_sends == 3
@@ -360,28 +360,28 @@ def test_templates_refresh_by_time():
              T0 + 100_000]      # the last: the clock went back
     has = []
     for t in times:
-        (d,) = enc.encode(many_flows(1), [], t, BOOT)
+        (d,) = enc.encode(FlowBatch.from_flows(many_flows(1)), [], t, BOOT)
         has.append(0 in flowset_ids(d))
     assert has == [True, False, False, True, False, True, True]
 
 
 def test_templates_refresh_defaults_and_within_a_batch():
     enc = NetflowV9Encoder()        # 20 datagrams / 60 s
-    ds = enc.encode(many_flows(1000), [], T0, BOOT)
+    ds = enc.encode(FlowBatch.from_flows(many_flows(1000)), [], T0, BOOT)
     assert len(ds) > 40
     assert [i for i, d in enumerate(ds) if flowset_ids(d)[0] == 0] == list(range(0, len(ds), 20))
 
 
 def test_force_templates_and_empty_encode():
     enc = NetflowV9Encoder()
-    assert enc.encode([], [], T0, BOOT) == []       # nothing to say, not even templates...
-    ds = enc.encode(many_flows(1), [], T0, BOOT)
+    assert enc.encode(FlowBatch.from_flows([]), [], T0, BOOT) == []       # nothing to say, not even templates...
+    ds = enc.encode(FlowBatch.from_flows(many_flows(1)), [], T0, BOOT)
     assert flowset_ids(ds[0])[0] == 0
-    assert enc.encode([], [], T0, BOOT) == []
+    assert enc.encode(FlowBatch.from_flows([]), [], T0, BOOT) == []
     enc.force_templates()
-    (d,) = enc.encode([], [], T0, BOOT)              # ...unless forced: templates only
+    (d,) = enc.encode(FlowBatch.from_flows([]), [], T0, BOOT)              # ...unless forced: templates only
     assert flowset_ids(d) == [0] and hdr(d)[1] == 6
-    (d,) = enc.encode(many_flows(1), [], T0, BOOT)
+    (d,) = enc.encode(FlowBatch.from_flows(many_flows(1)), [], T0, BOOT)
     assert flowset_ids(d) == [256]
 
 
@@ -390,21 +390,21 @@ def test_force_templates_and_empty_encode():
 def test_record_kinds_selectable():
     flows, nats = sample_flows(), sample_nat_events()
     only_flows = NetflowV9Encoder(records=("flows",))
-    ds = only_flows.encode(flows, nats, T0, BOOT)
+    ds = only_flows.encode(FlowBatch.from_flows(flows), nats, T0, BOOT)
     assert sum(only_flows.last_counts) == len(flows)
     assert hdr(ds[0])[1] == 4 + len(flows)
     assert not {260, 261} & set(flowset_ids(ds[0]))
     only_nat = NetflowV9Encoder(records=("nat_events",))
-    ds = only_nat.encode(flows, nats, T0, BOOT)
+    ds = only_nat.encode(FlowBatch.from_flows(flows), nats, T0, BOOT)
     assert sum(only_nat.last_counts) == len(nats)
     assert flowset_ids(ds[0]) == [0, 260, 261]
-    assert only_nat.encode(flows, [], T0, BOOT) == []
+    assert only_nat.encode(FlowBatch.from_flows(flows), [], T0, BOOT) == []
 
 
 @pytest.mark.parametrize("codes,expected", [("rfc8158", [4, 5, 4]), ("legacy", [1, 2, 1])])
 def test_nat_event_codes(codes, expected, monkeypatch):
     enc = NetflowV9Encoder(records=("nat_events",), nat_event_codes=codes)
-    ds = enc.encode([], sample_nat_events(), T0, BOOT)
+    ds = enc.encode(FlowBatch.from_flows([]), sample_nat_events(), T0, BOOT)
     _, recs = pypi_decode_v9(ds, monkeypatch)
     got = [r["natEvent"] for r in recs[0]]
     # IPv4 events come first (template 260), then IPv6 (261)
@@ -418,7 +418,7 @@ def test_bad_records_counted_not_raised():
     bad_port = good[1]._replace(sport=70000)
     negative = good[2]._replace(start_ms=-1)
     enc = NetflowV9Encoder()
-    ds = enc.encode([good[0], bad_family, bad_port, negative, good[2]], [], T0, BOOT)
+    ds = enc.encode(FlowBatch.from_flows([good[0], bad_family, bad_port, negative, good[2]]), [], T0, BOOT)
     assert enc.invalid == 3 and sum(enc.last_counts) == 2 and enc.records_sent == 2
     assert len(ds) == 1
     # by reason, for the summaries (#15 item 14)
@@ -432,7 +432,7 @@ def test_bad_records_counted_not_raised():
 def test_read_back_with_pypi_netflow(monkeypatch):
     flows, nats = sample_flows(), sample_nat_events()
     enc = NetflowV9Encoder(source_id=77)
-    ds = enc.encode(flows, nats, T0, BOOT) + enc.encode(flows[:2], [], T0 + 1500, BOOT)
+    ds = enc.encode(FlowBatch.from_flows(flows), nats, T0, BOOT) + enc.encode(FlowBatch.from_flows(flows[:2]), [], T0 + 1500, BOOT)
     headers, recs = pypi_decode_v9(ds, monkeypatch)
     assert [(h.version, h.uptime, h.timestamp, h.sequence, h.source_id) for h in headers] == [
         (9, 3_600_000, 1_700_000_000, 0, 77), (9, 3_601_500, 1_700_000_001, 1, 77)]
@@ -477,7 +477,7 @@ needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="needs 
 def test_read_back_with_tshark(tmp_path):
     flows, nats = sample_flows(), sample_nat_events()
     enc = NetflowV9Encoder(source_id=77, max_size=600)
-    ds = enc.encode(flows + many_flows(30), nats, T0, BOOT)
+    ds = enc.encode(FlowBatch.from_flows(flows + many_flows(30)), nats, T0, BOOT)
     assert len(ds) > 3
     pcap = tmp_path / "v9.pcap"
     write_pcap(pcap, ds, dport=2055)
@@ -616,7 +616,7 @@ def test_end_to_end_with_nfcapd(tmp_path):
     flows, nats = sample_flows(), sample_nat_events()
     # nfdump 1.7.1 names only the legacy natEvent codes (1 ADD, 2 DELETE)
     enc = NetflowV9Encoder(source_id=5, nat_event_codes="legacy", max_size=600)
-    ds = enc.encode(flows, nats, T0, BOOT)
+    ds = enc.encode(FlowBatch.from_flows(flows), nats, T0, BOOT)
     assert len(ds) > 1
     rows = nfcapd_collect(tmp_path, ds, NFDUMP_FMT)
     assert len(rows) == len(flows) + len(nats)

@@ -15,7 +15,7 @@ import pytest
 
 from nfflowd.app import config
 from nfflowd.app.pipeline import Pipeline
-from nfflowd.record import END_OF_FLOW, ORIGINAL, REPLY, Flow
+from nfflowd.record import END_OF_FLOW, ORIGINAL, REPLY, Flow, FlowBatch
 
 NOW_NS = 1_800_000_000 * 10**9
 UPTIME_MS = 50_000_000
@@ -82,7 +82,7 @@ def test_reload_keeps_what_did_not_change_and_counts_on(parts):
     p = Pipeline(cfg(v5, v9, s1))
     p.open()
     try:
-        p.export(flows(2), [], NOW_NS, UPTIME_MS)
+        p.export(FlowBatch.from_flows(flows(2)), [], NOW_NS, UPTIME_MS)
         first = p.summary()
         e5, e9, mirror = p.exporters[0], p.exporters[1], p.mirror
         sock5 = e5.sink.sock
@@ -92,7 +92,7 @@ def test_reload_keeps_what_did_not_change_and_counts_on(parts):
         assert plan.built == [] and plan.mirror is not mirror
         p.apply(plan)
         assert p.exporters[0] is e5 and p.exporters[1] is e9 and e5.sink.sock is sock5
-        p.export(flows(1), [], NOW_NS, UPTIME_MS)
+        p.export(FlowBatch.from_flows(flows(1)), [], NOW_NS, UPTIME_MS)
 
         # the v9 collector's records changed: a new exporter, its sequence
         # and counters continued
@@ -100,7 +100,7 @@ def test_reload_keeps_what_did_not_change_and_counts_on(parts):
         p.apply(p.prepare(cfg(v5, v9, s2, v9_records=("flows", "nat_events"))))
         assert p.exporters[0] is e5 and p.exporters[1] is not e9
         assert p.exporters[1].encoder.sequence == seq9 == 2
-        p.export(flows(1), [], NOW_NS, UPTIME_MS)
+        p.export(FlowBatch.from_flows(flows(1)), [], NOW_NS, UPTIME_MS)
         last = p.summary()
     finally:
         p.close()
@@ -133,7 +133,7 @@ def test_a_refused_plan_changes_nothing_and_is_closed(parts):
         p.discard(plan)
         assert plan.built[0].sink.sock.fileno() == -1
         assert (p.exporters, p.mirror) == before and p.cfg.syslog.address == s1.path
-        p.export(flows(1), [], NOW_NS, UPTIME_MS)
+        p.export(FlowBatch.from_flows(flows(1)), [], NOW_NS, UPTIME_MS)
         assert other.recv_all() == [] and len(v5.recv_all()) == 1
         assert s1.sock.recv(4096)
     finally:

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from nfflowd import flowtools
+from nfflowd.record import FlowBatch
 from nfflowd.io import syslog
 from nfflowd.io.syslog import SyslogFormatter, SyslogSink, parse_address, pri, timestamp
 
@@ -112,7 +113,8 @@ def test_unix_socket_end_to_end(tmp_path):
     path = tmp_path / "log"
     r = unix_receiver(path)
     sink = SyslogSink(str(path))
-    recs = flowtools.expand(example_flows(), EX_NOW_NS, EX_BOOT_MS, "172.16.1.1")
+    recs = flowtools.expand(FlowBatch.from_flows(example_flows()), EX_NOW_NS, EX_BOOT_MS,
+                            "172.16.1.1")
     sink.send(flowtools.csv_lines(recs))
     got = [r.recv(65536) for _ in range(3)]
     for msg, line in zip(got, EXAMPLE_CSV):
@@ -377,7 +379,8 @@ def test_close_waits_for_a_restarting_syslog(tmp_path):
 def test_send_csv_same_messages_as_send(tmp_path, utc):
     path = tmp_path / "log"
     r = unix_receiver(path)
-    recs = flowtools.expand(example_flows(), EX_NOW_NS, EX_BOOT_MS, "172.16.1.1")
+    recs = flowtools.expand(FlowBatch.from_flows(example_flows()), EX_NOW_NS, EX_BOOT_MS,
+                            "172.16.1.1")
     a, b = SyslogSink(str(path), pid=4321), SyslogSink(str(path), pid=4321)
     a.send(flowtools.csv_lines(recs), now=T_EXAMPLE + 0.5)
     b.send_csv(recs, now=T_EXAMPLE + 0.5)
@@ -463,11 +466,12 @@ def pinned_batches():
     from nfflowd.record import FlowBatch
     everything = [f for _, flows, _ in PINNED for f in flows]
     for name, flows, lines in PINNED + [("all", everything, [m for c in PINNED for m in c[2]])]:
-        for how, make in (("flows", list), ("columns", FlowBatch.from_flows)):
+        for how in ("flows", "columns"):
+            batch = FlowBatch.from_flows(flows)
+            if how == "columns":
+                batch = batch.as_columns()
             yield (f"{name}/{how}",
-                   flowtools.expand_columns(make(flows), EX_NOW_NS, EX_BOOT_MS, "172.16.1.1")
-                   if how == "columns" else
-                   flowtools.expand(flows, EX_NOW_NS, EX_BOOT_MS, "172.16.1.1"),
+                   flowtools.expand(batch, EX_NOW_NS, EX_BOOT_MS, "172.16.1.1"),
                    [m.encode() for m in lines])
 
 
@@ -491,8 +495,8 @@ def test_exact_bytes_over_udp(utc, name, flows, expected):
     r.bind(("127.0.0.1", 0))
     r.settimeout(5)
     sink = SyslogSink(f"127.0.0.1:{r.getsockname()[1]}", pid=4321, hostname="gw1")
-    sink.send_csv(flowtools.expand(flows, EX_NOW_NS, EX_BOOT_MS, "172.16.1.1"),
-                  now=T_EXAMPLE + 0.5)
+    sink.send_csv(flowtools.expand(FlowBatch.from_flows(flows), EX_NOW_NS, EX_BOOT_MS,
+                                   "172.16.1.1"), now=T_EXAMPLE + 0.5)
     assert [r.recv(65536) for _ in expected] == [
         m.replace(" nfflowd[", " gw1 nfflowd[", 1).encode() for m in expected]
     sink.close()

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from nfflowd import ie
+from nfflowd.record import FlowBatch
 from nfflowd.template import (FLOW4, FLOW4_ICMP, FLOW6, FLOW6_ICMP, NAT4, NAT6, Datagram,
                               Template, data_set, padded, template_set)
 
@@ -175,8 +176,8 @@ def test_vlan_templates_only_when_asked():
     a = bytes([198, 51, 100, 2])
     b = bytes([203, 0, 113, 2])
     flow = Flow(4, 17, a, b, 5353, 53, a, b, 5353, 53, 3, 300, 1000, 2000, vlan=42)
-    plain = IpfixEncoder(records=("flows",)).encode([flow], [], 5000)[0]
-    tagged = IpfixEncoder(records=("flows",), vlan=True).encode([flow], [], 5000)[0]
+    plain = IpfixEncoder(records=("flows",)).encode(FlowBatch.from_flows([flow]), [], 5000)[0]
+    tagged = IpfixEncoder(records=("flows",), vlan=True).encode(FlowBatch.from_flows([flow]), [], 5000)[0]
     ie58 = (58).to_bytes(2, "big") + (2).to_bytes(2, "big")
     assert ie58 not in plain
     assert ie58 in tagged

@@ -18,7 +18,7 @@ import pytest
 from natlab import WAN4, NatLab, skip_reason, stop, wait_for
 from nfflowd.ipfix import IpfixEncoder
 from nfflowd.netflow9 import NetflowV9Encoder
-from nfflowd.record import END_OF_FLOW, ORIGINAL, Flow
+from nfflowd.record import END_OF_FLOW, ORIGINAL, Flow, FlowBatch
 from test_e2e_ipfix_tcp import counts, ipfix_dump
 from test_e2e_nat import SyslogCatcher, start_nfflowd
 
@@ -47,7 +47,7 @@ def test_v9_templates_go_on_their_own_timer_and_count_in_the_sequence():
     enc = NetflowV9Encoder(7, records=("flows",), template_refresh_packets=0,
                            template_refresh_seconds=60)
     assert enc.refresh_templates(T0) == []              # before any data: nothing
-    first = enc.encode([flow()], [], T0, T0 - 5000)
+    first = enc.encode(FlowBatch.from_flows([flow()]), [], T0, T0 - 5000)
     assert sets(first[0], 20) == [0, 256]               # templates, then data
     assert enc.refresh_templates(T0 + 59_999, T0 - 5000) == []
     [tpl] = enc.refresh_templates(T0 + 60_000, T0 - 5000)
@@ -57,7 +57,7 @@ def test_v9_templates_go_on_their_own_timer_and_count_in_the_sequence():
     assert sets(tpl, 20) == [0]                          # templates only
     assert enc.refresh_templates(T0 + 60_500, T0 - 5000) == []
     # the next data does not repeat them, and its sequence follows
-    [data] = enc.encode([flow(1)], [], T0 + 61_000, T0 - 5000)
+    [data] = enc.encode(FlowBatch.from_flows([flow(1)]), [], T0 + 61_000, T0 - 5000)
     assert sets(data, 20) == [256] and V9_HEADER.unpack_from(data)[4] == 2
     assert enc.template_sends == 2 and enc.records_sent == 2
     assert enc.last_counts == [1]
@@ -65,16 +65,16 @@ def test_v9_templates_go_on_their_own_timer_and_count_in_the_sequence():
 
 def test_ipfix_templates_only_message_keeps_the_data_record_sequence():
     enc = IpfixEncoder(3, template_refresh_packets=20, template_refresh_seconds=30)
-    enc.encode([flow(0), flow(1)], [], T0)
+    enc.encode(FlowBatch.from_flows([flow(0), flow(1)]), [], T0)
     [tpl] = enc.refresh_templates(T0 + 30_000)
     version, length, export_s, seq, domain = IPFIX_HEADER.unpack_from(tpl)
     assert (version, length, seq, domain) == (10, len(tpl), 2, 3)
     assert sets(tpl, 16) == [2]
-    [data] = enc.encode([flow(2)], [], T0 + 30_001)
+    [data] = enc.encode(FlowBatch.from_flows([flow(2)]), [], T0 + 30_001)
     assert IPFIX_HEADER.unpack_from(data)[3] == 2 and sets(data, 16) == [256]
     # no timer without template_refresh_seconds (IPFIX over TCP, say)
     enc = IpfixEncoder(3, template_refresh_seconds=0)
-    enc.encode([flow()], [], T0)
+    enc.encode(FlowBatch.from_flows([flow()]), [], T0)
     assert enc.refresh_templates(T0 + 10**9) == []
 
 

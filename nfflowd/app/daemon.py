@@ -37,7 +37,7 @@ from nfflowd.app.config import Config, require_output
 from nfflowd.app.control import ControlServer
 from nfflowd.app.control import socket_path as control_socket_path
 from nfflowd.ctblocks import decode_blocks
-from nfflowd.record import FlowBatchBuilder
+from nfflowd.record import FlowBatch, FlowBatchBuilder
 from nfflowd.correlate import Correlator
 from nfflowd.ctcache import DEAD_MAX
 from nfflowd.errors import ConfigError, NfflowdError
@@ -856,7 +856,7 @@ class Daemon:
         now_ns = time.time_ns()
         flows = self.meters.receive(readable, now_ns)
         if flows:
-            self.pipeline.export(flows, [], now_ns, uptime_ms())
+            self.pipeline.export(FlowBatch.from_flows(flows), [], now_ns, uptime_ms())
 
     def _flush(self, pending: list) -> None:
         self._since_flush = 0
@@ -865,7 +865,7 @@ class Daemon:
             # (a flush deadline that finds nothing is no export: a stream
             # starting just after one sends its first flows at once)
             self._last_flush = time.monotonic()
-            self.pipeline.export(pending, nat_events, time.time_ns(), uptime_ms())
+            self.pipeline.export(pending.batch(), nat_events, time.time_ns(), uptime_ms())
             pending.clear()
         self.pipeline.tick(time.time_ns())
 
@@ -879,7 +879,8 @@ class Daemon:
             if self.meters is not None:
                 flows = self.meters.flush_all(time.time_ns())
                 if flows:
-                    self.pipeline.export(flows, [], time.time_ns(), uptime_ms())
+                    self.pipeline.export(FlowBatch.from_flows(flows), [], time.time_ns(),
+                                         uptime_ms())
                 self.meters.close()
             self.pipeline.close()
             if self.sock is not None:

@@ -341,8 +341,10 @@ class Exporter:
 
     def __call__(self, flows) -> None:
         from nfflowd.flowtools import csv_lines
+        from nfflowd.record import FlowBatch
         now_ns, up_ms = self.clock(flows)
-        ft = self.pipeline.export(flows, [], now_ns, up_ms, flowtools=self.print_csv)
+        ft = self.pipeline.export(FlowBatch.from_flows(flows), [], now_ns, up_ms,
+                                  flowtools=self.print_csv)
         self.exported += len(flows)
         self.pipeline.tick(now_ns)
         if self.print_csv and ft is not None and len(ft):

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from nfflowd.biflow import BiflowIpfixEncoder, BiflowPairer
 from nfflowd.io.export import TcpCollector, UdpCollector
-from nfflowd.record import FlowBatch, FlowBatchBuilder
-from nfflowd.flowtools import expand, expand_columns
+from nfflowd.record import FlowBatch
+from nfflowd.flowtools import expand
 from nfflowd.ipfix import IpfixEncoder
 from nfflowd.netflow5 import V5Encoder, record_count
 from nfflowd.netflow9 import NetflowV9Encoder
@@ -48,7 +49,7 @@ class V5Exporter:
             self.sink.send(datagram, record_count(datagram))
 
     def tick(self, now_ns: int) -> None:
-        """Nothing is held back here (see biflow.BiflowExporter.tick)."""
+        """Nothing is held back here (see BiflowExporter.tick)."""
 
     @property
     def stream(self) -> tuple:
@@ -78,7 +79,7 @@ class TemplateExporter:
     sides of the translation, and RFC 8158 NAT session events."""
 
     uses_flowtools = False
-    IPFIX_ENCODER = IpfixEncoder        # biflow.BiflowExporter: its biflow encoder
+    IPFIX_ENCODER = IpfixEncoder        # BiflowExporter: its biflow encoder
 
     def __init__(self, collector: Collector, cfg: Config, vlan: bool = False):
         ex = cfg.export
@@ -170,10 +171,60 @@ def biflow_bound(cfg: Config) -> int:
     return cfg.meter.max_flows * max(1, len(cfg.meter.interfaces))
 
 
+class BiflowExporter(TemplateExporter):
+    """An IPFIX collector with ``biflow: true``: records paired by a
+    ``biflow.BiflowPairer``, encoded by a ``biflow.BiflowIpfixEncoder``.
+    ``hold_s``: the pairer's hold (None: the config's
+    ``meter.inactive_timeout``); ``max_held``: its bound (None:
+    ``meter.max_flows`` per metered interface, at least one table's worth).
+    The pairer's clock is the ``now_ns`` of ``export`` and ``tick``."""
+
+    IPFIX_ENCODER = BiflowIpfixEncoder
+
+    def __init__(self, collector, cfg, vlan: bool = False, hold_s: float | None = None,
+                 max_held: int | None = None):
+        if collector.version != 10:
+            raise ValueError("biflow export is IPFIX (version 10) only")
+        super().__init__(collector, cfg, vlan)
+        if max_held is None:
+            max_held = biflow_bound(cfg)
+        self.pairer = BiflowPairer(cfg.meter.inactive_timeout if hold_s is None else hold_s,
+                                   max_held)
+
+    def _send(self, pairs, nat_events, now_ns: int) -> None:
+        if not pairs and not nat_events:
+            return
+        enc = self.encoder
+        for message, records in zip(enc.encode_pairs(pairs, nat_events, now_ns // 1_000_000),
+                                    enc.last_counts):
+            self.sink.send(message, records)
+
+    def export(self, batch, nat_events, ft_records, now_ns: int, boot_ms: int) -> None:
+        pairs = self.pairer.add(batch.flows(), now_ns)
+        pairs += self.pairer.expire(now_ns)
+        self._send(pairs, nat_events, now_ns)
+
+    def tick(self, now_ns: int) -> None:
+        """Export the records whose hold ended by ``now_ns``; the template
+        timer (``TemplateExporter.tick``)."""
+        self._send(self.pairer.expire(now_ns), (), now_ns)
+        super().tick(now_ns)
+
+    def summary(self) -> dict:
+        out = super().summary()
+        p = self.pairer
+        out.update(biflow_pairs=p.pairs + p.conntrack_pairs, biflow_alone=p.alone,
+                   biflow_held=p.held, biflow_overflow=p.overflow)
+        return out
+
+    def close(self) -> None:
+        self._send(self.pairer.flush(), (), time.time_ns())
+        super().close()
+
+
 def exporter_class(collector: Collector):
     """The exporter class of ``collector``."""
     if collector.biflow:
-        from nfflowd.biflow import BiflowExporter
         return BiflowExporter
     return DIALECTS[collector.version]
 
@@ -210,7 +261,7 @@ class Pipeline:
                  biflow_max: int | None = None):
         """``vlan``: the flows carry VLAN ids (the pcap meter); v9 and IPFIX
         templates then include vlanId.  Conntrack flows have none.
-        Collectors with ``biflow: true`` get a ``biflow.BiflowExporter``:
+        Collectors with ``biflow: true`` get a ``BiflowExporter``:
         ``biflow_hold`` is its pairing hold in seconds (None: the config's
         meter.inactive_timeout); it pairs on the ``now_ns`` given to
         ``export`` and ``tick`` (a capture file's own clock for ``meter -r``);
@@ -333,29 +384,22 @@ class Pipeline:
     def wants_nat_events(self) -> bool:
         return any("nat_events" in c.records for c in self.cfg.export.collectors)
 
-    def export(self, flows, nat_events, now_ns: int, uptime_ms: int,
+    def export(self, batch: FlowBatch, nat_events, now_ns: int, uptime_ms: int,
                flowtools: bool = False):
         """Send a batch to every collector and the mirror.  ``uptime_ms`` is
         this machine's uptime read together with ``now_ns`` (SysUptime).
-        ``flows``: ``Flow`` records, or the daemon's ``record.FlowBatchBuilder``
-        (encoded as columns when it holds blocks: the same bytes).
         Returns the batch's flow-tools view (``FtBatch``, the values the v5
         records and the mirror's CSV lines carry) when one was computed:
         always with ``flowtools=True``, else only if a v5 collector or the
         mirror needed it (None otherwise)."""
         boot_ms = now_ns // 1_000_000 - uptime_ms
         ft = None
-        if isinstance(flows, FlowBatchBuilder):
-            flows = flows.for_export()  # the daemon's: columns after a burst
         if (flowtools or self.mirror is not None
                 or any(exp.uses_flowtools for exp in self.exporters)):
             # computed once, shared by the v5 encoders and the CSV mirror
-            if isinstance(flows, FlowBatch):
-                ft = expand_columns(flows, now_ns, boot_ms, self.cfg.export.source)
-            else:
-                ft = expand(flows, now_ns, boot_ms, self.cfg.export.source)
+            ft = expand(batch, now_ns, boot_ms, self.cfg.export.source)
         for exp in self.exporters:
-            exp.export(flows, nat_events, ft, now_ns, boot_ms)
+            exp.export(batch, nat_events, ft, now_ns, boot_ms)
         if self.mirror is not None and ft:
             self.mirror.send_csv(ft, now_ns / 1e9)
         return ft
