@@ -1,23 +1,9 @@
-"""The running daemon: the I/O edge that ties the sans-IO stages together.
-
-Data flows one way::
-
-    netlink (ConntrackSocket) -> decode -> Correlator -> Flow records
-        -> Exporters (one encoder + one UDP socket per collector)
-        -> Mirror (flow-tools CSV lines to syslog)
-
-One thread.  The loop sleeps in ``select`` until the netlink socket is readable
-or the next deadline (flush, table poll, TTL purge) is due.  Signals only set a
-flag and wake the loop through a wakeup fd; nothing is done in a handler.
-SIGTERM and SIGINT drain what the kernel has already queued, flush every
-pending record and close the sinks: nothing already received is lost.
-While syslog lines wait (a table flush outruns syslogd's socket queue), the
-mirror's socket is in the write set and drains as fast as syslogd reads.
-
-The packet meters of ``meter.interfaces`` (``capture.InterfaceMeters``: a
-TPACKET_V3 ring and a flow table per interface) join the same loop: their
-sockets are in the read set, their next flow deadline bounds the sleep, and
-the flows they end go straight to the pipeline; all flushed at shutdown.
+"""The running daemon: the one thread that ties the sans-IO stages to the
+kernel and the sinks.  It sleeps in ``select`` until netlink, the packet
+meters or the control socket are readable or the next deadline is due;
+receive pacing (``pacing.Pacer``) decides how long a trickle may gather.
+Signals set a flag and wake the loop; a stop drains what the kernel queued
+and flushes everything pending.
 """
 
 from __future__ import annotations
@@ -39,10 +25,10 @@ from nfflowd.app.control import socket_path as control_socket_path
 from nfflowd.ctblocks import decode_blocks
 from nfflowd.record import FlowBatch, FlowBatchBuilder
 from nfflowd.correlate import Correlator
-from nfflowd.ctcache import DEAD_MAX
 from nfflowd.errors import ConfigError, NfflowdError
 from nfflowd.io import netlink
 from nfflowd.app.legacy import load_any
+from nfflowd.app.pacing import RECV_BATCH, REAP_CHUNK, Pacer, Wait
 from nfflowd.app.pipeline import Pipeline
 from nfflowd.app.privileges import SENT_BY_A_PROCESS, SignalFd, drop_privileges
 
@@ -50,110 +36,18 @@ log = structlog.get_logger("nfflowd")
 
 # Flush early when this many flows are pending, to bound memory and latency
 # during a burst (a full v5 datagram is 30 records; 8000 flows are 4000
-# connections, ~30 ms of a table flush).
+# connections).
 FLUSH_THRESHOLD = 8000
-# Datagrams drained from netlink per receive round (one recvmmsg).  Fixed
-# costs per round and per export (numpy calls, template lookups) are what
-# larger batches save: replaying 200k DESTROY events daemon-like (cache
-# filled by their NEW events, IPFIX over UDP to loopback), 3.83 us per event
-# at 512 and 3000, 3.04 at 2048 and 8000.  Only a backlog fills a round.
-RECV_BATCH = 2048
-# A receive round with fewer datagrams than STREAM_BATCH (but some) means
-# events are arriving about as fast as they are handled, a few at a time; each
-# round costs ~0.6 ms whatever its size (numpy calls in the decoder and the
-# correlator; decoding alone: 6.4 us per event in rounds of 64, 2.3 in rounds
-# of 256, 1.2 in rounds of 1024), so a stream handled as it trickles in costs
-# several times what it costs in batches, and falls behind.  The next round
-# waits first, long enough for about STREAM_BATCH datagrams at the rate just
-# seen, at most STREAM_WAIT seconds, and never long enough to fill more than a
-# quarter of the receive buffer at that rate (EVENT_TRUESIZE: what one event
-# datagram takes of it, generously).  A round whose rate is less than half the
-# last one's means the stream is ending: no wait (its tail would wait for
-# nothing).
-STREAM_BATCH = 1024
-STREAM_WAIT = 0.01
-# ... outside a burst, at most STREAM_WAIT_STEADY: a steady stream of a few
-# thousand events per second (connections made and ended all day) then
-# comes in rounds of hundreds, not tens: each round's fixed costs (the
-# loop, numpy calls) are shared by more events, and more runs are long
-# enough for blocks.  5000 connections per second (bench/bench_churn.py):
-# nfflowd's CPU per connection (its NEW and DESTROY) 60-63 us with rounds of
-# at most 10 ms, 34-38 us with this.  Not for a fast stream (FAST_RATE): a
-# slow wait ends early only once its batch has gathered, and a burst that
-# slows down near its end (a flush) would hold its tail for the whole wait.
-STREAM_WAIT_STEADY = 0.05
-# A receive call (rounds and their waits) returns to the loop (signals, the
-# control socket, deadlines, stream collectors' writes) after RECEIVE_SPAN.
-RECEIVE_SPAN = 0.5
-# A wait ends early when a WAIT_SLICE passes with nothing added to the queue
-# although the rate just seen promised WAIT_EARLY_MIN datagrams or more in it:
-# the stream stopped (a flush ended), and its tail goes now rather than up to
-# STREAM_WAIT later.  Slower streams look every WAIT_SLICE_SLOW, and only for
-# the next rule: a slice without events says nothing there.  A wait ends
-# once the queue holds STREAM_BATCH datagrams (their size in the buffer is
-# learnt from the waits; EVENT_TRUESIZE until then): a stream speeding up (a
-# flush does, near its end; and the first round of a flush, a datagram or
-# two, makes it look slow) would otherwise fill rounds of RECV_BATCH and
-# more, and the last of them held a flush's tail (a 200k flush's last
-# records came 4-7 ms after ulogd2's with 1 ms slices and no such end,
-# 1.3-2.8 ms with both; bench/bench_burst.py).  A slice costs a wake-up and
-# a getsockopt.
-WAIT_SLICE = 0.00025
-WAIT_EARLY_MIN = 8
-WAIT_SLICE_SLOW = 0.001
-EVENT_TRUESIZE = 2048
-# A stream is fast (its waits at most STREAM_WAIT) while it is in a burst
-# or brought FAST_RATE datagrams per second or more over the last
-# FAST_WINDOW seconds.  A flush on a busy machine leaves gaps (the burst may
-# end, see BURST_QUIET) and slow rounds; one of those, its wait 50 ms long,
-# held a 200k flush's last records 32 ms.  Not a round's own rate: the
-# kernel ends timed-out connections in bursts (its garbage collector), and a
-# steady churn of 10k events per second then had fast rounds every second;
-# such a burst of a few thousand makes a burst of the stream (STREAM_BATCH),
-# which ends when a window brings less than half FAST_RATE, as a steady
-# stream never leaves netlink quiet for BURST_QUIET.
-FAST_WINDOW = 0.2
-FAST_RATE = WAIT_EARLY_MIN / WAIT_SLICE
-# ... and what the stream brought is exported at least every STREAM_FLUSH
-# seconds (else a stream that slows down near its end holds its tail for up
-# to 64 rounds of STREAM_WAIT).  In a burst, at every wait: the export then
-# overlaps the wait, and the last round leaves only its own flows to send.
-STREAM_FLUSH = 0.02
 # Seconds from the first ENOBUFS of an episode to the resync dump: a burst is
 # let through first, then one dump resynchronises (more overruns meanwhile
 # belong to the same episode).
 RESYNC_DELAY = 0.5
-# The cache entries of connections a burst ended are removed once netlink has
-# been quiet for REAP_QUIET seconds (Correlator.reap), this many per pass of
-# the loop (~15 ms here), so a burst's CPU goes to its events first and the
-# next one waits for at most one pass.  Finding netlink empty is not quiet:
-# in a table flush sharing a CPU with nfflowd, the kernel adds events only
-# while nfflowd does not run, so nfflowd drains the socket again and again;
-# removals done each time took ~16% of its time in a 200k flush and left it
-# further behind (bench/bench_burst.py).  Waiting REAP_QUIET in select gives
-# the CPU back instead, and the flush's next events end the wait.
-REAP_CHUNK = 24576
-REAP_QUIET = 0.002
-# A burst (see _burst_over) ends once netlink has been quiet this long; until
-# then what arrives goes at once.  A table flush on a busy machine leaves
-# gaps, and the connections it ended last came after one: their records,
-# taken for a trickle, waited for the flush deadline (0.3 s late in a 200k
-# flush).
-BURST_QUIET = 0.05
-# ... and inside a stream's pacing waits (see STREAM_BATCH), this many per
-# second of wait: about a quarter of the wait at ~0.6 us a removal.  Only in a
-# stream slower than REAP_STREAM_RATE datagrams per second (a wait there is
-# idle time; in a flush it is the kernel's turn for the CPU), or once the
-# removals pending reach half of ctcache.DEAD_MAX (a fast stream that never
-# pauses: past DEAD_MAX its DESTROY blocks would pay for them inline).
-REAP_PER_SECOND_OF_WAIT = 400_000
-REAP_STREAM_RATE = 30_000
 
 
 # The cyclic garbage collector: the data path makes no reference cycles
 # (tuples, bytes, numpy arrays, freed by reference counting), but every
-# tracked allocation counts towards a collection, and with the default
-# threshold of 700 a burst spent ~15% of its time in collections that found
+# tracked allocation counts towards a collection, and at the default
+# threshold of 700 a burst spends much of its time in collections that find
 # nothing.  Once started, what start-up made is frozen out of the collector's
 # sight (gc.freeze) and the young generation is collected every 50,000
 # allocations instead; cycles made elsewhere (an exception's traceback, say)
@@ -290,20 +184,7 @@ class Daemon:
         self.control = None
         self.metrics = None
         self.last_reload: dict | None = None     # result and reason of the last reload
-        # a burst is being received (STREAM_BATCH datagrams or more since the
-        # last export, or a threshold flush): its tail is sent when it pauses
-        self._in_burst = False
-        # when netlink was last found empty, None after events (REAP_QUIET)
-        self._quiet_from: float | None = None
-        self._last_flush = 0.0          # time.monotonic() of the last export of flows
-        self._since_flush = 0           # datagrams received since then
-        # what one event datagram takes of the receive buffer (learnt from
-        # the pacing waits: see _pace), and the queue the last wait saw
-        self._truesize = float(EVENT_TRUESIZE)
-        self._queued_seen = 0
-        self._burst_rate = 0.0          # the rate of the last round with events
-        # datagrams received in the current FAST_WINDOW, and the last one's rate
-        self._window_start, self._window_count, self._window_rate = 0.0, 0, 0.0
+        self.pacer = Pacer()            # receive pacing (time.monotonic())
 
     # -- signals ----------------------------------------------------------------
     def _install_signals(self):
@@ -538,6 +419,7 @@ class Daemon:
         if self.meters is not None:
             rlist += self.meters.sockets
         corr = self.correlator
+        pacer = self.pacer
         while not self.stopping:
             deadline = min(next_flush, next_purge)
             if corr.dumped_pending:
@@ -562,15 +444,8 @@ class Daemon:
                 # as fast as syslog reads, a chunk per writable round
                 wlist.append(mirror)
             now = time.monotonic()
-            timeout = max(0.0, deadline - now)
-            quiet = self._quiet_from if self._quiet_from is not None else now
-            if self._in_burst:
-                # the tail goes once netlink is empty; the burst ends once it
-                # has been quiet for BURST_QUIET (below)
-                timeout = 0.0 if pending else min(timeout, max(0.0, quiet + BURST_QUIET - now))
-            if corr.reap_pending:
-                # removals once netlink has been quiet for REAP_QUIET (below)
-                timeout = min(timeout, max(0.0, quiet + REAP_QUIET - now))
+            timeout = pacer.timeout(max(0.0, deadline - now), now, bool(pending),
+                                    bool(corr.reap_pending))
             try:
                 readable, writable, _ = select.select(rlist, wlist, [], timeout)
             except InterruptedError:  # pragma: no cover (PEP 475 retries)
@@ -585,15 +460,14 @@ class Daemon:
             if self._sigfd is not None and self._sigfd in readable:
                 self._read_signals()
             if self.sock in readable:
-                self._receive(pending)
+                self.receive(pending)
             else:
                 # also when the last _receive ended on its round limit just
                 # as the burst did
                 now = time.monotonic()
-                if self._quiet_from is None:
-                    self._quiet_from = now
+                pacer.idle(now)
                 self._burst_over(pending)
-                if corr.reap_pending and now - self._quiet_from >= REAP_QUIET:
+                if corr.reap_pending and pacer.reap_due(now):
                     corr.reap(REAP_CHUNK)
             if self.control in readable:
                 self.control.handle_ready()
@@ -633,36 +507,31 @@ class Daemon:
         except BlockingIOError:
             pass
 
-    def _receive(self, pending: list, max_rounds: int = 64) -> None:
-        """Drain what netlink has queued (bounded), feeding the correlator."""
+    def receive(self, pending: list, max_rounds: int = 64) -> None:
+        """Drain what netlink has queued (bounded), feeding the correlator;
+        between rounds, the waits the pacer asks for."""
         corr = self.correlator
         handle_batch = corr.handle_batch
         c = self.counters
-        wait = 0.0
-        # events the receive buffer holds, a quarter of which a wait may fill
-        room = max(1, self.sock.rcvbuf // EVENT_TRUESIZE) / 4
-        prev = time.monotonic()
-        back = prev + RECEIVE_SPAN
-        last_rate = 0.0
-        first = True
+        pacer = self.pacer
+        pacer.begin(time.monotonic(), self.sock.rcvbuf)
         for _ in range(max_rounds):
-            stopped = False     # this round's wait ended early: the stream stopped
-            if wait:
-                if self.stopping or prev + wait > back:
+            if pacer.wait:
+                if self.stopping or pacer.spent():
                     break       # the loop's turn (what is queued stays for the next call)
                 # a stream arriving a few datagrams at a time: let a batch
-                # gather (see STREAM_BATCH); what is pending meanwhile is not
-                # held back for long, and in a burst goes during the wait
+                # gather; what is pending meanwhile is not held back for
+                # long, and in a burst goes during the wait
                 start = time.monotonic()
-                end = start + wait
-                if pending and (self._in_burst or start - self._last_flush >= STREAM_FLUSH):
+                if pending and pacer.export_before_wait(start):
                     self._flush(pending)
-                if corr.reap_pending and (last_rate < REAP_STREAM_RATE
-                                          or corr.reap_pending >= DEAD_MAX // 2):
-                    # part of the wait goes to the cache removals a burst left
-                    # (a steady stream may never leave the socket empty)
-                    corr.reap(max(256, int(wait * REAP_PER_SECOND_OF_WAIT)))
-                stopped = self._pace(end, last_rate, STREAM_BATCH * self._truesize)
+                if corr.reap_pending:
+                    # part of the wait goes to the cache removals a burst
+                    # left (a steady stream may never leave the socket empty)
+                    reaps = pacer.reaps_in_wait(corr.reap_pending)
+                    if reaps:
+                        corr.reap(reaps)
+                self._pace(pacer.start_wait(start))
             now = time.monotonic()
             try:
                 batch = self.sock.recv(RECV_BATCH)
@@ -679,47 +548,10 @@ class Daemon:
                     # but not for long
                     self._resync_at = time.monotonic() + RESYNC_DELAY
                 self._overrun_episode += 1
-                wait = 0.0
+                pacer.overrun()
                 continue
             res = batch.decoded(self.decoder)
-            got = batch.count
-            if wait and 0 < got < RECV_BATCH and self._queued_seen:
-                # what a datagram took of the buffer: the queue at the end of
-                # the wait over the datagrams drained (a few more may have
-                # come since: an underestimate, so batches err small)
-                self._truesize = min(max(self._queued_seen / got, 256.0), 65536.0)
-            self._since_flush += got
-            if self._since_flush >= STREAM_BATCH:
-                # events arriving faster than they trickle: their tail goes
-                # when the stream pauses, not at the next flush deadline
-                self._in_burst = True
-            rate = got / max(now - prev, 1e-4)             # datagrams per second
-            if first:
-                first = False
-                if self._in_burst:
-                    # a burst resuming after a pause: the first round's own
-                    # interval is too short to say how fast it comes
-                    rate = max(rate, self._burst_rate)
-            self._window_count += got
-            if now - self._window_start >= FAST_WINDOW:
-                self._window_rate = self._window_count / (now - self._window_start)
-                self._window_start, self._window_count = now, 0
-                if self._window_rate < FAST_RATE / 2:
-                    # a burst slowed down to a steady stream (one that
-                    # never pauses for BURST_QUIET)
-                    self._in_burst = False
-            if 0 < got < STREAM_BATCH and rate >= last_rate / 2 and not stopped:
-                cap = (STREAM_WAIT if self._in_burst or self._window_rate >= FAST_RATE
-                       else STREAM_WAIT_STEADY)
-                wait = min(cap, (STREAM_BATCH - got) / rate, room / rate)
-            else:
-                # a full round, or the rate fell by half or more since the
-                # last round: the stream is thinning out (a flush ending,
-                # say); its tail goes without waiting
-                wait = 0.0
-            prev, last_rate = now, rate
-            if got:
-                self._burst_rate = rate
+            pacer.received(batch.count, now)
             if res.events:
                 handle_batch(res.events, time.time_ns(), pending)
             if res.malformed or res.unknown:
@@ -727,55 +559,35 @@ class Daemon:
                 c["unknown"] += res.unknown
                 log.warning("netlink_skipped", malformed=res.malformed, unknown=res.unknown)
             if not res.events and not res.malformed and not res.unknown:
-                self._quiet_from = now          # netlink found empty
+                pacer.empty(now)
                 self._burst_over(pending)
                 break
-            self._quiet_from = None
+            pacer.events()
             if len(pending) >= FLUSH_THRESHOLD:
-                self._in_burst = True
+                pacer.threshold()
                 self._flush(pending)
 
-    def _pace(self, end: float, rate: float, full: float = float("inf")) -> bool:
-        """Sleep until ``end`` (time.monotonic()) for a batch to gather, until
-        the queue holds ``full`` bytes (the batch is there: False), or until
-        the stream stops (see WAIT_SLICE): True then."""
-        self._queued_seen = 0
-        left = end - time.monotonic()
-        if left <= 0:
-            return False
-        # a slow stream (or one only just begun: its rate is a guess) looks
-        # less often, and only for a full batch
-        fast = rate >= FAST_RATE
-        slice_ = WAIT_SLICE if fast else WAIT_SLICE_SLOW
-        queued = self.sock.queued_bytes()
-        if queued is None:
-            time.sleep(left)
-            return False
-        while left > 0:
-            time.sleep(min(left, slice_))
-            now_queued = self.sock.queued_bytes()
-            if now_queued is None:
-                time.sleep(max(0.0, end - time.monotonic()))
-                return False
-            self._queued_seen = now_queued
-            if now_queued == queued and fast:
-                return True                 # nothing new in a slice: stopped
-            if now_queued >= full:
-                return False                # the batch has gathered
-            queued = now_queued
-            left = end - time.monotonic()
-        return False
+    def _pace(self, wait: Wait) -> None:
+        """Sleep through a pacing wait, telling it what the receive queue
+        holds after each slice, until it is over."""
+        if not wait.due(time.monotonic()):
+            return
+        pause = wait.next(self.sock.queued_bytes(), time.monotonic())
+        while pause > 0:
+            time.sleep(pause)
+            if wait.over:
+                break
+            pause = wait.next(self.sock.queued_bytes(), time.monotonic())
 
     def _burst_over(self, pending: list) -> None:
         """Netlink has nothing queued: the tail of a burst being received
         goes now rather than at the next flush deadline (up to
-        export.flush_interval later).  The burst ends once netlink has been
-        quiet for BURST_QUIET: until then, stragglers go as they come."""
-        if self._in_burst:
+        export.flush_interval later); the pacer ends the burst once netlink
+        has been quiet for BURST_QUIET."""
+        if self.pacer.in_burst:
             if pending:
                 self._flush(pending)
-            if time.monotonic() - self._quiet_from >= BURST_QUIET:
-                self._in_burst = False
+            self.pacer.quiet_for(time.monotonic())
 
     def _poll(self, pending: list) -> None:
         """Dump the table and export start-up connections that have gone."""
@@ -787,7 +599,7 @@ class Daemon:
             return
         # Events queued while dumping are handled first, so a DESTROY that
         # raced the dump is taken as the connection's end.
-        self._receive(pending)
+        self.receive(pending)
         flows = self.correlator.reconcile(table, time.time_ns())
         if flows:
             log.info("exported_by_poll", connections=len(flows) // 2,
@@ -807,7 +619,7 @@ class Daemon:
             log.error("dump_failed", error=str(e))
             corr.abandon_sync()
             return None
-        self._receive(pending)
+        self.receive(pending)
         return table, dump_ns
 
     def _resync(self, pending: list) -> None:
@@ -859,12 +671,12 @@ class Daemon:
             self.pipeline.export(FlowBatch.from_flows(flows), [], now_ns, uptime_ms())
 
     def _flush(self, pending: list) -> None:
-        self._since_flush = 0
+        self.pacer.flushed()
         nat_events = self.correlator.take_nat_events()
         if pending or nat_events:
             # (a flush deadline that finds nothing is no export: a stream
             # starting just after one sends its first flows at once)
-            self._last_flush = time.monotonic()
+            self.pacer.exported(time.monotonic())
             self.pipeline.export(pending.batch(), nat_events, time.time_ns(), uptime_ms())
             pending.clear()
         self.pipeline.tick(time.time_ns())
@@ -873,7 +685,7 @@ class Daemon:
         log.info("stopping")
         sdnotify.stopping()
         try:
-            self._receive(pending)
+            self.receive(pending)
         finally:
             self._flush(pending)
             if self.meters is not None:
