@@ -300,7 +300,7 @@ def impostor(tmp_path):
 def test_check_does_not_believe_a_users_listener(impostor, capsys):
     """#15 item 8: a listener as nobody was shown as "running (pid 1)", exit
     0, its escapes printed raw."""
-    from nfflowd.cli import daemon_state
+    from nfflowd.app.check import daemon_state
     from nfflowd.app.config import parse
     d, _ = impostor
     cfg = parse({"pidfile": str(d / "nfflowd.pid")})
