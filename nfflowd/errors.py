@@ -33,9 +33,5 @@ class ConfigError(NfflowdError):
         super().__init__("\n".join(lines))
 
 
-class DecodeError(NfflowdError):
-    """Bytes that cannot be decoded (skipped and counted by the caller)."""
-
-
 class SourceError(NfflowdError):
     """A flow source (netlink socket, capture) cannot be opened or read."""

@@ -18,10 +18,12 @@ __all__ = ["check", "start_problems", "kernel_prerequisites", "daemon_state"]
 def check(path: str) -> Status:
     from nfflowd.app.config import read_text, require_output
     from nfflowd.app.legacy import parse_any, parse_legacy, to_yaml
+    from nfflowd.app.pipeline import check_encoders
     status = Status.OK
     try:
         text = read_text(path)
         cfg, notes, legacy = parse_any(text, path)
+        check_encoders(cfg)
         require_output(cfg)
     except ConfigError as e:
         print(f"configuration: INVALID\n{e}")

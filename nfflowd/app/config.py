@@ -341,25 +341,6 @@ def _meter(c: _Checker, data) -> MeterConfig:
     return out
 
 
-def _encoders_fit(c: _Checker, export: ExportConfig) -> None:
-    """Every v9/IPFIX collector's encoder can be made under these export
-    settings (``export.max_datagram`` holds its templates and a record), so
-    that what start, reload and meter would refuse is a config error here.
-    Asked with vlanId in the templates, as the packet meter sends them (the
-    largest).  (The encoders import numpy, whose threads start then: the
-    command line blocks the daemon's signals before loading a config.)"""
-    for i, col in enumerate(export.collectors):
-        if col.version == 5:
-            continue                    # fixed records, no template
-        from nfflowd.app.pipeline import exporter_class
-        try:
-            exporter_class(col).make_encoder(col, export, vlan=True)
-        except ValueError as e:
-            kind = ", biflow" if col.biflow else ""
-            c.bad("export.max_datagram", f"{export.max_datagram} is too small for "
-                  f"export.collectors[{i}] ({col.name}{kind}): {e}")
-
-
 def parse(data, path: str = "<string>") -> Config:
     """Validate an already-parsed YAML document."""
     c = _Checker()
@@ -441,8 +422,6 @@ def parse(data, path: str = "<string>") -> Config:
 
     sched_priority = c.integer(data, "sched_priority", "sched_priority", 0, 0, 99)
 
-    if not c.problems:
-        _encoders_fit(c, export)
     if c.problems:
         raise ConfigError(path, c.problems)
     return Config(path=path, export=export, syslog=syslog, conntrack=conntrack, meter=meter,

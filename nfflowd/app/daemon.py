@@ -29,7 +29,7 @@ from nfflowd.errors import ConfigError, NfflowdError
 from nfflowd.io import netlink
 from nfflowd.app.legacy import load_any
 from nfflowd.app.pacing import RECV_BATCH, REAP_CHUNK, Pacer, Wait
-from nfflowd.app.pipeline import Pipeline
+from nfflowd.app.pipeline import Pipeline, check_encoders
 from nfflowd.app.privileges import SENT_BY_A_PROCESS, SignalFd, drop_privileges
 
 log = structlog.get_logger("nfflowd")
@@ -346,6 +346,7 @@ class Daemon:
         sdnotify.reloading()
         try:
             new, _notes, _legacy = load_any(self.cfg.path)
+            check_encoders(new)
             require_output(new)
         except ConfigError as e:
             self._refuse_reload(str(e).replace("\n", "; "))

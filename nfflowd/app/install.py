@@ -268,12 +268,13 @@ def _config(inst: _Installer) -> None:
     if legacy_path.is_file():
         from nfflowd.app import config
         from nfflowd.app import legacy
+        from nfflowd.app.pipeline import check_encoders
         from nfflowd.errors import ConfigError
         try:
             text = config.read_text(legacy_path)      # bounded, UTF-8 or a clear error
             notes: list = []
             data = legacy.parse_legacy(text, inst.show(LEGACY_CONFIG), notes)
-            config.parse(data, inst.show(LEGACY_CONFIG))
+            check_encoders(config.parse(data, inst.show(LEGACY_CONFIG)))
         except ConfigError as e:
             inst.fail(f"cannot convert the old configuration:\n{e}")
             return

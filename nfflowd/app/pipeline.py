@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from nfflowd.biflow import BiflowIpfixEncoder, BiflowPairer
+from nfflowd.errors import ConfigError
 from nfflowd.io.export import TcpCollector, UdpCollector
 from nfflowd.record import FlowBatch
 from nfflowd.flowtools import expand
@@ -27,7 +28,7 @@ from nfflowd.netflow5 import V5Encoder, record_count
 from nfflowd.netflow9 import NetflowV9Encoder
 from nfflowd.io.syslog import SyslogSink
 
-if TYPE_CHECKING:       # config imports this module to check encoder sizes
+if TYPE_CHECKING:
     from nfflowd.app.config import Collector, Config, ExportConfig
 
 log = structlog.get_logger("nfflowd")
@@ -103,7 +104,7 @@ class TemplateExporter:
     def make_encoder(cls, collector: Collector, ex: ExportConfig, vlan: bool = False):
         """The encoder of ``collector`` under the export settings ``ex``.
         ValueError if ``ex.max_datagram`` cannot hold its templates and a
-        record (config.parse asks this, so that check refuses what start
+        record (check_encoders asks this, so that check refuses what start
         would)."""
         kw = dict(records=collector.records, nat_event_codes=collector.nat_event_codes,
                   max_size=ex.max_datagram,
@@ -227,6 +228,29 @@ def exporter_class(collector: Collector):
     if collector.biflow:
         return BiflowExporter
     return DIALECTS[collector.version]
+
+
+def check_encoders(cfg: Config) -> None:
+    """Every v9/IPFIX collector's encoder can be made under the export
+    settings (``export.max_datagram`` holds its templates and a record):
+    raises ConfigError otherwise, so that what start, reload and meter would
+    refuse is a configuration error wherever a configuration is loaded.
+    Asked with vlanId in the templates, as the packet meter sends them (the
+    largest).  (The encoders import numpy, whose threads start then: the
+    command line blocks the daemon's signals before loading a config.)"""
+    export = cfg.export
+    problems = []
+    for i, col in enumerate(export.collectors):
+        if col.version == 5:
+            continue                    # fixed records, no template
+        try:
+            exporter_class(col).make_encoder(col, export, vlan=True)
+        except ValueError as e:
+            kind = ", biflow" if col.biflow else ""
+            problems.append(("export.max_datagram", f"{export.max_datagram} is too small for "
+                             f"export.collectors[{i}] ({col.name}{kind}): {e}"))
+    if problems:
+        raise ConfigError(cfg.path, problems)
 
 
 # Per-collector stats that are gauges, not counters: not carried over when

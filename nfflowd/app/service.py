@@ -39,11 +39,13 @@ def err(msg: str) -> None:
 
 
 def load(path: str, daemon: bool = False) -> Config:
-    """The configuration; for the daemon (``daemon``), one that records
-    somewhere.  Raises ConfigError."""
+    """The configuration, with encoders that fit its datagrams; for the
+    daemon (``daemon``), one that records somewhere.  Raises ConfigError."""
     from nfflowd.app.config import require_output
     from nfflowd.app.legacy import load_any
+    from nfflowd.app.pipeline import check_encoders
     cfg = load_any(path)[0]
+    check_encoders(cfg)
     if daemon:
         require_output(cfg)
     return cfg
