@@ -6,9 +6,12 @@ a ``FlowBatchBuilder``: one record at a time as ``Flow`` tuples, or a block
 of them at once as a ``FlowBatch`` of columns (the columnar decoder's
 bursts).  ``builder.batch()`` gives everything appended, in order, as one
 ``FlowBatch``, the one thing encoders take.  Encoders see only finished
-records and never go back to the source.  A ``Flow`` is a NamedTuple rather than a
-dataclass because it is built on the hot path (measured in bench/); every
-field is a plain int or bytes.
+records and never go back to the source.  A batch keeps the form it was made
+in: encoders take tuples record by record (the small rounds of a steady
+stream, where numpy's fixed cost per call would dominate) and columns with
+numpy (bursts); both write the same bytes (tests/test_wire.py).  A ``Flow``
+is a NamedTuple rather than a dataclass because it is built on the hot path
+(measured in bench/); every field is a plain int or bytes.
 
 The batch API:
 
@@ -16,9 +19,12 @@ The batch API:
   (``batch.sport``, ...): addresses (n, 16) uint8, IPv4 in the first 4 bytes
   and zeros after, every other field uint64; ``batch.flows()`` the records
   as ``Flow`` tuples; ``batch.flow_list``, the tuples it was made of (None
-  when made of columns); ``batch.as_columns()``; ``FlowBatch.from_flows(flows)``,
-  ``FlowBatch.from_columns(**columns)`` (every field, same length) and
-  ``FlowBatch.concat(batches)`` make one.
+  when made of columns); ``batch.as_columns()``, the same as columns;
+  ``FlowBatch.from_flows(flows)``, ``FlowBatch.from_columns(**columns)``
+  (every field, same length) and ``FlowBatch.concat(batches)`` make one.
+- ``fits(column, bits)``: which values of an integer column a field of that
+  width carries (a column some hand-made value of which a uint64 cannot
+  hold is an object column).
 - ``FlowBatchBuilder``: ``append(flow)``, ``extend(flows)``,
   ``add_block(batch)``, ``len``, ``bool``, ``clear()``, ``batch()``.
 - ``interleave(a, b)``: rows a[0], b[0], a[1], b[1], ... (original and reply
@@ -154,20 +160,20 @@ np = _Numpy()
 FLOW_FIELDS = Flow._fields
 ADDRESS_FIELDS = ("src", "dst", "post_src", "post_dst")
 _U64_MAX = (1 << 64) - 1
-# One record as the bytes of a row of ``row_dtype()``: ``struct`` checks
+# One record as the bytes of a row of ``_row_dtype()``: ``struct`` checks
 # every value (an int in [0, 2**64), addresses bytes) while it packs
 _ROW = struct.Struct("=" + "".join("16s" if n in ADDRESS_FIELDS else "Q" for n in FLOW_FIELDS))
-_row_dtype = []
+_ROW_DTYPE: list = []          # its numpy record, made at first use
 
 
-def row_dtype():
+def _row_dtype():
     """The numpy record of a packed ``_ROW``: the ``Flow`` fields, addresses
     as 16 uint8, every other field uint64."""
-    if not _row_dtype:
-        _row_dtype.append(np.dtype([(n, (np.uint8, 16) if n in ADDRESS_FIELDS else np.uint64)
+    if not _ROW_DTYPE:
+        _ROW_DTYPE.append(np.dtype([(n, (np.uint8, 16) if n in ADDRESS_FIELDS else np.uint64)
                                     for n in FLOW_FIELDS]))
-        assert _ROW.size == _row_dtype[0].itemsize
-    return _row_dtype[0]
+        assert _ROW.size == _ROW_DTYPE[0].itemsize
+    return _ROW_DTYPE[0]
 
 
 def address_list(a: np.ndarray, family: list) -> list:
@@ -239,7 +245,7 @@ class FlowBatch:
     def __init__(self):
         self.n = 0
         self.flow_list = None       # the Flow tuples the batch was made of
-        self._rows = None           # their row_dtype() array, once a column was asked for
+        self._rows = None           # their _row_dtype() array, once a column was asked for
 
     def __getattr__(self, name):
         # a column not made yet: made from the tuples (all columns at once,
@@ -251,7 +257,7 @@ class FlowBatch:
             try:
                 pack = _ROW.pack
                 self._rows = np.frombuffer(b"".join([pack(*f) for f in flows]),
-                                           dtype=row_dtype())
+                                           dtype=_row_dtype())
             except struct.error:        # a value a uint64 cannot hold
                 self._columns_of(flows)
                 return object.__getattribute__(self, name)
