@@ -501,3 +501,25 @@ def test_exact_bytes_over_udp(utc, name, flows, expected):
         m.replace(" nfflowd[", " gw1 nfflowd[", 1).encode() for m in expected]
     sink.close()
     r.close()
+
+
+@pytest.mark.parametrize("over", ["unix", "udp"])
+def test_a_line_too_long_to_send_is_dropped_and_the_rest_goes(tmp_path, over):
+    """A datagram the socket can never take (EMSGSIZE) is dropped and
+    counted, once; the lines before and after it go, in order."""
+    if over == "unix":
+        r = unix_receiver(tmp_path / "log")
+        sink = SyslogSink(str(tmp_path / "log"), pid=1)
+        big = 400_000               # past the socket's send buffer
+    else:
+        r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        r.bind(("127.0.0.1", 0))
+        sink = SyslogSink(f"127.0.0.1:{r.getsockname()[1]}", pid=1, hostname="h")
+        big = 70_000                # past a UDP datagram
+    lines = ["a", "b", "x" * big, "c", "x" * big, "d"]
+    sink.send(lines, now=T_EXAMPLE)
+    assert [g.split(b": ", 1)[1] for g in receive_all(r, sink)] == [b"a", b"b", b"c", b"d"]
+    assert sink.sent == 4 and sink.dropped == 2 and sink.send_errors == 2
+    assert sink.last_error == "EMSGSIZE" and not sink.backlog
+    sink.close()
+    r.close()

@@ -15,14 +15,20 @@ passed in); only ``SyslogSink`` touches sockets.  Two wire formats:
 The timestamp is local time, month names in English whatever the locale, the
 day space-padded ("Jul  3"), as syslog(3) does.
 
+A batch's lines are made at once (``flowtools.csv_block``: the header and
+the batch-wide fields once, then what differs) and sent from that block:
+with sendmmsg(2) over a unix socket, one send per line over UDP (see
+``Sendmmsg``).  Still one datagram per line.
+
 The sink never raises on the data path.  Sends are non-blocking; a line that
 cannot be sent now (the socket queue full, ENOBUFS, the socket not there
 because syslog is not running, a refused UDP port) stays in a bounded backlog
-(``syslog.backlog`` lines); lines beyond the bound are dropped (oldest first)
-and counted in ``dropped``.  The backlog drains as fast as syslog reads: the
-daemon's loop selects the socket for writing while ``wants_write()`` and calls
-``on_writable()`` (at most ``DRAIN_CHUNK`` lines a call, so netlink waits for
-no long drain); a socket that is not there is tried again at every ``flush``
+(``syslog.backlog`` lines, kept in their blocks: ``Backlog``); lines beyond
+the bound are dropped (oldest first) and counted in ``dropped``.  The
+backlog drains as fast as syslog reads: the daemon's loop selects the socket
+for writing while ``wants_write()`` and calls ``on_writable()`` (at most
+``DRAIN_CHUNK`` lines a call, so netlink waits for no long drain); a socket
+that is not there is tried again at every ``flush``
 (the daemon's flush deadline, ``export.flush_interval``).
 
 Given a logger, the sink says once per episode that syslog cannot be reached
