@@ -49,7 +49,7 @@ from nfflowd.record import FlowBatch, FlowBatchBuilder  # noqa: E402
 from nfflowd.conntrack import decode_datagrams  # noqa: E402
 from nfflowd.correlate import Correlator  # noqa: E402
 from nfflowd.app.daemon import FLUSH_THRESHOLD, RECV_BATCH, tune_gc  # noqa: E402
-from nfflowd.flowtools import csv_lines, expand  # noqa: E402
+from nfflowd.flowtools import csv_block, expand  # noqa: E402
 from nfflowd.ipfix import IpfixEncoder  # noqa: E402
 from nfflowd.io.netlink import MultiRecv  # noqa: E402
 from nfflowd.netflow5 import V5Encoder  # noqa: E402
@@ -130,7 +130,7 @@ def run(batches, stage: str, objects: bool, news=()) -> tuple[float, int, float]
             ft = expand(batch, now_ns, boot_ms, exaddr)
             v5.encode(ft)
             if stage == "csv":
-                csv_lines(ft)
+                csv_block(ft)           # the lines as the syslog mirror makes them
         elif stage == "ipfix":
             ipfix.encode(batch, [], now_ns // 1_000_000)
         pending.clear()

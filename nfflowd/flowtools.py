@@ -324,29 +324,27 @@ _NH_IN_OUT6 = ",::,0,0"
 
 class CsvBlock(NamedTuple):
     """Lines that begin alike: line i is ``head + data[ends[i - 1]:ends[i]]``
-    (from 0 for the first); ``ends`` a uint64 array, one entry per line."""
+    (from 0 for the first); ``ends`` a list, one entry per line."""
     head: bytes
     data: bytes
-    ends: np.ndarray
+    ends: list[int]
 
     def __len__(self) -> int:
         return len(self.ends)
 
     def line(self, i: int) -> bytes:
         """Line ``i``."""
-        return self.head + self.data[int(self.ends[i - 1]) if i else 0:int(self.ends[i])]
+        return self.head + self.data[self.ends[i - 1] if i else 0:self.ends[i]]
 
     def lines(self, start: int = 0) -> list[bytes]:
         """Each line (from line ``start`` on) on its own."""
-        head, data = self.head, self.data
-        ends = self.ends.tolist()
+        head, data, ends = self.head, self.data, self.ends
         return [head + data[a:b] for a, b in zip(([0] + ends)[start:-1], ends[start:])]
 
     @classmethod
     def of(cls, lines: list[bytes], head: bytes = b"") -> "CsvBlock":
         """A block of ``lines``, each after ``head``."""
-        return cls(head, b"".join(lines),
-                   np.fromiter(accumulate(map(len, lines)), np.uint64, len(lines)))
+        return cls(head, b"".join(lines), list(accumulate(map(len, lines))))
 
 
 def _address_index(a: np.ndarray, is4: np.ndarray, suffix4: str, suffix6: str):
@@ -423,7 +421,7 @@ def csv_block(batch: FtBatch, prefix: str = "") -> CsvBlock:
     except IndexError:      # records made by hand
         return CsvBlock.of([(prefix + csv_line(r)).encode() for r in batch])
     return CsvBlock(head, "".join(bodies).encode(),     # ASCII: one byte a character
-                    np.fromiter(accumulate(map(len, bodies)), np.uint64, len(bodies)))
+                    list(accumulate(map(len, bodies))))
 
 
 def csv_lines(batch: FtBatch, prefix: str = "") -> list[str]:
@@ -431,6 +429,5 @@ def csv_lines(batch: FtBatch, prefix: str = "") -> list[str]:
     block = csv_block(batch, prefix)
     if not block.data.isascii():        # character offsets are not byte offsets
         return [line.decode() for line in block.lines()]
-    head, text = block.head.decode(), block.data.decode()
-    ends = block.ends.tolist()
+    head, text, ends = block.head.decode(), block.data.decode(), block.ends
     return [head + text[a:b] for a, b in zip([0] + ends[:-1], ends)]

@@ -10,11 +10,9 @@ import time
 import pytest
 
 from nfflowd import flowtools
-from nfflowd.record import FlowBatch
 from nfflowd.io import syslog
 from nfflowd.io.syslog import SyslogFormatter, SyslogSink, parse_address, pri, timestamp
-
-from nfflowd.record import REPLY
+from nfflowd.record import REPLY, FlowBatch
 
 from test_flowtools import EX_BOOT_MS, EX_NOW_NS, EXAMPLE_CSV, example_flows, flow
 
@@ -461,18 +459,20 @@ PINNED = [
 
 
 def pinned_batches():
-    """Every PINNED case's flows, one batch each and all in one, as the
-    flow-tools view made both ways (Flow lists and columns)."""
-    from nfflowd.record import FlowBatch
+    """Every PINNED case's flows, one batch each, all in one, and all eight
+    times over (enough lines to go by sendmmsg), as the flow-tools view made
+    both ways (Flow lists and columns)."""
     everything = [f for _, flows, _ in PINNED for f in flows]
-    for name, flows, lines in PINNED + [("all", everything, [m for c in PINNED for m in c[2]])]:
+    lines = [m for c in PINNED for m in c[2]]
+    for name, flows, expected in PINNED + [("all", everything, lines),
+                                           ("all_x8", everything * 8, lines * 8)]:
         for how in ("flows", "columns"):
             batch = FlowBatch.from_flows(flows)
             if how == "columns":
                 batch = batch.as_columns()
             yield (f"{name}/{how}",
                    flowtools.expand(batch, EX_NOW_NS, EX_BOOT_MS, "172.16.1.1"),
-                   [m.encode() for m in lines])
+                   [m.encode() for m in expected])
 
 
 @pytest.mark.parametrize("name,batch,expected", list(pinned_batches()),
@@ -516,10 +516,13 @@ def test_a_line_too_long_to_send_is_dropped_and_the_rest_goes(tmp_path, over):
         r.bind(("127.0.0.1", 0))
         sink = SyslogSink(f"127.0.0.1:{r.getsockname()[1]}", pid=1, hostname="h")
         big = 70_000                # past a UDP datagram
-    lines = ["a", "b", "x" * big, "c", "x" * big, "d"]
-    sink.send(lines, now=T_EXAMPLE)
-    assert [g.split(b": ", 1)[1] for g in receive_all(r, sink)] == [b"a", b"b", b"c", b"d"]
-    assert sink.sent == 4 and sink.dropped == 2 and sink.send_errors == 2
+    for n in (4, 200):          # a few lines (a send each) and many (sendmmsg)
+        lines = [str(i) for i in range(n)]
+        sink.send(lines[:n // 2] + ["x" * big] + lines[n // 2:-1] + ["x" * big] + lines[-1:],
+                  now=T_EXAMPLE)
+        assert [g.split(b": ", 1)[1] for g in receive_all(r, sink)] == [
+            x.encode() for x in lines]
+    assert sink.sent == 204 and sink.dropped == 4 and sink.send_errors == 4
     assert sink.last_error == "EMSGSIZE" and not sink.backlog
     sink.close()
     r.close()

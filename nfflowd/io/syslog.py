@@ -225,6 +225,9 @@ class Sendmmsg:
     the first datagram of a call (the kernel reports errors only there)."""
 
     MAX = 1024          # UIO_MAXIOV: datagrams per call
+    # Fewer lines than this go one send each: preparing the array costs
+    # about what 50 sends cost in Python (bench/README.md)
+    MIN_RUN = 64
 
     @classmethod
     def create(cls):
@@ -242,39 +245,38 @@ class Sendmmsg:
         fn.restype = ctypes.c_int
         self._fn = fn
         self._get_errno = ctypes.get_errno
+        cast, void_p = ctypes.cast, ctypes.c_void_p
+        # where a bytes object's bytes are (b"" has a terminating NUL there too)
+        self._address = lambda b: cast(b, void_p).value
 
-    @staticmethod
-    def prepare(block: CsvBlock):
+    def prepare(self, block: CsvBlock):
         """The struct mmsghdr array of ``block``'s lines (each a head iovec
-        and a body iovec, or only a body without head), with what it points
-        into, for ``send``."""
+        and a body iovec, or only a body without head) and its address,
+        with what it points into, for ``send``."""
         import numpy as np
         n = len(block)
-        ends = block.ends
+        ends = np.array(block.ends, np.uint64)
         starts = np.zeros(n, np.uint64)
         starts[1:] = ends[:-1]
-        data = np.frombuffer(block.data, np.uint8) if block.data else np.zeros(1, np.uint8)
         per = 2 if block.head else 1
         iov = np.empty((n, per, 2), np.uint64)     # struct iovec: base, len
         if block.head:
-            head = np.frombuffer(block.head, np.uint8)
-            iov[:, 0, 0] = head.ctypes.data
-            iov[:, 0, 1] = len(head)
-        else:
-            head = None
-        iov[:, -1, 0] = starts + np.uint64(data.ctypes.data)
+            iov[:, 0, 0] = self._address(block.head)
+            iov[:, 0, 1] = len(block.head)
+        iov[:, -1, 0] = starts + np.uint64(self._address(block.data))
         iov[:, -1, 1] = ends - starts
         # struct mmsghdr (LP64): name, namelen, iov, iovlen, control,
         # controllen, flags, msg_len: eight 8-byte words
         hdr = np.zeros((n, 8), np.uint64)
-        hdr[:, 2] = np.uint64(iov.ctypes.data) + np.arange(n, dtype=np.uint64) * np.uint64(16 * per)
+        hdr[:, 2] = (np.uint64(iov.__array_interface__["data"][0])
+                     + np.arange(n, dtype=np.uint64) * np.uint64(16 * per))
         hdr[:, 3] = per
-        return hdr, (iov, data, head, block)
+        return hdr.__array_interface__["data"][0], (hdr, iov, block)
 
     def send(self, fd: int, prepared, start: int, stop: int) -> tuple[int, int]:
         """Send the prepared datagrams ``start`` to ``stop`` (excluded): how
         many went, and the errno of the one that did not (0: all went)."""
-        base = prepared[0].ctypes.data
+        base = prepared[0]
         i = start
         while i < stop:
             r = self._fn(fd, base + 64 * i, min(stop - i, self.MAX), 0)
@@ -456,7 +458,10 @@ class SyslogSink:
         block, start = entry[0], entry[1]
         mmsg = self._mmsg
         if mmsg is not None and entry[2] is None:
-            entry[2] = mmsg.prepare(block)
+            if stop - start < mmsg.MIN_RUN:
+                mmsg = None
+            else:
+                entry[2] = mmsg.prepare(block)
         i = start
         sent = 0
         while i < stop:
@@ -490,8 +495,8 @@ class SyslogSink:
         many went, and the errno of the one that did not (0: all went)."""
         send = self._sock.send
         head, data = block.head, block.data
-        ends = block.ends[start:stop].tolist()
-        a = int(block.ends[start - 1]) if start else 0
+        ends = block.ends[start:stop]
+        a = block.ends[start - 1] if start else 0
         for i, b in enumerate(ends):
             try:
                 send(head + data[a:b])
