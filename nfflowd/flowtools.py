@@ -409,9 +409,12 @@ def csv_block(batch: FtBatch, prefix: str = "") -> CsvBlock:
         return CsvBlock.of([], head)
     c = batch.columns
     if c is not None:
+        ints = [getattr(c, name) for name in FtColumns.INTS]
+        if any(v.dtype == object for v in ints):     # values made by hand
+            return CsvBlock.of([(prefix + csv_line(r)).encode() for r in batch])
         src, src_text = _address_index(c.src, c.is4, "", "")
         dst, dst_text = _address_index(c.dst, c.is4, _NH_IN_OUT4, _NH_IN_OUT6)
-        records = zip(src, dst, *(getattr(c, name).tolist() for name in FtColumns.__slots__[4:]))
+        records = zip(src, dst, *(v.tolist() for v in ints))
     else:
         records = batch.records
         src_text = _address_text(map(itemgetter(R_SRCADDR), records), "", "")
