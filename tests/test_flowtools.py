@@ -183,6 +183,11 @@ def test_csv_lines_matches_csv_line_on_varied_records():
     huge = recs.replace(recs.records + [r1[:R_SRCPORT] + (2**64,) + r1[R_SRCPORT + 1:]])
     assert csv_lines(huge) == [csv_line(r) for r in huge]
     assert csv_lines(huge)[-1].split(",")[13] == str(2**64)
+    # columns holding a value a uint64 cannot (objects)
+    odd = expand(FlowBatch.from_flows(flows[:3] + [flows[3]._replace(sport=2**70)]).as_columns(),
+                 10**18 + 12345, 10**12 - 1, "192.0.2.254")
+    assert csv_lines(odd) == [csv_line(r) for r in odd]
+    assert any(line.split(",")[13] == str(2**70) for line in csv_lines(odd))
     # a prefix not in ASCII, both ways
     assert csv_lines(huge, "ü: ") == ["ü: " + csv_line(r) for r in huge]
     assert csv_lines(cols, "ü: ") == ["ü: " + csv_line(r) for r in cols]
