@@ -71,8 +71,8 @@ _IDX_BITS = 22                      # packets per chunk < 4M: index in the sort 
 _IDX_MASK = (1 << _IDX_BITS) - 1
 _QQ = struct.Struct("<QQ").unpack
 _new = tuple.__new__
-_M1 = np.uint64(0x9E3779B97F4A7C15)
-_M2 = np.uint64(0xC2B2AE3D27D4EB4F)
+# the multipliers of the flow key hash that groups a chunk's packets
+KEY_HASH = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F)
 
 
 def _view(buf, dtype, skip):
@@ -118,7 +118,8 @@ class ChunkMeter:
     """Meters ``RecordChunk``s into ``table`` as ``meter_file`` would with
     ``batch_size`` frames per batch and ``table.expire(last)`` after each."""
 
-    def __init__(self, table, parser, batch_size: int):
+    def __init__(self, table, parser, batch_size: int, key_hash=KEY_HASH):
+        self.m1, self.m2 = (np.uint64(m) for m in key_hash)
         self.table = table
         self.parser = parser
         self.bs = int(batch_size)
@@ -288,7 +289,7 @@ class ChunkMeter:
         pts = ts if len(pidx) == n else ts[pidx]
         # -- group by key -------------------------------------------------
         if m:
-            h = (k0 * _M1) ^ (k1 * _M2)
+            h = (k0 * self.m1) ^ (k1 * self.m2)
             sv = (h & ~np.uint64(_IDX_MASK)) | np.arange(m, dtype=np.uint64)
             sv.sort()
             srt = (sv & np.uint64(_IDX_MASK)).view(np.int64)
@@ -398,7 +399,7 @@ class ChunkMeter:
             table.add(*zip(*created))
         table.flows_created += len(created)
         table.packets += m + len(v6)
-        table.octets += int(oc.sum(dtype=np.int64)) + sum(x[2] for x in v6)
+        table.octets += int(oc.sum(dtype=np.int64)) + sum(o for _i, _k, o, _f, _t in v6)
         # -- replay, in file order, in a side table -------------------------
         if replay or v6:
             rp = []
@@ -410,7 +411,7 @@ class ChunkMeter:
                 rp.extend(zip(pidx[sel].tolist(), [key] * (s1 - s0), oc[sel].tolist(),
                               fl[sel].tolist(), tos[sel].tolist()))
             rp.extend(v6)
-            rp.sort(key=lambda r: r[0])
+            rp.sort(key=lambda r: r[0])                  # file order
             self._replay(rp, ts, g0)
         return True
 
@@ -445,7 +446,7 @@ class ChunkMeter:
         rk0 = (gk0 >> u(32)) | (gk0 << u(32))
         rk1 = ((gk1 & ~u(0xFFFFFFFF)) | ((gk1 & u(0xFFFF)) << u(16))
                | ((gk1 >> u(16)) & u(0xFFFF)))
-        rh = (rk0 * _M1) ^ (rk1 * _M2)
+        rh = (rk0 * self.m1) ^ (rk1 * self.m2)
         rh >>= u(_IDX_BITS)
         ri = np.minimum(np.searchsorted(gh, rh), G - 1)
         match = tcp & (gh[ri] == rh) & (gk0[ri] == rk0) & (gk1[ri] == rk1)
@@ -733,7 +734,7 @@ class ChunkMeter:
         their reverse ones), with the expire calls of every batch boundary,
         then give it back to the table."""
         table = self.table
-        side = table.split([r[1] for r in rp])
+        side = table.split([key for _i, key, _o, _f, _t in rp])
         bs = self.bs
         nb = (g0 // bs + 1) * bs - 1                 # next batch boundary (frame index)
         account = side.account

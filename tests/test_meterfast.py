@@ -284,6 +284,25 @@ def test_generated_tcp_conversations(conv, batch, chunk, fin, rst):
          tcp_fin_timeout=fin, tcp_rst_timeout=rst)
 
 
+def chunked(data, table, chunks, slack=True):
+    """meter_file's loop over a capture's chunks with the ChunkMeter
+    ``chunks``: (records, how many chunks it refused)."""
+    got = []
+    refused = 0
+    for ch in CaptureReader(data).record_chunks(1 << 20):
+        if not slack:
+            ch.buf = ch.room = bytes(ch.buf)
+        if not chunks.meter(ch, got.extend):       # batch by batch, as meter_file does
+            refused += 1
+            for batch, boundary in chunks.batches(ch):
+                table.meter_frames(batch, chunks.parser)
+                if boundary:
+                    got += table.expire(batch[-1][0])
+    if chunks.frames % 4096 and chunks.last_ts is not None:
+        got += table.expire(chunks.last_ts)
+    return got + table.flush_all(), refused
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(recs=records)
 def test_chunks_without_slack_after_the_buffer(recs):
@@ -293,19 +312,7 @@ def test_chunks_without_slack_after_the_buffer(recs):
     data = capture(recs)
     want, _ = per_packet(data, FlowTable(inactive_timeout=4, active_timeout=10), 4096)
     table = FlowTable(inactive_timeout=4, active_timeout=10)
-    parser = PacketParser()
-    cm = ChunkMeter(table, parser, 4096)
-    got = []
-    for ch in CaptureReader(data).record_chunks(1 << 20):
-        ch.buf = ch.room = bytes(ch.buf)
-        if not cm.meter(ch, got.extend):           # batch by batch, as meter_file does
-            for batch, boundary in cm.batches(ch):
-                table.meter_frames(batch, parser)
-                if boundary:
-                    got += table.expire(batch[-1][0])
-    if cm.frames % 4096 and cm.last_ts is not None:
-        got += table.expire(cm.last_ts)
-    got += table.flush_all()
+    got, _refused = chunked(data, table, ChunkMeter(table, PacketParser(), 4096), slack=False)
     assert sorted(got) == sorted(want)
 
 
@@ -327,14 +334,20 @@ def test_bench_generator_capture(tmp_path, kw):
     same(path, 4096, 1 << 20, **kw)
 
 
-def test_hash_collision_falls_back_to_the_per_packet_path(monkeypatch):
+def test_hash_collision_falls_back_to_the_per_packet_path():
     """Flow keys are grouped by a hash; two keys with one hash send the chunk
-    through the per-packet path (here every key has hash 0)."""
-    from nfflowd import meterfast
-    monkeypatch.setattr(meterfast, "_M1", np.uint64(0))
-    monkeypatch.setattr(meterfast, "_M2", np.uint64(0))
-    flows = same(PCAPS / "tls.pcap", inactive_timeout=1)
-    assert len({(f.src, f.sport) for f in flows}) > 1
+    through the per-packet path (here every key has hash 0); with the real
+    hash the chunk is vectorised."""
+    from nfflowd.meterfast import ChunkMeter
+    data = (PCAPS / "http.pcap").read_bytes()
+    want, _ = per_packet(data, FlowTable(inactive_timeout=1))
+    table = FlowTable(inactive_timeout=1)
+    got, refused = chunked(data, table, ChunkMeter(table, PacketParser(), 4096, key_hash=(0, 0)))
+    assert refused == 1 and sorted(got) == sorted(want)
+    assert len({(f.src, f.sport) for f in got}) > 1
+    table = FlowTable(inactive_timeout=1)
+    got, refused = chunked(data, table, ChunkMeter(table, PacketParser(), 4096))
+    assert refused == 0 and sorted(got) == sorted(want)
 
 
 def test_pcapng_goes_batch_by_batch():
