@@ -219,8 +219,8 @@ def _main(argv: list[str] | None, default_config: str) -> int:
 # -- meter ---------------------------------------------------------------------
 def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser,
                   optional: bool = False) -> int:
-    """``nfflowd meter``: argument and configuration checks, then ``meter``
-    (-r) or ``meter_interface`` (-i).  ``optional``: ``config_path`` is the
+    """``nfflowd meter``: argument and configuration checks, then
+    ``app.meters.run_file`` (-r) or ``run_interface`` (-i).  ``optional``: ``config_path`` is the
     default one, not named by ``-c``: if it does not exist, the built-in
     defaults apply (said on standard error)."""
     if opts.read is None and opts.interface is None:

@@ -1,8 +1,9 @@
 """The pcap meter's vectorised path: a chunk of records at a time, with numpy.
 
-Strategy: ``FlowTable.update`` costs a dictionary lookup and a dozen bytecodes
-per packet; a capture file has millions.  Here a chunk of a classic pcap file
-(``pcapfile.RecordChunk``: one buffer, the record offsets) is metered whole:
+Strategy: ``FlowTable.meter_frames`` costs a dictionary lookup and a dozen
+bytecodes per packet; a capture file has millions.  Here a chunk of a classic
+pcap file (``pcapfile.RecordChunk``: one buffer, the record offsets) is
+metered whole, through the table's batch interface (``nfflowd.meter``):
 
 1. parse: the header fields of the common case (Ethernet, at most one 802.1Q
    tag, IPv4 without options, not a fragment, a complete TCP or UDP header)
@@ -19,32 +20,32 @@ per packet; a capture file has millions.  Here a chunk of a classic pcap file
      or in their reverse) with no gap as long as the idle timeout, and TCP
      pairs (both directions new, or the reverse with no flow at all) with no
      gap as long as the shortest FIN/RST timeout, the reverse alive whenever
-     a FIN/RST reaches it.  Their end of connection is computed as
-     ``FlowTable._tcp_end`` does it.  The flows whose deadline falls at or
-     before the chunk's last batch boundary become ``Flow`` records at once
-     (``_records``); only the others enter the table and its heap;
+     a FIN/RST reaches it, their end of connection computed as the table
+     does.  The flows whose deadline falls at or before the chunk's last
+     batch boundary become records at once, a ``FlowBatch`` block
+     (``_records``); only the others enter the table (``add``);
    - in Python, one flow (or FIN/RST pair, ``_pairs``) at a time: flows that
      continue an entry of the table, under the same conditions, walking only
      the FIN/RST packets;
    - the rest (long gaps, timeouts inside the chunk, a stale reverse flow, a
      reverse entry, IPv6) is replayed packet by packet, in file order, in a
-     side table (``FlowTable._sibling``) that also gets the ``expire`` calls
-     ``meter_file`` makes after every ``batch_size`` frames: what a TCP end
-     does to the reverse flow depends on whether that one was already
-     expired.  Then it goes back to the table.
+     side table (``FlowTable.split``) that also gets the ``expire`` calls of
+     every ``batch_size`` frames: what a TCP end does to the reverse flow
+     depends on whether that one was already expired.  Then it goes back
+     (``merge``).
 
    The tiers never share a flow or a reverse pair, so their order does not
    matter; flows that ended inside the chunk would only have been expired
-   earlier by the per-packet path, with the same contents and end reason.
+   earlier by the per-packet path, with the same contents and end reason
+   (``meter.end_reason`` decides it for both).
 
-The whole chunk goes through the per-packet path (``FlowTable.meter_frames``
-and ``expire`` per batch, exactly as ``meter_file`` did before, each batch's
-records to the sink at once) when its timestamps go backwards or when the
-table could fill up inside it (eviction order depends on everything before
-it); a chunk with more flows than the table may hold is sent there before a
-Python object is made per flow.  So the records held at once are a batch's,
-or on the vectorised path no more than the table holds.  The cyclic garbage collector is
-off while a chunk is metered (it would walk the new records again and again).
+``meter`` refuses a chunk (the caller meters it batch by batch, ``batches``)
+when its timestamps go backwards or when the table could fill up inside it
+(eviction order depends on everything before it); a chunk with more flows
+than the table may hold is refused before a Python object is made per flow.
+So the records held at once are a batch's, or on the vectorised path no more
+than the table holds.  The cyclic garbage collector is off while a chunk is
+metered (it would walk the new entries again and again).
 tests/test_meterfast.py checks the records and counters against the
 per-packet path for every sample capture and for hypothesis-made captures.
 """
@@ -63,14 +64,13 @@ from operator import is_not
 from nfflowd.meter import (CLOSING, FIN, FLAGS, IDLE, LAST, OCTETS, PKTS, START, STATE, TOS,
                            end_reason, flow_record)
 from nfflowd.packet import KEY_PROTO, flow_key, reverse_flow_key
-from nfflowd.record import ORIGINAL, Flow
+from nfflowd.record import ORIGINAL, FlowBatch, FlowBatchBuilder
 
 __all__ = ["ChunkMeter"]
 
 _IDX_BITS = 22                      # packets per chunk < 4M: index in the sort word
 _IDX_MASK = (1 << _IDX_BITS) - 1
 _QQ = struct.Struct("<QQ").unpack
-_new = tuple.__new__
 # the multipliers of the flow key hash that groups a chunk's packets
 KEY_HASH = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F)
 
@@ -125,26 +125,26 @@ class ChunkMeter:
         self.bs = int(batch_size)
         self.frames = 0                 # frames before the current chunk
         self.last_ts = None
-        self.bulk: list = []            # records made by _vector, not yet returned
+        self.bulk: list = []            # FlowBatch blocks made by _vector, not yet out
 
     # ------------------------------------------------------------------
-    def meter(self, chunk, sink) -> bool:
+    def meter(self, chunk, out: FlowBatchBuilder) -> bool:
         """Meter one chunk, or return False when it must go batch by batch
-        (``batches``).  ``sink(records)`` gets, once, what ``table.expire``
-        would have returned at the batch boundaries inside it: flows that
-        ended earlier wait in the table until the last one, and the records
-        made at once come with them."""
+        (``batches``).  ``out`` gets what ``table.expire`` would have
+        returned at the batch boundaries inside it, as of the last one:
+        flows that ended earlier wait in the table until then, and the
+        records made at once (blocks of columns) come first."""
         # the chunk allocates some 100k lists and tuples that all live on:
         # the cyclic collector would walk them again and again for nothing
         enabled = gc.isenabled()
         gc.disable()
         try:
-            return self._meter(chunk, sink)
+            return self._meter(chunk, out)
         finally:
             if enabled:
                 gc.enable()
 
-    def _meter(self, chunk, sink) -> bool:
+    def _meter(self, chunk, out: FlowBatchBuilder) -> bool:
         ts, cap, orig = chunk.fields()
         n = len(ts)
         if n == 0:
@@ -154,12 +154,11 @@ class ChunkMeter:
         if not (mono and n <= _IDX_MASK and self._fast(chunk, ts, cap, orig, g0)):
             return False
         last_b = (g0 + n) // self.bs * self.bs - 1
-        done = self._expire(int(ts[last_b - g0])) if last_b >= g0 else []
-        if self.bulk:
-            done = self.bulk + done
-            self.bulk = []
-        if done:
-            sink(done)
+        for block in self.bulk:
+            out.add_block(block)
+        self.bulk = []
+        if last_b >= g0:
+            self._expire(int(ts[last_b - g0]), out)
         self.frames = g0 + n
         self.last_ts = int(ts[-1])
         return True
@@ -423,7 +422,7 @@ class ChunkMeter:
         directions both start here (or whose reverse has no flow at all),
         with no gap as long as the shortest of the FIN/RST timeouts, the
         reverse alive whenever a FIN/RST reaches it.  Their end of
-        connection follows ``FlowTable._tcp_end``: a RST closes its flow and
+        connection follows the table's TCP end (``nfflowd.meter``): a RST closes its flow and
         the reverse if that one has started, FINs both ways close both; the
         idle timeout is the smallest that applied.  Those whose deadline is
         at or before ``bound`` (the expire after the chunk) become records
@@ -526,31 +525,38 @@ class ChunkMeter:
         idx = np.flatnonzero(now)
         if len(idx):
             reason = end_reason(t1[idx], tl[idx], idle[idx], state[idx], active)
-            self.bulk += self._records(kb[idx], cnt[idx], soc[idx], t1[idx], tl[idx], reason,
-                                       tos1[idx], sfl[idx])
+            self.bulk.append(self._records(kb[idx], cnt[idx], soc[idx], t1[idx], tl[idx],
+                                           reason, tos1[idx], sfl[idx]))
         return vec
 
-    def _records(self, kb, pkts, octets, start, last, reason, tos, flags) -> list:
-        """``flow_record`` for many IPv4 flows at once (keys as an (n, 2)
-        uint64 array, the rest as arrays), counted as ``expire`` counts."""
+    def _records(self, kb, pkts, octets, start, last, reason, tos, flags) -> FlowBatch:
+        """``flow_record`` for many IPv4 flows at once, as a block of columns
+        (keys as an (n, 2) uint64 array, the rest as arrays), counted as
+        ``expire`` counts."""
         n = len(kb)
+        u = np.uint64
         b = kb.view(np.uint8).reshape(n, 16)
-        src = np.ascontiguousarray(b[:, 0:4]).view("V4").ravel().tolist()
-        dst = np.ascontiguousarray(b[:, 4:8]).view("V4").ravel().tolist()
-        b = b.astype(np.int64)
-        sport = ((b[:, 8] << 8) | b[:, 9]).tolist()
-        dport = ((b[:, 10] << 8) | b[:, 11]).tolist()
-        vlan = (((b[:, 14] << 8) | b[:, 15]) & 0xFFF).tolist()
-        recs = list(map(_new, repeat(Flow), zip(
-            repeat(4), b[:, 12].tolist(), src, dst, sport, dport, src, dst, sport, dport,
-            pkts.tolist(), octets.tolist(), (start // 1_000_000).tolist(),
-            (np.maximum(last, start) // 1_000_000).tolist(), repeat(ORIGINAL),
-            reason.tolist(), tos.tolist(), flags.tolist(), repeat(0), vlan)))
+        src = np.zeros((n, 16), np.uint8)
+        src[:, :4] = b[:, 0:4]
+        dst = np.zeros((n, 16), np.uint8)
+        dst[:, :4] = b[:, 4:8]
+        w = b.astype(u)
+        sport = (w[:, 8] << u(8)) | w[:, 9]
+        dport = (w[:, 10] << u(8)) | w[:, 11]
+        zero = np.zeros(n, u)
         self.table.count_reasons(dict(enumerate(np.bincount(reason).tolist())))
-        return recs
+        return FlowBatch.from_columns(
+            family=np.full(n, 4, u), proto=w[:, 12].copy(), src=src, dst=dst, sport=sport,
+            dport=dport, post_src=src, post_dst=dst, post_sport=sport, post_dport=dport,
+            packets=pkts.astype(u), octets=octets.astype(u),
+            start_ms=(start // 1_000_000).astype(u),
+            end_ms=(np.maximum(last, start) // 1_000_000).astype(u),
+            direction=np.full(n, ORIGINAL, u), end_reason=reason.astype(u), tos=tos.astype(u),
+            tcp_flags=flags.astype(u), conn_id=zero,
+            vlan=((w[:, 14] << u(8)) | w[:, 15]) & u(0xFFF))
 
-    def _expire(self, now: int) -> list:
-        """``table.expire(now)``, the IPv4 records made at once."""
+    def _expire(self, now: int, out: FlowBatchBuilder) -> None:
+        """``table.expire(now)`` into ``out``, the IPv4 records made at once."""
         table = self.table
         active = table.active_ns
         k4 = []
@@ -563,17 +569,18 @@ class ChunkMeter:
             else:
                 other.append(flow_record(key, e, end_reason(e[START], e[LAST], e[IDLE],
                                                             e[STATE], active)))
-        out = table.take_pending()
-        out += other
-        if out:
-            table.count(out)
+        done = table.take_pending()
+        done += other
+        if done:
+            table.count(done)
+            out.extend(done)
         if k4:
             kb = np.frombuffer(b"".join(k4), "<u8").reshape(len(k4), 2)
             c = [np.array(x, np.int64) for x in zip(*e4)]
             start, last, idle = c[START], c[LAST], c[IDLE]
             reason = end_reason(start, last, idle, c[STATE], active)
-            out += self._records(kb, c[PKTS], c[OCTETS], start, last, reason, c[TOS], c[FLAGS])
-        return out
+            out.add_block(self._records(kb, c[PKTS], c[OCTETS], start, last, reason, c[TOS],
+                                        c[FLAGS]))
 
     def _pairs(self, keys, ents, evg, starts, ends, srt, pidx, st, fl, cnt, soc, sfl, mgap,
                t1, tl, tos1):
@@ -583,7 +590,7 @@ class ChunkMeter:
         packet even if a closing shortened its idle timeout) or starts one,
         with no gap as long as the shortest idle timeout and no active
         timeout; then only its FIN/RST packets are walked, in file order, as
-        ``FlowTable._tcp_end`` would, checking that the reverse flow each one
+        the table's TCP end would, checking that the reverse flow each one
         reaches is alive then.  Returns (keys to replay, keys done)."""
         table = self.table
         get = table.get

@@ -583,22 +583,26 @@ def test_pipeline_record_clock_for_a_capture_file():
     (``app.meters.Exporter`` for a capture file) passes the capture's clock."""
     from nfflowd.app.meters import Exporter
     from nfflowd.meter import FlowTable
+    from nfflowd.record import FlowBatch
+
+    def sink(*flows):                               # what the meter hands its sink
+        exporter(FlowBatch.from_flows(list(flows)))
     rx = _Socket(vlan=True)
     cfg = config.parse({"export": {"collectors": [
         {"host": "127.0.0.1", "port": rx.port, "version": 10, "biflow": True}]},
         "syslog": {"enabled": False}})
-    sink = Exporter(cfg, False, None, FlowTable(inactive_timeout=30), record_clock=True)
-    pl = sink.pipeline
+    exporter = Exporter(cfg, False, None, FlowTable(inactive_timeout=30), record_clock=True)
+    pl = exporter.pipeline
     pl.open()
     try:
-        sink([Q])
-        sink([])                                    # time passes on the wall clock only
+        sink(Q)
+        sink()                                      # time passes on the wall clock only
         assert rx.records() == []
         other = meter_flow("198.51.100.9", "203.0.113.9", 1, 2, start=Q.end_ms + 29_000)
-        sink([other])                               # records' clock: Q.end + 29 s
+        sink(other)                                 # records' clock: Q.end + 29 s
         assert rx.records() == []
         later = meter_flow("198.51.100.9", "203.0.113.9", 3, 4, start=Q.end_ms + 30_000)
-        sink([later])                               # Q.end + 30 s: Q's hold is over
+        sink(later)                                 # Q.end + 30 s: Q's hold is over
         got = rx.records()
         assert [x["sourceTransportPort"] for x in got] == [40000]
     finally:

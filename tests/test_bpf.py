@@ -27,6 +27,12 @@ needs_tcpdump = pytest.mark.skipif(shutil.which("tcpdump") is None,
                                    reason="needs tcpdump (Debian: tcpdump)")
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark")
 
+
+def collect(got: list):
+    """A ``meter_file`` sink that keeps the records, as ``Flow`` tuples, in ``got``."""
+    return lambda batch: got.extend(batch.flows())
+
+
 EXPRESSIONS = ["udp", "tcp", "tcp port 80", "udp port 53", "not ip", "ip6",
                "greater 200", "tcp[tcpflags] & (tcp-syn|tcp-fin) != 0",
                "vlan and udp", "host 192.168.170.8", "net 10.0.0.0/8 or port 5060", "arp"]
@@ -163,7 +169,7 @@ def test_metering_with_a_filter_equals_metering_tcpdumps_filtered_copy(tmp_path,
     assert r.returncode == 0, r.stderr
     want = meter_file(str(copy), FlowTable())
     got = []
-    stats = meter_file(str(src), FlowTable(), got.extend, bpf=Filter(expr))
+    stats = meter_file(str(src), FlowTable(), collect(got), bpf=Filter(expr))
     assert want.flows and flows_of(got) == flows_of(want.flows)
     assert stats.frames == want.frames == tcpdump_count(src, expr)
     assert stats.filtered == tcpdump_count(src, "") - stats.frames
@@ -172,13 +178,13 @@ def test_metering_with_a_filter_equals_metering_tcpdumps_filtered_copy(tmp_path,
 
 def test_count_limits_the_frames_metered():
     got = []
-    stats = meter_file(str(PCAPS / "ntp.pcap"), FlowTable(), got.extend, count=7)
+    stats = meter_file(str(PCAPS / "ntp.pcap"), FlowTable(), collect(got), count=7)
     assert stats.count_reached and stats.frames == 7
     assert sum(f.packets for f in got) == 7
     # with a filter: the first 3 frames that pass; frames after them are not counted
     got = []
-    stats = meter_file(str(PCAPS / "sip.pcap"), FlowTable(), got.extend,
-                         bpf=Filter("udp"), count=30)
+    stats = meter_file(str(PCAPS / "sip.pcap"), FlowTable(), collect(got),
+                       bpf=Filter("udp"), count=30)
     assert stats.frames == 30 and sum(f.packets for f in got) == 30
     frames = [fr for b in CaptureReader(str(PCAPS / "sip.pcap")).batches() for fr in b]
     udp = Filter("udp")

@@ -27,11 +27,17 @@ from nfflowd.io import pcapfile
 from nfflowd.app.meters import meter_file
 from nfflowd.meter import FlowTable
 from nfflowd.packet import PacketParser
+from nfflowd.record import FlowBatchBuilder
 from nfflowd.io.pcapfile import CaptureError, CaptureReader
 
 PCAPS = Path(__file__).resolve().parent / "data" / "pcaps"
 CAPTURES = sorted(glob.glob(str(PCAPS / "*.pcap")))
 S = 1_000_000_000
+
+
+def collect(got: list):
+    """A ``meter_file`` sink that keeps the records, as ``Flow`` tuples, in ``got``."""
+    return lambda batch: got.extend(batch.flows())
 
 
 def per_packet(source, table, batch_size=4096):
@@ -61,7 +67,7 @@ def per_packet(source, table, batch_size=4096):
 
 def vectorised(source, table, batch_size=4096, chunk_size=1 << 25):
     got = []
-    s = meter_file(source, table, sink=got.extend, batch_size=batch_size, chunk_size=chunk_size)
+    s = meter_file(source, table, sink=collect(got), batch_size=batch_size, chunk_size=chunk_size)
     return got, (s.frames, s.ip_packets, s.octets, s.skipped, s.fragments, s.truncated,
                  s.length_mismatch, s.snapped, s.flows_exported, s.evicted, s.end_reasons,
                  s.first_ns, s.last_ns, str(s.error) if s.error else None)
@@ -287,12 +293,13 @@ def test_generated_tcp_conversations(conv, batch, chunk, fin, rst):
 def chunked(data, table, chunks, slack=True):
     """meter_file's loop over a capture's chunks with the ChunkMeter
     ``chunks``: (records, how many chunks it refused)."""
+    out = FlowBatchBuilder()
     got = []
     refused = 0
     for ch in CaptureReader(data).record_chunks(1 << 20):
         if not slack:
             ch.buf = ch.room = bytes(ch.buf)
-        if not chunks.meter(ch, got.extend):       # batch by batch, as meter_file does
+        if not chunks.meter(ch, out):               # batch by batch, as meter_file does
             refused += 1
             for batch, boundary in chunks.batches(ch):
                 table.meter_frames(batch, chunks.parser)
@@ -300,7 +307,7 @@ def chunked(data, table, chunks, slack=True):
                     got += table.expire(batch[-1][0])
     if chunks.frames % 4096 and chunks.last_ts is not None:
         got += table.expire(chunks.last_ts)
-    return got + table.flush_all(), refused
+    return out.batch().flows() + got + table.flush_all(), refused
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))

@@ -4,7 +4,9 @@ Strategy: the flow table (``nfflowd.meter``) is fed by one loop per kind of
 source, here: ``meter_file`` for capture files and ``meter_live`` for an
 interface's ring (``nfflowd.io.capture``).  Both meter a batch of frames,
 expire the flows due, and hand each list of ended flows to a sink; both fill
-one ``MeterStats``.  A classic pcap file without a filter, a count or a
+one ``MeterStats``.  Ended flows are gathered in a
+``record.FlowBatchBuilder`` (``Flow`` records from the table, blocks of
+columns from the chunk path) and go to the sink as one ``FlowBatch``.  A classic pcap file without a filter, a count or a
 progress line goes a chunk at a time through ``nfflowd.meterfast`` (numpy),
 whose records and counters are those of the batch-by-batch loop
 (tests/test_meterfast.py); a chunk it cannot take is metered batch by batch
@@ -27,6 +29,7 @@ from nfflowd.app.config import Config
 from nfflowd.errors import NfflowdError
 from nfflowd.io.pcapfile import CaptureError, CaptureReader
 from nfflowd.packet import PacketParser
+from nfflowd.record import FlowBatch, FlowBatchBuilder
 
 try:
     from nfflowd.meterfast import ChunkMeter
@@ -116,7 +119,7 @@ class _Run:
         self.table = table
         self.parser = PacketParser()
         self.stats = MeterStats(source=source)
-        self.sink = sink if sink is not None else self.stats.flows.extend
+        self.sink = sink if sink is not None else self._keep
         self._base = (table.packets, table.octets, table.flows_exported, table.evicted,
                       dict(table.end_reasons))
 
@@ -132,15 +135,22 @@ class _Run:
         if expire_at is not None:
             self.expire(expire_at)
 
+    def _keep(self, batch: FlowBatch) -> None:
+        self.stats.flows.extend(batch.flows())
+
+    def emit(self, out: FlowBatchBuilder) -> None:
+        if out:
+            self.sink(out.batch())
+
     def expire(self, now_ns: int) -> None:
-        done = self.table.expire(now_ns)
-        if done:
-            self.sink(done)
+        out = FlowBatchBuilder()
+        out.extend(self.table.expire(now_ns))
+        self.emit(out)
 
     def flush(self, now_ns: int) -> None:
-        done = self.table.flush_all(now_ns)
-        if done:
-            self.sink(done)
+        out = FlowBatchBuilder()
+        out.extend(self.table.flush_all(now_ns))
+        self.emit(out)
 
     def update(self) -> MeterStats:
         s, t, p = self.stats, self.table, self.parser
@@ -164,14 +174,14 @@ def _name(source) -> str:
             else type(source).__name__)
 
 
-def meter_file(source, table, sink: Callable[[list], None] | None = None, bpf=None,
+def meter_file(source, table, sink: Callable[[FlowBatch], None] | None = None, bpf=None,
                count: int | None = None,
                progress: Callable[[MeterStats], None] | None = None,
                batch_size: int = 4096, chunk_size: int | None = None) -> MeterStats:
     """Meter the capture file ``source`` (path, binary file object or bytes)
     through ``table``, with the packets' own time.  Ended flows go to
-    ``sink`` (called with each list of records) or, without one, to
-    ``stats.flows``.  Batches of ``batch_size`` frames, each followed by
+    ``sink`` (called with a ``FlowBatch`` of them at a time) or, without
+    one, to ``stats.flows`` (``Flow`` records).  Batches of ``batch_size`` frames, each followed by
     ``expire(its last time)``; at the end, and after a capture error (kept in
     ``stats.error``), every flow is flushed.  ``bpf`` (a ``bpf.Filter``)
     keeps the frames that pass and counts the others; ``count`` stops after
@@ -224,10 +234,12 @@ def meter_file(source, table, sink: Callable[[list], None] | None = None, bpf=No
 def _meter_chunk(run: _Run, chunks, chunk) -> None:
     """A chunk vectorised, or else batch by batch as the reader would have
     cut it, each batch boundary followed by its expire."""
-    if not chunks.meter(chunk, run.sink):
+    out = FlowBatchBuilder()
+    if not chunks.meter(chunk, out):
         for batch, boundary in chunks.batches(chunk):
             run.frames(batch, batch[-1][0] if boundary else None)
         return
+    run.emit(out)
     stats = run.stats
     if stats.first_ns is None:
         stats.first_ns = int(chunk.first_ts())
@@ -235,7 +247,8 @@ def _meter_chunk(run: _Run, chunks, chunk) -> None:
     stats.last_ns = chunks.last_ts
 
 
-def meter_live(capture, table, sink: Callable[[list], None], count: int | None = None,
+def meter_live(capture, table, sink: Callable[[FlowBatch], None],
+               count: int | None = None,
                stop: Callable[[], bool] = lambda: False, wake_fds=(),
                on_wake: Callable[[MeterStats], None] | None = None,
                tick: Callable[[int], None] | None = None, tick_interval: float = 1.0,
@@ -303,8 +316,8 @@ END_NAMES = {1: "idle timeout", 2: "active timeout", 3: "end of flow", 4: "end o
 
 
 class Exporter:
-    """The sink of a meter run: each batch of ended flows to the pipeline
-    (and, with ``print_csv``, its flow-tools CSV lines to ``out``)."""
+    """The sink of a meter run: each ``FlowBatch`` of ended flows to the
+    pipeline (and, with ``print_csv``, its flow-tools CSV lines to ``out``)."""
 
     def __init__(self, cfg: Config, print_csv: bool, out, table=None,
                  record_clock: bool = False):
@@ -321,7 +334,7 @@ class Exporter:
         self.record_clock = record_clock
         self._now_ms = 0
 
-    def clock(self, flows) -> tuple[int, int]:
+    def clock(self, batch) -> tuple[int, int]:
         """(now_ns, uptime_ms) for a batch.  Live: this machine's.  A capture
         file: the capture's own time, so that v5 and flow-tools times (kept
         as milliseconds since boot) can carry flows older than this machine's
@@ -332,20 +345,18 @@ class Exporter:
         if not self.record_clock:
             from nfflowd.app.daemon import uptime_ms
             return time.time_ns(), uptime_ms()
-        if flows:
-            self._now_ms = max(self._now_ms, max(f.end_ms for f in flows))
-            start = min(f.start_ms for f in flows)
+        if len(batch):
+            self._now_ms = max(self._now_ms, int(batch.end_ms.max()))
+            start = int(batch.start_ms.min())
         else:
             start = self._now_ms
         return self._now_ms * 1_000_000, self._now_ms - start + 1000
 
-    def __call__(self, flows) -> None:
+    def __call__(self, batch: FlowBatch) -> None:
         from nfflowd.flowtools import csv_lines
-        from nfflowd.record import FlowBatch
-        now_ns, up_ms = self.clock(flows)
-        ft = self.pipeline.export(FlowBatch.from_flows(flows), [], now_ns, up_ms,
-                                  flowtools=self.print_csv)
-        self.exported += len(flows)
+        now_ns, up_ms = self.clock(batch)
+        ft = self.pipeline.export(batch, [], now_ns, up_ms, flowtools=self.print_csv)
+        self.exported += len(batch)
         self.pipeline.tick(now_ns)
         if self.print_csv and ft is not None and len(ft):
             self.out.write("\n".join(csv_lines(ft)) + "\n")
