@@ -220,9 +220,9 @@ def _main(argv: list[str] | None, default_config: str) -> int:
 def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser,
                   optional: bool = False) -> int:
     """``nfflowd meter``: argument and configuration checks, then
-    ``app.meters.run_file`` (-r) or ``run_interface`` (-i).  ``optional``: ``config_path`` is the
-    default one, not named by ``-c``: if it does not exist, the built-in
-    defaults apply (said on standard error)."""
+    ``app.meters.run_file`` (-r) or ``run_interface`` (-i).  ``optional``:
+    ``config_path`` is the default one, not named by ``-c``: if it does not
+    exist, the built-in defaults apply (said on standard error)."""
     if opts.read is None and opts.interface is None:
         mparser.print_usage(sys.stderr)
         err("meter: -r FILE or -i IFACE is required")
@@ -269,9 +269,9 @@ def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser,
     progress = sys.stderr.isatty()
     from nfflowd.app.meters import run_file, run_interface
     if opts.interface is not None:
-        return _meter_status(run_interface(cfg, opts.interface, table, err, bpf=bpf,
-                                           count=count, snaplen=pick(opts.snaplen, m.snaplen),
-                                           print_csv=opts.print_csv, progress=progress))
+        return EXIT_STATUS[run_interface(cfg, opts.interface, table, bpf=bpf, count=count,
+                                         snaplen=pick(opts.snaplen, m.snaplen),
+                                         print_csv=opts.print_csv, progress=progress)]
     filt = None
     if bpf is not None:
         from nfflowd.io.bpf import Filter, FilterError
@@ -281,15 +281,8 @@ def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser,
         except FilterError as e:
             err(f"meter --bpf: {e}")
             return EXIT_CONFIG
-    return _meter_status(run_file(cfg, opts.read, table, err, print_csv=opts.print_csv,
-                                  bpf=filt, count=count, progress=progress))
-
-
-def _meter_status(outcome) -> int:
-    """The exit status of a meter run: 1 when the capture could not be read
-    whole or opened, or encoders refused records; 2 for a bad filter."""
-    from nfflowd.app.meters import Outcome
-    return {Outcome.OK: EXIT_OK, Outcome.BAD_FILTER: EXIT_CONFIG}.get(outcome, EXIT_FAILURE)
+    return EXIT_STATUS[run_file(cfg, opts.read, table, print_csv=opts.print_csv, bpf=filt,
+                                count=count, progress=progress)]
 
 
 if __name__ == "__main__":  # pragma: no cover

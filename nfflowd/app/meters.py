@@ -11,13 +11,12 @@ progress line goes a chunk at a time through ``nfflowd.meterfast`` (numpy),
 whose records and counters are those of the batch-by-batch loop
 (tests/test_meterfast.py); a chunk it cannot take is metered batch by batch
 here.  ``run_file`` and ``run_interface`` are the command's runs: the sink
-that exports through a ``Pipeline``, the progress line and the reports; they
-return an ``Outcome`` the command line maps to its exit status.
+that exports through a ``Pipeline``, the progress line and the reports on
+standard error; they return a ``service.Status``.
 """
 
 from __future__ import annotations
 
-import enum
 import os
 import select
 import sys
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from nfflowd.app.config import Config
+from nfflowd.app.service import Status, err
 from nfflowd.errors import NfflowdError
 from nfflowd.io.pcapfile import CaptureError, CaptureReader
 from nfflowd.packet import PacketParser
@@ -37,7 +37,7 @@ except ImportError:                  # numpy missing: batch by batch only
     ChunkMeter = None
 
 __all__ = ["MeterStats", "meter_file", "meter_live", "chunk_size_for", "skip_warnings",
-           "Exporter", "Progress", "Outcome", "run_file", "run_interface", "END_NAMES"]
+           "Exporter", "Progress", "run_file", "run_interface", "END_NAMES"]
 
 
 @dataclass
@@ -302,15 +302,6 @@ def meter_live(capture, table, sink: Callable[[FlowBatch], None],
 
 
 # -- the command's runs ----------------------------------------------------------
-class Outcome(enum.Enum):
-    """How a run ended (the command line maps each to an exit status)."""
-    OK = "ok"
-    BAD_FILTER = "bad filter"               # said on stderr
-    CANNOT_CAPTURE = "cannot capture"       # said on stderr
-    CAPTURE_ERROR = "capture error"         # a truncated or corrupt file, said on stderr
-    REFUSED = "refused"                     # encoders refused records, said on stderr
-
-
 END_NAMES = {1: "idle timeout", 2: "active timeout", 3: "end of flow", 4: "end of capture",
              5: "flow table full"}
 
@@ -390,19 +381,18 @@ class Progress:
             self.shown = False
 
 
-def run_file(cfg: Config, path: str, table, say: Callable[[str], None],
-             print_csv: bool = False, out=None, bpf=None, count: int | None = None,
-             progress: bool = False) -> Outcome:
+def run_file(cfg: Config, path: str, table, print_csv: bool = False, out=None, bpf=None,
+             count: int | None = None, progress: bool = False) -> Status:
     """Meter the capture ``path`` through ``table`` and export every flow as
     it ends to ``cfg``'s collectors (and its syslog mirror, if enabled), one
     ``Pipeline.export`` per batch of ended flows, on the capture's clock
     (``Exporter.clock``).  With ``print_csv`` the flow-tools CSV lines of
     each batch go to ``out`` (standard output).  ``bpf`` (a ``bpf.Filter``)
     and ``count`` select the packets; ``progress`` shows a progress line on
-    standard error.  The summary and problems go to ``say``.  CAPTURE_ERROR
-    if the capture is truncated, corrupt or unreadable (everything metered
-    before the problem is exported), BAD_FILTER if the filter cannot be
-    compiled for the capture's link type."""
+    standard error, as do the summary and problems.  FAILED if the capture
+    is truncated, corrupt or unreadable (everything metered before the
+    problem is exported) or an encoder refused records, BAD_CONFIG if the
+    filter cannot be compiled for the capture's link type."""
     from nfflowd.io.bpf import FilterError
 
     sink = Exporter(cfg, print_csv, sys.stdout if out is None else out, table,
@@ -415,29 +405,29 @@ def run_file(cfg: Config, path: str, table, say: Callable[[str], None],
                              progress=bar if progress else None)
     except FilterError as e:
         bar.clear()
-        say(f"meter --bpf: {e}")
-        return Outcome.BAD_FILTER
+        err(f"meter --bpf: {e}")
+        return Status.BAD_CONFIG
     finally:
         bar.clear()
         elapsed = time.monotonic() - t0      # metering, not the exporters' closing
         sink.pipeline.close()
     sent = sink.pipeline.summary()
     for line in file_report(path, summary, sink.exported, elapsed, sent, bpf=bpf):
-        say(line)
+        err(line)
     if summary.error is not None:
-        say(f"error: {path}: {summary.error}; the {sink.exported} flows metered before it "
+        err(f"error: {path}: {summary.error}; the {sink.exported} flows metered before it "
             "were exported")
-        return Outcome.CAPTURE_ERROR
-    return _refused(sent, say)
+        return Status.FAILED
+    return _refused(sent)
 
 
-def run_interface(cfg: Config, iface: str, table, say: Callable[[str], None],
-                  bpf: str | None = None, count: int | None = None, snaplen: int = 256,
-                  print_csv: bool = False, out=None, progress: bool = False) -> Outcome:
+def run_interface(cfg: Config, iface: str, table, bpf: str | None = None,
+                  count: int | None = None, snaplen: int = 256, print_csv: bool = False,
+                  out=None, progress: bool = False) -> Status:
     """Meter the live interface ``iface`` until SIGINT or SIGTERM (or
     ``count`` packets), exporting every flow as it ends; SIGUSR1 prints the
-    statistics so far.  CANNOT_CAPTURE if the capture cannot be opened,
-    BAD_FILTER for a bad filter."""
+    statistics so far.  FAILED if the capture cannot be opened or an encoder
+    refused records, BAD_CONFIG for a bad filter."""
     import signal
     import socket as socketmod
 
@@ -447,11 +437,11 @@ def run_interface(cfg: Config, iface: str, table, say: Callable[[str], None],
     try:
         capture = RingCapture(iface, bpf=bpf, snaplen=snaplen)
     except FilterError as e:
-        say(f"meter --bpf: {e}")
-        return Outcome.BAD_FILTER
+        err(f"meter --bpf: {e}")
+        return Status.BAD_CONFIG
     except NfflowdError as e:
-        say(f"meter -i: {e}")
-        return Outcome.CANNOT_CAPTURE
+        err(f"meter -i: {e}")
+        return Status.FAILED
     sink = Exporter(cfg, print_csv, sys.stdout if out is None else out, table)
     bar = Progress(progress)
     flags = {"stop": False, "report": False}
@@ -477,12 +467,12 @@ def run_interface(cfg: Config, iface: str, table, say: Callable[[str], None],
             bar.clear()
             for line in live_report(stats, sink.exported, time.monotonic() - t0,
                                     sink.pipeline.summary(), bpf, "statistics"):
-                say(line)
+                err(line)
         bar(stats)
 
     try:
         sink.pipeline.open()
-        say(f"metering {iface}" + (f" (filter {bpf!r})" if bpf else "")
+        err(f"metering {iface}" + (f" (filter {bpf!r})" if bpf else "")
             + (f", {count} packets" if count else "") + "; SIGUSR1 prints statistics, "
             "SIGINT or SIGTERM stops")
         stats = meter_live(capture, table, sink, count=count, stop=lambda: flags["stop"],
@@ -501,19 +491,19 @@ def run_interface(cfg: Config, iface: str, table, say: Callable[[str], None],
         sink.pipeline.close()
     sent = sink.pipeline.summary()
     for line in live_report(stats, sink.exported, elapsed, sent, bpf, "end"):
-        say(line)
-    return _refused(sent, say)
+        err(line)
+    return _refused(sent)
 
 
-def _refused(sent: dict, say: Callable[[str], None]) -> Outcome:
-    """REFUSED (with an error line) if an encoder refused records: those
+def _refused(sent: dict) -> Status:
+    """FAILED (with an error line) if an encoder refused records: those
     flows are missing at that collector; else OK."""
     refused = sum(v for k, v in sent.items() if k.endswith(".records_invalid"))
     if not refused:
-        return Outcome.OK
-    say(f"error: the encoders refused {refused} records (see above): those flows are "
+        return Status.OK
+    err(f"error: the encoders refused {refused} records (see above): those flows are "
         "missing at their collectors")
-    return Outcome.REFUSED
+    return Status.FAILED
 
 
 # -- reports ---------------------------------------------------------------------
