@@ -29,7 +29,7 @@ import struct
 from typing import Sequence
 
 from nfflowd.record import FlowBatch, NatEvent
-from nfflowd.template import RECORD_KINDS, Datagram, TemplateEncoder
+from nfflowd.template import RECORD_KINDS, TemplateEncoder, template_set
 
 HEADER = struct.Struct("!HHIII")
 assert HEADER.size == 16
@@ -71,20 +71,19 @@ class IpfixEncoder(TemplateEncoder):
         encoder that will follow it on the connection), else the encoder's
         current one.  Counts as a template send (the refresh counters start
         again); does not touch ``last_counts``."""
-        dg = Datagram(self.max_size, self.HEADER_SIZE, self.PAD)
-        ok = dg.add_template_set(self.TEMPLATE_SET_ID, self.templates)
-        assert ok       # checked against max_size in __init__
+        tset = template_set(self.TEMPLATE_SET_ID, self.templates, self.PAD)
         seq = self.sequence
         if before is not None and len(before) >= HEADER.size:
             seq = HEADER.unpack_from(before)[3]
-        HEADER.pack_into(dg.buf, 0, 10, dg.off, (now_ms // 1000) & _U32, seq, self.domain_id)
+        length = HEADER.size + len(tset)      # fits: checked against max_size in __init__
+        message = HEADER.pack(10, length, (now_ms // 1000) & _U32, seq, self.domain_id) + tset
         self._templates_sent = True
         self._forced = False
         self._since_templates = 1
         self._templates_ms = now_ms
         self.template_sends += 1
         self.datagrams_sent += 1
-        return dg.finish()
+        return message
 
     def _header(self, length, template_records, data_records, now_ms, boot_ms) -> bytes:
         h = HEADER.pack(10, length, (now_ms // 1000) & _U32, self.sequence, self.domain_id)

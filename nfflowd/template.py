@@ -6,10 +6,8 @@ protocol with different headers.  Everything that is the same lives here, once:
 - ``Template``: a template id and a tuple of information element names (see
   ``ie.py``), compiled once into a ``struct.Struct`` for its data records and
   into the bytes of its template record.
-- ``Datagram``: a preallocated buffer of at most ``max_size`` bytes that
-  takes a template set and data sets and says how much room is left
-  (``room``, ``fits``); the encoder writes the header last (templates-only
-  messages, tests).
+- ``template_set``, ``records_fitting``: a template set's bytes, and how
+  many records a data set can take in what is left of a datagram.
 - ``TemplateEncoder``: the record layer both encoders share: which templates
   (per address family, with or without ICMP, NAT events per family), how a
   ``FlowBatch`` / ``NatEvent`` maps onto them, when templates are (re)sent,
@@ -126,84 +124,6 @@ def data_set(template: Template, rows: Iterable[Sequence], pad: int = 4) -> byte
     body = b"".join(template.struct.pack(*r) for r in rows)
     n = padded(4 + len(body), pad)
     return SET_HEADER.pack(template.id, n) + body + bytes(n - 4 - len(body))
-
-
-class Datagram:
-    """One export datagram under construction, never longer than ``max_size``.
-
-    ``header_size`` bytes are left for the header, which the encoder packs
-    into ``buf`` at the end (``finish``)."""
-
-    __slots__ = ("buf", "off", "max_size", "pad", "data_records", "template_records",
-                 "has_templates")
-
-    def __init__(self, max_size: int, header_size: int, pad: int):
-        self.buf = bytearray(max_size)
-        self.off = header_size
-        self.max_size = max_size
-        self.pad = pad
-        self.data_records = 0
-        self.template_records = 0
-        self.has_templates = False
-
-    @property
-    def room(self) -> int:
-        """Bytes left in the datagram."""
-        return self.max_size - self.off
-
-    def fits(self, template: Template) -> int:
-        """How many records of ``template`` a new data set here can take."""
-        return records_fitting(self.max_size, self.off, template.size, self.pad)
-
-    def add_template_set(self, set_id: int, templates: Sequence[Template]) -> bool:
-        """Append a template set; False (and nothing written) if it does not fit."""
-        b = template_set(set_id, templates, self.pad)
-        if len(b) > self.room:
-            return False
-        self.buf[self.off:self.off + len(b)] = b
-        self.off += len(b)
-        self.template_records += len(templates)
-        self.has_templates = True
-        return True
-
-    def add_data_set(self, template: Template, items: Sequence, start: int, n: int,
-                     args: Callable, reasons: dict | None = None) -> int:
-        """Pack ``items[start:start+n]`` (``args(item)`` gives the values in
-        template order) as one data set (tests and tools; the encoders cut
-        their data sets from packed records).  The caller checked ``fits``.
-        Records whose values do not fit their fields are skipped; returns the
-        number skipped, counted by reason (``Template.misfit``) in
-        ``reasons`` if given."""
-        buf = self.buf
-        set_off = self.off
-        off = set_off + 4
-        size = template.size
-        pack = template.pack_into
-        bad = 0
-        for i in range(start, start + n):
-            try:
-                pack(buf, off, *args(items[i]))
-            except (struct.error, TypeError):
-                bad += 1
-                if reasons is not None:
-                    why = template.misfit(args(items[i]))
-                    reasons[why] = reasons.get(why, 0) + 1
-                continue
-            off += size
-        good = n - bad
-        if good == 0:
-            return bad
-        end = off + (-(off - set_off) % self.pad)
-        if end > off:
-            buf[off:end] = bytes(end - off)
-        SET_HEADER.pack_into(buf, set_off, template.id, end - set_off)
-        self.off = end
-        self.data_records += good
-        return bad
-
-    def finish(self) -> bytes:
-        """The datagram's bytes (the header must have been packed)."""
-        return bytes(memoryview(self.buf)[:self.off])
 
 
 # -- the templates nfflowd sends ------------------------------------------------

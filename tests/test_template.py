@@ -1,5 +1,5 @@
 """The shared template/record layer: the IE registry, template records, sets,
-padding and the size-bounded datagram builder."""
+padding and how many records a datagram has room for."""
 
 import struct
 
@@ -8,8 +8,8 @@ from hypothesis import given, settings, strategies as st
 
 from nfflowd import ie
 from nfflowd.record import FlowBatch
-from nfflowd.template import (FLOW4, FLOW4_ICMP, FLOW6, FLOW6_ICMP, NAT4, NAT6, Datagram,
-                              Template, data_set, padded, template_set)
+from nfflowd.template import (FLOW4, FLOW4_ICMP, FLOW6, FLOW6_ICMP, NAT4, NAT6, Template,
+                              data_set, padded, records_fitting, template_set)
 
 ALL_TEMPLATES = (FLOW4, FLOW6, FLOW4_ICMP, FLOW6_ICMP, NAT4, NAT6)
 
@@ -114,57 +114,39 @@ def test_padded():
     assert [padded(n, 1) for n in range(4)] == [0, 1, 2, 3]
 
 
-def test_datagram_room_and_fits():
+def test_records_fitting():
     t = Template(256, ("protocolIdentifier", "sourceTransportPort"))     # 3 bytes
-    dg = Datagram(40, 16, pad=4)
-    assert dg.room == 24
-    assert dg.fits(t) == 6      # 4 + 18 = 22 -> padded 24: fits exactly
-    dg = Datagram(41, 16, pad=4)
-    assert dg.room == 25
+    assert records_fitting(40, 16, t.size, 4) == 6  # 4 + 18 = 22 -> padded 24: fits exactly
     # 7 records would be 4 + 21 = 25 bytes, but padded to 28: only 6
-    assert dg.fits(t) == 6
-    assert Datagram(41, 16, pad=1).fits(t) == 7
-    assert Datagram(23, 16, pad=1).fits(t) == 1
-    assert Datagram(22, 16, pad=1).fits(t) == 0
-
-
-def test_datagram_add_sets_and_skip_bad_values():
-    t = Template(256, ("protocolIdentifier", "sourceTransportPort"))
-    dg = Datagram(64, 16, pad=4)
-    assert dg.add_template_set(2, [t])
-    assert dg.off == 16 + 16 and dg.template_records == 1
-    items = [(6, 80), (6, 70000), (17, 53)]
-    bad = dg.add_data_set(t, items, 0, 3, lambda r: r)
-    assert bad == 1 and dg.data_records == 2
-    assert dg.finish()[32:] == bytes.fromhex("0100" "000c" "060050" "110035" "0000")
-    # a template set that does not fit is refused and nothing is written
-    big = Template(257, ("sourceIPv6Address",) * 10)
-    off = dg.off
-    assert not dg.add_template_set(2, [big]) and dg.off == off
+    assert records_fitting(41, 16, t.size, 4) == 6
+    assert records_fitting(41, 16, t.size, 1) == 7
+    assert records_fitting(23, 16, t.size, 1) == 1
+    assert records_fitting(22, 16, t.size, 1) == 0
 
 
 @settings(max_examples=200, deadline=None)
 @given(sizes=st.lists(st.sampled_from(ALL_TEMPLATES), min_size=1, max_size=6),
        max_size=st.integers(min_value=150, max_value=3000), pad=st.sampled_from([1, 4]),
        header=st.sampled_from([16, 20]))
-def test_datagram_never_exceeds_max_size(sizes, max_size, pad, header):
-    dg = Datagram(max_size, header, pad)
+def test_data_sets_that_fit_never_exceed_max_size(sizes, max_size, pad, header):
+    """Data sets of as many records as ``records_fitting`` says, one after
+    the other: one record more would not have fitted, and the datagram is
+    never longer than ``max_size``."""
+    off = header
     for i, names in enumerate(sizes):
         t = Template(256 + i, names)
         vals = tuple(bytes(ie.ELEMENTS[f].length) if ie.ELEMENTS[f].fmt.endswith("s") else 0
                      for f in names)
-        before = dg.off
-        n = dg.fits(t)
+        n = records_fitting(max_size, off, t.size, pad)
         assert n >= 0
-        # n records fit, one more would not
-        assert n == 0 or before + padded(4 + n * t.size, pad) <= max_size
-        assert before + padded(4 + (n + 1) * t.size, pad) > max_size
+        assert n == 0 or off + padded(4 + n * t.size, pad) <= max_size
+        assert off + padded(4 + (n + 1) * t.size, pad) > max_size
         if n:
-            assert dg.add_data_set(t, [None] * n, 0, n, lambda _: vals) == 0
-            assert dg.off - before == padded(4 + n * t.size, pad)
-            assert (dg.off - header) % pad == 0
-        assert dg.off <= max_size
-    assert len(dg.finish()) == dg.off <= max_size
+            added = len(data_set(t, [vals] * n, pad))
+            assert added == padded(4 + n * t.size, pad)
+            off += added
+            assert (off - header) % pad == 0
+        assert off <= max_size
 
 
 def test_vlan_templates_only_when_asked():
