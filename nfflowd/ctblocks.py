@@ -40,8 +40,7 @@ _TUPLE_FMT = {"src": ("4s", "16s"), "dst": ("4s", "16s"), "proto": ("B",), "spor
 MIN_ROWS = 32           # fewer DESTROY messages in a batch, or in a run: the object path
 # A run of fewer NEW messages goes the object way too: below this a block's
 # fixed costs (decode, then the cache entries) are more than the objects'
-# (replayed, per NEW: 9.7 us as objects and 12.3 as a block in batches of
-# 64; 8.0 and 4.3 in batches of 256)
+# (bench/README.md)
 NEW_MIN_ROWS = 128
 _LITTLE = sys.byteorder == "little"
 _NLMSG_LEN = struct.Struct("=I")        # nlmsghdr's first field (native order)
@@ -292,7 +291,7 @@ def _block_from(G, fam) -> DestroyBlock:
     b = DestroyBlock()
     n = b.n = len(G)
     b.family = fam
-    # the values (a big-endian view cast: ~5x faster than byteswap() here)
+    # the values (a big-endian view cast: faster than byteswap())
     V = G.view(">u4").astype(np.uint32) if _LITTLE else G
     u64 = np.uint64
     b.ct_id = V[:, _ID].astype(u64)
@@ -529,10 +528,9 @@ def decode_blocks(buf, starts=None, ends=None, stride: int = 0) -> DecodeResult:
         return _objects(buf, starts, ends)
     # long runs of good rows of one kind as blocks; the rest (rows refused,
     # short runs) through the object path, one call per stretch between
-    # blocks.  A block of a few rows costs about what one of a whole batch
-    # does (numpy calls here, in the correlator, in the export): where NEW
-    # and DESTROY messages alternated (a steady churn), a block per short
-    # run cost ~80 us per event in the daemon (bench/bench_churn.py)
+    # blocks: a block of a few rows costs about what one of a whole batch
+    # does (numpy calls here, in the correlator, in the export), so a block
+    # per short run of a steady churn would cost far more than the objects
     events: list = []
     malformed = unknown = 0
     done = False

@@ -1,13 +1,12 @@
 """The correlator's per-connection cache: one packed ``bytes`` per connection.
 
 Strategy: a dict keyed by conntrack id holds, per open connection, its two
-tuples and the time of its NEW event, packed little-endian (~140 bytes per
-IPv4 connection and ~172 per IPv6 one with the dict's share,
-bench/bench_cache_memory.py); once the active timeout has exported a
-connection early, the counters exported so far and the time of that export
-(the base) follow.  The entry's length tells its layout.  A DESTROY block
-leaves its removals for later (``reap``, when the daemon is idle): at 200k
-entries a pop misses the CPU caches a few times.
+tuples and the time of its NEW event, packed little-endian (the bytes per
+connection: bench/bench_cache_memory.py); once the active timeout has
+exported a connection early, the counters exported so far and the time of
+that export (the base) follow.  The entry's length tells its layout.  A
+DESTROY block leaves its removals for later (``reap``, when the daemon is
+idle): at 200k entries a pop misses the CPU caches a few times.
 """
 
 from __future__ import annotations

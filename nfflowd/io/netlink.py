@@ -105,9 +105,9 @@ _MSG_DONTWAIT = int(_socket.MSG_DONTWAIT)
 
 
 class MultiRecv:
-    """recvmmsg(2) through ctypes: up to SLOTS datagrams in one system call
-    (a Python recv_into per datagram costs ~2 us here, recvmmsg ~0.7 us per
-    datagram).  ``create`` gives None where libc has no recvmmsg; the socket
+    """recvmmsg(2) through ctypes: up to SLOTS datagrams in one system call,
+    a third of the cost of a Python recv_into per datagram (bench/README.md).
+    ``create`` gives None where libc has no recvmmsg; the socket
     then receives one datagram per call.
 
     Each datagram is scattered over two places: its first HEAD bytes into
@@ -115,10 +115,9 @@ class MultiRecv:
     into its own TAIL-byte overflow slot.  ctnetlink event datagrams hold one
     message, 148-308 bytes in our recordings (the kernel sizes it by
     ctnetlink_nlmsg_size: tuples, counters, times, helper name, labels, a
-    security context), so a batch lies in ``view`` nearly contiguous: read 512
-    bytes apart, replaying 200k DESTROY events cost 3.23 us per event, 3.62
-    when 4096 apart, 3.65 when 8192 apart (the decoder's gathers touch every
-    message).  A datagram longer than HEAD is read whole with ``datagram``;
+    security context), so a batch lies in ``view`` nearly contiguous, which
+    the decoder's gathers, touching every message, are faster for
+    (bench/README.md).  A datagram longer than HEAD is read whole with ``datagram``;
     one longer than SLOT (HEAD + TAIL) is cut short and flagged MSG_TRUNC.
     The overflow slots are an anonymous mapping: only the pages a long
     datagram writes take memory."""
@@ -189,8 +188,7 @@ class MultiRecv:
 
     def arrays(self, np, got: int):
         """(lengths, msg_flags) of the last ``recv``'s ``got`` datagrams as
-        int64 arrays (read from the mmsghdr array without a Python loop: a
-        round's 2048 as Python lists cost ~0.1 us each to build here)."""
+        int64 arrays, read from the mmsghdr array without a Python loop."""
         if self._np_words is None:
             self._np_words = np.frombuffer(self._msgs, dtype=np.uint32)
         w, step = self._np_words, self._step
