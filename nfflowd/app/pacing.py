@@ -38,10 +38,12 @@ RECEIVE_SPAN = 0.5
 # datagrams (a stream speeding up, as a flush does near its end, would
 # otherwise fill rounds of RECV_BATCH and hold its tail).  Slower streams
 # look every WAIT_SLICE_SLOW, for the batch only: a quiet slice says nothing
-# there.  A look costs a wake-up and a getsockopt.
+# there, and a batch gathering at a slow stream's rate takes tens of ms or
+# more.  A look costs a wake-up and a getsockopt: in a steady churn, looks
+# every ms were a fifth of nfflowd's CPU.
 WAIT_SLICE = 0.00025
 WAIT_EARLY_MIN = 8
-WAIT_SLICE_SLOW = 0.001
+WAIT_SLICE_SLOW = 0.01
 EVENT_TRUESIZE = 2048
 # A stream is fast (its waits at most STREAM_WAIT) while in a burst or while
 # it brought FAST_RATE datagrams per second or more over the last
