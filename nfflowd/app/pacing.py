@@ -24,11 +24,13 @@ RECV_BATCH = 2048
 # stream ending: no wait, its tail would wait for nothing.
 STREAM_BATCH = 1024
 STREAM_WAIT = 0.01
-# Outside a burst, a steady stream waits up to STREAM_WAIT_STEADY: rounds of
-# hundreds of events share the fixed costs and make longer runs for the
-# columnar path.  Not for a fast stream (FAST_RATE): a burst slowing down
-# near its end would hold its tail for the whole wait.
-STREAM_WAIT_STEADY = 0.05
+# Outside a burst, a steady stream waits up to STREAM_WAIT_STEADY: a few
+# thousand events per second come in rounds of hundreds to a batch, which
+# share the fixed costs and make runs long enough for the columnar path; its
+# records wait that long at most (a trickle's wait for the flush deadline,
+# export.flush_interval, is longer).  Not for a fast stream (FAST_RATE): a
+# burst slowing down near its end would hold its tail for the whole wait.
+STREAM_WAIT_STEADY = 0.25
 # A receive call gives the loop back (signals, the control socket,
 # deadlines, stream collectors) after RECEIVE_SPAN seconds.
 RECEIVE_SPAN = 0.5
