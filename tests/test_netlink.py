@@ -232,3 +232,32 @@ def test_recv_takes_datagrams_longer_than_a_slot_head_whole(blocks, long_ones):
     finally:
         r.close()
         w.close()
+
+
+def test_recv_without_recvmmsg_takes_datagrams_back_to_back():
+    """ConntrackSocket's per-datagram path (where libc has no recvmmsg): the
+    datagrams back to back in one buffer, 4-aligned, each decoded as
+    conntrack.decode decodes it, in order, through either decoder."""
+    destroy = [m for m in CT_MSGS if NLHDR.unpack_from(m)[1] == ct.MSG_CT_DELETE]
+    dgrams = [_long(m, 4 * (1 + i % 7)) if i % 3 == 0 else m for i, m in enumerate(destroy * 4)]
+    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    w = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        r.bind(("127.0.0.1", 0))
+        r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        r.setblocking(False)
+        for d in dgrams:
+            w.sendto(d, r.getsockname())
+        cs = ConntrackSocket.over(r, multi=False)
+        batch = cs.recv(4 * len(dgrams))
+        assert batch.count == len(dgrams) and batch.stride == 0 and batch.dropped == 0
+        assert all(s % 4 == 0 for s in batch.starts)
+        want = [e for d in dgrams for e in ct.decode(d).events]
+        for decoder in (ct.decode_datagrams, decode_blocks):
+            res = batch.decoded(decoder)
+            got = [x for e in res.events for x in (e.events() if hasattr(e, "events") else [e])]
+            assert got == want and res.malformed == 0
+        assert cs.recv(10).count == 0
+    finally:
+        r.close()
+        w.close()
