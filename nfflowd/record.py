@@ -293,9 +293,10 @@ class FlowBatch:
 
     @classmethod
     def from_flows(cls, flows) -> "FlowBatch":
-        """The batch of the ``Flow`` tuples ``flows``."""
+        """The batch of the ``Flow`` tuples ``flows`` (copied: the caller
+        may go on changing its list)."""
         c = cls()
-        c.flow_list = flows if type(flows) is list else list(flows)
+        c.flow_list = list(flows)
         c.n = len(c.flow_list)
         return c
 
