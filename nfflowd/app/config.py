@@ -1,10 +1,9 @@
-"""The configuration file: YAML in, one validated ``Config`` out.
-
-Strategy: the file is parsed with PyYAML, then checked against a small schema
-written out below, key by key, so that every problem is reported at once with
-the file and the dotted key (``export.collectors[0].port``) and what was
-expected.  Defaults live in the dataclasses; ``conf/nfflowd.yaml`` documents
-them.  A bad config stops start-up with exit status 2 (``ConfigError``).
+"""The configuration file: YAML in, one validated ``Config`` out.  PyYAML
+parses; a schema written out below checks it key by key, so that every
+problem is reported at once with the file and the dotted key
+(``export.collectors[0].port``).  Defaults live in the dataclasses
+(``conf/nfflowd.yaml`` documents them).  Whether the encoders fit the
+datagrams is the pipeline's question (``pipeline.check_encoders``).
 """
 
 from __future__ import annotations

@@ -1,26 +1,8 @@
-"""The control socket: ``nfflowd check`` asks the running daemon for its state.
-
-A unix stream socket next to the pidfile (``/run/nfflowd.pid`` ->
-``/run/nfflowd.sock``), mode 0600, and on top of that only peers running as
-root or as the daemon's own user (SO_PEERCRED) are answered.  The protocol is
-one request line, one answer, then the server closes::
-
-    -> status\\n
-    <- {"pid": 1234, "uptime": 12.5, "counters": {...}}\\n
-
-The client trusts the socket only if the file is a socket owned by root
-(or by the user running the client), not writable by group or others, and
-the process listening on it runs as root or as that user (SO_PEERCRED): in a
-directory some user owns, that user could otherwise plant a listener that
-``check`` would show as the running daemon, and that ``stop`` would believe.
-``peer_pid`` names the listening process; text in the answers is returned
-with control characters escaped (``errors.printable``).
-
-The server side has no thread of its own: the daemon adds ``fileno()`` to its
-``select`` read list and calls ``handle_ready()`` when it is readable.  Each
-connection is served with short timeouts (a client that sends nothing costs
-the loop at most ``timeout`` seconds), a bounded request size and a bounded
-number of connections per call.
+"""The control socket: ``check``, ``reload`` and ``stop`` ask the running
+daemon for its state over a unix socket next to the pidfile.  One request
+line, one JSON answer.  Both sides check the other's credentials
+(SO_PEERCRED): the daemon answers only root or its own user; a client
+believes only a listener running as root or as itself.
 """
 
 from __future__ import annotations
@@ -101,7 +83,17 @@ def _check_file(path: str) -> None:
 
 class ControlServer:
     """Listens on ``path``; ``get_state()`` returns the JSON-serialisable dict
-    answered to ``status`` (values that JSON cannot hold are sent as str)."""
+    answered to ``status`` (values that JSON cannot hold are sent as str)::
+
+        -> status\n
+        <- {"pid": 1234, "uptime": 12.5, "counters": {...}}\n
+
+    The socket is mode 0600, and only peers running as root or as the
+    daemon's own user are answered.  No thread of its own: the daemon adds
+    ``fileno()`` to its ``select`` read list and calls ``handle_ready()``
+    when it is readable.  Each connection is served with short timeouts (a
+    client that sends nothing costs the loop at most ``timeout`` seconds), a
+    bounded request size and a bounded number of connections per call."""
 
     def __init__(self, path: str, get_state, timeout: float = 0.2, backlog: int = 8):
         self.path = str(path)
@@ -246,7 +238,13 @@ def _encode(obj) -> bytes:
 
 def _connect(path: str, timeout: float) -> tuple[socket.socket, int]:
     """A connection to the daemon listening on ``path`` and its pid, after
-    checking the file and the listener's credentials."""
+    checking the file and the listener's credentials: the file must be a
+    socket owned by root (or by the user running the client), not writable
+    by group or others, and the process listening on it must run as root or
+    as that user.  In a directory some user owns, that user could otherwise
+    plant a listener that ``check`` would show as the running daemon and
+    that ``stop`` would believe.  Answers have control characters escaped
+    (``errors.printable``)."""
     _check_file(path)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:

@@ -1,22 +1,8 @@
-"""``nfflowd install``: set nfflowd up to start after reboot.
-
-With systemd as the init system (``/run/systemd/system`` exists): the unit
-file into /etc/systemd/system/ (ExecStart pointing at this nfflowd), then
-``systemctl daemon-reload`` and ``systemctl enable nfflowd``.  Otherwise the
-SysV script into /etc/init.d/nfflowd and ``update-rc.d nfflowd defaults``.
-In both cases: the rsyslog snippet (/etc/rsyslog.d/30-nfflowd.conf, local6
-to /var/log/nfflowd/flows.log), the logrotate snippet, /var/log/nfflowd, and
-/etc/nfflowd.yaml unless it exists (converted from the Perl nfflowd's
-/etc/nfflowd.conf when that exists, else the sample).
-
-Every step is printed; a file already as it should be is "unchanged", so
-running it twice is harmless.  ``dry_run`` prints what would be done
-("would ...") and changes nothing.  ``root`` installs into another tree (a
-chroot, an image, the tests): commands that act on the running system are
-then not run, except ``systemctl --root=ROOT enable``, which works offline.
-
-The files come from the package (``nfflowd/_data/``, copies of ``init/`` and
-``conf/nfflowd.yaml`` that ship in the wheel).
+"""``nfflowd install``: set nfflowd up to start after reboot, with systemd
+(the unit, enabled) or SysV init (the script, update-rc.d), plus the
+rsyslog and logrotate snippets, the log directory and /etc/nfflowd.yaml.
+Every step is printed and idempotent; ``dry_run`` changes nothing.  The
+files come from the package (``nfflowd/_data/``).
 """
 
 from __future__ import annotations
@@ -178,7 +164,22 @@ def _with_exe(text: bytes, exe: str) -> bytes:
 def install(dry_run: bool = False, *, root: str = "/", exe: str | None = None,
             init_system: str | None = None, out=print, runner=None) -> int:
     """Set nfflowd up to start after reboot.  Returns 0, or 1 when a step
-    failed (the other steps are still done).  ``init_system`` is
+    failed (the other steps are still done).
+
+    With systemd as the init system (``/run/systemd/system`` exists): the
+    unit file into /etc/systemd/system/ (ExecStart pointing at this
+    nfflowd), then ``systemctl daemon-reload`` and ``systemctl enable
+    nfflowd``.  Otherwise the SysV script into /etc/init.d/nfflowd and
+    ``update-rc.d nfflowd defaults``.  In both cases: the rsyslog snippet
+    (/etc/rsyslog.d/30-nfflowd.conf, local6 to /var/log/nfflowd/flows.log),
+    the logrotate snippet, /var/log/nfflowd, and /etc/nfflowd.yaml unless it
+    exists (converted from the Perl nfflowd's /etc/nfflowd.conf when that
+    exists, else the sample).  A file already as it should be is
+    "unchanged", so running it twice is harmless; ``dry_run`` prints what
+    would be done ("would ...").  ``root`` installs into another tree (a
+    chroot, an image, the tests): commands that act on the running system
+    are then not run, except ``systemctl --root=ROOT enable``, which works
+    offline.  ``init_system`` is
     ``"systemd"``, ``"sysv"`` or None (detected); ``exe`` is the nfflowd
     command the service runs (default: this one); ``runner(argv) -> (status,
     output)`` runs commands (tests record them)."""

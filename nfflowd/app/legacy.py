@@ -1,30 +1,8 @@
-"""The Perl nfflowd's configuration file (/etc/nfflowd.conf), read once more.
-
-The original (Net::Netfilter::NetFlow, nfflowd 1.x) read a Config::General
-file merged over built-in defaults.  The one required part names the export
-source and the collector for ``flow-send``, as three ``args`` lines in this
-exact order (the original refused anything but three)::
-
-    <flow_send>
-        # source interface on this server
-        args 172.16.1.1
-        # netflow collector address
-        args 192.168.0.1
-        # netflow collector port number
-        args 65001
-    </flow_send>
-
-The ``flow_send`` ``format`` (default ``-V5 -s %s/%s/%s``) fills flow-send's
-``localip/remoteip/port`` from them; ``-V`` is the NetFlow version.  Optional
-parts: ``<ct2ft> ttl SECONDS </ct2ft>`` (0 or absent: one week) and the syslog
-copy, a Log::Dispatch configuration under ``<ptee><conf>``: ``dispatchers``
-lines name blocks; the one of ``class Log::Dispatch::Syslog`` gives
-``ident`` and ``facility`` (Log::Dispatch's default facility is ``user``);
-the records were logged at priority ``notice``.  ``<conntrack>`` and
-``<flow_import>`` only configured helper programs nfflowd no longer runs.
-
-``parse_legacy`` turns such a file into the YAML-shaped dict that
-``nfflowd.app.config.parse`` validates; ``to_yaml`` prints it for ``check``.
+"""The Perl nfflowd's configuration file (/etc/nfflowd.conf), read once more:
+``parse_general`` reads Config::General's syntax, ``parse_legacy`` maps its
+blocks onto the YAML-shaped dict that ``config.parse`` validates, and
+``to_yaml`` prints that for ``check`` and ``install``.  ``parse_any`` and
+``load_any`` take either format.
 """
 
 from __future__ import annotations
@@ -232,6 +210,29 @@ class _Reader:
                          f"{', '.join(allowed_blocks) or 'none here'})")
 
 
+# The original (Net::Netfilter::NetFlow, nfflowd 1.x) read a Config::General
+# file merged over built-in defaults.  The one required part names the export
+# source and the collector for ``flow-send``, as three ``args`` lines in this
+# exact order (the original refused anything but three)::
+#
+#     <flow_send>
+#         # source interface on this server
+#         args 172.16.1.1
+#         # netflow collector address
+#         args 192.168.0.1
+#         # netflow collector port number
+#         args 65001
+#     </flow_send>
+#
+# The ``flow_send`` ``format`` (default ``-V5 -s %s/%s/%s``) fills flow-send's
+# ``localip/remoteip/port`` from them; ``-V`` is the NetFlow version.
+# Optional parts: ``<ct2ft> ttl SECONDS </ct2ft>`` (0 or absent: one week)
+# and the syslog copy, a Log::Dispatch configuration under ``<ptee><conf>``:
+# ``dispatchers`` lines name blocks; the one of ``class
+# Log::Dispatch::Syslog`` gives ``ident`` and ``facility`` (Log::Dispatch's
+# default facility is ``user``); the records were logged at priority
+# ``notice``.  ``<conntrack>`` and ``<flow_import>`` only configured helper
+# programs nfflowd no longer runs.
 def parse_legacy(text: str, path: str = LEGACY_PATH, notes: list | None = None) -> dict:
     """An old nfflowd.conf as the equivalent YAML-shaped dict (for
     ``nfflowd.app.config.parse``).  Raises ConfigError naming the file, the line

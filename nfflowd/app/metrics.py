@@ -1,22 +1,7 @@
-"""An optional Prometheus endpoint (prometheus-client).
-
-The daemon's own counter dicts are the only state: a custom collector calls
-``get_counters()`` at scrape time and turns the flat dict into metric
-families.  ``get_counters`` runs in the HTTP server's thread, so it should
-return a fresh snapshot (``{**daemon.counters, **correlator.counters,
-**pipeline.summary()}``); reading ints the loop is updating is safe under the
-GIL, iterating a dict the loop is resizing is not (a RuntimeError is retried
-once).
-
-The mapping from daemon counter names to metrics is ``COUNTERS``,
-``GAUGES`` and ``PER_COLLECTOR`` below.  A key ``"<collector>.<stat>"`` (as in
-``Pipeline.summary()``, e.g. ``"127.0.0.1:2055/v5.records"``) becomes a
-sample labelled ``collector="127.0.0.1:2055/v5"``; a dict value
-``{"records": {"127.0.0.1:2055/v5": 10}}`` is read the same way.  A packet
-meter's ``"meter.<iface>.<stat>"`` (``PER_METER``) becomes a sample labelled
-``interface="<iface>"``.  A numeric
-key that is not in the tables is still exported, as a gauge
-``nfflowd_<key>`` (add it to the tables to name it properly).
+"""An optional Prometheus endpoint (prometheus-client): the daemon's counter
+dicts are the only state; a custom collector reads a snapshot of them at
+scrape time and names them through the tables below (a numeric key not in
+them is still exported, as a gauge ``nfflowd_<key>``).
 """
 
 from __future__ import annotations
@@ -27,6 +12,13 @@ from nfflowd import __version__
 from nfflowd.errors import NfflowdError
 
 PREFIX = "nfflowd_"
+
+# A key ``"<collector>.<stat>"`` (as in ``Pipeline.summary()``, e.g.
+# ``"127.0.0.1:2055/v5.records"``) becomes a sample labelled
+# ``collector="127.0.0.1:2055/v5"``; a dict value ``{"records":
+# {"127.0.0.1:2055/v5": 10}}`` is read the same way.  A packet meter's
+# ``"meter.<iface>.<stat>"`` (``PER_METER``) becomes a sample labelled
+# ``interface="<iface>"``.
 
 # daemon counter -> (metric name without prefix and _total, help, labels)
 COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
@@ -187,6 +179,12 @@ def families(counters: dict) -> list:
 
 
 class _Collector:
+    """Calls ``get_counters()`` at scrape time, in the HTTP server's thread:
+    it should return a fresh snapshot (``{**daemon.counters,
+    **correlator.counters, **pipeline.summary()}``).  Reading ints the loop
+    is updating is safe under the GIL, iterating a dict the loop is resizing
+    is not (a RuntimeError is retried once)."""
+
     def __init__(self, get_counters):
         self.get_counters = get_counters
         self.errors = 0

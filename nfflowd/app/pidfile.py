@@ -1,26 +1,8 @@
-"""The pidfile: one running nfflowd per pidfile, and ``nfflowd stop``.
-
-``PidFile`` is a context manager, so it can be given to python-daemon's
-``DaemonContext(pidfile=...)``, which enters it in the detached process (the
-pid written is the daemon's) and exits it on close.  While running, the
-daemon holds an exclusive ``flock`` on the open pidfile: a second nfflowd
-fails to take it and is refused with the running pid named; the lock dies
-with the process, so a pidfile left by a crash (or a kill -9) is never
-mistaken for a running daemon by ``PidFile``.  On exit the file is removed.
-
-The file is opened without following a symbolic link and used only if it is
-a regular file owned by us: in a directory some user owns (``/run/nfflowd/``
-for ``user:``), a planted link would otherwise have root truncate its target.
-Any user who can read the file can flock it too; such a lock (a process that
-is not ours, or a shared lock) does not block ``start``: the file is replaced
-by a new one, created under a temporary name (mode 0600), locked and written
-before it is renamed into place.
-
-``running_pid`` is for the other side (``stop``, ``check``, ``status``): the
-pid in the file, if that process is alive and it is the daemon: it holds the
-pidfile's lock as our user, or it listens on the control socket next to the
-pidfile (SO_PEERCRED; see ``control.peer_pid``).  A command line that merely
-looks like nfflowd (``nfflowd meter -i``) is not enough.
+"""The pidfile: one running nfflowd per pidfile (``PidFile``, held with an
+exclusive flock for the daemon's life), and the other side's questions
+(``running_pid``, ``stop``): is the process the pidfile names alive, and is
+it the daemon.  Files are opened without following links and used only if
+ours, as the directory may be a user's.
 """
 
 from __future__ import annotations
@@ -217,7 +199,9 @@ def _listening(path, pid: int) -> bool:
 def running_pid(path) -> int | None:
     """The pid in the pidfile if that process is alive and is the daemon:
     it holds the pidfile's lock as our user, or it listens on the control
-    socket; None when there is no pidfile or it is stale."""
+    socket next to the pidfile (SO_PEERCRED, ``control.peer_pid``); None
+    when there is no pidfile or it is stale.  A command line that merely
+    looks like nfflowd (``nfflowd meter -i``) is not enough."""
     pid = read_pid(path)
     if pid is None or not _alive(pid):
         return None
@@ -232,7 +216,21 @@ def running_pid(path) -> int | None:
 
 class PidFile:
     """An exclusive, flock-held pidfile.  ``with PidFile(path):`` or give it
-    to ``DaemonContext(pidfile=PidFile(path))``."""
+    to ``DaemonContext(pidfile=PidFile(path))``, which enters it in the
+    detached process (the pid written is the daemon's) and exits it on
+    close.  A second nfflowd fails to take the lock and is refused with the
+    running pid named; the lock dies with the process, so a pidfile left by
+    a crash (or a kill -9) is never taken for a running daemon.  On exit the
+    file is removed.
+
+    The file is opened without following a symbolic link and used only if
+    it is a regular file owned by us: in a directory some user owns
+    (``/run/nfflowd/`` for ``user:``), a planted link would otherwise have
+    root truncate its target.  Any user who can read the file can flock it
+    too; such a lock (a process that is not ours, or a shared lock) does not
+    block ``start``: the file is replaced by a new one, created under a
+    temporary name (mode 0600), locked and written before it is renamed into
+    place."""
 
     def __init__(self, path, mode: int = 0o644):
         self.path = str(path)

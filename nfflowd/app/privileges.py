@@ -1,20 +1,8 @@
-"""Dropping root once the sockets are open, keeping only CAP_NET_ADMIN.
-
-nfflowd needs CAP_NET_ADMIN for as long as it runs, not only at start: the
-table dumps (start-up, and the poll for connections older than the daemon)
-are ctnetlink requests, which the kernel allows only with that capability.
-So a plain setuid() would break the poller.  Linux lets a process keep its
-permitted capabilities across setuid() with PR_SET_KEEPCAPS; afterwards the
-effective and permitted sets are narrowed to CAP_NET_ADMIN with capset(2).
-
-Nothing else is kept: while still root, every capability but those kept is
-dropped from the bounding set (PR_CAPBSET_DROP, which needs CAP_SETPCAP), and
-once the user is changed PR_SET_NO_NEW_PRIVS is set, so that no program the
-daemon could be made to run gains anything (setuid bits, file capabilities).
-
-The standard library has neither prctl nor capset, so both are called through
-ctypes; the result is checked in /proc/self/status (CapEff, CapBnd,
-NoNewPrivs).
+"""Dropping root once the sockets are open, keeping only CAP_NET_ADMIN (the
+table dumps are ctnetlink requests, needed for as long as the daemon runs);
+and the control signals read with their senders (a signalfd), so that only
+root may stop or reload a daemon that runs as a user.  prctl and capset are
+called through ctypes.
 """
 
 from __future__ import annotations
@@ -89,7 +77,17 @@ def _drop_bounding_set(c, keep_mask: int) -> None:
 
 def drop_privileges(user: str, keep: tuple[int, ...] = (CAP_NET_ADMIN,)) -> None:
     """Become ``user`` (and its primary group, no supplementary groups),
-    keeping only the capabilities in ``keep``.  Raises PrivilegeError."""
+    keeping only the capabilities in ``keep``.  Raises PrivilegeError.
+
+    A plain setuid() would lose CAP_NET_ADMIN, which the poller's table
+    dumps need: the permitted set is kept across setuid() with
+    PR_SET_KEEPCAPS, then the effective and permitted sets are narrowed to
+    ``keep`` with capset(2).  Nothing else is kept: while still root, every
+    other capability is dropped from the bounding set (PR_CAPBSET_DROP,
+    which needs CAP_SETPCAP), and once the user is changed
+    PR_SET_NO_NEW_PRIVS is set, so that no program the daemon could be made
+    to run gains anything (setuid bits, file capabilities).  The result is
+    checked in /proc/self/status (CapEff, CapBnd, NoNewPrivs)."""
     try:
         pw = pwd.getpwnam(user)
     except KeyError:

@@ -1,14 +1,8 @@
-"""Real-time scheduling for the daemon (config key ``sched_priority``).
-
-A table flush or a scan storm makes the kernel emit conntrack events faster
-than in any steady state, and on a busy machine a process under the normal
-scheduler (SCHED_OTHER) shares its CPU with whatever else runs, the flush
-itself included: it falls behind, and with a small receive buffer, loses
-events.  ulogd2 makes itself real-time at the highest priority when it
-starts, for that reason (Debian's 2.0.8: SCHED_RR 99).  nfflowd does the same
-when ``sched_priority`` is set (1-99), and stays under the normal scheduler
-by default: a real-time process that spins takes a CPU (the kernel's RT
-throttling leaves the others 5% of it).
+"""Real-time scheduling for the daemon (config key ``sched_priority``,
+1-99; off by default).  A table flush makes the kernel emit events faster
+than in any steady state, and a daemon sharing its CPU with the flush falls
+behind and may lose events; ulogd2 makes itself SCHED_RR 99 for that reason.
+A real-time process that spins takes a CPU, hence opt-in.
 """
 from __future__ import annotations
 

@@ -1,17 +1,7 @@
 """sd_notify(3) without libsystemd: tell systemd (Type=notify) how start-up,
-reloads and shutdown go.
-
-systemd passes the path of a unix datagram socket in ``$NOTIFY_SOCKET`` (a
-leading ``@`` names a socket in the abstract namespace).  Each notification is
-one datagram of newline-separated ``KEY=VALUE`` assignments.  Without
-``$NOTIFY_SOCKET`` (not started by systemd, or not Type=notify) every call is
-a no-op returning False; a failed send is never fatal either: the daemon goes
-on and the caller may log the returned False.
-
-    from nfflowd.app import sdnotify
-    sdnotify.ready("exporting to 127.0.0.1:2055/v5")
-    sdnotify.reloading(); ...; sdnotify.ready()
-    sdnotify.stopping()
+reloads and shutdown go, one datagram of ``KEY=VALUE`` lines to
+``$NOTIFY_SOCKET``.  Without it every call is a no-op returning False; a
+failed send is never fatal.
 """
 
 from __future__ import annotations
@@ -22,8 +12,9 @@ import time
 
 
 def socket_address(value: str | None) -> str | bytes | None:
-    """``$NOTIFY_SOCKET`` as an address for ``sendto``; None when unset or
-    not a unix socket (systemd 254+ may also pass ``vsock:``, not supported)."""
+    """``$NOTIFY_SOCKET`` as an address for ``sendto`` (a leading ``@``: the
+    abstract namespace); None when unset or not a unix socket (systemd 254+
+    may also pass ``vsock:``, not supported)."""
     if not value:
         return None
     if value.startswith("@"):
