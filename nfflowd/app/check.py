@@ -16,6 +16,26 @@ __all__ = ["check", "start_problems", "kernel_prerequisites", "daemon_state"]
 
 
 def check(path: str) -> Status:
+    """The configuration, then the kernel, then the daemon: the first
+    problem found sets the status (BAD_CONFIG, PREREQUISITES, NOT_RUNNING)."""
+    found = _check_config(path)
+    if found is None:
+        return Status.BAD_CONFIG
+    cfg, status = found
+    if not _check_kernel(cfg) and status is Status.OK:
+        status = Status.PREREQUISITES
+    unchecked: list[str] = []
+    running = daemon_state(cfg, unchecked)
+    for line in unchecked:
+        print(f"could not check: {line}")
+    if running is False and status is Status.OK:
+        status = Status.NOT_RUNNING
+    return status
+
+
+def _check_config(path: str) -> tuple[Config, Status] | None:
+    """Say whether the configuration is valid (None: not) and whether start
+    would accept it here (BAD_CONFIG: not); a legacy one is shown in YAML."""
     from nfflowd.app.config import read_text, require_output
     from nfflowd.app.legacy import parse_any, parse_legacy, to_yaml
     from nfflowd.app.pipeline import check_encoders
@@ -27,7 +47,7 @@ def check(path: str) -> Status:
         require_output(cfg)
     except ConfigError as e:
         print(f"configuration: INVALID\n{e}")
-        return Status.BAD_CONFIG
+        return None
     cannot = start_problems(cfg)
     if cannot:
         print(f"configuration: {cfg.path}: valid, but start and reload would refuse it here:")
@@ -41,21 +61,17 @@ def check(path: str) -> Status:
         for note in notes:
             print(f"  note: {note}")
         print(to_yaml(parse_legacy(text, path), source=path))
+    return cfg, status
 
+
+def _check_kernel(cfg: Config) -> bool:
+    """Say what the kernel offers; False when a prerequisite is missing."""
     problems, unchecked = kernel_prerequisites(cfg)
     for line in problems:
         print(f"kernel: {line}")
     for line in unchecked:
         print(f"could not check: {line}")
-    if problems and status is Status.OK:
-        status = Status.PREREQUISITES
-
-    running = daemon_state(cfg, unchecked_out := [])
-    for line in unchecked_out:
-        print(f"could not check: {line}")
-    if running is False and status is Status.OK:
-        status = Status.NOT_RUNNING
-    return status
+    return not problems
 
 
 def start_problems(cfg: Config) -> list[str]:
