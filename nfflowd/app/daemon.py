@@ -463,7 +463,7 @@ class Daemon:
             if self.sock in readable:
                 self.receive(pending)
             else:
-                # also when the last _receive ended on its round limit just
+                # also when the last receive ended on its round limit just
                 # as the burst did
                 now = time.monotonic()
                 pacer.idle(now)
