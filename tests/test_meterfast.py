@@ -243,13 +243,8 @@ def test_lockstep_walk_equals_the_chain(sizes, snap, seed, tail):
         body = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
         out += struct.pack("<IIII", 1_700_000_000 + i // 100, i % 1000, n, n + 4) + body
     buf = bytes(out) + bytes(rng.integers(0, 256, tail, dtype=np.uint8))
-    want = pcapfile._walk_chain(buf, 24, "<")
-    old = pcapfile._SEG, pcapfile._SEG_WINDOWS
-    try:
-        pcapfile._SEG, pcapfile._SEG_WINDOWS = 256, 2
-        got = pcapfile._walk_lockstep(buf, 24, "<", snap, False)
-    finally:
-        pcapfile._SEG, pcapfile._SEG_WINDOWS = old
+    want = pcapfile.walk_chain(buf, 24, "<")
+    got = pcapfile.walk_lockstep(buf, 24, "<", snap, False, seg_min=256, seg_windows=2)
     if got is not None:              # None: a guess not proven, the chain is used
         assert got.tolist() == want.tolist()
 
@@ -260,9 +255,9 @@ def test_lockstep_walk_is_used_on_a_large_buffer():
         n = 40 + (i * 7919) % 90
         out += struct.pack("<IIII", 1_700_000_000, i % 1000, n, n) + bytes([i % 251]) * n
     buf = bytes(out)
-    got = pcapfile._walk_lockstep(buf, 24, "<", 128, False)
+    got = pcapfile.walk_lockstep(buf, 24, "<", 128, False)
     assert got is not None
-    assert got.tolist() == pcapfile._walk_chain(buf, 24, "<").tolist()
+    assert got.tolist() == pcapfile.walk_chain(buf, 24, "<").tolist()
     offs, stop, bad = pcapfile.walk_records(buf, 24, np.dtype("<u4"), 128, False)
     assert len(offs) == 20000 and stop == len(buf) and not bad
 
@@ -337,7 +332,7 @@ def test_bench_generator_capture(tmp_path, kw):
     path = tmp_path / "gen.pcap"
     bench.generate(path, 40000, 4000, full=False)
     data = path.read_bytes()
-    assert pcapfile._walk_lockstep(data[:1 << 20], 24, "<", 128, False) is not None
+    assert pcapfile.walk_lockstep(data[:1 << 20], 24, "<", 128, False) is not None
     same(path, 4096, 1 << 20, **kw)
 
 

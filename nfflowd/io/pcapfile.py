@@ -41,7 +41,8 @@ from typing import BinaryIO, Iterator, Union
 from nfflowd.errors import SourceError
 
 __all__ = ["CaptureError", "CaptureReader", "read_packets",
-           "PCAP_MAGIC_US", "PCAP_MAGIC_NS", "PCAPNG_SHB"]
+           "PCAP_MAGIC_US", "PCAP_MAGIC_NS", "PCAPNG_SHB", "walk_records", "walk_chain",
+           "walk_lockstep"]
 
 
 class CaptureError(SourceError):
@@ -523,9 +524,9 @@ def walk_records(buf: bytes, pos: int, u32, snaplen: int, nano: bool):
     offs = None
     bo = u32.str[0]
     if blen - pos >= max(_MIN_LOCKSTEP, 2 * _SEG):
-        offs = _walk_lockstep(buf, pos, bo, snaplen, nano)
+        offs = walk_lockstep(buf, pos, bo, snaplen, nano)
     if offs is None:
-        offs = _walk_chain(buf, pos, bo)
+        offs = walk_chain(buf, pos, bo)
     view = np.frombuffer(buf, np.uint8)
     if len(offs) == 0:
         return offs, pos, blen - pos >= 16 and _u32(view, np.array([pos + 8]), u32)[0] > MAX_CAPLEN
@@ -536,7 +537,7 @@ def walk_records(buf: bytes, pos: int, u32, snaplen: int, nano: bool):
     return offs[:-1], last, caplen > MAX_CAPLEN
 
 
-def _walk_chain(buf: bytes, pos: int, bo: str):
+def walk_chain(buf: bytes, pos: int, bo: str):
     """Record headers from ``pos`` whose header is complete (the last one's
     data may not be), one at a time; the loop runs in C: a map over the list
     it extends reads each captured length and appends the next offset."""
@@ -555,8 +556,12 @@ def _walk_chain(buf: bytes, pos: int, bo: str):
     return np.array(out, dtype=np.int64)
 
 
-def _walk_lockstep(buf: bytes, pos: int, bo: str, snaplen: int, nano: bool):
-    """The segment-parallel walk (see above); None when a guess is not proven."""
+def walk_lockstep(buf: bytes, pos: int, bo: str, snaplen: int, nano: bool,
+                  seg_min: int = _SEG, seg_windows: int = _SEG_WINDOWS):
+    """The segment-parallel walk (see above): offsets of the record headers
+    from ``pos`` whose header is complete, as ``walk_chain``; None when a
+    guess is not proven.  A segment is ``seg_windows`` guess windows long,
+    at least ``seg_min`` bytes."""
     import numpy as np
     blen = len(buf)
     u32 = np.dtype(bo + "u4")
@@ -566,7 +571,7 @@ def _walk_lockstep(buf: bytes, pos: int, bo: str, snaplen: int, nano: bool):
     fracmax = 1_000_000_000 if nano else 1_000_000
     sec0 = int(w32[pos])
     win = min(capmax, 2048) + 16
-    seg = max(_SEG, _SEG_WINDOWS * win)
+    seg = max(seg_min, seg_windows * win)
     k = (blen - pos) // seg
     lim = blen - 16                    # a header at or below lim is complete
     # guesses: the first plausible header in the first ``win`` bytes of each segment
