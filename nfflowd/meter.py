@@ -125,11 +125,11 @@ class FlowTable:
         """Account one ``Packet`` (``nfflowd.packet``) seen at ``now_ns``."""
         self.packets += 1
         self.octets += pkt.octets
-        self._account(flow_key(pkt), now_ns, pkt.octets, pkt.tcp_flags, pkt.tos)
+        self.account(flow_key(pkt), now_ns, pkt.octets, pkt.tcp_flags, pkt.tos)
 
     def update_batch(self, packets, times) -> None:
         """``update`` for parallel sequences of packets (None skipped) and times."""
-        account = self._account
+        account = self.account
         n = octets = 0
         for pkt, now in zip(packets, times):
             if pkt is not None:
@@ -139,12 +139,10 @@ class FlowTable:
         self.packets += n
         self.octets += octets
 
-    def account(self, key: bytes, now: int, octets: int, flags: int, tos: int) -> None:
-        """One packet of the flow ``key`` (``packet.flow_key``), not counted
-        in ``packets``/``octets`` (the caller counts its batch)."""
-        self._account(key, now, octets, flags, tos)
-
-    def _account(self, key: bytes, now: int, o: int, f: int, tos: int) -> None:
+    def account(self, key: bytes, now: int, o: int, f: int, tos: int) -> None:
+        """One packet of the flow ``key`` (``packet.flow_key``): ``o``
+        octets, TCP flags ``f``; not counted in ``packets``/``octets`` (the
+        caller counts its batch)."""
         e = self._flows.get(key)
         if e is not None:
             if now - e[LAST] < e[IDLE] and now - e[START] < self.active_ns:
@@ -168,7 +166,7 @@ class FlowTable:
         get = self._flows.get
         active = self.active_ns
         parse = parser.parse
-        account = self._account
+        account = self.account
         create = self._create
         tail = IPV4_KEY_TAIL
         n = octets = 0
