@@ -129,14 +129,28 @@ def test_an_empty_or_full_round_does_not_wait(got):
     assert rounds(Pacer(), [got]) == [0.0]
 
 
-def test_a_round_at_half_the_last_rate_is_a_stream_ending():
-    # 10 datagrams in 5 ms, then 10 in 20 ms: the tail goes without waiting
+def test_a_round_at_half_the_last_rate_is_a_fast_stream_ending():
+    # in a burst, 10 datagrams in 5 ms, then 10 in 20 ms: the tail goes
+    # without waiting
     p = Pacer()
+    p.in_burst = True
+    p.window_start = 100.0
     p.begin(100.0, RCVBUF)
     p.received(10, 100.005)
     assert p.wait > 0
     p.received(10, 100.025)
     assert p.wait == 0.0
+
+
+def test_a_steady_stream_waits_though_its_rate_halves():
+    # 10 datagrams in 5 ms, then 10 in 20 ms, outside a burst: the rate of a
+    # steady stream varies so; its next batch is waited for
+    p = Pacer()
+    p.window_start = 100.0
+    p.begin(100.0, RCVBUF)
+    p.received(10, 100.005)
+    p.received(10, 100.025)
+    assert p.wait == pytest.approx(min(STREAM_WAIT_STEADY, (STREAM_BATCH - 10) / 500))
 
 
 def test_a_wait_that_saw_the_stream_stop_is_not_followed_by_another():

@@ -20,8 +20,12 @@ RECV_BATCH = 2048
 # waits, long enough for about STREAM_BATCH at the rate just seen, at most
 # STREAM_WAIT, and never long enough to fill more than a quarter of the
 # receive buffer at that rate (EVENT_TRUESIZE: what one event datagram takes
-# of it, generously).  A round at less than half the last one's rate is a
-# stream ending: no wait, its tail would wait for nothing.
+# of it, generously).  In a fast stream, a round at less than half the last
+# one's rate is the stream ending: no wait, its tail would wait for nothing.
+# A steady stream's rate varies that much from round to round (the kernel
+# ends timed-out connections in clumps), and a round without a wait after it
+# finds a few datagrams, or none and gives the loop a wake-up per datagram:
+# it waits, its flows going before the wait (STREAM_FLUSH).
 STREAM_BATCH = 1024
 STREAM_WAIT = 0.01
 # Outside a burst, a steady stream waits up to STREAM_WAIT_STEADY: a few
@@ -215,13 +219,14 @@ class Pacer:
                 rate = max(rate, self.burst_rate)
         self._window(got, now)
         stopped = waited is not None and waited.stopped
-        if 0 < got < STREAM_BATCH and rate >= self._last_rate / 2 and not stopped:
-            cap = (STREAM_WAIT if self.in_burst or self.window_rate >= FAST_RATE
-                   else STREAM_WAIT_STEADY)
+        steady = not self.in_burst and self.window_rate < FAST_RATE
+        if 0 < got < STREAM_BATCH and not stopped and (steady or rate >= self._last_rate / 2):
+            cap = STREAM_WAIT_STEADY if steady else STREAM_WAIT
             self.wait = min(cap, (STREAM_BATCH - got) / rate, self._room / rate)
         else:
-            # a full round, or the stream thinning out (the rate fell by half
-            # or more, or the wait saw it stop): its tail goes without waiting
+            # a full round, or a fast stream thinning out (the rate fell by
+            # half or more, or the wait saw it stop): its tail goes without
+            # waiting
             self.wait = 0.0
         self._prev, self._last_rate = now, rate
         if got:
