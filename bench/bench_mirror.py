@@ -1,6 +1,6 @@
 """The syslog CSV mirror's replay rate: flow-tools records per CPU second.
 
-    python bench/bench_mirror.py [REPLAY_FILE] [--repeat N] [--objects] [--qlen N]
+    python bench/bench_mirror.py [REPLAY_FILE] [--repeat N] [--objects] [--qlen N] [--udp]
 
 The replay (bench_pipeline.py's: 200k recorded DESTROY messages) is decoded
 and correlated once, untimed, into the export batches the daemon makes
@@ -8,7 +8,8 @@ and correlated once, untimed, into the export batches the daemon makes
 ``Pipeline`` with no collector and the mirror on (``Pipeline.export``: the
 flow-tools view, the CSV lines, the syslog framing and one datagram per
 line), the mirror's address a unix datagram socket bound in a temp dir
-(as /dev/log) and drained by a child process; its queue holds
+(as /dev/log; ``--udp``: a UDP port on 127.0.0.1) and drained by a child
+process; its queue holds
 net.unix.max_dgram_qlen datagrams (``--qlen``).  Lines that find the
 socket's queue full wait in the backlog and go as the daemon's loop sends
 them: the socket selected for writing, ``on_writable`` until the backlog
@@ -129,6 +130,9 @@ def main() -> int:
                     help="as root: run in a network namespace of its own whose "
                          "net.unix.max_dgram_qlen is N (systemd sets 512; the kernel's "
                          "default is 10)")
+    ap.add_argument("--udp", action="store_true",
+                    help="the mirror over UDP to 127.0.0.1 (RFC 3164, one send per line) "
+                         "instead of a unix socket")
     ap.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.qlen is not None:
@@ -142,10 +146,17 @@ def main() -> int:
     exports = export_batches(bp.receive_batches(datagrams, RECV_BATCH),
                              bp.receive_batches([bp.as_new(d) for d in datagrams], RECV_BATCH),
                              args.objects)
-    work = Path(tempfile.mkdtemp(prefix="bench_mirror."))
-    addr = work / "log"
-    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    rx.bind(str(addr))
+    if args.udp:
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 256 << 20)
+        rx.bind(("127.0.0.1", 0))
+        addr = f"127.0.0.1:{rx.getsockname()[1]}"
+        kind = "UDP"
+    else:
+        addr = Path(tempfile.mkdtemp(prefix="bench_mirror.")) / "log"
+        rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        rx.bind(str(addr))
+        kind = "unix datagram"
     ctl_r, ctl_w = os.pipe()
     res_r, res_w = os.pipe()
     child = os.fork()
@@ -171,7 +182,7 @@ def main() -> int:
     now_ns = time.time_ns()
     print(f"replay: {path} ({len(datagrams)} datagrams, {len(exports)} exports of up to "
           f"{FLUSH_THRESHOLD} flows, {'Flow lists' if args.objects else 'columnar'}); "
-          f"mirror to {addr} (unix datagram), net.unix.max_dgram_qlen "
+          f"mirror to {addr} ({kind}), net.unix.max_dgram_qlen "
           f"{Path('/proc/sys/net/unix/max_dgram_qlen').read_text().strip()}")
     mirror_pass(with_mirror, exports[:2], now_ns)        # warm up (address caches, imports)
     tune_gc()
