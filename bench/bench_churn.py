@@ -222,6 +222,7 @@ def main() -> int:
         status = Path(str(out) + ".status")
         samples = []
         cpu0 = bb.cpu_seconds(nf_pid)
+        sched0 = bb.sched_stats(nf_pid)
         ul_cpu0 = bb.cpu_seconds(ul_pid)
         t0 = time.monotonic()
 
@@ -248,6 +249,7 @@ def main() -> int:
         churn_end = time.monotonic()
         sample()
         churn_cpu, ul_churn_cpu = samples[-1]["cpu"], samples[-1]["ul_cpu"]
+        sched1 = bb.sched_stats(nf_pid)
         snd.stop()                  # (it has ended: this reads the rest of its output)
         m = re.search(r"SENT (\d+) LATE ([\d.]+)", "".join(snd.out))
         if not m:
@@ -313,6 +315,11 @@ def main() -> int:
         print(f"nfflowd CPU during the churn     {churn_cpu:.2f} s "
               f"({1e6 * churn_cpu / max(1, sent):.1f} us per connection, "
               f"{'its DESTROY' if args.destroy_only else 'NEW and DESTROY'})")
+        if sched0 is not None and sched1 is not None:
+            # each sleep (select, a pacing wait's slice) ends in a wake-up
+            print(f"nfflowd wake-ups in the churn    {sched1[1] - sched0[1]:,} "
+                  f"({(sched1[1] - sched0[1]) / max(1e-9, churn_end - t0):.0f} a second; "
+                  f"preempted {sched1[2] - sched0[2]:,})")
         if ul_res is not None:
             print(f"ulogd2: connections exported     {ul_res['orig_distinct']:,} "
                   f"(duplicates {ul_res['orig_duplicates']:,}, collector socket drops "
