@@ -32,7 +32,11 @@ from nfflowd.errors import ConfigError
 USAGE = ("nfflowd [ -c file ] [ -f ] { start | stop | restart | reload | install | check "
          "| help | version }\n"
          "       nfflowd [ -c file ] meter { -r FILE | -i IFACE } [ --bpf EXPR ] [ -n COUNT ] "
-         "[ --print ] [ options ]")
+         "[ --print ] [ options ]\n"
+         "       nfflowd [ -c file ] trace ADDR:PORT --at TIME [ --proto P ] [ --window 2s ] "
+         "[ --format table|csv|json ] [ --archive PATH ]\n"
+         "       nfflowd [ -c file ] archive import FILE... [ --firewall NAME ] "
+         "[ --archive PATH ]")
 METER_USAGE = ("nfflowd [ -c file ] meter { -r FILE | -i IFACE } [ --bpf EXPR ] [ -n COUNT ] "
                "[ --print ]\n"
                "       [ --active-timeout S ] [ --inactive-timeout S ] [ --max-flows N ] "
@@ -44,8 +48,10 @@ EXIT_CONFIG = 2
 EXIT_NOT_RUNNING = 3
 EXIT_PREREQUISITES = 4
 
-COMMANDS = ("start", "stop", "restart", "reload", "install", "check", "meter", "help",
-            "version")
+COMMANDS = ("start", "stop", "restart", "reload", "install", "check", "meter", "trace",
+            "archive", "help", "version")
+# commands whose own arguments follow the command word
+OWN_ARGS = ("meter", "trace", "archive")
 # an action's outcome as the command's exit status
 EXIT_STATUS = {Status.OK: EXIT_OK, Status.FAILED: EXIT_FAILURE, Status.BAD_CONFIG: EXIT_CONFIG,
                Status.NOT_RUNNING: EXIT_NOT_RUNNING, Status.PREREQUISITES: EXIT_PREREQUISITES}
@@ -154,10 +160,70 @@ def _split_meter(argv: list[str]) -> tuple[list[str], list[str]]:
         if a.startswith("-"):
             i += 1
             continue
-        if a == "meter":
+        if a in OWN_ARGS:
             return argv[:i + 1], argv[i + 1:]
         break
     return argv, []
+
+
+def _trace_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nfflowd trace",
+        description="Name the connection(s) whose public side (the translated source "
+                    "address and port, or a port forward's public address and port) held "
+                    "ADDR:PORT at TIME, from the archive the daemon writes (archive: in the "
+                    "config).  Every query is appended to the archive's audit.log.",
+        epilog="Exit status: 0 found, 1 nothing found, 2 a bad query or an archive that "
+               "cannot be read (the reason on stderr).")
+    p.add_argument("target", metavar="ADDR:PORT",
+                   help="public address and port (203.0.113.1:40000, [2001:db8::1]:40000)")
+    p.add_argument("--at", required=True, metavar="TIME",
+                   help="ISO 8601 ('2026-12-04 10:00:03', local time unless a zone is "
+                        "given) or epoch seconds")
+    p.add_argument("--window", default="2s",
+                   help="how far from TIME a connection may have begun or ended (2s)")
+    p.add_argument("--proto", help="tcp, udp, icmp, ... or a number")
+    p.add_argument("--format", dest="fmt", choices=("table", "csv", "json"), default="table",
+                   help="table (local times), csv or json (UTC)")
+    p.add_argument("--archive", metavar="PATH", help="default: archive.path of the config")
+    p.add_argument("--audit-log", metavar="FILE", help="default: PATH/audit.log")
+    return p
+
+
+def _archive_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nfflowd archive",
+        description="archive import: read flow-tools CSV lines as the syslog mirror writes "
+                    "them (the rsyslog file, rotated and gzipped ones too) into the archive, "
+                    "so that old logs become searchable with trace.  Lines that cannot be "
+                    "paired into connections are counted and reported.")
+    p.add_argument("action", choices=("import",))
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--firewall", help="the firewall's name in the rows (default: the "
+                                      "syslog host name of each line, else its EXADDR)")
+    p.add_argument("--archive", metavar="PATH", help="default: archive.path of the config")
+    return p
+
+
+def archive_command(cmd: str, config: str, argv: list[str], optional: bool) -> int:
+    """``trace`` and ``archive import``: arguments here, the work in
+    app/trace.py."""
+    from nfflowd.app import trace as tr
+    opts = (_trace_parser() if cmd == "trace" else _archive_parser()).parse_args(argv)
+    path = opts.archive
+    if path is None:
+        if optional and not os.path.exists(config):
+            path = tr.DEFAULT_ARCHIVE
+        else:
+            try:
+                path = _load(config).archive.path
+            except ConfigError as e:
+                err(f"bad configuration (or give --archive):\n{e}")
+                return EXIT_CONFIG
+    if cmd == "trace":
+        q = tr.TraceQuery(opts.target, opts.at, opts.window, opts.proto, opts.fmt)
+        return tr.trace(path, q, opts.audit_log)
+    return tr.import_files(path, opts.files, opts.firewall)[0]
 
 
 def main(argv: list[str] | None = None, default_config: str = DEFAULT_PATH) -> int:
@@ -196,6 +262,8 @@ def _main(argv: list[str] | None, default_config: str) -> int:
         mparser = _meter_parser()
         opts = mparser.parse_args(meter_args)
         return meter_command(args.config, opts, mparser, optional=optional)
+    if cmd in ("trace", "archive"):
+        return archive_command(cmd, args.config, meter_args, optional)
     if cmd == "help":
         parser.print_help()
         return EXIT_OK

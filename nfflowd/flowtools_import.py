@@ -21,8 +21,10 @@ from nfflowd.record import END_OF_FLOW
 _CSV = re.compile(r"(\d+),(\d+),(\d+),([0-9A-Fa-f.:]+),(\d+),(\d+),(\d+),(\d+),"
                   r"([0-9A-Fa-f.:]+),([0-9A-Fa-f.:]+),[0-9A-Fa-f.:]+,\d+,\d+,"
                   r"(\d+),(\d+),(\d+),\d+,\d+\s*$")
-# RFC 3339 (rsyslog file format) or RFC 3164 time, then the host
-_HOST = re.compile(r"^(?:\S+T\S+|[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) (\S+) ")
+# RFC 3339 (rsyslog file format) or RFC 3164 time, the host, the tag (the
+# local /dev/log form has no host)
+_HOST = re.compile(r"^(?:<\d+>)?(?:\S+T\S+|[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) "
+                   r"(\S+) \S+:\s")
 _ICMP = (1, 58)
 
 

@@ -441,3 +441,39 @@ def test_rows_from_a_batch_equal_rows_from_records():
     c = RowBuilder("fw1").rows(shuffled, [])
     assert sorted(c["conn_id"].tolist()) == sorted(b[b["kind"] == KIND_FINAL]["conn_id"].tolist())
     assert set(c["pkts_in"].tolist()) == {2}
+
+
+def test_the_archive_section():
+    from nfflowd.app import config
+    from nfflowd.errors import ConfigError
+    d = config.parse({}).archive
+    assert (d.enabled, d.path, d.retention_days, d.flush_interval) == \
+        (False, "/var/lib/nfflowd/archive", 90, 5)
+    sample = config.load(Path(__file__).resolve().parents[1] / "conf" / "nfflowd.yaml").archive
+    assert sample.enabled and sample.path == d.path
+    a = config.parse({"archive": {"enabled": True, "path": "/srv/a", "retention_days": 7,
+                                  "flush_interval": 1, "firewall": "fw1"}}).archive
+    assert (a.path, a.retention_days, a.flush_interval, a.firewall) == ("/srv/a", 7, 1, "fw1")
+    for bad in ({"path": "rel"}, {"retention_days": -1}, {"flush_interval": 0},
+                {"colour": "red"}):
+        with pytest.raises(ConfigError):
+            config.parse({"archive": {"enabled": True, **bad}})
+
+
+def test_pipeline_archives_only_for_the_daemon(tmp_path):
+    from nfflowd.app import config
+    from nfflowd.app.pipeline import Pipeline
+    cfg = config.parse({"export": {"collectors": []},
+                        "archive": {"enabled": True, "path": str(tmp_path / "a"),
+                                    "flush_interval": 0.1, "retention_days": 0}})
+    assert not Pipeline(cfg).wants_nat_events
+    p = Pipeline(cfg, archive=True)
+    assert p.wants_nat_events
+    p.open()
+    ev, flows = conn(7, 33000, 40000, T0, T0 + 5000)
+    p.export(flows, [ev], T0 * 1_000_000, 1000)
+    p.close()
+    s = p.summary()
+    assert s["archive_rows_written"] == 2 and s["archive_dropped"] == 0
+    got = Reader(tmp_path / "a").lookup(key(40000), T0 + 100, 0)
+    assert len(got) == 1 and got[0]["kind"] == KIND_FINAL

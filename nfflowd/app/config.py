@@ -74,6 +74,21 @@ class SyslogConfig:
 
 
 @dataclass(frozen=True)
+class ArchiveConfig:
+    """The NAT trace archive (``nfflowd trace``): one row per connection,
+    kept ``retention_days`` (0: for ever), made durable every
+    ``flush_interval`` seconds; ``firewall`` names this host's rows (None:
+    export.source, else the host name)."""
+    enabled: bool = False
+    path: str = "/var/lib/nfflowd/archive"
+    retention_days: float = 90.0
+    flush_interval: float = 5.0
+    firewall: str | None = None
+    # batches waiting for the archive's thread; beyond, counted and dropped
+    queue: int = 1024
+
+
+@dataclass(frozen=True)
 class ConntrackConfig:
     ttl: float = 604800.0
     poll_interval: float = 30.0
@@ -115,6 +130,7 @@ class Config:
     path: str = "<defaults>"
     export: ExportConfig = field(default_factory=ExportConfig)
     syslog: SyslogConfig = field(default_factory=SyslogConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     conntrack: ConntrackConfig = field(default_factory=ConntrackConfig)
     meter: MeterConfig = field(default_factory=MeterConfig)
     pidfile: str = "/run/nfflowd.pid"
@@ -347,7 +363,7 @@ def parse(data, path: str = "<string>") -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(path, [("", f"expected a mapping at the top level, got {_kind(data)}")])
-    c.unknown(data, "", {"export", "syslog", "conntrack", "meter", "pidfile", "log", "user",
+    c.unknown(data, "", {"export", "syslog", "archive", "conntrack", "meter", "pidfile", "log", "user",
                          "metrics", "sched_priority"})
 
     ex = c.section(data, "export", {"source", "engine_type", "engine_id", "collectors",
@@ -383,6 +399,20 @@ def parse(data, path: str = "<string>") -> Config:
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             c.bad("syslog.address", "expected a unix socket path (/dev/log) or host:port "
                   f"for UDP, got {syslog.address!r}")
+
+    ar = c.section(data, "archive", {"enabled", "path", "retention_days", "flush_interval",
+                                     "firewall", "queue"})
+    archive = ArchiveConfig(
+        enabled=c.boolean(ar, "enabled", "archive.enabled", False),
+        path=c.string(ar, "path", "archive.path", "/var/lib/nfflowd/archive"),
+        retention_days=c.number(ar, "retention_days", "archive.retention_days", 90.0, 0,
+                                100 * 365),
+        flush_interval=c.number(ar, "flush_interval", "archive.flush_interval", 5.0, 0.1, 3600),
+        firewall=c.string(ar, "firewall", "archive.firewall", None),
+        queue=c.integer(ar, "queue", "archive.queue", 1024, 1, 1_000_000),
+    )
+    if archive.enabled and not archive.path.startswith("/"):
+        c.bad("archive.path", f"expected an absolute path, got {archive.path!r}")
 
     ct = c.section(data, "conntrack", {"ttl", "poll_interval", "rcvbuf", "active_timeout",
                                        "new_events"})
@@ -423,9 +453,9 @@ def parse(data, path: str = "<string>") -> Config:
 
     if c.problems:
         raise ConfigError(path, c.problems)
-    return Config(path=path, export=export, syslog=syslog, conntrack=conntrack, meter=meter,
-                  pidfile=pidfile, log_level=log_level, user=user,
-                  metrics_listen=metrics_listen, sched_priority=sched_priority)
+    return Config(path=path, export=export, syslog=syslog, archive=archive,
+                  conntrack=conntrack, meter=meter, pidfile=pidfile, log_level=log_level,
+                  user=user, metrics_listen=metrics_listen, sched_priority=sched_priority)
 
 
 def require_output(cfg: Config) -> None:

@@ -174,7 +174,7 @@ class Daemon:
         self._overrun_episode = 0       # overruns in the current episode (0: none)
         self._resync_at = 0.0           # monotonic time the resync is due
         # the packet meters' flows carry VLAN ids: v9/IPFIX templates with vlanId
-        self.pipeline = Pipeline(cfg, vlan=bool(cfg.meter.interfaces))
+        self.pipeline = Pipeline(cfg, vlan=bool(cfg.meter.interfaces), archive=True)
         self.meters = None              # capture.InterfaceMeters (meter.interfaces)
         self.correlator: Correlator | None = None
         self.sock: netlink.ConntrackSocket | None = None

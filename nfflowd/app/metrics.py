@@ -46,12 +46,27 @@ COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
                            "that found its socket queue full: they wait)", {}),
     "syslog_unavailable": ("syslog_unavailable", "Attempts to reach the syslog socket that "
                            "found no listener", {}),
+    "archive_rows_written": ("archive_rows", "Rows written to the NAT trace archive (a "
+                             "connection's creation, its end)", {}),
+    "archive_dropped": ("archive_dropped_connections", "Connections not archived: the "
+                        "archive's queue was full", {}),
+    "archive_write_errors": ("archive_write_errors", "Archive writes or seals that failed", {}),
+    "archive_hours_sealed": ("archive_hours_sealed", "Hours of the archive sealed into "
+                             "sorted files", {}),
+    "archive_damaged": ("archive_damaged_files", "Archive files found damaged (skipped, "
+                        "set aside)", {}),
+    "archive_partitions_removed": ("archive_days_removed", "Archive days removed by the "
+                                   "retention", {}),
+    "archive_unpaired": ("archive_unpaired_records", "Flow records whose other direction "
+                         "never came (not archived)", {}),
 }
 
 # daemon value that goes up and down -> (metric name without prefix, help)
 GAUGES: dict[str, tuple[str, str]] = {
     "syslog_backlog": ("syslog_backlog_lines", "Flow-tools CSV lines waiting for syslog to "
                        "take them (at most syslog.backlog)"),
+    "archive_backlog": ("archive_backlog_batches", "Record batches waiting for the archive's "
+                        "thread (at most archive.queue)"),
 }
 
 # per-collector stat -> (metric name without prefix and _total, help)

@@ -13,6 +13,7 @@ send failures are counted by the sinks.
 from __future__ import annotations
 
 import dataclasses
+import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -255,7 +256,7 @@ def check_encoders(cfg: Config) -> None:
 
 # Per-collector stats that are gauges, not counters: not carried over when
 # an exporter is replaced (see Pipeline.summary).
-GAUGES = ("biflow_held", "syslog_backlog")
+GAUGES = ("biflow_held", "syslog_backlog", "archive_backlog")
 
 
 def _add(out: dict, key: str, value) -> None:
@@ -278,11 +279,13 @@ class Plan:
     follows: list               # (new exporter, the one it replaces): same collector
     mirror: SyslogSink | None
     mirror_built: bool
+    archive: object = None      # io.archive.ArchiveWriter
+    archive_built: bool = False
 
 
 class Pipeline:
     def __init__(self, cfg: Config, vlan: bool = False, biflow_hold: float | None = None,
-                 biflow_max: int | None = None):
+                 biflow_max: int | None = None, archive: bool = False):
         """``vlan``: the flows carry VLAN ids (the pcap meter); v9 and IPFIX
         templates then include vlanId.  Conntrack flows have none.
         Collectors with ``biflow: true`` get a ``BiflowExporter``:
@@ -303,6 +306,9 @@ class Pipeline:
         self.biflow_max = biflow_max
         self.exporters: list = []
         self.mirror: SyslogSink | None = None
+        # the NAT trace archive (the daemon's, with archive.enabled)
+        self.use_archive = archive
+        self.archive = None
         self._settings: list = []           # each exporter's settings (_settings_of)
         self._retired: dict[str, int] = {}  # counters of closed exporters and mirrors
 
@@ -362,11 +368,29 @@ class Pipeline:
                                         backlog=s.backlog, log=log)
                     mirror_built = True
                     mirror.open()       # not there: said now, not at the first line
+            archive, archive_built = self._prepare_archive(cfg)
         except BaseException:
             for exp in built:
                 exp.close()
+            if mirror_built:
+                mirror.close(timeout=0)
             raise
-        return Plan(cfg, exporters, built, follows, mirror, mirror_built)
+        return Plan(cfg, exporters, built, follows, mirror, mirror_built, archive, archive_built)
+
+    def _prepare_archive(self, cfg: Config):
+        """The archive writer ``cfg`` needs: the one running if its settings
+        are unchanged, else a new one, started."""
+        if not (self.use_archive and cfg.archive.enabled):
+            return None, False
+        if self.archive is not None and self.cfg.archive == cfg.archive \
+                and self.cfg.export.source == cfg.export.source:
+            return self.archive, False
+        from nfflowd.io.archive import ArchiveWriter
+        a = cfg.archive
+        firewall = a.firewall or cfg.export.source or socket.gethostname()
+        w = ArchiveWriter(a.path, firewall, a.retention_days, a.flush_interval, a.queue, log=log)
+        w.open(owner=cfg.user)
+        return w, True
 
     def discard(self, plan: Plan) -> None:
         """Close what ``prepare`` built (the configuration was refused)."""
@@ -374,6 +398,8 @@ class Pipeline:
             exp.close()
         if plan.mirror_built:
             plan.mirror.close(timeout=0)
+        if plan.archive_built:
+            plan.archive.close()
 
     def apply(self, plan: Plan) -> None:
         """Put ``plan`` in force; close the exporters and the mirror it does
@@ -395,6 +421,10 @@ class Pipeline:
         self.exporters = plan.exporters
         self._settings = [self._settings_of(exp.collector, plan.cfg) for exp in plan.exporters]
         self.mirror = plan.mirror
+        if self.archive is not None and self.archive is not plan.archive:
+            self.archive.close()
+            self._retire(self.archive.stats())
+        self.archive = plan.archive
 
     def _retire(self, stats: dict) -> None:
         for k, v in stats.items():
@@ -406,7 +436,10 @@ class Pipeline:
 
     @property
     def wants_nat_events(self) -> bool:
-        return any("nat_events" in c.records for c in self.cfg.export.collectors)
+        """NAT create events: for the collectors that take them, and for the
+        archive (a connection is written when it is created)."""
+        return (self.use_archive and self.cfg.archive.enabled) or any(
+            "nat_events" in c.records for c in self.cfg.export.collectors)
 
     def export(self, batch: FlowBatch, nat_events, now_ns: int, uptime_ms: int,
                flowtools: bool = False):
@@ -426,6 +459,8 @@ class Pipeline:
             exp.export(batch, nat_events, ft, now_ns, boot_ms)
         if self.mirror is not None and ft:
             self.mirror.send_csv(ft, now_ns / 1e9)
+        if self.archive is not None:
+            self.archive.put(flows, nat_events)
         return ft
 
     @property
@@ -468,6 +503,9 @@ class Pipeline:
                 _add(out, k, v)
         if self.mirror is not None:
             out.update(self._mirror_summary(self.mirror))
+        if self.archive is not None:
+            for k, v in self.archive.stats().items():
+                _add(out, k, v)
         for k, v in self._retired.items():
             _add(out, k, v)
         return out
@@ -477,3 +515,5 @@ class Pipeline:
             exp.close()
         if self.mirror is not None:
             self.mirror.close()
+        if self.archive is not None:
+            self.archive.close()

@@ -114,6 +114,8 @@ def _audited(status: int, path: str, entry: dict, n: int, error: str | None, err
     try:
         audit(path, entry)
     except OSError as e:
+        if error is not None:
+            return status           # failed already, and said why
         print(f"nfflowd trace: cannot append to the audit log {path}: {e.strerror or e}",
               file=errout)
         return EXIT_BAD

@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from nfflowd.errors import NfflowdError
 from nfflowd.archive import (DAY_MS, HOUR_MS, ROW, RowBuilder, event_ms, key_order, merge,
                              merge_exact, plan_merge, query_hours, seal_masks, seen_at)
 
@@ -117,7 +118,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class ArchiveError(Exception):
+class ArchiveError(NfflowdError):
     """The archive cannot be used (missing, unreadable): the message says why."""
 
 
@@ -215,8 +216,16 @@ class Store:
                          "archive_hours_sealed": 0, "archive_damaged": 0,
                          "archive_partitions_removed": 0}
 
-    def open(self) -> None:
+    def open(self, owner: str | None = None) -> None:
+        """Make the directories, finish a seal cut short; ``owner``: a user
+        the daemon will run as, given the archive (when run as root)."""
         (self.path / "hot").mkdir(parents=True, exist_ok=True)
+        if owner is not None and os.geteuid() == 0:
+            import pwd
+            pw = pwd.getpwnam(owner)
+            for d, _dirs, files in os.walk(self.path):
+                for name in [d] + [os.path.join(d, f) for f in files]:
+                    os.chown(name, pw.pw_uid, pw.pw_gid)
         self.finish_seal()
 
     # -- hot tier --------------------------------------------------------------
@@ -535,14 +544,20 @@ class ArchiveWriter:
         self.last_error: str | None = None
         self._failing = False
 
-    def open(self) -> None:
-        self.store.open()
+    def open(self, owner: str | None = None) -> None:
+        try:
+            self.store.open(owner)
+        except OSError as e:
+            raise ArchiveError(f"cannot open the archive {self.store.path}: "
+                               f"{e.strerror or e}") from None
         self._thread = threading.Thread(target=self._run, name="nfflowd-archive", daemon=True)
         self._thread.start()
 
     def put(self, flows, nat_events) -> bool:
-        if not flows and not nat_events:
+        if not len(flows) and not nat_events:
             return True
+        if isinstance(flows, list):
+            flows = list(flows)             # the caller may reuse its list
         try:
             self._q.put_nowait((flows, nat_events))
         except queue.Full:
