@@ -233,10 +233,16 @@ class Store:
         """Rows into the hot files of their hours (durable at ``flush``)."""
         if len(rows) == 0:
             return
-        hours = event_ms(rows) // HOUR_MS * HOUR_MS
-        for h in np.unique(hours):
-            part = rows[hours == h]
-            w = self._writer(int(h))
+        hours = event_ms(rows) // HOUR_MS
+        if (hours == hours[0]).all():
+            parts = [(int(hours[0]), rows)]
+        else:
+            order = np.argsort(hours, kind="stable")
+            hs = hours[order]
+            cut = np.flatnonzero(np.r_[True, hs[1:] != hs[:-1], True])
+            parts = [(int(hs[a]), rows[order[a:b]]) for a, b in zip(cut[:-1], cut[1:])]
+        for h, part in parts:
+            w = self._writer(h * HOUR_MS)
             w[1].write_table(to_table(part))
             self.counters["archive_rows_written"] += len(part)
 
