@@ -122,18 +122,14 @@ class ArchiveError(NfflowdError):
     """The archive cannot be used (missing, unreadable): the message says why."""
 
 
-def read_hot(path: Path) -> tuple[np.ndarray, bool]:
-    """The whole batches of a hot file as rows, and whether all of it was
-    read (a torn tail after a crash, or damage, cuts it at the last whole
-    batch)."""
-    t, whole = read_hot_table(path)
-    return from_table(t), whole
-
-
 def read_hot_table(path: Path) -> tuple[pa.Table, bool]:
+    """The whole batches of a hot file, and whether all of it was read (a
+    torn tail after a crash cuts it at the last whole batch)."""
     parts, whole = [], True
     try:
-        with open(path, "rb") as f:
+        if os.path.getsize(path) == 0:
+            return SCHEMA.empty_table(), True      # just made: nothing flushed yet
+        with pa.memory_map(str(path)) as f:
             reader = ipc.open_stream(f)
             while True:
                 try:
@@ -508,12 +504,13 @@ class Reader:
 
     def _gather(self, pkey: bytes, t_ms: int, window_ms: int) -> np.ndarray:
         parts = [self._lookup(p, pkey) for p in self._sealed_files(t_ms, window_ms)]
+        want = pa.scalar(pkey, pa.binary(18))
         for hour, files in self._hot_files().items():
             for p in files:
-                rows, whole = read_hot(p)
-                if not whole and len(rows) == 0:
-                    self._damaged(p, "no whole batch")
-                parts.append(rows[rows["pkey"] == pkey])
+                # a torn tail is the writer's business (a crash, or a batch
+                # being written): what is whole answers
+                t, _whole = read_hot_table(p)
+                parts.append(from_table(t.filter(pc.equal(t.column("pkey"), want))))
         parts = [p for p in parts if len(p)]
         return np.concatenate(parts) if parts else np.zeros(0, ROW)
 
