@@ -477,3 +477,52 @@ def test_pipeline_archives_only_for_the_daemon(tmp_path):
     assert s["archive_rows_written"] == 2 and s["archive_dropped"] == 0
     got = Reader(tmp_path / "a").lookup(key(40000), T0 + 100, 0)
     assert len(got) == 1 and got[0]["kind"] == KIND_FINAL
+
+
+@pytest.mark.parametrize("args,why", [
+    (["trace", "203.0.113.1:80", "--at", "not a time"], "not a time"),
+    (["trace", "203.0.113.1", "--at", "1780000000"], "not an address and port"),
+    (["trace", "203.0.113.1:80", "--at", "1780000000", "--window", "soon"], "not a duration"),
+    (["trace", "203.0.113.1:80", "--at", "1780000000", "--proto", "xyz"], "unknown protocol"),
+])
+def test_cli_trace_bad_input_exits_2(tmp_path, capsys, args, why):
+    from nfflowd.cli import main
+    path = archive_with(tmp_path, conn(7, 33000, 40000, T0, T0 + 5000))
+    assert main(args + ["--archive", path]) == 2
+    err = capsys.readouterr().err
+    assert why in err and "Traceback" not in err
+
+
+def test_cli_trace_and_import(tmp_path, capsys):
+    from nfflowd.cli import main
+    path = archive_with(tmp_path, conn(7, 33000, 40000, T0, T0 + 5000))
+    assert main(["trace", "203.0.113.1:40000", "--at", str(T0 / 1000), "--archive", path,
+                 "--format", "csv"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and "198.51.100.2" in out[1]
+    assert main(["trace", "203.0.113.1:40000", "--at", str(T0 / 1000 - 60),
+                 "--archive", path]) == 1
+    assert main(["trace", "203.0.113.1:40000", "--at", "1", "--archive",
+                 str(tmp_path / "missing")]) == 2
+    assert "no archive" in capsys.readouterr().err
+    log = tmp_path / "flows.log"
+    log.write_text(csv_text([conn(8, 1000, 41000, T0, T0 + 10)[1]], T0 + 1000))
+    assert main(["archive", "import", str(log), "--archive", path]) == 0
+    assert "1 connections, 0 lines unpaired" in capsys.readouterr().err
+    assert main(["archive", "import", str(tmp_path / "nope.log"), "--archive", path]) == 2
+
+
+def test_damaged_archive_file_still_answers_from_the_cli(tmp_path, capsys):
+    from nfflowd.cli import main
+    path = archive_with(tmp_path, conn(7, 33000, 40000, T0, T0 + 5000),
+                        conn(8, 33001, 40001, T0 + HOUR_MS, T0 + HOUR_MS + 5000))
+    s = Store(path)
+    s.open()
+    s.seal_due(T0 + 5 * HOUR_MS)
+    first = sorted(Path(path).glob("*/??.parquet"))[0]
+    first.write_bytes(b"garbage")
+    assert main(["trace", "203.0.113.1:40000", "--at", str(T0 / 1000), "--archive", path]) == 1
+    err = capsys.readouterr().err
+    assert "skipped damaged archive file" in err and str(first) in err
+    assert main(["trace", "203.0.113.1:40001", "--at", str((T0 + HOUR_MS) / 1000),
+                 "--archive", path]) == 0
