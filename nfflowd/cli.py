@@ -35,6 +35,7 @@ USAGE = ("nfflowd [ -c file ] [ -f ] { start | stop | restart | reload | install
          "[ --print ] [ options ]\n"
          "       nfflowd [ -c file ] trace ADDR:PORT --at TIME [ --proto P ] [ --window 2s ] "
          "[ --format table|csv|json ] [ --archive PATH ]\n"
+         "       nfflowd [ -c file ] trace --private ADDR --from TIME --to TIME [ options ]\n"
          "       nfflowd [ -c file ] archive import FILE... [ --firewall NAME ] "
          "[ --archive PATH ]")
 METER_USAGE = ("nfflowd [ -c file ] meter { -r FILE | -i IFACE } [ --bpf EXPR ] [ -n COUNT ] "
@@ -175,14 +176,19 @@ def _trace_parser() -> argparse.ArgumentParser:
                     "config).  Every query is appended to the archive's audit.log.",
         epilog="Exit status: 0 found, 1 nothing found, 2 a bad query or an archive that "
                "cannot be read (the reason on stderr).")
-    p.add_argument("target", metavar="ADDR:PORT",
+    p.add_argument("target", metavar="ADDR:PORT", nargs="?",
                    help="public address and port (203.0.113.1:40000, [2001:db8::1]:40000)")
-    p.add_argument("--at", required=True, metavar="TIME",
+    p.add_argument("--at", metavar="TIME",
                    help="ISO 8601 ('2026-12-04 10:00:03', local time unless a zone is "
                         "given) or epoch seconds")
     p.add_argument("--window", default="2s",
                    help="how far from TIME a connection may have begun or ended (2s)")
     p.add_argument("--proto", help="tcp, udp, icmp, ... or a number")
+    p.add_argument("--private", metavar="ADDR",
+                   help="instead: every connection of this private address between --from "
+                        "and --to (reads whole files: slower)")
+    p.add_argument("--from", dest="start", metavar="TIME")
+    p.add_argument("--to", dest="end", metavar="TIME")
     p.add_argument("--format", dest="fmt", choices=("table", "csv", "json"), default="table",
                    help="table (local times), csv or json (UTC)")
     p.add_argument("--archive", metavar="PATH", help="default: archive.path of the config")
@@ -221,7 +227,8 @@ def archive_command(cmd: str, config: str, argv: list[str], optional: bool) -> i
                 err(f"bad configuration (or give --archive):\n{e}")
                 return EXIT_CONFIG
     if cmd == "trace":
-        q = tr.TraceQuery(opts.target, opts.at, opts.window, opts.proto, opts.fmt)
+        q = tr.TraceQuery(opts.target, opts.at, opts.window, opts.proto, opts.fmt,
+                          opts.private, opts.start, opts.end)
         return tr.trace(path, q, opts.audit_log)
     return tr.import_files(path, opts.files, opts.firewall)[0]
 

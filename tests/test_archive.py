@@ -526,3 +526,24 @@ def test_damaged_archive_file_still_answers_from_the_cli(tmp_path, capsys):
     assert "skipped damaged archive file" in err and str(first) in err
     assert main(["trace", "203.0.113.1:40001", "--at", str((T0 + HOUR_MS) / 1000),
                  "--archive", path]) == 0
+
+
+def test_trace_private_lists_a_hosts_connections(tmp_path):
+    other = v4("198.51.100.3")
+    path = archive_with(tmp_path, conn(1, 1000, 40000, T0, T0 + 1000),
+                        conn(2, 1001, 40001, T0 + 2 * HOUR_MS, T0 + 2 * HOUR_MS + 10),
+                        conn(3, 1002, 40002, T0, T0 + 1000, priv=other),
+                        conn(4, 1003, 40003, T0 + 5 * HOUR_MS, T0 + 5 * HOUR_MS + 10))
+    s = Store(path)
+    s.open()
+    s.seal_due(T0 + 3 * HOUR_MS)            # some sealed, some still hot
+    q = TraceQuery(None, None, private="198.51.100.2", start=str(T0 / 1000 - 60),
+                   end=str((T0 + 3 * HOUR_MS) / 1000), fmt="json")
+    out, err = io.StringIO(), io.StringIO()
+    assert trace(path, q, out=out, errout=err) == 0, err.getvalue()
+    assert [r["xsport"] for r in json.loads(out.getvalue())] == [40000, 40001]
+    for bad in (TraceQuery(None, None, private="198.51.100.2", start="1"),
+                TraceQuery("203.0.113.1:1", "1", private="198.51.100.2", start="1", end="2"),
+                TraceQuery(None, None, private="nope", start="1", end="2"),
+                TraceQuery(None, None)):
+        assert trace(path, bad, out=io.StringIO(), errout=err) == 2

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nfflowd.archive import (QueryError, make_pkey, parse_proto, parse_target,
+from nfflowd.archive import (QueryError, make_pkey, parse_addr, parse_proto, parse_target,
                              parse_time, parse_window, row_dict)
 from nfflowd.flowtools_import import CsvPairer
 
@@ -37,11 +37,33 @@ AUDIT_NAME = "audit.log"
 
 @dataclass
 class TraceQuery:
-    target: str
-    at: str
+    """``target`` (public ADDR:PORT) at ``at`` within ``window``; or, with
+    ``private`` (an address), its connections from ``start`` to ``end``."""
+    target: str | None
+    at: str | None
     window: str = "2s"
     proto: str | None = None
     fmt: str = "table"
+    private: str | None = None
+    start: str | None = None
+    end: str | None = None
+
+
+def _plan(q: TraceQuery) -> tuple[str, bytes, int, int]:
+    """(field, value, t_ms, window_ms) of a query; QueryError if it is bad."""
+    if q.private is not None:
+        if q.target is not None or q.at is not None:
+            raise QueryError("--private takes --from and --to, not ADDR:PORT or --at")
+        if q.start is None or q.end is None:
+            raise QueryError("--private needs --from and --to")
+        lo, hi = parse_time(q.start), parse_time(q.end)
+        if hi < lo:
+            raise QueryError("--to is before --from")
+        return "src", parse_addr(q.private), (lo + hi) // 2, (hi - lo + 1) // 2
+    if q.target is None or q.at is None:
+        raise QueryError("give ADDR:PORT and --at TIME (or --private ADDR --from T1 --to T2)")
+    addr, port = parse_target(q.target)
+    return "pkey", make_pkey(addr, port), parse_time(q.at), parse_window(q.window)
 
 
 def _who() -> str:
@@ -72,9 +94,7 @@ def trace(archive: str, q: TraceQuery, audit_log: str | None = None,
         return EXIT_BAD
 
     try:
-        addr, port = parse_target(q.target)
-        t_ms = parse_time(q.at)
-        window_ms = parse_window(q.window)
+        field_, value, t_ms, window_ms = _plan(q)
         proto = parse_proto(q.proto) if q.proto else None
     except QueryError as e:
         return fail(str(e))
@@ -82,11 +102,12 @@ def trace(archive: str, q: TraceQuery, audit_log: str | None = None,
     audit_log = audit_log or os.path.join(archive, AUDIT_NAME)
     entry = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
              "who": _who(), "archive": os.path.abspath(archive),
-             "query": {"target": q.target, "at": q.at, "at_utc_ms": t_ms,
+             "query": {"target": q.target, "at": q.at, "private": q.private,
+                       "from": q.start, "to": q.end, "at_utc_ms": t_ms,
                        "window_ms": window_ms, "proto": q.proto}}
     try:
         reader = Reader(archive, log=lambda m: print(f"nfflowd trace: {m}", file=errout))
-        rows = reader.lookup(make_pkey(addr, port), t_ms, window_ms)
+        rows = reader.lookup(value, t_ms, window_ms, field_)
     except ArchiveError as e:
         return _audited(fail(str(e)), audit_log, entry, 0, str(e), errout)
     except OSError as e:

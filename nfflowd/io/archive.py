@@ -409,6 +409,10 @@ class Store:
         return n
 
 
+def _scalar(field: str, value: bytes):
+    return pa.scalar(value, SCHEMA.field(field).type)
+
+
 class Reader:
     """Read-only lookups, safe while a writer appends and seals.  Keeps the
     footers of sealed files it has opened (a second probe skips them)."""
@@ -440,9 +444,10 @@ class Reader:
         self._meta[str(path)] = (st.st_mtime_ns, pf)
         return pf
 
-    def _lookup(self, path: Path, pkey: bytes) -> np.ndarray:
-        """The rows of ``pkey`` in a sealed file (only the row groups whose
-        key range holds it are read)."""
+    def _lookup(self, path: Path, field: str, value: bytes) -> np.ndarray:
+        """The rows whose ``field`` is ``value`` in a sealed file (for the
+        lookup key, only the row groups whose key range holds it are read;
+        for another field, all of them)."""
         try:
             pf = self._pfile(path)
         except FileNotFoundError:
@@ -451,11 +456,11 @@ class Reader:
             self._damaged(path, e)
             return np.zeros(0, ROW)
         md = pf.metadata
-        ki = pf.schema_arrow.get_field_index("pkey")
+        ki = pf.schema_arrow.get_field_index(field)
         groups = []
         for i in range(md.num_row_groups):
             st = md.row_group(i).column(ki).statistics
-            if st is None or not st.has_min_max or st.min <= pkey <= st.max:
+            if st is None or not st.has_min_max or st.min <= value <= st.max:
                 groups.append(i)
         if not groups:
             return np.zeros(0, ROW)
@@ -465,8 +470,7 @@ class Reader:
             self._meta.pop(str(path), None)
             self._damaged(path, e)
             return np.zeros(0, ROW)
-        t = t.filter(pc.equal(t.column("pkey"), pa.scalar(pkey, pa.binary(18))))
-        return from_table(t)
+        return from_table(t.filter(pc.equal(t.column(field), _scalar(field, value))))
 
     def _sealed_files(self, t_ms: int, window_ms: int) -> list[Path]:
         files = []
@@ -488,29 +492,30 @@ class Reader:
         except FileNotFoundError:
             return None
 
-    def lookup(self, pkey: bytes, t_ms: int, window_ms: int) -> np.ndarray:
+    def lookup(self, pkey: bytes, t_ms: int, window_ms: int, field: str = "pkey") -> np.ndarray:
         """Merged rows of the connections under ``pkey`` alive within
-        ``t +- window``."""
+        ``t +- window``; with ``field="src"``, those of a private address
+        (``pkey`` its 16 bytes: every row group of the files is read)."""
         for _ in range(5):
             self._wait_journal()
             stamp = self._stamp()
             try:
-                rows = self._gather(pkey, t_ms, window_ms)
+                rows = self._gather(field, pkey, t_ms, window_ms)
             except FileNotFoundError:
                 continue                    # a seal moved files meanwhile
             if stamp == self._stamp() and not (self.path / JOURNAL).exists():
                 return seen_at(merge(rows), t_ms, window_ms)
         raise ArchiveError("the archive kept changing under the query (a seal); try again")
 
-    def _gather(self, pkey: bytes, t_ms: int, window_ms: int) -> np.ndarray:
-        parts = [self._lookup(p, pkey) for p in self._sealed_files(t_ms, window_ms)]
-        want = pa.scalar(pkey, pa.binary(18))
+    def _gather(self, field: str, value: bytes, t_ms: int, window_ms: int) -> np.ndarray:
+        parts = [self._lookup(p, field, value) for p in self._sealed_files(t_ms, window_ms)]
+        want = _scalar(field, value)
         for hour, files in self._hot_files().items():
             for p in files:
                 # a torn tail is the writer's business (a crash, or a batch
                 # being written): what is whole answers
                 t, _whole = read_hot_table(p)
-                parts.append(from_table(t.filter(pc.equal(t.column("pkey"), want))))
+                parts.append(from_table(t.filter(pc.equal(t.column(field), want))))
         parts = [p for p in parts if len(p)]
         return np.concatenate(parts) if parts else np.zeros(0, ROW)
 
