@@ -92,7 +92,13 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=100)
     ap.add_argument("--dir", default=None, help="keep the archive here")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--probe-only", action="store_true",
+                    help="only the lookups, on the archive --dir holds (probes drawn from it)")
     a = ap.parse_args()
+    if a.probe_only:
+        probe(Path(a.dir), existing_samples(Path(a.dir), np.random.default_rng(a.seed),
+                                            4 * a.probes), a.probes, np.random.default_rng(a.seed))
+        return
     rng = np.random.default_rng(a.seed)
     hours = max(1, int(a.days * 24))
     per_hour = a.connections // hours
@@ -147,7 +153,27 @@ def main() -> None:
     print(f"generation (not counted) {gen_cpu:.1f} s CPU; wall for all {wall:.1f} s")
     print(f"size on disk           {size / total:.1f} bytes/connection ({size / 1e6:.1f} MB)")
 
-    probes = [samples[i] for i in rng.choice(len(samples), min(a.probes, len(samples)),
+    probe(d, samples, a.probes, rng)
+    if not a.dir:
+        shutil.rmtree(d)
+
+
+def existing_samples(d: Path, rng, n: int) -> list:
+    """Connections drawn from the sealed hour files of an archive."""
+    import pyarrow.parquet as pq
+    from nfflowd.io.archive import from_table
+    files = sorted(d.glob("*/??.parquet"))
+    out = []
+    for f in rng.choice(files, min(n // 4 + 1, len(files))):
+        t = pq.read_table(f)
+        for i in rng.integers(0, max(1, t.num_rows), 4 if t.num_rows else 0):
+            out.append(from_table(t.slice(int(i), 1))[0])
+    return out
+
+
+def probe(d: Path, samples: list, n: int, rng) -> None:
+    """``n`` lookups of connections among ``samples``, at a time inside each."""
+    probes = [samples[i] for i in rng.choice(len(samples), min(n, len(samples)),
                                               replace=False)]
     times = []
     first = None
@@ -168,8 +194,6 @@ def main() -> None:
     print(f"probes                 {len(times)}, found {found}, "
           f"the first (opening) {first * 1000:.1f} ms")
     print(f"lookup median          {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms, max {times[-1] * 1000:.1f} ms")
-    if not a.dir:
-        shutil.rmtree(d)
 
 
 if __name__ == "__main__":

@@ -98,8 +98,36 @@ class RowBuilder:
         opens = self._opens(nat_events)
         if not len(flows):
             return opens
-        batch = flows if isinstance(flows, FlowBatch) else FlowBatch.from_flows(list(flows))
-        return np.concatenate([opens, self._finals(batch)])
+        if isinstance(flows, FlowBatch):
+            rows = self._finals(flows)
+        else:
+            rows = self._finals_of_records(flows)
+        self._icmp_ids(rows)
+        set_pkeys(rows)
+        return np.concatenate([opens, rows])
+
+    def _finals_of_records(self, flows) -> np.ndarray:
+        """``_finals`` of ``Flow`` tuples: paired by conntrack id, one tuple
+        a connection (cheaper than columns for the object path's batches)."""
+        held: dict = {}
+        out = []
+        fw = self.firewall
+        for f in flows:
+            cid = f[18]
+            if not cid:
+                continue
+            other = held.pop(cid, None)
+            if other is None:
+                held[cid] = f
+                continue
+            o, r = (f, other) if f[14] == ORIGINAL else (other, f)
+            reason = o[15]
+            out.append((o[12], o[13], KIND_UPDATE if reason == END_ACTIVE_TIMEOUT else KIND_FINAL,
+                        reason, o[0], o[1], addr16(o[2]), addr16(o[3]), o[4], o[5],
+                        addr16(o[6]), addr16(o[7]), o[8], o[9], o[10], o[11], r[10], r[11],
+                        0, 0, cid, fw, b""))
+        self.unpaired += len(held)
+        return np.array(out, dtype=ROW) if out else np.zeros(0, ROW)
 
     def _opens(self, nat_events) -> np.ndarray:
         out = []
@@ -163,6 +191,10 @@ class RowBuilder:
         rows["pkts_in"], rows["bytes_in"] = b.packets[r], b.octets[r]
         rows["conn_id"] = b.conn_id[o]
         rows["fw"] = self.firewall
+        return rows
+
+    def _icmp_ids(self, rows: np.ndarray) -> None:
+        """Put back the query ids of pings (from their create events)."""
         icmp = np.flatnonzero(np.isin(rows["proto"], _ICMP))
         for i in icmp.tolist():
             c = int(rows["conn_id"][i])
@@ -171,8 +203,6 @@ class RowBuilder:
                 if rows["kind"][i] == KIND_UPDATE:
                     self._icmp[c] = ids
                 rows["sport"][i], rows["xsport"][i] = ids
-        set_pkeys(rows)
-        return rows
 
 
 def _addr16_cols(a: np.ndarray, fam: np.ndarray) -> np.ndarray:

@@ -465,12 +465,17 @@ class Reader:
         if not groups:
             return np.zeros(0, ROW)
         try:
+            # the key column first: most files probed hold no row of it
+            keys = pf.read_row_groups(groups, columns=[field]).column(0)
+            hit = pc.equal(keys, _scalar(field, value))
+            if not pc.any(hit).as_py():
+                return np.zeros(0, ROW)
             t = pf.read_row_groups(groups)
         except (OSError, pa.ArrowException) as e:
             self._meta.pop(str(path), None)
             self._damaged(path, e)
             return np.zeros(0, ROW)
-        return from_table(t.filter(pc.equal(t.column(field), _scalar(field, value))))
+        return from_table(t.filter(hit))
 
     def _sealed_files(self, t_ms: int, window_ms: int) -> list[Path]:
         files = []
