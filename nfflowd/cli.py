@@ -222,7 +222,11 @@ def archive_command(cmd: str, config: str, argv: list[str], optional: bool) -> i
             path = tr.DEFAULT_ARCHIVE
         else:
             try:
-                path = _load(config).archive.path
+                a = _load(config).archive
+                path = a.path
+                if a.backend == "clickhouse":
+                    from nfflowd.io.clickhouse import with_table
+                    path = with_table(a.url, a.table)
             except ConfigError as e:
                 err(f"bad configuration (or give --archive):\n{e}")
                 return EXIT_CONFIG

@@ -454,8 +454,14 @@ def test_the_archive_section():
     a = config.parse({"archive": {"enabled": True, "path": "/srv/a", "retention_days": 7,
                                   "flush_interval": 1, "firewall": "fw1"}}).archive
     assert (a.path, a.retention_days, a.flush_interval, a.firewall) == ("/srv/a", 7, 1, "fw1")
+    ch = config.parse({"archive": {"enabled": True, "backend": "clickhouse",
+                                   "url": "clickhouse://127.0.0.1:9000/db"}}).archive
+    assert (ch.backend, ch.url, ch.table) == ("clickhouse", "clickhouse://127.0.0.1:9000/db",
+                                              "nfflowd_archive")
     for bad in ({"path": "rel"}, {"retention_days": -1}, {"flush_interval": 0},
-                {"colour": "red"}):
+                {"colour": "red"}, {"backend": "sqlite"}, {"backend": "clickhouse"},
+                {"backend": "clickhouse", "url": "http://x"},
+                {"backend": "clickhouse", "url": "clickhouse://x", "table": "a;b"}):
         with pytest.raises(ConfigError):
             config.parse({"archive": {"enabled": True, **bad}})
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 import yaml
@@ -81,6 +82,10 @@ class ArchiveConfig:
     export.source, else the host name)."""
     enabled: bool = False
     path: str = "/var/lib/nfflowd/archive"
+    # "embedded" (files under path) or "clickhouse" (url, table)
+    backend: str = "embedded"
+    url: str | None = None
+    table: str = "nfflowd_archive"
     retention_days: float = 90.0
     flush_interval: float = 5.0
     firewall: str | None = None
@@ -401,7 +406,7 @@ def parse(data, path: str = "<string>") -> Config:
                   f"for UDP, got {syslog.address!r}")
 
     ar = c.section(data, "archive", {"enabled", "path", "retention_days", "flush_interval",
-                                     "firewall", "queue"})
+                                     "firewall", "queue", "backend", "url", "table"})
     archive = ArchiveConfig(
         enabled=c.boolean(ar, "enabled", "archive.enabled", False),
         path=c.string(ar, "path", "archive.path", "/var/lib/nfflowd/archive"),
@@ -410,7 +415,17 @@ def parse(data, path: str = "<string>") -> Config:
         flush_interval=c.number(ar, "flush_interval", "archive.flush_interval", 5.0, 0.1, 3600),
         firewall=c.string(ar, "firewall", "archive.firewall", None),
         queue=c.integer(ar, "queue", "archive.queue", 1024, 1, 1_000_000),
+        backend=c.string(ar, "backend", "archive.backend", "embedded",
+                         ("embedded", "clickhouse")),
+        url=c.string(ar, "url", "archive.url", None),
+        table=c.string(ar, "table", "archive.table", "nfflowd_archive"),
     )
+    if archive.backend == "clickhouse":
+        if not (archive.url or "").startswith("clickhouse://"):
+            c.bad("archive.url", "backend clickhouse needs url: clickhouse://host[:port]"
+                  f"[/database], got {archive.url!r}")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", archive.table):
+            c.bad("archive.table", f"expected a plain table name, got {archive.table!r}")
     if archive.enabled and not archive.path.startswith("/"):
         c.bad("archive.path", f"expected an absolute path, got {archive.path!r}")
 

@@ -388,7 +388,12 @@ class Pipeline:
         from nfflowd.io.archive import ArchiveWriter
         a = cfg.archive
         firewall = a.firewall or cfg.export.source or socket.gethostname()
-        w = ArchiveWriter(a.path, firewall, a.retention_days, a.flush_interval, a.queue, log=log)
+        store = None
+        if a.backend == "clickhouse":
+            from nfflowd.io.clickhouse import ClickHouseStore, with_table
+            store = ClickHouseStore(with_table(a.url, a.table), a.retention_days, log)
+        w = ArchiveWriter(a.path, firewall, a.retention_days, a.flush_interval, a.queue, log=log,
+                          store=store)
         w.open(owner=cfg.user)
         return w, True
 

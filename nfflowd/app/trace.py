@@ -32,6 +32,8 @@ from nfflowd.flowtools_import import CsvPairer
 
 EXIT_FOUND, EXIT_NONE, EXIT_BAD = 0, 1, 2
 DEFAULT_ARCHIVE = "/var/lib/nfflowd/archive"
+# the audit log of queries to a ClickHouse archive (an embedded one keeps its own)
+DEFAULT_AUDIT = "/var/lib/nfflowd/trace-audit.log"
 AUDIT_NAME = "audit.log"
 
 
@@ -99,16 +101,19 @@ def trace(archive: str, q: TraceQuery, audit_log: str | None = None,
     except QueryError as e:
         return fail(str(e))
     from nfflowd.io.archive import ArchiveError, Reader
-    audit_log = audit_log or os.path.join(archive, AUDIT_NAME)
+    from nfflowd.io.clickhouse import ClickHouseError, ClickHouseReader, is_url
+    if audit_log is None:
+        audit_log = DEFAULT_AUDIT if is_url(archive) else os.path.join(archive, AUDIT_NAME)
     entry = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-             "who": _who(), "archive": os.path.abspath(archive),
+             "who": _who(), "archive": archive if is_url(archive) else os.path.abspath(archive),
              "query": {"target": q.target, "at": q.at, "private": q.private,
                        "from": q.start, "to": q.end, "at_utc_ms": t_ms,
                        "window_ms": window_ms, "proto": q.proto}}
     try:
-        reader = Reader(archive, log=lambda m: print(f"nfflowd trace: {m}", file=errout))
+        say = lambda m: print(f"nfflowd trace: {m}", file=errout)  # noqa: E731
+        reader = ClickHouseReader(archive, say) if is_url(archive) else Reader(archive, say)
         rows = reader.lookup(value, t_ms, window_ms, field_)
-    except ArchiveError as e:
+    except (ArchiveError, ClickHouseError) as e:
         return _audited(fail(str(e)), audit_log, entry, 0, str(e), errout)
     except OSError as e:
         msg = f"cannot read the archive {archive}: {e.strerror or e}"
@@ -203,14 +208,15 @@ def import_files(archive: str, paths, firewall: str | None = None,
                  errout=None, batch: int = 100_000) -> tuple[int, ImportResult]:
     """Import CSV lines from ``paths`` into ``archive``; (exit status, counts)."""
     from nfflowd.io.archive import Store
+    from nfflowd.io.clickhouse import ClickHouseError, ClickHouseStore, is_url
     errout = errout or sys.stderr
     res = ImportResult()
-    store = Store(archive)
+    store = ClickHouseStore(archive) if is_url(archive) else Store(archive)
     try:
         store.open()
-    except OSError as e:
-        print(f"nfflowd archive import: cannot open the archive {archive}: {e.strerror or e}",
-              file=errout)
+    except (OSError, ClickHouseError) as e:
+        print(f"nfflowd archive import: cannot open the archive {archive}: "
+              f"{getattr(e, 'strerror', None) or e}", file=errout)
         return EXIT_BAD, res
     status = 0
     try:

@@ -542,8 +542,10 @@ class ArchiveWriter:
 
     def __init__(self, path, firewall: str, retention_days: float = 0,
                  flush_interval: float = 5.0, queue_max: int = 1024, log=None,
-                 clock=time.time, seal_grace: float = 120.0):
-        self.store = Store(path, retention_days, log)
+                 clock=time.time, seal_grace: float = 120.0, store=None):
+        """``store``: another backend with ``Store``'s writing methods
+        (``io.clickhouse.ClickHouseStore``); default the files under ``path``."""
+        self.store = store if store is not None else Store(path, retention_days, log)
         self.builder = RowBuilder(firewall)
         self.flush_interval = flush_interval
         self.seal_grace_ms = int(seal_grace * 1000)
@@ -563,6 +565,8 @@ class ArchiveWriter:
         except OSError as e:
             raise ArchiveError(f"cannot open the archive {self.store.path}: "
                                f"{e.strerror or e}") from None
+        except NfflowdError as e:
+            raise ArchiveError(f"cannot open the archive: {e}") from None
         self._thread = threading.Thread(target=self._run, name="nfflowd-archive", daemon=True)
         self._thread.start()
 
