@@ -4,7 +4,8 @@ one's private address and port from its public ones (TCP, UDP and ICMP over
 IPv4 and NAT66, and a DNAT port forward); a time outside a connection finds
 nothing; a connection still open is reported open; after kill -9 and a
 restart everything is still found; the syslog lines of the same run,
-imported, give the same answers."""
+imported, give the same answers.  The same with the archive in a
+ClickHouse server run in the firewall's namespace, on its loopback."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ import pytest
 
 from tests.natlab import (FW_WAN4, FW_WAN6, LAN4, LAN6, PEER, WAN4, WAN6, NatLab,
                           skip_reason, stop, wait_for)
+from tests.test_clickhouse import CONFIG as CH_CONFIG
+from tests.test_clickhouse import SERVER as CH_SERVER
+from tests.test_clickhouse import USERS as CH_USERS
 from tests.test_e2e_nat import SyslogCatcher, start_nfflowd
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(skip_reason() is not None,
@@ -35,16 +39,29 @@ table ip nfflowd_test_dnat {{
 """
 
 
+class Where:
+    """The namespace the commands run in (a ClickHouse archive listens on the
+    firewall's loopback) and the audit log they append to."""
+    prefix: list = []
+    audit = "/dev/null"
+
+
+def nfflowd(*args, timeout=60):
+    return subprocess.run([*Where.prefix, sys.executable, "-m", "nfflowd.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
 def trace(archive, target, at, *extra):
-    r = subprocess.run([sys.executable, "-m", "nfflowd.cli", "trace", target, "--at", str(at),
-                        "--archive", str(archive), "--format", "json", *extra],
-                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    r = nfflowd("trace", target, "--at", at, "--archive", archive, "--format", "json",
+                "--audit-log", Where.audit, *extra)
     assert "Traceback" not in r.stderr, r.stderr
     rows = json.loads(r.stdout) if r.returncode == 0 else []
     return r.returncode, rows, r.stderr
 
 
-def write_config(tmp_path, syslog_path):
+def write_config(tmp_path, syslog_path, archive):
+    where = (f"backend: clickhouse\n  url: {archive}" if str(archive).startswith("clickhouse:")
+             else f"path: {archive}")
     cfg = tmp_path / "nfflowd.yaml"
     cfg.write_text(f"""
 export:
@@ -56,7 +73,7 @@ syslog:
   address: {syslog_path}
 archive:
   enabled: true
-  path: {tmp_path}/archive
+  {where}
   flush_interval: 0.2
   firewall: fw-test
 conntrack: {{poll_interval: 1}}
@@ -84,16 +101,42 @@ def ask(archive, c, at=None):
     return trace(archive, target, c["at"] if at is None else at, "--proto", c["proto"])
 
 
-def test_trace_names_the_private_host(tmp_path):
+def start_clickhouse(lab, d) -> str:
+    """clickhouse-server in the firewall's namespace; its URL there."""
+    port = 19000
+    d.mkdir()
+    (d / "config.xml").write_text(CH_CONFIG.format(port=port, d=d))
+    (d / "users.xml").write_text(CH_USERS)
+    cmd = [CH_SERVER, "--config-file", d / "config.xml"]
+    if CH_SERVER.endswith("/clickhouse"):
+        cmd.insert(1, "server")
+    lab.spawn(lab.fw, *cmd, cwd=d)
+    probe = ("from clickhouse_driver import Client; "
+             f"Client('127.0.0.1', port={port}, connect_timeout=1).execute('SELECT 1')")
+    assert wait_for(lambda: lab.ns(lab.fw, sys.executable, "-c", probe, check=False)
+                    .returncode == 0, timeout=60), "clickhouse-server did not start"
+    return f"clickhouse://127.0.0.1:{port}/default"
+
+
+@pytest.mark.parametrize("backend", ["embedded", "clickhouse"])
+def test_trace_names_the_private_host(tmp_path, backend):
+    if backend == "clickhouse" and CH_SERVER is None:
+        pytest.skip("needs clickhouse-server (Debian)")
     with NatLab() as lab:
+        Where.prefix = ["ip", "netns", "exec", lab.fw]
+        Where.audit = str(tmp_path / "audit.log")
+        if backend == "clickhouse":
+            archive = start_clickhouse(lab, tmp_path / "ch")
+            imported = archive + "?table=imported"
+        else:
+            archive, imported = tmp_path / "archive", tmp_path / "imported"
         lab.ns(lab.fw, "nft", "-f", "-", input=DNAT_RULES)
         lab.start_servers(lifetime=150)
         inside = lab.spawn(lab.lan, sys.executable, PEER, "serve", LAN4, "--port", DNAT_PORT,
                            "--lifetime", 150)
         assert "READY" in inside.stdout.readline()
         catcher = SyslogCatcher(tmp_path / "log.sock")
-        cfg = write_config(tmp_path, tmp_path / "log.sock")
-        archive = tmp_path / "archive"
+        cfg = write_config(tmp_path, tmp_path / "log.sock", archive)
         p, log = start_nfflowd(lab, cfg)
 
         conns = []
@@ -176,10 +219,8 @@ def test_trace_names_the_private_host(tmp_path):
         # ICMP: flow-tools records carry type and code, not the query id)
         lines = tmp_path / "flows.log"
         lines.write_text("\n".join(catcher.collect()) + "\n")
-        imported = tmp_path / "imported"
-        r = subprocess.run([sys.executable, "-m", "nfflowd.cli", "archive", "import", str(lines),
-                            "--archive", str(imported), "--firewall", "fw-test"],
-                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+        r = nfflowd("archive", "import", lines, "--archive", imported, "--firewall", "fw-test",
+                    timeout=120)
         assert r.returncode == 0, r.stderr
         for c in conns + [dnat]:
             if c["proto"].startswith("icmp"):
