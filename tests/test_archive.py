@@ -553,3 +553,64 @@ def test_trace_private_lists_a_hosts_connections(tmp_path):
                 TraceQuery(None, None, private="nope", start="1", end="2"),
                 TraceQuery(None, None)):
         assert trace(path, bad, out=io.StringIO(), errout=err) == 2
+
+
+def test_write_errors_are_counted_and_said_once(tmp_path):
+    class Broken(Store):
+        def append(self, rows):
+            raise OSError(28, "No space left on device")
+
+    events = []
+
+    class Log:
+        def warning(self, event, **kw):
+            events.append(event)
+
+        def info(self, event, **kw):
+            events.append(event)
+
+    w = ArchiveWriter(tmp_path, "fw1", flush_interval=0.05, log=Log(),
+                      store=Broken(tmp_path), clock=lambda: T0 / 1000)
+    w.open()
+    for i in range(3):
+        ev, fl = conn(i + 1, 1, 2, T0, T0 + 1)
+        w.put(fl, [ev])
+        time.sleep(0.1)
+    w.close()
+    assert w.stats()["archive_write_errors"] == 3
+    assert events.count("archive_write_failed") == 1 and "No space" in w.last_error
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_archive_given_to_the_daemons_user(tmp_path):
+    import pwd
+    s = Store(tmp_path / "a")
+    s.open()
+    write(s, RowBuilder("fw1"), flows=conn(1, 1, 2, T0, T0 + 1)[1])
+    s.close()
+    Store(tmp_path / "a").open(owner="nobody")
+    uid = pwd.getpwnam("nobody").pw_uid
+    assert all(p.stat().st_uid == uid for p in [tmp_path / "a", *(tmp_path / "a").rglob("*")])
+
+
+def test_reload_replaces_the_archive_writer_only_when_its_settings_change(tmp_path):
+    from nfflowd.app import config
+    from nfflowd.app.pipeline import Pipeline
+
+    def cfg(flush):
+        return config.parse({"export": {"collectors": []},
+                             "archive": {"enabled": True, "path": str(tmp_path / "a"),
+                                         "flush_interval": flush, "retention_days": 0}})
+    p = Pipeline(cfg(0.1), archive=True)
+    p.open()
+    first = p.archive
+    ev, flows = conn(7, 33000, 40000, T0, T0 + 5000)
+    p.export(flows, [ev], T0 * 1_000_000, 1000)
+    p.apply(p.prepare(cfg(0.1)))
+    assert p.archive is first
+    p.apply(p.prepare(cfg(0.2)))
+    assert p.archive is not first and p.summary()["archive_rows_written"] == 2
+    p.apply(p.prepare(config.parse({"export": {"collectors": []}})))
+    assert p.archive is None and not p.wants_nat_events
+    assert p.summary()["archive_rows_written"] == 2
+    p.close()

@@ -557,7 +557,9 @@ class ArchiveWriter:
         self.batches_dropped = 0
         self._episode_dropped: int | None = None
         self.last_error: str | None = None
-        self._failing = False
+        self._failing = False           # an episode of write errors under way
+        self._step_failed = False       # an error since the last flush
+        self._step_wrote = False        # rows written since the last flush
 
     def open(self, owner: str | None = None) -> None:
         try:
@@ -611,8 +613,10 @@ class ArchiveWriter:
             if item is not None:
                 try:
                     self.store.append(self.builder.rows(*item))
+                    self._step_wrote = True
                 except Exception as e:      # noqa: BLE001 - a disk error must not end the thread
                     self._error(e)
+                    self._step_failed = True
                 if time.monotonic() < deadline:
                     continue
             self._step()
@@ -626,11 +630,13 @@ class ArchiveWriter:
             self.store.purge(now_ms)
             if final:
                 self.store.close()
-            if self._failing and self.log is not None:
-                self.log.info("archive_writes_again")
-            self._failing = False
+            if self._failing and self._step_wrote and not self._step_failed:
+                if self.log is not None:
+                    self.log.info("archive_writes_again")
+                self._failing = False
         except Exception as e:              # noqa: BLE001
             self._error(e)
+        self._step_failed = self._step_wrote = False
 
     def _error(self, e: Exception) -> None:
         self.store.counters["archive_write_errors"] += 1
