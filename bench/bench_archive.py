@@ -97,7 +97,7 @@ def records_stage(n: int) -> None:
                           0, 3, 0, 0, i + 1, 0))
         flows.append(Flow(4, 6, rem, pub, 443, xp, rem, priv, 443, sp, 5, 5000, t, t + 900,
                           REPLY, 3, 0, 0, i + 1, 0))
-    batch = FlowBatch.from_flows(flows)
+    batch = FlowBatch.from_flows(flows).as_columns()
     b = RowBuilder("fw1")
     c0 = time.process_time()
     b.rows([], events)

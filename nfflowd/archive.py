@@ -98,10 +98,11 @@ class RowBuilder:
         opens = self._opens(nat_events)
         if not len(flows):
             return opens
-        if isinstance(flows, FlowBatch):
-            rows = self._finals(flows)
+        if isinstance(flows, FlowBatch) and flows.flow_list is None:
+            rows = self._finals(flows)          # columns (a burst's blocks)
         else:
-            rows = self._finals_of_records(flows)
+            rows = self._finals_of_records(flows.flow_list if isinstance(flows, FlowBatch)
+                                           else flows)
         self._icmp_ids(rows)
         set_pkeys(rows)
         return np.concatenate([opens, rows])

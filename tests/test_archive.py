@@ -24,7 +24,8 @@ from nfflowd.archive import (HOUR_MS, KIND_FINAL, KIND_OPEN, QueryError, RowBuil
                              make_pkey, merge, parse_target, parse_time, parse_window)
 from nfflowd.flowtools_import import CsvPairer
 from nfflowd.io.archive import ArchiveError, ArchiveWriter, Reader, Store
-from nfflowd.record import END_ACTIVE_TIMEOUT, END_OF_FLOW, ORIGINAL, REPLY, Flow, NatEvent
+from nfflowd.record import (END_ACTIVE_TIMEOUT, END_OF_FLOW, ORIGINAL, REPLY, Flow, FlowBatch,
+                            NatEvent)
 
 T0 = 1_780_000_000_000 // HOUR_MS * HOUR_MS + 600_000      # 10 minutes into an hour
 
@@ -378,7 +379,8 @@ def test_trace_refuses_when_the_audit_log_cannot_be_written(tmp_path):
 
 def csv_text(flow_pairs, now_ms, prefix=""):
     flows = [f for pair in flow_pairs for f in pair]
-    batch = flowtools.expand(flows, now_ms * 1_000_000, now_ms - 3_600_000, "192.0.2.9")
+    batch = flowtools.expand(FlowBatch.from_flows(flows), now_ms * 1_000_000, now_ms - 3_600_000,
+                             "192.0.2.9")
     return "".join(f"{prefix}{line}\n" for line in flowtools.csv_lines(batch))
 
 
@@ -423,7 +425,6 @@ def test_pairer_dnat_line_order():
 
 
 def test_rows_from_a_batch_equal_rows_from_records():
-    from nfflowd.record import FlowBatch
     flows, events = [], []
     for i in range(5):
         ev, fl = conn(100 + i, 1000 + i, 20000 + i, T0 + i, T0 + 1000 + i)
@@ -433,7 +434,8 @@ def test_rows_from_a_batch_equal_rows_from_records():
                     pub=v6("2001:db8:2::1"), rem=v6("2001:db8:2::2"))
     flows += fl6
     a = RowBuilder("fw1").rows(flows, events)
-    b = RowBuilder("fw1").rows(FlowBatch.from_flows(flows), events)
+    b = RowBuilder("fw1").rows(FlowBatch.from_flows(flows).as_columns(), events)
+    assert b.tobytes() == RowBuilder("fw1").rows(FlowBatch.from_flows(flows), events).tobytes()
     assert a.tobytes() == b.tobytes() and len(a) == 11
     assert b[-1]["src"] == addr16(v6("2001:db8:1::2")) and b[-2]["src"] == addr16(PRIV)
     # out of the correlator's order: paired by conntrack id all the same
@@ -477,7 +479,7 @@ def test_pipeline_archives_only_for_the_daemon(tmp_path):
     assert p.wants_nat_events
     p.open()
     ev, flows = conn(7, 33000, 40000, T0, T0 + 5000)
-    p.export(flows, [ev], T0 * 1_000_000, 1000)
+    p.export(FlowBatch.from_flows(flows), [ev], T0 * 1_000_000, 1000)
     p.close()
     s = p.summary()
     assert s["archive_rows_written"] == 2 and s["archive_dropped"] == 0
@@ -605,7 +607,7 @@ def test_reload_replaces_the_archive_writer_only_when_its_settings_change(tmp_pa
     p.open()
     first = p.archive
     ev, flows = conn(7, 33000, 40000, T0, T0 + 5000)
-    p.export(flows, [ev], T0 * 1_000_000, 1000)
+    p.export(FlowBatch.from_flows(flows), [ev], T0 * 1_000_000, 1000)
     p.apply(p.prepare(cfg(0.1)))
     assert p.archive is first
     p.apply(p.prepare(cfg(0.2)))

@@ -18,6 +18,7 @@ import pytest
 from nfflowd.app.trace import TraceQuery, trace
 from nfflowd.archive import DAY_MS, HOUR_MS, RowBuilder, addr16
 from nfflowd.io.archive import Reader, Store
+from nfflowd.record import FlowBatch
 from tests.test_archive import PRIV, T0, conn, csv_text, key, v6
 
 SERVER = shutil.which("clickhouse-server") or (
@@ -181,7 +182,7 @@ def test_the_daemon_pipeline_writes_to_clickhouse(server):
     p = Pipeline(cfg, archive=True)
     p.open()
     ev, flows = CONNS[0]
-    p.export(flows, [ev], T0 * 1_000_000, 1000)
+    p.export(FlowBatch.from_flows(flows), [ev], T0 * 1_000_000, 1000)
     p.close()
     assert p.summary()["archive_rows_written"] == 2
     got = ClickHouseReader(with_table(server, "pipeline")).lookup(key(40000), T0 + 100, 0)

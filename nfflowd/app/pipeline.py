@@ -465,7 +465,7 @@ class Pipeline:
         if self.mirror is not None and ft:
             self.mirror.send_csv(ft, now_ns / 1e9)
         if self.archive is not None:
-            self.archive.put(flows, nat_events)
+            self.archive.put(batch, nat_events)
         return ft
 
     @property

@@ -577,6 +577,8 @@ class ArchiveWriter:
             return True
         if isinstance(flows, list):
             flows = list(flows)             # the caller may reuse its list
+        elif getattr(flows, "flow_list", None) is not None:
+            flows = list(flows.flow_list)
         try:
             self._q.put_nowait((flows, nat_events))
         except queue.Full:
