@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import ipaddress
 import re
+import struct
 
 import numpy as np
 
@@ -48,6 +49,9 @@ ROW = np.dtype([
     ("fw", "S32"), ("pkey", "S18"),
 ])
 ADDR_FIELDS = ("src", "dst", "xsrc", "xdst")
+# one row packed by struct, in ``ROW``'s layout: rows made from Python
+# values are packed and read as one array (cheaper than a tuple a row)
+_PACK = struct.Struct("<qqBBBB16s16sHH16s16sHHQQQQHII32s18s").pack
 # How a connection ended, by the FINAL row's ``reason`` (IPFIX flowEndReason as
 # the correlator sets it); an OPEN row's reason is 0.
 REASONS = {
@@ -108,11 +112,14 @@ class RowBuilder:
         return np.concatenate([opens, rows])
 
     def _finals_of_records(self, flows) -> np.ndarray:
-        """``_finals`` of ``Flow`` tuples: paired by conntrack id, one tuple
-        a connection (cheaper than columns for the object path's batches)."""
+        """``_finals`` of ``Flow`` tuples: paired by conntrack id, packed a
+        connection at a time (cheaper than columns for the object path's
+        batches)."""
         held: dict = {}
         out = []
         fw = self.firewall
+        pack = _PACK
+        v4 = _V4_PREFIX
         for f in flows:
             cid = f[18]
             if not cid:
@@ -122,29 +129,37 @@ class RowBuilder:
                 held[cid] = f
                 continue
             o, r = (f, other) if f[14] == ORIGINAL else (other, f)
-            reason = o[15]
-            out.append((o[12], o[13], KIND_UPDATE if reason == END_ACTIVE_TIMEOUT else KIND_FINAL,
-                        reason, o[0], o[1], addr16(o[2]), addr16(o[3]), o[4], o[5],
-                        addr16(o[6]), addr16(o[7]), o[8], o[9], o[10], o[11], r[10], r[11],
-                        0, 0, cid, fw, b""))
+            (fam, proto, src, dst, sport, dport, psrc, pdst, psport, pdport, pk, by, start,
+             end, _d, reason) = o[:16]
+            if fam == 4:
+                src, dst, psrc, pdst = v4 + src, v4 + dst, v4 + psrc, v4 + pdst
+            out.append(pack(start, end, KIND_UPDATE if reason == END_ACTIVE_TIMEOUT
+                            else KIND_FINAL, reason, fam, proto, src, dst, sport, dport,
+                            psrc, pdst, psport, pdport, pk, by, r[10], r[11], 0, 0, cid, fw, b""))
         self.unpaired += len(held)
-        return np.array(out, dtype=ROW) if out else np.zeros(0, ROW)
+        return _unpack_rows(out)
 
     def _opens(self, nat_events) -> np.ndarray:
         out = []
         fw = self.firewall
-        for e in nat_events:
-            if not e.created:
+        pack = _PACK
+        v4 = _V4_PREFIX
+        icmp = self._icmp
+        for (fam, proto, src, dst, sport, dport, psrc, pdst, psport, pdport, t, created,
+             cid) in nat_events:
+            if not created:
                 continue
-            if e.proto in _ICMP and e.conn_id:
-                if len(self._icmp) >= self._icmp_max:
-                    self._icmp.clear()
-                self._icmp[e.conn_id] = (e.sport, e.post_sport)
-            out.append((e.time_ms, 0, KIND_OPEN, 0, e.family, e.proto,
-                        addr16(e.src), addr16(e.dst), e.sport, e.dport,
-                        addr16(e.post_src), addr16(e.post_dst), e.post_sport, e.post_dport,
-                        0, 0, 0, 0, 0, 0, e.conn_id, fw, b""))
-        return finish(out)
+            if proto in _ICMP and cid:
+                if len(icmp) >= self._icmp_max:
+                    icmp.clear()
+                icmp[cid] = (sport, psport)
+            if fam == 4:
+                src, dst, psrc, pdst = v4 + src, v4 + dst, v4 + psrc, v4 + pdst
+            out.append(pack(t, 0, KIND_OPEN, 0, fam, proto, src, dst, sport, dport,
+                            psrc, pdst, psport, pdport, 0, 0, 0, 0, 0, 0, cid, fw, b""))
+        rows = _unpack_rows(out)
+        set_pkeys(rows)
+        return rows
 
     def _pairs(self, b: FlowBatch) -> tuple[np.ndarray, np.ndarray]:
         """Indexes of each connection's ORIGINAL and REPLY records."""
@@ -216,6 +231,12 @@ def _addr16_cols(a: np.ndarray, fam: np.ndarray) -> np.ndarray:
         out[v4, :10] = 0
         out[v4, 10:12] = 0xFF
     return out.view("S16").reshape(len(a))
+
+
+def _unpack_rows(packed: list) -> np.ndarray:
+    if not packed:
+        return np.zeros(0, ROW)
+    return np.frombuffer(b"".join(packed), dtype=ROW).copy()
 
 
 def finish(tuples) -> np.ndarray:
