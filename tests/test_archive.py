@@ -53,6 +53,18 @@ def conn(cid, sport, xsport, start, end, proto=6, reason=END_OF_FLOW, priv=PRIV,
     return ev, [o, r]
 
 
+class EventLog:
+    """A structlog-style logger that keeps the events' names."""
+
+    def __init__(self):
+        self.events = []
+
+    def warning(self, event, **kw):
+        self.events.append(event)
+
+    info = warning
+
+
 def key(port, pub=PUB):
     return make_pkey(addr16(pub), port)
 
@@ -300,21 +312,12 @@ def test_kill_9_keeps_everything_up_to_the_last_flush(tmp_path):
 def test_writer_thread_counts_what_does_not_fit(tmp_path):
     w = ArchiveWriter(tmp_path, "fw1", flush_interval=0.05, queue_max=1,
                       clock=lambda: T0 / 1000)
-    logged = []
-
-    class Log:
-        def warning(self, event, **kw):
-            logged.append(event)
-
-        def info(self, event, **kw):
-            logged.append(event)
-
-    w.log = Log()
+    w.log = log = EventLog()
     w.store.open()              # not started: the queue fills
     ev, flows = conn(1, 1, 2, T0, T0 + 1)
     assert w.put(flows, [ev])
     assert not w.put(flows, [ev]) and not w.put(flows, [ev])
-    assert w.stats()["archive_dropped"] == 4 and logged == ["archive_behind"]
+    assert w.stats()["archive_dropped"] == 4 and log.events == ["archive_behind"]
 
 
 # ---- trace ---------------------------------------------------------------------
@@ -562,16 +565,8 @@ def test_write_errors_are_counted_and_said_once(tmp_path):
         def append(self, rows):
             raise OSError(28, "No space left on device")
 
-    events = []
-
-    class Log:
-        def warning(self, event, **kw):
-            events.append(event)
-
-        def info(self, event, **kw):
-            events.append(event)
-
-    w = ArchiveWriter(tmp_path, "fw1", flush_interval=0.05, log=Log(),
+    log = EventLog()
+    w = ArchiveWriter(tmp_path, "fw1", flush_interval=0.05, log=log,
                       store=Broken(tmp_path), clock=lambda: T0 / 1000)
     w.open()
     for i in range(3):
@@ -580,7 +575,7 @@ def test_write_errors_are_counted_and_said_once(tmp_path):
         time.sleep(0.1)
     w.close()
     assert w.stats()["archive_write_errors"] == 3
-    assert events.count("archive_write_failed") == 1 and "No space" in w.last_error
+    assert log.events.count("archive_write_failed") == 1 and "No space" in w.last_error
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
