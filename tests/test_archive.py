@@ -167,6 +167,8 @@ def test_found_open_then_ended_in_hot_and_sealed_tiers(tmp_path):
             assert not list((tmp_path / "hot").glob("*.arrows"))
         got = r.lookup(key(40000), T0 + 1000, 2000)
         assert len(got) == 1 and got[0]["kind"] == KIND_FINAL and got[0]["end_ms"] == T0 + 5000
+        # (sealed files leave out a translated destination equal to the original)
+        assert (got[0]["xdst"], got[0]["xdport"]) == (addr16(REM), 80)
         assert len(r.lookup(key(40000), T0 + 8000, 2000)) == 0        # after it
         assert len(r.lookup(key(40000), T0 - 3000, 2000)) == 0        # before it
         assert len(r.lookup(key(40000), T0 + 6900, 2000)) == 1        # within the window

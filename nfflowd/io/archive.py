@@ -89,12 +89,32 @@ def _fw_array(col: np.ndarray) -> pa.Array:
         .cast(pa.string())
 
 
+# columns a sealed file leaves null where they equal another (the translated
+# destination of a source NAT is the original one): 5 bytes a connection
+_SAME_AS = {"xdst": "dst", "xdport": "dport"}
+
+
 def from_table(table: pa.Table) -> np.ndarray:
     rows = np.zeros(table.num_rows, ROW)
     if table.num_rows:
         for name in ROW.names:
             rows[name] = _column(table.column(name))
+        for name, same in _SAME_AS.items():
+            col = table.column(name)
+            if col.null_count:
+                null = col.is_null().to_numpy(zero_copy_only=False)
+                rows[name][null] = rows[same][null]
     return rows
+
+
+def _drop_repeats(table: pa.Table) -> pa.Table:
+    """``_SAME_AS`` columns null where they repeat their twin."""
+    for name, same in _SAME_AS.items():
+        col = table.column(name)
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, pc.if_else(pc.equal(col, table.column(same)),
+                                                    pa.scalar(None, col.type), col))
+    return table
 
 
 def _hour_name(hour_ms: int) -> str:
@@ -165,6 +185,10 @@ class Columns:
 def _column(col) -> np.ndarray:
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     n = len(col)
+    if col.null_count:
+        t = col.type
+        zero = b"\0" * t.byte_width if pa.types.is_fixed_size_binary(t) else 0
+        col = col.fill_null(pa.scalar(zero, t))
     if pa.types.is_fixed_size_binary(col.type):
         w = col.type.byte_width
         if n == 0:
@@ -185,7 +209,7 @@ def write_parquet(path: Path, table, meta: dict | None = None,
     fsync; the caller renames ``path`` into place (the seal's journal)."""
     if isinstance(table, np.ndarray):
         table = to_table(table)
-    table = table.take(key_order(Columns(table)))
+    table = _drop_repeats(table.take(key_order(Columns(table))))
     if meta:
         table = table.replace_schema_metadata({k: json.dumps(v) for k, v in meta.items()})
     pq.write_table(table, path, compression="zstd", compression_level=3,
