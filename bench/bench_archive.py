@@ -127,6 +127,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--records", type=int, default=200_000,
                     help="connections for the rows-from-records stage (0: skip)")
+    ap.add_argument("--grep", type=int, default=0, metavar="N",
+                    help="also: grep over the syslog CSV lines of N of the connections "
+                         "(3 lines each, as the mirror writes them), extrapolated to all")
     ap.add_argument("--probe-only", action="store_true",
                     help="only the lookups, on the archive --dir holds (probes drawn from it)")
     a = ap.parse_args()
@@ -190,7 +193,9 @@ def main() -> None:
     print(f"generation (not counted) {gen_cpu:.1f} s CPU; wall for all {wall:.1f} s")
     print(f"size on disk           {size / total:.1f} bytes/connection ({size / 1e6:.1f} MB)")
 
-    probe(d, samples, a.probes, rng)
+    median = probe(d, samples, a.probes, rng)
+    if a.grep:
+        grep_stage(d, a.grep, total, median, rng)
     if not a.dir:
         shutil.rmtree(d)
 
@@ -231,6 +236,45 @@ def probe(d: Path, samples: list, n: int, rng) -> None:
     print(f"probes                 {len(times)}, found {found}, "
           f"the first (opening) {first * 1000:.1f} ms")
     print(f"lookup median          {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms, max {times[-1] * 1000:.1f} ms")
+    return p(0.5) / 1000
+
+
+def grep_stage(d: Path, n: int, total: int, median: float, rng) -> None:
+    """The same question asked of the mirror's CSV lines with grep: the
+    line of the public address and port, whole file scanned (as the
+    README's awk does), on ``n`` connections, then scaled to ``total``."""
+    import subprocess
+
+    import pyarrow.parquet as pq
+    from nfflowd.archive import addr_text
+    from nfflowd.io.archive import from_table
+    rows = []
+    for f in sorted(d.glob("*/??.parquet")):
+        rows.append(from_table(pq.read_table(f)))
+        if sum(map(len, rows)) >= n:
+            break
+    rows = np.concatenate(rows)[:n]
+    path = d / "flows.csv"
+    with open(path, "w") as out:
+        for r in rows:
+            src, dst, xsrc = (addr_text(bytes(r[k])) for k in ("src", "dst", "xsrc"))
+            head = f"{int(r['end_ms']) // 1000},0,1000000,203.0.113.1,{r['pkts_out']},{r['bytes_out']},1,2,"
+            out.write(f"{head}{src},{dst},0.0.0.0,0,0,{r['sport']},{r['dport']},{r['proto']},0,0\n")
+            out.write(f"{head}{xsrc},{dst},0.0.0.0,0,0,{r['xsport']},{r['dport']},{r['proto']},0,0\n")
+            out.write(f"{head[:-4]}1,2,{dst},{xsrc},0.0.0.0,0,0,{r['dport']},{r['xsport']},"
+                      f"{r['proto']},0,0\n")
+    size = path.stat().st_size
+    times = []
+    for i in rng.integers(0, len(rows), 5):
+        r = rows[int(i)]
+        pat = f",{addr_text(bytes(r['xsrc']))},[^,]*,0.0.0.0,0,0,{r['xsport']},"
+        c = time.perf_counter()
+        subprocess.run(["grep", "-E", pat, str(path)], capture_output=True, check=False)
+        times.append(time.perf_counter() - c)
+    per = sorted(times)[len(times) // 2] * total / n
+    print(f"grep over CSV lines    {size / n:.0f} bytes/connection; a probe over {n} "
+          f"connections {sorted(times)[len(times) // 2] * 1000:.0f} ms, scaled to {total}: "
+          f"{per:.1f} s, {per / median:,.0f}x the archive's median")
 
 
 if __name__ == "__main__":
