@@ -473,6 +473,15 @@ def test_the_archive_section():
             config.parse({"archive": {"enabled": True, **bad}})
 
 
+def test_an_archive_only_daemon_records_something():
+    from nfflowd.app import config
+    from nfflowd.errors import ConfigError
+    off = {"export": {"collectors": []}, "syslog": {"enabled": False}}
+    with pytest.raises(ConfigError, match="would record nothing"):
+        config.require_output(config.parse(off))
+    config.require_output(config.parse({**off, "archive": {"enabled": True}}))
+
+
 def test_pipeline_archives_only_for_the_daemon(tmp_path):
     from nfflowd.app import config
     from nfflowd.app.pipeline import Pipeline

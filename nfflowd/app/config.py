@@ -476,9 +476,10 @@ def parse(data, path: str = "<string>") -> Config:
 def require_output(cfg: Config) -> None:
     """What the daemon needs beyond a valid file: somewhere to record the
     connections.  ``collectors: []`` with the syslog mirror on is a
-    syslog-only setup; with it off too, every connection would be lost.  (The
-    meter may run so: it counts, or prints with ``--print``.)"""
-    if not cfg.export.collectors and not cfg.syslog.enabled:
+    syslog-only setup, with the archive on an archive-only one; with both
+    off too, every connection would be lost.  (The meter may run so: it
+    counts, or prints with ``--print``.)"""
+    if not cfg.export.collectors and not cfg.syslog.enabled and not cfg.archive.enabled:
         raise ConfigError(cfg.path, [("export.collectors", "empty, and syslog.enabled is "
                                       "false: the daemon would record nothing; list a "
                                       "collector or enable the syslog mirror")])
