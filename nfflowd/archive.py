@@ -35,9 +35,6 @@ from nfflowd.record import (END_ACTIVE_TIMEOUT, END_FORCED, END_IDLE_TIMEOUT,
 KIND_OPEN, KIND_FINAL, KIND_UPDATE = 0, 1, 2
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
-# An OPEN row and its FINAL row may disagree on the start by this much (the
-# NEW event's arrival against the kernel's timestamp).
-START_SLACK_MS = 10_000
 
 ROW = np.dtype([
     ("start_ms", "<i8"), ("end_ms", "<i8"),
@@ -48,7 +45,6 @@ ROW = np.dtype([
     ("zone", "<u2"), ("mark", "<u4"), ("conn_id", "<u4"),
     ("fw", "S32"), ("pkey", "S18"),
 ])
-ADDR_FIELDS = ("src", "dst", "xsrc", "xdst")
 # one row packed by struct, in ``ROW``'s layout: rows made from Python
 # values are packed and read as one array (cheaper than a tuple a row)
 _PACK = struct.Struct("<qqBBBB16s16sHH16s16sHHQQQQHII32s18s").pack
