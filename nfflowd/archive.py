@@ -504,9 +504,11 @@ def parse_proto(text: str) -> int:
 
 def row_dict(r, tz: _dt.tzinfo | None = _dt.timezone.utc) -> dict:
     """One merged row for people and programs: text addresses, times in
-    ``tz`` (ISO 8601), end None while open."""
+    ``tz`` (ISO 8601; None: local time, with the offset in force at each
+    time), end None while open."""
     def when(ms):
-        return _dt.datetime.fromtimestamp(ms / 1000, tz).isoformat(timespec="milliseconds")
+        t = _dt.datetime.fromtimestamp(ms / 1000, tz)
+        return (t if tz is not None else t.astimezone()).isoformat(timespec="milliseconds")
     end = int(r["end_ms"]) if r["kind"] == KIND_FINAL else None
     return {
         "start": when(int(r["start_ms"])),

@@ -622,3 +622,18 @@ def test_reload_replaces_the_archive_writer_only_when_its_settings_change(tmp_pa
     assert p.archive is None and not p.wants_nat_events
     assert p.summary()["archive_rows_written"] == 2
     p.close()
+
+
+def test_table_shows_local_time_with_the_offset_of_that_day(tmp_path, monkeypatch):
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        path = archive_with(tmp_path, conn(7, 33000, 40000, T0, T0 + 5000))
+        # T0 is in May (summer time, +02:00), whatever the date today
+        local = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(T0 / 1000 + 1))
+        status, out, err = run_trace(path, "203.0.113.1:40000", local)
+        assert status == 0, err
+        assert "+02:00" in out.splitlines()[1]
+    finally:
+        monkeypatch.undo()
+        time.tzset()

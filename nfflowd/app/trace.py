@@ -165,10 +165,9 @@ def write_rows(rows, fmt: str, out) -> None:
         for d in dicts:
             w.writerow(["" if d[k] is None else d[k] for k in keys])
         return
-    local = dt.datetime.now().astimezone().tzinfo
     lines = [_TABLE_COLS]
     for r in rows:
-        d = row_dict(r, local)
+        d = row_dict(r, None)
         lines.append((d["start"].replace("T", " "),
                       (d["end"] or "open").replace("T", " "), d["proto"],
                       _hp(d["src"], d["sport"]), _hp(d["xsrc"], d["xsport"]),
