@@ -637,3 +637,16 @@ def test_table_shows_local_time_with_the_offset_of_that_day(tmp_path, monkeypatc
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_check_names_an_archive_path_that_cannot_be_made(tmp_path):
+    from nfflowd.app import config
+    from nfflowd.app.check import start_problems
+    (tmp_path / "file").write_text("x")
+
+    def problems(path):
+        return start_problems(config.parse({"export": {"collectors": []},
+                                            "archive": {"enabled": True, "path": path}}))
+    assert problems(str(tmp_path / "new" / "archive")) == []
+    assert problems(str(tmp_path / "file" / "archive")) == \
+        [f"archive.path: {tmp_path / 'file'} is not a directory"]

@@ -77,7 +77,8 @@ def _check_kernel(cfg: Config) -> bool:
 def start_problems(cfg: Config) -> list[str]:
     """What a valid configuration needs of this host that start and reload
     would refuse without (each with its key): collector hosts that do not
-    resolve, a metrics address that is not of this host."""
+    resolve, a metrics address that is not of this host, an archive
+    directory that cannot be made or written."""
     from nfflowd.io.export import ExportError, resolve
     from nfflowd.app.metrics import listen_problem
     out = []
@@ -90,6 +91,11 @@ def start_problems(cfg: Config) -> list[str]:
         problem = listen_problem(cfg.metrics_listen)
         if problem:
             out.append(f"metrics.listen: {problem}")
+    if cfg.archive.enabled and cfg.archive.backend == "embedded":
+        from nfflowd.io.archive import path_problem
+        problem = path_problem(cfg.archive.path)
+        if problem:
+            out.append(f"archive.path: {problem}")
     return out
 
 

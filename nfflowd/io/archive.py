@@ -138,6 +138,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def path_problem(path) -> str | None:
+    """Why the archive could not be made or written at ``path`` (None: it
+    can), without making anything."""
+    p = Path(path)
+    while not p.exists():
+        if p.parent == p:
+            break
+        p = p.parent
+    if not p.is_dir():
+        return f"{p} is not a directory"
+    if not os.access(p, os.W_OK | os.X_OK):
+        return f"{p} is not writable"
+    return None
+
+
 class ArchiveError(NfflowdError):
     """The archive cannot be used (missing, unreadable): the message says why."""
 
