@@ -69,7 +69,9 @@ def _parser() -> argparse.ArgumentParser:
                "(config, kernel prerequisites, daemon state and counters), meter (meter a "
                "capture file or a live interface and export its flows to the configured "
                "collectors; "
-               "'nfflowd meter --help' lists its options), help, version. "
+               "'nfflowd meter --help' lists its options), trace (which private host held "
+               "a public address and port at a time, from the archive; 'nfflowd trace --help'), "
+               "archive import (syslog CSV lines into the archive), help, version. "
                "Exit status: 0 ok, 1 failure, 2 bad config or arguments, 3 not running, "
                "4 kernel prerequisites missing.")
     p.add_argument("-c", dest="config", metavar="file", default=None,
