@@ -369,3 +369,16 @@ def test_the_commands_refuse_a_datagram_too_small_as_a_bad_config(tmp_path, caps
 def yaml_dump(data) -> str:
     import yaml
     return yaml.safe_dump(data)
+
+
+def test_start_refusing_a_config_leaves_the_callers_signals_as_they_were(tmp_path):
+    """start blocks the daemon's control signals before it reads the config;
+    refusing the config must unblock them, or the caller (and every child it
+    starts, such as a collector told to stop with SIGTERM) stays deaf."""
+    import signal
+    from nfflowd import cli
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("export: [\n")
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert cli.main(["-c", str(bad), "start"]) == 2
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before

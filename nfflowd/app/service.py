@@ -75,20 +75,35 @@ def _daemon_config(path: str) -> Config | None:
 
 # -- the actions ---------------------------------------------------------------
 def start(config_path: str, foreground: bool) -> Status:
-    cfg = _daemon_config(config_path)
-    if cfg is None:
-        return Status.BAD_CONFIG
-    return _start(cfg, foreground)
+    try:
+        cfg = _daemon_config(config_path)
+        if cfg is None:
+            return Status.BAD_CONFIG
+        return _start(cfg, foreground)
+    finally:
+        _unblock_signals()
 
 
 def restart(config_path: str, foreground: bool) -> Status:
-    cfg = _daemon_config(config_path)
-    if cfg is None:
-        return Status.BAD_CONFIG
-    status = _stop(cfg.pidfile)
-    if status is not Status.OK:
-        return status
-    return _start(cfg, foreground)
+    try:
+        cfg = _daemon_config(config_path)
+        if cfg is None:
+            return Status.BAD_CONFIG
+        status = _stop(cfg.pidfile)
+        if status is not Status.OK:
+            return status
+        return _start(cfg, foreground)
+    finally:
+        _unblock_signals()
+
+
+def _unblock_signals() -> None:
+    """The caller of start and restart gets its signals back, whatever the
+    outcome: the daemon blocked them for itself (a forked daemon keeps its
+    own mask), and a caller in the same process (a test, a program driving
+    ``cli.main``) must not be left deaf to SIGTERM, nor its children."""
+    from nfflowd.app.privileges import unblock_control_signals
+    unblock_control_signals()
 
 
 def stop(config_path: str) -> Status:
