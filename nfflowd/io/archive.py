@@ -153,6 +153,18 @@ def path_problem(path) -> str | None:
     return None
 
 
+def hot_files(path: Path) -> dict[int, list[Path]]:
+    """The hot tier's files under the archive ``path``, by the hour they hold
+    (names that are not an hour's are left alone)."""
+    out: dict[int, list[Path]] = {}
+    for p in sorted((path / "hot").glob("*.arrows")):
+        try:
+            out.setdefault(_hour_of_name(p.name), []).append(p)
+        except ValueError:
+            continue
+    return out
+
+
 class ArchiveError(NfflowdError):
     """The archive cannot be used (missing, unreadable): the message says why."""
 
@@ -321,19 +333,10 @@ class Store:
         self._hot.clear()
 
     # -- sealing ---------------------------------------------------------------
-    def hot_files(self) -> dict[int, list[Path]]:
-        out: dict[int, list[Path]] = {}
-        for p in sorted((self.path / "hot").glob("*.arrows")):
-            try:
-                out.setdefault(_hour_of_name(p.name), []).append(p)
-            except ValueError:
-                continue
-        return out
-
     def seal_due(self, now_ms: int, grace_ms: int = 120_000) -> int:
         """Seal every hour that ended more than ``grace_ms`` ago; how many."""
         n = 0
-        for hour, files in sorted(self.hot_files().items()):
+        for hour, files in sorted(hot_files(self.path).items()):
             if hour + HOUR_MS + grace_ms <= now_ms:
                 self.seal(hour, files)
                 n += 1
@@ -440,7 +443,7 @@ class Store:
                 if end <= cut:
                     shutil.rmtree(d, ignore_errors=True)
                     n += 1
-        for hour, files in self.hot_files().items():
+        for hour, files in hot_files(self.path).items():
             if hour + HOUR_MS <= cut and hour not in self._hot:
                 for p in files:
                     p.unlink(missing_ok=True)
@@ -554,7 +557,7 @@ class Reader:
     def _gather(self, field: str, value: bytes, t_ms: int, window_ms: int) -> np.ndarray:
         parts = [self._lookup(p, field, value) for p in self._sealed_files(t_ms, window_ms)]
         want = _scalar(field, value)
-        for hour, files in self._hot_files().items():
+        for hour, files in hot_files(self.path).items():
             for p in files:
                 # a torn tail is the writer's business (a crash, or a batch
                 # being written): what is whole answers
@@ -563,14 +566,6 @@ class Reader:
         parts = [p for p in parts if len(p)]
         return np.concatenate(parts) if parts else np.zeros(0, ROW)
 
-    def _hot_files(self) -> dict[int, list[Path]]:
-        out: dict[int, list[Path]] = {}
-        for p in sorted((self.path / "hot").glob("*.arrows")):
-            try:
-                out.setdefault(_hour_of_name(p.name), []).append(p)
-            except ValueError:
-                continue
-        return out
 
 
 class ArchiveWriter:
