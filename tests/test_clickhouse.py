@@ -175,7 +175,7 @@ def test_the_daemon_pipeline_writes_to_clickhouse(server):
     from nfflowd.app import config
     from nfflowd.app.pipeline import Pipeline
     from nfflowd.io.clickhouse import ClickHouseReader, with_table
-    cfg = config.parse({"export": {"collectors": []},
+    cfg = config.parse({"export": {"collectors": []}, "syslog": {"enabled": False},
                         "archive": {"enabled": True, "backend": "clickhouse", "url": server,
                                     "table": "pipeline", "flush_interval": 0.1,
                                     "retention_days": 0}})
