@@ -130,6 +130,10 @@ def main() -> None:
     ap.add_argument("--grep", type=int, default=0, metavar="N",
                     help="also: grep over the syslog CSV lines of N of the connections "
                          "(3 lines each, as the mirror writes them), extrapolated to all")
+    ap.add_argument("--nfdump", type=int, nargs="?", default=0, const=1_000_000, metavar="N",
+                    help="also: nfdump over nfcapd files of N (1000000) of the connections "
+                         "(nfflowd's NetFlow v9 export of them sent to a local nfcapd), "
+                         "extrapolated to all")
     ap.add_argument("--probe-only", action="store_true",
                     help="only the lookups, on the archive --dir holds (probes drawn from it)")
     a = ap.parse_args()
@@ -196,6 +200,8 @@ def main() -> None:
     median = probe(d, samples, a.probes, rng)
     if a.grep:
         grep_stage(d, a.grep, total, median, rng)
+    if a.nfdump:
+        nfdump_stage(d, a.nfdump, total, median, rng)
     if not a.dir:
         shutil.rmtree(d)
 
@@ -239,21 +245,26 @@ def probe(d: Path, samples: list, n: int, rng) -> None:
     return p(0.5) / 1000
 
 
-def grep_stage(d: Path, n: int, total: int, median: float, rng) -> None:
-    """The same question asked of the mirror's CSV lines with grep: the
-    line of the public address and port, whole file scanned (as the
-    README's awk does), on ``n`` connections, then scaled to ``total``."""
-    import subprocess
-
+def first_rows(d: Path, n: int) -> np.ndarray:
+    """The first ``n`` connections of the sealed hour files, in hour order."""
     import pyarrow.parquet as pq
-    from nfflowd.archive import addr_text
     from nfflowd.io.archive import from_table
     rows = []
     for f in sorted(d.glob("*/??.parquet")):
         rows.append(from_table(pq.read_table(f)))
         if sum(map(len, rows)) >= n:
             break
-    rows = np.concatenate(rows)[:n]
+    return np.concatenate(rows)[:n]
+
+
+def grep_stage(d: Path, n: int, total: int, median: float, rng) -> None:
+    """The same question asked of the mirror's CSV lines with grep: the
+    line of the public address and port, whole file scanned (as the
+    README's awk does), on ``n`` connections, then scaled to ``total``."""
+    import subprocess
+
+    from nfflowd.archive import addr_text
+    rows = first_rows(d, n)
     path = d / "flows.csv"
     with open(path, "w") as out:
         for r in rows:
@@ -274,6 +285,151 @@ def grep_stage(d: Path, n: int, total: int, median: float, rng) -> None:
     per = sorted(times)[len(times) // 2] * total / n
     print(f"grep over CSV lines    {size / n:.0f} bytes/connection; a probe over {n} "
           f"connections {sorted(times)[len(times) // 2] * 1000:.0f} ms, scaled to {total}: "
+          f"{per:.1f} s, {per / median:,.0f}x the archive's median")
+
+
+NFDUMP_FMT = "%ts %te %pr %sa %sp %nsa %nsp %da %dp %nevt"
+
+
+def _v4(col: np.ndarray) -> np.ndarray:
+    """The archive's 16-byte IPv4-mapped addresses as a ``FlowBatch``
+    address column (the 4 bytes first, zeros after)."""
+    raw = np.ascontiguousarray(col).view(np.uint8).reshape(len(col), 16)
+    out = np.zeros_like(raw)
+    out[:, :4] = raw[:, 12:]
+    return out
+
+
+def export_batch(rows: np.ndarray):
+    """What the daemon exports of ``rows`` (IPv4, source NAT): the flow
+    records of both directions, and the NAT create and delete events."""
+    from nfflowd.record import REPLY, FlowBatch, NatEvent, interleave
+    n = len(rows)
+    src, dst, xsrc = _v4(rows["src"]), _v4(rows["dst"]), _v4(rows["xsrc"])
+    u = lambda k: rows[k].astype(np.uint64)  # noqa: E731
+    orig = dict(src=src, dst=dst, sport=u("sport"), dport=u("dport"), post_src=xsrc,
+                post_dst=dst, post_sport=u("xsport"), post_dport=u("dport"),
+                packets=u("pkts_out"), octets=u("bytes_out"), direction=np.zeros(n, np.uint64))
+    reply = dict(src=dst, dst=xsrc, sport=u("dport"), dport=u("xsport"), post_src=dst,
+                 post_dst=src, post_sport=u("dport"), post_dport=u("sport"),
+                 packets=u("pkts_in"), octets=u("bytes_in"),
+                 direction=np.full(n, REPLY, np.uint64))
+    same = dict(family=np.full(n, 4, np.uint64), proto=u("proto"), start_ms=u("start_ms"),
+                end_ms=u("end_ms"), end_reason=u("reason"), tos=np.zeros(n, np.uint64),
+                tcp_flags=np.zeros(n, np.uint64), conn_id=u("conn_id"),
+                vlan=np.zeros(n, np.uint64))
+    batch = FlowBatch.from_columns(**{k: interleave(v, reply[k]) for k, v in orig.items()},
+                                   **{k: interleave(v, v) for k, v in same.items()})
+    b4 = lambda a: [bytes(x) for x in a[:, :4]]  # noqa: E731
+    cols = (rows["proto"].tolist(), b4(src), b4(dst), rows["sport"].tolist(),
+            rows["dport"].tolist(), b4(xsrc), rows["xsport"].tolist(),
+            rows["start_ms"].tolist(), rows["end_ms"].tolist(), rows["conn_id"].tolist())
+    events = []
+    for proto, s, d_, sp, dp, xs, xp, t0, t1, cid in zip(*cols):
+        events.append(NatEvent(4, proto, s, d_, sp, dp, xs, d_, xp, dp, t0, True, cid))
+        events.append(NatEvent(4, proto, s, d_, sp, dp, xs, d_, xp, dp, t1, False, cid))
+    return batch, events
+
+
+def write_nfcapd(rows: np.ndarray, out: Path) -> int:
+    """``rows`` as nfcapd files in ``out``: encoded by nfflowd's NetFlow v9
+    encoder (legacy NAT event codes, as the README gives nfdump 1.7.1),
+    sent over loopback UDP to an nfcapd of its own, stopped at the end (it
+    writes its file then).  The records sent."""
+    import signal
+    import socket
+    import subprocess
+
+    from nfflowd.netflow9 import NetflowV9Encoder
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["nfcapd", "-w", str(out), "-b", "127.0.0.1", "-p", str(port),
+                             "-t", "3600", "-B", str(8 << 20)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sent = 0
+    try:
+        time.sleep(1)       # bound before the first datagram
+        if proc.poll() is not None:
+            raise SystemExit(f"nfcapd exited with status {proc.returncode}")
+        enc = NetflowV9Encoder(source_id=1, nat_event_codes="legacy", max_size=1400)
+        boot = int(rows["start_ms"].min()) - 1000
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for i in range(0, len(rows), 5000):
+                part = rows[i:i + 5000]
+                batch, events = export_batch(part)
+                for dg in enc.encode(batch, events, int(part["end_ms"].max()), boot):
+                    s.sendto(dg, ("127.0.0.1", port))
+                sent += len(batch) + len(events)
+                time.sleep(0.02)        # nfcapd keeps up: no datagram lost
+        time.sleep(1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return sent
+
+
+def nfdump(args: list, env: dict):
+    """nfdump's output lines, its wall and CPU time."""
+    import resource
+    import subprocess
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    c = time.perf_counter()
+    r = subprocess.run(["nfdump", *args], capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - c
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode:
+        raise SystemExit(f"nfdump {' '.join(args)}: {r.stderr.strip()}")
+    cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+    return r.stdout.splitlines(), wall, cpu
+
+
+def nfdump_stage(d: Path, n: int, total: int, median: float, rng, probes: int = 5) -> None:
+    """The same question asked of nfdump over nfcapd files holding ``n``
+    of the connections (as nfflowd's v9 export carries them: both flow
+    records and the NAT events), with the README's filter on the public
+    address and port, the whole directory scanned; the connection checked
+    among the answers; the per-probe time scaled to ``total``."""
+    import datetime as dt
+    import os
+
+    from nfflowd.archive import addr_text
+    rows = first_rows(d, n)
+    out = d / "nfcapd"
+    out.mkdir()
+    c = time.perf_counter()
+    sent = write_nfcapd(rows, out)
+    env = dict(os.environ, TZ="UTC")
+    stat, _, _ = nfdump(["-R", str(out), "-I"], env)
+    held = next((int(x.split(":")[1]) for x in stat if x.startswith("Flows:")), 0)
+    size = sum(p.stat().st_size for p in out.iterdir() if p.name.startswith("nfcapd."))
+    print(f"nfcapd files           {n} connections: {sent} records sent, {held} held "
+          f"({size / n:.0f} bytes/connection), written in {time.perf_counter() - c:.0f} s")
+    ts = lambda ms: dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime(  # noqa: E731
+        "%Y-%m-%d %H:%M:%S.%f")[:-3]
+    walls, cpus, found = [], [], 0
+    pick = rng.permutation(np.flatnonzero(rows["proto"] != 1))[:probes]
+    for i in pick:
+        r = rows[int(i)]
+        name = {6: "tcp", 17: "udp"}[int(r["proto"])]
+        filt = (f"proto {name} and src xip {addr_text(bytes(r['xsrc']))} "
+                f"and src xport {r['xsport']}")
+        lines, wall, cpu = nfdump(["-R", str(out), "-q", "-N", "-o", f"fmt:{NFDUMP_FMT}", filt],
+                                  env)
+        walls.append(wall)
+        cpus.append(cpu)
+        want = [ts(int(r["start_ms"])), ts(int(r["end_ms"])), addr_text(bytes(r["src"])),
+                str(r["sport"])]
+        found += any([" ".join(w[0:2]), " ".join(w[2:4]), w[5], w[6]] == want
+                     for w in map(str.split, lines))
+    wall, cpu = sorted(walls)[len(walls) // 2], sorted(cpus)[len(cpus) // 2]
+    per = wall * total / n
+    print(f"nfdump over nfcapd     {len(pick)} probes, found {found}; a probe over {n} "
+          f"connections {wall * 1000:.0f} ms ({cpu * 1000:.0f} ms CPU), scaled to {total}: "
           f"{per:.1f} s, {per / median:,.0f}x the archive's median")
 
 
