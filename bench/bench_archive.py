@@ -429,7 +429,8 @@ def nfdump_stage(d: Path, n: int, total: int, median: float, rng, probes: int = 
     wall, cpu = sorted(walls)[len(walls) // 2], sorted(cpus)[len(cpus) // 2]
     per = wall * total / n
     print(f"nfdump over nfcapd     {len(pick)} probes, found {found}; a probe over {n} "
-          f"connections {wall * 1000:.0f} ms ({cpu * 1000:.0f} ms CPU), scaled to {total}: "
+          f"connections {wall * 1000:.0f} ms ({min(walls) * 1000:.0f}-{max(walls) * 1000:.0f}; "
+          f"{cpu * 1000:.0f} ms CPU), scaled to {total}: "
           f"{per:.1f} s, {per / median:,.0f}x the archive's median")
 
 
