@@ -8,9 +8,10 @@ through the store as the writer thread drives it (append, flush, seal of each
 finished hour); the rate counts that whole work, CPU time of this process.
 Then ``--probes`` random ``trace ip:port --at T`` lookups on connections that
 exist (the first right after opening the archive) give the median and the
-99th percentile.
+99th percentile.  ``--grep N`` and ``--nfdump N`` ask the same probes of N of
+the connections as the mirror's CSV lines and as nfcapd files, scaled to all.
 
-    python bench/bench_archive.py --connections 100000000 --days 7
+    python bench/bench_archive.py --connections 100000000 --days 7 --nfdump 1000000
 """
 
 from __future__ import annotations
