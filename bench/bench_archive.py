@@ -332,6 +332,21 @@ def export_batch(rows: np.ndarray):
     return batch, events
 
 
+def wait_bound(proc, port: int) -> None:
+    """Until ``proc`` (nfcapd) holds UDP ``port`` on 127.0.0.1."""
+    import socket
+    end = time.monotonic() + 10
+    while True:
+        if proc.poll() is not None or time.monotonic() > end:
+            raise SystemExit(f"nfcapd did not bind 127.0.0.1:{port}")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return
+        time.sleep(0.05)
+
+
 def write_nfcapd(rows: np.ndarray, out: Path) -> int:
     """``rows`` as nfcapd files in ``out``: encoded by nfflowd's NetFlow v9
     encoder (legacy NAT event codes, as the README gives nfdump 1.7.1),
@@ -350,9 +365,7 @@ def write_nfcapd(rows: np.ndarray, out: Path) -> int:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sent = 0
     try:
-        time.sleep(1)       # bound before the first datagram
-        if proc.poll() is not None:
-            raise SystemExit(f"nfcapd exited with status {proc.returncode}")
+        wait_bound(proc, port)
         enc = NetflowV9Encoder(source_id=1, nat_event_codes="legacy", max_size=1400)
         boot = int(rows["start_ms"].min()) - 1000
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
