@@ -318,7 +318,9 @@ def export_batch(rows: np.ndarray):
     same = dict(family=np.full(n, 4, np.uint64), proto=u("proto"), start_ms=u("start_ms"),
                 end_ms=u("end_ms"), end_reason=u("reason"), tos=np.zeros(n, np.uint64),
                 tcp_flags=np.zeros(n, np.uint64), conn_id=u("conn_id"),
-                vlan=np.zeros(n, np.uint64))
+                vlan=np.zeros(n, np.uint64), in_if=np.zeros(n, np.uint64),
+                out_if=np.zeros(n, np.uint64), zone=np.zeros(n, np.uint64),
+                mark=np.zeros(n, np.uint64))
     batch = FlowBatch.from_columns(**{k: interleave(v, reply[k]) for k, v in orig.items()},
                                    **{k: interleave(v, v) for k, v in same.items()})
     b4 = lambda a: [bytes(x) for x in a[:, :4]]  # noqa: E731

@@ -30,8 +30,8 @@ _ICMP_PROTOS = (1, 58)
 _NS_PER_MS = 1_000_000
 # Flow(...) goes through NamedTuple.__new__ (keyword handling, defaults);
 # tuple.__new__ with every field given is much cheaper on this hot path.
-# Every call below passes all 20 fields in Flow's order (vlan: 0, conntrack
-# knows no VLAN).
+# Every call below passes all 24 fields in Flow's order (vlan: 0, conntrack
+# knows no VLAN; interfaces 0 unless a lookup fills them).
 _new = tuple.__new__
 # A connection exported by the poller is remembered this long so that a late
 # DESTROY event for it is recognised as a duplicate instead of exported twice.
@@ -46,7 +46,7 @@ def flows_of(ev: CtEvent, start_ns: int, end_ns: int,
              end_reason: int = END_OF_FLOW) -> tuple[Flow, Flow]:
     """The two directional flows of one connection (original, reply)."""
     # Unpacking is much cheaper than NamedTuple attribute access on this path.
-    _kind, fam, ct_id, _status, o, r, opk, oby, rpk, rby = ev[:10]
+    _kind, fam, ct_id, _status, o, r, opk, oby, rpk, rby, _s, _e, mark, zone = ev[:14]
     osrc, odst, proto, osport, odport = o
     rsrc, rdst, _proto, rsport, rdport = r
     start_ms = start_ns // _NS_PER_MS
@@ -56,15 +56,15 @@ def flows_of(ev: CtEvent, start_ns: int, end_ns: int,
         # NAT may rewrite) is not a port and is not exported.
         return (
             _new(Flow, (fam, proto, osrc, odst, 0, odport, rdst, rsrc, 0, odport,
-                        opk, oby, start_ms, end_ms, ORIGINAL, end_reason, 0, 0, ct_id, 0)),
+                        opk, oby, start_ms, end_ms, ORIGINAL, end_reason, 0, 0, ct_id, 0, 0, 0, zone, mark)),
             _new(Flow, (fam, proto, rsrc, rdst, 0, rdport, odst, osrc, 0, rdport,
-                        rpk, rby, start_ms, end_ms, REPLY, end_reason, 0, 0, ct_id, 0)),
+                        rpk, rby, start_ms, end_ms, REPLY, end_reason, 0, 0, ct_id, 0, 0, 0, zone, mark)),
         )
     return (
         _new(Flow, (fam, proto, osrc, odst, osport, odport, rdst, rsrc, rdport, rsport,
-                    opk, oby, start_ms, end_ms, ORIGINAL, end_reason, 0, 0, ct_id, 0)),
+                    opk, oby, start_ms, end_ms, ORIGINAL, end_reason, 0, 0, ct_id, 0, 0, 0, zone, mark)),
         _new(Flow, (fam, proto, rsrc, rdst, rsport, rdport, odst, osrc, odport, osport,
-                    rpk, rby, start_ms, end_ms, REPLY, end_reason, 0, 0, ct_id, 0)),
+                    rpk, rby, start_ms, end_ms, REPLY, end_reason, 0, 0, ct_id, 0, 0, 0, zone, mark)),
     )
 
 
@@ -100,7 +100,8 @@ def flows_of_block(b: DestroyBlock, start_ns, end_ns, end_reason: int = END_OF_F
         direction=interleave(np.full(n, ORIGINAL, dtype=np.uint64),
                              np.full(n, REPLY, dtype=np.uint64)),
         end_reason=np.full(2 * n, end_reason, dtype=np.uint64),
-        tos=none, tcp_flags=none, conn_id=interleave(b.ct_id, b.ct_id), vlan=none)
+        tos=none, tcp_flags=none, conn_id=interleave(b.ct_id, b.ct_id), vlan=none,
+        in_if=none, out_if=none, zone=interleave(b.zone, b.zone), mark=interleave(b.mark, b.mark))
 
 
 def nat_event_of(ev: CtEvent, now_ns: int, created: bool) -> NatEvent | None:

@@ -236,7 +236,8 @@ def _records(flows: list, boot_ms: int) -> list[tuple]:
     # Hot path (measured in bench/): one flat tuple per record, constants
     # rather than globals, no per-record calls but the appends.
     for (family, proto, src, dst, sport, dport, psrc, pdst, psport, pdport,
-         pkts, octs, start, end, direction, _reason, tos, flags, _cid, _vlan) in flows:
+         pkts, octs, start, end, direction, _reason, tos, flags, _cid, _vlan,
+             _in_if, _out_if, _zone, _mark) in flows:
         # 32-bit counters (flow-tools, NetFlow v5): clamp, never wrap.
         if pkts > 0xFFFFFFFF:
             pkts = 0xFFFFFFFF

@@ -80,10 +80,10 @@ def flow_record(key: bytes, e, reason: int) -> Flow:
     src, dst, sport, dport, proto, vlan = split_flow_key(key)
     start = e[START] // 1_000_000
     end = max(e[LAST], e[START]) // 1_000_000
-    # all 20 fields in Flow's order; vlan: the outer tag only (module doc)
+    # all 24 fields in Flow's order; vlan: the outer tag only (module doc)
     return _new(Flow, (4 if len(src) == 4 else 6, proto, src, dst, sport, dport,
                        src, dst, sport, dport, e[PKTS], e[OCTETS], start, end,
-                       ORIGINAL, reason, e[TOS], e[FLAGS], 0, vlan & 0xFFF))
+                       ORIGINAL, reason, e[TOS], e[FLAGS], 0, vlan & 0xFFF, 0, 0, 0, 0))
 
 
 class FlowTable:

@@ -553,7 +553,8 @@ class ChunkMeter:
             end_ms=(np.maximum(last, start) // 1_000_000).astype(u),
             direction=np.full(n, ORIGINAL, u), end_reason=reason.astype(u), tos=tos.astype(u),
             tcp_flags=flags.astype(u), conn_id=zero,
-            vlan=((w[:, 14] << u(8)) | w[:, 15]) & u(0xFFF))
+            vlan=((w[:, 14] << u(8)) | w[:, 15]) & u(0xFFF),
+            in_if=zero, out_if=zero, zone=zero, mark=zero)
 
     def _expire(self, now: int, out: FlowBatchBuilder) -> None:
         """``table.expire(now)`` into ``out``, the IPv4 records made at once."""

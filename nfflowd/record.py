@@ -53,6 +53,12 @@ Field units and byte order:
   (service) tag of a QinQ frame; 0 when untagged and for conntrack flows.  The
   QinQ inner (customer) tag is part of the meter's flow key, so flows that
   differ only by it stay separate records, but it is not carried here.
+- ``in_if``, ``out_if``: the firewall's (or capture's) ingress and egress
+  interface index of this direction, 0 where unknown or local (a flow the
+  host itself sends has no ingress, one it receives no egress).
+- ``zone``: the conntrack zone (part of a connection's identity, exported as
+  ingressVRFID/egressVRFID), 0 for the default zone and metered flows.
+- ``mark``: the conntrack mark (ct mark), 0 where unset and for metered flows.
 
 Producers on the hot path build ``Flow`` with ``tuple.__new__(Flow, (...))``
 and readers unpack it by position (``correlate``, ``flowtools``): a new field
@@ -97,6 +103,10 @@ class Flow(NamedTuple):
     tcp_flags: int = 0
     conn_id: int = 0
     vlan: int = 0
+    in_if: int = 0
+    out_if: int = 0
+    zone: int = 0
+    mark: int = 0
 
     @property
     def translated(self) -> bool:

@@ -15,11 +15,12 @@ def a(text):
     return ipaddress.ip_address(text).packed
 
 
-def ev(kind, orig, reply, ct_id=7, counters=(10, 1000, 8, 4000), start=0, stop=0, family=None):
+def ev(kind, orig, reply, ct_id=7, counters=(10, 1000, 8, 4000), start=0, stop=0, family=None,
+       mark=0, zone=0):
     o = CtTuple(a(orig[0]), a(orig[1]), orig[2], orig[3], orig[4])
     r = CtTuple(a(reply[0]), a(reply[1]), reply[2], reply[3], reply[4])
     fam = family or (6 if len(o.src) == 16 else 4)
-    return CtEvent(kind, fam, ct_id, 0, o, r, *counters, start, stop)
+    return CtEvent(kind, fam, ct_id, 0, o, r, *counters, start, stop, mark, zone)
 
 
 SNAT = (("198.51.100.2", "203.0.113.2", 6, 40000, 80),
@@ -169,9 +170,9 @@ def test_nat_events_for_translated_connections_only():
 
 def test_event_field_positions_used_by_the_hot_path():
     # handle_batch indexes events by position for speed
-    assert CtEvent._fields[:12] == (
+    assert CtEvent._fields[:14] == (
         "kind", "family", "ct_id", "status", "orig", "reply", "orig_packets",
-        "orig_bytes", "reply_packets", "reply_bytes", "start_ns", "stop_ns")
+        "orig_bytes", "reply_packets", "reply_bytes", "start_ns", "stop_ns", "mark", "zone")
 
 
 def test_flow_field_positions_used_by_the_hot_path():
@@ -180,9 +181,11 @@ def test_flow_field_positions_used_by_the_hot_path():
     assert Flow._fields == (
         "family", "proto", "src", "dst", "sport", "dport", "post_src", "post_dst",
         "post_sport", "post_dport", "packets", "octets", "start_ms", "end_ms",
-        "direction", "end_reason", "tos", "tcp_flags", "conn_id", "vlan")
+        "direction", "end_reason", "tos", "tcp_flags", "conn_id", "vlan", "in_if", "out_if",
+        "zone", "mark")
     for conn in (SNAT, ICMP):
-        o, r = flows_of(ev(EV_DESTROY, *conn, start=2 * S, stop=5 * S), 2 * S, 5 * S)
+        o, r = flows_of(ev(EV_DESTROY, *conn, start=2 * S, stop=5 * S, mark=0x2a, zone=3),
+                        2 * S, 5 * S)
         for f, direction, pk_by in ((o, ORIGINAL, (10, 1000)), (r, REPLY, (8, 4000))):
             assert type(f) is Flow and len(f) == len(Flow._fields)
             assert (f.family, f.proto) == (4, conn[0][2])
@@ -190,7 +193,8 @@ def test_flow_field_positions_used_by_the_hot_path():
             assert (f.start_ms, f.end_ms, f.direction, f.end_reason) == (
                 2000, 5000, direction, END_OF_FLOW)
             assert (f.tos, f.tcp_flags, f.conn_id, f.vlan) == (0, 0, 7, 0)
-            assert f[-1] == 0 and f[-2] == 7    # vlan last, conn_id before it
+            assert (f.in_if, f.out_if, f.zone, f.mark) == (0, 0, 3, 0x2a)
+            assert f[-1] == 0x2a and f[-2] == 3 and f[-5] == 0 and f[-6] == 7
 
 
 def test_batch_counts_event_kinds():
