@@ -59,6 +59,7 @@ class CtEvent(NamedTuple):
     stop_ns: int         # CTA_TIMESTAMP stop, 0 if absent
     mark: int = 0
     zone: int = 0
+    event_ns: int = 0    # CTA_TIMESTAMP_EVENT: when the kernel made the event, 0 if absent
 
 
 # ---------------------------------------------------------------------------
@@ -96,6 +97,10 @@ CTA_COUNTERS_REPLY = 10
 CTA_ID = 12
 CTA_ZONE = 18
 CTA_TIMESTAMP = 20
+# Linux 6.14 on (with nf_conntrack_timestamp=1): be64 wall clock ns of the
+# event, a top-level attribute (not inside CTA_TIMESTAMP); on NEW, the time
+# the connection was made, on DESTROY, when it ended, as the kernel saw it.
+CTA_TIMESTAMP_EVENT = 27
 # enum ctattr_tuple
 CTA_TUPLE_IP = 1
 CTA_TUPLE_PROTO = 2
@@ -182,6 +187,7 @@ _TOP_VALUES = {
     CTA_MARK: ("mark", "I"),
     CTA_ID: ("id", "I"),
     CTA_ZONE: ("zone", "H"),
+    CTA_TIMESTAMP_EVENT: ("ts.event", "Q"),
 }
 
 
@@ -256,7 +262,10 @@ def _walk(buf, off, ln):
             _walk_nest(buf, pos + 4, pos + alen, _TS_ATTRS, "ts.", fields, rec)
         else:
             spec = _TOP_VALUES.get(typ)
-            if spec is not None:
+            if spec is not None and alen > 4:
+                # (an empty one is padding: the kernel aligns a 64-bit value
+                # with a header-only attribute on hosts that need it, typed
+                # CTA_TIMESTAMP_PAD (3, CTA_STATUS at this level))
                 name, fmt = spec
                 if alen - 4 != _FMT_SIZE[fmt]:
                     raise _Malformed
@@ -284,7 +293,7 @@ def _event_from(fields, kind, family):
         kind, family, g("id", 0), g("status", 0),
         _tuple_from(fields, "o."), _tuple_from(fields, "r."),
         g("co.packets", 0), g("co.bytes", 0), g("cr.packets", 0), g("cr.bytes", 0),
-        g("ts.start", 0), g("ts.stop", 0), g("mark", 0), g("zone", 0)))
+        g("ts.start", 0), g("ts.stop", 0), g("mark", 0), g("zone", 0), g("ts.event", 0)))
 
 
 # -- layout cache -------------------------------------------------------------
@@ -376,7 +385,7 @@ def _compile(buf, off, ln, rec, family, kind):
         f"    return _tnew(CtEvent, ({kind}, {family}, {v('id')}, {v('status')}, "
         f"{tup('o.')}, {tup('r.')}, {v('co.packets')}, {v('co.bytes')}, "
         f"{v('cr.packets')}, {v('cr.bytes')}, {v('ts.start')}, {v('ts.stop')}, "
-        f"{v('mark')}, {v('zone')}))\n"
+        f"{v('mark')}, {v('zone')}, {v('ts.event')}))\n"
     )
     ns = {"_unpack": st.unpack_from, "_from_bytes": int.from_bytes, "_mask": mask_int,
           "_expected": expected, "_tnew": _tnew, "CtTuple": CtTuple, "CtEvent": CtEvent}

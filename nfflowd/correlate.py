@@ -104,6 +104,14 @@ def flows_of_block(b: DestroyBlock, start_ns, end_ns, end_reason: int = END_OF_F
         in_if=none, out_if=none, zone=interleave(b.zone, b.zone), mark=interleave(b.mark, b.mark))
 
 
+def _times(event_ns, now_ns: int):
+    """A block's event times (CTA_TIMESTAMP_EVENT), ``now_ns`` where
+    absent; None when all are absent."""
+    if not event_ns.any():
+        return None
+    return np.where(event_ns == 0, np.uint64(now_ns), event_ns)
+
+
 def nat_event_of(ev: CtEvent, now_ns: int, created: bool) -> NatEvent | None:
     """The RFC 8158 session event of a translated connection, else None."""
     o = ev.orig
@@ -223,7 +231,7 @@ class Correlator:
                             start = b[4]
                         elif not start:
                             start = entry[0].start_ns or entry[1]
-                end = ev[11] or now_ns              # stop_ns
+                end = ev[11] or ev[14] or now_ns    # stop_ns, else event_ns
                 if not start:
                     start = end
                 exported += 1
@@ -237,8 +245,9 @@ class Correlator:
                 extend(flows_of(ev, start, end))
             elif kind == EV_NEW:
                 new += 1
+                made = ev[14] or now_ns             # event_ns: the kernel's time
                 if keep_new_times:
-                    new_ns[ev[2]] = now_ns
+                    new_ns[ev[2]] = made
                 if caching:
                     if dead:
                         # a removal still pending could be this id's (ids are
@@ -247,10 +256,10 @@ class Correlator:
                     o = ev[4]
                     r = ev[5]
                     live[ev[2]] = (pack4 if ev[1] == 4 else pack6)(
-                        o[2], o[0], o[1], o[3], o[4], r[0], r[1], r[3], r[4], now_ns)
+                        o[2], o[0], o[1], o[3], o[4], r[0], r[1], r[3], r[4], made)
                 if want_nat and not (dumped and (ev[2], ev[4]) in dumped):
                     # (one in the start-up dump had its create event then)
-                    nat = nat_event_of(ev, now_ns, True)
+                    nat = nat_event_of(ev, made, True)
                     if nat is not None:
                         self.nat_events.append(nat)
             elif kind == EV_BLOCK:
@@ -262,12 +271,14 @@ class Correlator:
                     continue
                 new += ev.n
                 ids = ev.ct_id.tolist()
+                made = _times(ev.event_ns, now_ns)
                 if keep_new_times:
-                    new_ns.update(zip(ids, repeat(now_ns)))
+                    new_ns.update(zip(ids, repeat(now_ns) if made is None else made.tolist()))
                 if caching:
                     if dead:
                         revived.update(ids)
-                    live.update(zip(ids, ctcache.pack_block(ev, now_ns)))
+                    live.update(zip(ids, ctcache.pack_block(
+                        ev, now_ns if made is None else made)))
             else:
                 other += 1
         c = self.counters
@@ -376,7 +387,8 @@ class Correlator:
             # the object path pops the special rows' entries itself
             self.cache.defer(b.ct_id if not special else np.delete(b.ct_id, list(special)))
         stop = b.stop_ns
-        end = np.where(stop == 0, np.uint64(now_ns), stop)
+        made = _times(b.event_ns, now_ns)
+        end = np.where(stop == 0, np.uint64(now_ns) if made is None else made, stop)
         start = np.where(start == 0, end, start)
         add_block = getattr(out, "add_block", None)
 

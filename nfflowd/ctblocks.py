@@ -28,13 +28,16 @@ EV_NEW_BLOCK = 6        # ... and of a NewBlock
 # Words of the gather matrix: where each value goes (see _SLOTS).
 _ID, _STATUS, _MARK, _ZONE = 0, 1, 2, 3
 _O, _R = 4, 17            # tuple bases: src 4 words, dst 4, proto, sport, dport, itype, icode
-_CO_PK, _CO_BY, _CR_PK, _CR_BY, _TS_START, _TS_STOP = 30, 32, 34, 36, 38, 40  # hi, lo (even)
-NSLOTS = 42
+# 64-bit values: two words each, hi then lo (the first slot even)
+_CO_PK, _CO_BY, _CR_PK, _CR_BY = 30, 32, 34, 36
+_TS_START, _TS_STOP, _TS_EVENT = 38, 40, 42
+NSLOTS = 44
 _TUPLE = {"src": 0, "dst": 4, "proto": 8, "sport": 9, "dport": 10, "itype": 11, "icode": 12}
 _ONE_WORD = {"id": (_ID, "I"), "status": (_STATUS, "I"), "mark": (_MARK, "I"),
              "zone": (_ZONE, "H")}
 _WIDE = {"co.packets": _CO_PK, "co.bytes": _CO_BY, "cr.packets": _CR_PK,
-         "cr.bytes": _CR_BY, "ts.start": _TS_START, "ts.stop": _TS_STOP}
+         "cr.bytes": _CR_BY, "ts.start": _TS_START, "ts.stop": _TS_STOP,
+         "ts.event": _TS_EVENT}
 _TUPLE_FMT = {"src": ("4s", "16s"), "dst": ("4s", "16s"), "proto": ("B",), "sport": ("H",),
               "dport": ("H",), "itype": ("B",), "icode": ("B",)}
 MIN_ROWS = 32           # fewer DESTROY messages in a batch, or in a run: the object path
@@ -190,7 +193,7 @@ class DestroyBlock:
     __slots__ = ("n", "family", "ct_id", "status", "mark", "zone", "o_src", "o_dst",
                  "o_proto", "o_sport", "o_dport", "r_src", "r_dst", "r_proto", "r_sport",
                  "r_dport", "o_packets", "o_bytes", "r_packets", "r_bytes", "start_ns",
-                 "stop_ns")
+                 "stop_ns", "event_ns")
     EVENT = EV_DESTROY          # the kind of event a row is
 
     def __getitem__(self, i):
@@ -238,6 +241,7 @@ class DestroyBlock:
         b.r_bytes = col(lambda e: e.reply_bytes)
         b.start_ns = col(lambda e: e.start_ns)
         b.stop_ns = col(lambda e: e.stop_ns)
+        b.event_ns = col(lambda e: e.event_ns)
         return b
 
     def events(self) -> list:
@@ -253,13 +257,13 @@ class DestroyBlock:
                                      self.o_dport, self.r_proto, self.r_sport, self.r_dport,
                                      self.o_packets, self.o_bytes, self.r_packets,
                                      self.r_bytes, self.start_ns, self.stop_ns, self.mark,
-                                     self.zone)]
+                                     self.zone, self.event_ns)]
         for i, (cid, st, op, osp, odp, rp, rsp, rdp, opk, oby, rpk, rby, t0, t1, mk,
-                zn) in enumerate(zip(*cols)):
+                zn, te) in enumerate(zip(*cols)):
             out.append(CtEvent(kind, fam[i], cid, st,
                                CtTuple(osrc[i], odst[i], op, osp, odp),
                                CtTuple(rsrc[i], rdst[i], rp, rsp, rdp),
-                               opk, oby, rpk, rby, t0, t1, mk, zn))
+                               opk, oby, rpk, rby, t0, t1, mk, zn, te))
         return out
 
 
@@ -322,6 +326,7 @@ def _block_from(G, fam) -> DestroyBlock:
     b.r_bytes = wide(_CR_BY)
     b.start_ns = wide(_TS_START)
     b.stop_ns = wide(_TS_STOP)
+    b.event_ns = wide(_TS_EVENT)
     return b
 
 

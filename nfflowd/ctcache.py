@@ -95,15 +95,16 @@ def _pack_rows(b, rows, dtype, width: int, now_ns: int) -> list:
     rec["odp"] = b.o_dport[rows]
     rec["rsp"] = b.r_sport[rows]
     rec["rdp"] = b.r_dport[rows]
-    rec["t"] = now_ns
+    rec["t"] = now_ns if np.isscalar(now_ns) else now_ns[rows].astype(np.int64)
     raw = rec.tobytes()
     size = dtype.itemsize
     return [raw[i:i + size] for i in range(0, len(raw), size)]
 
 
-def pack_block(b, now_ns: int) -> list:
+def pack_block(b, now_ns) -> list:
     """The entries of a ``ctblocks.NewBlock``'s connections, in row order:
-    what ``pack4``/``pack6`` make of each."""
+    what ``pack4``/``pack6`` make of each.  ``now_ns``: their NEW time, one
+    for all or a uint64 array (a time per row)."""
     fam = b.family
     if (fam == 4).all():
         return _pack_rows(b, slice(None), _REC4, 4, now_ns)

@@ -16,11 +16,11 @@ def a(text):
 
 
 def ev(kind, orig, reply, ct_id=7, counters=(10, 1000, 8, 4000), start=0, stop=0, family=None,
-       mark=0, zone=0):
+       mark=0, zone=0, event=0):
     o = CtTuple(a(orig[0]), a(orig[1]), orig[2], orig[3], orig[4])
     r = CtTuple(a(reply[0]), a(reply[1]), reply[2], reply[3], reply[4])
     fam = family or (6 if len(o.src) == 16 else 4)
-    return CtEvent(kind, fam, ct_id, 0, o, r, *counters, start, stop, mark, zone)
+    return CtEvent(kind, fam, ct_id, 0, o, r, *counters, start, stop, mark, zone, event)
 
 
 SNAT = (("198.51.100.2", "203.0.113.2", 6, 40000, 80),
@@ -107,6 +107,36 @@ def test_destroy_of_unknown_connection_without_times_starts_at_its_end():
     assert [(f.start_ms, f.end_ms) for f in flows] == [(25_000, 25_000)] * 2
 
 
+def test_the_kernels_event_time_stands_in_for_the_receive_clock():
+    """CTA_TIMESTAMP_EVENT: a NEW's time is when the kernel made the event
+    (NEW time kept, cache entry, NAT create event), a DESTROY without a stop
+    time ends then; the receive clock only where the kernel sent none."""
+    c = Correlator(kernel_timestamps=False, nat_events=True)
+    c.handle(ev(EV_NEW, *SNAT, ct_id=1, event=10 * S + 250_000_000), 11 * S)
+    c.handle(ev(EV_NEW, *DNAT, ct_id=2), 11 * S)
+    flows = c.handle(ev(EV_DESTROY, *SNAT, ct_id=1, event=20 * S + 125_000_000), 21 * S)
+    assert [(f.start_ms, f.end_ms) for f in flows] == [(10_250, 20_125)] * 2
+    flows = c.handle(ev(EV_DESTROY, *DNAT, ct_id=2), 22 * S)
+    assert [(f.start_ms, f.end_ms) for f in flows] == [(11_000, 22_000)] * 2
+    nats = c.take_nat_events()
+    assert [(n.conn_id, n.created, n.time_ms) for n in nats] == [
+        (1, True, 10_250), (2, True, 11_000), (1, False, 20_125), (2, False, 22_000)]
+    # the kernel's stop time, when sent, comes first
+    flows = c.handle(ev(EV_DESTROY, *SNAT, ct_id=3, start=5 * S, stop=6 * S,
+                        event=6 * S + 70), 30 * S)
+    assert [(f.start_ms, f.end_ms) for f in flows] == [(5_000, 6_000)] * 2
+
+
+def test_a_vanished_connection_starts_at_its_new_events_kernel_time():
+    """The cache entry keeps the kernel's NEW time: a connection that
+    vanished during an overrun is exported from then."""
+    c = Correlator()
+    c.handle(ev(EV_NEW, *SNAT, ct_id=1, event=3 * S), 4 * S)
+    c.begin_sync()
+    out = c.resync([], 9 * S, 8 * S)
+    assert [(f.start_ms, f.end_ms) for f in out] == [(3_000, 8_000)] * 2
+
+
 def test_ttl_purge_forgets_and_counts_unfinished_connections():
     c = Correlator(ttl=100, kernel_timestamps=False)
     c.handle(ev(EV_NEW, *SNAT, ct_id=1), 0)
@@ -170,9 +200,10 @@ def test_nat_events_for_translated_connections_only():
 
 def test_event_field_positions_used_by_the_hot_path():
     # handle_batch indexes events by position for speed
-    assert CtEvent._fields[:14] == (
+    assert CtEvent._fields[:15] == (
         "kind", "family", "ct_id", "status", "orig", "reply", "orig_packets",
-        "orig_bytes", "reply_packets", "reply_bytes", "start_ns", "stop_ns", "mark", "zone")
+        "orig_bytes", "reply_packets", "reply_bytes", "start_ns", "stop_ns", "mark", "zone",
+        "event_ns")
 
 
 def test_flow_field_positions_used_by_the_hot_path():

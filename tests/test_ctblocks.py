@@ -27,7 +27,8 @@ from nfflowd.ipfix import IpfixEncoder
 from nfflowd.netflow5 import V5Encoder
 from nfflowd.netflow9 import NetflowV9Encoder
 from nfflowd.record import END_OF_FLOW, ORIGINAL, REPLY, Flow, FlowBatch, FlowBatchBuilder
-from test_conntrack import CT_MSGS, DUMP_DGRAMS, EVENT_DGRAMS, NLHDR
+from test_conntrack import (CT_MSGS, DUMP_DGRAMS, EVENT_DGRAMS, NLHDR, with_attrs,
+                             without_event_time)
 
 DESTROY_MSGS = [m for m in CT_MSGS if NLHDR.unpack_from(m)[1] == ct.MSG_CT_DELETE]
 NEW_MSGS = [m for m in CT_MSGS if ct.decode_walk(m).events[0].kind == EV_NEW]
@@ -301,8 +302,9 @@ def scenario(draw):
         cnt = tuple(draw(st.one_of(small, big)) for _ in range(4))
         t0 = draw(st.sampled_from([0, NOW_NS - 5_000_000_000, NOW_NS - 1]))
         t1 = draw(st.sampled_from([0, NOW_NS - 1_000_000, NOW_NS]))
+        te = draw(st.sampled_from([0, 0, NOW_NS - 3_000_000_000, NOW_NS - 7]))  # event time
         kind = {"new": EV_NEW, "destroy": EV_DESTROY, "dump": EV_DUMP}[what]
-        steps.append(CtEvent(kind, fam, 1000 + i, 0, o, r, *cnt, t0, t1))
+        steps.append(CtEvent(kind, fam, 1000 + i, 0, o, r, *cnt, t0, t1, 0, 0, te))
     return steps
 
 
@@ -703,3 +705,30 @@ def test_a_short_run_of_news_takes_the_object_path():
     assert flatten(got.events) == ct.decode_walk(buf).events
     alone = concat(short)
     assert C.decode_blocks(*alone) == ct.decode_walk(alone[0])
+
+
+def with_event_time(msg, t):
+    """``msg`` with its CTA_TIMESTAMP_EVENT set to ``t`` (added if absent)."""
+    return with_attrs(without_event_time(msg), (ct.CTA_TIMESTAMP_EVENT, struct.pack(">Q", t)))
+
+
+def test_event_times_decode_as_columns_like_the_walker():
+    """Runs of NEW and DESTROY messages, each with its own event time, as
+    blocks: the ``event_ns`` column is the walker's, row by row; and the
+    same shapes without the attribute read 0."""
+    ct.clear_layout_cache()
+    t0 = 1_795_452_592_000_000_000
+    news = [with_event_time(renumbered(m, i), t0 + 1000 * i + k)
+            for i in range(C.NEW_MIN_ROWS) for k, m in enumerate(NEW_MSGS)]
+    ends_ = [with_event_time(renumbered(m, i), t0 + 7 * i + k + 2**63)
+             for i in range(8) for k, m in enumerate(DESTROY_MSGS)]
+    bare = [renumbered(without_event_time(m), 100 + i) for i in range(8)
+            for m in DESTROY_MSGS]
+    buf, starts, ends = concat(news + ends_ + bare)
+    want = ct.decode_walk(buf)
+    assert len({e.event_ns for e in want.events}) > C.NEW_MIN_ROWS
+    ct.decode(buf)
+    got = C.decode_blocks(buf, starts, ends)
+    assert [type(e) for e in got.events] == [C.NewBlock, C.DestroyBlock]
+    assert flatten(got.events) == want.events
+    assert got.events[1].event_ns[-len(bare):].tolist() == [0] * len(bare)
