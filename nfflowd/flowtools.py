@@ -8,15 +8,18 @@ Shape (for speed): ``expand`` returns an ``FtBatch``.  The fields that are the
 same for the whole batch are carried once, on the batch: UNIX_SECS,
 UNIX_NSECS, SYSUPTIME (``unix_secs``, ``unix_nsecs``, ``sys_uptime``) and
 EXADDR (``exaddr``, packed bytes).  NEXTHOP is always the zero address of the
-record's family (0.0.0.0 or ::), INPUT and OUTPUT are always 0 (nfflowd knows
-no routes nor interface indexes).  The per-record values are in the form of
+record's family (0.0.0.0 or ::).  INPUT and OUTPUT are the flow's ``in_if``
+and ``out_if`` (16 bits in flow-tools and NetFlow v5): an index wider than
+that becomes 0 (unknown) rather than clamped to 65535, which could be the
+index of another interface; such records are counted in the batch's
+``interfaces_zeroed`` (the v5 encoders add it to theirs).  The per-record values are in the form of
 the ``FlowBatch`` they come from: ``batch.columns`` (``FtColumns``) for a
 batch of columns, else None; ``batch.records``, one flat tuple per record in
 NetFlow v5 wire order (``R_SRCADDR`` ... ``R_TOS``), made from the columns
 when first asked for::
 
-    (SRCADDR, DSTADDR, DPKTS, DOCTETS, FIRST, LAST, SRCPORT, DSTPORT,
-     TCP_FLAGS, PROT, TOS)
+    (SRCADDR, DSTADDR, INPUT, OUTPUT, DPKTS, DOCTETS, FIRST, LAST, SRCPORT,
+     DSTPORT, TCP_FLAGS, PROT, TOS)
 
 Addresses stay packed network-order bytes as in ``Flow`` (4 or 16 bytes): the
 v5 encoder packs them as they are, the CSV formatter turns them into text.
@@ -27,7 +30,7 @@ record i as an 18-tuple (not on the hot path).
 The triplet: each connection arrives as two ``Flow`` records (ORIGINAL, REPLY).
 An ORIGINAL flow gives one record with its pre-translation tuple and, only
 when it was translated, a second record with the post-translation tuple and the
-same counters.  A REPLY flow gives one record with its own tuple (never the
+same counters and interfaces.  A REPLY flow gives one record with its own tuple (never the
 ``post_*`` fields).  Records come out in the order of the flows that went in.
 
 Times: UNIX_SECS, UNIX_NSECS and SYSUPTIME are the values of the export header
@@ -65,10 +68,11 @@ FIELDS = (
 FtRecord = tuple  # the 18 values above, in that order
 
 # Indexes into a record of ``FtBatch.records`` (NetFlow v5 wire order).
-(R_SRCADDR, R_DSTADDR, R_DPKTS, R_DOCTETS, R_FIRST, R_LAST, R_SRCPORT, R_DSTPORT,
- R_TCP_FLAGS, R_PROT, R_TOS) = range(11)
+(R_SRCADDR, R_DSTADDR, R_INPUT, R_OUTPUT, R_DPKTS, R_DOCTETS, R_FIRST, R_LAST, R_SRCPORT,
+ R_DSTPORT, R_TCP_FLAGS, R_PROT, R_TOS) = range(13)
 
 U32 = 0xFFFFFFFF
+U16 = 0xFFFF
 _ZERO4 = bytes(4)
 _ZERO16 = bytes(16)
 _inet_ntoa = socket.inet_ntoa
@@ -111,10 +115,10 @@ class FtBatch:
     """
 
     __slots__ = ("unix_secs", "unix_nsecs", "sys_uptime", "exaddr", "_records", "v5_cache",
-                 "columns")
+                 "columns", "interfaces_zeroed")
 
     def __init__(self, unix_secs: int, unix_nsecs: int, sys_uptime: int, exaddr: bytes,
-                 records: list[tuple] | None, columns=None):
+                 records: list[tuple] | None, columns=None, interfaces_zeroed: int = 0):
         self.unix_secs = unix_secs
         self.unix_nsecs = unix_nsecs
         self.sys_uptime = sys_uptime
@@ -124,6 +128,8 @@ class FtBatch:
         # ``FtColumns`` when expanded from a batch of columns (records then
         # made from them when first asked for)
         self.columns = columns
+        # flows whose in_if or out_if was wider than 16 bits (given 0)
+        self.interfaces_zeroed = interfaces_zeroed
 
     @property
     def records(self) -> list[tuple]:
@@ -143,9 +149,9 @@ class FtBatch:
 
     def full(self, r: tuple) -> FtRecord:
         """A record of ``records`` as the classic 18-tuple."""
-        (src, dst, pkts, octs, first, last, sport, dport, flags, proto, tos) = r
+        (src, dst, in_if, out_if, pkts, octs, first, last, sport, dport, flags, proto, tos) = r
         return (self.unix_secs, self.unix_nsecs, self.sys_uptime, self.exaddr, pkts, octs,
-                first, last, src, dst, _ZERO4 if len(src) == 4 else _ZERO16, 0, 0,
+                first, last, src, dst, _ZERO4 if len(src) == 4 else _ZERO16, in_if, out_if,
                 sport, dport, proto, tos, flags)
 
     def __len__(self) -> int:
@@ -173,8 +179,8 @@ class FtColumns:
     where a hand-made record holds a value a uint64 cannot: see
     ``record.FlowBatch``).  Made by ``expand`` from a batch of columns."""
 
-    __slots__ = ("n", "src", "dst", "is4", "pkts", "octs", "first", "last", "sport", "dport",
-                 "flags", "proto", "tos")
+    __slots__ = ("n", "src", "dst", "is4", "in_if", "out_if", "pkts", "octs", "first", "last",
+                 "sport", "dport", "flags", "proto", "tos")
     INTS = __slots__[4:]
 
     def records(self) -> list[tuple]:
@@ -209,6 +215,13 @@ def _clamp32(col: np.ndarray) -> np.ndarray:
     return int_column([U32 if v > U32 else v for v in col.tolist()])
 
 
+def _index16(col: np.ndarray) -> np.ndarray:
+    """Interface indexes as 16-bit INPUT/OUTPUT: one wider than that is 0."""
+    if col.dtype == np.uint64:
+        return np.where(col > np.uint64(U16), np.uint64(0), col)
+    return int_column([0 if v > U16 else v for v in col.tolist()])
+
+
 def _differ(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row by row, whether two integer columns differ (a bool mask)."""
     if a.dtype != b.dtype:
@@ -225,19 +238,23 @@ def expand(batch: FlowBatch, now_ns: int, boot_ms: int, exaddr=None) -> FtBatch:
     secs, nsecs, up = header_times(now_ns, boot_ms)
     exaddr = pack_address(exaddr)
     if batch.flow_list is not None:
-        return FtBatch(secs, nsecs, up, exaddr, _records(batch.flow_list, boot_ms))
-    return FtBatch(secs, nsecs, up, exaddr, None, _columns(batch, boot_ms))
+        records, zeroed = _records(batch.flow_list, boot_ms)
+        return FtBatch(secs, nsecs, up, exaddr, records, interfaces_zeroed=zeroed)
+    cols, zeroed = _columns(batch, boot_ms)
+    return FtBatch(secs, nsecs, up, exaddr, None, cols, zeroed)
 
 
-def _records(flows: list, boot_ms: int) -> list[tuple]:
-    """``expand``'s records, one flat tuple each, of ``Flow`` tuples."""
+def _records(flows: list, boot_ms: int) -> tuple[list[tuple], int]:
+    """``expand``'s records, one flat tuple each, of ``Flow`` tuples, and
+    how many flows had an interface index wider than 16 bits."""
     out: list[tuple] = []
     append = out.append
+    zeroed = 0
     # Hot path (measured in bench/): one flat tuple per record, constants
     # rather than globals, no per-record calls but the appends.
     for (family, proto, src, dst, sport, dport, psrc, pdst, psport, pdport,
          pkts, octs, start, end, direction, _reason, tos, flags, _cid, _vlan,
-             _in_if, _out_if, _zone, _mark) in flows:
+             in_if, out_if, _zone, _mark) in flows:
         # 32-bit counters (flow-tools, NetFlow v5): clamp, never wrap.
         if pkts > 0xFFFFFFFF:
             pkts = 0xFFFFFFFF
@@ -245,15 +262,25 @@ def _records(flows: list, boot_ms: int) -> list[tuple]:
             octs = 0xFFFFFFFF
         first = (start - boot_ms) & 0xFFFFFFFF if start > boot_ms else 0
         last = (end - boot_ms) & 0xFFFFFFFF if end > boot_ms else 0
-        append((src, dst, pkts, octs, first, last, sport, dport, flags, proto, tos))
+        # 16-bit INPUT/OUTPUT: a wider index is unknown (0), not clamped
+        if in_if > 0xFFFF or out_if > 0xFFFF:
+            zeroed += 1
+            if in_if > 0xFFFF:
+                in_if = 0
+            if out_if > 0xFFFF:
+                out_if = 0
+        append((src, dst, in_if, out_if, pkts, octs, first, last, sport, dport, flags, proto,
+                tos))
         if direction == ORIGINAL and (src != psrc or dst != pdst
                                       or sport != psport or dport != pdport):
-            append((psrc, pdst, pkts, octs, first, last, psport, pdport, flags, proto, tos))
-    return out
+            append((psrc, pdst, in_if, out_if, pkts, octs, first, last, psport, pdport, flags,
+                    proto, tos))
+    return out, zeroed
 
 
-def _columns(batch: FlowBatch, boot_ms: int) -> FtColumns:
-    """``expand``'s records as columns, of a batch's columns."""
+def _columns(batch: FlowBatch, boot_ms: int) -> tuple[FtColumns, int]:
+    """``expand``'s records as columns, of a batch's columns, and how many
+    flows had an interface index wider than 16 bits."""
     b = batch
     n = b.n
     trans = (np.asarray(b.direction == ORIGINAL, dtype=bool)
@@ -263,13 +290,16 @@ def _columns(batch: FlowBatch, boot_ms: int) -> FtColumns:
     pk, oc = _clamp32(b.packets), _clamp32(b.octets)
     first, last = _since_boot(b.start_ms, boot_ms), _since_boot(b.end_ms, boot_ms)
     is4 = np.asarray(b.family != 6, dtype=bool)
+    in_if, out_if = _index16(b.in_if), _index16(b.out_if)
+    zeroed = int(((in_if != b.in_if) | (out_if != b.out_if)).sum())
     if not trans.any():
         # no second records: the columns as they are
         f.src, f.dst, f.sport, f.dport, f.is4 = b.src, b.dst, b.sport, b.dport, is4
         f.pkts, f.octs, f.first, f.last = pk, oc, first, last
         f.flags, f.proto, f.tos = b.tcp_flags, b.proto, b.tos
+        f.in_if, f.out_if = in_if, out_if
         f.n = n
-        return f
+        return f, zeroed
     # each record, followed by its post-translation record where it has one
     keep = np.empty((n, 2), dtype=bool)
     keep[:, 0] = True
@@ -291,8 +321,9 @@ def _columns(batch: FlowBatch, boot_ms: int) -> FtColumns:
     f.is4 = same(is4)
     f.pkts, f.octs, f.first, f.last = same(pk), same(oc), same(first), same(last)
     f.flags, f.proto, f.tos = same(b.tcp_flags), same(b.proto), same(b.tos)
+    f.in_if, f.out_if = same(in_if), same(out_if)
     f.n = len(f.is4)
-    return f
+    return f, zeroed
 
 
 def ntop(addr: bytes) -> str:
@@ -319,8 +350,8 @@ def csv_line(r: FtRecord) -> str:
 # faster on columns and slower on the tuples of small rounds: bench/README.md).
 
 _STR = [str(i) for i in range(65536)]
-_NH_IN_OUT4 = ",0.0.0.0,0,0"        # NEXTHOP, INPUT, OUTPUT after DSTADDR
-_NH_IN_OUT6 = ",::,0,0"
+_NH4 = ",0.0.0.0"        # NEXTHOP after DSTADDR
+_NH6 = ",::"
 
 
 class CsvBlock(NamedTuple):
@@ -387,7 +418,7 @@ def _bodies(records, src_text, dst_text) -> list[str]:
     # text is formatted once per run of equal values.
     ppk = poc = pfi = pla = None
     counters = times = ""
-    for s, d, pk, oc, fi, la, sp, dp, fl, pr, tos in records:
+    for s, d, i, o, pk, oc, fi, la, sp, dp, fl, pr, tos in records:
         if pk != ppk or oc != poc:
             ppk = pk
             poc = oc
@@ -396,7 +427,8 @@ def _bodies(records, src_text, dst_text) -> list[str]:
             pfi = fi
             pla = la
             times = f"{fi},{la},"
-        append(f"{counters}{times}{st[s]},{dt[d]},{S[sp]},{S[dp]},{S[pr]},{S[tos]},{S[fl]}")
+        append(f"{counters}{times}{st[s]},{dt[d]},{S[i]},{S[o]},{S[sp]},{S[dp]},{S[pr]},"
+               f"{S[tos]},{S[fl]}")
     return out
 
 
@@ -414,12 +446,12 @@ def csv_block(batch: FtBatch, prefix: str = "") -> CsvBlock:
         if any(v.dtype == object for v in ints):     # values made by hand
             return CsvBlock.of([(prefix + csv_line(r)).encode() for r in batch])
         src, src_text = _address_index(c.src, c.is4, "", "")
-        dst, dst_text = _address_index(c.dst, c.is4, _NH_IN_OUT4, _NH_IN_OUT6)
+        dst, dst_text = _address_index(c.dst, c.is4, _NH4, _NH6)
         records = zip(src, dst, *(v.tolist() for v in ints))
     else:
         records = batch.records
         src_text = _address_text(map(itemgetter(R_SRCADDR), records), "", "")
-        dst_text = _address_text(map(itemgetter(R_DSTADDR), records), _NH_IN_OUT4, _NH_IN_OUT6)
+        dst_text = _address_text(map(itemgetter(R_DSTADDR), records), _NH4, _NH6)
     try:
         bodies = _bodies(records, src_text, dst_text)
     except IndexError:      # records made by hand

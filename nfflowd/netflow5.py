@@ -12,7 +12,10 @@ sampling_interval=0), then at most 30 records of 48 bytes.  flow_sequence is
 the number of records this encoder emitted before the datagram (mod 2**32).
 
 IPv6 records cannot be carried by v5: they are skipped and counted in
-``skipped_ipv6``.  Counters wider than 32 bits were already clamped to
+``skipped_ipv6``.  INPUT and OUTPUT are the records' interface indexes,
+which ``flowtools.expand`` already gave 0 where wider than 16 bits (counted
+here in ``interfaces_zeroed``, from the batch: flows of any family, the
+mirror's lines carrying the same 0).  Counters wider than 32 bits were already clamped to
 2**32-1 by ``flowtools.expand``; a record whose values do not fit the v5
 fields anyway (a port > 65535, say, from a hand-made record) is skipped and
 counted in ``invalid`` instead of raising on the data path.
@@ -22,7 +25,7 @@ Hot path, in the form of the ``FtBatch`` (see ``record.FlowBatch``): records
 flattened records, a struct error (a bad record) falling back to one record
 at a time for that datagram; columns (bursts) are packed all datagrams' at
 once by numpy into a record layout equal to the wire format.  Either way
-NEXTHOP, INPUT, OUTPUT and the v5 fields nfflowd never fills are zero bytes,
+NEXTHOP and the v5 fields nfflowd never fills are zero bytes,
 and the IPv4 records are cut into datagrams of 30 in order, a bad record
 leaving its datagram one record shorter.  The packed record bodies depend on
 the batch only, so they are packed once and cached on the batch: every v5
@@ -41,9 +44,9 @@ from nfflowd.record import fits
 MAX_RECORDS = 30
 HEADER = struct.Struct("!HHIIIIBBH")
 # One record from an FtBatch record (flowtools.R_* order): srcaddr, dstaddr,
-# nexthop/input/output (0: pad), dPkts, dOctets, First, Last, srcport, dstport,
+# nexthop (0: pad), input, output, dPkts, dOctets, First, Last, srcport, dstport,
 # pad1, tcp_flags, prot, tos, then src_as, dst_as, src_mask, dst_mask, pad2 (0).
-_RECORD_FORMAT = "4s4s8xIIIIHHxBBB8x"
+_RECORD_FORMAT = "4s4s4xHHIIIIHHxBBB8x"
 RECORD = struct.Struct("!" + _RECORD_FORMAT)
 assert HEADER.size == 24 and RECORD.size == 48
 # _BODY[n]: n records in one call.
@@ -51,7 +54,8 @@ _BODY = [None] + [struct.Struct("!" + _RECORD_FORMAT * n) for n in range(1, MAX_
 
 _U32 = 0xFFFFFFFF
 # the record layout: (name, numpy type, offset), the FtColumns field of each
-_LAYOUT = (("src", ("u1", 4), 0), ("dst", ("u1", 4), 4), ("pkts", ">u4", 16),
+_LAYOUT = (("src", ("u1", 4), 0), ("dst", ("u1", 4), 4), ("in_if", ">u2", 12),
+           ("out_if", ">u2", 14), ("pkts", ">u4", 16),
            ("octs", ">u4", 20), ("first", ">u4", 24), ("last", ">u4", 28),
            ("sport", ">u2", 32), ("dport", ">u2", 34), ("flags", "u1", 37),
            ("proto", "u1", 38), ("tos", "u1", 39))
@@ -59,15 +63,16 @@ _DTYPE = np.dtype({"names": [n for n, _, _ in _LAYOUT], "formats": [t for _, t, 
                    "offsets": [o for _, _, o in _LAYOUT], "itemsize": RECORD.size})
 # the integer fields and their widths in bits
 _WIDTHS = (("pkts", 32), ("octs", 32), ("first", 32), ("last", 32), ("sport", 16),
-           ("dport", 16), ("flags", 8), ("proto", 8), ("tos", 8))
+           ("dport", 16), ("in_if", 16), ("out_if", 16), ("flags", 8), ("proto", 8),
+           ("tos", 8))
 
 
 def _fitting(f) -> np.ndarray:
     """Which records of ``f`` (``FtColumns``) fit the v5 fields."""
     cols = [getattr(f, name) for name, _ in _WIDTHS]
     if all(c.dtype == np.uint64 for c in cols):
-        pk, oc, fi, la, sp, dp, fl, pr, tos = cols
-        wide = ((pk | oc | fi | la) >> np.uint64(32)) | ((sp | dp) >> np.uint64(16)) \
+        pk, oc, fi, la, sp, dp, ii, oi, fl, pr, tos = cols
+        wide = ((pk | oc | fi | la) >> np.uint64(32)) | ((sp | dp | ii | oi) >> np.uint64(16)) \
             | ((fl | pr | tos) >> np.uint64(8))
         return wide == 0
     ok = np.ones(f.n, dtype=bool)
@@ -146,6 +151,7 @@ class V5Encoder:
         self.datagrams_encoded = 0
         self.skipped_ipv6 = 0
         self.invalid = 0
+        self.interfaces_zeroed = 0  # flows whose interface index did not fit 16 bits
 
     def encode(self, batch) -> list[bytes]:
         """Datagrams carrying the records of ``batch`` (a ``flowtools.FtBatch``),
@@ -172,6 +178,7 @@ class V5Encoder:
         self.datagrams_encoded += len(out)
         self.skipped_ipv6 += skipped6
         self.invalid += invalid
+        self.interfaces_zeroed += batch.interfaces_zeroed
         return out
 
 

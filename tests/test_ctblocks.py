@@ -22,7 +22,7 @@ from nfflowd import conntrack as ct
 from nfflowd.ctcache import pack4, pack6
 from nfflowd.conntrack import EV_DESTROY, EV_DUMP, EV_NEW, CtEvent, CtTuple
 from nfflowd.correlate import Correlator, flows_of, flows_of_block
-from nfflowd.flowtools import csv_lines, expand
+from nfflowd.flowtools import R_DSTPORT, R_SRCPORT, csv_lines, expand
 from nfflowd.ipfix import IpfixEncoder
 from nfflowd.netflow5 import V5Encoder
 from nfflowd.netflow9 import NetflowV9Encoder
@@ -580,7 +580,7 @@ def test_values_too_wide_are_skipped_and_counted_per_record(flows):
     assert (ipfix.invalid, ipfix.records_sent) == (wide, len(flows) - wide)
     ft = expand(batch, NOW_NS, BOOT_MS)
     v4 = [r for r in ft.records if len(r[0]) == 4]
-    wide4 = sum(r[6] > 65535 or r[7] > 65535 for r in v4)
+    wide4 = sum(r[R_SRCPORT] > 65535 or r[R_DSTPORT] > 65535 for r in v4)
     v5 = V5Encoder()
     v5.encode(ft)
     assert (v5.invalid, v5.records_encoded, v5.skipped_ipv6) == (wide4, len(v4) - wide4,

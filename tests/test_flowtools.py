@@ -5,9 +5,9 @@ import ipaddress
 import pytest
 
 from nfflowd import flowtools
-from nfflowd.flowtools import (DPKTS, DOCTETS, DSTADDR, DSTPORT, FIRST, LAST, NEXTHOP,
-                               R_SRCPORT, SRCADDR, SRCPORT, SYSUPTIME, csv_block, csv_line,
-                               csv_lines, expand)
+from nfflowd.flowtools import (DPKTS, DOCTETS, DSTADDR, DSTPORT, FIRST, INPUT, LAST, NEXTHOP,
+                               OUTPUT, R_INPUT, R_SRCPORT, SRCADDR, SRCPORT, SYSUPTIME,
+                               csv_block, csv_line, csv_lines, expand)
 from nfflowd.record import ORIGINAL, REPLY, Flow, FlowBatch
 
 
@@ -17,13 +17,14 @@ def ip(s):
 
 def flow(src, dst, sport, dport, post_src=None, post_dst=None, post_sport=None,
          post_dport=None, proto=6, packets=1, octets=100, start_ms=0, end_ms=0,
-         direction=ORIGINAL, tos=0, tcp_flags=0):
+         direction=ORIGINAL, tos=0, tcp_flags=0, in_if=0, out_if=0):
     s, d = ip(src), ip(dst)
     return Flow(4 if len(s) == 4 else 6, proto, s, d, sport, dport,
                 ip(post_src) if post_src else s, ip(post_dst) if post_dst else d,
                 sport if post_sport is None else post_sport,
                 dport if post_dport is None else post_dport,
-                packets, octets, start_ms, end_ms, direction, tos=tos, tcp_flags=tcp_flags)
+                packets, octets, start_ms, end_ms, direction, tos=tos, tcp_flags=tcp_flags,
+                in_if=in_if, out_if=out_if)
 
 
 # The example from the original tool's output (an HTTP request from
@@ -167,7 +168,8 @@ def test_csv_lines_matches_csv_line_on_varied_records():
         dst = f"2001:db8:1::{i:x}" if fam6 else f"192.0.2.{i % 200}"
         flows.append(flow(src, dst, i * 211 % 65536, i * 17 % 65536, proto=i % 256,
                           packets=i * 1000, octets=i * 99991, start_ms=i, end_ms=i * 3,
-                          tos=i % 256, tcp_flags=(i * 7) % 256,
+                          tos=i % 256, tcp_flags=(i * 7) % 256, in_if=i % 5,
+                          out_if=(i * 3) % 70000,
                           post_src=None if i % 2 else ("2001:db8:ff::1" if fam6 else "203.0.113.1"),
                           direction=ORIGINAL if i % 5 else REPLY))
     recs = expand(FlowBatch.from_flows(flows), 10**18 + 12345, 10**12 - 1, "192.0.2.254")
@@ -199,6 +201,30 @@ def test_csv_lines_matches_csv_line_on_varied_records():
             [r[i] for i in (0, 1, 2, 4, 5, 6, 7, 11, 12, 13, 14, 15, 16, 17)]
         assert ipaddress.ip_address(parts[8]).packed == r[SRCADDR]
         assert ipaddress.ip_address(parts[9]).packed == r[DSTADDR]
+
+
+@pytest.mark.parametrize("columns", [False, True], ids=["tuples", "columns"])
+def test_interfaces(columns):
+    """INPUT and OUTPUT are the flow's in_if and out_if, on both records of a
+    translated flow; an index wider than 16 bits is 0 (unknown), counted."""
+    flows = [flow("10.0.0.5", "198.51.100.7", 40000, 443, post_src="203.0.113.9",
+                  post_sport=1025, in_if=2, out_if=3),
+             flow("198.51.100.7", "203.0.113.9", 443, 1025, post_dst="10.0.0.5",
+                  post_dport=40000, direction=REPLY, in_if=3, out_if=2),
+             flow("203.0.113.9", "198.51.100.53", 5353, 53, proto=17, out_if=3),
+             flow("10.0.0.6", "198.51.100.7", 1, 2, post_src="203.0.113.9", in_if=65536,
+                  out_if=65535),
+             flow("2001:db8::5", "2001:db8:1::80", 1, 2, in_if=4, out_if=2**40)]
+    batch = FlowBatch.from_flows(flows)
+    recs = expand(batch.as_columns() if columns else batch, 10**18, 10**12, "192.0.2.1")
+    assert [(r[INPUT], r[OUTPUT]) for r in recs] == [(2, 3), (2, 3), (3, 2), (0, 3),
+                                                     (0, 65535), (0, 65535), (4, 0)]
+    assert [tuple(line.split(",")[11:13]) for line in csv_lines(recs)] == \
+        [("2", "3"), ("2", "3"), ("3", "2"), ("0", "3"), ("0", "65535"), ("0", "65535"),
+         ("4", "0")]
+    assert csv_lines(recs) == [csv_line(r) for r in recs]
+    assert [r[R_INPUT] for r in recs.records] == [2, 2, 3, 0, 0, 0, 4]
+    assert recs.interfaces_zeroed == 2      # flows, not records
 
 
 def test_boot_ms_from_uptime():

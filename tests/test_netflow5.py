@@ -46,7 +46,8 @@ def test_byte_exact_header_and_record():
 
 def many_records(n, now_ns=10**18, boot=10**12):
     flows = [flow(f"10.0.{i // 256}.{i % 256}", "192.0.2.1", 1024 + i, 80, packets=i + 1,
-                  octets=100 * (i + 1), start_ms=boot + i, end_ms=boot + 2 * i)
+                  octets=100 * (i + 1), start_ms=boot + i, end_ms=boot + 2 * i,
+                  in_if=i % 3 + 1, out_if=1000 * i)
              for i in range(n)]
     return flowtools.expand(FlowBatch.from_flows(flows), now_ns, boot)
 
@@ -124,16 +125,18 @@ def test_engine_range_checked():
 # -- independent decoders ---------------------------------------------------
 
 def example_and_more():
-    """The example triplet, a DNAT triplet, ICMP and a clamped counter."""
+    """The example triplet, a DNAT triplet (with interfaces), ICMP and a
+    clamped counter (the host's own: no ingress, an index past 16 bits)."""
     flows = example_flows() + [
         flow("198.51.100.7", "203.0.113.9", 50000, 80, post_dst="10.0.0.80", post_dport=8080,
              packets=5, octets=500, start_ms=EX_BOOT_MS + 1000, end_ms=EX_BOOT_MS + 2000,
-             tos=0x28, tcp_flags=0x1b),
+             tos=0x28, tcp_flags=0x1b, in_if=7, out_if=65535),
         flow("10.0.0.80", "198.51.100.7", 8080, 50000, post_src="203.0.113.9", post_sport=80,
              packets=4, octets=4000, start_ms=EX_BOOT_MS + 1000, end_ms=EX_BOOT_MS + 2000,
-             direction=REPLY, tcp_flags=0x12),
+             direction=REPLY, tcp_flags=0x12, in_if=65535, out_if=7),
         flow("10.0.0.5", "198.51.100.7", 0, 8 * 256 + 0, proto=1, post_src="203.0.113.9",
-             packets=2**33, octets=2**40, start_ms=EX_BOOT_MS + 5, end_ms=EX_BOOT_MS + 6),
+             packets=2**33, octets=2**40, start_ms=EX_BOOT_MS + 5, end_ms=EX_BOOT_MS + 6,
+             out_if=70000),
     ]
     return flowtools.expand(FlowBatch.from_flows(flows), EX_NOW_NS, EX_BOOT_MS, "172.16.1.1")
 
@@ -149,7 +152,8 @@ def example_and_more_and_40():
 
 def expected_rows(recs):
     return [(ipaddress.ip_address(r[8]).compressed, ipaddress.ip_address(r[9]).compressed,
-             r[13], r[14], r[15], r[4], r[5], r[6], r[7], r[16], r[17]) for r in recs]
+             r[13], r[14], r[15], r[4], r[5], r[6], r[7], r[16], r[17], r[11], r[12])
+            for r in recs]
 
 
 def test_read_back_with_pypi_netflow():
@@ -171,14 +175,17 @@ def test_read_back_with_pypi_netflow():
             rows.append((str(ipaddress.IPv4Address(fl.IPV4_SRC_ADDR)),
                          str(ipaddress.IPv4Address(fl.IPV4_DST_ADDR)),
                          fl.SRC_PORT, fl.DST_PORT, fl.PROTO, fl.IN_PACKETS, fl.IN_OCTETS,
-                         fl.FIRST_SWITCHED, fl.LAST_SWITCHED, fl.TOS, fl.TCP_FLAGS))
-            assert (fl.NEXT_HOP, fl.INPUT, fl.OUTPUT, fl.SRC_AS, fl.DST_AS) == (0, 0, 0, 0, 0)
+                         fl.FIRST_SWITCHED, fl.LAST_SWITCHED, fl.TOS, fl.TCP_FLAGS,
+                         fl.INPUT, fl.OUTPUT))
+            assert (fl.NEXT_HOP, fl.SRC_AS, fl.DST_AS) == (0, 0, 0)
     assert seqs == [0, 30]
     assert rows == expected_rows(recs)
     # spot checks against the spec rather than against the records
     assert rows[1][:4] == ("192.76.7.154", "74.125.6.225", 62380, 80)
     assert rows[4][:4] == ("198.51.100.7", "10.0.0.80", 50000, 8080)
     assert rows[6][3:7] == (2048, 1, 2**32 - 1, 2**32 - 1)
+    assert [r[-2:] for r in rows[3:8]] == [(7, 65535), (7, 65535), (65535, 7), (0, 0), (0, 0)]
+    assert rows[8][-2:] == (1, 0) and rows[9][-2:] == (2, 1000)
 
 
 # A minimal pcap writer: Ethernet / IPv4 / UDP to port 2055.
@@ -208,7 +215,8 @@ TSHARK_FIELDS = ["cflow.version", "cflow.count", "cflow.sequence", "cflow.unix_s
                  "cflow.unix_nsecs", "cflow.engine_type", "cflow.engine_id",
                  "cflow.srcaddr", "cflow.dstaddr", "cflow.srcport", "cflow.dstport",
                  "cflow.protocol", "cflow.packets", "cflow.octets", "cflow.tos",
-                 "cflow.tcpflags", "cflow.timestart", "cflow.timeend", "cflow.nexthop"]
+                 "cflow.tcpflags", "cflow.timestart", "cflow.timeend", "cflow.nexthop",
+                 "cflow.inputint", "cflow.outputint"]
 
 
 def test_read_back_with_tshark(tmp_path):
@@ -245,12 +253,14 @@ def test_read_back_with_tshark(tmp_path):
                          # relative times in seconds, e.g. "136.315000000"
                          round(float(per["cflow.timestart"][k]) * 1000),
                          round(float(per["cflow.timeend"][k]) * 1000),
-                         int(per["cflow.tos"][k], 0), int(per["cflow.tcpflags"][k], 0)))
+                         int(per["cflow.tos"][k], 0), int(per["cflow.tcpflags"][k], 0),
+                         int(per["cflow.inputint"][k]), int(per["cflow.outputint"][k])))
             assert per["cflow.nexthop"][k] == "0.0.0.0"
     assert [int(line.split("|")[2]) for line in lines] == [0, 30]
     assert rows == expected_rows(recs)
     assert rows[0][:4] == ("10.0.195.106", "74.125.6.225", 62380, 80)
     assert rows[0][7:9] == (136315, 279737)
+    assert [r[-2:] for r in rows[3:6]] == [(7, 65535), (7, 65535), (65535, 7)]
 
 
 def test_encoders_share_a_batch_with_their_own_headers():
@@ -264,6 +274,20 @@ def test_encoders_share_a_batch_with_their_own_headers():
     assert (a.records_encoded, b.records_encoded) == (45, 45)
     (d,) = a.encode(many_records(1))
     assert header(d)[5] == 45
+
+
+def test_interfaces_byte_exact_and_counted():
+    """INPUT and OUTPUT at offsets 12 and 14 of a record, both forms of a
+    batch; an index past 16 bits goes as 0 and is counted."""
+    flows = [flow("10.0.0.5", "198.51.100.7", 1, 2, in_if=0x0102, out_if=0x0304),
+             flow("10.0.0.6", "198.51.100.7", 1, 2, in_if=0x10000, out_if=0xFFFF),
+             flow("2001:db8::1", "2001:db8::2", 1, 2, in_if=2**20)]
+    for batch in (FlowBatch.from_flows(flows), FlowBatch.from_flows(flows).as_columns()):
+        enc = V5Encoder()
+        (d,) = enc.encode(flowtools.expand(batch, 10**18, 10**12))
+        assert d[24 + 8:24 + 16] == bytes.fromhex("00000000" "0102" "0304")
+        assert d[72 + 8:72 + 16] == bytes.fromhex("00000000" "0000" "ffff")
+        assert (enc.records_encoded, enc.interfaces_zeroed, enc.skipped_ipv6) == (2, 2, 1)
 
 
 def test_bad_record_among_ipv6_and_many():

@@ -77,6 +77,8 @@ PER_COLLECTOR: dict[str, tuple[str, str]] = {
                     "the collector's port reported closed for an earlier one), by collector"),
     "records_invalid": ("records_invalid", "Records the collector's encoder refused (a value "
                         "out of its field's range; not exported there), by collector"),
+    "interfaces_zeroed": ("interfaces_zeroed", "Flows whose interface index did not fit "
+                          "NetFlow v5's 16 bits (sent as 0), by collector"),
 }
 
 # per-interface packet meter stat (``"meter.<iface>.<stat>"``, from

@@ -64,6 +64,7 @@ class V5Exporter:
                 "records_dropped": self.sink.records_dropped,
                 "send_errors": self.sink.send_errors,
                 "records_invalid": self.encoder.invalid,
+                "interfaces_zeroed": self.encoder.interfaces_zeroed,
                 "skipped_ipv6": self.encoder.skipped_ipv6}
 
     def close(self) -> None:
