@@ -43,10 +43,13 @@ def _with_counters(ev, opk, oby, rpk, rby):
 
 
 def flows_of(ev: CtEvent, start_ns: int, end_ns: int,
-             end_reason: int = END_OF_FLOW) -> tuple[Flow, Flow]:
-    """The two directional flows of one connection (original, reply)."""
+             end_reason: int = END_OF_FLOW, pair=None) -> tuple[Flow, Flow]:
+    """The two directional flows of one connection (original, reply).
+    ``pair``: ``Interfaces.pair``, the original direction's (in_if, out_if)
+    of an event (the reply's is swapped); None: zeros."""
     # Unpacking is much cheaper than NamedTuple attribute access on this path.
     _kind, fam, ct_id, _status, o, r, opk, oby, rpk, rby, _s, _e, mark, zone = ev[:14]
+    ii, oi = pair(ev) if pair is not None else (0, 0)
     osrc, odst, proto, osport, odport = o
     rsrc, rdst, _proto, rsport, rdport = r
     start_ms = start_ns // _NS_PER_MS
@@ -56,29 +59,32 @@ def flows_of(ev: CtEvent, start_ns: int, end_ns: int,
         # NAT may rewrite) is not a port and is not exported.
         return (
             _new(Flow, (fam, proto, osrc, odst, 0, odport, rdst, rsrc, 0, odport,
-                        opk, oby, start_ms, end_ms, ORIGINAL, end_reason, 0, 0, ct_id, 0, 0, 0, zone, mark)),
+                        opk, oby, start_ms, end_ms, ORIGINAL, end_reason, 0, 0, ct_id, 0, ii, oi, zone, mark)),
             _new(Flow, (fam, proto, rsrc, rdst, 0, rdport, odst, osrc, 0, rdport,
-                        rpk, rby, start_ms, end_ms, REPLY, end_reason, 0, 0, ct_id, 0, 0, 0, zone, mark)),
+                        rpk, rby, start_ms, end_ms, REPLY, end_reason, 0, 0, ct_id, 0, oi, ii, zone, mark)),
         )
     return (
         _new(Flow, (fam, proto, osrc, odst, osport, odport, rdst, rsrc, rdport, rsport,
-                    opk, oby, start_ms, end_ms, ORIGINAL, end_reason, 0, 0, ct_id, 0, 0, 0, zone, mark)),
+                    opk, oby, start_ms, end_ms, ORIGINAL, end_reason, 0, 0, ct_id, 0, ii, oi, zone, mark)),
         _new(Flow, (fam, proto, rsrc, rdst, rsport, rdport, odst, osrc, odport, osport,
-                    rpk, rby, start_ms, end_ms, REPLY, end_reason, 0, 0, ct_id, 0, 0, 0, zone, mark)),
+                    rpk, rby, start_ms, end_ms, REPLY, end_reason, 0, 0, ct_id, 0, oi, ii, zone, mark)),
     )
 
 
-def flows_of_block(b: DestroyBlock, start_ns, end_ns, end_reason: int = END_OF_FLOW
-                   ) -> FlowBatch:
+def flows_of_block(b: DestroyBlock, start_ns, end_ns, end_reason: int = END_OF_FLOW,
+                   interfaces=None) -> FlowBatch:
     """``flows_of`` over a block, as columns: original and reply flow of each
     row, in row order (the same rules, written for arrays; the tests compare
-    both).  ``start_ns``/``end_ns``: uint64 arrays."""
+    both).  ``start_ns``/``end_ns``: uint64 arrays; ``interfaces``: an
+    ``Interfaces`` (its ``pair_block``), None: zeros."""
     n = b.n
     icmp = np.isin(b.o_proto, _ICMP_PROTOS)
     zero = np.zeros(n, dtype=np.uint64)
     s = start_ns // np.uint64(_NS_PER_MS)
     e = end_ns // np.uint64(_NS_PER_MS)
     none = np.zeros(2 * n, dtype=np.uint64)
+    if interfaces is not None:
+        ii, oi = interfaces.pair_block(b)
     return FlowBatch.from_columns(
         family=interleave(b.family, b.family),
         proto=interleave(b.o_proto, b.o_proto),
@@ -101,7 +107,9 @@ def flows_of_block(b: DestroyBlock, start_ns, end_ns, end_reason: int = END_OF_F
                              np.full(n, REPLY, dtype=np.uint64)),
         end_reason=np.full(2 * n, end_reason, dtype=np.uint64),
         tos=none, tcp_flags=none, conn_id=interleave(b.ct_id, b.ct_id), vlan=none,
-        in_if=none, out_if=none, zone=interleave(b.zone, b.zone), mark=interleave(b.mark, b.mark))
+        in_if=interleave(ii, oi) if interfaces is not None else none,
+        out_if=interleave(oi, ii) if interfaces is not None else none,
+        zone=interleave(b.zone, b.zone), mark=interleave(b.mark, b.mark))
 
 
 def _times(event_ns, now_ns: int):
@@ -138,7 +146,8 @@ class Correlator:
     """Turns ctnetlink events into ``Flow`` records (and NAT session events)."""
 
     def __init__(self, ttl: float = 604800, kernel_timestamps: bool = True,
-                 nat_events: bool = False, cache: bool = True):
+                 nat_events: bool = False, cache: bool = True, interfaces=None):
+        self.interfaces = interfaces
         self.ttl_ns = int(ttl * 1_000_000_000)
         # When the kernel stamps connections, NEW times need not be kept.
         self.kernel_timestamps = kernel_timestamps
@@ -174,6 +183,17 @@ class Correlator:
             "active_exports": 0,         # connections exported by the active timeout
         }
 
+    @property
+    def interfaces(self):
+        """The ``interfaces.Interfaces`` that fills the records' in_if and
+        out_if (None: zeros); may be replaced at any time (reload)."""
+        return self._interfaces
+
+    @interfaces.setter
+    def interfaces(self, value) -> None:
+        self._interfaces = value
+        self._pair = value.pair if value is not None else None
+
     # -- hot path -----------------------------------------------------------
     def handle_batch(self, events, now_ns: int, out: list) -> None:
         """Every event of a batch, in order; the flows that the DESTROY events
@@ -192,6 +212,7 @@ class Correlator:
         dead = self.cache.dead if caching else ()
         revived = self.cache.revived if caching else set()
         extend = out.extend
+        pair = self._pair
         exported = duplicates = new = other = late = 0
         for ev in events:
             kind = ev[0]
@@ -242,7 +263,7 @@ class Correlator:
                     nat = nat_event_of(ev, end, False)
                     if nat is not None:
                         self.nat_events.append(nat)
-                extend(flows_of(ev, start, end))
+                extend(flows_of(ev, start, end, END_OF_FLOW, pair))
             elif kind == EV_NEW:
                 new += 1
                 made = ev[14] or now_ns             # event_ns: the kernel's time
@@ -396,7 +417,8 @@ class Correlator:
             if lo >= hi:
                 return
             sub = b if (lo == 0 and hi == n) else b.take(slice(lo, hi))
-            cols = flows_of_block(sub, start[lo:hi], end[lo:hi])
+            cols = flows_of_block(sub, start[lo:hi], end[lo:hi], END_OF_FLOW,
+                                  self._interfaces)
             if self.want_nat_events:
                 late = 0
                 for k, ev, s, e in zip(range(lo, hi), sub.events(), start[lo:hi].tolist(),
@@ -502,7 +524,7 @@ class Correlator:
                 last = _with_counters(last, last[6] - b[0], last[7] - b[1],
                                       last[8] - b[2], last[9] - b[3])
                 start = b[4]
-            out.extend(flows_of(last, start, max(last_seen, start)))
+            out.extend(flows_of(last, start, max(last_seen, start), END_OF_FLOW, self._pair))
             self._poll_exported[key] = now_ns
             self._ids_stale = True
             self.counters["connections_exported"] += 1
@@ -634,7 +656,7 @@ class Correlator:
             del live[ct_id]
             start = base[4] if base else new_ns
             end = max(dump_ns, start)
-            out.extend(flows_of(ev, start, end, END_LACK_OF_RESOURCES))
+            out.extend(flows_of(ev, start, end, END_LACK_OF_RESOURCES, self._pair))
             self._poll_exported[(ct_id, ev[4])] = now_ns
             self._ids_stale = True
             vanished += 1
@@ -663,7 +685,7 @@ class Correlator:
         if opk == b[0] and rpk == b[2]:
             return False                        # idle since the last export
         delta = _with_counters(ev, opk - b[0], oby - b[1], rpk - b[2], rby - b[3])
-        out.extend(flows_of(delta, start, max(now_ns, start), END_ACTIVE_TIMEOUT))
+        out.extend(flows_of(delta, start, max(now_ns, start), END_ACTIVE_TIMEOUT, self._pair))
         self._live[ct_id] = ctcache.with_base(entry, head, opk, oby, rpk, rby, now_ns)
         return True
 
@@ -680,7 +702,7 @@ class Correlator:
         if opk == b[0] and rpk == b[2]:
             return False
         delta = _with_counters(ev, opk - b[0], oby - b[1], rpk - b[2], rby - b[3])
-        out.extend(flows_of(delta, start, max(now_ns, start), END_ACTIVE_TIMEOUT))
+        out.extend(flows_of(delta, start, max(now_ns, start), END_ACTIVE_TIMEOUT, self._pair))
         if len(d) > 3:
             d[3] = (opk, oby, rpk, rby, now_ns)
         else:
