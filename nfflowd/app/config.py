@@ -130,6 +130,19 @@ class MeterConfig:
     interfaces: tuple[MeterInterface, ...] = ()
 
 
+INTERFACE_METHODS = ("route", "mark", "zone", "none")
+
+
+@dataclass(frozen=True)
+class InterfacesConfig:
+    """How records get their interface indexes (nfflowd/interfaces.py):
+    ``route`` (main-table lookup), ``mark``/``zone`` (``map``: ct mark or
+    zone -> (ingress, egress) of the original direction, each an interface
+    name or index), ``none`` (zeros)."""
+    method: str = "route"
+    map: tuple[tuple[int, tuple], ...] = ()
+
+
 @dataclass(frozen=True)
 class Config:
     path: str = "<defaults>"
@@ -138,6 +151,7 @@ class Config:
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     conntrack: ConntrackConfig = field(default_factory=ConntrackConfig)
     meter: MeterConfig = field(default_factory=MeterConfig)
+    interfaces: InterfacesConfig = field(default_factory=InterfacesConfig)
     pidfile: str = "/run/nfflowd.pid"
     log_level: str = "info"
     # drop to this user once the sockets are open, keeping CAP_NET_ADMIN
@@ -361,6 +375,45 @@ def _meter(c: _Checker, data) -> MeterConfig:
     return out
 
 
+def _interfaces(c: _Checker, data) -> InterfacesConfig:
+    s = c.section(data, "interfaces", {"method", "map"})
+    method = c.string(s, "method", "interfaces.method", "route", INTERFACE_METHODS)
+    raw = s.get("map")
+    if raw is None:
+        if method in ("mark", "zone"):
+            c.bad("interfaces.map", f"method {method} needs a map: {method} value -> "
+                  "[ingress, egress] (interface names or indexes)")
+        return InterfacesConfig(method)
+    if method not in ("mark", "zone"):
+        c.bad("interfaces.map", f"a map is for method mark or zone; method is {method}")
+        return InterfacesConfig(method)
+    if not isinstance(raw, dict) or not raw:
+        c.bad("interfaces.map", f"expected a mapping of {method} values to [ingress, egress], "
+              f"got {_kind(raw) if raw != {} else 'an empty mapping'}")
+        return InterfacesConfig(method)
+    top = 2**32 - 1 if method == "mark" else 65535
+    out = []
+    for value, pair in raw.items():
+        key = f"interfaces.map.{value}"
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+            c.bad(key, f"expected a {method} value, an integer from 0 to {top}, got {value!r}")
+            continue
+        if not isinstance(pair, list) or len(pair) != 2:
+            c.bad(key, f"expected [ingress, egress] (two interface names or indexes), "
+                  f"got {pair!r}")
+            continue
+        ok = True
+        for side, x in zip(("ingress", "egress"), pair):
+            if isinstance(x, bool) or not (
+                    (isinstance(x, int) and 0 <= x <= 2**31 - 1) or _interface_name(x)):
+                c.bad(key, f"{side}: expected an interface name (1 to 15 characters, no "
+                      f"'/', ':' or blank) or index, got {x!r}")
+                ok = False
+        if ok:
+            out.append((value, tuple(pair)))
+    return InterfacesConfig(method, tuple(sorted(out)))
+
+
 def parse(data, path: str = "<string>") -> Config:
     """Validate an already-parsed YAML document."""
     c = _Checker()
@@ -369,7 +422,7 @@ def parse(data, path: str = "<string>") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(path, [("", f"expected a mapping at the top level, got {_kind(data)}")])
     c.unknown(data, "", {"export", "syslog", "archive", "conntrack", "meter", "pidfile", "log", "user",
-                         "metrics", "sched_priority"})
+                         "metrics", "sched_priority", "interfaces"})
 
     ex = c.section(data, "export", {"source", "engine_type", "engine_id", "collectors",
                                     "flush_interval", "observation_domain", "max_datagram",
@@ -444,6 +497,7 @@ def parse(data, path: str = "<string>") -> Config:
               f"got {conntrack.active_timeout:g}")
 
     meter = _meter(c, data)
+    interfaces = _interfaces(c, data)
 
     pidfile = c.string(data, "pidfile", "pidfile", "/run/nfflowd.pid")
     lg = c.section(data, "log", {"level"})
@@ -469,7 +523,8 @@ def parse(data, path: str = "<string>") -> Config:
     if c.problems:
         raise ConfigError(path, c.problems)
     return Config(path=path, export=export, syslog=syslog, archive=archive,
-                  conntrack=conntrack, meter=meter, pidfile=pidfile, log_level=log_level,
+                  conntrack=conntrack, meter=meter, interfaces=interfaces, pidfile=pidfile,
+                  log_level=log_level,
                   user=user, metrics_listen=metrics_listen, sched_priority=sched_priority)
 
 
