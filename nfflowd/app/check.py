@@ -24,6 +24,7 @@ def check(path: str) -> Status:
     cfg, status = found
     if not _check_kernel(cfg) and status is Status.OK:
         status = Status.PREREQUISITES
+    _check_interfaces(cfg)
     unchecked: list[str] = []
     running = daemon_state(cfg, unchecked)
     for line in unchecked:
@@ -72,6 +73,32 @@ def _check_kernel(cfg: Config) -> bool:
     for line in unchecked:
         print(f"could not check: {line}")
     return not problems
+
+
+def _check_interfaces(cfg: Config) -> None:
+    """Say how records get their interface indexes, and what the route
+    lookup holds here (a map's interface names not found are named)."""
+    icfg = cfg.interfaces
+    if icfg.method == "none":
+        print("interfaces: method none (every record's interface indexes are 0)")
+        return
+    from nfflowd.interfaces import Interfaces
+    from nfflowd.io import rtnl
+    try:
+        ifs = Interfaces(icfg.method, dict(icfg.map))
+        ifs.update(rtnl.dump())
+    except (OSError, NfflowdError) as e:
+        print(f"could not check: interfaces: {e}")
+        return
+    n = ifs.sizes()
+    print(f"interfaces: method {icfg.method}: {n['links']} links, {n['routes4']} IPv4 and "
+          f"{n['routes6']} IPv6 main-table routes, {n['local']} local addresses and routes")
+    names = {name for name, _d in ifs.links.values()}
+    missing = sorted({x for _v, pair in icfg.map for x in pair
+                      if isinstance(x, str) and x not in names})
+    if missing:
+        print(f"interfaces: the map names interfaces not found here (index 0 until they "
+              f"appear): {', '.join(missing)}")
 
 
 def start_problems(cfg: Config) -> list[str]:

@@ -26,6 +26,7 @@ from nfflowd.ctblocks import decode_blocks
 from nfflowd.record import FlowBatch, FlowBatchBuilder
 from nfflowd.correlate import Correlator
 from nfflowd.errors import ConfigError, NfflowdError
+from nfflowd.interfaces import Interfaces
 from nfflowd.io import netlink
 from nfflowd.app.legacy import load_any
 from nfflowd.app.pacing import RECV_BATCH, REAP_CHUNK, Pacer, Wait
@@ -168,7 +169,7 @@ class Daemon:
         self.started_at = time.time()
         self.counters = {
             "malformed": 0, "unknown": 0, "overruns": 0, "polls": 0, "reloads": 0,
-            "reloads_refused": 0, "resyncs": 0, "active_dumps": 0,
+            "reloads_refused": 0, "resyncs": 0, "active_dumps": 0, "rtnl_overruns": 0,
         }
         # overrun episode: from the first ENOBUFS to the resync that follows
         self._overrun_episode = 0       # overruns in the current episode (0: none)
@@ -178,6 +179,10 @@ class Daemon:
         self.meters = None              # capture.InterfaceMeters (meter.interfaces)
         self.correlator: Correlator | None = None
         self.sock: netlink.ConntrackSocket | None = None
+        # the records' interface indexes (interfaces.method; None: none), and
+        # the rtnetlink socket that keeps its routes and links current
+        self.interfaces: Interfaces | None = None
+        self.rtnl = None
         # how a receive round's datagrams are decoded: runs of DESTROY and of
         # NEW events as blocks (the columnar path), the rest as events
         self.decoder = decode_blocks
@@ -265,10 +270,12 @@ class Daemon:
         _announce_groups(ccfg.new_events, groups)
         if self.sock.rcvbuf < ccfg.rcvbuf:
             log.warning("netlink_rcvbuf_smaller", wanted=ccfg.rcvbuf, obtained=self.sock.rcvbuf)
+        self._configure_interfaces(self.cfg.interfaces)
         table = netlink.dump_table()
         now_ns = time.time_ns()
         added = self.correlator.add_dumped(table, now_ns)
         self.pipeline.open()
+        self._set_links()
         self.control = ControlServer(control_socket_path(self.cfg.pidfile), self.state)
         self._start_metrics(self.cfg)
         if self.cfg.meter.interfaces:
@@ -288,6 +295,51 @@ class Daemon:
         sdnotify.ready(f"exporting to {len(self.cfg.export.collectors)} collector(s)")
         if self.on_ready is not None:
             self.on_ready()
+
+    # -- interfaces ----------------------------------------------------------------
+    def _configure_interfaces(self, icfg) -> None:
+        """Apply ``interfaces:``: the rtnetlink socket opened (subscribe,
+        then dump) or closed, the correlator given the lookup or none."""
+        if icfg.method == "none":
+            if self.rtnl is not None:
+                self.rtnl.close()
+                self.rtnl = None
+            self.interfaces = None
+        else:
+            from nfflowd.io import rtnl
+            if self.rtnl is None:
+                self.rtnl = rtnl.RtnlSocket()
+                self.interfaces = Interfaces(icfg.method, dict(icfg.map))
+                self.interfaces.update(rtnl.dump())
+            else:
+                self.interfaces.configure(icfg.method, dict(icfg.map))
+        self.correlator.interfaces = self.interfaces
+        log.info("interfaces", method=icfg.method,
+                 **(self.interfaces.sizes() if self.interfaces is not None else {}))
+
+    def _routes(self) -> None:
+        """What rtnetlink says changed (a re-dump after an overrun)."""
+        from nfflowd.io import rtnl
+        try:
+            msgs = self.rtnl.read()
+        except rtnl.RtnlOverrun:
+            self.counters["rtnl_overruns"] += 1
+            log.warning("rtnl_overrun", meaning="route and link changes were lost; "
+                        "dumping them again")
+            try:
+                msgs = rtnl.dump()
+            except NfflowdError as e:
+                log.error("rtnl_dump_failed", error=str(e))
+                return
+        if self.interfaces.update(msgs):
+            self._set_links()
+
+    def _set_links(self) -> None:
+        """The pipeline's interface names (options template), where it takes
+        them."""
+        set_links = getattr(self.pipeline, "set_links", None)
+        if set_links is not None and self.interfaces is not None:
+            set_links(dict(self.interfaces.links))
 
     def _start_metrics(self, cfg: Config) -> None:
         if cfg.metrics_listen:
@@ -374,6 +426,12 @@ class Daemon:
         corr.ttl_ns = int(new.conntrack.ttl * 1_000_000_000)
         corr.want_nat_events = self.pipeline.wants_nat_events
         self._resubscribe(new.conntrack.new_events)
+        if new.interfaces != self.cfg.interfaces:
+            try:
+                self._configure_interfaces(new.interfaces)
+            except (OSError, NfflowdError) as e:
+                log.error("interfaces_unchanged", error=str(e))
+            self._set_links()
         if (new.conntrack.rcvbuf != self.cfg.conntrack.rcvbuf or new.user != self.cfg.user
                 or new.sched_priority != self.cfg.sched_priority):
             log.warning("reload_needs_restart", keys="conntrack.rcvbuf, user, sched_priority",
@@ -414,11 +472,7 @@ class Daemon:
         next_purge = now + min(self.cfg.conntrack.ttl, 60.0)
         active_timeout = self.cfg.conntrack.active_timeout
         next_active = now + active_timeout if active_timeout else float("inf")
-        rlist = [self.sock, self._wake_r, self.control]
-        if self._sigfd is not None:
-            rlist.append(self._sigfd)
-        if self.meters is not None:
-            rlist += self.meters.sockets
+        rlist = self._rlist()
         corr = self.correlator
         pacer = self.pacer
         while not self.stopping:
@@ -472,10 +526,13 @@ class Daemon:
                     corr.reap(REAP_CHUNK)
             if self.control in readable:
                 self.control.handle_ready()
+            if self.rtnl is not None and self.rtnl in readable:
+                self._routes()
             if self.meters is not None:
                 self._meter(readable)
             if self.reload_requested and not self.stopping:
                 self.reload(pending)
+                rlist = self._rlist()
                 if self.cfg.conntrack.active_timeout != active_timeout:
                     active_timeout = self.cfg.conntrack.active_timeout
                     next_active = (time.monotonic() + active_timeout if active_timeout
@@ -500,6 +557,16 @@ class Daemon:
                     log.warning("purged_by_ttl", connections=purged, ttl=ccfg.ttl)
                 next_purge = now + min(ccfg.ttl, 60.0)
         return self.shutdown(pending)
+
+    def _rlist(self) -> list:
+        rlist = [self.sock, self._wake_r, self.control]
+        if self._sigfd is not None:
+            rlist.append(self._sigfd)
+        if self.meters is not None:
+            rlist += self.meters.sockets
+        if self.rtnl is not None:
+            rlist.append(self.rtnl)
+        return rlist
 
     def _drain_wakeup(self):
         try:
@@ -698,6 +765,8 @@ class Daemon:
             self.pipeline.close()
             if self.sock is not None:
                 self.sock.close()
+            if self.rtnl is not None:
+                self.rtnl.close()
             if self.control is not None:
                 self.control.close()
             if self.metrics is not None:
