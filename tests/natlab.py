@@ -166,6 +166,12 @@ class NatLab:
         self.client("udp", WAN6, 8080, 120, 2)
         self.ping(WAN6, 2)
 
+    def ifindex(self, name, dev) -> int:
+        """The index of interface ``dev`` in namespace ``name`` (ip -j link)."""
+        import json
+        out = self.ns(name, "ip", "-j", "link", "show", "dev", dev).stdout
+        return json.loads(out)[0]["ifindex"]
+
     def conntrack_list(self) -> list["CtEntry"]:
         r = self.ns(self.fw, "conntrack", "-L", "-o", "extended,id", check=False)
         return [e for e in map(parse_conntrack_line, r.stdout.splitlines()) if e]

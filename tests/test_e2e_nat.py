@@ -24,7 +24,7 @@ from collections import Counter
 
 import pytest
 
-from natlab import WAN4, NatLab, Nfcapd, skip_reason, stop, wait_for
+from natlab import WAN4, WAN6, NatLab, Nfcapd, skip_reason, stop, wait_for
 
 _reason = skip_reason() or (None if shutil.which("nfcapd") and shutil.which("nfdump")
                             else "needs nfcapd and nfdump (Debian: nfdump)")
@@ -136,6 +136,7 @@ def test_nat_triplets_reach_nfcapd_and_syslog(lab, tmp_path):
     # made before nfflowd starts: known only from the start-up dump
     early = lab.client("tcp", WAN4, 8080, 700)
 
+    ifs = {dev: lab.ifindex(lab.fw, dev) for dev in ("fw-lan", "fw-wan")}
     cfg = write_config(tmp_path, 20555, catcher.path)
     daemon, log = start_nfflowd(lab, cfg)
     try:
@@ -193,7 +194,11 @@ def test_nat_triplets_reach_nfcapd_and_syslog(lab, tmp_path):
         uptime, first, last = int(f[2]), int(f[6]), int(f[7])
         assert 0 < first <= last <= uptime, f                   # FIRST <= LAST <= SYSUPTIME
         assert uptime - first < 120_000, f
-        assert f[10] in ("0.0.0.0", "::") and f[11:13] == ["0", "0"]
+        assert f[10] in ("0.0.0.0", "::")
+        # INPUT, OUTPUT: the fw's own indexes of the interfaces crossed (the
+        # routes' lookup); the reply comes in from the outside
+        inside, outside = str(ifs["fw-lan"]), str(ifs["fw-wan"])
+        assert f[11:13] == ([outside, inside] if f[8] in (WAN4, WAN6) else [inside, outside]), f
 
     # --- NetFlow v5 at a real nfcapd, read back by nfdump: IPv4 only
     dumped = collector.dump("%sa|%da|%sp|%dp|%pr|%pkt|%byt")
