@@ -1,0 +1,336 @@
+"""End to end: every record's ingress and egress interface index is the
+firewall's own index of the interface its packets crossed.
+
+    lan0 (198.51.100.2/26, 2001:db8:1::2)     lan1 (198.51.100.66/26, 2001:db8:3::2)
+        |  fw-lan0                                |  fw-lan1
+        +------------------ fw -------------------+
+                            |  fw-wan (203.0.113.1, 2001:db8:2::1)
+                           wan (203.0.113.2, 2001:db8:2::2)
+
+In fw: source NAT from lan0 out of fw-wan, destination NAT of port 8081 on
+fw's outside addresses to lan1's port 8080, lan0 <-> lan1 routed without
+NAT, and a prefix (198.51.100.128/25, 2001:db8:99::/64) whose one host
+address, .200 and ::1, exists both in lan1 and in wan: routed to lan1 first,
+then moved to wan while nfflowd runs.  fw itself opens a connection to wan
+(no ingress) and accepts one from lan0 (no egress).  The records are read
+back from the syslog mirror's INPUT/OUTPUT columns (IPv4 and IPv6) and from
+nfdump's ``%in %out`` over a real nfcapd (NetFlow v5, IPv4); the expected
+indexes come from ``ip -j link`` in fw.  The mark test: an nft rule marks
+each connection by its input interface and ``interfaces.map`` turns the
+mark into indexes, one of them no route could give.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from natlab import PEER, Nfcapd, run, skip_reason, stop, wait_for
+from test_e2e_nat import SyslogCatcher, start_nfflowd
+
+_reason = skip_reason() or (None if shutil.which("nfcapd") and shutil.which("nfdump")
+                            else "needs nfcapd and nfdump (Debian: nfdump)")
+pytestmark = [pytest.mark.root, pytest.mark.skipif(_reason is not None, reason=_reason or "")]
+
+LAN0_4, LAN0_6 = "198.51.100.2", "2001:db8:1::2"
+LAN1_4, LAN1_6 = "198.51.100.66", "2001:db8:3::2"
+WAN_4, WAN_6 = "203.0.113.2", "2001:db8:2::2"
+FW_WAN4, FW_WAN6, FW_LAN0_4 = "203.0.113.1", "2001:db8:2::1", "198.51.100.1"
+MOVED_4, MOVED_6 = "198.51.100.200", "2001:db8:99::1"
+
+NFT_NAT = """
+table inet nfflowd_ifs_nat {
+    chain prerouting {
+        type nat hook prerouting priority dstnat; policy accept;
+        iifname "fw-wan" ip daddr 203.0.113.1 tcp dport 8081 dnat ip to 198.51.100.66:8080
+        iifname "fw-wan" ip6 daddr 2001:db8:2::1 tcp dport 8081 dnat ip6 to [2001:db8:3::2]:8080
+    }
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        iifname "fw-lan0" oifname "fw-wan" masquerade
+    }
+}
+table inet nfflowd_ifs_raw {
+    chain prerouting {
+        type filter hook prerouting priority raw; policy accept;
+        iifname "lo" notrack
+    }
+    chain output {
+        type filter hook output priority raw; policy accept;
+        oifname "lo" notrack
+    }
+}
+"""
+
+NFT_MARK = """
+table inet nfflowd_ifs_mark {
+    chain prerouting {
+        type filter hook prerouting priority mangle; policy accept;
+        ct state new ct mark set iifname map { "fw-lan0" : 1, "fw-wan" : 2, "fw-lan1" : 3 }
+    }
+}
+"""
+
+
+class IfLab:
+    """The namespaces above (names tagged with the pid), torn down on exit."""
+
+    def __init__(self):
+        tag = f"nfi{__import__('os').getpid()}"
+        self.lan0, self.lan1, self.fw, self.wan = (f"{tag}-{n}" for n in
+                                                   ("lan0", "lan1", "fw", "wan"))
+        self.procs: list[subprocess.Popen] = []
+
+    def ns(self, name, *cmd, **kw):
+        return run("ip", "netns", "exec", name, *cmd, **kw)
+
+    def spawn(self, name, *cmd, **kw) -> subprocess.Popen:
+        p = subprocess.Popen(["ip", "netns", "exec", name, *map(str, cmd)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def __enter__(self):
+        self.teardown()
+        for n in (self.lan0, self.lan1, self.fw, self.wan):
+            run("ip", "netns", "add", n)
+            self.ns(n, "ip", "link", "set", "lo", "up")
+        for host, hdev, fdev in ((self.lan0, "eth0", "fw-lan0"), (self.lan1, "eth0", "fw-lan1"),
+                                 (self.wan, "eth0", "fw-wan")):
+            run("ip", "link", "add", hdev, "netns", host, "type", "veth",
+                "peer", "name", fdev, "netns", self.fw)
+            self.ns(host, "ip", "link", "set", hdev, "up")
+            self.ns(self.fw, "ip", "link", "set", fdev, "up")
+        addrs = [(self.lan0, "eth0", LAN0_4 + "/26", LAN0_6 + "/64"),
+                 (self.lan1, "eth0", LAN1_4 + "/26", LAN1_6 + "/64"),
+                 (self.wan, "eth0", WAN_4 + "/24", WAN_6 + "/64"),
+                 (self.fw, "fw-lan0", FW_LAN0_4 + "/26", "2001:db8:1::1/64"),
+                 (self.fw, "fw-lan1", "198.51.100.65/26", "2001:db8:3::1/64"),
+                 (self.fw, "fw-wan", FW_WAN4 + "/24", FW_WAN6 + "/64"),
+                 # the moved prefix's host, on both sides
+                 (self.lan1, "lo", MOVED_4 + "/32", MOVED_6 + "/128"),
+                 (self.wan, "lo", MOVED_4 + "/32", MOVED_6 + "/128")]
+        for n, dev, a4, a6 in addrs:
+            self.ns(n, "ip", "addr", "add", a4, "dev", dev)
+            self.ns(n, "ip", "-6", "addr", "add", a6, "dev", dev, "nodad")
+        for n, gw4, gw6 in ((self.lan0, FW_LAN0_4, "2001:db8:1::1"),
+                            (self.lan1, "198.51.100.65", "2001:db8:3::1"),
+                            (self.wan, FW_WAN4, FW_WAN6)):
+            self.ns(n, "ip", "route", "add", "default", "via", gw4)
+            self.ns(n, "ip", "-6", "route", "add", "default", "via", gw6)
+        self.move_prefix("lan1")
+        for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"):
+            self.ns(self.fw, "sysctl", "-qw", key)
+        self.ns(self.fw, "nft", "-f", "-", input=NFT_NAT)
+        for key in ("net.netfilter.nf_conntrack_acct=1",
+                    "net.netfilter.nf_conntrack_timestamp=1"):
+            self.ns(self.fw, "sysctl", "-qw", key)
+        self.index = {dev: self.ifindex(dev) for dev in ("fw-lan0", "fw-lan1", "fw-wan")}
+        assert len(set(self.index.values())) == 3
+        return self
+
+    def move_prefix(self, where):
+        """Route the moved prefix to lan1 or to wan (``ip route replace``)."""
+        gw4, gw6, dev = ((LAN1_4, LAN1_6, "fw-lan1") if where == "lan1"
+                         else (WAN_4, WAN_6, "fw-wan"))
+        self.ns(self.fw, "ip", "route", "replace", "198.51.100.128/25", "via", gw4, "dev", dev)
+        self.ns(self.fw, "ip", "-6", "route", "replace", "2001:db8:99::/64", "via", gw6,
+                "dev", dev)
+
+    def ifindex(self, dev) -> int:
+        import json
+        return json.loads(self.ns(self.fw, "ip", "-j", "link", "show", "dev", dev).stdout)[0][
+            "ifindex"]
+
+    def teardown(self):
+        for p in self.procs:
+            stop(p)
+        self.procs.clear()
+        for n in (self.lan0, self.lan1, self.fw, self.wan):
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+
+    def __exit__(self, *exc):
+        self.teardown()
+
+    def serve(self, ns, *addrs, port=8080, lifetime=120):
+        p = self.spawn(ns, sys.executable, PEER, "serve", *addrs, "--port", port,
+                       "--lifetime", lifetime)
+        if "READY" not in p.stdout.readline():
+            raise RuntimeError(f"echo server did not start in {ns}: {p.stderr.read()}")
+
+    def client(self, ns, proto, addr, port) -> tuple[str, int]:
+        """One TCP or UDP exchange from ``ns``; its local (address, port)."""
+        args = ("tcp", addr, port, 300) if proto == "tcp" else ("udp", addr, port, 100, 2)
+        out = self.ns(ns, sys.executable, PEER, *args, timeout=15).stdout
+        addr_port = next(line.split()[1:] for line in out.splitlines()
+                         if line.startswith("LOCAL"))
+        return addr_port[0], int(addr_port[1])
+
+    def conntrack(self):
+        from natlab import parse_conntrack_line
+        r = self.ns(self.fw, "conntrack", "-L", "-o", "extended,id", check=False)
+        return [e for e in map(parse_conntrack_line, r.stdout.splitlines()) if e]
+
+
+@pytest.fixture
+def lab():
+    with IfLab() as lab:
+        yield lab
+
+
+def write_config(tmp_path, port, syslog_path, interfaces):
+    cfg = tmp_path / "nfflowd.yaml"
+    cfg.write_text(f"""
+export:
+  source: 203.0.113.1
+  collectors:
+    - {{host: 127.0.0.1, port: {port}, version: 5}}
+syslog:
+  enabled: true
+  address: {syslog_path}
+conntrack: {{poll_interval: 1}}
+interfaces: {interfaces}
+pidfile: {tmp_path}/nfflowd.pid
+log:
+  level: debug
+""")
+    return cfg
+
+
+def norm(addr: str) -> str:
+    return str(ipaddress.ip_address(addr))
+
+
+def record_keys(entry):
+    """The connection's records as (src, dst, sport, dport, proto, is_reply):
+    the original before and after translation (one when nothing was
+    translated), and the reply."""
+    o, r, p = entry.orig, entry.reply, entry.proto
+    pre = (norm(o["src"]), norm(o["dst"]), o["sport"], o["dport"], p, False)
+    post = (norm(r["dst"]), norm(r["src"]), r["dport"], r["sport"], p, False)
+    reply = (norm(r["src"]), norm(r["dst"]), r["sport"], r["dport"], p, True)
+    return [pre, reply] if post == pre else [pre, post, reply]
+
+
+class Run:
+    """Connections made, each with the (ingress, egress) its original
+    direction must show; the records read back and compared."""
+
+    def __init__(self, lab, catcher, collector):
+        self.lab, self.catcher, self.collector = lab, catcher, collector
+        self.expected: dict[tuple, tuple[int, int]] = {}
+
+    def connect(self, ns, proto, addr, port, pair):
+        local = self.lab.client(ns, proto, addr, port)
+        pnum = 6 if proto == "tcp" else 17
+        entry = next((e for e in self.lab.conntrack()
+                      if (norm(e.orig["src"]), e.orig.get("sport"), e.proto)
+                      == (norm(local[0]), local[1], pnum)), None)
+        assert entry is not None, (ns, proto, addr, local, self.lab.conntrack())
+        for key in record_keys(entry):
+            self.expected[key[:5]] = pair[::-1] if key[5] else pair
+
+    def csv_rows(self):
+        out = {}
+        for line in self.catcher.collect():
+            f = line.split(": ", 1)[1].split(",")
+            out[(norm(f[8]), norm(f[9]), int(f[13]), int(f[14]), int(f[15]))] = \
+                (int(f[11]), int(f[12]))
+        return out
+
+    def flush_and_check(self):
+        """End every connection (conntrack -F); every expected record must
+        come through the syslog mirror with its pair."""
+        self.lab.ns(self.lab.fw, "conntrack", "-F", check=False)
+        want = dict(self.expected)
+        wait_for(lambda: want.keys() <= self.csv_rows().keys(), timeout=20)
+        got = self.csv_rows()
+        assert {k: got.get(k) for k in want} == want
+        return got
+
+
+def test_interfaces_from_routes(lab, tmp_path):
+    ix = lab.index
+    lan0, lan1, wan = ix["fw-lan0"], ix["fw-lan1"], ix["fw-wan"]
+    lab.serve(lab.wan, WAN_4, WAN_6, MOVED_4, MOVED_6)
+    lab.serve(lab.lan1, LAN1_4, LAN1_6, MOVED_4, MOVED_6)
+    lab.serve(lab.fw, FW_LAN0_4, port=8090)
+    collector = Nfcapd(lab, tmp_path, port=20556)
+    catcher = SyslogCatcher(tmp_path / "log.sock")
+    cfg = write_config(tmp_path, 20556, catcher.path, "{method: route}")
+    daemon, log = start_nfflowd(lab, cfg)
+    try:
+        text = "".join(log)
+        assert "event=interfaces" in text and "method=route" in text, text
+        first = Run(lab, catcher, collector)
+        for proto in ("tcp", "udp"):
+            for dst in (WAN_4, WAN_6):
+                first.connect(lab.lan0, proto, dst, 8080, (lan0, wan))          # SNAT
+            first.connect(lab.lan0, proto, LAN1_4, 8080, (lan0, lan1))          # routed
+            first.connect(lab.lan0, proto, LAN1_6, 8080, (lan0, lan1))
+            first.connect(lab.lan0, proto, MOVED_4, 8080, (lan0, lan1))         # before the move
+            first.connect(lab.lan0, proto, MOVED_6, 8080, (lan0, lan1))
+        first.connect(lab.wan, "tcp", FW_WAN4, 8081, (wan, lan1))               # DNAT
+        first.connect(lab.wan, "tcp", FW_WAN6, 8081, (wan, lan1))
+        first.connect(lab.fw, "tcp", WAN_4, 8080, (0, wan))                     # fw's own
+        first.connect(lab.lan0, "tcp", FW_LAN0_4, 8090, (lan0, 0))              # to fw
+        first.flush_and_check()
+
+        # the prefix moves to wan: the next connections' records follow it
+        lab.move_prefix("wan")
+        time.sleep(0.2)
+        second = Run(lab, catcher, collector)
+        for proto in ("tcp", "udp"):
+            second.connect(lab.lan0, proto, MOVED_4, 8080, (lan0, wan))
+            second.connect(lab.lan0, proto, MOVED_6, 8080, (lan0, wan))
+        second.flush_and_check()
+    finally:
+        stop(daemon)
+    daemon.log_reader.join(5)
+    assert daemon.returncode == 0, "".join(log)
+    collector.stop()
+
+    # NetFlow v5 read back by nfdump: IPv4's records, the same indexes
+    v5 = {}
+    for line in collector.dump("%sa|%da|%sp|%dp|%pr|%in|%out"):
+        sa, da, sp, dp, pr, i, o = (x.strip() for x in line.split("|"))
+        proto = {"TCP": 6, "UDP": 17}.get(pr) or int(pr)
+        v5[(norm(sa), norm(da), int(sp), int(dp), proto)] = (int(i), int(o))
+    want4 = {k: v for run_ in (first, second) for k, v in run_.expected.items()
+             if ":" not in k[0]}
+    assert len(want4) >= 20
+    # the moved prefix's connections differ between the two runs: each key once
+    assert {k: v5.get(k) for k in want4} == want4
+
+
+def test_interfaces_from_the_mark_map(lab, tmp_path):
+    ix = lab.index
+    lab.ns(lab.fw, "nft", "-f", "-", input=NFT_MARK)
+    lab.serve(lab.wan, WAN_4, WAN_6)
+    lab.serve(lab.lan1, LAN1_4, LAN1_6)
+    collector = Nfcapd(lab, tmp_path, port=20557)
+    catcher = SyslogCatcher(tmp_path / "log.sock")
+    # mark 1 by name; mark 2 by index, its egress one no route gives; mark 3
+    # (from lan1) is not in the map: zeros
+    cfg = write_config(tmp_path, 20557, catcher.path,
+                       "{method: mark, map: {1: [fw-lan0, fw-wan], "
+                       f"2: [{ix['fw-wan']}, 4242]}}}}")
+    daemon, log = start_nfflowd(lab, cfg)
+    try:
+        r = Run(lab, catcher, collector)
+        r.connect(lab.lan0, "tcp", WAN_4, 8080, (ix["fw-lan0"], ix["fw-wan"]))
+        r.connect(lab.lan0, "udp", WAN_6, 8080, (ix["fw-lan0"], ix["fw-wan"]))
+        r.connect(lab.wan, "tcp", FW_WAN4, 8081, (ix["fw-wan"], 4242))
+        r.connect(lab.wan, "tcp", FW_WAN6, 8081, (ix["fw-wan"], 4242))
+        r.connect(lab.lan1, "tcp", WAN_4, 8080, (0, 0))
+        r.flush_and_check()
+    finally:
+        stop(daemon)
+    daemon.log_reader.join(5)
+    assert daemon.returncode == 0, "".join(log)
+    assert "method=mark" in "".join(log)
