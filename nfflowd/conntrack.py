@@ -615,3 +615,36 @@ def dump_request(family: int, seq: int) -> bytes:
     NLM_F_DUMP): ``family`` 0 for IPv4 and IPv6, or AF_INET / AF_INET6."""
     return (_NLMSGHDR.pack(20, MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
             + _struct.pack("BBH", family, 0, 0))
+
+
+CTA_TIMEOUT = 7
+NLA_F_NESTED = 0x8000
+NLM_F_EXCL = 0x200
+
+
+def _nla(typ: int, payload: bytes) -> bytes:
+    return (_NLAHDR.pack(4 + len(payload), typ) + payload + bytes(-len(payload) % 4))
+
+
+def create_request(seq: int, src: bytes, dst: bytes, proto: int, sport: int, dport: int,
+                   timeout_s: int) -> bytes:
+    """The request that makes a conntrack entry (IPCTNL_MSG_CT_NEW with
+    NLM_F_CREATE|NLM_F_EXCL, acknowledged): ``src``/``dst`` packed IPv4
+    addresses, a port protocol; the reply tuple is the original reversed.
+    (``nfflowd check`` probes the kernel's events with one, in a private
+    network namespace.)"""
+    if len(src) != 4 or len(dst) != 4:
+        raise ValueError("create_request takes IPv4 addresses")
+
+    def tup(typ, a, b, sp, dp):
+        ip = _nla(CTA_TUPLE_IP | NLA_F_NESTED, _nla(CTA_IP_V4_SRC, a) + _nla(CTA_IP_V4_DST, b))
+        pr = _nla(CTA_TUPLE_PROTO | NLA_F_NESTED,
+                  _nla(CTA_PROTO_NUM, bytes([proto])) + _nla(CTA_PROTO_SRC_PORT, _struct.pack(">H", sp))
+                  + _nla(CTA_PROTO_DST_PORT, _struct.pack(">H", dp)))
+        return _nla(typ | NLA_F_NESTED, ip + pr)
+    body = (_struct.pack("BBH", _socket.AF_INET, 0, 0)
+            + tup(CTA_TUPLE_ORIG, src, dst, sport, dport)
+            + tup(CTA_TUPLE_REPLY, dst, src, dport, sport)
+            + _nla(CTA_TIMEOUT, _struct.pack(">I", timeout_s)))
+    return (_NLMSGHDR.pack(16 + len(body), MSG_CT_NEW,
+                           NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq, 0) + body)

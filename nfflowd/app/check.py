@@ -12,7 +12,8 @@ from nfflowd.app.config import Config
 from nfflowd.app.service import Status
 from nfflowd.errors import ConfigError, NfflowdError
 
-__all__ = ["check", "start_problems", "kernel_prerequisites", "daemon_state"]
+__all__ = ["check", "start_problems", "kernel_prerequisites", "daemon_state", "event_rules",
+           "EVENT_RULES"]
 
 
 def check(path: str) -> Status:
@@ -138,13 +139,7 @@ def kernel_prerequisites(cfg: Config) -> tuple[list[str], list[str]]:
                         "(no net.netfilter.nf_conntrack_events); fix: modprobe nf_conntrack, "
                         "and a NAT or stateful rule makes the kernel track connections")
     else:
-        if events == 0:
-            problems.append("conntrack events are off; fix: "
-                            "sysctl -w net.netfilter.nf_conntrack_events=1")
-        else:
-            print(f"kernel: nf_conntrack_events={events} (ok"
-                  + ("; connections older than nfflowd are found by polling)" if events == 2
-                     else ")"))
+        _check_events(events, problems, unchecked)
         for name, what in (("nf_conntrack_acct", "packet and byte counters"),
                            ("nf_conntrack_timestamp", "start and stop times")):
             value = read_sysctl(name)
@@ -155,6 +150,8 @@ def kernel_prerequisites(cfg: Config) -> tuple[list[str], list[str]]:
     if os.geteuid() != 0:
         unchecked.append("subscribing to conntrack events needs CAP_NET_ADMIN; "
                          "run check as root")
+        unchecked.append("nftables flowtables and the per-event timestamp need "
+                         "CAP_NET_ADMIN; run check as root")
         if cfg.sched_priority:
             unchecked.append(f"sched_priority {cfg.sched_priority}: SCHED_RR needs root or "
                              "CAP_SYS_NICE; run check as root")
@@ -174,7 +171,166 @@ def kernel_prerequisites(cfg: Config) -> tuple[list[str], list[str]]:
         print(f"kernel: conntrack events can be subscribed (receive buffer obtained: "
               f"{sock.rcvbuf} bytes, asked {cfg.conntrack.rcvbuf})")
         sock.close()
+    if events is not None:
+        _check_flowtables(unchecked)
+        _check_event_time(unchecked)
     return problems, unchecked
+
+
+# The rules that have the kernel send NEW and DESTROY events only: they work
+# with nf_conntrack_events=0 (a ct event mask set on a connection before it
+# is confirmed brings its events whatever the sysctl) and with 2 (connections
+# made before a listener existed), and leave out UPDATE events.  The chains
+# run after conntrack (priority -200) made the entry and before it is
+# confirmed (the hooks' last priority), on the two paths every connection
+# starts on: packets arriving (prerouting) and made here (output).
+EVENT_RULES = """table inet nfflowd_events {
+    chain prerouting {
+        type filter hook prerouting priority filter; policy accept;
+        ct event set new,destroy
+    }
+    chain output {
+        type filter hook output priority filter; policy accept;
+        ct event set new,destroy
+    }
+}"""
+CONNTRACK_PRIORITY = -200       # NF_IP_PRI_CONNTRACK: an entry exists only after it
+# the paths a connection can start on, and which hooks see its first packet
+# before it is confirmed
+_PATHS = ("forwarded", "delivered here", "made here")
+_HOOK_PATHS = {"prerouting": {"forwarded", "delivered here"}, "input": {"delivered here"},
+               "forward": {"forwarded"}, "output": {"made here"},
+               "postrouting": {"forwarded", "made here"}}
+_NFT_FAMILIES = {"inet": (4, 6), "ip": (4,), "ip6": (6,)}
+
+
+def event_rules(objects: list) -> tuple[set, list, list]:
+    """The ``ct event set`` rules of an nft ruleset (``nft -j list ruleset``
+    objects): (the (IP version, path) pairs where a rule in effect asks for
+    NEW and DESTROY events, where each such rule is, problems: rules with
+    no effect or that leave DESTROY out)."""
+    chains = {}
+    for o in objects:
+        c = o.get("chain") if isinstance(o, dict) else None
+        if isinstance(c, dict) and "hook" in c:
+            chains[(c.get("family"), c.get("table"), c.get("name"))] = (c["hook"],
+                                                                          c.get("prio", 0))
+    covered: set = set()
+    where: list = []
+    problems: list = []
+    for o in objects:
+        r = o.get("rule") if isinstance(o, dict) else None
+        if not isinstance(r, dict):
+            continue
+        for e in r.get("expr") or ():
+            m = e.get("mangle") if isinstance(e, dict) else None
+            if not (isinstance(m, dict) and m.get("key") == {"ct": {"key": "event"}}):
+                continue
+            value = m.get("value")
+            mask = {value} if isinstance(value, str) else set(value or ())
+            name = f"{r.get('family')} {r.get('table')} {r.get('chain')}"
+            base = chains.get((r.get("family"), r.get("table"), r.get("chain")))
+            if base is None:
+                where.append(f"{name} (not a base chain: counted only where it is jumped to)")
+                continue
+            hook, prio = base
+            if not isinstance(prio, int) or prio <= CONNTRACK_PRIORITY:
+                problems.append(f"nft rule in {name} sets ct events at priority {prio}, "
+                                f"before conntrack ({CONNTRACK_PRIORITY}) makes the entry: "
+                                "it has no effect; fix: a priority above "
+                                f"{CONNTRACK_PRIORITY} (e.g. filter)")
+                continue
+            if "destroy" not in mask:
+                problems.append(f"nft rule in {name} sets ct events {','.join(sorted(mask))} "
+                                "without destroy: the connections it meets send no DESTROY "
+                                "event and nfflowd exports no record of them; fix: "
+                                "ct event set new,destroy")
+                continue
+            if "new" not in mask:
+                continue
+            where.append(name)
+            for v in _NFT_FAMILIES.get(r.get("family"), ()):
+                for path in _HOOK_PATHS.get(hook, ()):
+                    covered.add((v, path))
+    return covered, where, problems
+
+
+def _missing(covered: set) -> list:
+    return [f"IPv{v} {p}" for v in (4, 6) for p in _PATHS if (v, p) not in covered]
+
+
+def _check_events(events: int, problems: list, unchecked: list) -> None:
+    """nf_conntrack_events, and the nft rules that set a connection's events."""
+    from nfflowd.io.kernelstate import StateError, nft_ruleset
+    try:
+        covered, where, rule_problems = event_rules(nft_ruleset())
+    except StateError as e:
+        covered, where, rule_problems = None, [], []
+        if events in (0, 2):
+            unchecked.append(f"the nft rules that set conntrack events: {e}")
+    problems.extend(rule_problems)
+    missing = _missing(covered) if covered is not None else None
+    advice = ("load these rules (nft -f FILE), which work with events off and leave out "
+              "the UPDATE events nfflowd does not need:\n" + EVENT_RULES)
+    if where:
+        print(f"kernel: nft rules set conntrack events new,destroy: {'; '.join(where)}"
+              + (f" (not on: {', '.join(missing)})" if missing else ""))
+    if events == 0:
+        if missing == []:
+            print("kernel: nf_conntrack_events=0 (ok: the nft rules above ask for the events)")
+        else:
+            problems.append("conntrack events are off (nf_conntrack_events=0)"
+                            + (f" and no nft rule asks for them on {', '.join(missing)}"
+                               if where else "")
+                            + "; fix: sysctl -w net.netfilter.nf_conntrack_events=1, or "
+                            + advice)
+    elif events == 2:
+        if missing == []:
+            print("kernel: nf_conntrack_events=2 (ok: the nft rules above ask for the events)")
+        else:
+            print("kernel: nf_conntrack_events=2 (ok; connections made while no listener "
+                  "existed send no events, and are found by polling); advice: " + advice)
+    else:
+        print(f"kernel: nf_conntrack_events={events} (ok)")
+
+
+def _check_flowtables(unchecked: list) -> None:
+    """A warning per flowtable without the counter flag."""
+    from nfflowd.io.kernelstate import FLOWTABLE_COUNTER, StateError, flowtables
+    try:
+        found = flowtables()
+    except StateError as e:
+        unchecked.append(f"nftables flowtables: {e}")
+        return
+    for ft in found:
+        name = f"{ft.family} {ft.table} {ft.name}"
+        if ft.flags & FLOWTABLE_COUNTER:
+            print(f"kernel: nft flowtable {name} counts what it offloads (ok)")
+        else:
+            print(f"kernel: warning: nft flowtable {name} has no counter flag: the packets "
+                  "of connections it offloads are not counted, and their records "
+                  "undercount; fix: add `counter` to the flowtable's definition "
+                  f"(flowtable {ft.name} {{ ...; counter }})")
+
+
+def _check_event_time(unchecked: list) -> None:
+    """Whether the kernel stamps each event (CTA_TIMESTAMP_EVENT)."""
+    from nfflowd.io.kernelstate import StateError, probe_event_time
+    from nfflowd.io.netlink import read_sysctl
+    try:
+        stamped = probe_event_time()
+    except StateError as e:
+        unchecked.append(f"whether the kernel stamps each conntrack event: {e}")
+        return
+    if not stamped:
+        print("kernel: no per-event timestamp (CTA_TIMESTAMP_EVENT, Linux 6.14 on): "
+              "NEW events are timed when received")
+    elif read_sysctl("nf_conntrack_timestamp") == 1:
+        print("kernel: each conntrack event carries its time (CTA_TIMESTAMP_EVENT): "
+              "nfflowd times NEW events by it, not when received")
+    else:
+        print("kernel: this kernel can stamp each conntrack event (CTA_TIMESTAMP_EVENT), "
+              "but does so only with nf_conntrack_timestamp=1, off here")
 
 
 def _try_sched_priority(priority: int) -> str | None:
