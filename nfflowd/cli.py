@@ -142,6 +142,11 @@ def _meter_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-flows", type=int, metavar="N",
                    help="flows held at once; beyond, the one due first ends early "
                         "(default 131072)")
+    p.add_argument("--if-index", dest="if_index", type=int, metavar="N",
+                   help="with -r, the ingress interface index every record carries "
+                        "(egress 0; default: meter.if_index, 0 none).  With -i the records "
+                        "carry that interface's own index.  Akvorado drops flows whose "
+                        "ingress and egress interface are both 0")
     p.add_argument("-s", "--snaplen", type=int, metavar="SNAPLEN",
                    help="with -i, bytes of each packet captured (default 256: the headers "
                         "the meter reads); a capture file keeps its own")
@@ -315,6 +320,14 @@ def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser,
         err(f"meter: -s SNAPLEN must be from {SNAPLEN_MIN} to {SNAPLEN_MAX}, "
             f"got {opts.snaplen}")
         return EXIT_CONFIG
+    if opts.if_index is not None:
+        if opts.interface is not None:
+            err("meter: --if-index is for -r FILE; with -i the records carry the "
+                "interface's own index")
+            return EXIT_CONFIG
+        if not 0 <= opts.if_index <= 2**32 - 1:
+            err(f"meter: --if-index must be from 0 to {2**32 - 1}, got {opts.if_index}")
+            return EXIT_CONFIG
     if optional and not os.path.lexists(config_path):
         cfg = Config()
         err(f"no {config_path}: the built-in defaults apply ("
@@ -341,7 +354,8 @@ def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser,
     try:
         table = FlowTable(active_timeout=pick(opts.active_timeout, m.active_timeout),
                           inactive_timeout=pick(opts.inactive_timeout, m.inactive_timeout),
-                          max_flows=pick(opts.max_flows, m.max_flows))
+                          max_flows=pick(opts.max_flows, m.max_flows),
+                          in_if=0 if opts.interface else pick(opts.if_index, m.if_index))
     except ValueError as e:
         err(f"meter: {e}")
         return EXIT_CONFIG

@@ -75,27 +75,33 @@ def end_reason(start, last, idle, state, active_ns):
     return other + (start + active_ns <= last + idle) * (END_ACTIVE_TIMEOUT - other)
 
 
-def flow_record(key: bytes, e, reason: int) -> Flow:
-    """The ``Flow`` record of the entry ``e`` of ``key``."""
+def flow_record(key: bytes, e, reason: int, in_if: int = 0) -> Flow:
+    """The ``Flow`` record of the entry ``e`` of ``key``; ``in_if``: the
+    index of the interface its packets came in on (0: unknown)."""
     src, dst, sport, dport, proto, vlan = split_flow_key(key)
     start = e[START] // 1_000_000
     end = max(e[LAST], e[START]) // 1_000_000
     # all 24 fields in Flow's order; vlan: the outer tag only (module doc)
     return _new(Flow, (4 if len(src) == 4 else 6, proto, src, dst, sport, dport,
                        src, dst, sport, dport, e[PKTS], e[OCTETS], start, end,
-                       ORIGINAL, reason, e[TOS], e[FLAGS], 0, vlan & 0xFFF, 0, 0, 0, 0))
+                       ORIGINAL, reason, e[TOS], e[FLAGS], 0, vlan & 0xFFF, in_if, 0, 0, 0))
 
 
 class FlowTable:
     """Unidirectional flow cache with active, inactive, TCP-end and
     resource expiry.  Times are nanoseconds (any epoch; records carry
-    ``now_ns // 1e6`` as epoch milliseconds), timeouts are seconds."""
+    ``now_ns // 1e6`` as epoch milliseconds), timeouts are seconds.
+    ``in_if``: the ingress interface index every record carries (the
+    interface metered; 0 unknown), egress 0."""
 
     def __init__(self, active_timeout: float = 300, inactive_timeout: float = 30,
                  max_flows: int = 131072,
-                 tcp_fin_timeout: float = 5, tcp_rst_timeout: float = 2):
+                 tcp_fin_timeout: float = 5, tcp_rst_timeout: float = 2, in_if: int = 0):
         if max_flows < 1:
             raise ValueError("max_flows must be at least 1")
+        if not 0 <= in_if <= 0xFFFFFFFF:
+            raise ValueError(f"an interface index is from 0 to {0xFFFFFFFF}, got {in_if}")
+        self.in_if = int(in_if)
         if active_timeout <= 0 or inactive_timeout <= 0:
             raise ValueError("timeouts must be positive")
         self.active_ns = int(active_timeout * _NS)
@@ -275,7 +281,7 @@ class FlowTable:
             heapq.heappop(self._heap)
             del self._flows[key]
             self.evicted += 1
-            self._pending.append(flow_record(key, e, END_LACK_OF_RESOURCES))
+            self._pending.append(flow_record(key, e, END_LACK_OF_RESOURCES, self.in_if))
 
     # -- the batch interface (nfflowd.meterfast) --------------------------------
     def get(self, key: bytes):
@@ -313,7 +319,8 @@ class FlowTable:
         (its record waits for the next ``expire``)."""
         del self._flows[key]
         self._pending.append(flow_record(key, e, end_reason(e[START], e[LAST], e[IDLE],
-                                                            e[STATE], self.active_ns)))
+                                                            e[STATE], self.active_ns),
+                                         self.in_if))
 
     def pop_due(self, now_ns: int) -> list:
         """(key, entry) of every flow whose deadline is at or before
@@ -408,7 +415,7 @@ class FlowTable:
         active = self.active_ns
         for key, e in self.pop_due(now_ns):
             out.append(flow_record(key, e, end_reason(e[START], e[LAST], e[IDLE], e[STATE],
-                                                      active)))
+                                                      active), self.in_if))
         if out:
             self.count(out)
         return out
@@ -426,7 +433,7 @@ class FlowTable:
         but kept for symmetry with ``expire``."""
         out = self.take_pending()
         for key, e in self._flows.items():
-            out.append(flow_record(key, e, END_FORCED))
+            out.append(flow_record(key, e, END_FORCED, self.in_if))
         self._flows = {}
         self._heap = []
         if out:

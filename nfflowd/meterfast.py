@@ -554,7 +554,7 @@ class ChunkMeter:
             direction=np.full(n, ORIGINAL, u), end_reason=reason.astype(u), tos=tos.astype(u),
             tcp_flags=flags.astype(u), conn_id=zero,
             vlan=((w[:, 14] << u(8)) | w[:, 15]) & u(0xFFF),
-            in_if=zero, out_if=zero, zone=zero, mark=zero)
+            in_if=np.full(n, self.table.in_if, u), out_if=zero, zone=zero, mark=zero)
 
     def _expire(self, now: int, out: FlowBatchBuilder) -> None:
         """``table.expire(now)`` into ``out``, the IPv4 records made at once."""
@@ -569,7 +569,7 @@ class ChunkMeter:
                 e4.append(e)
             else:
                 other.append(flow_record(key, e, end_reason(e[START], e[LAST], e[IDLE],
-                                                            e[STATE], active)))
+                                                            e[STATE], active), table.in_if))
         done = table.take_pending()
         done += other
         if done:

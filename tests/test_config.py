@@ -47,7 +47,7 @@ def test_the_sample_documents_every_meter_key():
     text = SAMPLE.read_text()
     section = text[text.index("\nmeter:"):text.index("\npidfile:")]
     for key in ("active_timeout", "inactive_timeout", "max_flows", "snaplen", "bpf", "count",
-                "interfaces", "name", "bpf:"):
+                "interfaces", "name", "bpf:", "if_index"):
         assert key in section, key
     assert (ROOT / "nfflowd" / "_data" / "nfflowd.yaml").read_text() == text
 

@@ -398,3 +398,53 @@ def test_meter_without_c_runs_on_the_defaults_when_the_default_config_is_missing
     rc = cli.main(["meter", "-r", str(pcap), "--print"], default_config=str(default))
     got = capsys.readouterr()
     assert rc == 2 and "not valid YAML" in got.err and got.out == ""
+
+
+@needs_nfcapd
+def test_if_index_gives_a_files_records_their_ingress_interface(tmp_path, capsys):
+    """``--if-index N`` (or ``meter.if_index``): every record of a capture
+    file carries ingress N, egress 0, in the CSV and in the v5 records nfcapd
+    stores (nfdump %in %out); without either, 0 and 0."""
+    port = free_udp_port()
+    store = tmp_path / "nfcapd"
+    store.mkdir()
+    conf = config(tmp_path, port, 5)
+    with local_nfcapd(store, port):
+        rc, out, err = run(capsys, "-c", conf, "meter", "-r", str(PCAPS / "http.pcap"),
+                           "--print", "--if-index", "7")
+    assert rc == 0, err
+    lines = [line.split(",") for line in out.splitlines()]
+    assert len(lines) == 17 and {(c[11], c[12]) for c in lines} == {("7", "0")}
+    rows = nfdump_rows(store, "%in %out")
+    assert len(rows) == 17 and {tuple(r) for r in rows} == {("7", "0")}
+    rc, out, err = run(capsys, "-c", conf, "meter", "-r", str(PCAPS / "http.pcap"), "--print")
+    assert rc == 0, err
+    assert {tuple(line.split(",")[11:13]) for line in out.splitlines()} == {("0", "0")}
+    # the config's meter.if_index, which the option overrides
+    p = tmp_path / "ifx.yaml"
+    p.write_text("export:\n  collectors: []\nsyslog:\n  enabled: false\n"
+                 "meter:\n  if_index: 12\n")
+    for extra, want in (((), "12"), (("--if-index", "3"), "3")):
+        rc, out, err = run(capsys, "-c", str(p), "meter", "-r", str(PCAPS / "http.pcap"),
+                           "--print", *extra)
+        assert rc == 0, err
+        assert {line.split(",")[11] for line in out.splitlines()} == {want}
+
+
+def test_if_index_arguments(tmp_path, capsys):
+    conf = config(tmp_path, 9, 9)
+    rc, _, err = run(capsys, "-c", conf, "meter", "-r", "x.pcap", "--if-index", "-1")
+    assert rc == 2 and "--if-index must be from 0 to 4294967295, got -1" in err
+    rc, _, err = run(capsys, "-c", conf, "meter", "-r", "x.pcap", "--if-index", str(2**32))
+    assert rc == 2 and "--if-index must be from 0" in err
+    rc, _, err = run(capsys, "-c", conf, "meter", "-i", "lo", "--if-index", "3")
+    assert rc == 2 and "--if-index is for -r FILE" in err
+    p = tmp_path / "bad.yaml"
+    p.write_text("export:\n  collectors: []\nmeter:\n  if_index: lo\n")
+    rc, _, err = run(capsys, "-c", str(p), "meter", "-r", "x.pcap")
+    assert rc == 2 and "meter.if_index" in err
+    with pytest.raises(SystemExit):
+        cli.main(["meter", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--if-index N" in out and "Akvorado drops flows whose ingress and egress interface " \
+        "are both 0" in out

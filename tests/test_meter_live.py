@@ -88,10 +88,10 @@ def veth():
 class Meter:
     """``nfflowd meter -i vb`` in the meter namespace, its stderr collected."""
 
-    def __init__(self, lab: Veth, tmp: Path, port: int, *args, name="m"):
+    def __init__(self, lab: Veth, tmp: Path, port: int, *args, name="m", version=9):
         self.conf = tmp / f"{name}.yaml"
         self.conf.write_text("export:\n  collectors:\n"
-                             f"    - {{host: 127.0.0.1, port: {port}, version: 9}}\n"
+                             f"    - {{host: 127.0.0.1, port: {port}, version: {version}}}\n"
                              "syslog:\n  enabled: false\n")
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = lab.spawn(lab.fw, sys.executable, "-m", "nfflowd.cli", "-c", self.conf,
@@ -225,6 +225,32 @@ def test_count_stops_the_capture_and_exports(veth, tmp_path):
     col.stop()
     assert flows(col) == {(PEER4, METER4, u4[1], PORT, 17): [4, 4 * 78],
                           (METER4, PEER4, PORT, u4[1], 17): [3, 3 * 78]}
+
+
+def test_live_records_carry_the_interfaces_index(veth, tmp_path):
+    """``-i vb``: every record's ingress interface is vb's index in the
+    meter's namespace (not 0, which Akvorado drops with egress 0 too), its
+    egress 0: in the CSV and in the v5 records nfcapd stores (%in %out)."""
+    col = nfcapd(veth, tmp_path, 9997)
+    # another interface first, so that vb's index is not the lowest after lo
+    veth.ns(veth.fw, "ip", "link", "add", "vx0", "type", "veth", "peer", "name", "vx1")
+    veth.ns(veth.fw, "ip", "link", "add", "vb2", "type", "veth", "peer", "name", "vb3")
+    index = int(veth.ns(veth.fw, "cat", "/sys/class/net/vb/ifindex").stdout)
+    assert index > 1
+    server = veth.spawn(veth.fw, sys.executable, PEER_PY, "serve", METER4,
+                        "--port", PORT, "--lifetime", 30)
+    assert "READY" in server.stdout.readline()
+    m = Meter(veth, tmp_path, 9997, "--bpf", "udp", "-n", "4", "--print", version=5)
+    m.wait_ready()
+    u4 = peer(veth, "udp", METER4, PORT, 50, 2)
+    assert m.finish(sig=None) == 0, m.err               # it stops by itself
+    lines = [line.split(",") for line in m.proc.stdout.read().splitlines() if line.strip()]
+    assert len(lines) == 2 and {(c[11], c[12]) for c in lines} == {(str(index), "0")}
+    time.sleep(0.5)
+    col.stop()
+    rows = col.dump("%sp %dp %in %out")
+    assert sorted(r.split() for r in rows) == sorted(
+        [[str(u4[1]), str(PORT), str(index), "0"], [str(PORT), str(u4[1]), str(index), "0"]])
 
 
 def test_bad_filter_or_interface_on_live_capture(veth, tmp_path):

@@ -85,12 +85,15 @@ def same(source, batch_size=4096, chunk_size=1 << 25, **kw):
 @pytest.mark.parametrize("kw", [{}, {"inactive_timeout": 1, "active_timeout": 3},
                                 {"max_flows": 3, "inactive_timeout": 2},
                                 {"batch_size": 5, "chunk_size": 1 << 16,
-                                 "inactive_timeout": 0.5, "tcp_fin_timeout": 0.2}])
+                                 "inactive_timeout": 0.5, "tcp_fin_timeout": 0.2},
+                                {"max_flows": 3, "inactive_timeout": 2, "in_if": 4242}])
 def test_sample_captures(capture, kw):
     kw = dict(kw)
     flows = same(capture, kw.pop("batch_size", 4096), kw.pop("chunk_size", 1 << 25), **kw)
     if "arp" not in capture:
         assert flows
+    # every record: the table's ingress interface (0 unless given), egress 0
+    assert {(f.in_if, f.out_if) for f in flows} <= {(kw.get("in_if", 0), 0)}
 
 
 # --------------------------------------------------------------------------

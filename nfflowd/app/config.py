@@ -128,6 +128,7 @@ class MeterConfig:
     bpf: str | None = None          # tcpdump filter syntax; None: every packet
     count: int = 0                  # meter: stop after this many packets; 0: no limit
     interfaces: tuple[MeterInterface, ...] = ()
+    if_index: int = 0               # meter -r: the records' ingress interface index
 
 
 INTERFACE_METHODS = ("route", "mark", "zone", "none")
@@ -336,7 +337,7 @@ def _interface_name(name) -> bool:
 
 def _meter(c: _Checker, data) -> MeterConfig:
     m = c.section(data, "meter", {"active_timeout", "inactive_timeout", "max_flows", "snaplen",
-                                  "bpf", "count", "interfaces"})
+                                  "bpf", "count", "interfaces", "if_index"})
     d = MeterConfig()
     interfaces = []
     raw = m.get("interfaces")
@@ -371,6 +372,7 @@ def _meter(c: _Checker, data) -> MeterConfig:
         bpf=_bpf(c, m, "meter.bpf"),
         count=c.integer(m, "count", "meter.count", d.count, 0, 2**63 - 1),
         interfaces=tuple(interfaces),
+        if_index=c.integer(m, "if_index", "meter.if_index", d.if_index, 0, 2**32 - 1),
     )
     return out
 

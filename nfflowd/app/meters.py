@@ -442,6 +442,7 @@ def run_interface(cfg: Config, iface: str, table, bpf: str | None = None,
     except NfflowdError as e:
         err(f"meter -i: {e}")
         return Status.FAILED
+    table.in_if = capture.ifindex       # every record's ingress: the interface metered
     sink = Exporter(cfg, print_csv, sys.stdout if out is None else out, table)
     bar = Progress(progress)
     flags = {"stop": False, "report": False}

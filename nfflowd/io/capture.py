@@ -137,6 +137,8 @@ class RingCapture:
                                    mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             self.sock.bind((iface, ETH_P_ALL))
             self.sock.setblocking(False)
+            # the records' ingress interface: this one's index, in this namespace
+            self.ifindex = socket.if_nametoindex(iface)
         except OSError as e:
             self.close()
             raise SourceError(f"cannot capture on {iface}: {e.strerror or e}") from None
@@ -228,7 +230,7 @@ class InterfaceMeters:
                                   snaplen=mcfg.snaplen)
                 table = FlowTable(active_timeout=mcfg.active_timeout,
                                   inactive_timeout=mcfg.inactive_timeout,
-                                  max_flows=mcfg.max_flows)
+                                  max_flows=mcfg.max_flows, in_if=cap.ifindex)
                 self.meters.append((cap, table, PacketParser()))
         except BaseException:
             self.close()
