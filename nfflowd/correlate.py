@@ -276,8 +276,11 @@ class Correlator:
                         revived.add(ev[2])
                     o = ev[4]
                     r = ev[5]
-                    live[ev[2]] = (pack4 if ev[1] == 4 else pack6)(
+                    entry = (pack4 if ev[1] == 4 else pack6)(
                         o[2], o[0], o[1], o[3], o[4], r[0], r[1], r[3], r[4], made)
+                    # (a zone or mark, rare, goes into the entry: pack_event)
+                    live[ev[2]] = ctcache.zoned(entry, ev[13], ev[12]) if ev[12] or ev[13] \
+                        else entry
                 if want_nat and not (dumped and (ev[2], ev[4]) in dumped):
                     # (one in the start-up dump had its create event then)
                     nat = nat_event_of(ev, made, True)

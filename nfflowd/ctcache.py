@@ -4,7 +4,8 @@ Strategy: a dict keyed by conntrack id holds, per open connection, its two
 tuples and the time of its NEW event, packed little-endian (the bytes per
 connection: bench/bench_cache_memory.py); once the active timeout has
 exported a connection early, the counters exported so far and the time of
-that export (the base) follow.  The entry's length tells its layout.  A
+that export (the base) follow; a connection's conntrack zone and mark, where
+not 0, come between.  The entry's length tells its layout.  A
 DESTROY block leaves its removals for later (``reap``, when the daemon is
 idle): at 200k entries a pop misses the CPU caches a few times.
 """
@@ -23,17 +24,31 @@ from nfflowd.conntrack import EV_DESTROY, CtEvent, CtTuple
 # proto, orig src dst sport dport, reply src dst sport dport, NEW time (ns).
 # An IPv6 entry whose reply source is the original destination (no
 # destination NAT: nearly every IPv6 connection) leaves the reply source out;
-# a base whose counters all fit 32 bits stores them so.  The full IPv6 head
-# takes only the full base, so that no two layouts have one length:
-# 33/57/73 bytes IPv4, 65/89/105 or 81/121 IPv6.
+# a base whose counters all fit 32 bits stores them so.  A connection with a
+# conntrack zone or mark (not 0) has them after the head (the records of a
+# connection exported from its entry alone, by a resync, keep them); most
+# have neither and spend no byte on them.  The full IPv6 heads take only the
+# full base, so that no two layouts have one length: 33/57/73 bytes IPv4,
+# 65/89/105 or 81/121 IPv6; with zone and mark 6 more.
 _HEAD4 = struct.Struct("<B4s4sHH4s4sHHq")
 _HEAD6 = struct.Struct("<B16s16sHH16s16sHHq")
 _HEAD6S = struct.Struct("<B16s16sHH16sHHq")      # reply src == orig dst, not stored
+_ZM = struct.Struct("<HI")                       # zone, mark
+_HEAD4Z, _HEAD6Z, _HEAD6SZ = (struct.Struct(h.format + "HI") for h in (_HEAD4, _HEAD6, _HEAD6S))
+_ZONED = frozenset((_HEAD4Z, _HEAD6Z, _HEAD6SZ))
+_SHORT = frozenset((_HEAD6S, _HEAD6SZ))
+_FULL6 = frozenset((_HEAD6, _HEAD6Z))
 _BASE = struct.Struct("<QQQQq")
 _BASE32 = struct.Struct("<IIIIq")
-_LAYOUT = {33: (4, _HEAD4, None), 57: (4, _HEAD4, _BASE32), 73: (4, _HEAD4, _BASE),
-           65: (6, _HEAD6S, None), 89: (6, _HEAD6S, _BASE32), 105: (6, _HEAD6S, _BASE),
-           81: (6, _HEAD6, None), 121: (6, _HEAD6, _BASE)}
+_LAYOUT = {}
+for _fam, _head, _bases in ((4, _HEAD4, (None, _BASE32, _BASE)),
+                            (6, _HEAD6S, (None, _BASE32, _BASE)), (6, _HEAD6, (None, _BASE)),
+                            (4, _HEAD4Z, (None, _BASE32, _BASE)),
+                            (6, _HEAD6SZ, (None, _BASE32, _BASE)), (6, _HEAD6Z, (None, _BASE))):
+    for _base in _bases:
+        _n = _head.size + (_base.size if _base else 0)
+        assert _n not in _LAYOUT
+        _LAYOUT[_n] = (_fam, _head, _base)
 SIZES = frozenset(_LAYOUT)          # the lengths an entry can have
 # the lengths of entries that carry a base (exported early)
 EARLY = frozenset(n for n, (_f, _h, base) in _LAYOUT.items() if base is not None)
@@ -60,8 +75,21 @@ def pack6(proto, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, new_ns) -> bytes:
 def pack_event(ev: CtEvent, new_ns: int) -> bytes:
     """The entry of the connection of ``ev``, made at ``new_ns``."""
     o, r = ev[4], ev[5]
-    return (pack4 if ev[1] == 4 else pack6)(o[2], o[0], o[1], o[3], o[4], r[0], r[1], r[3],
-                                             r[4], new_ns)
+    entry = (pack4 if ev[1] == 4 else pack6)(o[2], o[0], o[1], o[3], o[4], r[0], r[1], r[3],
+                                              r[4], new_ns)
+    return zoned(entry, ev[13], ev[12]) if ev[12] or ev[13] else entry
+
+
+def zoned(entry: bytes, zone: int, mark: int) -> bytes:
+    """A new entry (``pack4``/``pack6``: no base yet) with the connection's
+    conntrack zone and mark."""
+    return entry + _ZM.pack(zone, mark)
+
+
+def zone_mark(entry: bytes) -> tuple[int, int]:
+    """(zone, mark) of the entry's connection (0, 0 where not stored)."""
+    _family, head, _base = _LAYOUT[len(entry)]
+    return _ZM.unpack_from(entry, head.size - _ZM.size) if head in _ZONED else (0, 0)
 
 
 # The heads as numpy records, from the same Struct formats, to make a
@@ -103,11 +131,23 @@ def _pack_rows(b, rows, dtype, width: int, now_ns: int) -> list:
 
 def pack_block(b, now_ns) -> list:
     """The entries of a ``ctblocks.NewBlock``'s connections, in row order:
-    what ``pack4``/``pack6`` make of each.  ``now_ns``: their NEW time, one
+    what ``pack_event`` makes of each.  ``now_ns``: their NEW time, one
     for all or a uint64 array (a time per row)."""
     fam = b.family
     if (fam == 4).all():
-        return _pack_rows(b, slice(None), _REC4, 4, now_ns)
+        out = _pack_rows(b, slice(None), _REC4, 4, now_ns)
+    else:
+        out = _pack_mixed(b, fam, now_ns)
+    tagged = np.flatnonzero(b.zone | b.mark)
+    if len(tagged):
+        zones = b.zone[tagged].tolist()
+        marks = b.mark[tagged].tolist()
+        for i, z, m in zip(tagged.tolist(), zones, marks):
+            out[i] = zoned(out[i], z, m)
+    return out
+
+
+def _pack_mixed(b, fam, now_ns) -> list:
     out = [None] * b.n
     v4 = np.flatnonzero(fam == 4)
     v6 = np.flatnonzero(fam != 4)
@@ -130,7 +170,9 @@ def unpack(entry: bytes):
     rdp, new_ns), base (opk, oby, rpk, rby, exported_ns) or None)."""
     family, head, base = _LAYOUT[len(entry)]
     v = head.unpack_from(entry)
-    if head is _HEAD6S:
+    if head in _ZONED:
+        v = v[:-2]
+    if head in _SHORT:
         proto, osrc, odst, osp, odp, rdst, rsp, rdp, new_ns = v
         v = (proto, osrc, odst, osp, odp, odst, rdst, rsp, rdp, new_ns)
     return family, head, v, (base.unpack_from(entry, head.size) if base else None)
@@ -144,7 +186,7 @@ def base_of(entry: bytes):
 
 def with_base(entry: bytes, head, opk, oby, rpk, rby, now_ns) -> bytes:
     """The entry's head (``head``: from ``unpack``) with a new base."""
-    if head is not _HEAD6 and 0 <= min(opk, oby, rpk, rby) and max(opk, oby, rpk, rby) <= _U32:
+    if head not in _FULL6 and 0 <= min(opk, oby, rpk, rby) and max(opk, oby, rpk, rby) <= _U32:
         return entry[:head.size] + _BASE32.pack(opk, oby, rpk, rby, now_ns)
     return entry[:head.size] + _BASE.pack(opk, oby, rpk, rby, now_ns)
 
@@ -153,8 +195,9 @@ def entry_event(ct_id: int, entry: bytes) -> tuple[CtEvent, int, tuple | None]:
     """An entry back into (DESTROY event with zero counters, NEW time, base)."""
     family, _head, v, base = unpack(entry)
     proto, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, new_ns = v
+    zone, mark = zone_mark(entry)
     ev = CtEvent(EV_DESTROY, family, ct_id, 0, CtTuple(osrc, odst, proto, osp, odp),
-                 CtTuple(rsrc, rdst, proto, rsp, rdp), 0, 0, 0, 0, 0, 0)
+                 CtTuple(rsrc, rdst, proto, rsp, rdp), 0, 0, 0, 0, 0, 0, mark, zone)
     return ev, new_ns, base
 
 

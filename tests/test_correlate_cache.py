@@ -1,5 +1,7 @@
 """The correlator's live cache: overrun resync and active-timeout deltas (sans-IO)."""
 
+import itertools
+
 import pytest
 
 from nfflowd.ctblocks import DestroyBlock
@@ -112,15 +114,35 @@ def test_without_cache_resync_is_the_poll():
     assert c.resync([], 2 * S, 2 * S) == []
 
 
+@pytest.mark.parametrize("blocks", [False, True])
+def test_a_connection_lost_in_an_overrun_keeps_its_zone_and_mark(blocks):
+    """Exported from its cache entry alone (its DESTROY lost), a connection
+    keeps the zone and mark its NEW event had; one without keeps the small
+    entry."""
+    from nfflowd.ctblocks import NewBlock
+    news = [ev(EV_NEW, *SNAT, ct_id=1, zone=2, mark=0x10),
+            ev(EV_NEW, *SNAT, ct_id=2, zone=3),
+            ev(EV_NEW, *ROUTED, ct_id=3)]
+    c = Correlator()
+    c.handle_batch([NewBlock.from_events(news)] if blocks else news, 1 * S, [])
+    assert len(c.cache.entries[3]) == 33 and len(c.cache.entries[1]) == 39
+    c.begin_sync()
+    out = c.resync([], 3 * S, 2 * S)
+    assert sorted((f.conn_id, f.direction, f.zone, f.mark) for f in out) == [
+        (1, 0, 2, 0x10), (1, 1, 2, 0x10), (2, 0, 3, 0), (2, 1, 3, 0), (3, 0, 0, 0), (3, 1, 0, 0)]
+    assert {f.end_reason for f in out} == {END_LACK_OF_RESOURCES}
+
+
 def test_every_entry_layout_round_trips_through_active_export_and_destroy():
     """The compact layouts (IPv6 without the reply source, 32-bit bases) and
-    the full ones: an entry of each gives the same tuples back, and the
-    records of an early export plus the DESTROY add up to the totals."""
+    the full ones, each with and without a zone and mark: an entry of each
+    gives the same tuples (and zone and mark) back, and the records of an
+    early export plus the DESTROY add up to the totals."""
     from nfflowd.conntrack import CtEvent, CtTuple
     from nfflowd.ctcache import SIZES, entry_event
 
     def mk(kind, fam, o, r, counters, start=0, stop=0):
-        return CtEvent(kind, fam, 7, 0, o, r, *counters, start, stop)
+        return CtEvent(kind, fam, 7, 0, o, r, *counters, start, stop, mark, zone)
     v6 = [bytes.fromhex("20010db8000100000000000000000002"),
           bytes.fromhex("20010db8000200000000000000000009"),
           bytes.fromhex("20010db8000200000000000000000001"),
@@ -128,26 +150,30 @@ def test_every_entry_layout_round_trips_through_active_export_and_destroy():
     v4 = [bytes([198, 51, 100, 2]), bytes([203, 0, 113, 9]), bytes([203, 0, 113, 1]),
           bytes([198, 51, 100, 7])]
     seen = set()
-    for fam, (a, b, c, d) in ((4, v4), (6, v6)):
-        for reply_src in (b, d):                    # d: destination NAT
-            for big in (0, 2**40):
-                o = CtTuple(a, b, 6, 40000, 443)
-                r = CtTuple(reply_src, c, 6, 443, 50000)
-                corr = Correlator()
-                corr.handle(mk(EV_NEW, fam, o, r, NOCOUNT), 1 * S)
-                seen.add(len(corr.cache.entries[7]))
-                assert entry_event(7, corr.cache.entries[7])[0][4:6] == (o, r)
-                mid = (5 + big, 500 + big, 4, 400)
-                corr.begin_sync()
-                out = corr.active_export([mk(EV_DUMP, fam, o, r, mid, 1 * S)], 3 * S, 3 * S)
-                assert [f.end_reason for f in out] == [END_ACTIVE_TIMEOUT] * 2
-                seen.add(len(corr.cache.entries[7]))
-                assert entry_event(7, corr.cache.entries[7])[0][4:6] == (o, r)
-                total = (9 + big, 900 + big, 6, 600)
-                out += corr.handle(mk(EV_DESTROY, fam, o, r, total, 1 * S, 5 * S), 5 * S)
-                assert sum(f.packets for f in out) == total[0] + total[2]
-                assert sum(f.octets for f in out) == total[1] + total[3]
-                assert {(f.src, f.post_dst) for f in out if f.direction == 1} == {(reply_src, a)}
+    for (fam, (a, b, c, d)), (zone, mark), reply_i, big in itertools.product(
+            ((4, v4), (6, v6)), ((0, 0), (3, 0x2A), (0, 2**32 - 1), (65535, 0)), (0, 1),
+            (0, 2**40)):
+        reply_src = (b, d)[reply_i]                 # d: destination NAT
+        o = CtTuple(a, b, 6, 40000, 443)
+        r = CtTuple(reply_src, c, 6, 443, 50000)
+        corr = Correlator()
+        corr.handle(mk(EV_NEW, fam, o, r, NOCOUNT), 1 * S)
+        seen.add(len(corr.cache.entries[7]))
+        assert entry_event(7, corr.cache.entries[7])[0][4:6] == (o, r)
+        assert entry_event(7, corr.cache.entries[7])[0][12:14] == (mark, zone)
+        mid = (5 + big, 500 + big, 4, 400)
+        corr.begin_sync()
+        out = corr.active_export([mk(EV_DUMP, fam, o, r, mid, 1 * S)], 3 * S, 3 * S)
+        assert [f.end_reason for f in out] == [END_ACTIVE_TIMEOUT] * 2
+        seen.add(len(corr.cache.entries[7]))
+        assert entry_event(7, corr.cache.entries[7])[0][4:6] == (o, r)
+        assert entry_event(7, corr.cache.entries[7])[0][12:14] == (mark, zone)
+        total = (9 + big, 900 + big, 6, 600)
+        out += corr.handle(mk(EV_DESTROY, fam, o, r, total, 1 * S, 5 * S), 5 * S)
+        assert sum(f.packets for f in out) == total[0] + total[2]
+        assert sum(f.octets for f in out) == total[1] + total[3]
+        assert {(f.src, f.post_dst) for f in out if f.direction == 1} == {(reply_src, a)}
+        assert {(f.zone, f.mark) for f in out} == {(zone, mark)}
     assert seen == SIZES
 
 

@@ -292,6 +292,8 @@ def test_flows_of_block_is_flows_of_over_arrays(conns, data):
 def scenario(draw):
     n = draw(st.integers(1, 12))
     conns = [draw(connection(1000 + i)) for i in range(n)]
+    # (mark, zone) of each connection: most have neither
+    tags = [draw(st.sampled_from([(0, 0), (0, 0), (0, 2), (7, 0), (5, 9)])) for _ in range(n)]
     big = st.integers(0, 2**64 - 1)
     small = st.integers(0, 5000)
     steps = []
@@ -304,7 +306,7 @@ def scenario(draw):
         t1 = draw(st.sampled_from([0, NOW_NS - 1_000_000, NOW_NS]))
         te = draw(st.sampled_from([0, 0, NOW_NS - 3_000_000_000, NOW_NS - 7]))  # event time
         kind = {"new": EV_NEW, "destroy": EV_DESTROY, "dump": EV_DUMP}[what]
-        steps.append(CtEvent(kind, fam, 1000 + i, 0, o, r, *cnt, t0, t1, 0, 0, te))
+        steps.append(CtEvent(kind, fam, 1000 + i, 0, o, r, *cnt, t0, t1, *tags[i], te))
     return steps
 
 
