@@ -270,14 +270,17 @@ def test_the_daemon_meters_the_configured_interfaces(tmp_path):
     """``meter.interfaces`` in the config: the daemon meters fw-lan of a real
     NAT alongside conntrack, and the meter's flows (pre-NAT on the LAN side,
     so told apart from conntrack's records by their addresses) reach nfcapd
-    with exactly the datagrams sent."""
+    with exactly the datagrams sent; their ingress interface (the syslog
+    mirror's INPUT) is fw-lan's index, their egress (OUTPUT) 0."""
     from natlab import LAN4, WAN4, NatLab
+    from test_e2e_nat import SyslogCatcher
     with NatLab(f"m{os.getpid() % 10000}") as lab:
         lab.start_servers(lifetime=60)
         col = Nfcapd(lab, tmp_path, 9995)
+        catcher = SyslogCatcher(tmp_path / "log.sock")
         cfg = tmp_path / "nfflowd.yaml"
         cfg.write_text("export:\n  collectors:\n    - {host: 127.0.0.1, port: 9995, version: 9}\n"
-                       "syslog:\n  enabled: false\n"
+                       f"syslog: {{enabled: true, address: {catcher.path}}}\n"
                        f"pidfile: {tmp_path}/nfflowd.pid\n"
                        "meter:\n  inactive_timeout: 1\n"
                        "  interfaces:\n    - {name: fw-lan, bpf: 'udp port 8080'}\n")
@@ -310,6 +313,17 @@ def test_the_daemon_meters_the_configured_interfaces(tmp_path):
         col.stop()
         got = flows(col)
         assert {k: v for k, v in got.items() if k[:2] in ((LAN4, WAN4), (WAN4, LAN4))} == want
+        # the meter's two records in the mirror (pre-NAT LAN side, port 8080):
+        # INPUT fw-lan's index, OUTPUT 0 (the CSV: ..., nexthop, input, output,
+        # ...); conntrack's original-direction record, should the connection
+        # have ended meanwhile, has the same addresses and ports but leaves
+        # by fw-wan
+        index = lab.ns(lab.fw, "cat", "/sys/class/net/fw-lan/ifindex").stdout.strip()
+        rows = [line.split(": ", 1)[-1].split(",") for line in catcher.collect()]
+        seen = [(r[11], r[12]) for r in rows if len(r) > 15 and {r[8], r[9]} == {LAN4, WAN4}
+                and "8080" in (r[13], r[14]) and str(cport) in (r[13], r[14])]
+        assert seen.count((index, "0")) == 2, catcher.collect()
+        assert all(i == index and o != "0" for i, o in seen if (i, o) != (index, "0")), seen
 
 
 def test_the_kernel_filter_tests_offloaded_vlan_tags(veth):
