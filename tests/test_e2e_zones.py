@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from natlab import run, skip_reason, stop, wait_for
+from natlab import NatLab, run, skip_reason, stop, wait_for
 from test_e2e_nat import SyslogCatcher, start_nfflowd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,23 +50,19 @@ ZONE_RULES = """table inet nfflowd_test_zones {
 """
 
 
-class ZoneLab:
+class ZoneLab(NatLab):
+    """Two inside namespaces, fw and wan (NatLab's processes and teardown);
+    ``ns`` takes a key of ``names``."""
+
     def __init__(self):
-        tag = f"nfz{os.getpid()}"
-        self.names = {k: f"{tag}-{k}" for k in ("in1", "in2", "fw", "wan")}
-        self.fw = self.names["fw"]
-        self.procs: list = []
+        super().__init__(f"z{os.getpid()}")
+        self.names = {"in1": self.lan + "1", "in2": self.lan + "2", "fw": self.fw,
+                      "wan": self.wan}
 
     def ns(self, key, *cmd, **kw):
-        return run("ip", "netns", "exec", self.names.get(key, key), *cmd, **kw)
+        return super().ns(self.names.get(key, key), *cmd, **kw)
 
-    def spawn(self, name, *cmd, **kw):
-        p = subprocess.Popen(["ip", "netns", "exec", name, *map(str, cmd)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-        self.procs.append(p)
-        return p
-
-    def __enter__(self):
+    def setup(self):
         self.teardown()
         n = self.names
         for name in n.values():
@@ -108,14 +104,9 @@ class ZoneLab:
                        check=False).stdout
 
     def teardown(self):
-        for p in self.procs:
-            stop(p)
-        self.procs.clear()
+        super().teardown()
         for name in self.names.values():
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
-
-    def __exit__(self, *exc):
-        self.teardown()
 
 
 # The real decoders and correlator over the real kernel's events, in fw:
