@@ -29,6 +29,16 @@ correlate + flow-tools view + NetFlow v5 encode; decode + correlate + IPFIX
 encode (the issue's target: 200k events/s for both); v5 plus the syslog
 CSV lines; and the NEW events alone (decode + correlate: the cache fill a
 connection's NEW costs).  CPU time (process_time), best of --repeat passes.
+
+Then the interface lookup (nfflowd/interfaces.py, method route) off and on,
+passes alternating, for decode + correlate and decode + correlate + IPFIX:
+each "on" pass gets a fresh lookup (its address cache empty) over a
+firewall's routes plus ``--routes`` random prefixes (IPv4 and IPv6, of
+several lengths); the lookup's cost per record is the difference over the
+records (two per event).  The replay's connections use few addresses, so
+the per-object path's lookups are nearly all cache hits: the cost of a miss
+(a longest-prefix match over the table) is measured apart, over random
+addresses.
 """
 
 from __future__ import annotations
@@ -50,6 +60,8 @@ from nfflowd.conntrack import decode_datagrams  # noqa: E402
 from nfflowd.correlate import Correlator  # noqa: E402
 from nfflowd.app.daemon import FLUSH_THRESHOLD, RECV_BATCH, tune_gc  # noqa: E402
 from nfflowd.flowtools import csv_block, expand  # noqa: E402
+from nfflowd.interfaces import (RT_TABLE_LOCAL, RT_TABLE_MAIN, RTN_LOCAL,  # noqa: E402
+                                RTN_UNICAST, Interfaces, Link, Route)
 from nfflowd.ipfix import IpfixEncoder  # noqa: E402
 from nfflowd.io.netlink import MultiRecv  # noqa: E402
 from nfflowd.netflow5 import V5Encoder  # noqa: E402
@@ -98,12 +110,61 @@ def as_new(datagram: bytes) -> bytes:
     return bytes(b)
 
 
-def run(batches, stage: str, objects: bool, news=()) -> tuple[float, int, float]:
+def firewall_routes(extra: int, seed: int = 18) -> list:
+    """The replay's firewall (inside 198.51.100.0/24 and 2001:db8:1::/64 on
+    2, outside and default on 3, its own addresses local) and ``extra``
+    random prefixes besides, as rtnetlink messages."""
+    import ipaddress
+    import random
+    rnd = random.Random(seed)
+
+    def r(prefix, oif, table=RT_TABLE_MAIN, kind=RTN_UNICAST):
+        net = ipaddress.ip_network(prefix, strict=False)
+        return Route(True, net.version, table, kind,
+                     net.network_address.packed if net.prefixlen else b"", net.prefixlen, oif)
+    msgs = [Link(True, 1, "lo"), Link(True, 2, "lan0"), Link(True, 3, "wan0"),
+            r("198.51.100.0/24", 2), r("203.0.113.0/24", 3), r("0.0.0.0/0", 3),
+            r("2001:db8:1::/64", 2), r("2001:db8:2::/64", 3), r("::/0", 3)]
+    for a in ("198.51.100.1/32", "203.0.113.1/32", "2001:db8:1::1/128", "2001:db8:2::1/128"):
+        msgs.append(r(a, 1, RT_TABLE_LOCAL, RTN_LOCAL))
+    for i in range(extra):
+        if i % 2:
+            net = f"10.{rnd.randrange(256)}.{rnd.randrange(256)}.0/{rnd.choice((16, 20, 24, 28))}"
+        else:
+            net = f"2001:db8:{rnd.randrange(1 << 16):x}:{rnd.randrange(1 << 16):x}::/" \
+                  f"{rnd.choice((40, 48, 56, 64))}"
+        msgs.append(r(net, rnd.randrange(2, 4)))
+    return msgs
+
+
+def lookup_miss_cost(msgs, n: int = 100_000) -> float:
+    """CPU seconds per address of a cache miss (fresh lookup, random IPv4
+    and IPv6 addresses, half of them in the random prefixes' ranges)."""
+    import random
+    rnd = random.Random(7)
+    addrs = []
+    for i in range(n):
+        if i % 2:
+            addrs.append(bytes([10, rnd.randrange(256), rnd.randrange(256), rnd.randrange(256)]))
+        else:
+            addrs.append(b"\x20\x01\x0d\xb8" + rnd.randbytes(12))
+    ifs = Interfaces()
+    ifs.update(msgs)
+    ifs.lookup(addrs[0])            # (the tables are built at the first lookup)
+    t0 = time.process_time()
+    for a in addrs:
+        ifs.lookup(a)
+    return (time.process_time() - t0) / n
+
+
+def run(batches, stage: str, objects: bool, news=(), interfaces=None
+        ) -> tuple[float, int, float]:
     """CPU seconds for one pass of ``stage`` over all batches; events seen;
     CPU seconds of the cache removals the pass left for later.
     ``news``: NEW batches handled first, untimed, so that every DESTROY
-    finds its connection in the correlator's cache as in the daemon."""
-    corr = Correlator(kernel_timestamps=True)
+    finds its connection in the correlator's cache as in the daemon.
+    ``interfaces``: the correlator's interface lookup (None: off)."""
+    corr = Correlator(kernel_timestamps=True, interfaces=interfaces)
 
     def fill():
         for buf, starts, ends, stride in news:
@@ -158,6 +219,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("replay", nargs="?", default=str(DEFAULT))
     ap.add_argument("--repeat", type=int, default=3, help="passes per stage; best is shown")
+    ap.add_argument("--routes", type=int, default=1000,
+                    help="random prefixes in the interface lookup's table (default 1000)")
     ap.add_argument("--objects", action="store_true",
                     help="the per-object path (conntrack.decode, Flow lists) instead")
     args = ap.parse_args()
@@ -192,7 +255,37 @@ def main() -> int:
                     if stage not in ("decode", "new") else "")
         print(f"{label:34s} {events / best:>10,.0f} events/s  ({events} events, "
               f"{best:.3f} s CPU, {best / events * 1e6:.2f} us/event{removals})")
+    compare_interfaces(batches, news, args)
     return 0
+
+
+def compare_interfaces(batches, news, args) -> None:
+    """The interface lookup off and on, passes alternating (see the
+    module's docstring)."""
+    msgs = firewall_routes(args.routes)
+
+    def fresh():
+        ifs = Interfaces()
+        ifs.update(msgs)
+        return ifs
+    sizes = fresh().sizes()
+    print(f"interface lookup (method route; {sizes['routes4']} IPv4 and {sizes['routes6']} "
+          f"IPv6 routes, {sizes['local']} local):")
+    for stage, label in (("correlate", "decode + correlate"),
+                         ("ipfix", "decode + correlate + IPFIX encode")):
+        best = {False: None, True: None}
+        for _ in range(args.repeat):
+            for on in (False, True):
+                secs, events, _reap = run(batches, stage, args.objects, news,
+                                          fresh() if on else None)
+                if best[on] is None or secs < best[on]:
+                    best[on] = secs
+        off, on = best[False], best[True]
+        print(f"  {label:34s} off {events / off:>10,.0f} events/s, on {events / on:>10,.0f} "
+              f"events/s: {on / off * 100 - 100:+.1f}% CPU; lookup "
+              f"{(on - off) / (2 * events) * 1e6:.3f} us/record")
+    print(f"  a cache miss (longest-prefix match, fresh lookup): "
+          f"{lookup_miss_cost(msgs) * 1e6:.2f} us/address")
 
 
 if __name__ == "__main__":

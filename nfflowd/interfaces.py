@@ -22,7 +22,10 @@ find out (``Interfaces(method=...)``):
 The reply record's pair is the original's swapped (``pair``).  Lookups are
 answered from a dict address -> ifindex cleared whenever a route or address
 changes; ``pair_block`` is the same over a ``ctblocks.DestroyBlock``'s
-columns (per prefix length present: mask, then ``np.searchsorted``).
+columns: the tables flattened into disjoint address ranges with one answer
+each (made at the first block after a change), one ``np.searchsorted`` per
+family.  A change rebuilds the tables at the next lookup: cheap for a
+firewall's few hundred routes, seconds for a full Internet table.
 Sans-IO: no sockets, no clock.
 """
 
@@ -103,18 +106,18 @@ class _Table:
             by_len.setdefault(plen, {})[net & _mask(family, plen)] = value
         self.lengths = sorted(by_len, reverse=True)
         self.scalar = [(_mask(family, p), by_len[p]) for p in self.lengths]
-        # for the block form: per length, sorted prefixes and their values
-        self.arrays = []
-        for p in self.lengths:
-            nets = sorted(by_len[p])
-            values = np.array([by_len[p][k] for k in nets], dtype=np.uint64)
-            if family == 4:
-                keys = np.array(nets, dtype=np.uint32)
-                mask = np.uint32(_mask(4, p))
-            else:
-                keys = np.array([k.to_bytes(16, "big") for k in nets], dtype="S16")
-                mask = np.frombuffer(_mask(6, p).to_bytes(16, "big"), dtype=np.uint8)
-            self.arrays.append((mask, keys, values))
+
+    def bounds(self) -> set:
+        """The first address of each prefix and the one after its last."""
+        top = 1 << _BITS[self.family]
+        out = set()
+        for mask, nets in self.scalar:
+            size = (top - 1 - mask) + 1
+            for net in nets:
+                out.add(net)
+                if net + size < top:
+                    out.add(net + size)
+        return out
 
     def get(self, a: int):
         """The value of the longest prefix holding ``a``, or None."""
@@ -124,25 +127,27 @@ class _Table:
                 return v
         return None
 
-    def get_many(self, keys):
-        """``get`` over an array (IPv4: uint32; IPv6: (n, 16) uint8): (values
-        uint64, found bool)."""
-        n = len(keys)
-        values = np.zeros(n, dtype=np.uint64)
-        found = np.zeros(n, dtype=bool)
-        for mask, nets, vals in self.arrays:
-            if found.all():
-                break
-            if self.family == 4:
-                masked = keys & mask
-            else:
-                masked = np.ascontiguousarray(keys & mask).view("S16").ravel()
-            i = np.searchsorted(nets, masked)
-            i[i == len(nets)] = 0
-            hit = (nets[i] == masked) & ~found
-            values[hit] = vals[i[hit]]
-            found |= hit
-        return values, found
+
+
+class _Ranges:
+    """The answers of one family as disjoint address ranges, for the block
+    form: the prefixes' ends cut the address space into ranges within which
+    every address has the same answer (the lookup of the range's first
+    address), so a lookup is one ``np.searchsorted``."""
+
+    def __init__(self, family: int, answer, bounds: set):
+        starts = sorted(bounds | {0})
+        self.family = family
+        self.values = np.array([answer(b) for b in starts], dtype=np.uint64)
+        if family == 4:
+            self.starts = np.array(starts, dtype=np.uint32)
+        else:
+            self.starts = np.array([b.to_bytes(16, "big") for b in starts], dtype="S16")
+
+    def get_many(self, keys) -> np.ndarray:
+        """Answers of addresses as keys: IPv4 uint32 (native order), IPv6
+        S16 (big-endian bytes, which order as the numbers do)."""
+        return self.values[np.searchsorted(self.starts, keys, side="right") - 1]
 
 
 class Interfaces:
@@ -161,6 +166,7 @@ class Interfaces:
         self._cache: dict[bytes, int] = {}
         self._dirty = True
         self._tables: dict = {}         # family -> (local _Table, main _Table)
+        self._ranges: dict = {}         # family -> _Ranges (the block form)
         self._resolved: dict | None = None
         self.configure(method, mapping)
 
@@ -260,8 +266,23 @@ class Interfaces:
                 # unicast: its interface; blackhole, unreachable, ...: none
                 main[family][(net, plen)] = oif if kind == RTN_UNICAST else 0
         self._tables = {f: (_Table(f, local[f]), _Table(f, main[f])) for f in (4, 6)}
+        self._ranges = {}               # family -> _Ranges, made at the first block
         self._cache.clear()
         self._dirty = False
+
+    def _answer(self, family: int, a: int) -> int:
+        local, main = self._tables[family]
+        if local.get(a) is not None:
+            return 0
+        return main.get(a) or 0
+
+    def _ranges_of(self, family: int) -> "_Ranges":
+        r = self._ranges.get(family)
+        if r is None:
+            local, main = self._tables[family]
+            r = self._ranges[family] = _Ranges(family, lambda a: self._answer(family, a),
+                                               local.bounds() | main.bounds())
+        return r
 
     # -- lookups -----------------------------------------------------------------
     def lookup(self, address: bytes) -> int:
@@ -275,13 +296,7 @@ class Interfaces:
     def _miss(self, address: bytes) -> int:
         if self._dirty:
             self._rebuild()
-        family = 4 if len(address) == 4 else 6
-        local, main = self._tables[family]
-        a = int.from_bytes(address, "big")
-        if local.get(a) is not None:
-            i = 0
-        else:
-            i = main.get(a) or 0
+        i = self._answer(4 if len(address) == 4 else 6, int.from_bytes(address, "big"))
         cache = self._cache
         if len(cache) >= CACHE_MAX:
             cache.clear()
@@ -325,7 +340,9 @@ class Interfaces:
         its original directions."""
         n = b.n
         if self.method == "route":
-            return self.lookup_many(b.family, b.o_src), self.lookup_many(b.family, b.r_src)
+            both = self.lookup_many(np.concatenate((b.family, b.family)),
+                                    np.concatenate((b.o_src, b.r_src)))
+            return both[:n], both[n:]
         if self.method == "none":
             z = np.zeros(n, dtype=np.uint64)
             return z, z.copy()
@@ -341,20 +358,18 @@ class Interfaces:
         ``addrs`` ((n, 16) uint8, IPv4 in the first 4 bytes)."""
         if self._dirty:
             self._rebuild()
-        out = np.zeros(len(family), dtype=np.uint64)
-        for fam in (4, 6):
-            rows = np.flatnonzero(family == fam)
-            if not len(rows):
-                continue
-            if fam == 4:
-                keys = np.ascontiguousarray(addrs[rows, :4]).view(">u4").ravel().astype(np.uint32)
-            else:
-                keys = addrs[rows]
-            local, main = self._tables[fam]
-            _v, is_local = local.get_many(keys)
-            values, _found = main.get_many(keys)
-            values[is_local] = 0
-            out[rows] = values
+        addrs = np.ascontiguousarray(addrs)
+        v6 = family == 6
+        n6 = np.count_nonzero(v6)
+        if n6 < len(family):
+            k4 = addrs.view(">u4")[:, 0].astype(np.uint32)
+            if not n6:
+                return self._ranges_of(4).get_many(k4)
+        k6 = addrs.view("S16").ravel()
+        if n6 == len(family):
+            return self._ranges_of(6).get_many(k6)
+        out = self._ranges_of(4).get_many(k4)
+        out[v6] = self._ranges_of(6).get_many(k6[v6])
         return out
 
     def sizes(self) -> dict:
