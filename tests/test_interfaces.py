@@ -272,3 +272,32 @@ def test_correlator_block_path_equals_object_path(method):
         assert [(f.in_if, f.out_if) for f in objects][:4] == [(2, 4), (4, 2), (4, 3), (3, 4)]
     elif method == "none":
         assert all(f.in_if == f.out_if == 0 for f in objects)
+
+
+# -- configuration -----------------------------------------------------------------------
+
+def test_config_interfaces_section():
+    from nfflowd.app.config import loads
+    assert loads("").interfaces.method == "route"
+    cfg = loads("interfaces: {method: mark, map: {0x10: [lan0, wan0], 2: [3, 4]}}")
+    assert cfg.interfaces.map == ((2, (3, 4)), (16, ("lan0", "wan0")))
+    assert loads("interfaces: {method: none}").interfaces.map == ()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("interfaces: {method: vrf}", "interfaces.method: expected one of: route, mark, zone, none"),
+    ("interfaces: {method: mark}", "interfaces.map: method mark needs a map"),
+    ("interfaces: {map: {1: [a, b]}}", "interfaces.map: a map is for method mark or zone"),
+    ("interfaces: {method: zone, map: {70000: [a, b]}}",
+     "interfaces.map.70000: expected a zone value, an integer from 0 to 65535"),
+    ("interfaces: {method: mark, map: {1: [a]}}", "interfaces.map.1: expected [ingress, egress]"),
+    ("interfaces: {method: mark, map: {1: [a, 'b/c']}}",
+     "interfaces.map.1: egress: expected an interface name"),
+    ("interfaces: {method: mark, map: []}", "interfaces.map: expected a mapping"),
+    ("interfaces: {methods: route}", "interfaces.methods: unknown key"),
+])
+def test_config_interfaces_errors(text, message):
+    from nfflowd.app.config import loads
+    from nfflowd.errors import ConfigError
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        loads(text)
