@@ -33,13 +33,8 @@ PEER = HERE / "peer.py"
 LAN4, FW_LAN4, FW_WAN4, WAN4 = "198.51.100.2", "198.51.100.1", "203.0.113.1", "203.0.113.2"
 LAN6, FW_LAN6, FW_WAN6, WAN6 = "2001:db8:1::2", "2001:db8:1::1", "2001:db8:2::1", "2001:db8:2::2"
 
-NFT_RULES = """
-table inet nfflowd_test_nat {
-    chain postrouting {
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname "fw-wan" masquerade
-    }
-}
+# loopback untracked (the export datagrams to a local collector)
+NFT_NOTRACK_LO = """
 table inet nfflowd_test_raw {
     chain prerouting {
         type filter hook prerouting priority raw; policy accept;
@@ -51,6 +46,14 @@ table inet nfflowd_test_raw {
     }
 }
 """
+NFT_RULES = """
+table inet nfflowd_test_nat {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "fw-wan" masquerade
+    }
+}
+""" + NFT_NOTRACK_LO
 
 
 def skip_reason() -> str | None:
@@ -77,18 +80,37 @@ def run(*cmd, check=True, timeout=30, **kw) -> subprocess.CompletedProcess:
     return r
 
 
-class NatLab:
+class Namespaces:
+    """Commands in network namespaces: ``ns`` runs one to its end,
+    ``spawn`` starts one (stopped by ``stop_all``)."""
+
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+
+    def ns(self, name, *cmd, **kw):
+        return run("ip", "netns", "exec", name, *cmd, **kw)
+
+    def spawn(self, name, *cmd, **kw) -> subprocess.Popen:
+        p = subprocess.Popen(["ip", "netns", "exec", name, *map(str, cmd)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop_all(self):
+        for p in self.procs:
+            stop(p)
+        self.procs.clear()
+
+
+class NatLab(Namespaces):
     def __init__(self, tag: str | None = None):
+        super().__init__()
         tag = tag or str(os.getpid())
         self.lan = f"nff{tag}-lan"
         self.fw = f"nff{tag}-fw"
         self.wan = f"nff{tag}-wan"
-        self.procs: list[subprocess.Popen] = []
 
     # -- building and tearing down ---------------------------------------
-    def ns(self, name, *cmd, **kw):
-        return run("ip", "netns", "exec", name, *cmd, **kw)
-
     def setup(self):
         self.teardown()
         for n in (self.lan, self.fw, self.wan):
@@ -120,9 +142,7 @@ class NatLab:
         return self
 
     def teardown(self):
-        for p in self.procs:
-            stop(p)
-        self.procs.clear()
+        self.stop_all()
         for n in (self.lan, self.fw, self.wan):
             subprocess.run(["ip", "netns", "del", n], capture_output=True)
 
@@ -133,12 +153,6 @@ class NatLab:
         self.teardown()
 
     # -- processes ----------------------------------------------------------
-    def spawn(self, name, *cmd, **kw) -> subprocess.Popen:
-        p = subprocess.Popen(["ip", "netns", "exec", name, *map(str, cmd)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-        self.procs.append(p)
-        return p
-
     def start_servers(self, port=8080, lifetime=90):
         p = self.spawn(self.wan, sys.executable, PEER, "serve", WAN4, WAN6,
                        "--port", port, "--lifetime", lifetime)

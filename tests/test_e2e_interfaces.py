@@ -23,6 +23,7 @@ mark into indexes, one of them no route could give.
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
 import subprocess
 import sys
@@ -30,8 +31,9 @@ import time
 
 import pytest
 
-from natlab import PEER, Nfcapd, run, skip_reason, stop, wait_for
+from natlab import NFT_NOTRACK_LO, PEER, Namespaces, Nfcapd, run, skip_reason, stop, wait_for
 from test_e2e_nat import SyslogCatcher, start_nfflowd
+from test_e2e_nat import write_config as nat_config
 
 _reason = skip_reason() or (None if shutil.which("nfcapd") and shutil.which("nfdump")
                             else "needs nfcapd and nfdump (Debian: nfdump)")
@@ -55,17 +57,7 @@ table inet nfflowd_ifs_nat {
         iifname "fw-lan0" oifname "fw-wan" masquerade
     }
 }
-table inet nfflowd_ifs_raw {
-    chain prerouting {
-        type filter hook prerouting priority raw; policy accept;
-        iifname "lo" notrack
-    }
-    chain output {
-        type filter hook output priority raw; policy accept;
-        oifname "lo" notrack
-    }
-}
-"""
+""" + NFT_NOTRACK_LO
 
 NFT_MARK = """
 table inet nfflowd_ifs_mark {
@@ -77,23 +69,14 @@ table inet nfflowd_ifs_mark {
 """
 
 
-class IfLab:
+class IfLab(Namespaces):
     """The namespaces above (names tagged with the pid), torn down on exit."""
 
     def __init__(self):
-        tag = f"nfi{__import__('os').getpid()}"
+        super().__init__()
+        tag = f"nfi{os.getpid()}"
         self.lan0, self.lan1, self.fw, self.wan = (f"{tag}-{n}" for n in
                                                    ("lan0", "lan1", "fw", "wan"))
-        self.procs: list[subprocess.Popen] = []
-
-    def ns(self, name, *cmd, **kw):
-        return run("ip", "netns", "exec", name, *cmd, **kw)
-
-    def spawn(self, name, *cmd, **kw) -> subprocess.Popen:
-        p = subprocess.Popen(["ip", "netns", "exec", name, *map(str, cmd)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-        self.procs.append(p)
-        return p
 
     def __enter__(self):
         self.teardown()
@@ -148,9 +131,7 @@ class IfLab:
             "ifindex"]
 
     def teardown(self):
-        for p in self.procs:
-            stop(p)
-        self.procs.clear()
+        self.stop_all()
         for n in (self.lan0, self.lan1, self.fw, self.wan):
             subprocess.run(["ip", "netns", "del", n], capture_output=True)
 
@@ -184,21 +165,10 @@ def lab():
 
 
 def write_config(tmp_path, port, syslog_path, interfaces):
-    cfg = tmp_path / "nfflowd.yaml"
-    cfg.write_text(f"""
-export:
-  source: 203.0.113.1
-  collectors:
-    - {{host: 127.0.0.1, port: {port}, version: 5}}
-syslog:
-  enabled: true
-  address: {syslog_path}
-conntrack: {{poll_interval: 1}}
-interfaces: {interfaces}
-pidfile: {tmp_path}/nfflowd.pid
-log:
-  level: debug
-""")
+    """test_e2e_nat's configuration (a v5 collector, the syslog mirror) with
+    ``interfaces:``."""
+    cfg = nat_config(tmp_path, port, syslog_path)
+    cfg.write_text(cfg.read_text() + f"interfaces: {interfaces}\n")
     return cfg
 
 
