@@ -304,3 +304,33 @@ def test_interfaces_from_the_mark_map(lab, tmp_path):
     daemon.log_reader.join(5)
     assert daemon.returncode == 0, "".join(log)
     assert "method=mark" in "".join(log)
+
+
+def test_reload_turns_the_lookup_on_and_off(lab, tmp_path):
+    """interfaces.method none, then route by a reload (SIGHUP: the rtnetlink
+    socket opened and dumped), then none again."""
+    import signal
+    ix = lab.index
+    lab.serve(lab.wan, WAN_4, WAN_6)
+    collector = Nfcapd(lab, tmp_path, port=20558)
+    catcher = SyslogCatcher(tmp_path / "log.sock")
+    cfg = write_config(tmp_path, 20558, catcher.path, "{method: none}")
+    daemon, log = start_nfflowd(lab, cfg)
+    try:
+        for i, (method, pair) in enumerate((("none", (0, 0)),
+                                            ("route", (ix["fw-lan0"], ix["fw-wan"])),
+                                            ("none", (0, 0)))):
+            if i:
+                write_config(tmp_path, 20558, catcher.path, f"{{method: {method}}}")
+                daemon.send_signal(signal.SIGHUP)
+                assert wait_for(lambda: sum("event=reloaded" in x for x in log) == i,
+                                timeout=15), "".join(log)
+            r = Run(lab, catcher, collector)
+            r.connect(lab.lan0, "tcp", WAN_4, 8080, pair)
+            r.connect(lab.lan0, "udp", WAN_6, 8080, pair)
+            r.flush_and_check()
+    finally:
+        stop(daemon)
+    daemon.log_reader.join(5)
+    assert daemon.returncode == 0, "".join(log)
+    assert sum("event=interfaces method=" in x for x in log) == 3, "".join(log)
