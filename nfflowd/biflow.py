@@ -94,7 +94,7 @@ from typing import Iterable, Sequence
 
 from nfflowd.ipfix import IpfixEncoder
 from nfflowd.record import ORIGINAL, Flow, FlowBatch
-from nfflowd.template import FLOW_SOURCE, FLOW_TEMPLATES
+from nfflowd.template import FLOW_SOURCE
 
 __all__ = ["BiflowPairer", "BiflowIpfixEncoder", "reverse_key", "biflow_direction",
            "REVERSE_ELEMENTS"]
@@ -346,9 +346,8 @@ class BiflowIpfixEncoder(IpfixEncoder):
     FLOW_FIELDS = Flow._fields + _ROW_EXTRA
     FLOW_SOURCE = dict(FLOW_SOURCE, **dict(zip(REVERSE_ELEMENTS, _ROW_EXTRA)))
 
-    def _flow_template_names(self, vlan: bool) -> dict:
-        extra = ("vlanId",) if vlan else ()
-        return {tid: biflow_names(names + extra) for tid, names in FLOW_TEMPLATES.items()}
+    def _flow_names(self, names: tuple) -> tuple:
+        return biflow_names(names)
 
     def encode_pairs(self, pairs: Sequence, nat_events: Sequence, now_ms: int) -> list[bytes]:
         """IPFIX messages carrying one biflow record per pair (and

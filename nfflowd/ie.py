@@ -22,13 +22,16 @@ registry and RFC 7012 / RFC 8158:
    4  protocolIdentifier                 unsigned8            1
    7  sourceTransportPort                unsigned16           2
    8  sourceIPv4Address                  ipv4Address          4
+  10  ingressInterface                   unsigned32           4   ifindex, 0: unknown
   11  destinationTransportPort           unsigned16           2
   12  destinationIPv4Address             ipv4Address          4
+  14  egressInterface                    unsigned32           4
   27  sourceIPv6Address                  ipv6Address          16
   28  destinationIPv6Address             ipv6Address          16
   32  icmpTypeCodeIPv4                   unsigned16           2   type*256+code
                                                                  (v9's ICMP_TYPE: ICMPv6 too)
   58  vlanId                             unsigned16           2   802.1Q VLAN id
+  61  flowDirection                      unsigned8            1   0 ingress, 1 egress
  136  flowEndReason                      unsigned8            1
  139  icmpTypeCodeIPv6                   unsigned16           2
  152  flowStartMilliseconds              dateTimeMilliseconds 8   epoch ms
@@ -38,6 +41,8 @@ registry and RFC 7012 / RFC 8158:
  227  postNAPTSourceTransportPort        unsigned16           2
  228  postNAPTDestinationTransportPort   unsigned16           2
  230  natEvent                           unsigned8            1   RFC 8158
+ 234  ingressVRFID                       unsigned32           4   the conntrack zone
+ 235  egressVRFID                        unsigned32           4
  281  postNATSourceIPv6Address           ipv6Address          16
  282  postNATDestinationIPv6Address      ipv6Address          16
  323  observationTimeMilliseconds        dateTimeMilliseconds 8
@@ -72,12 +77,15 @@ ELEMENTS: dict[str, IE] = {
     "protocolIdentifier": IE(4, 1, "B"),
     "sourceTransportPort": IE(7, 2, "H"),
     "sourceIPv4Address": IE(8, 4, "4s"),
+    "ingressInterface": IE(10, 4, "I"),
     "destinationTransportPort": IE(11, 2, "H"),
     "destinationIPv4Address": IE(12, 4, "4s"),
+    "egressInterface": IE(14, 4, "I"),
     "sourceIPv6Address": IE(27, 16, "16s"),
     "destinationIPv6Address": IE(28, 16, "16s"),
     "icmpTypeCodeIPv4": IE(32, 2, "H"),
     "vlanId": IE(58, 2, "H"),
+    "flowDirection": IE(61, 1, "B"),
     "flowEndReason": IE(136, 1, "B"),
     "icmpTypeCodeIPv6": IE(139, 2, "H"),
     "flowStartMilliseconds": IE(152, 8, "Q"),
@@ -87,6 +95,8 @@ ELEMENTS: dict[str, IE] = {
     "postNAPTSourceTransportPort": IE(227, 2, "H"),
     "postNAPTDestinationTransportPort": IE(228, 2, "H"),
     "natEvent": IE(230, 1, "B"),
+    "ingressVRFID": IE(234, 4, "I"),
+    "egressVRFID": IE(235, 4, "I"),
     "postNATSourceIPv6Address": IE(281, 16, "16s"),
     "postNATDestinationIPv6Address": IE(282, 16, "16s"),
     "observationTimeMilliseconds": IE(323, 8, "Q"),

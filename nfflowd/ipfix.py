@@ -75,7 +75,10 @@ class IpfixEncoder(TemplateEncoder):
         seq = self.sequence
         if before is not None and len(before) >= HEADER.size:
             seq = HEADER.unpack_from(before)[3]
-        length = HEADER.size + len(tset)      # fits: checked against max_size in __init__
+        # over TCP a message is bounded by its length field alone: every
+        # template fits one (a few hundred bytes each at most)
+        length = HEADER.size + len(tset)
+        assert length <= self.MAX_SIZE_LIMIT
         message = HEADER.pack(10, length, (now_ms // 1000) & _U32, seq, self.domain_id) + tset
         self._templates_sent = True
         self._forced = False

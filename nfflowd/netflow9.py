@@ -30,7 +30,7 @@ import struct
 from typing import Sequence
 
 from nfflowd.record import FlowBatch, NatEvent
-from nfflowd.template import RECORD_KINDS, TID_FLOW6_ICMP, TemplateEncoder
+from nfflowd.template import RECORD_KINDS, TemplateEncoder
 
 HEADER = struct.Struct("!HHIIII")
 assert HEADER.size == 20
@@ -57,12 +57,11 @@ class NetflowV9Encoder(TemplateEncoder):
         super().__init__(records, nat_event_codes, max_size, template_refresh_packets,
                          template_refresh_seconds, vlan)
 
-    def _flow_template_names(self, vlan: bool) -> dict:
-        out = super()._flow_template_names(vlan)
-        names = list(out[TID_FLOW6_ICMP])
-        names.insert(names.index("icmpTypeCodeIPv6") + 1, "icmpTypeCodeIPv4")   # ICMP_TYPE
-        out[TID_FLOW6_ICMP] = tuple(names)
-        return out
+    def _flow_names(self, names: tuple) -> tuple:
+        if "icmpTypeCodeIPv6" not in names:
+            return names
+        i = names.index("icmpTypeCodeIPv6") + 1
+        return (*names[:i], "icmpTypeCodeIPv4", *names[i:])      # ICMP_TYPE
 
     def encode(self, batch: FlowBatch, nat_events: Sequence[NatEvent], now_ms: int,
                boot_ms: int) -> list[bytes]:

@@ -9,9 +9,10 @@ protocol with different headers.  Everything that is the same lives here, once:
 - ``template_set``, ``records_fitting``: a template set's bytes, and how
   many records a data set can take in what is left of a datagram.
 - ``TemplateEncoder``: the record layer both encoders share: which templates
-  (per address family, with or without ICMP, NAT events per family), how a
-  ``FlowBatch`` / ``NatEvent`` maps onto them, when templates are (re)sent,
-  and the loop that cuts packed records into datagrams.  ``netflow9.NetflowV9Encoder`` and
+  (per address family, with or without ICMP, with or without the zone, NAT
+  events per family), how a ``FlowBatch`` / ``NatEvent`` maps onto them,
+  when templates are (re)sent, and the loop that cuts packed records into
+  datagrams.  ``netflow9.NetflowV9Encoder`` and
   ``ipfix.IpfixEncoder`` only supply the header, the set ids, the padding and
   the sequence rule.
 
@@ -33,11 +34,23 @@ and each group packed into one bytes object, in the form of the batch (see
 ``operator.itemgetter``, columns by numpy into a record of the template's
 layout.  One loop cuts the packed groups into data sets and datagrams.
 
+Flow records carry ingressInterface and egressInterface (the record's
+``in_if`` and ``out_if``) and flowDirection, derived: 1 (egress) when
+``in_if`` is 0 and ``out_if`` is not (the host's own traffic, seen only
+leaving), else 0 (ingress).  A record whose ``zone`` is not 0 goes in a
+variant of its template (id + ``ZONE_TID``) that adds ingressVRFID and
+egressVRFID, both the zone: zone-0 records carry no VRF, and a template is
+one field set, as exporters make them.
+
 Templates go before the first data set, then again in the first datagram
 once ``template_refresh_packets`` datagrams were sent since the last ones, or
 ``template_refresh_seconds`` elapsed (``now_ms`` is passed in), or after
 ``force_templates()`` (IPFIX over TCP after a reconnect, a collector restart).
-Each refresh carries every template of the enabled record kinds.  A quiet
+Each refresh carries every template of the enabled record kinds (zone
+variants included), in as many datagrams as they need: those that do not
+fit the datagram that opens with them go first in datagrams of their own
+(``max_size`` need only hold the header, the largest template and a
+record, as it did before the variants doubled the set).  A quiet
 exporter sends no data to carry them: ``refresh_templates(now_ms)``, called
 periodically, returns a templates-only datagram once the time refresh is due.
 """
@@ -129,23 +142,27 @@ def data_set(template: Template, rows: Iterable[Sequence], pad: int = 4) -> byte
 # -- the templates nfflowd sends ------------------------------------------------
 
 _FLOW_COMMON_HEAD = ("protocolIdentifier",)
+# every flow template ends with these (flowDirection derived, see FLOW_SOURCE)
+_FLOW_INTERFACES = ("ingressInterface", "egressInterface", "flowDirection")
+# the zone variants add these, both the record's zone
+ZONE_ELEMENTS = ("ingressVRFID", "egressVRFID")
 _FLOW_COUNTERS = ("octetDeltaCount", "packetDeltaCount", "flowStartMilliseconds",
                   "flowEndMilliseconds", "flowEndReason")
 
 FLOW4 = ("sourceIPv4Address", "destinationIPv4Address", "sourceTransportPort",
          "destinationTransportPort", *_FLOW_COMMON_HEAD, *_FLOW_COUNTERS,
          "postNATSourceIPv4Address", "postNATDestinationIPv4Address",
-         "postNAPTSourceTransportPort", "postNAPTDestinationTransportPort")
+         "postNAPTSourceTransportPort", "postNAPTDestinationTransportPort", *_FLOW_INTERFACES)
 FLOW6 = ("sourceIPv6Address", "destinationIPv6Address", "sourceTransportPort",
          "destinationTransportPort", *_FLOW_COMMON_HEAD, *_FLOW_COUNTERS,
          "postNATSourceIPv6Address", "postNATDestinationIPv6Address",
-         "postNAPTSourceTransportPort", "postNAPTDestinationTransportPort")
+         "postNAPTSourceTransportPort", "postNAPTDestinationTransportPort", *_FLOW_INTERFACES)
 FLOW4_ICMP = ("sourceIPv4Address", "destinationIPv4Address", *_FLOW_COMMON_HEAD,
               "icmpTypeCodeIPv4", *_FLOW_COUNTERS,
-              "postNATSourceIPv4Address", "postNATDestinationIPv4Address")
+              "postNATSourceIPv4Address", "postNATDestinationIPv4Address", *_FLOW_INTERFACES)
 FLOW6_ICMP = ("sourceIPv6Address", "destinationIPv6Address", *_FLOW_COMMON_HEAD,
               "icmpTypeCodeIPv6", *_FLOW_COUNTERS,
-              "postNATSourceIPv6Address", "postNATDestinationIPv6Address")
+              "postNATSourceIPv6Address", "postNATDestinationIPv6Address", *_FLOW_INTERFACES)
 # RFC 8158 section 4.4 (NAT44 / NAT64 session create/delete), less the VRF id,
 # then flowStartMilliseconds and flowEndMilliseconds, both the event time:
 # collectors that time every record by them (nfdump 1.7 reads only these as
@@ -164,6 +181,8 @@ NAT6 = ("observationTimeMilliseconds", "natEvent", "protocolIdentifier",
         "postNATDestinationIPv6Address", "postNAPTDestinationTransportPort", *_NAT_TIMES)
 
 TID_FLOW4, TID_FLOW6, TID_FLOW4_ICMP, TID_FLOW6_ICMP, TID_NAT4, TID_NAT6 = range(256, 262)
+# the zone variant of flow template t is t + ZONE_TID (262-265)
+ZONE_TID = 6
 
 # Which record field carries each element (FLOW_SOURCE: of the flow templates,
 # biflow.py extends it).  ``Flow`` fields by name; for NAT
@@ -182,6 +201,16 @@ FLOW_SOURCE = {
     "postNAPTSourceTransportPort": "post_sport",
     "postNAPTDestinationTransportPort": "post_dport",
     "vlanId": "vlan",
+    "ingressInterface": "in_if", "egressInterface": "out_if",
+    "flowDirection": "flow_direction",
+    "ingressVRFID": "zone", "egressVRFID": "zone",
+}
+# Values derived from a record's fields (a source above that is not a
+# field): name -> (the fields it reads, its expression over them in a
+# getter, the same over a batch's columns)
+DERIVED = {
+    "flow_direction": (("in_if", "out_if"), "(1 if not {0} and {1} else 0)",
+                       lambda in_if, out_if: ((in_if == 0) & (out_if != 0)).astype(np.uint8)),
 }
 _NAT_SOURCE = dict(FLOW_SOURCE, observationTimeMilliseconds="time_ms", natEvent="code",
                    flowStartMilliseconds="time_ms", flowEndMilliseconds="time_ms")
@@ -190,7 +219,8 @@ _NAT_FIELDS = NatEvent._fields + ("code",)
 
 # Flow fields narrower than 64 bits in the templates, and their widths
 _NARROW = (("proto", 8), ("sport", 16), ("dport", 16), ("post_sport", 16),
-           ("post_dport", 16), ("end_reason", 8), ("vlan", 16))
+           ("post_dport", 16), ("end_reason", 8), ("vlan", 16), ("in_if", 32), ("out_if", 32),
+           ("zone", 32))
 _NP_FMT = {"B": "u1", "H": ">u2", "I": ">u4", "Q": ">u8", "4s": ("u1", 4), "16s": ("u1", 16)}
 
 
@@ -215,7 +245,12 @@ def _pack_columns(tpl: Template, dt: np.dtype, cols, rows) -> bytes:
     ``cols`` packed as ``tpl`` packs them."""
     arr = np.zeros(cols.n if isinstance(rows, slice) else len(rows), dtype=dt)
     for n in tpl.names:
-        col = getattr(cols, FLOW_SOURCE[n])[rows]
+        src = FLOW_SOURCE[n]
+        if src in DERIVED:
+            fields, _, fn = DERIVED[src]
+            col = fn(*(getattr(cols, f)[rows] for f in fields))
+        else:
+            col = getattr(cols, src)[rows]
         if col.ndim == 2:
             arr[n] = col[:, :dt[n].shape[0]]
         else:
@@ -224,13 +259,28 @@ def _pack_columns(tpl: Template, dt: np.dtype, cols, rows) -> bytes:
 
 
 def _getter(names: Sequence[str], source: dict, fields: Sequence[str]) -> Callable:
-    idx = [fields.index(source[n]) for n in names]
-    if len(idx) == 1:
-        i = idx[0]
-        return lambda r: (r[i],)
-    return itemgetter(*idx)
+    """A function of an item (a tuple of ``fields``) giving the values of
+    ``names`` in order: an ``itemgetter``, or where a value is derived
+    (``DERIVED``) a lambda made for the template (as fast as the getter,
+    measured)."""
+    if not any(source[n] in DERIVED for n in names):
+        idx = [fields.index(source[n]) for n in names]
+        if len(idx) == 1:
+            i = idx[0]
+            return lambda r: (r[i],)
+        return itemgetter(*idx)
+    parts = []
+    for n in names:
+        src = source[n]
+        if src in DERIVED:
+            reads, expr, _ = DERIVED[src]
+            parts.append(expr.format(*(f"r[{fields.index(f)}]" for f in reads)))
+        else:
+            parts.append(f"r[{fields.index(src)}]")
+    return eval("lambda r: (" + ", ".join(parts) + ",)")     # noqa: S307 (names, no data)
 
 
+# the flow templates without the zone (their zone variants: see ZONE_TID)
 FLOW_TEMPLATES = {TID_FLOW4: FLOW4, TID_FLOW6: FLOW6,
                   TID_FLOW4_ICMP: FLOW4_ICMP, TID_FLOW6_ICMP: FLOW6_ICMP}
 NAT_TEMPLATES = {TID_NAT4: NAT4, TID_NAT6: NAT6}
@@ -289,8 +339,13 @@ class TemplateEncoder:
                               for tid, tpl in t.items()}
             self._flow_tpl = t
             self._flow_dtype = {tid: _columns_dtype(tpl) for tid, tpl in t.items()}
+            # the template of a record: by (family, protocol), else by
+            # family; the zone's variants where its zone is not 0
             self._flow_by_key = {(4, 1): t[TID_FLOW4_ICMP], (6, 58): t[TID_FLOW6_ICMP]}
             self._flow_by_family = {4: t[TID_FLOW4], 6: t[TID_FLOW6]}
+            self._zone_by_key = {k: t[v.id + ZONE_TID] for k, v in self._flow_by_key.items()}
+            self._zone_by_family = {k: t[v.id + ZONE_TID]
+                                    for k, v in self._flow_by_family.items()}
         if "nat_events" in records:
             t = {tid: Template(tid, names) for tid, names in NAT_TEMPLATES.items()}
             self.templates += t.values()
@@ -298,13 +353,15 @@ class TemplateEncoder:
                              for tid, tpl in t.items()}
             self._nat_by_family = {4: t[TID_NAT4], 6: t[TID_NAT6]}
 
-        tset = len(template_set(self.TEMPLATE_SET_ID, self.templates, self.PAD))
         biggest = max(t.size for t in self.templates)
-        need = self.HEADER_SIZE + tset + padded(4 + biggest, self.PAD)
+        need = self.HEADER_SIZE + max(
+            padded(4 + biggest, self.PAD),
+            max(len(template_set(self.TEMPLATE_SET_ID, [t], self.PAD)) for t in self.templates))
         if not need <= max_size <= self.MAX_SIZE_LIMIT:
             raise ValueError(f"max_size must be {need}-{self.MAX_SIZE_LIMIT} "
-                             f"(header, templates and one record)")
+                             f"(header and the largest template or record)")
         self.max_size = max_size
+        self._template_sets = self._split_templates()
 
         self._templates_sent = False    # ever, or since force_templates()
         self._forced = False            # force_templates() called, not yet sent
@@ -325,11 +382,33 @@ class TemplateEncoder:
     FLOW_SOURCE: dict = FLOW_SOURCE
 
     def _flow_template_names(self, vlan: bool) -> dict:
-        """Template id -> element names of the flow templates."""
+        """Template id -> element names of the flow templates, then of their
+        zone variants."""
         # vlanId only where flows can carry one (the pcap meter): conntrack
         # records would otherwise all pad a zero VLAN
         extra = ("vlanId",) if vlan else ()
-        return {tid: names + extra for tid, names in FLOW_TEMPLATES.items()}
+        out = {tid: self._flow_names(names + extra) for tid, names in FLOW_TEMPLATES.items()}
+        for tid, names in FLOW_TEMPLATES.items():
+            out[tid + ZONE_TID] = self._flow_names(names + extra + ZONE_ELEMENTS)
+        return out
+
+    def _flow_names(self, names: tuple) -> tuple:
+        """The elements of a flow template of the uniflow ``names``
+        (subclasses add theirs)."""
+        return names
+
+    def _split_templates(self) -> list[tuple[bytes, int]]:
+        """The template sets a refresh sends, in template order, each with
+        its number of templates: as few as fit a datagram each (with its
+        header)."""
+        room = self.max_size - self.HEADER_SIZE
+        chunks: list[list[Template]] = [[]]
+        for t in self.templates:
+            if chunks[-1] and len(template_set(self.TEMPLATE_SET_ID, chunks[-1] + [t],
+                                               self.PAD)) > room:
+                chunks.append([])
+            chunks[-1].append(t)
+        return [(template_set(self.TEMPLATE_SET_ID, c, self.PAD), len(c)) for c in chunks]
 
     # -- templates ---------------------------------------------------------------
     def force_templates(self) -> None:
@@ -363,7 +442,7 @@ class TemplateEncoder:
                 and not 0 <= now_ms - self._templates_ms < self.refresh_ms):
             return []
         out: list[bytes] = []
-        off, parts, _, tmpl, _ = self._open(now_ms, None)
+        off, parts, _, tmpl = self._open(now_ms, boot_ms, out, [])
         self._close_packed(parts, off, tmpl, 0, now_ms, boot_ms, out, [])
         return out
 
@@ -383,13 +462,16 @@ class TemplateEncoder:
         as (template, blob, None)."""
         fam, proto = cols.family, cols.proto
         if any(getattr(cols, n).dtype != np.uint64 for n in set(FLOW_SOURCE.values())
-               if n not in ("src", "dst", "post_src", "post_dst")):
+               if n not in ("src", "dst", "post_src", "post_dst") and n not in DERIVED):
             raise ValueError("a value a uint64 cannot hold")
         for n, bits in _NARROW:
             if (getattr(cols, n) >> np.uint64(bits)).any():
                 raise ValueError(n)
         tid = np.where(fam == 4, np.where(proto == 1, TID_FLOW4_ICMP, TID_FLOW4),
                        np.where(proto == 58, TID_FLOW6_ICMP, TID_FLOW6))
+        zoned = cols.zone != 0
+        if zoned.any():
+            tid[zoned] += ZONE_TID
         tid[(fam != 4) & (fam != 6)] = 0
         t0 = int(tid[0])
         if t0 and (tid == t0).all():
@@ -399,10 +481,10 @@ class TemplateEncoder:
                           cols.n, None)
             return
         bad = int((tid == 0).sum())
-        # the templates present, in first-seen order (four candidates: four
-        # comparisons cost less than sorting the column)
+        # the templates present, in first-seen order (eight candidates:
+        # eight comparisons cost less than sorting the column)
         first = {}
-        for t in (TID_FLOW4, TID_FLOW4_ICMP, TID_FLOW6, TID_FLOW6_ICMP):
+        for t in self._flow_tpl:
             hit = tid == t
             if hit.any():
                 first[t] = (int(hit.argmax()), np.flatnonzero(hit))
@@ -430,9 +512,13 @@ class TemplateEncoder:
                 flows = batch.flows()
         if flows and "flows" in self.records:
             by_key, by_fam = self._flow_by_key, self._flow_by_family
+            zone_key, zone_fam = self._zone_by_key, self._zone_by_family
             per: dict[int, list] = {}
             for f in flows:
-                t = by_key.get((f[0], f[1])) or by_fam.get(f[0])
+                if f[22]:       # zone
+                    t = zone_key.get((f[0], f[1])) or zone_fam.get(f[0])
+                else:
+                    t = by_key.get((f[0], f[1])) or by_fam.get(f[0])
                 if t is None:
                     invalid += 1
                     continue
@@ -499,7 +585,6 @@ class TemplateEncoder:
         out: list[bytes] = []
         counts: list[int] = []
         max_size, hsize, pad = self.max_size, self.HEADER_SIZE, self.PAD
-        tset = None
         parts: list = []
         off = 0                 # 0: no datagram open
         data = tmpl = 0
@@ -533,7 +618,7 @@ class TemplateEncoder:
                     self._sent(k0, counts, m)
                     continue
                 if not off:
-                    off, parts, data, tmpl, tset = self._open(now_ms, tset)
+                    off, parts, data, tmpl = self._open(now_ms, boot_ms, out, counts)
                 k = records_fitting(max_size, off, size, pad)
                 if k == 0:
                     self._close_packed(parts, off, tmpl, data, now_ms, boot_ms, out, counts)
@@ -554,21 +639,25 @@ class TemplateEncoder:
                 off += ln + p
                 data += hi - lo
         if not off and self._forced:
-            off, parts, data, tmpl, tset = self._open(now_ms, tset)   # templates only
+            off, parts, data, tmpl = self._open(now_ms, boot_ms, out, counts)   # templates only
         if off and (data or tmpl):
             self._close_packed(parts, off, tmpl, data, now_ms, boot_ms, out, counts)
         self.last_counts = counts
         return out
 
-    def _open(self, now_ms: int, tset: bytes | None) -> tuple:
+    def _open(self, now_ms: int, boot_ms: int, out: list, counts: list) -> tuple:
         """A new datagram, with the templates when due: (its length so far,
-        its parts, data records, template records, the template set)."""
+        its parts, data records, template records).  Templates that do not
+        fit it go first, in datagrams of their own (appended to ``out``)."""
         if not self.templates_due(now_ms):
-            return self.HEADER_SIZE, [], 0, 0, tset
-        if tset is None:
-            tset = template_set(self.TEMPLATE_SET_ID, self.templates, self.PAD)
+            return self.HEADER_SIZE, [], 0, 0
+        sets = self._template_sets
+        for tset, n in sets[:-1]:
+            self._close_packed([tset], self.HEADER_SIZE + len(tset), n, 0, now_ms, boot_ms, out,
+                               counts)
         self._templates_written(now_ms)
-        return self.HEADER_SIZE + len(tset), [tset], 0, len(self.templates), tset
+        tset, n = sets[-1]
+        return self.HEADER_SIZE + len(tset), [tset], 0, n
 
     def _close_packed(self, parts, off, tmpl, data, now_ms, boot_ms, out, counts) -> None:
         out.append(self._header(off, tmpl, data, now_ms, boot_ms) + b"".join(parts))

@@ -269,7 +269,7 @@ def test_every_record_comes_out_exactly_once(flows, chunks):
 
 PEN = "00007279"            # 29305
 BIFLOW4_TEMPLATE_RECORD = (
-    "0100" "0013"                          # template 256, 19 fields
+    "0100" "0016"                          # template 256, 22 fields
     "0008" "0004" "000c" "0004"            # sourceIPv4Address, destinationIPv4Address
     "0007" "0002" "000b" "0002"            # sourceTransportPort, destinationTransportPort
     "0004" "0001"                          # protocolIdentifier
@@ -280,6 +280,8 @@ BIFLOW4_TEMPLATE_RECORD = (
     "0088" "0001"                          # flowEndReason
     "00e1" "0004" "00e2" "0004"            # postNATSource/DestinationIPv4Address
     "00e3" "0002" "00e4" "0002"            # postNAPTSource/DestinationTransportPort
+    "000a" "0004" "000e" "0004"            # ingressInterface, egressInterface
+    "003d" "0001"                          # flowDirection
     "8001" "0008" + PEN +                  # reverseOctetDeltaCount: E bit | 1, PEN
     "8002" "0008" + PEN +                  # reversePacketDeltaCount: E bit | 2, PEN
     "00ef" "0001")                         # biflowDirection (239)
@@ -291,7 +293,8 @@ REV = mkflow("203.0.113.9", "198.51.100.7", 80, 50000, packets=10, octets=12000,
 
 def biflow4_data_record(rev_start, rev_end, reason, rev_octets, rev_packets, direction):
     fwd = bytes.fromhex(FLOW4_DATA_RECORD)
-    # FLOW4_DATA_RECORD: keys and counters (29 bytes), times (16), reason, postNAT (12)
+    # FLOW4_DATA_RECORD: keys and counters (29 bytes), times (16), reason, postNAT (12),
+    # interfaces and direction (9): the forward's (the reverse's are them swapped)
     return (fwd[:29] + struct.pack("!QQ", rev_start, rev_end) + fwd[29:45]
             + bytes([reason]) + fwd[46:] + struct.pack("!QQB", rev_octets, rev_packets,
                                                        direction))
@@ -329,7 +332,7 @@ def test_byte_exact_first_message_of_a_pair():
     tset_len = struct.unpack_from("!H", m, 18)[0]
     assert T0 - 4990 == 0x18bcfe55482 and T0 - 11 == 0x18bcfe567f5
     record = biflow4_data_record(T0 - 4990, T0 - 11, END_OF_FLOW, 12000, 10, INITIATOR)
-    assert len(record) == 58 + 8 * 4 + 1
+    assert len(record) == 67 + 8 * 4 + 1
     assert m[16 + tset_len:] == bytes.fromhex("0100" f"{4 + len(record):04x}") + record
     assert len(m) == struct.unpack_from("!H", m, 2)[0] == 16 + tset_len + 4 + len(record)
     # the sequence number counts biflow records (one per pair)
@@ -345,7 +348,7 @@ def test_lone_record_has_zero_reverse_values_and_its_own_reason():
     enc.encode_pairs([], [], T0)
     enc._templates_sent = True          # no templates: data set only
     (m,) = enc.encode_pairs([(FWD, None)], [], T0)
-    assert m[16:] == bytes.fromhex("0100" "005f") + biflow4_data_record(
+    assert m[16:] == bytes.fromhex("0100" "0068") + biflow4_data_record(
         0, 0, END_OF_FLOW, 0, 0, INITIATOR)
     # the pair's end reason is that of the direction that ended last
     later = REV._replace(end_ms=FWD.end_ms + 1, end_reason=END_FORCED)
@@ -395,9 +398,10 @@ def test_max_size_must_hold_the_biflow_templates():
             cls(records=("flows",), max_size=1)
         return int(str(e.value).split()[3].split("-")[0])
     uni, bi = least(IpfixEncoder), least(BiflowIpfixEncoder)
-    # 4 templates of 5 more fields (4 with a PEN: 8 bytes each), and the
-    # biggest record (IPv6) 4 * 8 + 1 bytes longer
-    assert bi - uni == 4 * (4 * 8 + 4) + 4 * 8 + 1
+    # the bound is the header and the biggest record (the zoned IPv6 one),
+    # 4 * 8 + 1 bytes longer in a biflow template (the templates go in as
+    # many datagrams as they need)
+    assert bi - uni == 4 * 8 + 1
     with pytest.raises(ValueError, match="max_size"):
         BiflowIpfixEncoder(records=("flows",), max_size=bi - 1)
     BiflowIpfixEncoder(records=("flows",), max_size=bi)

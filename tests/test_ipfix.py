@@ -14,7 +14,8 @@ from nfflowd.record import FlowBatch
 
 from test_netflow5 import write_pcap
 from test_netflow9 import (BOOT, FLOW4_DATA_RECORD, FLOW4_TEMPLATE_RECORD, NFDUMP_FMT, T0,
-                           canon, check_nat_event_times, expected_flow, expected_nat,
+                           canon, check_interfaces, check_nat_event_times, expected_flow,
+                           expected_nat,
                            many_flows, needs_nfcapd, needs_tshark, nfcapd_collect, normalise,
                            sample_flows, sample_nat_events, tshark_fields, tshark_problems)
 
@@ -51,57 +52,61 @@ def pypi_decode(messages):
 def test_byte_exact_first_message():
     enc = IpfixEncoder(domain_id=0x01020304, records=("flows",))
     (m,) = enc.encode(FlowBatch.from_flows(sample_flows()[:1]), [], T0 + 999)
-    tset_len = 4 + 60 + 60 + 48 + 48
-    length = 16 + tset_len + 4 + 58
+    # the four flow templates, then their zone variants
+    tset_len = 4 + 72 + 72 + 60 + 60 + 80 + 80 + 68 + 68
+    length = 16 + tset_len + 4 + 67
     assert m[:16] == bytes.fromhex(
         "000a" + f"{length:04x}"   # version 10, message length
         + "6553f100"               # export time 1700000000 (seconds, truncated)
         "00000000"                 # sequence: no data record sent before
         "01020304")                # observation domain
     assert m[16:20] == struct.pack("!HH", 2, tset_len)       # template set id 2
-    assert m[20:80] == bytes.fromhex(FLOW4_TEMPLATE_RECORD)
-    # data set: 4 + 58 bytes, no padding in IPFIX
-    assert m[16 + tset_len:] == bytes.fromhex("0100" "003e" + FLOW4_DATA_RECORD)
+    assert m[20:92] == bytes.fromhex(FLOW4_TEMPLATE_RECORD)
+    # data set: 4 + 67 bytes, no padding in IPFIX
+    assert m[16 + tset_len:] == bytes.fromhex("0100" "0047" + FLOW4_DATA_RECORD)
     assert len(m) == length
     (m2,) = enc.encode(FlowBatch.from_flows(sample_flows()[:1] * 3), [], T0 + 1000)
-    assert hdr(m2) == (10, 16 + 4 + 3 * 58, 1_700_000_001, 1, 0x01020304)
+    assert hdr(m2) == (10, 16 + 4 + 3 * 67, 1_700_000_001, 1, 0x01020304)
 
 
 def test_same_records_as_v9_except_header_and_padding():
     flows, nats = sample_flows(), sample_nat_events()
     m = IpfixEncoder(records=("flows", "nat_events")).encode(FlowBatch.from_flows(flows), nats, T0)
     d = NetflowV9Encoder().encode(FlowBatch.from_flows(flows), nats, T0, BOOT)
-    assert len(m) == len(d) == 1
+    # the templates fill most of a first datagram: the last records go in a second
+    assert len(m) == len(d) == 2
 
-    def sets(b, start, pad):
-        off, out = start, []
-        while off < len(b):
-            sid, ln = struct.unpack_from("!HH", b, off)
-            body = b[off + 4:off + ln]
-            out.append((sid, body.rstrip(b"\0") if pad else body))
-            off += ln
+    def sets(bs, start, pad):
+        out = []
+        for b in bs:
+            off = start
+            while off < len(b):
+                sid, ln = struct.unpack_from("!HH", b, off)
+                body = b[off + 4:off + ln]
+                out.append((sid, body.rstrip(b"\0") if pad else body))
+                off += ln
         return out
-    si, sv = sets(m[0], 16, False), sets(d[0], 20, True)
-    assert [s for s, _ in si] == [2] + [s for s, _ in sv][1:] and sv[0][0] == 0
+    si, sv = sets(m, 16, False), sets(d, 20, True)
+    assert [s for s, _ in si] == [2 if s == 0 else s for s, _ in sv] and sv[0][0] == 0
 
     def as_v9(sid, body):
-        """What v9 sends for an IPFIX set: its ICMPv6 template (259) has
-        ICMP_TYPE (32) after icmpTypeCodeIPv6 (139), the records the same
-        type*256+code twice."""
+        """What v9 sends for an IPFIX set: its ICMPv6 templates (259 and
+        its zone variant 265) have ICMP_TYPE (32) after icmpTypeCodeIPv6
+        (139), the records the same type*256+code twice."""
         if sid == 2:
             out, off = b"", 0
             while off < len(body):
                 tid, n = struct.unpack_from("!HH", body, off)
                 fields = body[off + 4:off + 4 + 4 * n]
                 off += 4 + 4 * n
-                if tid == 259:
+                if tid in (259, 265):
                     at = fields.index(struct.pack("!HH", 139, 2)) + 4
                     fields = fields[:at] + struct.pack("!HH", 32, 2) + fields[at:]
                     n += 1
                 out += struct.pack("!HH", tid, n) + fields
             return out
-        if sid == 259:      # v6 src, dst, protocol, then the type and code
-            size = 16 + 16 + 1 + 2 + 8 * 4 + 1 + 16 + 16
+        if sid in (259, 265):   # v6 src, dst, protocol, then the type and code
+            size = 16 + 16 + 1 + 2 + 8 * 4 + 1 + 16 + 16 + 9 + (8 if sid == 265 else 0)
             return b"".join(body[i:i + 35] + body[i + 33:i + size]
                             for i in range(0, len(body), size))
         return body
@@ -137,7 +142,7 @@ def test_sequence_wraps():
     assert hdr(ds[1])[3] == (2**32 - 3 + enc.last_counts[0]) % 2**32
 
 
-@pytest.mark.parametrize("max_size", [458, 600, 1400, 65535])
+@pytest.mark.parametrize("max_size", [143, 600, 1400, 65535])
 def test_size_bound_nothing_lost(max_size):
     flows = many_flows(700) + sample_flows()
     nats = sample_nat_events() * 50
@@ -159,8 +164,8 @@ def test_size_bound_nothing_lost(max_size):
 
 def test_max_size_checked():
     with pytest.raises(ValueError):
-        IpfixEncoder(max_size=457)         # header + templates + one IPv6 record: 458
-    IpfixEncoder(max_size=458)
+        IpfixEncoder(max_size=142)      # header + the zoned IPv6 record (123) and its set: 143
+    IpfixEncoder(max_size=143)
     with pytest.raises(ValueError):
         IpfixEncoder(max_size=65536)
     with pytest.raises(ValueError):
@@ -201,17 +206,22 @@ def test_read_back_with_pypi_netflow():
     ms = enc.encode(FlowBatch.from_flows(flows), nats, T0) + enc.encode(FlowBatch.from_flows(flows[:2]), nats[:1], T0 + 2500)
     headers, recs = pypi_decode(ms)
     n = len(flows) + len(nats)
+    k = len(recs[0])        # the records the templates left room for
     assert [(h.version, h.length, h.export_uptime, h.sequence_number, h.obervation_domain_id)
             for h in headers] == [(10, len(ms[0]), 1_700_000_000, 0, 9),
-                                  (10, len(ms[1]), 1_700_000_002, n, 9)]
-    assert canon(recs[0]) == canon([expected_flow(f, v9=False) for f in flows] +
-                                   [expected_nat(e) for e in nats])
-    assert recs[1] == [expected_flow(f, v9=False) for f in flows[:2]] + [expected_nat(nats[0])]
-    r = recs[1][0]
+                                  (10, len(ms[1]), 1_700_000_000, k, 9),
+                                  (10, len(ms[2]), 1_700_000_002, n, 9)]
+    assert canon(recs[0] + recs[1]) == canon([expected_flow(f, v9=False) for f in flows] +
+                                             [expected_nat(e) for e in nats])
+    assert recs[2] == [expected_flow(f, v9=False) for f in flows[:2]] + [expected_nat(nats[0])]
+    r = recs[2][0]
     assert (str(r["sourceIPv4Address"]), str(r["postNATSourceIPv4Address"]),
             r["postNAPTSourceTransportPort"], r["flowStartMilliseconds"]) == (
         "198.51.100.7", "203.0.113.1", 40000, 1_699_999_995_000)
-    assert recs[1][2]["natEvent"] == 4
+    assert (r["ingressInterface"], r["egressInterface"], r["flowDirection"]) == (2, 3, 0)
+    assert recs[2][2]["natEvent"] == 4
+    v6 = [x for x in recs[0] + recs[1] if x.get("sourceTransportPort") == 5353][0]
+    assert (v6["ingressVRFID"], v6["egressVRFID"]) == (7, 7)
 
 
 @needs_tshark
@@ -225,7 +235,8 @@ def test_read_back_with_tshark(tmp_path):
     fields = ["cflow.version", "cflow.len", "cflow.sequence", "cflow.od_id",
               "cflow.post_nat_source_ipv6_address", "cflow.post_natsource_ipv4_address",
               "cflow.nat_event", "cflow.observation_time_milliseconds", "cflow.icmp_ipv6_type",
-              "cflow.flow_end_reason", "cflow.octets"]
+              "cflow.flow_end_reason", "cflow.octets", "cflow.inputint", "cflow.outputint",
+              "cflow.direction", "cflow.ingress_vrfid", "cflow.egress_vrfid"]
     rows = tshark_fields(pcap, 4739, fields)
     assert len(rows) == len(ms)
     assert [(r["cflow.version"], int(r["cflow.len"]), int(r["cflow.sequence"]), r["cflow.od_id"])
@@ -238,6 +249,11 @@ def test_read_back_with_tshark(tmp_path):
     assert col("cflow.icmp_ipv6_type") == ["129"]
     assert "Nov 14, 2023 22:13:20.001000000 UTC" in col("cflow.observation_time_milliseconds")
     assert str(2**40 + 5) in col("cflow.octets")
+    every = flows + many_flows(30)
+    assert sorted(col("cflow.inputint")) == sorted(str(f.in_if) for f in every)
+    assert sorted(col("cflow.outputint")) == sorted(str(f.out_if) for f in every)
+    assert sorted(col("cflow.direction")) == ["0"] * (len(every) - 1) + ["1"]
+    assert col("cflow.ingress_vrfid") == col("cflow.egress_vrfid") == ["7", "7"]
 
 
 @pytest.mark.skipif(shutil.which("ipfixDump") is None, reason="needs ipfixDump (libfixbuf)")
@@ -261,6 +277,9 @@ def test_read_back_with_ipfixdump(tmp_path):
     assert "postNATSourceIPv6Address : 2001:0db8:ffff::0001" in " ".join(out.split())
     assert "flowStartMilliseconds : 2023-11-14 22:13:15.000" in " ".join(out.split())
     assert " ".join(out.split()).count("natEvent : 4") == 2
+    text = " ".join(out.split())
+    assert text.count("ingressVRFID : 7") == text.count("egressVRFID : 7") == 2
+    assert "ingressInterface : 70000" in text and text.count("flowDirection : 1") == 1
 
 
 @needs_nfcapd
@@ -287,3 +306,4 @@ def test_end_to_end_with_nfcapd(tmp_path):
                       ("198.51.100.7", "50000", "40000", "DELETE"),
                       ("2001:db8::7", "5353", "1234", "ADD")]
     check_nat_event_times(tmp_path / "nfcapd")
+    check_interfaces(tmp_path / "nfcapd")

@@ -34,13 +34,14 @@ def ip(s):
 
 def mkflow(src, dst, sport, dport, post_src=None, post_dst=None, post_sport=None,
            post_dport=None, proto=6, packets=1, octets=100, start=T0, end=T0 + 1000,
-           direction=ORIGINAL, reason=END_OF_FLOW):
+           direction=ORIGINAL, reason=END_OF_FLOW, in_if=0, out_if=0, zone=0):
     s, d = ip(src), ip(dst)
     return Flow(4 if len(s) == 4 else 6, proto, s, d, sport, dport,
                 ip(post_src) if post_src else s, ip(post_dst) if post_dst else d,
                 sport if post_sport is None else post_sport,
                 dport if post_dport is None else post_dport,
-                packets, octets, start, end, direction, reason)
+                packets, octets, start, end, direction, reason, in_if=in_if, out_if=out_if,
+                zone=zone)
 
 
 def mknat(src, dst, sport, dport, post_src, post_sport, proto=6, time_ms=T0, created=True,
@@ -53,24 +54,30 @@ def mknat(src, dst, sport, dport, post_src, post_sport, proto=6, time_ms=T0, cre
 
 def sample_flows():
     """Both directions of an SNAT connection, a DNAT one, ICMP, IPv6 with a
-    translated source, ICMPv6, a port-less protocol and 64-bit counters."""
+    translated source, ICMPv6, a port-less protocol and 64-bit counters.
+    Interfaces (by hand): the SNAT pair crosses 2 and 3 (the reply's
+    swapped), the DNAT one 3 and 4; the ICMP flow is the host's own (no
+    ingress: flowDirection egress), the IPv6 pair in conntrack zone 7, the
+    last one delivered to the host (no egress) from an index past 16 bits."""
     return [
         mkflow("198.51.100.7", "203.0.113.9", 50000, 80, post_src="203.0.113.1",
-               post_sport=40000, packets=12, octets=3456, start=T0 - 5000, end=T0 - 10),
+               post_sport=40000, packets=12, octets=3456, start=T0 - 5000, end=T0 - 10,
+               in_if=2, out_if=3),
         mkflow("203.0.113.9", "203.0.113.1", 80, 40000, post_dst="198.51.100.7",
                post_dport=50000, packets=10, octets=12000, start=T0 - 4990, end=T0 - 11,
-               direction=REPLY),
+               direction=REPLY, in_if=3, out_if=2),
         mkflow("203.0.113.50", "203.0.113.1", 51000, 443, post_dst="198.51.100.20",
-               post_dport=8443, proto=17, packets=3, octets=300, reason=END_IDLE_TIMEOUT),
+               post_dport=8443, proto=17, packets=3, octets=300, reason=END_IDLE_TIMEOUT,
+               in_if=3, out_if=4),
         mkflow("198.51.100.7", "203.0.113.9", 0, 8 * 256 + 0, post_src="203.0.113.1", proto=1,
-               packets=4, octets=336),
+               packets=4, octets=336, out_if=3),
         mkflow("2001:db8::7", "2001:db8:1::9", 5353, 53, post_src="2001:db8:ffff::1",
                post_sport=1234, proto=17, packets=2**33, octets=2**40 + 5,
-               reason=END_ACTIVE_TIMEOUT),
+               reason=END_ACTIVE_TIMEOUT, in_if=5, out_if=6, zone=7),
         mkflow("2001:db8:1::9", "2001:db8:ffff::1", 0, 129 * 256 + 0, post_dst="2001:db8::7",
-               proto=58, direction=REPLY),
+               proto=58, direction=REPLY, in_if=6, out_if=5, zone=7),
         mkflow("198.51.100.8", "203.0.113.10", 0, 0, post_src="203.0.113.2", proto=47,
-               packets=7, octets=700),
+               packets=7, octets=700, in_if=70000),
     ]
 
 
@@ -118,7 +125,12 @@ def expected_flow(f, v9=True):
          "packetDeltaCount": f.packets, "flowStartMilliseconds": f.start_ms,
          "flowEndMilliseconds": f.end_ms, "flowEndReason": f.end_reason,
          f"postNATSource{a}Address": _addr(f.post_src),
-         f"postNATDestination{a}Address": _addr(f.post_dst)}
+         f"postNATDestination{a}Address": _addr(f.post_dst),
+         "ingressInterface": f.in_if, "egressInterface": f.out_if,
+         # RFC 5102: 0 ingress, 1 egress (the host's own traffic, seen leaving)
+         "flowDirection": 1 if f.in_if == 0 and f.out_if != 0 else 0}
+    if f.zone:
+        d.update(ingressVRFID=f.zone, egressVRFID=f.zone)
     if (f.family, f.proto) in ((4, 1), (6, 58)):
         d[f"icmpTypeCode{a}"] = f.dport
         if v9:
@@ -171,12 +183,12 @@ def normalise(rec: dict) -> dict:
 def pypi_decode_v9(datagrams, monkeypatch):
     """(headers, records) of v9 datagrams via the PyPI netflow parser.  Its v9
     name table lacks some IANA ids used by Cisco v9 exporters (136, 139, 153,
-    230): they are named after the IANA registry before parsing; the parsing
-    itself is the package's."""
+    230, and the VRF ids 234, 235): they are named after the IANA registry
+    before parsing; the parsing itself is the package's."""
     netflow = pytest.importorskip("netflow")
     import netflow.v9 as v9
     fts = _iana_names()
-    for fid in (136, 139, 153, 230):
+    for fid in (136, 139, 153, 230, 234, 235):
         if fid not in v9.V9_FIELD_TYPES:
             monkeypatch.setitem(v9.V9_FIELD_TYPES, fid, fts.by_id(fid).name)
     by_name = {}
@@ -213,7 +225,7 @@ def flowset_ids(d):
 # -- byte-exact ---------------------------------------------------------------
 
 FLOW4_TEMPLATE_RECORD = (
-    "0100" "000e"                          # template 256, 14 fields
+    "0100" "0011"                          # template 256, 17 fields
     "0008" "0004" "000c" "0004"            # sourceIPv4Address, destinationIPv4Address
     "0007" "0002" "000b" "0002"            # sourceTransportPort, destinationTransportPort
     "0004" "0001"                          # protocolIdentifier
@@ -221,7 +233,9 @@ FLOW4_TEMPLATE_RECORD = (
     "0098" "0008" "0099" "0008"            # flowStart/EndMilliseconds (152, 153)
     "0088" "0001"                          # flowEndReason (136)
     "00e1" "0004" "00e2" "0004"            # postNATSource/DestinationIPv4Address
-    "00e3" "0002" "00e4" "0002")           # postNAPTSource/DestinationTransportPort
+    "00e3" "0002" "00e4" "0002"            # postNAPTSource/DestinationTransportPort
+    "000a" "0004" "000e" "0004"            # ingressInterface, egressInterface
+    "003d" "0001")                         # flowDirection (61)
 
 FLOW4_DATA_RECORD = (
     "c6336407" "cb007109"                  # 198.51.100.7 -> 203.0.113.9
@@ -231,27 +245,35 @@ FLOW4_DATA_RECORD = (
     "0000018bcfe55478" "0000018bcfe567f6"  # T0 - 5000, T0 - 10
     "03"                                   # end of flow
     "cb007101" "cb007109"                  # 203.0.113.1 -> 203.0.113.9
-    "9c40" "0050")                         # 40000 -> 80
+    "9c40" "0050"                          # 40000 -> 80
+    "00000002" "00000003"                  # in 2, out 3
+    "00")                                  # ingress
 
 
 def test_byte_exact_first_datagram():
     enc = NetflowV9Encoder(source_id=0x01020304, records=("flows",))
     (d,) = enc.encode(FlowBatch.from_flows(sample_flows()[:1]), [], T0, BOOT)
     assert T0 - 5000 == 0x18bcfe55478 and T0 - 10 == 0x18bcfe567f6
-    tset_len = 4 + 60 + 60 + 48 + 52     # the ICMPv6 template: 139 and 32 (ICMP_TYPE)
+    # the four flow templates, then their zone variants (two more fields
+    # each); the ICMPv6 ones carry 139 and 32 (ICMP_TYPE)
+    tset_len = 4 + 72 + 72 + 60 + 64 + 80 + 80 + 68 + 72
     expected_head = bytes.fromhex(
-        "0009" "0005"              # version 9, count: 4 template records + 1 data record
+        "0009" "0009"              # version 9, count: 8 template records + 1 data record
         "0036ee80"                 # sysUptime 3600000 ms
         "6553f100"                 # unix_secs 1700000000
         "00000000"                 # sequence 0: the first export packet
         "01020304")                # source id
     assert d[:20] == expected_head
     assert d[20:24] == struct.pack("!HH", 0, tset_len)      # template FlowSet id 0
-    assert d[24:24 + 60] == bytes.fromhex(FLOW4_TEMPLATE_RECORD)
+    assert d[24:24 + 72] == bytes.fromhex(FLOW4_TEMPLATE_RECORD)
+    # its zone variant: 262, the same fields then ingressVRFID and egressVRFID
+    zone4 = d[24 + 72 + 72 + 60 + 64:][:80]
+    assert zone4 == bytes.fromhex("0106" "0013" + FLOW4_TEMPLATE_RECORD[8:]
+                                  + "00ea" "0004" "00eb" "0004")
     data = d[20 + tset_len:]
-    # data FlowSet: 4 + 58 bytes, padded with two zeros to 64
-    assert data == bytes.fromhex("0100" "0040" + FLOW4_DATA_RECORD + "0000")
-    assert len(d) == 20 + tset_len + 64
+    # data FlowSet: 4 + 67 bytes, padded with a zero to 72
+    assert data == bytes.fromhex("0100" "0048" + FLOW4_DATA_RECORD + "00")
+    assert len(d) == 20 + tset_len + 72
     # the next datagram: no templates, sequence 1, count 1
     (d2,) = enc.encode(FlowBatch.from_flows(sample_flows()[:1]), [], T0 + 1000, BOOT)
     assert hdr(d2) == (9, 1, 3_601_000, 1_700_000_001, 1, 0x01020304)
@@ -287,8 +309,8 @@ def test_sequence_counts_datagrams_and_count_counts_all_records():
     assert enc.sequence == len(ds) and enc.datagrams_sent == len(ds)
     data_counts = enc.last_counts
     assert sum(data_counts) == 200 == enc.records_sent
-    # count = template records (6 in the first datagram) + data records
-    assert [hdr(d)[1] for d in ds] == [data_counts[0] + 6] + data_counts[1:]
+    # count = template records (10 in the first datagram) + data records
+    assert [hdr(d)[1] for d in ds] == [data_counts[0] + 10] + data_counts[1:]
     ds2 = enc.encode(FlowBatch.from_flows(flows[:3]), [], T0, BOOT)
     assert hdr(ds2[0])[4] == len(ds)
 
@@ -300,14 +322,14 @@ def test_sequence_wraps():
     assert [hdr(d)[4] for d in ds[:2]] == [2**32 - 1, 0]
 
 
-@pytest.mark.parametrize("max_size", [468, 512, 1400, 9000])
+@pytest.mark.parametrize("max_size", [148, 512, 1400, 9000])
 def test_size_bound_nothing_lost(max_size, monkeypatch):
     flows = many_flows(700) + sample_flows()
     nats = sample_nat_events() * 50
     enc = NetflowV9Encoder(max_size=max_size)
     ds = enc.encode(FlowBatch.from_flows(flows), nats, T0, BOOT)
     assert all(len(d) <= max_size for d in ds)
-    assert len(ds) >= (len(flows) * 58) // max_size
+    assert len(ds) >= (len(flows) * 67) // max_size
     assert [hdr(d)[4] for d in ds] == list(range(len(ds)))
     assert sum(enc.last_counts) == len(flows) + len(nats) == enc.records_sent
     headers, recs = pypi_decode_v9(ds, monkeypatch)
@@ -326,12 +348,15 @@ def test_size_bound_nothing_lost(max_size, monkeypatch):
 
 
 def test_max_size_checked():
+    # the header and the largest template or record: the zoned IPv6 record
+    # (123 bytes, its set 128) and its template (80, its set 84): 148; the
+    # templates go in as many datagrams as they need
     with pytest.raises(ValueError):
-        NetflowV9Encoder(max_size=467)              # templates + one IPv6 record need 468
-    NetflowV9Encoder(max_size=468)
+        NetflowV9Encoder(max_size=147)
+    NetflowV9Encoder(max_size=148)
     with pytest.raises(ValueError):
-        NetflowV9Encoder(max_size=355, records=("flows",))
-    NetflowV9Encoder(max_size=356, records=("flows",))
+        NetflowV9Encoder(max_size=123, records=("nat_events",))
+    NetflowV9Encoder(max_size=124, records=("nat_events",))
     with pytest.raises(ValueError):
         NetflowV9Encoder(max_size=70000)
     with pytest.raises(ValueError):
@@ -343,6 +368,43 @@ def test_max_size_checked():
 
 
 # -- templates: first, refresh by count and by time, forced ---------------------
+
+def template_ids(d):
+    """The template ids of a v9 datagram's template FlowSets, in order."""
+    off, out = 20, []
+    while off < len(d):
+        fid, ln = struct.unpack_from("!HH", d, off)
+        at = off + 4
+        while fid == 0 and at + 4 <= off + ln:
+            tid, n = struct.unpack_from("!HH", d, at)
+            if tid == 0:
+                break                       # padding
+            out.append(tid)
+            at += 4 + 4 * n
+        off += ln
+    return out
+
+
+def test_templates_split_over_datagrams_when_they_do_not_fit():
+    """Ten templates (the zone variants double the flow templates) do not
+    fit a small datagram: those that do not fit the first datagram of data
+    go first in datagrams of their own, each counted and numbered; a timer
+    refresh sends them the same way."""
+    enc = NetflowV9Encoder(max_size=300, template_refresh_seconds=60)
+    ds = enc.encode(FlowBatch.from_flows(many_flows(2)), [], T0, BOOT)
+    assert all(len(d) <= 300 for d in ds) and len(ds) >= 4
+    ids = [template_ids(d) for d in ds]
+    assert [t for i in ids for t in i] == [256, 257, 258, 259, 262, 263, 264, 265, 260, 261]
+    assert [hdr(d)[1] for d in ds] == [len(i) + c for i, c in zip(ids, enc.last_counts)]
+    assert [hdr(d)[4] for d in ds] == list(range(len(ds)))
+    assert sum(enc.last_counts) == 2 and enc.template_sends == 1
+    # the data follow every template they use
+    first_data = min(k for k, d in enumerate(ds) if set(flowset_ids(d)) - {0})
+    assert all(0 in flowset_ids(d) for d in ds[:first_data])
+    refresh = enc.refresh_templates(T0 + 60_000, BOOT)
+    assert [template_ids(d) for d in refresh] == [i for i in ids if i]
+    assert all(flowset_ids(d) == [0] for d in refresh) and enc.template_sends == 2
+
 
 def test_templates_refresh_by_count():
     enc = NetflowV9Encoder(template_refresh_packets=3, template_refresh_seconds=0)
@@ -380,7 +442,7 @@ def test_force_templates_and_empty_encode():
     assert enc.encode(FlowBatch.from_flows([]), [], T0, BOOT) == []
     enc.force_templates()
     (d,) = enc.encode(FlowBatch.from_flows([]), [], T0, BOOT)              # ...unless forced: templates only
-    assert flowset_ids(d) == [0] and hdr(d)[1] == 6
+    assert flowset_ids(d) == [0] and hdr(d)[1] == 10
     (d,) = enc.encode(FlowBatch.from_flows(many_flows(1)), [], T0, BOOT)
     assert flowset_ids(d) == [256]
 
@@ -392,8 +454,10 @@ def test_record_kinds_selectable():
     only_flows = NetflowV9Encoder(records=("flows",))
     ds = only_flows.encode(FlowBatch.from_flows(flows), nats, T0, BOOT)
     assert sum(only_flows.last_counts) == len(flows)
-    assert hdr(ds[0])[1] == 4 + len(flows)
+    assert hdr(ds[0])[1] == 8 + len(flows)
     assert not {260, 261} & set(flowset_ids(ds[0]))
+    # the zoned IPv6 pair in the zone variants (263: IPv6, 265: ICMPv6)
+    assert flowset_ids(ds[0]) == [0, 256, 258, 263, 265]
     only_nat = NetflowV9Encoder(records=("nat_events",))
     ds = only_nat.encode(FlowBatch.from_flows(flows), nats, T0, BOOT)
     assert sum(only_nat.last_counts) == len(nats)
@@ -435,21 +499,26 @@ def test_read_back_with_pypi_netflow(monkeypatch):
     ds = enc.encode(FlowBatch.from_flows(flows), nats, T0, BOOT) + enc.encode(FlowBatch.from_flows(flows[:2]), [], T0 + 1500, BOOT)
     headers, recs = pypi_decode_v9(ds, monkeypatch)
     assert [(h.version, h.uptime, h.timestamp, h.sequence, h.source_id) for h in headers] == [
-        (9, 3_600_000, 1_700_000_000, 0, 77), (9, 3_601_500, 1_700_000_001, 1, 77)]
-    assert canon(recs[0]) == canon([expected_flow(f) for f in flows] +
-                                   [expected_nat(e) for e in nats])
-    assert recs[1] == [expected_flow(f) for f in flows[:2]]
+        (9, 3_600_000, 1_700_000_000, 0, 77), (9, 3_600_000, 1_700_000_000, 1, 77),
+        (9, 3_601_500, 1_700_000_001, 2, 77)]
+    assert canon(recs[0] + recs[1]) == canon([expected_flow(f) for f in flows] +
+                                             [expected_nat(e) for e in nats])
+    assert recs[2] == [expected_flow(f) for f in flows[:2]]
     # spot checks against the spec rather than against the helper
-    r = recs[1][0]
+    r = recs[2][0]
     assert (str(r["sourceIPv4Address"]), r["sourceTransportPort"],
             str(r["postNATSourceIPv4Address"]), r["postNAPTSourceTransportPort"]) == (
         "198.51.100.7", 50000, "203.0.113.1", 40000)
-    v6 = [x for x in recs[0] if x.get("sourceTransportPort") == 5353][0]
+    assert (r["ingressInterface"], r["egressInterface"], r["flowDirection"]) == (2, 3, 0)
+    assert "ingressVRFID" not in r
+    v6 = [x for x in recs[0] + recs[1] if x.get("sourceTransportPort") == 5353][0]
     assert (str(v6["postNATSourceIPv6Address"]), v6["octetDeltaCount"],
             v6["packetDeltaCount"], v6["flowEndReason"]) == (
         "2001:db8:ffff::1", 2**40 + 5, 2**33, 2)
-    icmp = [x for x in recs[0] if "icmpTypeCodeIPv4" in x][0]
-    assert icmp["icmpTypeCodeIPv4"] == 0x0800
+    assert (v6["ingressVRFID"], v6["egressVRFID"], v6["ingressInterface"]) == (7, 7, 5)
+    icmp = [x for x in recs[0] + recs[1] if x.get("icmpTypeCodeIPv4") == 0x0800][0]
+    assert (icmp["ingressInterface"], icmp["egressInterface"], icmp["flowDirection"]) == (
+        0, 3, 1)
 
 
 def tshark_fields(pcap, port, fields, extra=()):
@@ -488,18 +557,28 @@ def test_read_back_with_tshark(tmp_path):
               "cflow.post_natsource_ipv4_address", "cflow.post_nat_source_ipv6_address",
               "cflow.post_naptsource_transport_port", "cflow.nat_event",
               "cflow.icmp_type_code_ipv4", "cflow.flow_end_reason", "cflow.abstimestart",
-              "cflow.template_id"]
+              "cflow.template_id", "cflow.inputint", "cflow.outputint", "cflow.direction",
+              "cflow.ingress_vrfid", "cflow.egress_vrfid"]
     rows = tshark_fields(pcap, 2055, fields)
     assert len(rows) == len(ds)
     assert [r["cflow.sequence"] for r in rows] == [str(i) for i in range(len(ds))]
     assert {r["cflow.source_id"] for r in rows} == {"77"}
     assert [int(r["cflow.count"]) for r in rows] == [hdr(d)[1] for d in ds]
     assert rows[0]["cflow.sysuptime"] == "3600.000000000"
-    assert rows[0]["cflow.template_id"].split(";")[:6] == ["256", "257", "258", "259", "260",
-                                                           "261"]
 
     def col(k):
         return [v for r in rows for v in r[k].split(";") if v]
+    # the templates (in two datagrams at this size): flows, zone variants, NAT
+    assert col("cflow.template_id")[:10] == ["256", "257", "258", "259", "262", "263", "264",
+                                             "265", "260", "261"]
+    every = flows + many_flows(30)
+    assert sorted(col("cflow.inputint")) == sorted(str(f.in_if) for f in every)
+    assert sorted(col("cflow.outputint")) == sorted(str(f.out_if) for f in every)
+    assert "70000" in col("cflow.inputint")
+    # flowDirection 1 (egress) for the host's own ICMP flow only
+    assert sorted(col("cflow.direction")) == ["0"] * (len(every) - 1) + ["1"]
+    # the VRF ids of the zoned IPv6 pair
+    assert col("cflow.ingress_vrfid") == col("cflow.egress_vrfid") == ["7", "7"]
     assert col("cflow.post_nat_source_ipv6_address").count("2001:db8:ffff::1") == \
         1 + 1 + 15      # the v6 sample flow, the v6 NAT event, 15 many_flows
     assert "203.0.113.1" in col("cflow.post_natsource_ipv4_address")
@@ -606,6 +685,22 @@ def check_nat_event_times(out: Path) -> None:
     assert window("2023/11/14.22:13:19-2023/11/14.22:13:20") == [("198.51.100.7", "DELETE")]
 
 
+def check_interfaces(out: Path) -> None:
+    """nfdump shows the sample flows' interfaces (``%in``, ``%out``), the
+    direction they imply (``%dir``: I ingress, E egress) and the zoned
+    pair's VRF ids (``%ivrf``, ``%evrf``, 0 where a record has none)."""
+    rows = nfdump_rows(out, "%sa %sp %pr %in %out %dir %ivrf %evrf %nevt")
+    got = sorted(tuple(r[:8]) for r in rows if r[8] == "INVALID")
+    assert got == sorted([
+        ("198.51.100.7", "50000", "6", "2", "3", "I", "0", "0"),
+        ("203.0.113.9", "80", "6", "3", "2", "I", "0", "0"),
+        ("203.0.113.50", "51000", "17", "3", "4", "I", "0", "0"),
+        ("198.51.100.7", "0", "1", "0", "3", "E", "0", "0"),        # the host's own
+        ("2001:db8::7", "5353", "17", "5", "6", "I", "7", "7"),
+        ("2001:db8:1::9", "0", "58", "6", "5", "I", "7", "7"),
+        ("198.51.100.8", "0", "47", "70000", "0", "I", "0", "0")])
+
+
 needs_nfcapd = pytest.mark.skipif(not (shutil.which("nfcapd") and shutil.which("nfdump")),
                                   reason="needs nfcapd and nfdump")
 NFDUMP_FMT = "%ts %te %sa %sp %da %dp %pr %pkt %byt %nsa %nsp %nevt"
@@ -640,3 +735,4 @@ def test_end_to_end_with_nfcapd(tmp_path):
                       ("198.51.100.7", "50000", "203.0.113.1", "40000", "DELETE"),
                       ("2001:db8::7", "5353", "2001:db8:ffff::1", "1234", "ADD")]
     check_nat_event_times(tmp_path / "nfcapd")
+    check_interfaces(tmp_path / "nfcapd")

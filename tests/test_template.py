@@ -22,6 +22,9 @@ IANA = {
     "destinationIPv4Address": (12, "ipv4Address"), "sourceIPv6Address": (27, "ipv6Address"),
     "destinationIPv6Address": (28, "ipv6Address"), "icmpTypeCodeIPv4": (32, "unsigned16"),
     "vlanId": (58, "unsigned16"),
+    "ingressInterface": (10, "unsigned32"), "egressInterface": (14, "unsigned32"),
+    "flowDirection": (61, "unsigned8"),
+    "ingressVRFID": (234, "unsigned32"), "egressVRFID": (235, "unsigned32"),
     "flowEndReason": (136, "unsigned8"), "icmpTypeCodeIPv6": (139, "unsigned16"),
     "flowStartMilliseconds": (152, "dateTimeMilliseconds"),
     "flowEndMilliseconds": (153, "dateTimeMilliseconds"),
@@ -34,7 +37,7 @@ IANA = {
     "postNATDestinationIPv6Address": (282, "ipv6Address"),
     "observationTimeMilliseconds": (323, "dateTimeMilliseconds"),
 }
-NATURAL_LENGTH = {"unsigned8": 1, "unsigned16": 2, "unsigned64": 8, "ipv4Address": 4,
+NATURAL_LENGTH = {"unsigned8": 1, "unsigned16": 2, "unsigned32": 4, "unsigned64": 8, "ipv4Address": 4,
                   "ipv6Address": 16, "dateTimeMilliseconds": 8}
 
 
@@ -164,5 +167,6 @@ def test_vlan_templates_only_when_asked():
     assert ie58 not in plain
     assert ie58 in tagged
     # one flow record, two bytes longer, ending with the VLAN id 42
-    assert len(tagged) - len(plain) == 4 * 4 + 2   # 4 templates with one more field, 1 record
+    # 8 templates (4 and their zone variants) with one more field, 1 record
+    assert len(tagged) - len(plain) == 8 * 4 + 2
     assert tagged.endswith((42).to_bytes(2, "big"))

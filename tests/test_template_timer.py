@@ -175,7 +175,7 @@ pidfile: {tmp_path}/nfflowd.pid
     # v9: every datagram counts in the sequence, templates-only ones too
     assert [h[4] for h in headers] == list(range(len(v9m))), headers
     for m in tpl:
-        assert V9_HEADER.unpack_from(m)[1] == 6         # six templates, no data record
+        assert V9_HEADER.unpack_from(m)[1] == 10        # ten templates, no data record
     ipm = datagrams(tmp_path / "ipfix.bin")
     assert len(templates_only(ipm, 16)) >= 2
     # IPFIX: read by libfixbuf as one stream (it warns about a sequence
