@@ -57,6 +57,26 @@ Biflow (RFC 5103), IPFIX only (NetFlow v9 has no enterprise elements):
    2  reversePacketDeltaCount (PEN 29305) unsigned64          8
  152  reverseFlowStartMilliseconds (PEN 29305)                8
  153  reverseFlowEndMilliseconds   (PEN 29305)                8
+
+Options records (``options.py``; ``OPTION_ELEMENTS``), in v9 by the same
+numbers (RFC 3954's names in brackets):
+
+  10  ingressInterface       [INPUT_SNMP]      unsigned32     4
+  34  samplingInterval       [SAMPLING_INTERVAL] unsigned32   4   deprecated in IPFIX
+  35  samplingAlgorithm      [SAMPLING_ALGORITHM] unsigned8   1   1 deterministic; deprecated
+  40  exportedOctetTotalCount      [TOTAL_BYTES_EXP] unsigned64 8
+  41  exportedMessageTotalCount    [TOTAL_PKTS_EXP]  unsigned64 8
+  42  exportedFlowRecordTotalCount [TOTAL_FLOWS_EXP] unsigned64 8
+  82  interfaceName          [IF_NAME]         string         16 in v9, variable in IPFIX
+  83  interfaceDescription   [IF_DESC]         string         64
+ 144  exportingProcessId                       unsigned32     4   scope
+ 149  observationDomainId                      unsigned32     4   scope
+ 166  notSentFlowTotalCount                    unsigned64     8
+ 305  samplingPacketInterval                   unsigned32     4
+ 306  samplingPacketSpace                      unsigned32     4
+
+A string's ``fmt`` is ``"<n>s"`` (NUL-padded by ``struct``); ``options.py``
+encodes the variable-length form (RFC 7011 section 7) itself.
 """
 
 from __future__ import annotations
@@ -120,6 +140,23 @@ BIFLOW_ELEMENTS: dict[str, IE] = {
 }
 
 
+OPTION_ELEMENTS: dict[str, IE] = {
+    "ingressInterface": IE(10, 4, "I"),
+    "samplingInterval": IE(34, 4, "I"),
+    "samplingAlgorithm": IE(35, 1, "B"),
+    "exportedOctetTotalCount": IE(40, 8, "Q"),
+    "exportedMessageTotalCount": IE(41, 8, "Q"),
+    "exportedFlowRecordTotalCount": IE(42, 8, "Q"),
+    "interfaceName": IE(82, 16, "16s"),
+    "interfaceDescription": IE(83, 64, "64s"),
+    "exportingProcessId": IE(144, 4, "I"),
+    "observationDomainId": IE(149, 4, "I"),
+    "notSentFlowTotalCount": IE(166, 8, "Q"),
+    "samplingPacketInterval": IE(305, 4, "I"),
+    "samplingPacketSpace": IE(306, 4, "I"),
+}
+
+
 def element(name: str) -> IE:
     """The registry entry of ``name``; KeyError names the unknown element."""
     try:
@@ -128,5 +165,9 @@ def element(name: str) -> IE:
         pass
     try:
         return BIFLOW_ELEMENTS[name]
+    except KeyError:
+        pass
+    try:
+        return OPTION_ELEMENTS[name]
     except KeyError:
         raise KeyError(f"unknown information element {name!r}") from None

@@ -12,8 +12,10 @@ refresh), shared with NetFlow v9.  What is IPFIX's own:
   Domain by the Exporting Process, prior to the receipt of this IPFIX
   Message" (RFC 7011 section 3.1): template records do not count.  One
   encoder is one stream of one observation domain.
-- Template set id 2; data sets are not padded (RFC 7011 section 3.3.1 makes
-  padding optional).  Messages are at most 65535 bytes (the length field).
+- Template set id 2, Options Template Set id 3 (``options.py``; options
+  data records count in the sequence as any data record); data sets are not
+  padded (RFC 7011 section 3.3.1 makes padding optional).  Messages are at
+  most 65535 bytes (the length field).
 - Over UDP templates are resent periodically (RFC 7011 section 8.4); over
   TCP every connection must start with them (section 10.4):
   ``templates_message(now_ms, before=head)`` is the templates-only message
@@ -41,6 +43,7 @@ class IpfixEncoder(TemplateEncoder):
     """One per collector (per transport session): its own sequence and templates."""
 
     HEADER_SIZE = HEADER.size
+    VERSION = 10
     TEMPLATE_SET_ID = TEMPLATE_SET_ID
     PAD = 1
     MAX_SIZE_LIMIT = 65535
@@ -70,8 +73,12 @@ class IpfixEncoder(TemplateEncoder):
         Its sequence number is that of ``before`` (an IPFIX message of this
         encoder that will follow it on the connection), else the encoder's
         current one.  Counts as a template send (the refresh counters start
-        again); does not touch ``last_counts``."""
+        again); does not touch ``last_counts``.  With options, their
+        templates too, and their records go with the next message."""
         tset = template_set(self.TEMPLATE_SET_ID, self.templates, self.PAD)
+        if self.options is not None:
+            tset += b"".join(self.options.template_sets(self.PAD))
+            self.options.pending = True
         seq = self.sequence
         if before is not None and len(before) >= HEADER.size:
             seq = HEADER.unpack_from(before)[3]

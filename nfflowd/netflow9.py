@@ -13,7 +13,8 @@ What is v9's own:
 - Sequence: "Incremental sequence counter of all Export Packets sent from
   the current Observation Domain by the Exporter" - the number of datagrams
   this encoder made before this one (0, 1, 2, ...), mod 2**32.
-- Template FlowSet id 0; every FlowSet padded to 4 bytes with zeros, the
+- Template FlowSet id 0, Options Template FlowSet id 1 (``options.py``:
+  one options template per FlowSet); every FlowSet padded to 4 bytes with zeros, the
   FlowSet length including the padding (RFC 3954 section 5.3).
 - Times: absolute flowStartMilliseconds / flowEndMilliseconds (152/153) in
   the records instead of uptime-relative FIRST/LAST_SWITCHED (22/21), so a
@@ -42,6 +43,7 @@ class NetflowV9Encoder(TemplateEncoder):
     """One per collector (each collector sees its own sequence and templates)."""
 
     HEADER_SIZE = HEADER.size
+    VERSION = 9
     TEMPLATE_SET_ID = TEMPLATE_FLOWSET_ID
     PAD = 4
     MAX_SIZE_LIMIT = 65507      # the largest UDP/IPv4 payload; v9 has no length field

@@ -53,6 +53,11 @@ fit the datagram that opens with them go first in datagrams of their own
 record, as it did before the variants doubled the set).  A quiet
 exporter sends no data to carry them: ``refresh_templates(now_ms)``, called
 periodically, returns a templates-only datagram once the time refresh is due.
+
+Options (``attach_options``, ``options.ExporterOptions``): datagrams of
+options templates and records go just before each datagram that carries
+the templates, and between refreshes when the options are due (interfaces
+changed, their period passed); each counts 0 in ``last_counts``.
 """
 
 from __future__ import annotations
@@ -374,6 +379,7 @@ class TemplateEncoder:
         self.invalid = 0                # records skipped: bad family or values
         self.invalid_reasons: dict[str, int] = {}   # ``invalid`` by reason
         self.last_counts: list[int] = []  # data records per datagram of the last encode()
+        self.options = None             # options.ExporterOptions (attach_options)
 
     # What a flow item is (the fields its getters index) and which of them
     # carries each element: ``Flow`` here; biflow.BiflowIpfixEncoder's rows
@@ -410,6 +416,39 @@ class TemplateEncoder:
             chunks[-1].append(t)
         return [(template_set(self.TEMPLATE_SET_ID, c, self.PAD), len(c)) for c in chunks]
 
+    # -- options -----------------------------------------------------------------
+    VERSION = 0                         # 9 or 10: the subclass's
+
+    def attach_options(self, opts) -> None:
+        """Send ``opts`` (an ``options.ExporterOptions`` of this encoder's
+        version) with the templates and when due.  ValueError if
+        ``max_size`` cannot hold its largest set."""
+        if opts.version != self.VERSION:
+            raise ValueError(f"options of version {opts.version} for a v{self.VERSION} encoder")
+        need = self.HEADER_SIZE + opts.min_room(self.PAD)
+        if need > self.max_size:
+            raise ValueError(f"max_size must be at least {need} for the options")
+        self.options = opts
+
+    def _options_out(self, now_ms: int, boot_ms: int, out: list, counts: list,
+                     with_templates: bool) -> None:
+        """The options datagrams, appended to ``out`` (0 records each in
+        ``counts``).  Without ``with_templates`` only over a transport that
+        never refreshes templates (TCP: they went at its start)."""
+        with_templates = with_templates or bool(self.refresh_packets or self.refresh_ms)
+        for body, ntpl, ndata in self.options.bodies(now_ms, self.max_size - self.HEADER_SIZE,
+                                                     self.PAD, with_templates):
+            out.append(self._header(self.HEADER_SIZE + len(body), ntpl, ndata, now_ms, boot_ms)
+                       + body)
+            counts.append(0)
+            self.datagrams_sent += 1
+
+    def _options_between(self, now_ms: int, boot_ms: int, out: list, counts: list) -> None:
+        """Options due between template refreshes (the templates are known)."""
+        if (self.options is not None and self._templates_sent
+                and not self.templates_due(now_ms) and self.options.due(now_ms)):
+            self._options_out(now_ms, boot_ms, out, counts, False)
+
     # -- templates ---------------------------------------------------------------
     def force_templates(self) -> None:
         """Send the templates with the next datagram (and let ``encode`` return
@@ -437,11 +476,13 @@ class TemplateEncoder:
         exported learns the templates within the refresh period.  Nothing
         before the first templates (the first data carries them).  The
         datagram follows the sequence rules (v9 counts it, IPFIX does not
-        advance); ``last_counts`` is left alone."""
+        advance); ``last_counts`` is left alone.  The options datagrams go
+        before it, or alone when due."""
+        out: list[bytes] = []
         if not (self._templates_sent and self.refresh_ms
                 and not 0 <= now_ms - self._templates_ms < self.refresh_ms):
-            return []
-        out: list[bytes] = []
+            self._options_between(now_ms, boot_ms, out, [])
+            return out
         off, parts, _, tmpl = self._open(now_ms, boot_ms, out, [])
         self._close_packed(parts, off, tmpl, 0, now_ms, boot_ms, out, [])
         return out
@@ -584,6 +625,7 @@ class TemplateEncoder:
         instead of ~6.5 step by step."""
         out: list[bytes] = []
         counts: list[int] = []
+        self._options_between(now_ms, boot_ms, out, counts)
         max_size, hsize, pad = self.max_size, self.HEADER_SIZE, self.PAD
         parts: list = []
         off = 0                 # 0: no datagram open
@@ -648,9 +690,12 @@ class TemplateEncoder:
     def _open(self, now_ms: int, boot_ms: int, out: list, counts: list) -> tuple:
         """A new datagram, with the templates when due: (its length so far,
         its parts, data records, template records).  Templates that do not
-        fit it go first, in datagrams of their own (appended to ``out``)."""
+        fit it go first, in datagrams of their own (appended to ``out``),
+        after the options datagrams."""
         if not self.templates_due(now_ms):
             return self.HEADER_SIZE, [], 0, 0
+        if self.options is not None:
+            self._options_out(now_ms, boot_ms, out, counts, True)
         sets = self._template_sets
         for tset, n in sets[:-1]:
             self._close_packed([tset], self.HEADER_SIZE + len(tset), n, 0, now_ms, boot_ms, out,

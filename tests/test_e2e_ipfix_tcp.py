@@ -54,9 +54,14 @@ def ipfix_dump(path) -> tuple[str, str]:
 
 
 def counts(dump: str) -> dict:
-    """Template records and data records in an ipfixDump listing."""
+    """Template records, data records (flows and NAT events) and options
+    records (interface names, sampling, statistics: template ids from 512,
+    nfflowd.options) in an ipfixDump listing."""
+    tids = [int(t) for t in re.findall(r"^--- data record \d+ ---\nheader:\n\s*count:\s*\d+"
+                                       r"\s+tid:\s+(\d+)", dump, re.M)]
+    assert len(tids) == len(re.findall(r"^--- data record \d+ ---", dump, re.M)), dump
     return {"templates": len(re.findall(r"^--- template record ---", dump, re.M)),
-            "data": len(re.findall(r"^--- data record \d+ ---", dump, re.M))}
+            "data": sum(t < 512 for t in tids), "options": sum(t >= 512 for t in tids)}
 
 
 def data_records(path) -> int:
@@ -117,6 +122,10 @@ pidfile: {tmp_path}/nfflowd.pid
     assert c1["templates"] >= 2 and c2["templates"] >= 2, (one, two)
     assert c1["data"] == 2 * 2 + 2 * 2, one
     assert c2["data"] == 2 + 2, two
+    # the options (sampling, statistics, ...) on each connection, after
+    # their templates
+    assert c1["options"] >= 2 and c2["options"] >= 2, (one, two)
+    assert two.index("options template record") < two.index("tid:   513 (0x0201) \n")
     assert one.index("template record") < one.index("data record")
     assert two.index("template record") < two.index("data record")
     assert re.search(r"\.connects=2\b", text), text

@@ -21,9 +21,11 @@ import pytest
 from nfflowd import cli
 from nfflowd.app.meters import meter_file
 from nfflowd.meter import FlowTable
+from nfflowd.options import TID_EXPORTER_STATS
 
 from test_netflow9 import (free_udp_port, local_nfcapd, needs_nfcapd, nfdump_rows,
                           pypi_decode_v9)
+from test_options import read as read_options
 from test_packet import eth, ipv4, udp
 from test_pcapfile import epb, idb, shb
 
@@ -319,12 +321,17 @@ def test_a_flow_the_encoders_refuse_is_reported_and_fails(tmp_path, capsys, tsre
     finally:
         v9.close()
         v10.close()
-    # what went out: templates only (v9 FlowSet 0, IPFIX set 2), no data set
-    assert len(got9) == len(got10) == 1
-    assert got9[0][20:22] == b"\0\0" and len(got9[0]) == 20 + struct.unpack_from(
-        "!H", got9[0], 22)[0]
-    assert got10[0][16:18] == b"\0\2" and len(got10[0]) == 16 + struct.unpack_from(
-        "!H", got10[0], 18)[0]
+    # what went out: the options, then templates only (v9 FlowSet 0, IPFIX
+    # set 2), no data set; the options' statistics count the refused record
+    assert len(got9) == len(got10) == 2
+    assert got9[1][20:22] == b"\0\0" and len(got9[1]) == 20 + struct.unpack_from(
+        "!H", got9[1], 22)[0]
+    assert got10[1][16:18] == b"\0\2" and len(got10[1]) == 16 + struct.unpack_from(
+        "!H", got10[1], 18)[0]
+    for version, got in ((9, got9), (10, got10)):
+        stats = read_options(version, got[:1]).by_template(TID_EXPORTER_STATS)
+        assert [(s["exportedFlowRecordTotalCount"], s["notSentFlowTotalCount"])
+                for s in stats] == [(0, 1)]
     n9, n10 = f"127.0.0.1:{v9.port}/v9", f"127.0.0.1:{v10.port}/v10"
     assert rc == 1, err
     assert "1 IP packets" in err

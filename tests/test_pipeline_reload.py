@@ -99,7 +99,8 @@ def test_reload_keeps_what_did_not_change_and_counts_on(parts):
         seq9 = e9.encoder.sequence
         p.apply(p.prepare(cfg(v5, v9, s2, v9_records=("flows", "nat_events"))))
         assert p.exporters[0] is e5 and p.exporters[1] is not e9
-        assert p.exporters[1].encoder.sequence == seq9 == 2
+        # (each v9 exporter's first datagram is its options: nfflowd.options)
+        assert p.exporters[1].encoder.sequence == seq9 == 3
         p.export(FlowBatch.from_flows(flows(1)), [], NOW_NS, UPTIME_MS)
         last = p.summary()
     finally:
@@ -107,14 +108,14 @@ def test_reload_keeps_what_did_not_change_and_counts_on(parts):
     n5, n9 = f"127.0.0.1:{v5.port}/v5", f"127.0.0.1:{v9.port}/v9"
     assert first[f"{n5}.records"] == 6 and first[f"{n9}.records"] == 4
     assert last[f"{n5}.records"] == 12 and last[f"{n9}.records"] == 8
-    assert last["syslog_lines"] == 12 and last[f"{n9}.datagrams"] == 3
+    assert last["syslog_lines"] == 12 and last[f"{n9}.datagrams"] == 3 + 2
     for k, v in first.items():
         if isinstance(v, int) and k != "syslog_backlog":
             assert last[k] >= v, (k, v, last[k])
     # on the wire: v5 flow_sequence and v9 sequence with no restart
     v5_seq = [struct.unpack_from("!I", d, 16)[0] for d in v5.recv_all()]
     v9_seq = [struct.unpack_from("!I", d, 12)[0] for d in v9.recv_all()]
-    assert v5_seq == [0, 6, 9] and v9_seq == [0, 1, 2], (v5_seq, v9_seq)
+    assert v5_seq == [0, 6, 9] and v9_seq == [0, 1, 2, 3, 4], (v5_seq, v9_seq)
     assert len(s1.sock.recv(4096)) and len(s2.sock.recv(4096))
 
 

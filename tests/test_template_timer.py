@@ -185,3 +185,6 @@ pidfile: {tmp_path}/nfflowd.pid
     assert "warn" not in err.lower() and "sequence" not in err.lower(), err
     c = counts(dump)
     assert c["data"] == 8 and c["templates"] >= 6 * (1 + 2), (c, dump)
+    # the options records (sampling, statistics, interface names) with
+    # every refresh
+    assert c["options"] >= 2 * (1 + 2), (c, dump)

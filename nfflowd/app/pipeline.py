@@ -4,7 +4,9 @@ Strategy: a dialect table maps each collector's NetFlow version to the exporter
 that speaks it (v5: the flow-tools triplet; v9 and IPFIX: one record per
 direction with both sides of the translation, and NAT session events); each
 collector gets its own encoder (its own sequence numbers and templates) and its
-own socket.  The flow-tools view is computed once per batch and
+own socket.  v9 and IPFIX collectors also get options records
+(``nfflowd.options``): the interface names (``Pipeline.set_links``), the
+sampling (none: an interval of 1) and the exporter's own counters.  The flow-tools view is computed once per batch and
 shared by the v5 encoders and the syslog mirror, so the CSV line and the v5
 record always carry the same values.  Nothing here raises on the data path:
 send failures are counted by the sinks.
@@ -27,6 +29,7 @@ from nfflowd.flowtools import expand
 from nfflowd.ipfix import IpfixEncoder
 from nfflowd.netflow5 import V5Encoder, record_count
 from nfflowd.netflow9 import NetflowV9Encoder
+from nfflowd.options import ExporterOptions
 from nfflowd.io.syslog import SyslogSink
 
 if TYPE_CHECKING:
@@ -52,6 +55,9 @@ class V5Exporter:
 
     def tick(self, now_ns: int) -> None:
         """Nothing is held back here (see BiflowExporter.tick)."""
+
+    def set_links(self, links: dict) -> None:
+        """NetFlow v5 has no options: nothing to do."""
 
     @property
     def stream(self) -> tuple:
@@ -101,6 +107,20 @@ class TemplateExporter:
                                                               before=head))
         else:
             self.sink = UdpCollector(collector.host, collector.port, source=ex.source)
+        enc.options.stats = self.option_stats
+
+    def option_stats(self) -> tuple:
+        """For the exporter statistics options record: messages and bytes
+        handed to the kernel, records sent, records not sent (dropped by
+        the sink or refused by the encoder)."""
+        s = self.sink
+        messages = s.messages_sent if isinstance(s, TcpCollector) else s.datagrams_sent
+        return (messages, s.bytes_sent, s.records_sent, s.records_dropped + self.encoder.invalid)
+
+    def set_links(self, links: dict) -> None:
+        """The interface names ``{ifindex: (name, description)}``: sent in
+        the options at the next chance if they changed."""
+        self.encoder.options.set_links(links)
 
     @classmethod
     def make_encoder(cls, collector: Collector, ex: ExportConfig, vlan: bool = False):
@@ -116,9 +136,13 @@ class TemplateExporter:
             # RFC 7011 10.4: templates once at the start of every connection
             # (TcpCollector asks for them), not on a schedule
             kw.update(template_refresh_packets=0, template_refresh_seconds=0)
+        domain = _domain(collector, ex)
         if collector.version == 9:
-            return NetflowV9Encoder(_domain(collector, ex), **kw)
-        return cls.IPFIX_ENCODER(_domain(collector, ex), **kw)
+            enc = NetflowV9Encoder(domain, **kw)
+        else:
+            enc = cls.IPFIX_ENCODER(domain, **kw)
+        enc.attach_options(ExporterOptions(collector.version, domain))
+        return enc
 
     def export(self, flows, nat_events, ft_records, now_ns: int, boot_ms: int) -> None:
         enc = self.encoder
@@ -311,6 +335,7 @@ class Pipeline:
         self.use_archive = archive
         self.archive = None
         self._settings: list = []           # each exporter's settings (_settings_of)
+        self.links: dict = {}               # set_links: {ifindex: (name, description)}
         self._retired: dict[str, int] = {}  # counters of closed exporters and mirrors
 
     def open(self) -> None:
@@ -354,6 +379,7 @@ class Pipeline:
                        if c.biflow else cls(c, cfg, self.vlan))
                 built.append(exp)
                 exporters[i] = exp
+                exp.set_links(self.links)
                 if leaving.get(c.name):
                     follows.append((exp, leaving[c.name].pop(0)))
                 if exp.sink.bind_problem is not None:
@@ -439,6 +465,18 @@ class Pipeline:
             if not isinstance(v, (int, float)):
                 self._retired.pop(k, None)      # a text: the latest
             _add(self._retired, k, v)
+
+    def set_links(self, links: dict) -> None:
+        """The interfaces ``{ifindex: (name, description)}`` (this host's
+        links, or the packet meter's capture interfaces): every v9 and
+        IPFIX collector gets them in an options template (interfaceName,
+        interfaceDescription by index) at the next tick or export, and
+        again with every template refresh.  ValueError for an index out
+        of 1-4294967295."""
+        links = dict(links)
+        for exp in self.exporters:
+            exp.set_links(links)
+        self.links = links
 
     @property
     def wants_nat_events(self) -> bool:
