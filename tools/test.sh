@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS="iproute2 nftables conntrack nfdump tshark libfixbuf-tools softflowd rsyslog procps iputils-ping systemd logrotate tcpdump libpcap0.8 libconfig-general-perl clickhouse-server"
+PKGS="iproute2 nftables conntrack nfdump tshark libfixbuf-tools softflowd rsyslog procps iputils-ping systemd logrotate tcpdump libpcap0.8 libconfig-general-perl clickhouse-server pmacct"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
