@@ -153,6 +153,16 @@ def frames(pcap, port, fields, check=True) -> list[dict]:
     return out
 
 
+# a field of each kind of options record (nfflowd.options): sampling,
+# exporter statistics, interface name
+OPTIONS_FIELDS = ("cflow.sampling_interval", "cflow.notsent_flows", "cflow.if_name")
+
+
+def options_records(frame: dict) -> int:
+    """The options data records of a frame (``frames`` with OPTIONS_FIELDS)."""
+    return sum(len(frame[k]) for k in OPTIONS_FIELDS)
+
+
 def exported(pcap) -> tuple[int, dict]:
     """(datagrams read, {port: Counter of flow records, NAT creates and
     deletes}) captured so far - one tshark run for both ports."""
@@ -507,9 +517,10 @@ def test_capture_complete_and_clean(run_result):
     assert r.capture.dropped == 0, "".join(r.capture.log)
     c = r.counters
     v9 = frames(r.pcap, PORT9, ["cflow.version", "cflow.sequence", "cflow.count",
-                                "cflow.octets", "cflow.nat_event", "cflow.template_id"])
+                                "cflow.octets", "cflow.nat_event", "cflow.template_id",
+                                *OPTIONS_FIELDS])
     v10 = frames(r.pcap, PORT10, ["cflow.version", "cflow.sequence", "cflow.len", "udp.length",
-                                  "cflow.octets", "cflow.nat_event"])
+                                  "cflow.octets", "cflow.nat_event", *OPTIONS_FIELDS])
     assert len(v9) == c[f"127.0.0.1:{PORT9}/v9.datagrams"] > 0, (len(v9), c)
     assert len(v10) == c[f"127.0.0.1:{PORT10}/v10.datagrams"] > 0, (len(v10), c)
     assert c[f"127.0.0.1:{PORT9}/v9.send_errors"] == c[f"127.0.0.1:{PORT10}/v10.send_errors"] == 0
@@ -518,14 +529,18 @@ def test_capture_complete_and_clean(run_result):
     assert all(f["cflow.version"] == ["9"] for f in v9)
     assert all(f["cflow.version"] == ["10"] for f in v10)
     assert [int(f["cflow.sequence"][0]) for f in v9] == list(range(len(v9)))
-    # v9 count: template records and data records (RFC 3954 section 5.1)
+    # v9 count: template records and data records (RFC 3954 section 5.1),
+    # the options' included
     assert [int(f["cflow.count"][0]) for f in v9] == [
         len(f["cflow.octets"]) + len(f["cflow.nat_event"]) + len(f["cflow.template_id"])
-        for f in v9]
+        + options_records(f) for f in v9]
+    assert sum(map(options_records, v9)) and sum(map(options_records, v10))
     assert sum(len(f["cflow.octets"]) + len(f["cflow.nat_event"]) for f in v9) == \
         c[f"127.0.0.1:{PORT9}/v9.records"]
     records = [len(f["cflow.octets"]) + len(f["cflow.nat_event"]) for f in v10]
-    assert [int(f["cflow.sequence"][0]) for f in v10] == [sum(records[:i])
+    # the IPFIX sequence counts every data record, options records too
+    with_options = [n + options_records(f) for n, f in zip(records, v10)]
+    assert [int(f["cflow.sequence"][0]) for f in v10] == [sum(with_options[:i])
                                                           for i in range(len(v10))]
     assert all(int(f["cflow.len"][0]) == int(f["udp.length"][0]) - 8 for f in v10)
     assert sum(records) == c[f"127.0.0.1:{PORT10}/v10.records"]
@@ -594,8 +609,8 @@ def test_ipfix_stream_reads_in_ipfixdump(run_result, tmp_path):
     """The IPFIX messages as sent, one after the other in a file, are read by
     libfixbuf without error or warning (sequence numbers included)."""
     r = run_result
-    msgs = [bytes.fromhex(f["udp.payload"][0])
-            for f in frames(r.pcap, PORT10, ["udp.payload"])]
+    got = frames(r.pcap, PORT10, ["udp.payload", *OPTIONS_FIELDS])
+    msgs = [bytes.fromhex(f["udp.payload"][0]) for f in got]
     stream = tmp_path / "ipfix.stream"
     stream.write_bytes(b"".join(msgs))
     res = run("ipfixDump", "--in", stream, check=False, timeout=60)
@@ -603,7 +618,7 @@ def test_ipfix_stream_reads_in_ipfixdump(run_result, tmp_path):
     assert res.returncode == 0, text
     for word in ("error", "warning", "out of sequence", "missing template", "illegal"):
         assert word not in text.lower(), text
-    records = r.counters[f"127.0.0.1:{PORT10}/v10.records"]
+    records = r.counters[f"127.0.0.1:{PORT10}/v10.records"] + sum(map(options_records, got))
     assert f"{len(msgs)} Messages, {records} Data Records" in text, text
     domains = re.findall(r"observation domain id: (\d+)", text)
     assert domains == [str(DOMAIN10)] * len(msgs), domains
