@@ -253,6 +253,35 @@ def test_live_records_carry_the_interfaces_index(veth, tmp_path):
         [[str(u4[1]), str(PORT), str(index), "0"], [str(PORT), str(u4[1]), str(index), "0"]])
 
 
+@pytest.mark.parametrize("version", [9, 10])
+def test_live_meter_names_its_interface_in_the_options(veth, tmp_path, version):
+    """``-i vb`` to a v9/IPFIX collector: the options name vb by its index in
+    the meter's namespace (the index its records carry), and say that
+    nothing is sampled (nfflowd.options)."""
+    from test_options import read as read_options
+    from test_template_timer import datagrams, udp_receiver
+    veth.ns(veth.fw, "ip", "link", "add", "vx0", "type", "veth", "peer", "name", "vx1")
+    index = int(veth.ns(veth.fw, "cat", "/sys/class/net/vb/ifindex").stdout)
+    received = tmp_path / "received.bin"
+    receiver = udp_receiver(veth, received, 9998, lifetime=30)
+    server = veth.spawn(veth.fw, sys.executable, PEER_PY, "serve", METER4,
+                        "--port", PORT, "--lifetime", 30)
+    assert "READY" in server.stdout.readline()
+    m = Meter(veth, tmp_path, 9998, "--bpf", "udp", "-n", "2", version=version)
+    m.wait_ready()
+    peer(veth, "udp", METER4, PORT, 50, 1)
+    assert m.finish(sig=None) == 0, m.err               # it stops by itself
+    try:
+        assert wait_for(lambda: len(datagrams(received)) >= 2, timeout=10)
+    finally:
+        stop(receiver)
+    r = read_options(version, datagrams(received))
+    scope = "scope:Interface" if version == 9 else "scope:ingressInterface"
+    assert r.by_template(512) == [{scope: index, "ingressInterface": index,
+                                   "interfaceDescription": "vb", "interfaceName": "vb"}]
+    assert [x["samplingInterval"] for x in r.by_template(513)] == [1]
+
+
 def test_bad_filter_or_interface_on_live_capture(veth, tmp_path):
     conf = tmp_path / "c.yaml"
     conf.write_text("export:\n  collectors: []\nsyslog:\n  enabled: false\n")

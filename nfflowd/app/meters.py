@@ -444,11 +444,9 @@ def run_interface(cfg: Config, iface: str, table, bpf: str | None = None,
         return Status.FAILED
     table.in_if = capture.ifindex       # every record's ingress: the interface metered
     sink = Exporter(cfg, print_csv, sys.stdout if out is None else out, table)
-    try:
-        # the options template names the capture interface by its own index
-        sink.pipeline.set_links({socketmod.if_nametoindex(iface): (iface, "")})
-    except OSError:
-        pass                        # gone since the capture opened: no name to send
+    # the options template names the capture interface, by the index its
+    # records carry
+    sink.pipeline.set_links({capture.ifindex: (iface, "")})
     bar = Progress(progress)
     flags = {"stop": False, "report": False}
     r, w = socketmod.socketpair()
