@@ -30,6 +30,7 @@ from nfflowd.record import END_OF_FLOW, ORIGINAL, Flow, FlowBatch
 from test_netflow5 import write_pcap
 from test_netflow9 import (free_udp_port, needs_nfcapd, needs_tshark, nfcapd_files,
                            tshark_fields, tshark_problems)
+from test_pipeline_reload import Udp
 
 T0 = 1_700_000_000_000
 BOOT = T0 - 3_600_000
@@ -308,23 +309,6 @@ def test_many_interfaces_are_cut_into_datagrams():
 
 
 # -- the pipeline: links and counters -------------------------------------------
-
-class Udp:
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(2)
-        self.port = self.sock.getsockname()[1]
-
-    def recv_all(self) -> list[bytes]:
-        out = []
-        self.sock.settimeout(0.3)
-        try:
-            while True:
-                out.append(self.sock.recv(65535))
-        except socket.timeout:
-            return out
-
 
 def test_pipeline_sends_links_and_its_counters(tmp_path):
     v9, ipfix = Udp(), Udp()
