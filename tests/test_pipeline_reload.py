@@ -114,8 +114,15 @@ def test_reload_keeps_what_did_not_change_and_counts_on(parts):
             assert last[k] >= v, (k, v, last[k])
     # on the wire: v5 flow_sequence and v9 sequence with no restart
     v5_seq = [struct.unpack_from("!I", d, 16)[0] for d in v5.recv_all()]
-    v9_seq = [struct.unpack_from("!I", d, 12)[0] for d in v9.recv_all()]
+    got9 = v9.recv_all()
+    v9_seq = [struct.unpack_from("!I", d, 12)[0] for d in got9]
     assert v5_seq == [0, 6, 9] and v9_seq == [0, 1, 2, 3, 4], (v5_seq, v9_seq)
+    # the options' exporter statistics continue too: the new exporter's
+    # first counts the old one's 3 datagrams and 6 records
+    from test_options import read
+    stats = read(9, got9).by_template(514)
+    assert [(x["exportedMessageTotalCount"], x["exportedFlowRecordTotalCount"])
+            for x in stats] == [(0, 0), (3, 6)]
     assert len(s1.sock.recv(4096)) and len(s2.sock.recv(4096))
 
 

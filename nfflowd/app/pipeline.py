@@ -108,14 +108,17 @@ class TemplateExporter:
         else:
             self.sink = UdpCollector(collector.host, collector.port, source=ex.source)
         enc.options.stats = self.option_stats
+        self.carried = (0, 0, 0, 0)     # option_stats of the exporters this one follows
 
     def option_stats(self) -> tuple:
         """For the exporter statistics options record: messages and bytes
         handed to the kernel, records sent, records not sent (dropped by
-        the sink or refused by the encoder)."""
+        the sink or refused by the encoder), with those of the exporter of
+        the same stream that this one replaced (``carried``)."""
         s = self.sink
         messages = s.messages_sent if isinstance(s, TcpCollector) else s.datagrams_sent
-        return (messages, s.bytes_sent, s.records_sent, s.records_dropped + self.encoder.invalid)
+        now = (messages, s.bytes_sent, s.records_sent, s.records_dropped + self.encoder.invalid)
+        return tuple(a + b for a, b in zip(now, self.carried))
 
     def set_links(self, links: dict) -> None:
         """The interface names ``{ifindex: (name, description)}``: sent in
@@ -443,9 +446,11 @@ class Pipeline:
                 self._retire(self._exporter_summary(exp))
         for exp, old in plan.follows:
             # a collector whose settings changed: the same stream to it
-            # continues its sequence (closed first: biflow sends what it held)
+            # continues its sequence and its options' statistics (closed
+            # first: biflow sends what it held)
             if exp.stream == old.stream:
                 exp.encoder.sequence = old.encoder.sequence
+                exp.carried = old.option_stats()
         if self.mirror is not None and self.mirror is not plan.mirror:
             self.mirror.close()
             self._retire(self._mirror_summary(self.mirror))
