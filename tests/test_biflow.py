@@ -412,9 +412,15 @@ def test_max_size_must_hold_the_biflow_templates():
 FIELD = re.compile(r"^\s*\(([\d/]+)\)\s+(\w+) : (.*?)\s*$")
 
 
+TID = re.compile(r"^\s*count:\s*\d+\s+tid:\s+(\d+)")
+OPTIONS_TIDS = range(512, 515)      # nfflowd.options: interface names, sampling, statistics
+
+
 def ipfixdump(path: Path, datagrams) -> tuple[list[dict], str]:
     """The data records ipfixDump reads from ``datagrams`` (one file), as
-    dicts of element name -> value text, and its whole output."""
+    dicts of element name -> value text, and its whole output.  The options
+    records (nfflowd.options) are left out: ``options_records(text)``
+    counts them."""
     path.write_bytes(b"".join(datagrams))
     res = subprocess.run(["ipfixDump", "--in", str(path)], capture_output=True, text=True,
                          timeout=60)
@@ -427,10 +433,20 @@ def ipfixdump(path: Path, datagrams) -> tuple[list[dict], str]:
             if cur is not None:
                 records.append(cur)
             continue
+        m = TID.match(line)
+        if m and cur is not None and int(m.group(1)) in OPTIONS_TIDS:
+            records.pop()
+            cur = None
         m = FIELD.match(line)
         if m and cur is not None:
             cur[m.group(2)] = m.group(3)
     return records, text
+
+
+def options_records(text: str) -> int:
+    """The options data records in an ipfixDump listing."""
+    return sum(int(m.group(1)) in OPTIONS_TIDS
+               for m in (TID.match(line) for line in text.splitlines()) if m)
 
 
 def assert_ipfixdump_clean(text: str) -> None:

@@ -36,9 +36,11 @@ from pathlib import Path
 
 import pytest
 
-from test_biflow import assert_ipfixdump_clean, assert_reverse_elements_listed, ipfixdump
+from test_biflow import (assert_ipfixdump_clean, assert_reverse_elements_listed, ipfixdump,
+                         options_records)
 from test_netflow5 import write_pcap
 from test_netflow9 import _port_taken, free_udp_port
+from test_options import OPTIONS_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
 PCAPS = ROOT / "tests" / "data" / "pcaps"
@@ -233,7 +235,9 @@ def test_ipfixdump_reads_both_streams_cleanly(run, decoded):
     assert uni, run["stderr"]
     n_flows = int(re.search(r"(\d+) flows exported", run["stderr"]).group(1))
     assert len(uni) == n_flows
-    assert f"{len(run['bi'])} Messages, {len(bi)} Data Records" in bi_text
+    n = len(bi) + options_records(bi_text)
+    assert options_records(bi_text) and options_records(uni_text)
+    assert f"{len(run['bi'])} Messages, {n} Data Records" in bi_text
     assert_reverse_elements_listed(bi_text)
 
 
@@ -286,7 +290,8 @@ def test_vlan_ids_survive_the_pairing(tmp_path_factory):
 
 def tshark_flows(pcap: Path, port: int) -> list[dict]:
     """Each flow record tshark's cflow dissector shows: forward and reverse
-    octets and packets (the reverse ones marked "Reverse" by tshark)."""
+    octets and packets (the reverse ones marked "Reverse" by tshark); not
+    the options records (nfflowd.options)."""
     res = subprocess.run(["tshark", "-r", str(pcap), "-d", f"udp.port=={port},cflow",
                           "-T", "pdml"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -297,14 +302,17 @@ def tshark_flows(pcap: Path, port: int) -> list[dict]:
         rec = {"octets": [], "packets": []}
         for f in flow.iter("field"):
             name, shown = f.get("name"), f.get("showname", "")
-            if name in ("cflow.octets", "cflow.packets"):
+            if name in OPTIONS_FIELDS:
+                rec["options"] = True
+            elif name in ("cflow.octets", "cflow.packets"):
                 side = "rev" if "Reverse" in shown else "fwd"
                 rec[name[6:]].append((side, int(f.get("show"))))
             elif name in ("cflow.srcaddr", "cflow.srcaddrv6"):
                 rec["src"] = ipaddress.ip_address(f.get("show"))
             elif name == "cflow.biflow_direction":
                 rec["dir"] = int(f.get("show"))
-        out.append(rec)
+        if not rec.pop("options", False):
+            out.append(rec)
     return out
 
 

@@ -48,6 +48,7 @@ import pytest
 from natlab import (LAN4, LAN6, WAN4, WAN6, Capture, NatLab, Nfcapd, run, skip_reason, stop,
                     udp_listening, wait_for)
 from test_e2e_nat import in_lab, start_nfflowd
+from test_options import OPTIONS_FIELDS, options_records
 
 _reason = skip_reason()
 for _tool, _pkg in (("nfcapd", "nfdump"), ("nfdump", "nfdump"), ("dumpcap", "wireshark-common"),
@@ -151,16 +152,6 @@ def frames(pcap, port, fields, check=True) -> list[dict]:
             continue                # a frame cut short while the capture runs
         out.append({f: [x for x in v.split(";") if x] for f, v in zip(fields, vals)})
     return out
-
-
-# a field of each kind of options record (nfflowd.options): sampling,
-# exporter statistics, interface name
-OPTIONS_FIELDS = ("cflow.sampling_interval", "cflow.notsent_flows", "cflow.if_name")
-
-
-def options_records(frame: dict) -> int:
-    """The options data records of a frame (``frames`` with OPTIONS_FIELDS)."""
-    return sum(len(frame[k]) for k in OPTIONS_FIELDS)
 
 
 def exported(pcap) -> tuple[int, dict]:

@@ -141,6 +141,17 @@ def read(version: int, datagrams) -> Reader:
     return r
 
 
+# tshark's cflow fields of each kind of options record: sampling, exporter
+# statistics, interface name
+OPTIONS_FIELDS = ("cflow.sampling_interval", "cflow.notsent_flows", "cflow.if_name")
+
+
+def options_records(frame: dict) -> int:
+    """The options records of a frame: ``frame`` maps OPTIONS_FIELDS to the
+    lists of their values (tshark's fields, one value per record)."""
+    return sum(len(frame[k]) for k in OPTIONS_FIELDS)
+
+
 # -- the bytes, pinned -----------------------------------------------------------
 
 def _case_first(version, links):
