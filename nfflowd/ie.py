@@ -58,10 +58,10 @@ Biflow (RFC 5103), IPFIX only (NetFlow v9 has no enterprise elements):
  152  reverseFlowStartMilliseconds (PEN 29305)                8
  153  reverseFlowEndMilliseconds   (PEN 29305)                8
 
-Options records (``options.py``; ``OPTION_ELEMENTS``), in v9 by the same
-numbers (RFC 3954's names in brackets):
+Options records (``options.py``; ``OPTION_ELEMENTS``, and ingressInterface
+above as a scope and as a field), in v9 by the same numbers (RFC 3954's
+names in brackets):
 
-  10  ingressInterface       [INPUT_SNMP]      unsigned32     4
   34  samplingInterval       [SAMPLING_INTERVAL] unsigned32   4   deprecated in IPFIX
   35  samplingAlgorithm      [SAMPLING_ALGORITHM] unsigned8   1   1 deterministic; deprecated
   40  exportedOctetTotalCount      [TOTAL_BYTES_EXP] unsigned64 8
@@ -141,7 +141,6 @@ BIFLOW_ELEMENTS: dict[str, IE] = {
 
 
 OPTION_ELEMENTS: dict[str, IE] = {
-    "ingressInterface": IE(10, 4, "I"),
     "samplingInterval": IE(34, 4, "I"),
     "samplingAlgorithm": IE(35, 1, "B"),
     "exportedOctetTotalCount": IE(40, 8, "Q"),
