@@ -358,28 +358,10 @@ def test_pipeline_sends_links_and_its_counters(tmp_path):
 # -- read back by real collectors ------------------------------------------------
 
 def flows_with_interfaces(version: int) -> list[bytes]:
-    """The options datagrams of LINKS, then a flow from interface 2 to 3 in a
-    template of its own (ingressInterface, egressInterface), written here so
-    that the test stands on the options alone."""
-    enc = encoder(version)
-    out: list[bytes] = []
-    enc._options_out(T0, BOOT, out, [], True)
-    ip = ipaddress.ip_address
-    fields = ((8, 4), (12, 4), (10, 4), (14, 4), (2, 8), (1, 8), (152, 8), (153, 8), (4, 1))
-    tpl = struct.pack("!HH", 300, len(fields)) + b"".join(struct.pack("!HH", *f) for f in fields)
-    rec = (ip("198.51.100.7").packed + ip("203.0.113.9").packed
-           + struct.pack("!IIQQQQB", 2, 3, 5, 500, T0 - 3000, T0 - 1000, 6))
-    pad = 4 if version == 9 else 1
-    sets = b""
-    for sid, body in ((0 if version == 9 else 2, tpl), (300, rec)):
-        n = 4 + len(body)
-        n += -n % pad
-        sets += struct.pack("!HH", sid, n) + body + bytes(n - 4 - len(body))
-    if version == 9:
-        head = struct.pack("!HHIIII", 9, 2, 3_600_000, T0 // 1000, enc.sequence, 7)
-    else:
-        head = struct.pack("!HHIII", 10, 16 + len(sets), T0 // 1000, enc.sequence, 7)
-    return out + [head + sets]
+    """The datagrams of one flow from interface 2 to 3: the options of LINKS
+    first (their datagrams), then the flow's."""
+    f = flow()._replace(in_if=2, out_if=3)
+    return encode(encoder(version), [f])
 
 
 @needs_tshark
