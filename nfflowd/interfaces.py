@@ -162,7 +162,8 @@ class Interfaces:
     def __init__(self, method: str = "route", mapping=None):
         self.links: dict[int, tuple[str, str]] = {}
         self._addrs: dict = {}          # (family, index, address) -> True
-        self._routes: dict = {}         # (family, table, dst int, plen, tos, priority, oif) -> kind
+        # (family, table, dst int, plen, tos, priority) -> {oif: kind}
+        self._routes: dict = {}
         self._cache: dict[bytes, int] = {}
         self._dirty = True
         self._tables: dict = {}         # family -> (local _Table, main _Table)
@@ -227,9 +228,11 @@ class Interfaces:
         link goes down or away; every route and address of a link that
         went."""
         routes = self._routes
-        gone = [k for k in routes if k[6] == index and (k[0] == 4 or not down_only)]
-        for k in gone:
-            del routes[k]
+        for head in [h for h, hops in routes.items()
+                     if index in hops and (h[0] == 4 or not down_only)]:
+            del routes[head][index]
+            if not routes[head]:
+                del routes[head]
         if not down_only:
             for k in [k for k in self._addrs if k[1] == index]:
                 del self._addrs[k]
@@ -241,14 +244,19 @@ class Interfaces:
         net = int.from_bytes(m.dst, "big") if m.dst else 0
         head = (m.family, m.table, net, m.dst_len, m.tos, m.priority)
         routes = self._routes
-        if not m.add or m.replace:
-            if m.add or (*head, m.oif) not in routes:
-                for k in [k for k in routes if k[:6] == head]:
-                    del routes[k]
-            else:
-                del routes[(*head, m.oif)]
         if m.add:
-            routes[(*head, m.oif)] = m.kind
+            if m.replace or head not in routes:
+                routes[head] = {m.oif: m.kind}
+            else:
+                hops = routes[head]
+                hops.pop(m.oif, None)       # (re-added: now the latest)
+                hops[m.oif] = m.kind
+        elif head in routes:
+            hops = routes[head]
+            if hops.pop(m.oif, None) is None:
+                hops.clear()                # (the kernel's key has no interface)
+            if not hops:
+                del routes[head]
         self._dirty = True
 
     def _rebuild(self) -> None:
@@ -257,18 +265,23 @@ class Interfaces:
         for (family, _idx, address) in self._addrs:
             local[family][(int.from_bytes(address, "big"), _BITS[family])] = 0
         # (sorted: of two routes to one prefix the lower priority wins)
-        for (family, table, net, plen, _tos, _prio, oif), kind in sorted(
+        for (family, table, net, plen, _tos, _prio), hops in sorted(
                 self._routes.items(), key=lambda kv: -kv[0][5]):
-            if table == RT_TABLE_LOCAL or kind == RTN_LOCAL:
-                if kind in (RTN_LOCAL, RTN_BROADCAST):
-                    local[family][(net, plen)] = 0
-            elif table == RT_TABLE_MAIN:
-                # unicast: its interface; blackhole, unreachable, ...: none
-                main[family][(net, plen)] = oif if kind == RTN_UNICAST else 0
+            for oif, kind in hops.items():
+                self._place(local, main, family, table, net, plen, oif, kind)
         self._tables = {f: (_Table(f, local[f]), _Table(f, main[f])) for f in (4, 6)}
         self._ranges = {}               # family -> _Ranges, made at the first block
         self._cache.clear()
         self._dirty = False
+
+    @staticmethod
+    def _place(local, main, family, table, net, plen, oif, kind) -> None:
+        if table == RT_TABLE_LOCAL or kind == RTN_LOCAL:
+            if kind in (RTN_LOCAL, RTN_BROADCAST):
+                local[family][(net, plen)] = 0
+        elif table == RT_TABLE_MAIN:
+            # unicast: its interface; blackhole, unreachable, ...: none
+            main[family][(net, plen)] = oif if kind == RTN_UNICAST else 0
 
     def _answer(self, family: int, a: int) -> int:
         local, main = self._tables[family]
@@ -376,10 +389,11 @@ class Interfaces:
         """What is held, for ``check`` and the logs."""
         routes = {4: 0, 6: 0}
         local = 0
-        for k, kind in self._routes.items():
-            if k[1] == RT_TABLE_MAIN and kind != RTN_LOCAL:
-                routes[k[0]] += 1
-            else:
-                local += 1
+        for head, hops in self._routes.items():
+            for kind in hops.values():
+                if head[1] == RT_TABLE_MAIN and kind != RTN_LOCAL:
+                    routes[head[0]] += 1
+                else:
+                    local += 1
         return {"links": len(self.links), "routes4": routes[4], "routes6": routes[6],
                 "local": local + len(self._addrs), "cached": len(self._cache)}
