@@ -194,6 +194,7 @@ class Run:
     def __init__(self, lab, catcher, collector):
         self.lab, self.catcher, self.collector = lab, catcher, collector
         self.expected: dict[tuple, tuple[int, int]] = {}
+        self.post_nat: set[tuple] = set()      # keys of the post-NAT view (v5, CSV only)
 
     def connect(self, ns, proto, addr, port, pair):
         local = self.lab.client(ns, proto, addr, port)
@@ -202,8 +203,11 @@ class Run:
                       if (norm(e.orig["src"]), e.orig.get("sport"), e.proto)
                       == (norm(local[0]), local[1], pnum)), None)
         assert entry is not None, (ns, proto, addr, local, self.lab.conntrack())
-        for key in record_keys(entry):
+        keys = record_keys(entry)
+        for key in keys:
             self.expected[key[:5]] = pair[::-1] if key[5] else pair
+        if len(keys) == 3:
+            self.post_nat.add(keys[1][:5])
 
     def csv_rows(self):
         out = {}
@@ -334,3 +338,45 @@ def test_reload_turns_the_lookup_on_and_off(lab, tmp_path):
     daemon.log_reader.join(5)
     assert daemon.returncode == 0, "".join(log)
     assert sum("event=interfaces method=" in x for x in log) == 3, "".join(log)
+
+
+def test_interface_names_reach_the_collector(lab, tmp_path):
+    """The daemon's links (name, or alias where set) go to an IPFIX
+    collector in the options: nfdump names each record's interfaces, and a
+    link changed while nfflowd runs (an alias set) names the next records."""
+    ix = lab.index
+    lab.ns(lab.fw, "ip", "link", "set", "fw-lan0", "alias", "inside zero")
+    lab.serve(lab.wan, WAN_4, WAN_6)
+    lab.serve(lab.lan1, LAN1_4, LAN1_6)
+    collector = Nfcapd(lab, tmp_path, port=20559)
+    catcher = SyslogCatcher(tmp_path / "log.sock")
+    cfg = write_config(tmp_path, 20559, catcher.path, "{method: route}")
+    cfg.write_text(cfg.read_text().replace("version: 5}", "version: 10, records: [flows]}"))
+    daemon, log = start_nfflowd(lab, cfg)
+    try:
+        first = Run(lab, catcher, collector)
+        first.connect(lab.lan0, "tcp", WAN_4, 8080, (ix["fw-lan0"], ix["fw-wan"]))
+        first.connect(lab.lan0, "udp", WAN_6, 8080, (ix["fw-lan0"], ix["fw-wan"]))
+        first.flush_and_check()
+        lab.ns(lab.fw, "ip", "link", "set", "fw-lan1", "alias", "inside one")
+        time.sleep(0.3)
+        second = Run(lab, catcher, collector)
+        second.connect(lab.lan0, "tcp", LAN1_4, 8080, (ix["fw-lan0"], ix["fw-lan1"]))
+        second.flush_and_check()
+        time.sleep(1.5)                 # the last export reaches nfcapd
+    finally:
+        stop(daemon)
+    daemon.log_reader.join(5)
+    assert daemon.returncode == 0, "".join(log)
+    collector.stop()
+    names = {}
+    for line in collector.dump("%sa|%da|%sp|%dp|%in|%inam|%out|%onam"):
+        sa, da, sp, dp, i, inam, o, onam = (x.strip() for x in line.split("|"))
+        names[(norm(sa), norm(da), int(sp), int(dp))] = (int(i), inam, int(o), onam)
+    want = {}
+    for run_, lan1_name in ((first, "fw-lan1"), (second, "inside one")):
+        label = {ix["fw-lan0"]: "inside zero", ix["fw-wan"]: "fw-wan", ix["fw-lan1"]: lan1_name}
+        for key, (i, o) in run_.expected.items():
+            if key not in run_.post_nat:        # (IPFIX: one record a direction)
+                want[key[:4]] = (i, label[i], o, label[o])
+    assert {k: names.get(k) for k in want} == want

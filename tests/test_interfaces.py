@@ -179,7 +179,8 @@ def test_mark_and_zone_maps():
 PREFIX4 = st.builds(lambda n, p: ipaddress.ip_network((n, p), strict=False),
                     st.integers(0, 2**32 - 1), st.integers(0, 32))
 PREFIX6 = st.builds(lambda n, p: ipaddress.ip_network((n, p), strict=False),
-                    st.integers(0, 2**128 - 1) | st.integers(0x20010db8 << 96, (0x20010db9 << 96) - 1),
+                    st.integers(0, 2**128 - 1)
+                    | st.integers(0x20010db8 << 96, (0x20010db9 << 96) - 1),
                     st.integers(0, 128))
 
 
