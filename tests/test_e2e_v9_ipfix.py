@@ -25,7 +25,10 @@ Then each test checks one property of what was exported: the records
 nfdump reads from every collector's files against the ``conntrack -L`` counts
 and translations, the NAT events, absolute timestamps, the capture (complete,
 clean in tshark's cflow dissector, read by libfixbuf's ipfixDump), the
-template recovery at the new collector, the observation domains.
+template recovery at the new collector, the observation domains.  The
+flow records' interfaces (``%in %out %dir``) are fw's own indexes of the
+interfaces crossed (fw-lan then fw-wan, the reply's swapped, both ingress),
+found by the daemon's route lookup.
 
 Where nfdump 1.7.1 cannot show a field, tshark checks it (see ``NFDUMP_BLIND``).
 """
@@ -65,9 +68,9 @@ REFRESH_S = 6                       # export.template_refresh_seconds
 # %ts/%te in local time, as nfdump prints them (its %ter is wrong in 1.7.1: the
 # seconds of the end with the milliseconds of something else); %msec is the
 # NAT event time (epoch ms).
-FMT = "%sa %sp %da %dp %pr %pkt %byt %nsa %nsp %nda %ndp %nevt %ts %te %msec"
+FMT = "%sa %sp %da %dp %pr %pkt %byt %nsa %nsp %nda %ndp %nevt %in %out %dir %ts %te %msec"
 COLS = ("sa", "sp", "da", "dp", "pr", "pkt", "byt", "nsa", "nsp", "nda", "ndp", "nevt",
-        "ts_date", "ts_time", "te_date", "te_time", "msec")
+        "in", "out", "dir", "ts_date", "ts_time", "te_date", "te_time", "msec")
 # What nfdump 1.7.1 does not decode (it prints 0.0 / 0.0.0.0 instead), by
 # (protocol version, family, IP protocol or None for any): these columns are
 # left out of the nfdump comparison and checked with tshark instead.
@@ -104,6 +107,7 @@ class RunResult:
     workdir: Path
     counters: dict                  # the daemon's, at exit
     timeline: dict                  # seconds since t_start of each step (diagnostics)
+    ifs: dict                       # fw's interface indexes: fw-lan, fw-wan
 
 
 def write_config(tmp: Path) -> Path:
@@ -235,6 +239,7 @@ def run_result(tmp_path_factory):
         capture = Capture(lab, lab.fw, "lo", f"udp and (dst port {PORT9} or dst port {PORT10})",
                           pcap, duration=90)
         cfg = write_config(tmp)
+        ifs = {dev: str(lab.ifindex(lab.fw, dev)) for dev in ("fw-lan", "fw-wan")}
         t_start = time.time()
         daemon, log = start_nfflowd(lab, cfg)
         try:
@@ -286,7 +291,7 @@ def run_result(tmp_path_factory):
         ipfix.stop()
         mark("collectors_stopped")
         yield RunResult(phase1, phase2, v9_old, v9_new, ipfix, pcap, capture, t_start, t_end,
-                        t_restart, last_templates, log_text, tmp, counters, timeline)
+                        t_restart, last_templates, log_text, tmp, counters, timeline, ifs)
 
 
 # -- nfdump ---------------------------------------------------------------------------
@@ -313,13 +318,17 @@ def _tc(g):
     return f"{g['type']}.{g['code']}"
 
 
-def expected_flows(entries):
+def expected_flows(entries, ifs):
     """Both directional records of every connection, as nfdump shows them:
     the original direction with the translated source (nsa/nsp) and the
-    reply direction with the untranslated destination (nda/ndp)."""
+    reply direction with the untranslated destination (nda/ndp); the
+    original from fw-lan to fw-wan, the reply back (``ifs``: their
+    indexes), both ingress."""
     out = []
+    lan, wan = ifs["fw-lan"], ifs["fw-wan"]
     for e in entries:
         o, r, p = e.orig, e.reply, e.proto
+        n = len(out)
         if p in (1, 58):    # no ports; the ICMP records carry no postNAPT ports either
             out.append(dict(sa=o["src"], sp="0", da=o["dst"], dp=_tc(o), pr=str(p),
                             pkt=str(o["packets"]), byt=str(o["bytes"]),
@@ -336,6 +345,8 @@ def expected_flows(entries):
                             pr=str(p), pkt=str(r["packets"]), byt=str(r["bytes"]),
                             nsa=r["src"], nsp=str(r["sport"]), nda=o["src"],
                             ndp=str(o["sport"])))
+        out[n].update({"in": lan, "out": wan, "dir": "I"})
+        out[n + 1].update({"in": wan, "out": lan, "dir": "I"})
     return out
 
 
@@ -374,13 +385,14 @@ def comparable(rows, version, keys):
     return Counter(out)
 
 
-FLOW_KEYS = ("sa", "sp", "da", "dp", "pr", "pkt", "byt", "nsa", "nsp", "nda", "ndp")
+FLOW_KEYS = ("sa", "sp", "da", "dp", "pr", "pkt", "byt", "nsa", "nsp", "nda", "ndp", "in", "out",
+             "dir")
 EVENT_KEYS = ("sa", "sp", "da", "dp", "pr", "nsa", "nsp", "nda", "nevt")
 
 
-def assert_flows(rows, entries, version):
+def assert_flows(rows, entries, version, ifs):
     got = comparable(flow_rows(rows), version, FLOW_KEYS)
-    want = comparable(expected_flows(entries), version, FLOW_KEYS)
+    want = comparable(expected_flows(entries, ifs), version, FLOW_KEYS)
     assert got == want, f"missing: {want - got}\nunexpected: {got - want}"
 
 
@@ -396,7 +408,7 @@ def test_v9_records_match_conntrack(run_result):
     directional flows with the translated source address and port and
     exactly the conntrack -L counts, and a NAT create and delete event each."""
     rows = dump(run_result.v9_old)
-    assert_flows(rows, run_result.phase1, 9)
+    assert_flows(rows, run_result.phase1, 9, run_result.ifs)
     assert_events(rows, run_result.phase1, 9)
 
 
@@ -404,7 +416,7 @@ def test_ipfix_records_match_conntrack(run_result):
     """The IPFIX collector ran throughout: both phases, flows and events."""
     rows = dump(run_result.ipfix)
     entries = run_result.phase1 + run_result.phase2
-    assert_flows(rows, entries, 10)
+    assert_flows(rows, entries, 10, run_result.ifs)
     assert_events(rows, entries, 10)
 
 
@@ -415,7 +427,7 @@ def test_template_loss_recovered(run_result):
     came before them, without templates, it cannot decode)."""
     r = run_result
     rows = dump(r.v9_new)
-    assert_flows(rows, r.phase2, 9)
+    assert_flows(rows, r.phase2, 9, r.ifs)
     assert_events(rows, r.phase2, 9, kinds=(DELETE,))
 
     after = [f for f in frames(r.pcap, PORT9, ["frame.time_epoch", "cflow.flowset_id",
