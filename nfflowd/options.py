@@ -14,6 +14,10 @@ datagram that carries the flow templates (``ExporterOptions.bodies``):
   steps through a set as if its records held nothing else: each record
   goes in a set of its own, and the description is the name when the
   interface has none.
+  The names go at start, after a change, every ``period_ms`` and when the
+  templates are forced (a new TCP connection, a collector restarted), not
+  with every count-based template refresh: a firewall of hundreds of
+  interfaces would send more names than flows.
 - sampling (``TID_SAMPLING``): scope the system (v9 scope type 1; IPFIX
   observationDomainId), samplingInterval 1, samplingAlgorithm 1
   (deterministic), samplingPacketInterval 1, samplingPacketSpace 0: every
@@ -210,9 +214,9 @@ class ExporterOptions:
     def template_sets(self, pad: int) -> list[bytes]:
         return [options_set(self._set_id, r, pad) for r in self._template_records]
 
-    def data_sets(self, pad: int) -> list[bytes]:
-        """The records, a set each: sampling, statistics, one per interface
-        (by index)."""
+    def data_sets(self, pad: int, names: bool = True) -> list[bytes]:
+        """The records, a set each: sampling, statistics and, with
+        ``names``, one per interface (by index)."""
         t = self.templates
         system = self.domain
         messages, octets, records, not_sent = self.stats() if self.stats else (0, 0, 0, 0)
@@ -221,9 +225,9 @@ class ExporterOptions:
                options_set(TID_EXPORTER_STATS, t[TID_EXPORTER_STATS].pack(
                    (self.domain, messages & u64, octets & u64, records & u64, not_sent & u64)),
                    pad)]
-        names = t[TID_IFNAMES]
-        for i, (name, desc) in sorted(self.links.items()):
-            out.append(options_set(TID_IFNAMES, names.pack((i, i, desc or name, name)), pad))
+        tpl = t[TID_IFNAMES]
+        for i, (name, desc) in sorted(self.links.items()) if names else ():
+            out.append(options_set(TID_IFNAMES, tpl.pack((i, i, desc or name, name)), pad))
         return out
 
     def min_room(self, pad: int) -> int:
@@ -236,15 +240,17 @@ class ExporterOptions:
         return options_set(TID_IFNAMES, self.templates[TID_IFNAMES].pack(
             (1, 1, "x" * 64, "x" * 15)), pad)
 
-    def bodies(self, now_ms: int, room: int, pad: int, with_templates: bool) -> list[tuple]:
+    def bodies(self, now_ms: int, room: int, pad: int, with_templates: bool,
+               names: bool = True) -> list[tuple]:
         """The options datagrams' bodies (after the header), each at most
         ``room`` bytes: [(body, template records, data records)], the
-        templates first when ``with_templates``.  Marks them sent."""
+        templates first when ``with_templates``; the interface names only
+        with ``names`` (then they count as sent: ``due`` starts again)."""
         out = []
         parts: list[bytes] = []
         size = ntpl = ndata = 0
         sets = [(s, True) for s in self.template_sets(pad)] if with_templates else []
-        sets += [(s, False) for s in self.data_sets(pad)]
+        sets += [(s, False) for s in self.data_sets(pad, names)]
         for s, is_template in sets:
             if size + len(s) > room and parts:
                 out.append((b"".join(parts), ntpl, ndata))
@@ -255,7 +261,8 @@ class ExporterOptions:
             ndata += not is_template
         if parts:
             out.append((b"".join(parts), ntpl, ndata))
-        self.pending = False
-        self.last_ms = now_ms
+        if names:
+            self.pending = False
+            self.last_ms = now_ms
         self.records_sent += sum(n for _b, _t, n in out)
         return out

@@ -433,11 +433,13 @@ class TemplateEncoder:
     def _options_out(self, now_ms: int, boot_ms: int, out: list, counts: list,
                      with_templates: bool) -> None:
         """The options datagrams, appended to ``out`` (0 records each in
-        ``counts``).  Without ``with_templates`` only over a transport that
-        never refreshes templates (TCP: they went at its start)."""
+        ``counts``); the interface names among them when due.  Without
+        ``with_templates`` only over a transport that never refreshes
+        templates (TCP: they went at its start)."""
         with_templates = with_templates or bool(self.refresh_packets or self.refresh_ms)
-        for body, ntpl, ndata in self.options.bodies(now_ms, self.max_size - self.HEADER_SIZE,
-                                                     self.PAD, with_templates):
+        opts = self.options
+        for body, ntpl, ndata in opts.bodies(now_ms, self.max_size - self.HEADER_SIZE, self.PAD,
+                                             with_templates, opts.due(now_ms)):
             out.append(self._header(self.HEADER_SIZE + len(body), ntpl, ndata, now_ms, boot_ms)
                        + body)
             counts.append(0)
@@ -456,6 +458,8 @@ class TemplateEncoder:
         a collector known to have restarted."""
         self._templates_sent = False
         self._forced = True
+        if self.options is not None:
+            self.options.pending = True     # the interface names too
 
     reset_templates = force_templates
 

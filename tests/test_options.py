@@ -262,6 +262,8 @@ def test_options_precede_every_template_refresh(version):
         # the datagram before every one carrying the flow templates: the options
         assert r.sets[i - 1][:3] == [opts_set] * 3 and enc.last_counts[i - 1] == 0
     assert len(r.by_template(513)) == len(r.by_template(514)) == len(refreshes)
+    # the names with the first only (then on change, every 60 s, when forced)
+    assert len(r.by_template(512)) == len(LINKS)
     assert sum(enc.last_counts) == 200
     if version == 10:
         # the options records count in the IPFIX sequence as data records
@@ -271,6 +273,10 @@ def test_options_precede_every_template_refresh(version):
     else:
         counts = [struct.unpack_from("!H", d, 2)[0] for d in out]
         assert counts[0] == 3 + 2 + 3      # three templates, sampling, statistics, 3 links
+    # forced templates (a collector restarted, a new connection): the names too
+    enc.force_templates()
+    again = read(version, encode(enc, [flow()], T0 + 1000))
+    assert [x["interfaceName"] for x in again.by_template(512)] == ["lo", "eth0", "wan0"]
 
 
 @pytest.mark.parametrize("version", [9, 10])
