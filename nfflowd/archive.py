@@ -84,8 +84,10 @@ class RowBuilder:
 
     The ICMP query id is not in ``Flow`` records (they carry type and code);
     it is remembered from the create event, by conntrack id, so the FINAL row
-    of a ping is found under its translated id.  Zone and mark are not in the
-    records yet and are written 0.
+    of a ping is found under its translated id.  Zone and mark are the
+    original record's (the conntrack zone and mark at the connection's end
+    or active timeout); an OPEN row has 0 for both (``NatEvent`` carries
+    neither): a FINAL or UPDATE row of the connection gives them when merged.
     """
 
     def __init__(self, firewall: str, icmp_max: int = 65536):
@@ -131,7 +133,8 @@ class RowBuilder:
                 src, dst, psrc, pdst = v4 + src, v4 + dst, v4 + psrc, v4 + pdst
             out.append(pack(start, end, KIND_UPDATE if reason == END_ACTIVE_TIMEOUT
                             else KIND_FINAL, reason, fam, proto, src, dst, sport, dport,
-                            psrc, pdst, psport, pdport, pk, by, r[10], r[11], 0, 0, cid, fw, b""))
+                            psrc, pdst, psport, pdport, pk, by, r[10], r[11], o[22], o[23],
+                            cid, fw, b""))
         self.unpaired += len(held)
         return _unpack_rows(out)
 
@@ -201,6 +204,7 @@ class RowBuilder:
         rows["xsport"], rows["xdport"] = b.post_sport[o], b.post_dport[o]
         rows["pkts_out"], rows["bytes_out"] = b.packets[o], b.octets[o]
         rows["pkts_in"], rows["bytes_in"] = b.packets[r], b.octets[r]
+        rows["zone"], rows["mark"] = b.zone[o], b.mark[o]
         rows["conn_id"] = b.conn_id[o]
         rows["fw"] = self.firewall
         return rows
@@ -370,6 +374,11 @@ def merge_exact(rows: np.ndarray) -> np.ndarray:
     best_reason = np.zeros(len(first), np.uint8)
     idx = np.flatnonzero(is_best)
     best_reason[np.searchsorted(first, idx, side="right") - 1] = r["reason"][idx]
+    # zone and mark: of the group's latest row that has them (not OPEN: by
+    # end), the mark being the connection's last
+    latest = np.lexsort((np.where(r["kind"] == KIND_OPEN, -1, r["end_ms"]), g))
+    last = latest[np.r_[first[1:], n] - 1]
+    out["zone"], out["mark"] = r["zone"][last], r["mark"][last]
     out["kind"] = np.where(has_final, KIND_FINAL, KIND_OPEN)
     out["end_ms"] = np.where(has_final, fin_end, 0)
     out["reason"] = np.where(has_final, best_reason, 0)

@@ -21,7 +21,7 @@ import pytest
 from nfflowd import flowtools
 from nfflowd.app.trace import TraceQuery, import_files, trace
 from nfflowd.archive import (HOUR_MS, KIND_FINAL, KIND_OPEN, QueryError, RowBuilder, addr16,
-                             make_pkey, merge, parse_target, parse_time, parse_window)
+                             make_pkey, merge, parse_target, parse_time, parse_window, row_dict)
 from nfflowd.flowtools_import import CsvPairer
 from nfflowd.io.archive import ArchiveError, ArchiveWriter, Reader, Store
 from nfflowd.record import (END_ACTIVE_TIMEOUT, END_OF_FLOW, ORIGINAL, REPLY, Flow, FlowBatch,
@@ -42,14 +42,15 @@ PRIV, PUB, REM = v4("198.51.100.2"), v4("203.0.113.1"), v4("203.0.113.2")
 
 
 def conn(cid, sport, xsport, start, end, proto=6, reason=END_OF_FLOW, priv=PRIV, pub=PUB,
-         rem=REM, dport=80):
-    """The NAT create event and the two DESTROY records of one SNAT connection."""
+         rem=REM, dport=80, zone=0, mark=0):
+    """The NAT create event and the two DESTROY records of one SNAT connection
+    (in conntrack ``zone``, with ct ``mark``)."""
     fam = 4 if len(priv) == 4 else 6
     ev = NatEvent(fam, proto, priv, rem, sport, dport, pub, rem, xsport, dport, start, True, cid)
     o = Flow(fam, proto, priv, rem, sport, dport, pub, rem, xsport, dport, 3, 300, start, end,
-             ORIGINAL, reason, 0, 0, cid, 0)
+             ORIGINAL, reason, 0, 0, cid, 0, zone=zone, mark=mark)
     r = Flow(fam, proto, rem, pub, dport, xsport, rem, priv, dport, sport, 2, 2000, start, end,
-             REPLY, reason, 0, 0, cid, 0)
+             REPLY, reason, 0, 0, cid, 0, zone=zone, mark=mark)
     return ev, [o, r]
 
 
@@ -106,6 +107,35 @@ def test_active_timeout_updates_add_up_and_stay_open_until_final():
     assert (m[0]["start_ms"], m[0]["end_ms"], m[0]["pkts_out"]) == (T0, T0 + 90_000, 6)
 
 
+@pytest.mark.parametrize("columns", [False, True], ids=["tuples", "columns"])
+def test_zone_and_mark_come_from_the_records(columns):
+    """A FINAL or UPDATE row carries the records' conntrack zone and mark
+    (32 bits); the OPEN row, made from a NAT event, has neither, and the
+    merged row takes them from the latest row that has them: the mark at
+    the connection's end, after an active timeout under another mark."""
+    b = RowBuilder("fw1")
+
+    def rows(flows):
+        return b.rows(FlowBatch.from_flows(flows).as_columns() if columns else flows, [])
+    ev, _ = conn(5, 1000, 2000, T0, 0, zone=7)
+    _, upd = conn(5, 1000, 2000, T0, T0 + 60_000, reason=END_ACTIVE_TIMEOUT, zone=7, mark=1)
+    _, fin = conn(5, 1000, 2000, T0 + 60_000, T0 + 90_000, zone=7, mark=0xFFFFFFFF)
+    opened = b.rows([], [ev])
+    assert (opened[0]["zone"], opened[0]["mark"]) == (0, 0)
+    updated = np.concatenate([opened, rows(upd)])
+    assert (updated[1]["zone"], updated[1]["mark"]) == (7, 1)
+    m = merge(updated)
+    assert len(m) == 1 and (m[0]["kind"], m[0]["zone"], m[0]["mark"]) == (KIND_OPEN, 7, 1)
+    m = merge(np.concatenate([updated, rows(fin)]))
+    assert len(m) == 1 and m[0]["kind"] == KIND_FINAL
+    assert (m[0]["zone"], m[0]["mark"]) == (7, 0xFFFFFFFF)
+    # without an update: the FINAL row absorbs the OPEN one
+    ev, fin = conn(6, 1001, 2001, T0, T0 + 1000, zone=65535, mark=0x10)
+    m = merge(np.concatenate([b.rows([], [ev]), rows(fin)]))
+    assert len(m) == 1 and (m[0]["zone"], m[0]["mark"]) == (65535, 0x10)
+    assert row_dict(m[0])["zone"] == 65535 and row_dict(m[0])["mark"] == 0x10
+
+
 def test_a_lone_direction_is_counted_unpaired():
     b = RowBuilder("fw1")
     _, flows = conn(3, 1, 2, T0, T0 + 1)
@@ -155,7 +185,7 @@ def test_found_open_then_ended_in_hot_and_sealed_tiers(tmp_path):
     s = Store(tmp_path)
     s.open()
     b = RowBuilder("fw1")
-    ev, flows = conn(7, 33000, 40000, T0, T0 + 5000)
+    ev, flows = conn(7, 33000, 40000, T0, T0 + 5000, zone=3, mark=0xCAFE)
     write(s, b, events=[ev])
     r = Reader(tmp_path)
     got = r.lookup(key(40000), T0 + 1000, 2000)
@@ -167,6 +197,7 @@ def test_found_open_then_ended_in_hot_and_sealed_tiers(tmp_path):
             assert not list((tmp_path / "hot").glob("*.arrows"))
         got = r.lookup(key(40000), T0 + 1000, 2000)
         assert len(got) == 1 and got[0]["kind"] == KIND_FINAL and got[0]["end_ms"] == T0 + 5000
+        assert (got[0]["zone"], got[0]["mark"]) == (3, 0xCAFE)
         # (sealed files leave out a translated destination equal to the original)
         assert (got[0]["xdst"], got[0]["xdport"]) == (addr16(REM), 80)
         assert len(r.lookup(key(40000), T0 + 8000, 2000)) == 0        # after it
@@ -432,7 +463,8 @@ def test_pairer_dnat_line_order():
 def test_rows_from_a_batch_equal_rows_from_records():
     flows, events = [], []
     for i in range(5):
-        ev, fl = conn(100 + i, 1000 + i, 20000 + i, T0 + i, T0 + 1000 + i)
+        ev, fl = conn(100 + i, 1000 + i, 20000 + i, T0 + i, T0 + 1000 + i, zone=i % 2,
+                      mark=i * 0x1000001)
         flows += fl
         events.append(ev)
     ev6, fl6 = conn(200, 5, 61000, T0, T0 + 9, priv=v6("2001:db8:1::2"),
@@ -443,6 +475,8 @@ def test_rows_from_a_batch_equal_rows_from_records():
     assert b.tobytes() == RowBuilder("fw1").rows(FlowBatch.from_flows(flows), events).tobytes()
     assert a.tobytes() == b.tobytes() and len(a) == 11
     assert b[-1]["src"] == addr16(v6("2001:db8:1::2")) and b[-2]["src"] == addr16(PRIV)
+    assert b[5:-1]["zone"].tolist() == [0, 1, 0, 1, 0]
+    assert b[5:-1]["mark"].tolist() == [i * 0x1000001 for i in range(5)]
     # out of the correlator's order: paired by conntrack id all the same
     shuffled = flows[1::2] + flows[0::2]
     c = RowBuilder("fw1").rows(shuffled, [])

@@ -101,7 +101,7 @@ def fill(store, *conns):
 CONNS = [
     conn(1, 1000, 40000, T0, T0 + 5000),                            # ended
     conn(2, 1001, 40001, T0, T0 + 5 * HOUR_MS),                     # long
-    conn(3, 1002, 40002, T0 + 60_000, T0 + 61_000, proto=17),
+    conn(3, 1002, 40002, T0 + 60_000, T0 + 61_000, proto=17, zone=2, mark=0xFFFFFFFF),
     conn(4, 1234, 61000, T0, T0 + 5000, priv=v6("2001:db8:1::2"), pub=v6("2001:db8:2::1"),
          rem=v6("2001:db8:2::2")),
 ]
@@ -127,6 +127,8 @@ def test_same_answers_as_the_embedded_archive(server, tmp_path):
         x, y = a.lookup(k, t, 2000), b.lookup(k, t, 2000)
         assert np.sort(x, order="conn_id").tobytes() == np.sort(y, order="conn_id").tobytes()
     assert [len(a.lookup(k, t, 2000)) for k, t in probes] == [1, 0, 1, 0, 1, 1, 1, 0]
+    zoned = a.lookup(key(40002), T0 + 60_500, 2000)
+    assert (zoned[0]["zone"], zoned[0]["mark"]) == (2, 0xFFFFFFFF)
     got = a.lookup(key(40003), T0 + 7 * HOUR_MS, 2000)
     assert got[0]["kind"] == 0 and got[0]["end_ms"] == 0              # open
     priv = a.lookup(addr16(PRIV), T0 + 2 * HOUR_MS, 3 * HOUR_MS, "src")
