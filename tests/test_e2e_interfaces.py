@@ -228,6 +228,25 @@ class Run:
         return got
 
 
+def stopped(daemon, log) -> None:
+    """Stop nfflowd; it must exit cleanly."""
+    stop(daemon)
+    daemon.log_reader.join(5)       # the process has exited: its stderr is at EOF
+    assert daemon.returncode == 0, "".join(log)
+
+
+def read_back(collector, *fields) -> dict:
+    """Stop nfcapd; nfdump's records as (src, dst, sport, dport, proto) ->
+    the values of ``fields`` (nfdump format tokens)."""
+    collector.stop()
+    out = {}
+    for line in collector.dump("|".join(("%sa", "%da", "%sp", "%dp", "%pr") + fields)):
+        sa, da, sp, dp, pr, *rest = (x.strip() for x in line.split("|"))
+        proto = {"TCP": 6, "UDP": 17}.get(pr) or int(pr)
+        out[(norm(sa), norm(da), int(sp), int(dp), proto)] = tuple(rest)
+    return out
+
+
 def test_interfaces_from_routes(lab, tmp_path):
     ix = lab.index
     lan0, lan1, wan = ix["fw-lan0"], ix["fw-lan1"], ix["fw-wan"]
@@ -264,17 +283,10 @@ def test_interfaces_from_routes(lab, tmp_path):
             second.connect(lab.lan0, proto, MOVED_6, 8080, (lan0, wan))
         second.flush_and_check()
     finally:
-        stop(daemon)
-    daemon.log_reader.join(5)
-    assert daemon.returncode == 0, "".join(log)
-    collector.stop()
+        stopped(daemon, log)
 
     # NetFlow v5 read back by nfdump: IPv4's records, the same indexes
-    v5 = {}
-    for line in collector.dump("%sa|%da|%sp|%dp|%pr|%in|%out"):
-        sa, da, sp, dp, pr, i, o = (x.strip() for x in line.split("|"))
-        proto = {"TCP": 6, "UDP": 17}.get(pr) or int(pr)
-        v5[(norm(sa), norm(da), int(sp), int(dp), proto)] = (int(i), int(o))
+    v5 = {k: (int(i), int(o)) for k, (i, o) in read_back(collector, "%in", "%out").items()}
     want4 = {k: v for run_ in (first, second) for k, v in run_.expected.items()
              if ":" not in k[0]}
     assert len(want4) >= 20
@@ -304,9 +316,7 @@ def test_interfaces_from_the_mark_map(lab, tmp_path):
         r.connect(lab.lan1, "tcp", WAN_4, 8080, (0, 0))
         r.flush_and_check()
     finally:
-        stop(daemon)
-    daemon.log_reader.join(5)
-    assert daemon.returncode == 0, "".join(log)
+        stopped(daemon, log)
     assert "method=mark" in "".join(log)
 
 
@@ -334,9 +344,7 @@ def test_reload_turns_the_lookup_on_and_off(lab, tmp_path):
             r.connect(lab.lan0, "udp", WAN_6, 8080, pair)
             r.flush_and_check()
     finally:
-        stop(daemon)
-    daemon.log_reader.join(5)
-    assert daemon.returncode == 0, "".join(log)
+        stopped(daemon, log)
     assert sum("event=interfaces method=" in x for x in log) == 3, "".join(log)
 
 
@@ -365,18 +373,13 @@ def test_interface_names_reach_the_collector(lab, tmp_path):
         second.flush_and_check()
         time.sleep(1.5)                 # the last export reaches nfcapd
     finally:
-        stop(daemon)
-    daemon.log_reader.join(5)
-    assert daemon.returncode == 0, "".join(log)
-    collector.stop()
-    names = {}
-    for line in collector.dump("%sa|%da|%sp|%dp|%in|%inam|%out|%onam"):
-        sa, da, sp, dp, i, inam, o, onam = (x.strip() for x in line.split("|"))
-        names[(norm(sa), norm(da), int(sp), int(dp))] = (int(i), inam, int(o), onam)
+        stopped(daemon, log)
+    names = {k: (int(i), inam, int(o), onam) for k, (i, inam, o, onam)
+             in read_back(collector, "%in", "%inam", "%out", "%onam").items()}
     want = {}
     for run_, lan1_name in ((first, "fw-lan1"), (second, "inside one")):
         label = {ix["fw-lan0"]: "inside zero", ix["fw-wan"]: "fw-wan", ix["fw-lan1"]: lan1_name}
         for key, (i, o) in run_.expected.items():
             if key not in run_.post_nat:        # (IPFIX: one record a direction)
-                want[key[:4]] = (i, label[i], o, label[o])
+                want[key] = (i, label[i], o, label[o])
     assert {k: names.get(k) for k in want} == want
