@@ -7,10 +7,11 @@ two connections, and both are exported, each with its zone.
 
 Both inside hosts have the same address and send from the same port to the
 same server port: the tuples are identical, only nft's ``ct zone set iif
-map`` (raw prerouting, priority -300) tells them apart.  nfflowd runs in fw
-(its syslog mirror shows both records); the zones are read from the records
-the decoders and the correlator make of the real kernel's events (the v9 and
-IPFIX encoders carry them as ingressVRFID/egressVRFID).
+map`` (raw prerouting, priority -300) tells them apart.  nfflowd runs in fw:
+its syslog mirror shows both records, and tshark reads each one's zone as
+ingressVRFID/egressVRFID from its NetFlow v9 and IPFIX records; the records
+both decoders and the correlator make of the real kernel's events carry it
+too.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from natlab import NatLab, run, skip_reason, stop, wait_for
+from natlab import Capture, NatLab, Nfcapd, run, skip_reason, stop, udp_listening, wait_for
 from test_e2e_nat import SyslogCatcher, start_nfflowd
+from test_e2e_v9_ipfix import PORT9, PORT10, frames
 
 ROOT = Path(__file__).resolve().parent.parent
 _reason = skip_reason()
@@ -139,8 +141,16 @@ for k, flows in out.items():
 def test_identical_tuples_in_two_zones_are_two_records_each_with_its_zone(tmp_path):
     with ZoneLab() as lab:
         catcher = SyslogCatcher(tmp_path / "log.sock")
+        sinks = [Nfcapd(lab, tmp_path, port) for port in (PORT9, PORT10)]
+        assert wait_for(lambda: udp_listening(lab, lab.fw, PORT9)
+                        and udp_listening(lab, lab.fw, PORT10), timeout=10)
+        pcap = tmp_path / "export.pcapng"
+        capture = Capture(lab, lab.fw, "lo", f"udp and (dst port {PORT9} or dst port {PORT10})",
+                          pcap, duration=60)
         cfg = tmp_path / "nfflowd.yaml"
-        cfg.write_text("export:\n  collectors: []\n"
+        cfg.write_text("export:\n  collectors:\n"
+                       f"    - {{host: 127.0.0.1, port: {PORT9}, version: 9}}\n"
+                       f"    - {{host: 127.0.0.1, port: {PORT10}, version: 10}}\n"
                        f"syslog: {{enabled: true, address: {catcher.path}}}\n"
                        f"pidfile: {tmp_path}/nfflowd.pid\n")
         daemon, log = start_nfflowd(lab, cfg)
@@ -171,5 +181,23 @@ def test_identical_tuples_in_two_zones_are_two_records_each_with_its_zone(tmp_pa
         assert wait_for(lambda: sum(want in line and f",{SPORT},{DPORT}," in line
                                     for line in catcher.collect()) == 2, timeout=15), \
             "".join(log) + "\n".join(catcher.collect())
+        # v9 and IPFIX: each record's zone as ingressVRFID and egressVRFID
+        fields = ["cflow.srcport", "cflow.dstport", "cflow.ingress_vrfid",
+                  "cflow.egress_vrfid"]
+
+        def zones(port):
+            got = []
+            for fr in frames(pcap, port, fields, check=False):
+                if len(set(map(len, fr.values()))) == 1:        # one value per record
+                    got += [r for r in zip(*(fr[f] for f in fields))
+                            if {r[0], r[1]} == {str(SPORT), str(DPORT)}]
+            return sorted(got)
+        want = sorted([(str(SPORT), str(DPORT), z, z) for z in ("1", "2")]
+                      + [(str(DPORT), str(SPORT), z, z) for z in ("1", "2")])
+        for port in (PORT9, PORT10):
+            assert wait_for(lambda: zones(port) == want, timeout=15), (port, zones(port))
         stop(daemon)
         assert daemon.returncode == 0, "".join(log)
+        capture.stop()
+        for s in sinks:
+            s.stop()
