@@ -227,10 +227,12 @@ def test_count_stops_the_capture_and_exports(veth, tmp_path):
                           (METER4, PEER4, PORT, u4[1], 17): [3, 3 * 78]}
 
 
-def test_live_records_carry_the_interfaces_index(veth, tmp_path):
+@pytest.mark.parametrize("version", [5, 10])
+def test_live_records_carry_the_interfaces_index(veth, tmp_path, version):
     """``-i vb``: every record's ingress interface is vb's index in the
     meter's namespace (not 0, which Akvorado drops with egress 0 too), its
-    egress 0: in the CSV and in the v5 records nfcapd stores (%in %out)."""
+    egress 0: in the CSV and in the v5 or IPFIX records nfcapd stores (%in
+    %out; IPFIX's flowDirection %dir: ingress)."""
     col = nfcapd(veth, tmp_path, 9997)
     # another interface first, so that vb's index is not the lowest after lo
     veth.ns(veth.fw, "ip", "link", "add", "vx0", "type", "veth", "peer", "name", "vx1")
@@ -240,7 +242,7 @@ def test_live_records_carry_the_interfaces_index(veth, tmp_path):
     server = veth.spawn(veth.fw, sys.executable, PEER_PY, "serve", METER4,
                         "--port", PORT, "--lifetime", 30)
     assert "READY" in server.stdout.readline()
-    m = Meter(veth, tmp_path, 9997, "--bpf", "udp", "-n", "4", "--print", version=5)
+    m = Meter(veth, tmp_path, 9997, "--bpf", "udp", "-n", "4", "--print", version=version)
     m.wait_ready()
     u4 = peer(veth, "udp", METER4, PORT, 50, 2)
     assert m.finish(sig=None) == 0, m.err               # it stops by itself
@@ -248,9 +250,12 @@ def test_live_records_carry_the_interfaces_index(veth, tmp_path):
     assert len(lines) == 2 and {(c[11], c[12]) for c in lines} == {(str(index), "0")}
     time.sleep(0.5)
     col.stop()
-    rows = col.dump("%sp %dp %in %out")
+    fmt = "%sp %dp %in %out" + (" %dir" if version == 10 else "")
+    rows = col.dump(fmt)
+    extra = ["I"] if version == 10 else []
     assert sorted(r.split() for r in rows) == sorted(
-        [[str(u4[1]), str(PORT), str(index), "0"], [str(PORT), str(u4[1]), str(index), "0"]])
+        [[str(u4[1]), str(PORT), str(index), "0", *extra],
+         [str(PORT), str(u4[1]), str(index), "0", *extra]])
 
 
 @pytest.mark.parametrize("version", [9, 10])
