@@ -19,7 +19,11 @@ the records have left the flow table:
    reverseFlowStartMilliseconds, reverseFlowEndMilliseconds - and
    biflowDirection (IANA 239); see ``biflow_names`` for their order.  The
    uniflow templates carry neither tcpControlBits nor ipClassOfService, so
-   there are no reverse ones.
+   there are no reverse ones.  Nor are there reverse interfaces: the
+   forward record's ingressInterface, egressInterface and flowDirection
+   (and its zone's VRF ids) describe the pair, a conntrack reply crossing
+   the original's interfaces swapped and a meter's two directions the one
+   metered interface.
    Datagram size bound, template refresh, TCP and sequence numbers are
    ``template.py``'s and ``ipfix.py``'s, unchanged.
 3. ``app.pipeline.BiflowExporter``: a ``TemplateExporter`` with that encoder
