@@ -128,9 +128,9 @@ class TemplateExporter:
     @classmethod
     def make_encoder(cls, collector: Collector, ex: ExportConfig, vlan: bool = False):
         """The encoder of ``collector`` under the export settings ``ex``.
-        ValueError if ``ex.max_datagram`` cannot hold its templates and a
-        record (check_encoders asks this, so that check refuses what start
-        would)."""
+        ValueError if ``ex.max_datagram`` cannot hold its largest template
+        or record (check_encoders asks this, so that check refuses what
+        start would)."""
         kw = dict(records=collector.records, nat_event_codes=collector.nat_event_codes,
                   max_size=ex.max_datagram,
                   template_refresh_packets=ex.template_refresh_packets,
@@ -261,7 +261,8 @@ def exporter_class(collector: Collector):
 
 def check_encoders(cfg: Config) -> None:
     """Every v9/IPFIX collector's encoder can be made under the export
-    settings (``export.max_datagram`` holds its templates and a record):
+    settings (``export.max_datagram`` holds its largest template or record;
+    the templates go in as many datagrams as they need):
     raises ConfigError otherwise, so that what start, reload and meter would
     refuse is a configuration error wherever a configuration is loaded.
     Asked with vlanId in the templates, as the packet meter sends them (the
