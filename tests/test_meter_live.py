@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from natlab import Capture, Nfcapd, run, skip_reason, stop, wait_for
+from natlab import Capture, Namespaces, Nfcapd, run, skip_reason, stop, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_PY = Path(__file__).resolve().parent / "peer.py"
@@ -37,23 +37,14 @@ _skip = skip_reason()
 pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
 
 
-class Veth:
+class Veth(Namespaces):
     """Two namespaces joined by a veth pair: ``peer`` (va) and ``fw`` (vb,
     where the meter and nfcapd run; named fw for natlab's Nfcapd)."""
 
     def __init__(self, tag: str):
         self.peer = f"nffl{tag}-a"
         self.fw = f"nffl{tag}-b"
-        self.procs: list[subprocess.Popen] = []
-
-    def ns(self, name, *cmd, **kw):
-        return run("ip", "netns", "exec", name, *cmd, **kw)
-
-    def spawn(self, name, *cmd, **kw) -> subprocess.Popen:
-        p = subprocess.Popen(["ip", "netns", "exec", name, *map(str, cmd)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-        self.procs.append(p)
-        return p
+        super().__init__()
 
     def __enter__(self):
         self.teardown()
@@ -69,9 +60,7 @@ class Veth:
         return self
 
     def teardown(self):
-        for p in self.procs:
-            stop(p)
-        self.procs.clear()
+        self.stop_all()
         for n in (self.peer, self.fw):
             subprocess.run(["ip", "netns", "del", n], capture_output=True)
 
