@@ -248,14 +248,20 @@ class FlowBatch:
     ``flow_list`` is the tuples a batch was made of (None for columns):
     encoders take such a batch record by record, a columnar one with numpy
     (per record is cheaper for the small rounds the tuples come in, numpy's
-    fixed cost per call being paid once per column; bench/README.md)."""
+    fixed cost per call being paid once per column; bench/README.md).
 
-    __slots__ = FLOW_FIELDS + ("n", "flow_list", "_rows")
+    ``l7``: the application fields of the records that have some (the
+    meter's ``--l7``), ``{record index: {field name: value}}``; empty for
+    most batches, so that everything which does not look at it pays
+    nothing.  ``concat`` and the builder carry it, indexes shifted."""
+
+    __slots__ = FLOW_FIELDS + ("n", "flow_list", "_rows", "l7")
 
     def __init__(self):
         self.n = 0
         self.flow_list = None       # the Flow tuples the batch was made of
         self._rows = None           # their _row_dtype() array, once a column was asked for
+        self.l7 = {}                # record index -> {field: value}
 
     def __getattr__(self, name):
         # a column not made yet: made from the tuples (all columns at once,
@@ -298,8 +304,10 @@ class FlowBatch:
         encoded alike."""
         if self.flow_list is None:
             return self
-        return FlowBatch.from_columns(**{name: np.ascontiguousarray(getattr(self, name))
-                                         for name in FLOW_FIELDS})
+        c = FlowBatch.from_columns(**{name: np.ascontiguousarray(getattr(self, name))
+                                      for name in FLOW_FIELDS})
+        c.l7 = self.l7
+        return c
 
     @classmethod
     def from_flows(cls, flows) -> "FlowBatch":
@@ -327,14 +335,20 @@ class FlowBatch:
         if len(parts) == 1:
             return parts[0]
         if all(p.flow_list is not None for p in parts):
-            return cls.from_flows([f for p in parts for f in p.flow_list])
-        c = cls()
-        for name in FLOW_FIELDS:
-            cols = [getattr(p, name) for p in parts]
-            if name not in ADDRESS_FIELDS and any(col.dtype != np.uint64 for col in cols):
-                cols = [col.astype(object) for col in cols]
-            setattr(c, name, np.concatenate(cols))
-        c.n = sum(p.n for p in parts)
+            c = cls.from_flows([f for p in parts for f in p.flow_list])
+        else:
+            c = cls()
+            for name in FLOW_FIELDS:
+                cols = [getattr(p, name) for p in parts]
+                if name not in ADDRESS_FIELDS and any(col.dtype != np.uint64 for col in cols):
+                    cols = [col.astype(object) for col in cols]
+                setattr(c, name, np.concatenate(cols))
+            c.n = sum(p.n for p in parts)
+        base = 0
+        for p in parts:
+            if p.l7:
+                c.l7.update((base + i, v) for i, v in p.l7.items())
+            base += p.n
         return c
 
     def _columns_of(self, flows) -> None:

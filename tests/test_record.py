@@ -58,3 +58,21 @@ def test_builder_of_tuples_gives_tuples_and_with_a_block_columns():
     assert got.flow_list is None and got.flows() == [F4, F6, F6, F4]
     b.clear()
     assert not b and len(b) == 0
+
+
+def test_l7_fields_follow_their_records_through_concat_and_the_builder():
+    a = FlowBatch.from_flows([F4, F6])
+    a.l7 = {1: {"dns_qname": "example.com"}}
+    c = FlowBatch.from_flows([F6]).as_columns()
+    c.l7 = {0: {"tls_sni": "www.example.org"}}
+    b = FlowBatchBuilder()
+    b.extend([F4])
+    b.add_block(a.as_columns())
+    b.add_block(FlowBatch.from_flows([F4]).as_columns())
+    b.add_block(c)
+    got = b.batch()
+    assert got.flows() == [F4, F4, F6, F4, F6]
+    assert got.l7 == {2: {"dns_qname": "example.com"}, 4: {"tls_sni": "www.example.org"}}
+    assert FlowBatch.concat([a, a]).l7 == {1: {"dns_qname": "example.com"},
+                                           3: {"dns_qname": "example.com"}}
+    assert FlowBatch.from_flows([F4]).l7 == {}
