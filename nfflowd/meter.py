@@ -46,10 +46,10 @@ import heapq
 
 from nfflowd.packet import (IPV4_KEY_TAIL, KEY_PROTO, PacketParser, flow_key, reverse_flow_key,
                             split_flow_key)
-from nfflowd.record import END_FORCED, END_LACK_OF_RESOURCES, ORIGINAL, Flow
+from nfflowd.record import END_FORCED, END_LACK_OF_RESOURCES, ORIGINAL, Flow, FlowBatch, np
 from nfflowd.record import END_ACTIVE_TIMEOUT, END_IDLE_TIMEOUT, END_OF_FLOW
 
-__all__ = ["FlowTable", "end_reason", "flow_record", "START", "LAST", "PKTS", "OCTETS",
+__all__ = ["FlowTable", "end_reason", "flow_record", "flow_columns", "START", "LAST", "PKTS", "OCTETS",
            "FLAGS", "TOS", "IDLE", "STATE", "QUEUED", "FIN", "CLOSING"]
 
 # A flow's entry: a list, mutated in place on the hot path.  START, LAST:
@@ -85,6 +85,33 @@ def flow_record(key: bytes, e, reason: int, in_if: int = 0) -> Flow:
     return _new(Flow, (4 if len(src) == 4 else 6, proto, src, dst, sport, dport,
                        src, dst, sport, dport, e[PKTS], e[OCTETS], start, end,
                        ORIGINAL, reason, e[TOS], e[FLAGS], 0, vlan & 0xFFF, in_if, 0, 0, 0))
+
+
+def flow_columns(kb, pkts, octets, start, last, reason, tos, flags, in_if: int = 0) -> FlowBatch:
+    """``flow_record`` for many flows at once, as a ``FlowBatch`` of columns:
+    ``kb`` the keys as an (n, key length) uint8 array (one family: 16 bytes
+    a key for IPv4, 40 for IPv6), the rest int64 arrays."""
+    n, klen = kb.shape
+    a = (klen - 8) >> 1
+    u = np.uint64
+    src = np.zeros((n, 16), np.uint8)
+    src[:, :a] = kb[:, 0:a]
+    dst = np.zeros((n, 16), np.uint8)
+    dst[:, :a] = kb[:, a:2 * a]
+    w = kb[:, 2 * a:].astype(u)
+    sport = (w[:, 0] << u(8)) | w[:, 1]
+    dport = (w[:, 2] << u(8)) | w[:, 3]
+    zero = np.zeros(n, u)
+    return FlowBatch.from_columns(
+        family=np.full(n, 4 if a == 4 else 6, u), proto=w[:, 4].copy(), src=src, dst=dst,
+        sport=sport, dport=dport, post_src=src, post_dst=dst, post_sport=sport,
+        post_dport=dport, packets=pkts.astype(u), octets=octets.astype(u),
+        start_ms=(start // 1_000_000).astype(u),
+        end_ms=(np.maximum(last, start) // 1_000_000).astype(u),
+        direction=np.full(n, ORIGINAL, u), end_reason=reason.astype(u), tos=tos.astype(u),
+        tcp_flags=flags.astype(u), conn_id=zero,
+        vlan=((w[:, 6] << u(8)) | w[:, 7]) & u(0xFFF),
+        in_if=np.full(n, in_if, u), out_if=zero, zone=zero, mark=zero)
 
 
 class FlowTable:
@@ -419,6 +446,96 @@ class FlowTable:
         if out:
             self.count(out)
         return out
+
+    def blocks(self, keys: list, entries: list, reason: int | None = None) -> list:
+        """The records of the flows ``keys`` / ``entries`` (taken out of the
+        table) as ``FlowBatch`` blocks of columns, one per address family,
+        counted as exported: what ``flow_record`` makes of each, with
+        ``reason`` (None: ``end_reason`` at its deadline)."""
+        out = []
+        if not keys:
+            return out
+        by_len: dict = {}
+        for k, e in zip(keys, entries):
+            kl = by_len.get(len(k))
+            if kl is None:
+                by_len[len(k)] = kl = ([], [])
+            kl[0].append(k)
+            kl[1].append(e)
+        reasons = self.end_reasons
+        for klen, (ks, es) in by_len.items():
+            n = len(ks)
+            kb = np.frombuffer(b"".join(ks), np.uint8).reshape(n, klen)
+            c = np.array(es, np.int64).T
+            start, last = c[START], c[LAST]
+            r = (end_reason(start, last, c[IDLE], c[STATE], self.active_ns) if reason is None
+                 else np.full(n, reason, np.int64))
+            for code, k in enumerate(np.bincount(r).tolist()):
+                if k:
+                    reasons[code] = reasons.get(code, 0) + k
+            self.flows_exported += n
+            out.append(flow_columns(kb, c[PKTS], c[OCTETS], start, last, r, c[TOS], c[FLAGS],
+                                    self.in_if))
+        return out
+
+    def expire_into(self, now_ns: int, out, scan: bool = False) -> None:
+        """``expire(now_ns)`` into the ``FlowBatchBuilder`` ``out``, the
+        flows due as blocks of columns.  ``scan``: find them by a pass over
+        every flow rather than through the heap (cheaper when many are due
+        or were re-armed since their timer was queued: the chunk path's
+        expire every few seconds of capture), then rebuild the heap."""
+        pending = self.take_pending()
+        if pending:
+            self.count(pending)
+            out.extend(pending)
+        if scan:
+            keys, ents = self._scan_due(now_ns)
+        else:
+            due = self.pop_due(now_ns)
+            keys = [k for k, _e in due]
+            ents = [e for _k, e in due]
+        for b in self.blocks(keys, ents):
+            out.add_block(b)
+
+    def _scan_due(self, now_ns: int) -> tuple[list, list]:
+        """``pop_due`` by a pass over every flow: (keys, entries), in no
+        particular order; every entry left gets one timer, at its real deadline."""
+        flows = self._flows
+        n = len(flows)
+        if not n:
+            self._heap = []
+            return [], []
+        keys = list(flows)
+        ents = list(flows.values())
+        c = np.array(ents, np.int64)
+        dl = np.minimum(c[:, LAST] + c[:, IDLE], c[:, START] + self.active_ns)
+        due = dl <= now_ns
+        gone = np.flatnonzero(due).tolist()
+        dkeys = [keys[i] for i in gone]
+        dents = [ents[i] for i in gone]
+        for k in dkeys:
+            del flows[k]
+        keep = np.flatnonzero(~due).tolist()
+        kdl = dl[~due].tolist()
+        heap = []
+        for i, d in zip(keep, kdl):
+            ents[i][QUEUED] = d
+            heap.append((d, keys[i]))
+        heapq.heapify(heap)
+        self._heap = heap
+        return dkeys, dents
+
+    def flush_into(self, out) -> None:
+        """``flush_all()`` into the ``FlowBatchBuilder`` ``out``, as blocks."""
+        pending = self.take_pending()
+        if pending:
+            self.count(pending)
+            out.extend(pending)
+        flows = self._flows
+        self._flows = {}
+        self._heap = []
+        for b in self.blocks(list(flows), list(flows.values()), END_FORCED):
+            out.add_block(b)
 
     def next_deadline(self) -> int | None:
         """Nanoseconds at which ``expire`` has work, None when the table is

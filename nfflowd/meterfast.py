@@ -61,10 +61,10 @@ import numpy as np
 from itertools import repeat
 from operator import is_not
 
-from nfflowd.meter import (CLOSING, FIN, FLAGS, IDLE, LAST, OCTETS, PKTS, START, STATE, TOS,
-                           end_reason, flow_record)
+from nfflowd.meter import (CLOSING, FIN, FLAGS, IDLE, LAST, OCTETS, PKTS, START, STATE,
+                           end_reason, flow_columns)
 from nfflowd.packet import KEY_PROTO, flow_key, reverse_flow_key
-from nfflowd.record import ORIGINAL, FlowBatch, FlowBatchBuilder
+from nfflowd.record import FlowBatchBuilder
 
 __all__ = ["ChunkMeter"]
 
@@ -521,67 +521,19 @@ class ChunkMeter:
                   cnt[keep].tolist(), soc[keep].tolist(), sfl[keep].tolist(),
                   tos1[keep].tolist(), idle[keep].tolist(), state[keep].tolist(),
                   dl[keep].tolist())
-        # the others are records now (flow_record, vectorised)
+        # the others are records now
         idx = np.flatnonzero(now)
         if len(idx):
             reason = end_reason(t1[idx], tl[idx], idle[idx], state[idx], active)
-            self.bulk.append(self._records(kb[idx], cnt[idx], soc[idx], t1[idx], tl[idx],
-                                           reason, tos1[idx], sfl[idx]))
+            table.count_reasons(dict(enumerate(np.bincount(reason).tolist())))
+            self.bulk.append(flow_columns(kb[idx].view(np.uint8).reshape(len(idx), 16),
+                                          cnt[idx], soc[idx], t1[idx], tl[idx], reason,
+                                          tos1[idx], sfl[idx], table.in_if))
         return vec
 
-    def _records(self, kb, pkts, octets, start, last, reason, tos, flags) -> FlowBatch:
-        """``flow_record`` for many IPv4 flows at once, as a block of columns
-        (keys as an (n, 2) uint64 array, the rest as arrays), counted as
-        ``expire`` counts."""
-        n = len(kb)
-        u = np.uint64
-        b = kb.view(np.uint8).reshape(n, 16)
-        src = np.zeros((n, 16), np.uint8)
-        src[:, :4] = b[:, 0:4]
-        dst = np.zeros((n, 16), np.uint8)
-        dst[:, :4] = b[:, 4:8]
-        w = b.astype(u)
-        sport = (w[:, 8] << u(8)) | w[:, 9]
-        dport = (w[:, 10] << u(8)) | w[:, 11]
-        zero = np.zeros(n, u)
-        self.table.count_reasons(dict(enumerate(np.bincount(reason).tolist())))
-        return FlowBatch.from_columns(
-            family=np.full(n, 4, u), proto=w[:, 12].copy(), src=src, dst=dst, sport=sport,
-            dport=dport, post_src=src, post_dst=dst, post_sport=sport, post_dport=dport,
-            packets=pkts.astype(u), octets=octets.astype(u),
-            start_ms=(start // 1_000_000).astype(u),
-            end_ms=(np.maximum(last, start) // 1_000_000).astype(u),
-            direction=np.full(n, ORIGINAL, u), end_reason=reason.astype(u), tos=tos.astype(u),
-            tcp_flags=flags.astype(u), conn_id=zero,
-            vlan=((w[:, 14] << u(8)) | w[:, 15]) & u(0xFFF),
-            in_if=np.full(n, self.table.in_if, u), out_if=zero, zone=zero, mark=zero)
-
     def _expire(self, now: int, out: FlowBatchBuilder) -> None:
-        """``table.expire(now)`` into ``out``, the IPv4 records made at once."""
-        table = self.table
-        active = table.active_ns
-        k4 = []
-        e4 = []
-        other = []
-        for key, e in table.pop_due(now):
-            if len(key) == 16:
-                k4.append(key)
-                e4.append(e)
-            else:
-                other.append(flow_record(key, e, end_reason(e[START], e[LAST], e[IDLE],
-                                                            e[STATE], active), table.in_if))
-        done = table.take_pending()
-        done += other
-        if done:
-            table.count(done)
-            out.extend(done)
-        if k4:
-            kb = np.frombuffer(b"".join(k4), "<u8").reshape(len(k4), 2)
-            c = [np.array(x, np.int64) for x in zip(*e4)]
-            start, last, idle = c[START], c[LAST], c[IDLE]
-            reason = end_reason(start, last, idle, c[STATE], active)
-            out.add_block(self._records(kb, c[PKTS], c[OCTETS], start, last, reason, c[TOS],
-                                        c[FLAGS]))
+        """``table.expire(now)`` into ``out``, as blocks of columns."""
+        self.table.expire_into(now, out, scan=True)
 
     def _pairs(self, keys, ents, evg, starts, ends, srt, pidx, st, fl, cnt, soc, sfl, mgap,
                t1, tl, tos1):

@@ -144,12 +144,12 @@ class _Run:
 
     def expire(self, now_ns: int) -> None:
         out = FlowBatchBuilder()
-        out.extend(self.table.expire(now_ns))
+        self.table.expire_into(now_ns, out)
         self.emit(out)
 
     def flush(self, now_ns: int) -> None:
         out = FlowBatchBuilder()
-        out.extend(self.table.flush_all(now_ns))
+        self.table.flush_into(out)
         self.emit(out)
 
     def update(self) -> MeterStats:
