@@ -77,6 +77,34 @@ names in brackets):
 
 A string's ``fmt`` is ``"<n>s"`` (NUL-padded by ``struct``); ``options.py``
 encodes the variable-length form (RFC 7011 section 7) itself.
+
+Application fields (``L7_ELEMENTS``, keyed by the ``FlowBatch.l7`` field
+names; IPFIX only, see ``template.py``): the enterprise elements ipfixprobe
+exports them under (its ``ipfix-elements.hpp``), with the names and types of
+libfds's ``cesnet.xml`` / ``flowmon.xml`` (ipfixcol2's element files); PEN
+8057 is CESNET's, 39499 Flowmon's.  ``length`` 65535: variable length.
+
+  field             PEN    id  name                 type          length
+  tls_sni           8057  808  TLSSNI               string        variable
+  tls_alpn         39499  337  tlsAlpn              string        variable
+  tls_version      39499  333  tlsServerVersion     unsigned16    2
+  tls_ja3          39499  357  tlsJa3Fingerprint    octetArray    variable (the 16-byte
+                                                                   MD5, as ipfixprobe sends it)
+  tls_ja4           8057  809  tlsJa4               string        variable (ipfixprobe's TLS_JA4;
+                                                                   not in libfds 2025-01)
+  quic_sni          8057  890  quicSNI              string        variable
+  quic_user_agent   8057  891  quicUserAgent        string        variable
+  quic_version      8057  892  quicVersion          unsigned32    4
+  http_method       8057  200  httpMethod           string        variable
+  http_host        39499    1  httpHost             string        variable
+  http_path        39499    2  httpUrl              string        variable (ipfixprobe's HTTP_URI:
+                                                                   the request target)
+  http_user_agent  39499   20  httpUserAgent        string        variable
+  http_status      39499   12  httpStatusCode       unsigned16    2
+  dns_qname         8057    2  DNSName              string        variable
+  dns_qtype         8057    3  DNSQType             unsigned16    2
+  dns_rcode         8057    1  DNSRCode             unsigned8     1
+  dns_answers       8057   14  DNSAnswers           unsigned16    2
 """
 
 from __future__ import annotations
@@ -90,6 +118,8 @@ class IE(NamedTuple):
     fmt: str            # struct code for one value of ``length`` bytes
     enterprise: int = 0
 
+
+VARLEN = 0xFFFF     # the field length of a variable-length element (RFC 7011 section 7)
 
 ELEMENTS: dict[str, IE] = {
     "octetDeltaCount": IE(1, 8, "Q"),
@@ -156,6 +186,45 @@ OPTION_ELEMENTS: dict[str, IE] = {
 }
 
 
+CESNET_PEN, FLOWMON_PEN = 8057, 39499
+
+
+class L7Element(NamedTuple):
+    """An application field's element: ``ie`` as the registry's entries,
+    its IPFIX name and data type (for element files such as ipfixDump's)."""
+    ie: IE
+    name: str
+    type: str
+
+
+def _l7(pen: int, eid: int, name: str, type_: str) -> L7Element:
+    fixed = {"unsigned8": (1, "B"), "unsigned16": (2, "H"), "unsigned32": (4, "I")}
+    length, fmt = fixed.get(type_, (VARLEN, ""))
+    return L7Element(IE(eid, length, fmt, pen), name, type_)
+
+
+# in the order their fields go in a template
+L7_ELEMENTS: dict[str, L7Element] = {
+    "tls_sni": _l7(CESNET_PEN, 808, "TLSSNI", "string"),
+    "tls_alpn": _l7(FLOWMON_PEN, 337, "tlsAlpn", "string"),
+    "tls_version": _l7(FLOWMON_PEN, 333, "tlsServerVersion", "unsigned16"),
+    "tls_ja3": _l7(FLOWMON_PEN, 357, "tlsJa3Fingerprint", "octetArray"),
+    "tls_ja4": _l7(CESNET_PEN, 809, "tlsJa4", "string"),
+    "quic_sni": _l7(CESNET_PEN, 890, "quicSNI", "string"),
+    "quic_user_agent": _l7(CESNET_PEN, 891, "quicUserAgent", "string"),
+    "quic_version": _l7(CESNET_PEN, 892, "quicVersion", "unsigned32"),
+    "http_method": _l7(CESNET_PEN, 200, "httpMethod", "string"),
+    "http_host": _l7(FLOWMON_PEN, 1, "httpHost", "string"),
+    "http_path": _l7(FLOWMON_PEN, 2, "httpUrl", "string"),
+    "http_user_agent": _l7(FLOWMON_PEN, 20, "httpUserAgent", "string"),
+    "http_status": _l7(FLOWMON_PEN, 12, "httpStatusCode", "unsigned16"),
+    "dns_qname": _l7(CESNET_PEN, 2, "DNSName", "string"),
+    "dns_qtype": _l7(CESNET_PEN, 3, "DNSQType", "unsigned16"),
+    "dns_rcode": _l7(CESNET_PEN, 1, "DNSRCode", "unsigned8"),
+    "dns_answers": _l7(CESNET_PEN, 14, "DNSAnswers", "unsigned16"),
+}
+
+
 def element(name: str) -> IE:
     """The registry entry of ``name``; KeyError names the unknown element."""
     try:
@@ -168,5 +237,9 @@ def element(name: str) -> IE:
         pass
     try:
         return OPTION_ELEMENTS[name]
+    except KeyError:
+        pass
+    try:
+        return L7_ELEMENTS[name].ie
     except KeyError:
         raise KeyError(f"unknown information element {name!r}") from None

@@ -47,6 +47,7 @@ class IpfixEncoder(TemplateEncoder):
     TEMPLATE_SET_ID = TEMPLATE_SET_ID
     PAD = 1
     MAX_SIZE_LIMIT = 65535
+    L7 = True
 
     def __init__(self, domain_id: int = 0, records: Sequence[str] = RECORD_KINDS,
                  nat_event_codes: str = "rfc8158", max_size: int = 1400,
@@ -89,6 +90,7 @@ class IpfixEncoder(TemplateEncoder):
         message = HEADER.pack(10, length, (now_ms // 1000) & _U32, seq, self.domain_id) + tset
         self._templates_sent = True
         self._forced = False
+        self._l7_pending.clear()
         self._since_templates = 1
         self._templates_ms = now_ms
         self.template_sends += 1

@@ -53,11 +53,10 @@ from __future__ import annotations
 import struct
 from typing import Callable, Sequence
 
-from nfflowd.ie import element
+from nfflowd.ie import VARLEN, element
 
 TID_IFNAMES, TID_SAMPLING, TID_EXPORTER_STATS = 512, 513, 514
 OPTIONS_SET_ID = {9: 1, 10: 3}      # v9 Options Template FlowSet id, IPFIX Options Template Set id
-VARLEN = 0xFFFF                     # IPFIX field length of a variable-length element
 OPTIONS_PERIOD_MS = 60_000          # options datagrams at least this often (also on TCP)
 
 # RFC 3954 section 6.1: v9 scope field types

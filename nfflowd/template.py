@@ -54,6 +54,22 @@ record, as it did before the variants doubled the set).  A quiet
 exporter sends no data to carry them: ``refresh_templates(now_ms)``, called
 periodically, returns a templates-only datagram once the time refresh is due.
 
+Application fields (``FlowBatch.l7``, the meter's ``--l7``; IPFIX only,
+``L7``): a record that has some goes under a template of its flow template's
+elements followed by the enterprise elements of its fields (``ie.L7_ELEMENTS``,
+strings of variable length, RFC 7011 section 7): a template per field set,
+as exporters make them, its id stable for the encoder's life (one per (flow
+template, field set), from ``L7_TID_FIRST`` on, at most ``L7_TEMPLATES_MAX``).
+Such records are few: they are packed one by one, each in a data set of its
+own, after the other records of the batch.  A new template goes just before
+its first record (in the same datagram when both fit, else opening the
+next), and from then on with every refresh.  Fields that cannot go (a value
+out of its element's range, a JA3 that is not 32 hex digits, a record too
+large for ``max_size``, the template limit reached, NetFlow v9: no
+enterprise elements and no variable-length fields) are counted by reason in
+``l7_unexported`` and the record goes without them.  Records without
+application fields go as before, byte for byte.
+
 Options (``attach_options``, ``options.ExporterOptions``): datagrams of
 options templates and records go just before each datagram that carries
 the templates, and between refreshes when the options are due (interfaces
@@ -64,13 +80,14 @@ from __future__ import annotations
 
 import struct
 from operator import itemgetter
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from nfflowd.ie import element
-from nfflowd.record import (NAT44_SESSION_CREATE, NAT44_SESSION_DELETE, NAT_CREATE, NAT_DELETE,
-                            Flow, FlowBatch, NatEvent)
+from nfflowd.ie import L7_ELEMENTS, element
+from nfflowd.options import varlen
+from nfflowd.record import (FLOW_FIELDS, NAT44_SESSION_CREATE, NAT44_SESSION_DELETE, NAT_CREATE,
+                            NAT_DELETE, Flow, FlowBatch, NatEvent)
 
 SET_HEADER = struct.Struct("!HH")
 # IPFIX field specifier of an enterprise-specific element (RFC 7011 section
@@ -144,6 +161,102 @@ def data_set(template: Template, rows: Iterable[Sequence], pad: int = 4) -> byte
     return SET_HEADER.pack(template.id, n) + body + bytes(n - 4 - len(body))
 
 
+class L7Template:
+    """A flow template (``base``) followed by application fields (names of
+    ``ie.L7_ELEMENTS``): its template record; its data records are the
+    base's record then the fields' encodings (``encode_l7``)."""
+
+    __slots__ = ("id", "base", "fields", "names", "record")
+
+    def __init__(self, template_id: int, base: Template, fields: Sequence[str]):
+        if not 256 <= template_id <= 0xFFFF:
+            raise ValueError("template ids are 256-65535")
+        ies = [L7_ELEMENTS[f].ie for f in fields]
+        self.id = template_id
+        self.base = base
+        self.fields = tuple(fields)
+        self.names = base.names + self.fields
+        self.record = (SET_HEADER.pack(template_id, len(base.names) + len(ies)) + base.record[4:]
+                       + b"".join(_ENTERPRISE_FIELD.pack(ie.id | 0x8000, ie.length, ie.enterprise)
+                                  for ie in ies))
+
+    def __repr__(self):
+        return f"L7Template({self.id}, {self.base.id}, {self.fields})"
+
+
+def encode_l7(values: dict) -> tuple[tuple, bytes, list]:
+    """The application fields of one record (``FlowBatch.l7``'s ``{field:
+    value}``) as the tail of its data record: (the fields encoded, in
+    ``L7_ELEMENTS`` order; their bytes; the reasons of those left out).
+    Strings are UTF-8 of variable length, the JA3 the 16 bytes of its MD5
+    (as ipfixprobe sends it), integers of their element's size.  None values
+    are absent fields."""
+    names, parts, bad = [], [], []
+    for name, v in values.items():
+        if name not in L7_ELEMENTS and v is not None:
+            bad.append(f"{name}: no element")
+    for name, el in L7_ELEMENTS.items():
+        v = values.get(name)
+        if v is None:
+            continue
+        if el.type == "string":
+            if not isinstance(v, str):
+                bad.append(f"{name}: not a string")
+                continue
+            try:
+                b = varlen(v.encode("utf-8"))
+            except ValueError:              # a lone surrogate; longer than 65535 bytes
+                bad.append(f"{name}: not encodable")
+                continue
+        elif el.type == "octetArray":       # the JA3: its MD5 in hex
+            try:
+                raw = bytes.fromhex(v) if isinstance(v, str) and len(v) == 32 else b""
+            except ValueError:
+                raw = b""
+            if len(raw) != 16:
+                bad.append(f"{name}: not 32 hex digits")
+                continue
+            b = varlen(raw)
+        elif type(v) is not int and not isinstance(v, np.integer):
+            bad.append(f"{name}: not an integer")
+            continue
+        else:
+            try:
+                b = struct.pack("!" + el.ie.fmt, v)
+            except struct.error:
+                bad.append(f"{name}: out of range")
+                continue
+        names.append(name)
+        parts.append(b)
+    return tuple(names), b"".join(parts), bad
+
+
+class _OneRecord(NamedTuple):
+    """A group of one record of its own length (``_encode`` reads ``id``
+    and ``size``); ``template`` is the one to announce first if new."""
+    id: int
+    size: int
+    template: object
+
+
+def split_l7(batch: FlowBatch) -> tuple[FlowBatch, list]:
+    """(the records of ``batch`` without application fields, as a batch of
+    the same form; [(``Flow``, its fields)] of the others, in order)."""
+    idx = sorted(i for i in batch.l7 if 0 <= i < batch.n)
+    if batch.flow_list is not None:
+        flows = batch.flow_list
+        keep = set(idx)
+        rest = FlowBatch.from_flows([f for i, f in enumerate(flows) if i not in keep])
+        picked = [flows[i] for i in idx]
+    else:
+        mask = np.ones(batch.n, dtype=bool)
+        mask[idx] = False
+        at = np.asarray(idx, dtype=np.intp)
+        rest = FlowBatch.from_columns(**{n: getattr(batch, n)[mask] for n in FLOW_FIELDS})
+        picked = FlowBatch.from_columns(**{n: getattr(batch, n)[at] for n in FLOW_FIELDS}).flows()
+    return rest, [(f, batch.l7[i]) for f, i in zip(picked, idx)]
+
+
 # -- the templates nfflowd sends ------------------------------------------------
 
 _FLOW_COMMON_HEAD = ("protocolIdentifier",)
@@ -188,6 +301,10 @@ NAT6 = ("observationTimeMilliseconds", "natEvent", "protocolIdentifier",
 TID_FLOW4, TID_FLOW6, TID_FLOW4_ICMP, TID_FLOW6_ICMP, TID_NAT4, TID_NAT6 = range(256, 262)
 # the zone variant of flow template t is t + ZONE_TID (262-265)
 ZONE_TID = 6
+# the templates of records with application fields: 1024 on, one per (flow
+# template, field set), as they first come (options.py has 512-514)
+L7_TID_FIRST = 1024
+L7_TEMPLATES_MAX = 1024
 
 # Which record field carries each element (FLOW_SOURCE: of the flow templates,
 # biflow.py extends it).  ``Flow`` fields by name; for NAT
@@ -316,6 +433,8 @@ class TemplateEncoder:
     TEMPLATE_SET_ID = 0
     PAD = 1
     MAX_SIZE_LIMIT = 65535
+    L7 = False                  # application fields exported (IPFIX); else counted
+    L7_NOT_EXPORTED = "not exported in this protocol"   # the reason counted when not
 
     def __init__(self, records: Sequence[str] = RECORD_KINDS, nat_event_codes: str = "rfc8158",
                  max_size: int = 1400, template_refresh_packets: int = 20,
@@ -380,6 +499,9 @@ class TemplateEncoder:
         self.invalid_reasons: dict[str, int] = {}   # ``invalid`` by reason
         self.last_counts: list[int] = []  # data records per datagram of the last encode()
         self.options = None             # options.ExporterOptions (attach_options)
+        self.l7_unexported: dict[str, int] = {}     # application fields left out, by reason
+        self._l7_templates: dict[tuple, L7Template] = {}    # (base id, fields) -> template
+        self._l7_pending: dict[int, L7Template] = {}   # created, not sent since the last refresh
 
     # What a flow item is (the fields its getters index) and which of them
     # carries each element: ``Flow`` here; biflow.BiflowIpfixEncoder's rows
@@ -496,6 +618,7 @@ class TemplateEncoder:
         counters start again."""
         self._templates_sent = True
         self._forced = False
+        self._l7_pending.clear()
         self._since_templates = 0
         self._templates_ms = now_ms
         self.template_sends += 1
@@ -546,6 +669,12 @@ class TemplateEncoder:
         ``record.FlowBatch``)."""
         groups: dict[int, tuple] = {}
         invalid = 0
+        l7 = ()
+        if batch.l7 and "flows" in self.records:
+            if self.L7:
+                batch, l7 = split_l7(batch)
+            else:
+                self._l7_out(self.L7_NOT_EXPORTED, sum(len(v) for v in batch.l7.values()))
         flows = batch.flow_list
         if flows is None:
             try:
@@ -585,7 +714,67 @@ class TemplateEncoder:
                     g = groups[t.id] = (t, [], self._nat_get[t.id])
                 g[1].append(ev + (create if ev[11] else delete,))
         self._refused(NOT_IP, invalid)
-        return [g if len(g) == 4 else self._pack(*g) for g in groups.values()]
+        out = [g if len(g) == 4 else self._pack(*g) for g in groups.values()]
+        if l7:
+            out += self._l7_groups(l7)
+        return out
+
+    def _l7_out(self, reason: str, n: int = 1) -> None:
+        self.l7_unexported[reason] = self.l7_unexported.get(reason, 0) + n
+
+    def _l7_groups(self, items: list) -> list:
+        """Groups of one record each for the (``Flow``, fields) ``items``:
+        under the template of their field set (created when new), or their
+        flow template alone when none of their fields can go."""
+        out = []
+        pad, room = self.PAD, self.max_size - self.HEADER_SIZE
+        for f, values in items:
+            if f[22]:
+                t = self._zone_by_key.get((f[0], f[1])) or self._zone_by_family.get(f[0])
+            else:
+                t = self._flow_by_key.get((f[0], f[1])) or self._flow_by_family.get(f[0])
+            if t is None:
+                self._refused(NOT_IP, 1)
+                continue
+            values_of = self._flow_get[t.id](f)
+            try:
+                rec = t.struct.pack(*values_of)
+            except (struct.error, TypeError):
+                self._refused(t.misfit(values_of), 1)
+                continue
+            fields, tail, bad = encode_l7(values)
+            for reason in bad:
+                self._l7_out(reason)
+            tpl = t
+            if fields:
+                # its template set (8 bytes a field) and the record, alone
+                # in a datagram
+                tset = padded(len(t.record) + 4 + 8 * len(fields), pad)
+                if tset + padded(4 + len(rec) + len(tail), pad) > room:
+                    self._l7_out("record larger than max_size", len(fields))
+                else:
+                    tpl = self._l7_template(t, fields) or t
+            if tpl is not t:
+                rec += tail
+            out.append((_OneRecord(tpl.id, len(rec), tpl), rec, 1, None))
+        return out
+
+    def _l7_template(self, base: Template, fields: tuple):
+        """The template of ``base`` with ``fields``: made (and to be
+        announced) when new; None (counted) past ``L7_TEMPLATES_MAX``."""
+        key = (base.id, fields)
+        tpl = self._l7_templates.get(key)
+        if tpl is not None:
+            return tpl
+        if len(self._l7_templates) >= L7_TEMPLATES_MAX:
+            self._l7_out("too many field sets", len(fields))
+            return None
+        tpl = L7Template(L7_TID_FIRST + len(self._l7_templates), base, fields)
+        self._l7_templates[key] = tpl
+        self.templates.append(tpl)
+        self._template_sets = self._split_templates()
+        self._l7_pending[tpl.id] = tpl
+        return tpl
 
     def _pack(self, tpl: Template, items: list, getter: Callable) -> tuple:
         """``items`` packed by ``tpl`` (``getter(item)``: the values in
@@ -635,10 +824,25 @@ class TemplateEncoder:
         off = 0                 # 0: no datagram open
         data = tmpl = 0
         set_hdr = SET_HEADER.pack
+        pending = self._l7_pending
         for tpl, blob, n, good in self._groups(batch, nat_events):
             size = tpl.size
             tid = tpl.id
             i = 0
+            if pending and tid in pending:
+                # a new template: before its record, in the same datagram
+                # if both fit (_l7_groups made sure they fit an empty one)
+                tset = template_set(self.TEMPLATE_SET_ID, [pending[tid]], pad)
+                if off and off + len(tset) + padded(4 + size, pad) > max_size:
+                    self._close_packed(parts, off, tmpl, data, now_ms, boot_ms, out, counts)
+                    off = 0
+                if not off:
+                    off, parts, data, tmpl = self._open(now_ms, boot_ms, out, counts)
+                if tid in pending:          # not sent by a refresh in _open
+                    del pending[tid]
+                    parts.append(tset)
+                    off += len(tset)
+                    tmpl += 1
             # records in a datagram of this template alone (no templates)
             k0 = records_fitting(max_size, hsize, size, pad)
             while i < n:
