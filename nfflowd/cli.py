@@ -40,8 +40,9 @@ USAGE = ("nfflowd [ -c file ] [ -f ] { start | stop | restart | reload | install
          "[ --archive PATH ]")
 METER_USAGE = ("nfflowd [ -c file ] meter { -r FILE | -i IFACE } [ --bpf EXPR ] [ -n COUNT ] "
                "[ --print ]\n"
-               "       [ --active-timeout S ] [ --inactive-timeout S ] [ --max-flows N ] "
-               "[ -s SNAPLEN ]")
+               "       [ --format csv|json ] [ --l7 PROTOCOLS ] [ --active-timeout S ] "
+               "[ --inactive-timeout S ]\n"
+               "       [ --max-flows N ] [ -s SNAPLEN ]")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -135,6 +136,15 @@ def _meter_parser() -> argparse.ArgumentParser:
     p.add_argument("--print", dest="print_csv", action="store_true",
                    help="also write each flow as flow-tools CSV lines (flow-export -f2 "
                         "order) to standard output: the values the v5 records carry")
+    p.add_argument("--format", dest="fmt", choices=("csv", "json"), default="csv",
+                   help="what --print writes: csv (default), or json: one JSON object per "
+                        "flow record, every field (addresses and times as text) and its L7 "
+                        "fields")
+    p.add_argument("--l7", metavar="PROTOCOLS",
+                   help="inspect the flows' first payloads for application fields: a comma-"
+                        "separated list of tls, quic, http, dns, or all; 'none' turns off the "
+                        "config's (default: meter.l7, off).  With -i each packet's first 384 "
+                        "bytes at least are captured")
     p.add_argument("--active-timeout", type=_seconds, metavar="S",
                    help="end a flow S seconds after its first packet (default 300)")
     p.add_argument("--inactive-timeout", type=_seconds, metavar="S",
@@ -320,6 +330,19 @@ def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser,
         err(f"meter: -s SNAPLEN must be from {SNAPLEN_MIN} to {SNAPLEN_MAX}, "
             f"got {opts.snaplen}")
         return EXIT_CONFIG
+    l7_cli = None
+    if opts.l7 is not None:
+        from nfflowd.l7.inspect import parse_protocols
+        try:
+            l7_cli = () if opts.l7.strip().lower() == "none" else parse_protocols(opts.l7)
+        except ValueError as e:
+            err(f"meter --l7: {e}")
+            return EXIT_CONFIG
+        if opts.l7.strip().lower() != "none" and not l7_cli:
+            err("meter --l7: no protocol named (tls, quic, http, dns, all or none)")
+            return EXIT_CONFIG
+    if opts.fmt == "json" and not opts.print_csv:
+        err("meter: --format says what --print writes; without --print nothing is printed")
     if opts.if_index is not None:
         if opts.interface is not None:
             err("meter: --if-index is for -r FILE; with -i the records carry the "
@@ -362,11 +385,19 @@ def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser,
     bpf = pick(opts.bpf, m.bpf) or None
     count = pick(opts.count, m.count) or None
     progress = sys.stderr.isatty()
+    l7 = pick(l7_cli, m.l7)
+    if l7:
+        from nfflowd.l7.inspect import missing_parsers
+        missing = missing_parsers(l7)
+        if missing:
+            err(f"meter --l7: no parser for {', '.join(missing)} in this nfflowd")
+            return EXIT_CONFIG
     from nfflowd.app.meters import run_file, run_interface
     if opts.interface is not None:
         return EXIT_STATUS[run_interface(cfg, opts.interface, table, bpf=bpf, count=count,
                                          snaplen=pick(opts.snaplen, m.snaplen),
-                                         print_csv=opts.print_csv, progress=progress)]
+                                         print_csv=opts.print_csv, progress=progress,
+                                         fmt=opts.fmt, l7=l7)]
     filt = None
     if bpf is not None:
         from nfflowd.io.bpf import Filter, FilterError
@@ -377,7 +408,7 @@ def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser,
             err(f"meter --bpf: {e}")
             return EXIT_CONFIG
     return EXIT_STATUS[run_file(cfg, opts.read, table, print_csv=opts.print_csv, bpf=filt,
-                                count=count, progress=progress)]
+                                count=count, progress=progress, fmt=opts.fmt, l7=l7)]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,7 @@ from nfflowd.app.config import Config
 from nfflowd.app.service import Status
 from nfflowd.errors import ConfigError, NfflowdError
 
-__all__ = ["check", "start_problems", "kernel_prerequisites", "daemon_state", "event_rules",
+__all__ = ["check", "meter_notes", "start_problems", "kernel_prerequisites", "daemon_state", "event_rules",
            "EVENT_RULES"]
 
 
@@ -26,6 +26,8 @@ def check(path: str) -> Status:
     if not _check_kernel(cfg) and status is Status.OK:
         status = Status.PREREQUISITES
     _check_interfaces(cfg)
+    for line in meter_notes(cfg):
+        print(line)
     unchecked: list[str] = []
     running = daemon_state(cfg, unchecked)
     for line in unchecked:
@@ -74,6 +76,22 @@ def _check_kernel(cfg: Config) -> bool:
     for line in unchecked:
         print(f"could not check: {line}")
     return not problems
+
+
+def meter_notes(cfg: Config) -> list[str]:
+    """What ``check`` says of the meter's L7 inspection (meter.l7): the
+    protocols, and what a live capture keeps of each packet for them."""
+    m = cfg.meter
+    if not m.l7:
+        return []
+    from nfflowd.l7.inspect import MIN_SNAPLEN
+    out = [f"meter: L7 inspection on ({', '.join(m.l7)})"]
+    if m.snaplen < MIN_SNAPLEN:
+        out.append(f"meter: warning: meter.snaplen {m.snaplen} cuts the payload L7 inspection "
+                   f"reads: live captures keep {MIN_SNAPLEN} bytes of each packet instead "
+                   "(a capture file keeps its own snaplen; the summary counts the packets "
+                   "whose payload it cut)")
+    return out
 
 
 def _check_interfaces(cfg: Config) -> None:

@@ -129,6 +129,7 @@ class MeterConfig:
     count: int = 0                  # meter: stop after this many packets; 0: no limit
     interfaces: tuple[MeterInterface, ...] = ()
     if_index: int = 0               # meter -r: the records' ingress interface index
+    l7: tuple[str, ...] = ()        # application protocols inspected (l7.inspect.PROTOCOLS)
 
 
 INTERFACE_METHODS = ("route", "mark", "zone", "none")
@@ -337,7 +338,7 @@ def _interface_name(name) -> bool:
 
 def _meter(c: _Checker, data) -> MeterConfig:
     m = c.section(data, "meter", {"active_timeout", "inactive_timeout", "max_flows", "snaplen",
-                                  "bpf", "count", "interfaces", "if_index"})
+                                  "bpf", "count", "interfaces", "if_index", "l7"})
     d = MeterConfig()
     interfaces = []
     raw = m.get("interfaces")
@@ -373,8 +374,25 @@ def _meter(c: _Checker, data) -> MeterConfig:
         count=c.integer(m, "count", "meter.count", d.count, 0, 2**63 - 1),
         interfaces=tuple(interfaces),
         if_index=c.integer(m, "if_index", "meter.if_index", d.if_index, 0, 2**32 - 1),
+        l7=_l7(c, m.get("l7")),
     )
     return out
+
+
+def _l7(c: _Checker, raw) -> tuple[str, ...]:
+    """meter.l7: a list of protocols (tls, quic, http, dns) or "all"."""
+    from nfflowd.l7.inspect import PROTOCOLS, parse_protocols
+    if raw is None:
+        return ()
+    if not (isinstance(raw, list) and all(isinstance(x, str) for x in raw)) and raw != "all":
+        c.bad("meter.l7", f"expected a list of protocols ({', '.join(PROTOCOLS)}) or all, "
+              f"got {_kind(raw)}")
+        return ()
+    try:
+        return parse_protocols(raw if raw != "all" else "all")
+    except ValueError as e:
+        c.bad("meter.l7", str(e))
+        return ()
 
 
 def _interfaces(c: _Checker, data) -> InterfacesConfig:

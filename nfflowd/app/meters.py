@@ -37,7 +37,8 @@ except ImportError:                  # numpy missing: batch by batch only
     ChunkMeter = None
 
 __all__ = ["MeterStats", "meter_file", "meter_live", "chunk_size_for", "skip_warnings",
-           "Exporter", "Progress", "run_file", "run_interface", "END_NAMES"]
+           "Exporter", "Progress", "run_file", "run_interface", "END_NAMES",
+           "json_lines", "l7_lines", "l7_warnings"]
 
 
 @dataclass
@@ -56,6 +57,7 @@ class MeterStats:
     truncated: int = 0              # transport header cut by the snaplen
     length_mismatch: int = 0        # IP length above the wire length (the wire's counted)
     snapped: int = 0                # captured length < original length
+    l7: dict | None = None          # --l7: the inspector's counters (Inspector.stats)
     flows: list = field(default_factory=list)     # when no sink was given
     flows_exported: int = 0
     evicted: int = 0
@@ -75,7 +77,7 @@ class MeterStats:
     def warnings(self) -> list[str]:
         out = [] if self.error is None else [f"capture error: {self.error}"]
         return out + skip_warnings(self.skipped, self.truncated, self.evicted,
-                                   self.length_mismatch)
+                                   self.length_mismatch) + l7_warnings(self.l7)
 
 
 def skip_warnings(skipped: dict, truncated: int, evicted: int,
@@ -97,6 +99,33 @@ def skip_warnings(skipped: dict, truncated: int, evicted: int,
     return out
 
 
+def l7_lines(l7: dict | None) -> list[str]:
+    """The L7 inspection's summary line (``--l7``)."""
+    if l7 is None:
+        return []
+    bad = l7["bad"]
+    return [f"l7: {l7['inspected']} payloads inspected, {l7['found']} flow directions with "
+            f"fields, {l7['attached']} records given them"
+            + (", bad payload: " + ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+               if bad else "")]
+
+
+def l7_warnings(l7: dict | None) -> list[str]:
+    """What the L7 inspection could not see, in words."""
+    if l7 is None:
+        return []
+    from nfflowd.l7.inspect import MIN_SNAPLEN
+    out = []
+    if l7["cut"]:
+        out.append(f"{l7['cut']} TCP/UDP packets whose payload the snaplen cut (L7 fields "
+                   "may be missing: a live capture with --l7 keeps at least "
+                   f"{MIN_SNAPLEN} bytes, -s raises it)")
+    if l7["full"]:
+        out.append(f"{l7['full']} payloads not inspected: --max-flows flows were being "
+                   "inspected")
+    return out
+
+
 # a classic pcap file is metered a chunk at a time (nfflowd.meterfast), whose
 # working set (the buffer, numpy arrays, a key per flow) is some 3 bytes per
 # byte of chunk: the chunk follows the table's size, so that a small
@@ -115,22 +144,26 @@ class _Run:
     """A run's table, parser and stats; the counters are the table's since
     the run began."""
 
-    def __init__(self, table, source: str, sink):
+    def __init__(self, table, source: str, sink, l7=None):
         self.table = table
         self.parser = PacketParser()
         self.stats = MeterStats(source=source)
+        self.l7 = l7                # an l7.inspect.Inspector, or None (--l7 off)
         self.sink = sink if sink is not None else self._keep
         self._base = (table.packets, table.octets, table.flows_exported, table.evicted,
                       dict(table.end_reasons))
 
-    def frames(self, batch, expire_at: int | None) -> None:
-        """Meter a batch of frames; then, unless ``expire_at`` is None,
+    def frames(self, batch, expire_at: int | None, inspect: bool = True) -> None:
+        """Meter a batch of frames (and, with ``inspect``, let the L7
+        inspector see them first); then, unless ``expire_at`` is None,
         expire the flows due by then into the sink."""
         stats = self.stats
         if stats.first_ns is None:
             stats.first_ns = batch[0][0]
         stats.frames += len(batch)
         stats.last_ns = batch[-1][0]
+        if inspect and self.l7 is not None:
+            self.l7.frames(batch)
         self.table.meter_frames(batch, self.parser)
         if expire_at is not None:
             self.expire(expire_at)
@@ -140,7 +173,10 @@ class _Run:
 
     def emit(self, out: FlowBatchBuilder) -> None:
         if out:
-            self.sink(out.batch())
+            batch = out.batch()
+            if self.l7 is not None:
+                self.l7.attach(batch)
+            self.sink(batch)
 
     def expire(self, now_ns: int) -> None:
         out = FlowBatchBuilder()
@@ -151,6 +187,8 @@ class _Run:
         out = FlowBatchBuilder()
         self.table.flush_into(out)
         self.emit(out)
+        if self.l7 is not None:
+            self.l7.clear()
 
     def update(self) -> MeterStats:
         s, t, p = self.stats, self.table, self.parser
@@ -166,6 +204,8 @@ class _Run:
         s.end_reasons = {k: v - reasons0.get(k, 0) for k, v in t.end_reasons.items()
                          if v - reasons0.get(k, 0)}
         s.active_flows = len(t)
+        if self.l7 is not None:
+            s.l7 = self.l7.stats()
         return s
 
 
@@ -177,7 +217,8 @@ def _name(source) -> str:
 def meter_file(source, table, sink: Callable[[FlowBatch], None] | None = None, bpf=None,
                count: int | None = None,
                progress: Callable[[MeterStats], None] | None = None,
-               batch_size: int = 4096, chunk_size: int | None = None) -> MeterStats:
+               batch_size: int = 4096, chunk_size: int | None = None,
+               l7=None) -> MeterStats:
     """Meter the capture file ``source`` (path, binary file object or bytes)
     through ``table``, with the packets' own time.  Ended flows go to
     ``sink`` (called with a ``FlowBatch`` of them at a time) or, without
@@ -191,8 +232,11 @@ def meter_file(source, table, sink: Callable[[FlowBatch], None] | None = None, b
     ``nfflowd.meterfast`` (default ``chunk_size_for(table.max_flows)``): the
     same flows, in another order and some later (at the chunk's last batch
     boundary).  Memory: the table's flows, one chunk, and the records of one
-    batch (on the vectorised path, of one chunk: no more than the table holds)."""
-    run = _Run(table, _name(source), sink)
+    batch (on the vectorised path, of one chunk: no more than the table holds).
+    ``l7``: an ``l7.inspect.Inspector`` that sees the frames alongside the
+    table (a chunk through its numpy pre-filter) and gives the records their
+    application fields (``FlowBatch.l7``) as they go to ``sink``."""
+    run = _Run(table, _name(source), sink, l7)
     stats = run.stats
     reader = CaptureReader(source, batch_size=batch_size)
     chunks = None
@@ -234,10 +278,12 @@ def meter_file(source, table, sink: Callable[[FlowBatch], None] | None = None, b
 def _meter_chunk(run: _Run, chunks, chunk) -> None:
     """A chunk vectorised, or else batch by batch as the reader would have
     cut it, each batch boundary followed by its expire."""
+    if run.l7 is not None:
+        run.l7.chunk(chunk)
     out = FlowBatchBuilder()
     if not chunks.meter(chunk, out):
         for batch, boundary in chunks.batches(chunk):
-            run.frames(batch, batch[-1][0] if boundary else None)
+            run.frames(batch, batch[-1][0] if boundary else None, inspect=False)
         return
     run.emit(out)
     stats = run.stats
@@ -252,15 +298,16 @@ def meter_live(capture, table, sink: Callable[[FlowBatch], None],
                stop: Callable[[], bool] = lambda: False, wake_fds=(),
                on_wake: Callable[[MeterStats], None] | None = None,
                tick: Callable[[int], None] | None = None, tick_interval: float = 1.0,
-               clock: Callable[[], int] = time.time_ns) -> MeterStats:
+               clock: Callable[[], int] = time.time_ns, l7=None) -> MeterStats:
     """Meter ``capture`` (a ``RingCapture``) through ``table`` until
     ``stop()`` is true or ``count`` frames were metered, then flush every
     flow to ``sink``.  Sleeps in ``select`` until a block is ready, a
     ``wake_fds`` descriptor is readable (drained here: a signal wake-up
     pipe), or the table's next deadline; ``on_wake(stats)`` is called after
     each wake-up (progress, SIGUSR1 statistics), ``tick(now_ns)`` at least
-    every ``tick_interval`` seconds (the pipeline's retries)."""
-    run = _Run(table, capture.iface, sink)
+    every ``tick_interval`` seconds (the pipeline's retries); ``l7`` as
+    for ``meter_file``."""
+    run = _Run(table, capture.iface, sink, l7)
     stats = run.stats
     fds = [capture.fileno(), *wake_fds]
     next_tick = time.monotonic() + tick_interval
@@ -306,12 +353,46 @@ END_NAMES = {1: "idle timeout", 2: "active timeout", 3: "end of flow", 4: "end o
              5: "flow table full"}
 
 
+def json_lines(batch: FlowBatch) -> list[str]:
+    """One JSON object per record of ``batch``: every ``Flow`` field by
+    name (addresses as text), ``start`` and ``end`` as ISO 8601 UTC times,
+    then the record's L7 fields (``batch.l7``), if any."""
+    import json
+    import socket
+    from datetime import datetime, timezone
+    ntop = socket.inet_ntop
+    utc = timezone.utc
+
+    def when(ms: int) -> str:
+        try:
+            t = datetime.fromtimestamp(ms / 1000, utc)
+        except (OverflowError, OSError, ValueError):
+            return str(ms)
+        return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    l7 = batch.l7
+    out = []
+    for i, f in enumerate(batch.flows()):
+        d = f._asdict()
+        af = socket.AF_INET if f.family == 4 else socket.AF_INET6
+        for name in ("src", "dst", "post_src", "post_dst"):
+            d[name] = ntop(af, d[name])
+        d["start"] = when(f.start_ms)
+        d["end"] = when(f.end_ms)
+        fields = l7.get(i)
+        if fields:
+            d.update(fields)
+        out.append(json.dumps(d, separators=(",", ":"), ensure_ascii=False))
+    return out
+
+
 class Exporter:
     """The sink of a meter run: each ``FlowBatch`` of ended flows to the
-    pipeline (and, with ``print_csv``, its flow-tools CSV lines to ``out``)."""
+    pipeline (and, with ``print_csv``, its flow-tools CSV lines to ``out``,
+    or with ``fmt`` "json" one JSON object per record, ``json_lines``)."""
 
     def __init__(self, cfg: Config, print_csv: bool, out, table=None,
-                 record_clock: bool = False):
+                 record_clock: bool = False, fmt: str = "csv"):
         # biflow collectors pair the two directions for as long as the
         # table's inactive timeout, on the clock below (a capture's own for -r),
         # holding at most a table's worth of records
@@ -319,7 +400,8 @@ class Exporter:
         hold = table.inactive_ns / 1e9 if table is not None else None
         most = table.max_flows if table is not None else None
         self.pipeline = Pipeline(cfg, vlan=True, biflow_hold=hold, biflow_max=most)
-        self.print_csv = print_csv
+        self.print_json = print_csv and fmt == "json"
+        self.print_csv = print_csv and not self.print_json
         self.out = out
         self.exported = 0
         self.record_clock = record_clock
@@ -352,6 +434,9 @@ class Exporter:
         if self.print_csv and ft is not None and len(ft):
             self.out.write("\n".join(csv_lines(ft)) + "\n")
             self.out.flush()
+        elif self.print_json and len(batch):
+            self.out.write("\n".join(json_lines(batch)) + "\n")
+            self.out.flush()
 
 
 class Progress:
@@ -382,7 +467,8 @@ class Progress:
 
 
 def run_file(cfg: Config, path: str, table, print_csv: bool = False, out=None, bpf=None,
-             count: int | None = None, progress: bool = False) -> Status:
+             count: int | None = None, progress: bool = False, fmt: str = "csv",
+             l7=()) -> Status:
     """Meter the capture ``path`` through ``table`` and export every flow as
     it ends to ``cfg``'s collectors (and its syslog mirror, if enabled), one
     ``Pipeline.export`` per batch of ended flows, on the capture's clock
@@ -392,17 +478,20 @@ def run_file(cfg: Config, path: str, table, print_csv: bool = False, out=None, b
     standard error, as do the summary and problems.  FAILED if the capture
     is truncated, corrupt or unreadable (everything metered before the
     problem is exported) or an encoder refused records, BAD_CONFIG if the
-    filter cannot be compiled for the capture's link type."""
+    filter cannot be compiled for the capture's link type.  ``fmt``: what
+    ``print_csv`` prints, "csv" or "json"; ``l7``: the application
+    protocols to inspect (``l7.inspect.PROTOCOLS``; none: off)."""
     from nfflowd.io.bpf import FilterError
 
     sink = Exporter(cfg, print_csv, sys.stdout if out is None else out, table,
-                    record_clock=True)
+                    record_clock=True, fmt=fmt)
     sink.pipeline.open()
     bar = Progress(progress)
     t0 = time.monotonic()
     try:
         summary = meter_file(path, table, sink, bpf=bpf, count=count,
-                             progress=bar if progress else None)
+                             progress=bar if progress else None,
+                             l7=_inspector(l7, table))
     except FilterError as e:
         bar.clear()
         err(f"meter --bpf: {e}")
@@ -421,19 +510,38 @@ def run_file(cfg: Config, path: str, table, print_csv: bool = False, out=None, b
     return _refused(sent)
 
 
+def _inspector(l7, table):
+    """The ``Inspector`` of the protocols ``l7`` for ``table``, None if none.
+    It holds states for the table's flows and for those of the chunk or
+    batch it saw before the table (up to as many again)."""
+    if not l7:
+        return None
+    from nfflowd.l7.inspect import Inspector
+    return Inspector(l7, max_flows=2 * table.max_flows)
+
+
 def run_interface(cfg: Config, iface: str, table, bpf: str | None = None,
                   count: int | None = None, snaplen: int = 256, print_csv: bool = False,
-                  out=None, progress: bool = False) -> Status:
+                  out=None, progress: bool = False, fmt: str = "csv", l7=()) -> Status:
     """Meter the live interface ``iface`` until SIGINT or SIGTERM (or
     ``count`` packets), exporting every flow as it ends; SIGUSR1 prints the
     statistics so far.  FAILED if the capture cannot be opened or an encoder
-    refused records, BAD_CONFIG for a bad filter."""
+    refused records, BAD_CONFIG for a bad filter.  ``fmt`` and ``l7`` as
+    for ``run_file``; with ``l7`` each packet's first ``l7.inspect.MIN_SNAPLEN``
+    bytes at least are captured."""
     import signal
     import socket as socketmod
 
     from nfflowd.io.bpf import FilterError
     from nfflowd.io.capture import RingCapture
 
+    inspector = _inspector(l7, table)
+    if inspector is not None:
+        from nfflowd.l7.inspect import MIN_SNAPLEN
+        if snaplen < MIN_SNAPLEN:
+            err(f"meter -i: --l7 captures {MIN_SNAPLEN} bytes of each packet "
+                f"(snaplen {snaplen} raised)")
+            snaplen = MIN_SNAPLEN
     try:
         capture = RingCapture(iface, bpf=bpf, snaplen=snaplen)
     except FilterError as e:
@@ -443,7 +551,7 @@ def run_interface(cfg: Config, iface: str, table, bpf: str | None = None,
         err(f"meter -i: {e}")
         return Status.FAILED
     table.in_if = capture.ifindex       # every record's ingress: the interface metered
-    sink = Exporter(cfg, print_csv, sys.stdout if out is None else out, table)
+    sink = Exporter(cfg, print_csv, sys.stdout if out is None else out, table, fmt=fmt)
     # the options template names the capture interface, by the index its
     # records carry
     sink.pipeline.set_links({capture.ifindex: (iface, "")})
@@ -482,7 +590,7 @@ def run_interface(cfg: Config, iface: str, table, bpf: str | None = None,
         stats = meter_live(capture, table, sink, count=count, stop=lambda: flags["stop"],
                            wake_fds=(r.fileno(),), on_wake=on_wake,
                            tick=sink.pipeline.tick,
-                           tick_interval=cfg.export.flush_interval)
+                           tick_interval=cfg.export.flush_interval, l7=inspector)
     finally:
         signal.set_wakeup_fd(old_wakeup)
         for s, h in old.items():
@@ -561,6 +669,7 @@ def live_report(s: MeterStats, exported: int, elapsed: float, sent: dict, bpf,
                  + (f"; filter {bpf!r} applied in the kernel (rejected packets are not "
                     "counted)" if bpf else ""))
     lines += _end_reasons(s)
+    lines += l7_lines(s.l7)
     lines += s.warnings()
     lines += _biflow_lines(sent)
     lines += _export_problems(sent)
@@ -583,6 +692,7 @@ def file_report(path, s: MeterStats, exported: int, elapsed: float, sent: dict,
     if s.count_reached:
         lines.append(f"stopped after {s.frames} frames (-n)")
     lines += _end_reasons(s)
+    lines += l7_lines(s.l7)
     if not exported and s.error is None:
         if s.frames:
             lines.append("no flow: no IP packet in the capture")
