@@ -138,7 +138,9 @@ class FlowTable:
         self.max_flows = int(max_flows)
         self._flows: dict = {}
         self._heap: list = []
-        self._pending: list = []      # ended by update() (deadline passed, eviction)
+        # ended by update() (deadline passed, eviction): (key, entry, end reason),
+        # made records by the next expire
+        self._pending: list = []
         # counters
         self.packets = 0
         self.octets = 0
@@ -308,7 +310,7 @@ class FlowTable:
             heapq.heappop(self._heap)
             del self._flows[key]
             self.evicted += 1
-            self._pending.append(flow_record(key, e, END_LACK_OF_RESOURCES, self.in_if))
+            self._pending.append((key, e, END_LACK_OF_RESOURCES))
 
     # -- the batch interface (nfflowd.meterfast) --------------------------------
     def get(self, key: bytes):
@@ -345,9 +347,8 @@ class FlowTable:
         """A packet for a flow whose deadline has passed: end the old flow
         (its record waits for the next ``expire``)."""
         del self._flows[key]
-        self._pending.append(flow_record(key, e, end_reason(e[START], e[LAST], e[IDLE],
-                                                            e[STATE], self.active_ns),
-                                         self.in_if))
+        self._pending.append((key, e, end_reason(e[START], e[LAST], e[IDLE], e[STATE],
+                                                 self.active_ns)))
 
     def pop_due(self, now_ns: int) -> list:
         """(key, entry) of every flow whose deadline is at or before
@@ -370,7 +371,23 @@ class FlowTable:
         """The records of flows ended by ``update`` since the last ``expire``."""
         out = self._pending
         self._pending = []
-        return out
+        in_if = self.in_if
+        return [flow_record(k, e, r, in_if) for k, e, r in out]
+
+    def end_due(self, now_ns: int) -> None:
+        """End the flows due at ``now_ns`` as ``expire`` would, their records
+        made (and counted) by the next ``expire``."""
+        active = self.active_ns
+        self._pending += [(k, e, end_reason(e[START], e[LAST], e[IDLE], e[STATE], active))
+                          for k, e in self.pop_due(now_ns)]
+
+    def _pending_into(self, out) -> None:
+        pending = self._pending
+        if pending:
+            self._pending = []
+            for b in self.blocks([k for k, _e, _r in pending], [e for _k, e, _r in pending],
+                                 [r for _k, _e, r in pending]):
+                out.add_block(b)
 
     def split(self, keys) -> "FlowTable":
         """A side table with the same timeouts and no size limit, holding the
@@ -405,11 +422,10 @@ class FlowTable:
         side._heap = heap
         return side
 
-    def merge(self, side: "FlowTable", ended: list) -> None:
-        """Take back ``split``'s side table: its flows and timers, ``ended``
-        (what its ``expire`` calls returned) and what it ended on its own,
-        as records waiting for the next ``expire``; its flows created."""
-        self._pending += ended
+    def merge(self, side: "FlowTable") -> None:
+        """Take back ``split``'s side table: its flows and timers, and what
+        it ended (``end_due``, ``update``), as records waiting for the next
+        ``expire``; its flows created."""
         self._pending += side._pending
         self.flows_created += side.flows_created
         flows = self._flows
@@ -451,25 +467,35 @@ class FlowTable:
         """The records of the flows ``keys`` / ``entries`` (taken out of the
         table) as ``FlowBatch`` blocks of columns, one per address family,
         counted as exported: what ``flow_record`` makes of each, with
-        ``reason`` (None: ``end_reason`` at its deadline)."""
+        ``reason`` (an int, one per flow, or None: ``end_reason`` at its deadline)."""
         out = []
         if not keys:
             return out
+        each = reason is not None and type(reason) is not int
         by_len: dict = {}
-        for k, e in zip(keys, entries):
+        for i, k in enumerate(keys):
             kl = by_len.get(len(k))
             if kl is None:
-                by_len[len(k)] = kl = ([], [])
-            kl[0].append(k)
-            kl[1].append(e)
+                by_len[len(k)] = kl = []
+            kl.append(i)
         reasons = self.end_reasons
-        for klen, (ks, es) in by_len.items():
-            n = len(ks)
+        for klen, idx in by_len.items():
+            n = len(idx)
+            if n == len(keys):
+                ks, es, rs = keys, entries, reason
+            else:
+                ks = [keys[i] for i in idx]
+                es = [entries[i] for i in idx]
+                rs = [reason[i] for i in idx] if each else reason
             kb = np.frombuffer(b"".join(ks), np.uint8).reshape(n, klen)
             c = np.array(es, np.int64).T
             start, last = c[START], c[LAST]
-            r = (end_reason(start, last, c[IDLE], c[STATE], self.active_ns) if reason is None
-                 else np.full(n, reason, np.int64))
+            if rs is None:
+                r = end_reason(start, last, c[IDLE], c[STATE], self.active_ns)
+            elif each:
+                r = np.array(rs, np.int64)
+            else:
+                r = np.full(n, rs, np.int64)
             for code, k in enumerate(np.bincount(r).tolist()):
                 if k:
                     reasons[code] = reasons.get(code, 0) + k
@@ -484,10 +510,7 @@ class FlowTable:
         every flow rather than through the heap (cheaper when many are due
         or were re-armed since their timer was queued: the chunk path's
         expire every few seconds of capture), then rebuild the heap."""
-        pending = self.take_pending()
-        if pending:
-            self.count(pending)
-            out.extend(pending)
+        self._pending_into(out)
         if scan:
             keys, ents = self._scan_due(now_ns)
         else:
@@ -527,10 +550,7 @@ class FlowTable:
 
     def flush_into(self, out) -> None:
         """``flush_all()`` into the ``FlowBatchBuilder`` ``out``, as blocks."""
-        pending = self.take_pending()
-        if pending:
-            self.count(pending)
-            out.extend(pending)
+        self._pending_into(out)
         flows = self._flows
         self._flows = {}
         self._heap = []

@@ -698,11 +698,10 @@ class ChunkMeter:
         bs = self.bs
         nb = (g0 // bs + 1) * bs - 1                 # next batch boundary (frame index)
         account = side.account
-        ended = []
         for i, key, o, f, tos in rp:
             g = g0 + i
             while nb < g:
-                ended += side.expire(int(ts[nb - g0]))
+                side.end_due(int(ts[nb - g0]))
                 nb += bs
             account(key, int(ts[i]), o, f, tos)
-        table.merge(side, ended)
+        table.merge(side)
