@@ -6,12 +6,14 @@ pcap file (``pcapfile.RecordChunk``: one buffer, the record offsets) is
 metered whole, through the table's batch interface (``nfflowd.meter``):
 
 1. parse: the header fields of the common case (Ethernet, at most one 802.1Q
-   tag, IPv4 without options, not a fragment, a complete TCP or UDP header)
-   are gathered for every record at once; every other frame goes through
+   tag, IPv4 without options and not a fragment or IPv6 without extension
+   headers, a complete TCP or UDP header) are gathered for every record at
+   once, as key words (two 64-bit words an IPv4 key, five an IPv6 one, the
+   bytes of ``packet.flow_key``); every other frame goes through
    ``PacketParser.parse`` one by one, in file order, so the parser's counters
    and fragment memory are what the per-packet path leaves;
-2. group: packets are sorted by (hash of the flow key, position), which puts
-   each flow's packets together in file order; neighbours with equal hashes
+2. group, per address family: packets are sorted by (hash of the flow key,
+   position), which puts each flow's packets together in file order; neighbours with equal hashes
    and different keys (a collision) send the chunk to the per-packet path;
 3. account, per flow of the chunk (a group), in three tiers:
 
@@ -28,13 +30,14 @@ metered whole, through the table's batch interface (``nfflowd.meter``):
      continue an entry of the table, under the same conditions, walking only
      the FIN/RST packets;
    - the rest (long gaps, timeouts inside the chunk, a stale reverse flow, a
-     reverse entry, IPv6) is replayed packet by packet, in file order, in a
+     reverse entry) is replayed packet by packet, in file order, in a
      side table (``FlowTable.split``) that also gets the ``expire`` calls of
      every ``batch_size`` frames: what a TCP end does to the reverse flow
      depends on whether that one was already expired.  Then it goes back
      (``merge``).
 
-   The tiers never share a flow or a reverse pair, so their order does not
+   The tiers never share a flow or a reverse pair, nor do the two families
+   (an IPv4 key is never the reverse of an IPv6 one), so their order does not
    matter; flows that ended inside the chunk would only have been expired
    earlier by the per-packet path, with the same contents and end reason
    (``meter.end_reason`` decides it for both).
@@ -91,6 +94,34 @@ def _last_of_runs(a):
     return m
 
 
+def _reverse_words(kb):
+    """The key words of the other direction (``packet.reverse_flow_key``):
+    addresses swapped, and the ports in the last word."""
+    u = np.uint64
+    w = kb.shape[1]
+    r = np.empty_like(kb)
+    if w == 2:
+        r[:, 0] = (kb[:, 0] >> u(32)) | (kb[:, 0] << u(32))
+    else:
+        r[:, 0:2] = kb[:, 2:4]
+        r[:, 2:4] = kb[:, 0:2]
+    t = kb[:, w - 1]
+    r[:, w - 1] = ((t & ~u(0xFFFFFFFF)) | ((t & u(0xFFFF)) << u(16)) | ((t >> u(16)) & u(0xFFFF)))
+    return r
+
+
+class _Groups:
+    """One family's packets of a chunk grouped by flow key (``_group``)."""
+
+
+def _merge_family(a, b):
+    """Two parts of a family's packets (common frames, parsed ones) as one, in file order."""
+    idx = np.concatenate((a[1], b[1]))
+    order = np.argsort(idx, kind="stable")
+    return (a[0], idx[order], np.concatenate((a[2], b[2]))[order],
+            *(np.concatenate((x.astype(np.int64), y))[order] for x, y in zip(a[3:], b[3:])))
+
+
 @dataclass(slots=True)
 class _Side:
     """One direction of a FIN/RST pair while ``_pairs`` walks its events:
@@ -119,7 +150,10 @@ class ChunkMeter:
     ``batch_size`` frames per batch and ``table.expire(last)`` after each."""
 
     def __init__(self, table, parser, batch_size: int, key_hash=KEY_HASH):
-        self.m1, self.m2 = (np.uint64(m) for m in key_hash)
+        m1, m2 = key_hash
+        # one odd multiplier a key word (two for IPv4 keys, five for IPv6)
+        self.mult = [np.uint64((m1 if j % 2 == 0 else m2) * (2 * j + 1) % (1 << 64) if j > 1
+                               else (m1, m2)[j]) for j in range(5)]
         self.table = table
         self.parser = parser
         self.bs = int(batch_size)
@@ -193,152 +227,92 @@ class ChunkMeter:
             """``dtype`` at ``index + skip`` for an index array (a view)."""
             return _view(room, dtype, skip)
 
-        fast = np.zeros(n, bool)
-        u = np.uint64
+        fast = fast6 = np.zeros(n, bool)
+        tag = None
+        fams = []                       # per family: (words, frame index, key words, oc, tos, fl)
+        pa = self.parser
+        saved = pa.snapshot()
         if chunk.linktype == 1 and blen >= 64:
             # reads beyond a short frame stay inside ``room`` (clipped if need
             # be) and are discarded by the length test
             o = offs if rlen > blen + 64 else np.minimum(offs, rlen - 64)
             tag = at(">u2", 28)[o] == 0x8100         # frame + 12
-            hl = 14 + 4 * tag.astype(np.int64) if tag.any() else 14
-            base = offs + 14 + hl                    # IPv4 header - 2
+            if not tag.any():
+                tag = None
+            hl = 14 + 4 * tag.astype(np.int64) if tag is not None else 14
+            base = offs + 14 + hl                    # IP header - 2
             if rlen < blen + 128:
                 base = np.minimum(base, rlen - 64)
             # narrow reads (the arrays are memory-bound): ethertype, version/IHL
             hdr = at("<u4", 0)[base]
-            frag = at("<u2", 8)[base]          # flags/offset, bytes swapped
-            proto = at(np.uint8, 11)[base]
-            tot = at(">u2", 4)[base]
             # the IP length, never above what the frame held (packet.py)
             wire = np.maximum(orig, cap) - hl
+            proto = at(np.uint8, 11)[base]
+            frag = at("<u2", 8)[base]          # flags/offset, bytes swapped
+            tot = at(">u2", 4)[base]
             tcp = proto == 6
             fast = (((hdr & 0xFFFFFF) == 0x450008) & ((frag & 0xFF3F) == 0)
                     & (tcp | (proto == 17)) & (cap >= hl + 24 + 10 * tcp) & (tot >= 20))
-            del hdr, frag
-        fidx = np.flatnonzero(fast)
+            del frag
+            # IPv6 without extension headers, TCP or UDP (packet.py ipv6)
+            v6 = (hdr & 0xF0FFFF) == 0x60DD86
+            if v6.any():
+                nh = at(np.uint8, 8)[base]
+                tcp6 = nh == 6
+                fast6 = v6 & (tcp6 | (nh == 17)) & (cap >= hl + 44 + 10 * tcp6)
+            del hdr, v6
+            if fast.any():
+                fams.append(self._gather4(at, np.flatnonzero(fast), n, base, proto, tot, tcp,
+                                          wire, hl, tag))
+            if fast6.any():
+                fams.append(self._gather6(at, np.flatnonzero(fast6), base, wire, hl, tag))
+            del base, proto, tot, tcp, wire
         # rare frames: the parser, in file order
-        rare = np.flatnonzero(~fast)
-        parse = self.parser.parse
+        rare = np.flatnonzero(~(fast | fast6))
+        parse = pa.parse
         lt = chunk.linktype
-        r_idx, r_k0, r_k1, r_o, r_tos, r_fl = [], [], [], [], [], []
-        v6 = []                                    # (frame index, key, octets, flags, tos)
-        pa = self.parser
-        saved = pa.snapshot()
         if len(rare):
+            r4 = ([], [], [], [], [])            # frame index, key, octets, tos, flags
+            r6 = ([], [], [], [], [])
             ro = offs[rare].tolist()
             rc = cap[rare].tolist()
             rg = orig[rare].tolist()
             for i, o, c, ol in zip(rare.tolist(), ro, rc, rg):
-                data = bytes(buf[o + 16:o + 16 + c])
-                p = parse(lt, data, ol)
+                p = parse(lt, bytes(buf[o + 16:o + 16 + c]), ol)
                 if p is None:
                     continue
                 key = flow_key(p)
-                if len(key) == 16:
-                    k0, k1 = _QQ(key)
-                    r_idx.append(i)
-                    r_k0.append(k0)
-                    r_k1.append(k1)
-                    r_o.append(p.octets)
-                    r_tos.append(p.tos)
-                    r_fl.append(p.tcp_flags)
-                else:
-                    v6.append((i, key, p.octets, p.tcp_flags, p.tos))
-        # per packet arrays (IPv4), file order
-        if len(fidx):
-            allf = len(fidx) == n
-            if not allf:
-                base = base[fidx]
-                proto = proto[fidx]
-                tot = tot[fidx]
-                tcp = tcp[fidx]
-                wire = wire[fidx]
-            over = tot > wire
-            if over.any():
-                tot = np.where(over, wire, tot)
-                pa.length_mismatch += int(np.count_nonzero(over))
-            del wire, over
-            k0 = at("<u8", 14)[base]
-            k1 = at("<u4", 22)[base].astype(np.uint64)
-            k1 |= proto.astype(np.uint64) << u(32)
-            if tag.any():
-                tg = tag if allf else tag[fidx]
-                vl = np.where(tg, at(">u2", 0)[base - 2] & 0x0FFF, 0).astype(np.uint64)
-                k1 |= ((vl & u(0xFF)) << u(56)) | ((vl >> u(8)) << u(48))
-            oc = tot                           # uint16: summed as int64
-            tos = at(np.uint8, 3)[base]
-            fl = at(np.uint8, 35)[base]
-            fl[~tcp] = 0
-            del base, proto, tcp
-        else:
-            k0 = k1 = np.zeros(0, np.uint64)
-            oc = tos = fl = np.zeros(0, np.int64)
-        if r_idx:
-            pidx = np.concatenate((fidx, np.array(r_idx, np.int64)))
-            order = np.argsort(pidx, kind="stable")
-            pidx = pidx[order]
-            k0 = np.concatenate((k0, np.array(r_k0, np.uint64)))[order]
-            k1 = np.concatenate((k1, np.array(r_k1, np.uint64)))[order]
-            oc = np.concatenate((oc, np.array(r_o, np.int64)))[order]
-            tos = np.concatenate((tos, np.array(r_tos, np.int64)))[order]
-            fl = np.concatenate((fl, np.array(r_fl, np.int64)))[order]
-        else:
-            pidx = fidx
-        m = len(pidx)
-        pts = ts if len(pidx) == n else ts[pidx]
-        # -- group by key -------------------------------------------------
-        if m:
-            h = (k0 * self.m1) ^ (k1 * self.m2)
-            sv = (h & ~np.uint64(_IDX_MASK)) | np.arange(m, dtype=np.uint64)
-            sv.sort()
-            srt = (sv & np.uint64(_IDX_MASK)).view(np.int64)
-            hs = sv >> np.uint64(_IDX_BITS)
-            sk0 = k0[srt]
-            sk1 = k1[srt]
-            newk = (sk0[1:] != sk0[:-1]) | (sk1[1:] != sk1[:-1])
-            if (newk & (hs[1:] == hs[:-1])).any():          # a hash collision
+                r = r4 if len(key) == 16 else r6
+                r[0].append(i)
+                r[1].append(key)
+                r[2].append(p.octets)
+                r[3].append(p.tos)
+                r[4].append(p.tcp_flags)
+            for r, w in ((r4, 2), (r6, 5)):
+                if not r[0]:
+                    continue
+                kw = np.frombuffer(b"".join(r[1]), "<u8").reshape(len(r[1]), w)
+                fam = (w, np.array(r[0], np.int64), kw, np.array(r[2], np.int64),
+                       np.array(r[3], np.int64), np.array(r[4], np.int64))
+                have = [f for f in fams if f[0] == w]
+                if have:
+                    fams.remove(have[0])
+                    fam = _merge_family(have[0], fam)
+                fams.append(fam)
+        # -- group by key, per family ---------------------------------------
+        groups = []
+        new = 0
+        for fam in fams:
+            g = self._group(fam, ts, n)
+            if g is None or g.G > table.max_flows:
+                # a hash collision, or more flows than the table may hold
+                # (some must be evicted, in an order only the per-packet path
+                # knows): stop here, before a Python object is made per flow
                 pa.restore(saved)
                 return False
-            starts = np.concatenate(([0], np.flatnonzero(newk) + 1))
-            del h, sv, newk
-            if len(starts) > table.max_flows:
-                # more flows than the table may hold (some must be evicted,
-                # in an order only the per-packet path knows): stop here,
-                # before a Python object is made per flow
-                pa.restore(saved)
-                return False
-        else:
-            srt = np.zeros(0, np.int64)
-            starts = np.zeros(0, np.int64)
-            sk0 = sk1 = np.zeros(0, np.uint64)
-        G = len(starts)
-        ends = np.append(starts[1:], m)
-        cnt = ends - starts
-        st = pts[srt]
-        if m:
-            soc = np.add.reduceat(oc[srt], starts, dtype=np.int64)
-            fs = fl[srt]
-            ps = srt if len(pidx) == n else pidx[srt]
-            sfl = np.bitwise_or.reduceat(fs, starts)
-            gap = np.empty(m, np.int64)
-            gap[0] = 0
-            gap[1:] = st[1:] - st[:-1]
-            gap[starts] = 0
-            mgap = np.maximum.reduceat(gap, starts)
-            del gap
-            t1 = st[starts]
-            tl = st[ends - 1]
-            tos1 = tos[srt[starts]]
-        kb = np.empty((G, 2), np.uint64)
-        kb[:, 0] = sk0[starts] if m else sk0
-        kb[:, 1] = sk1[starts] if m else sk1
-        del sk0, sk1, k0, k1
-        keys = kb.view("V16").ravel().tolist()          # the FlowTable keys, as bytes
-        ents = table.lookup(keys)
-        new = ents.count(None)
-        if v6:
-            v6keys = {k for _i, k, _o, _f, _t in v6}
-            new += sum(1 for k in v6keys if k not in table)
+            g.ents = table.lookup(g.keys)
+            new += g.ents.count(None)
+            groups.append(g)
         if len(table) + new > table.max_flows:
             # the per-packet path parses these frames again: undo
             pa.restore(saved)
@@ -346,12 +320,145 @@ class ChunkMeter:
         bs = self.bs
         last_b = (g0 + n) // bs * bs - 1
         bound = int(ts[last_b - g0]) if last_b >= g0 else None
-        vec = np.zeros(G, bool)
-        if m:
-            vec = self._vector(kb, keys, ents, hs[starts], starts, srt, ps, st, fs, cnt, soc,
-                               sfl, mgap, t1, tl, tos1, bound)
+        replay = []
+        for g in groups:
+            table.packets += g.m
+            table.octets += int(g.oc.sum(dtype=np.int64))
+            replay += self._account(g, bound)
+        # -- replay, in file order, in a side table -------------------------
+        if replay:
+            replay.sort(key=lambda r: r[0])              # file order
+            self._replay(replay, ts, g0)
+        return True
+
+    def _gather4(self, at, fidx, n, base, proto, tot, tcp, wire, hl, tag):
+        """The IPv4 family of the chunk's common frames ``fidx``: (2, frame
+        index, key words, octets, tos, flags)."""
+        u = np.uint64
+        if len(fidx) != n:
+            base = base[fidx]
+            proto = proto[fidx]
+            tot = tot[fidx]
+            tcp = tcp[fidx]
+            wire = wire[fidx]
+        over = tot > wire
+        if over.any():
+            tot = np.where(over, wire, tot)
+            self.parser.length_mismatch += int(np.count_nonzero(over))
+        kw = np.empty((len(fidx), 2), u)
+        kw[:, 0] = at("<u8", 14)[base]
+        k1 = at("<u4", 22)[base].astype(u)
+        k1 |= proto.astype(u) << u(32)
+        if tag is not None:
+            k1 |= self._vlan_bits(at, base, tag if len(fidx) == n else tag[fidx])
+        kw[:, 1] = k1
+        fl = at(np.uint8, 35)[base]
+        fl[~tcp] = 0
+        return 2, fidx, kw, tot, at(np.uint8, 3)[base], fl
+
+    def _gather6(self, at, fidx, base, wire, hl, tag):
+        """The IPv6 family: as ``packet.PacketParser.ipv6`` without extension
+        headers (payload length 0: the frame's length; above the frame's:
+        the frame's, counted)."""
+        u = np.uint64
+        base = base[fidx]
+        wire = wire[fidx]
+        plen = at(">u2", 6)[base].astype(np.int64)
+        tot = plen + 40
+        zero = plen == 0
+        over = ~zero & (tot > wire)
+        if over.any():
+            self.parser.length_mismatch += int(np.count_nonzero(over))
+        tot = np.where(zero | over, wire, tot)
+        kw = np.empty((len(fidx), 5), u)
+        for j in range(4):
+            kw[:, j] = at("<u8", 10 + 8 * j)[base]
+        k4 = at("<u4", 42)[base].astype(u)
+        proto = at(np.uint8, 8)[base]
+        k4 |= proto.astype(u) << u(32)
+        if tag is not None:
+            k4 |= self._vlan_bits(at, base, tag[fidx])
+        kw[:, 4] = k4
+        tos = (at(">u2", 2)[base] >> 4) & 0xFF
+        fl = at(np.uint8, 55)[base]
+        fl[proto != 6] = 0
+        return 5, fidx, kw, tot, tos, fl
+
+    @staticmethod
+    def _vlan_bits(at, base, tg):
+        """The key's VLAN bytes (the outer id, big-endian, in the last two
+        bytes of the key) of the frames whose IP header starts 2 bytes after
+        ``base``: a tagged one's tag ends there."""
+        u = np.uint64
+        vl = np.where(tg, at(">u2", 0)[base - 2] & 0x0FFF, 0).astype(u)
+        return ((vl & u(0xFF)) << u(56)) | ((vl >> u(8)) << u(48))
+
+    def _group(self, fam, ts, n):
+        """One family's packets grouped by flow (see the module doc), or None
+        on a hash collision."""
+        w, pidx, kw, oc, tos, fl = fam
+        m = len(pidx)
+        pts = ts if m == n else ts[pidx]
+        h = self._hash(kw)
+        sv = (h & ~np.uint64(_IDX_MASK)) | np.arange(m, dtype=np.uint64)
+        sv.sort()
+        srt = (sv & np.uint64(_IDX_MASK)).view(np.int64)
+        hs = sv >> np.uint64(_IDX_BITS)
+        sk = kw[srt]
+        newk = (sk[1:] != sk[:-1]).any(axis=1)
+        if (newk & (hs[1:] == hs[:-1])).any():          # a hash collision
+            return None
+        starts = np.concatenate(([0], np.flatnonzero(newk) + 1))
+        del h, sv, newk
+        g = _Groups()
+        g.w, g.m, g.G = w, m, len(starts)
+        g.pidx, g.oc, g.tos, g.fl = pidx, oc, tos, fl
+        g.srt, g.starts = srt, starts
+        g.ends = ends = np.append(starts[1:], m)
+        g.cnt = ends - starts
+        g.st = st = pts[srt]
+        g.soc = np.add.reduceat(oc[srt], starts, dtype=np.int64)
+        g.fs = fs = fl[srt]
+        g.ps = srt if m == n else pidx[srt]
+        g.sfl = np.bitwise_or.reduceat(fs, starts)
+        gap = np.empty(m, np.int64)
+        gap[0] = 0
+        gap[1:] = st[1:] - st[:-1]
+        gap[starts] = 0
+        g.mgap = np.maximum.reduceat(gap, starts)
+        del gap
+        g.t1 = st[starts]
+        g.tl = st[ends - 1]
+        g.tos1 = tos[srt[starts]]
+        g.kb = np.ascontiguousarray(sk[starts])
+        g.hs = hs[starts]
+        g.keys = g.kb.view(f"V{8 * w}").ravel().tolist()   # the FlowTable keys, as bytes
+        return g
+
+    def _hash(self, kw):
+        """The grouping hash of key words ``kw`` ((n, words) uint64)."""
+        mult = self.mult
+        h = kw[:, 0] * mult[0]
+        for j in range(1, kw.shape[1]):
+            # fold the high bits down before the next word: the words of an
+            # IPv6 key vary in a few bits each, which a product alone keeps apart
+            h ^= h >> np.uint64(31)
+            h ^= kw[:, j]
+            h *= mult[j]
+        return h
+
+    def _account(self, g, bound) -> list:
+        """Account one family's groups (the tiers of the module doc); returns
+        the packets to replay: (frame index, key, octets, flags, tos)."""
+        table = self.table
+        (kb, keys, ents, starts, ends, srt, ps, st, fs, cnt, soc, sfl, mgap, t1, tl,
+         tos1) = (g.kb, g.keys, g.ents, g.starts, g.ends, g.srt, g.ps, g.st, g.fs, g.cnt, g.soc,
+                  g.sfl, g.mgap, g.t1, g.tl, g.tos1)
+        pidx, oc, fl, tos = g.pidx, g.oc, g.fl, g.tos
+        vec = self._vector(kb, keys, ents, g.hs, starts, srt, ps, st, fs, cnt, soc, sfl, mgap,
+                           t1, tl, tos1, bound)
         # -- the rest: FIN/RST pairs with entries, then plain flows with entries
-        evg = np.flatnonzero(((sfl & 5) != 0) & ~vec) if m else np.zeros(0, np.int64)
+        evg = np.flatnonzero(((sfl & 5) != 0) & ~vec)
         X = set()
         H = set()
         if len(evg):
@@ -363,56 +470,48 @@ class ChunkMeter:
         end = table.end
         created = []
         replay = []
-        if m:
-            rest = np.flatnonzero(~vec)
-            L = zip([keys[i] for i in rest.tolist()], [ents[i] for i in rest.tolist()],
-                    cnt[rest].tolist(), soc[rest].tolist(), sfl[rest].tolist(),
-                    mgap[rest].tolist(), t1[rest].tolist(), tl[rest].tolist(),
-                    tos1[rest].tolist(), rest.tolist())
-            for key, e, c, o, f, mg, a, z, tq, gi in L:
-                if key in X:
+        rest = np.flatnonzero(~vec)
+        L = zip([keys[i] for i in rest.tolist()], [ents[i] for i in rest.tolist()],
+                cnt[rest].tolist(), soc[rest].tolist(), sfl[rest].tolist(),
+                mgap[rest].tolist(), t1[rest].tolist(), tl[rest].tolist(),
+                tos1[rest].tolist(), rest.tolist())
+        for key, e, c, o, f, mg, a, z, tq, gi in L:
+            if key in X:
+                replay.append(gi)
+                continue
+            if key in H:
+                continue
+            if e is not None:
+                if a - e[LAST] < e[IDLE] and a - e[START] < active:
+                    if mg < e[IDLE] and z - e[START] < active:
+                        e[LAST] = z
+                        e[PKTS] += c
+                        e[OCTETS] += o
+                        e[FLAGS] |= f
+                        continue
                     replay.append(gi)
                     continue
-                if key in H:
-                    continue
-                if e is not None:
-                    if a - e[LAST] < e[IDLE] and a - e[START] < active:
-                        if mg < e[IDLE] and z - e[START] < active:
-                            e[LAST] = z
-                            e[PKTS] += c
-                            e[OCTETS] += o
-                            e[FLAGS] |= f
-                            continue
-                        replay.append(gi)
-                        continue
-                    if mg < inactive and z - a < active:
-                        end(key, e, a)
-                    else:
-                        replay.append(gi)
-                        continue
-                elif not (mg < inactive and z - a < active):
+                if mg < inactive and z - a < active:
+                    end(key, e, a)
+                else:
                     replay.append(gi)
                     continue
-                created.append((key, a, z, c, o, f, tq, inactive, 0, min(z + inactive, a + active)))
+            elif not (mg < inactive and z - a < active):
+                replay.append(gi)
+                continue
+            created.append((key, a, z, c, o, f, tq, inactive, 0, min(z + inactive, a + active)))
         if created:
             table.add(*zip(*created))
         table.flows_created += len(created)
-        table.packets += m + len(v6)
-        table.octets += int(oc.sum(dtype=np.int64)) + sum(o for _i, _k, o, _f, _t in v6)
-        # -- replay, in file order, in a side table -------------------------
-        if replay or v6:
-            rp = []
-            for gi in replay:
-                s0 = int(starts[gi])
-                s1 = int(ends[gi])
-                key = keys[gi]
-                sel = srt[s0:s1]
-                rp.extend(zip(pidx[sel].tolist(), [key] * (s1 - s0), oc[sel].tolist(),
-                              fl[sel].tolist(), tos[sel].tolist()))
-            rp.extend(v6)
-            rp.sort(key=lambda r: r[0])                  # file order
-            self._replay(rp, ts, g0)
-        return True
+        rp = []
+        for gi in replay:
+            s0 = int(starts[gi])
+            s1 = int(ends[gi])
+            key = keys[gi]
+            sel = srt[s0:s1]
+            rp.extend(zip(pidx[sel].tolist(), [key] * (s1 - s0), oc[sel].tolist(),
+                          fl[sel].tolist(), tos[sel].tolist()))
+        return rp
 
     def _vector(self, kb, keys, ents, gh, starts, srt, pidx, st, fl, cnt, soc, sfl, mgap, t1,
                 tl, tos1, bound):
@@ -436,19 +535,17 @@ class ChunkMeter:
         G = len(keys)
         u = np.uint64
         ex = np.fromiter(map(is_not, ents, repeat(None)), bool, G)
-        gk0 = kb[:, 0]
-        gk1 = kb[:, 1]
-        proto = ((gk1 >> u(32)) & u(0xFF)).astype(np.int64)
+        w = kb.shape[1]
+        tail = kb[:, w - 1]
+        proto = ((tail >> u(32)) & u(0xFF)).astype(np.int64)
         tcp = proto == 6
         ev = tcp & ((sfl & 5) != 0)
         # the reverse direction's group, where it has packets here
-        rk0 = (gk0 >> u(32)) | (gk0 << u(32))
-        rk1 = ((gk1 & ~u(0xFFFFFFFF)) | ((gk1 & u(0xFFFF)) << u(16))
-               | ((gk1 >> u(16)) & u(0xFFFF)))
-        rh = (rk0 * self.m1) ^ (rk1 * self.m2)
+        rkb = _reverse_words(kb)
+        rh = self._hash(rkb)
         rh >>= u(_IDX_BITS)
         ri = np.minimum(np.searchsorted(gh, rh), G - 1)
-        match = tcp & (gh[ri] == rh) & (gk0[ri] == rk0) & (gk1[ri] == rk1)
+        match = tcp & (gh[ri] == rh) & (kb[ri] == rkb).all(axis=1)
         rev = np.where(match, ri, 0)
         self._rev = np.where(match, ri, -1)      # for _pairs
         pev = ev | (match & ev[rev])
@@ -459,10 +556,8 @@ class ChunkMeter:
         lone = cand & ~match
         if lone.any():                 # the reverse has no packet here: it must have no flow
             li = np.flatnonzero(lone)
-            rb = np.empty((len(li), 2), np.uint64)
-            rb[:, 0] = rk0[li]
-            rb[:, 1] = rk1[li]
-            has = np.fromiter(map(table.__contains__, rb.view("V16").ravel().tolist()),
+            rb = np.ascontiguousarray(rkb[li])
+            has = np.fromiter(map(table.__contains__, rb.view(f"V{8 * w}").ravel().tolist()),
                               bool, len(li))
             cand[li[has]] = False
         big = np.iinfo(np.int64).max
@@ -526,7 +621,7 @@ class ChunkMeter:
         if len(idx):
             reason = end_reason(t1[idx], tl[idx], idle[idx], state[idx], active)
             table.count_reasons(dict(enumerate(np.bincount(reason).tolist())))
-            self.bulk.append(flow_columns(kb[idx].view(np.uint8).reshape(len(idx), 16),
+            self.bulk.append(flow_columns(kb[idx].view(np.uint8).reshape(len(idx), 8 * w),
                                           cnt[idx], soc[idx], t1[idx], tl[idx], reason,
                                           tos1[idx], sfl[idx], table.in_if))
         return vec

@@ -367,3 +367,29 @@ def test_pcapng_goes_batch_by_batch():
         out += block(6, struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(data), orig) + data)
     flows = same(out, 7, inactive_timeout=1)
     assert flows and sorted(flows) == sorted(same(PCAPS / "tls.pcap", 7, inactive_timeout=1))
+
+
+def test_ipv6_chunks_are_vectorised(monkeypatch):
+    """IPv6 TCP and UDP flows without extension headers (tagged or not)
+    take the vectorised path, as IPv4 ones do: no packet is replayed one by
+    one, the chunk is not refused, and the flows are the per-packet path's."""
+    from nfflowd.meterfast import ChunkMeter
+    recs = []
+    for i in range(600):
+        si, di = i % 3, (i + 1) % 3
+        proto = (6, 17)[i % 2]
+        tags = ((0x8100, 10),) if i % 5 == 0 else ()
+        p = (6, si, di, proto, 1000 + i % 2, 80, 0x18, 1, tags, False, 0, 0, 0x10 * (i % 2),
+             0, 0)
+        recs.append((p, 3, 0))
+    data = capture(recs)
+    kw = {"inactive_timeout": 4, "active_timeout": 10}
+    want, _ = per_packet(data, FlowTable(**kw))
+
+    def no_replay(*a):
+        raise AssertionError("replayed")
+    monkeypatch.setattr(ChunkMeter, "_replay", no_replay)
+    table = FlowTable(**kw)
+    got, refused = chunked(data, table, ChunkMeter(table, PacketParser(), 4096))
+    assert refused == 0 and sorted(got) == sorted(want)
+    assert {len(f.src) for f in got} == {16} and len({f.vlan for f in got}) == 2
