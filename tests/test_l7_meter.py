@@ -342,7 +342,6 @@ def test_bad_l7_argument(capsys, noexport):
 
 # field -> (tshark field, which packets: tcp, udp or both)
 ORACLE = {
-    "tls_sni": "tls.handshake.extensions_server_name",
     "tls_ja3": "tls.handshake.ja3",
     "tls_alpn": "tls.handshake.extensions_alpn_str",
     "http_method": "http.request.method", "http_host": "http.host",
@@ -360,7 +359,7 @@ KEYS = ["ip.src", "ipv6.src", "ip.dst", "ipv6.dst", "tcp.srcport", "udp.srcport"
 def tshark_fields(path) -> dict:
     """(src, dst, sport, dport) -> {field: value} of the first packet of each
     direction where tshark reads it."""
-    names = KEYS + sorted(set(ORACLE.values()))
+    names = KEYS + sorted(set(ORACLE.values())) + ["tls.handshake.extensions_server_name"]
     cmd = ["tshark", "-r", str(path), "-T", "fields", "-E", "separator=\t",
            "-E", "occurrence=a", "-E", "aggregator=|"]
     for n in names:
@@ -377,7 +376,7 @@ def tshark_fields(path) -> dict:
         udp = bool(v["udp.srcport"])
         for field, name in ORACLE.items():
             raw = v[name].split("|")[0]
-            if not raw or field in got:
+            if not raw or field in got or (udp and field.startswith("tls_")):
                 continue
             if field == "dns_rcode" and v["dns.flags.response"].split("|")[0] not in ("1", "True"):
                 continue                # tshark's rcode of a query: the request's 0
@@ -436,3 +435,51 @@ def test_bad_payload_is_counted_and_never_breaks_a_run(capsys, noexport, tmp_pat
     assert rc == 0, errs
     assert len(out.splitlines()) == 4
     assert "bad payload: " in errs
+
+
+@needs_parsers
+@pytest.mark.skipif(shutil.which("ipfixDump") is None, reason="needs ipfixDump (libfixbuf)")
+@pytest.mark.parametrize("name", ["tls", "http", "dns", "quic_initial-sample"])
+def test_ipfixdump_reads_the_l7_elements_of_a_meter_run(capsys, tmp_path, name):
+    """The meter's IPFIX export to a UDP socket on 127.0.0.1: ipfixDump
+    (libfixbuf) reads each record's enterprise elements with the values the
+    JSON print shows."""
+    from nfflowd.ie import L7_ELEMENTS
+    from test_l7_export import ELEMENTS_XML
+    from test_meter_cli import UdpCollector
+    col = UdpCollector()
+    conf = tmp_path / "nfflowd.yaml"
+    conf.write_text("export:\n  collectors:\n"
+                    f"    - {{host: 127.0.0.1, port: {col.port}, version: 10}}\n"
+                    "syslog:\n  enabled: false\n")
+    try:
+        rc, out, errs = meter_cli(capsys, "-r", str(PCAPS / f"{name}.pcap"), "--l7", "all",
+                                  "--print", "--format", "json", config=str(conf))
+        got = col.drain()
+    finally:
+        col.sock.close()
+    assert rc == 0, errs
+    path = tmp_path / "export.ipfix"
+    path.write_bytes(b"".join(got))
+    res = subprocess.run(["ipfixDump", "--in", str(path), "--element-file", str(ELEMENTS_XML),
+                          "--hexdump=16"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    text = " ".join(res.stdout.split())
+    want = {}
+    for r in map(json.loads, out.splitlines()):
+        for field, v in r.items():
+            el = L7_ELEMENTS.get(field)
+            if el is None:
+                continue
+            head = f"({el.ie.enterprise}/{el.ie.id}) {el.name} : "
+            if el.type == "string":
+                line = f"{head}(len: {len(v.encode())}) {v}"
+            elif el.type == "octetArray":
+                line = f"{head}(len: {len(v) // 2}) 0x{v}"
+            else:
+                line = f"{head}{v}"
+            want[line] = want.get(line, 0) + 1
+    assert want                             # the capture has fields to export
+    for line, n in want.items():
+        assert text.count(line) == n, line
