@@ -4,220 +4,206 @@ Strategy: ``inspect.locate`` and ``inspect.kind_of`` per frame cost a
 microsecond or two in Python; a chunk holds a million frames, few of which
 start a handshake, a request or a DNS message.  Here the same tests run on
 every record of a ``pcapfile.RecordChunk`` at once (Ethernet with up to two
-VLAN tags, and raw IP): the layers' offsets, the ports, the payload's bounds
-and first bytes as arrays, so that only the frames picked are looked at in
-Python.  The rules are ``locate``'s and ``kind_of``'s, term for term
-(tests/test_l7_meter.py compares them on every sample capture).
+VLAN tags, and raw IP), a slice of ``SLICE`` frames at a time: the layers'
+offsets, the ports, the payload's bounds and first bytes as arrays; the
+frames picked come out with their inspector key, time, protocol and parser
+already made, so that Python only loops over those.  The rules are
+``locate``'s and ``kind_of``'s, term for term (tests/test_l7_meter.py
+compares both on every sample capture and on hypothesis-made ones).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["candidates", "Candidates"]
+__all__ = ["candidates", "Candidates", "KINDS"]
 
 _HTTP = [int.from_bytes(s, "big") for s in (b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE",
                                             b"OPTI", b"CONN", b"PATC", b"TRAC", b"HTTP")]
 _RAW = (101, 12, 14, 228, 229)
-
-
-# frames looked at per numpy pass: bounds the pre-filter's temporaries
-# (some 30 arrays of this many values) whatever the chunk's size
+KINDS = (None, "tls", "http", "dns", "quic")
+_TLS, _HTTP_K, _DNS, _QUIC = 1, 2, 3, 4
+# frames looked at per numpy pass: bounds the temporaries (some 30 arrays of
+# this many values) whatever the chunk's size
 SLICE = 1 << 16
+# bytes readable past any frame's start: the headers' furthest field
+_PAD = 256
+_KEY_LEN = 39
 _COLS = ("proto", "sport", "dport", "p", "end", "src", "dst", "alen", "vlan")
 
 
 class Candidates:
-    """The frames of a chunk the inspector may want: ``picked()`` the
-    indexes of those whose first bytes or ports name a protocol, in file
-    order; ``frame(i)`` (proto, sport, dport, payload start, end: buffer
-    offsets) of a picked frame or a TCP frame with payload; ``key(i)``,
-    ``ts(i)``; ``next_segment(key, i)``: the first TCP frame with payload of
-    ``key`` after ``i``.  ``cut``: TCP/UDP frames whose payload the snaplen
-    cut."""
+    """The frames of a chunk the inspector may want.  ``picked``: (index,
+    key, ts_ns, proto, kind, payload start, end) of those whose first bytes
+    or ports name a protocol, in file order (buffer offsets);
+    ``next_segment(key, i)``: (index, ts_ns, proto, start, end) of the
+    first TCP frame with payload of ``key`` after ``i``, or None.  ``cut``:
+    TCP/UDP frames whose payload the snaplen cut."""
 
-    def __init__(self, chunk, protocols, record_key):
+    def __init__(self, chunk, protocols):
         self.chunk = chunk
-        self.record_key = record_key
         self.protocols = frozenset(protocols)
-        self.b = np.frombuffer(chunk.buf, np.uint8)
+        room = chunk.room
+        n = len(chunk.buf)
+        b = np.frombuffer(room, np.uint8)
+        if len(b) < n + _PAD:
+            b = np.concatenate([b[:n], np.zeros(_PAD, np.uint8)])
+        self.b = b
+        self.v16 = np.ndarray((len(b) - 1,), ">u2", b, strides=(1,))
+        self.v32 = np.ndarray((len(b) - 3,), ">u4", b, strides=(1,))
         self.cut = 0
-        self._pick: list = []
-        self._rows: dict = {}       # frame index -> (proto, sport, dport, p, end, src, dst, alen, vlan)
-        self._slice = (None, None)  # (start, its arrays): the last slice computed
-
-    def picked(self) -> list:
-        return self._pick
+        self.picked: list = []
+        self._slice = (None, None)      # (start, its arrays): the last slice computed
 
     def _arrays(self, lo: int) -> dict:
         if self._slice[0] != lo:
-            self._slice = (lo, _slice(self.b, self.chunk, lo, self.protocols))
+            self._slice = (lo, _slice(self, lo))
         return self._slice[1]
-
-    def _row(self, i: int):
-        r = self._rows.get(i)
-        if r is None:
-            lo = i - i % SLICE
-            a = self._arrays(lo)
-            r = tuple(int(a[c][i - lo]) for c in _COLS)
-        return r
-
-    def frame(self, i: int):
-        return self._row(i)[:5]
-
-    def ts(self, i: int) -> int:
-        return int(self.chunk.fields()[0][i])
-
-    def key(self, i: int) -> bytes:
-        proto, sport, dport, _p, _e, s, d, a, vlan = self._row(i)
-        buf = self.chunk.buf
-        return self.record_key(bytes(buf[s:s + a]), bytes(buf[d:d + a]), sport, dport, proto, vlan)
 
     def next_segment(self, key: bytes, after: int):
         """(a slice's arrays computed again at most once in a row: a held
         payload's next segment is usually a few frames on)"""
-        h = _key_hash_of(key)
         lo = (after + 1) - (after + 1) % SLICE
+        ts = self.chunk.fields()[0]
         while lo < len(self.chunk):
             a = self._arrays(lo)
-            tp = np.flatnonzero(a["tcp_pay"])
-            if "hash" not in a:
-                a["hash"] = _key_hash(self.b, a["src"][tp], a["dst"][tp], a["alen"][tp],
-                                      a["sport"][tp], a["dport"][tp], len(self.b) - 1)
-            hit = tp[(a["hash"] == h) & (tp + lo > after)]
-            for j in (hit + lo).tolist():
-                if self.key(j) == key:
-                    return j
+            at = np.flatnonzero(a["tcp_pay"] & (a["idx"] + lo > after))
+            if len(at):
+                if "keys" not in a:
+                    a["keys"] = _key_matrix(self.b, a, np.arange(len(a["idx"])))
+                hit = at[(a["keys"][at] == np.frombuffer(key, np.uint8)).all(axis=1)]
+                if len(hit):
+                    k = int(hit[0])
+                    i = lo + int(a["idx"][k])
+                    return (i, int(ts[i]), int(a["proto"][k]), int(a["p"][k]),
+                            int(a["end"][k]))
             lo += SLICE
         return None
 
 
-def _be16(b, at, top):
-    at = np.minimum(at, top)
-    return (b[at].astype(np.int64) << 8) | b[np.minimum(at + 1, top)]
+def _keys(b, a, sel) -> list:
+    """The inspector keys (``inspect.record_key``) of the frames ``sel`` of a
+    slice's arrays, made with numpy."""
+    if not len(sel):
+        return []
+    return _key_matrix(b, a, sel).view(f"V{_KEY_LEN}").ravel().tolist()
 
 
-_M = np.uint64(0x9E3779B97F4A7C15)
+def _key_matrix(b, a, sel):
+    """``_keys`` as rows of bytes."""
+    k = np.zeros((len(sel), _KEY_LEN), np.uint8)
+    cols = np.arange(16)
+    alen = a["alen"][sel][:, None]
+    keep = cols[None, :] < alen
+    k[:, 0:16] = np.where(keep, b[a["src"][sel][:, None] + cols], 0)
+    k[:, 16:32] = np.where(keep, b[a["dst"][sel][:, None] + cols], 0)
+    k[:, 32:36] = b[a["t"][sel][:, None] + cols[:4]]
+    k[:, 36] = a["proto"][sel]
+    v = a["vlan"][sel]
+    k[:, 37] = v >> 8
+    k[:, 38] = v & 0xFF
+    return k
 
 
-def _key_hash(b, src, dst, alen, sport, dport, top):
-    """A hash of each frame's key (collisions are checked on the keys): the
-    last four bytes of each address and the ports."""
-    s = src + alen - 4
-    d = dst + alen - 4
-    a = np.zeros(len(src), np.uint64)
-    for k in range(4):
-        a = (a << np.uint64(8)) | b[np.minimum(s + k, top)].astype(np.uint64)
-        a = (a << np.uint64(8)) | b[np.minimum(d + k, top)].astype(np.uint64)
-    return a ^ (((sport.astype(np.uint64) << np.uint64(16)) | dport.astype(np.uint64)) * _M)
-
-
-def _key_hash_of(key: bytes):
-    """``_key_hash`` of an inspector key (inspect.record_key)."""
-    v4 = key[4:16] == bytes(12) and key[20:32] == bytes(12)
-    s = key[0:4] if v4 else key[12:16]
-    d = key[16:20] if v4 else key[28:32]
-    a = 0
-    for k in range(4):
-        a = (a << 16) | (s[k] << 8) | d[k]
-    ports = int.from_bytes(key[32:36], "big")
-    return np.uint64(a ^ ((ports * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF))
-
-
-def candidates(chunk, protocols, record_key) -> Candidates | None:
+def candidates(chunk, protocols) -> Candidates | None:
     """The ``Candidates`` of ``chunk``, or None for a link type other than
-    Ethernet or raw IP (the caller goes frame by frame); ``record_key``:
-    ``inspect.record_key``, what ``key`` gives."""
+    Ethernet or raw IP (the caller goes frame by frame)."""
     if chunk.linktype != 1 and chunk.linktype not in _RAW:
         return None
-    c = Candidates(chunk, protocols, record_key)
+    c = Candidates(chunk, protocols)
+    ts = chunk.fields()[0]
+    out = c.picked
     for lo in range(0, len(chunk), SLICE):
         a = c._arrays(lo)
         c.cut += a["cut"]
-        idx = np.flatnonzero(a["pick"])
-        if len(idx):
-            cols = [a[k][idx].tolist() for k in _COLS]
-            c._rows.update(zip((idx + lo).tolist(), zip(*cols)))
-            c._pick += (idx + lo).tolist()
+        sel = np.flatnonzero(a["kind"])
+        if len(sel):
+            idx = a["idx"][sel] + lo
+            out += zip(idx.tolist(), _keys(c.b, a, sel), ts[idx].tolist(),
+                       a["proto"][sel].tolist(), [KINDS[k] for k in a["kind"][sel].tolist()],
+                       a["p"][sel].tolist(), a["end"][sel].tolist())
     return c
 
 
-def _slice(b, chunk, lo: int, protos) -> dict:
-    """The arrays of the frames ``lo`` to ``lo + SLICE`` of ``chunk``."""
-    top = len(b) - 1
-    lt = chunk.linktype
+def _slice(c: Candidates, lo: int) -> dict:
+    """The arrays of the TCP and UDP frames among frames ``lo`` to ``lo +
+    SLICE`` of the chunk (``idx``: their place in the slice)."""
+    b, v16 = c.b, c.v16
+    chunk = c.chunk
     _ts, cap, orig = chunk.fields()
     cap = cap[lo:lo + SLICE]
-    orig = orig[lo:lo + SLICE]
-    d = chunk.offsets[lo:lo + SLICE] + 16       # frame starts
+    d = chunk.offsets[lo:lo + SLICE] + 16           # frame starts
     fend = d + cap
-    ok = np.ones(len(d), bool)
-    vlan = np.zeros(len(d), np.int64)
-    if lt == 1:
-        ok &= cap >= 14
-        et = _be16(b, d + 12, top)
+    vlan = None
+    if chunk.linktype == 1:
+        ok = cap >= 14
+        et = v16[d + 12].astype(np.int64)
         net = d + 14
-        tag = np.isin(et, (0x8100, 0x88A8, 0x9100))
+        tag = (et == 0x8100) | (et == 0x88A8) | (et == 0x9100)
         if tag.any():
             ok &= ~tag | (cap >= 18)
-            vlan = np.where(tag, _be16(b, d + 14, top) & 0xFFF, 0)
-            et = np.where(tag, _be16(b, d + 16, top), et)
+            vlan = np.where(tag, v16[d + 14] & 0xFFF, 0)
+            et = np.where(tag, v16[d + 16], et)
             net = np.where(tag, d + 18, net)
-            tag2 = tag & np.isin(et, (0x8100, 0x88A8, 0x9100))
+            tag2 = tag & ((et == 0x8100) | (et == 0x88A8) | (et == 0x9100))
             ok &= ~tag2 | (cap >= 22)
-            et = np.where(tag2, _be16(b, d + 20, top), et)
+            et = np.where(tag2, v16[d + 20], et)
             net = np.where(tag2, d + 22, net)
-        v = np.where(et == 0x0800, 4, np.where(et == 0x86DD, 6, 0))
+        is4 = et == 0x0800
+        is6 = et == 0x86DD
     else:
-        ok &= cap >= 1
+        ok = cap >= 1
         net = d
-        v = b[np.minimum(d, top)] >> 4
-    first = b[np.minimum(net, top)]
-    wire = d + np.maximum(orig, cap)
-    # IPv4: not a fragment
-    v4 = ok & (v == 4) & (fend >= net + 20) & (first >> 4 == 4)
-    ihl = (first & 15).astype(np.int64) << 2
-    v4 &= (ihl >= 20) & ((_be16(b, net + 6, top) & 0x3FFF) == 0)
-    total = _be16(b, net + 2, top)
-    # IPv6: the transport header right after
-    v6 = ok & (v == 6) & (fend >= net + 40) & (first >> 4 == 6)
-    plen = _be16(b, net + 4, top)
-    proto = np.where(v4, b[np.minimum(net + 9, top)],
-                     np.where(v6, b[np.minimum(net + 6, top)], 0)).astype(np.int64)
+        is4 = (b[d] >> 4) == 4
+        is6 = (b[d] >> 4) == 6
+    first = b[net]
+    v4 = (ok & is4 & (fend >= net + 20) & ((first >> 4) == 4) & ((first & 15) >= 5)
+          & ((v16[net + 6] & 0x3FFF) == 0))
+    v6 = ok & is6 & (fend >= net + 40) & ((first >> 4) == 6)
+    idx = np.flatnonzero(v4 | v6)
+    # from here on, the IP frames only
+    v4 = v4[idx]
+    net = net[idx]
+    fend = fend[idx]
+    d = d[idx]
+    wire = d + np.maximum(orig[lo:lo + SLICE][idx], cap[idx])
+    vlan = np.zeros(len(idx), np.int64) if vlan is None else vlan[idx]
+    ihl = (first[idx] & 15).astype(np.int64) << 2
+    proto = np.where(v4, b[net + 9], b[net + 6]).astype(np.int64)
+    total = v16[net + 2].astype(np.int64)
+    plen = v16[net + 4].astype(np.int64)
     ipend = np.where(v4, np.where(total >= ihl, net + total, wire),
                      np.where(plen > 0, net + 40 + plen, wire))
     ipend = np.minimum(ipend, wire)
     t = np.where(v4, net + ihl, net + 40)
-    tcp = (v4 | v6) & (proto == 6) & (t + 20 <= fend)
-    udp = (v4 | v6) & (proto == 17) & (t + 8 <= fend)
-    p = np.where(tcp, t + ((b[np.minimum(t + 12, top)] >> 4).astype(np.int64) << 2), t + 8)
+    tcp = (proto == 6) & (t + 20 <= fend)
+    udp = (proto == 17) & (t + 8 <= fend)
+    p = np.where(tcp, t + ((b[t + 12] >> 4).astype(np.int64) << 2), t + 8)
     both = tcp | udp
     end = np.minimum(ipend, fend)
     has = both & (p < end)
-    sport = _be16(b, t, top)
-    dport = _be16(b, t + 2, top)
-    # the first bytes (inspect.kind_of's tests), where there are that many
     pl = end - p
-    b0 = b[np.minimum(p, top)].astype(np.int64)
-    b1 = b[np.minimum(p + 1, top)].astype(np.int64)
-    w4 = ((b0 << 24) | (b1 << 16) | (b[np.minimum(p + 2, top)].astype(np.int64) << 8)
-          | b[np.minimum(p + 3, top)])
-    pick = np.zeros(len(d), bool)
-    if "tls" in protos:
-        pick |= tcp & (pl >= 2) & (b0 == 0x16) & (b1 == 0x03)
-    if "http" in protos:
-        pick |= tcp & (pl >= 4) & np.isin(w4, _HTTP)
+    sport = v16[t].astype(np.int64)
+    dport = v16[t + 2].astype(np.int64)
+    # the parser each payload goes to: inspect.kind_of's tests, in its order
+    protos = c.protocols
+    w4 = c.v32[p].astype(np.int64)
+    b0 = w4 >> 24
+    dns = (sport == 53) | (dport == 53)
+    kind = np.zeros(len(idx), np.int8)
     if "dns" in protos:
-        pick |= (sport == 53) | (dport == 53)
+        kind[has & dns] = _DNS
     if "quic" in protos:
-        ver = ((b1 << 24) | (b[np.minimum(p + 2, top)].astype(np.int64) << 16)
-               | (b[np.minimum(p + 3, top)].astype(np.int64) << 8) | b[np.minimum(p + 4, top)])
-        pick |= (udp & (pl >= 5) & ((b0 & 0xC0) == 0xC0)
-                 & ((ver == 1) | (ver == 0x6B3343CF) | (b1 == 0xFF)))
-    src = np.where(v4, net + 12, net + 8)
-    dst = np.where(v4, net + 16, net + 24)
-    alen = np.where(v4, 4, 16)
-    return {"pick": pick & has, "tcp_pay": tcp & has,
+        ver = c.v32[p + 1]
+        quic = (udp & (~dns if "dns" in protos else True) & (pl >= 5) & ((b0 & 0xC0) == 0xC0)
+                & ((ver == 1) | (ver == 0x6B3343CF) | ((ver >> 24) == 0xFF)))
+        kind[has & quic] = _QUIC
+    if "http" in protos:
+        kind[has & tcp & (pl >= 4) & np.isin(w4, _HTTP)] = _HTTP_K
+    if "tls" in protos:
+        kind[has & tcp & (pl >= 2) & ((w4 >> 16) == 0x1603)] = _TLS
+    return {"idx": idx, "kind": kind, "tcp_pay": tcp & has,
             "cut": int(np.count_nonzero(both & (p < ipend) & (ipend > fend))),
-            "proto": proto, "sport": sport, "dport": dport, "p": p, "end": end, "src": src,
-            "dst": dst, "alen": alen, "vlan": vlan}
+            "proto": proto, "t": t, "p": p, "end": end,
+            "src": np.where(v4, net + 12, net + 8), "dst": np.where(v4, net + 16, net + 24),
+            "alen": np.where(v4, 4, 16), "vlan": vlan}

@@ -163,7 +163,7 @@ class Inspector:
         """Inspect a ``pcapfile.RecordChunk`` (classic pcap): a numpy
         pre-filter, then the picked frames in file order."""
         from nfflowd.l7 import chunkfilter
-        found = chunkfilter.candidates(chunk, self.protocols, record_key)
+        found = chunkfilter.candidates(chunk, self.protocols)
         if found is None:                   # a link type the filter does not read
             self.frames(chunk.frames())
             return
@@ -174,27 +174,21 @@ class Inspector:
         done = set()
         # payloads held from the chunks before: their next segment first
         for key in list(held):
-            j = found.next_segment(key, -1)
-            if j is not None:
+            nxt = found.next_segment(key, -1)
+            if nxt is not None:
+                j, ts, proto, p, end = nxt
                 done.add(j)
-                proto, _sp, _dp, p, end = found.frame(j)
-                feed(key, found.ts(j), proto, None, bytes(buf[p:end]))
-        protos = self.protocols
-        for i in found.picked():
-            if i in done:
+                feed(key, ts, proto, None, bytes(buf[p:end]))
+        for i, key, ts, proto, kind, p, end in found.picked:
+            if done and i in done:
                 continue
-            proto, sport, dport, p, end = found.frame(i)
-            key = found.key(i)
-            kind = kind_of(protos, proto, sport, dport, bytes(buf[p:p + 5]))
-            if kind is None:                # pragma: no cover (the filter's test is this)
-                continue
-            feed(key, found.ts(i), proto, kind, bytes(buf[p:end]))
+            feed(key, ts, proto, kind, bytes(buf[p:end]))
             if key in held:
-                j = found.next_segment(key, i)
-                if j is not None:
+                nxt = found.next_segment(key, i)
+                if nxt is not None:
+                    j, ts, proto, p, end = nxt
                     done.add(j)
-                    proto, _sp, _dp, p, end = found.frame(j)
-                    feed(key, found.ts(j), proto, None, bytes(buf[p:end]))
+                    feed(key, ts, proto, None, bytes(buf[p:end]))
 
     # -- both ------------------------------------------------------------------------
     def _feed(self, key: bytes, ts_ns: int, proto: int, kind, payload: bytes) -> None:
