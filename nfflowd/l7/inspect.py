@@ -143,6 +143,43 @@ class Inspector:
         held = self._held
         feed = self._feed
         for ts, lt, data, orig in batch:
+            # the common frame inline (``locate``'s rules): Ethernet, IPv4
+            # without options, not a fragment, TCP or UDP
+            n = len(data)
+            if (lt == 1 and n >= 54 and data[12:15] == b"\x08\x00\x45"
+                    and not (data[20] & 0x3F or data[21])):
+                total = (data[16] << 8) | data[17]
+                if total >= 20:
+                    proto = data[23]
+                    if proto == 6:
+                        p = 34 + ((data[46] >> 4) << 2)
+                    elif proto == 17:
+                        p = 42
+                    else:
+                        continue
+                    wire = orig if orig > n else n
+                    ipend = 14 + total if 14 + total < wire else wire
+                    if p >= ipend:
+                        continue                # no payload (an ACK)
+                    if ipend > n:
+                        self.cut += 1
+                        end = n
+                    else:
+                        end = ipend
+                    if p >= end:
+                        continue
+                    sport = (data[34] << 8) | data[35]
+                    dport = (data[36] << 8) | data[37]
+                    if held:
+                        key = _KEY(data[26:30], data[30:34], sport, dport, proto, 0)
+                        if key in held:
+                            feed(key, ts, proto, None, data[p:end])
+                            continue
+                    kind = kind_of(protos, proto, sport, dport, data[p:p + 5])
+                    if kind is not None:
+                        feed(_KEY(data[26:30], data[30:34], sport, dport, proto, 0), ts, proto,
+                             kind, data[p:end])
+                    continue
             loc = locate(lt, data, orig)
             if loc is None:
                 continue
@@ -179,8 +216,10 @@ class Inspector:
                 j, ts, proto, p, end = nxt
                 done.add(j)
                 feed(key, ts, proto, None, bytes(buf[p:end]))
+        get = self._states.get
         for i, key, ts, proto, kind, p, end in found.picked:
-            if done and i in done:
+            st = get(key)
+            if (st is not None and st.done) or (done and i in done):
                 continue
             feed(key, ts, proto, kind, bytes(buf[p:end]))
             if key in held:
@@ -201,8 +240,8 @@ class Inspector:
             if len(self._states) >= self.max_flows:
                 self.full += 1
                 return
-            sport, dport = struct.unpack_from("!HH", key, 32)
-            st = self._states[key] = _State(ts_ns // 1_000_000, kind, sport < dport, proto == 6)
+            st = self._states[key] = _State(ts_ns // 1_000_000, kind, key[32:34] < key[34:36],
+                                            proto == 6)
         elif st.done:
             return
         if kind is None:
