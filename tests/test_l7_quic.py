@@ -510,11 +510,12 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 @FUZZ
 @given(st.binary(max_size=1500))
 def test_fuzz_random_bytes(data):
-    state = quic.QuicState()
-    for _ in range(2):
-        fields, reason = quic.inspect_datagram(data, state)
-        assert fields is None or isinstance(fields, dict)
-        assert reason is None or isinstance(reason, str)
+    for server in (False, True):
+        state = quic.QuicState()
+        for _ in range(2):
+            fields, reason = quic.inspect_datagram(data, state, server=server)
+            assert fields is None or isinstance(fields, dict)
+            assert reason is None or isinstance(reason, str)
 
 
 @FUZZ
@@ -543,3 +544,15 @@ def test_fuzz_decrypted_payloads(frames, flips):
         fields, reason = quic.inspect_datagram(initial(payload), quic.QuicState())
         assert fields is None or isinstance(fields, dict)
         assert reason is None or isinstance(reason, str)
+
+
+def test_server_flow_gives_version_without_a_reason():
+    """Told the flow is the server's, the version alone, and no decryption
+    failure to count."""
+    state = quic.QuicState()
+    assert quic.inspect_datagram(RFC_V1_SERVER_PACKET, state, server=True) == ({"quic_version": 1}, None)
+    assert state.done
+    state = quic.QuicState()
+    for _ in range(quic.MAX_DATAGRAMS):
+        assert quic.inspect_datagram(b"\x41" + bytes(30), state, server=True) == (None, None)
+    assert state.done

@@ -285,23 +285,44 @@ def _client_hello(state: QuicState) -> tuple[dict | None, str | None]:
     return fields, reason
 
 
-def inspect_datagram(payload: bytes, state: QuicState) -> tuple[dict | None, str | None]:
+def inspect_datagram(payload: bytes, state: QuicState,
+                     server: bool = False) -> tuple[dict | None, str | None]:
     """One UDP payload of a flow: (fields, reason).
 
     ``fields`` is None while there is nothing to report (not a QUIC Initial,
     or a ClientHello still incomplete); else a dict of ``quic_version`` and,
-    when the ClientHello was read, ``quic_sni`` and ``quic_user_agent``.
-    ``reason`` names what could not be read (``REASONS`` or the TLS parser's
-    own).  ``state.done`` tells that later datagrams add nothing."""
+    when the ClientHello was read, ``quic_sni`` and ``quic_user_agent``
+    (fields to merge into what the flow has).  ``reason`` names what could
+    not be read (``REASONS`` or the TLS parser's own).  ``state.done`` tells
+    that later datagrams add nothing.
+
+    ``server``: the flow is a server's (its source port is the service's).
+    Its Initials are protected with keys derived from the connection id the
+    client first chose, which only the other direction carries: only the
+    version is read, from the first long header."""
     if state.done:
         return None, None
     state.datagrams += 1
+    if server:
+        return _server_version(payload, state)
     fields, reason = _datagram(payload, state)
     if not state.done and state.datagrams >= MAX_DATAGRAMS:
         state.done = True
         if state.version and reason is None:
             reason = "quic_incomplete"
     return fields, reason
+
+
+def _server_version(buf: bytes, state: QuicState) -> tuple[dict | None, str | None]:
+    if len(buf) >= 7 and buf[0] & 0x80:
+        version = int.from_bytes(buf[1:5], "big")
+        state.done = True
+        if version in SALTS:
+            state.version = version
+            return {"quic_version": version}, None
+    elif state.datagrams >= MAX_DATAGRAMS:
+        state.done = True
+    return None, None
 
 
 def _datagram(buf: bytes, state: QuicState) -> tuple[dict | None, str | None]:
