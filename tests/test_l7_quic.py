@@ -125,30 +125,34 @@ RFC_V1_SERVER_PACKET = bytes.fromhex(
     "2158407dd074ee")
 
 
-def test_rfc9001_keys():
-    """RFC 9001 A.1: secrets, keys, IVs and header protection keys."""
-    client, server = quic.initial_secrets(quic.VERSION_1, RFC_DCID)
-    assert client.hex() == "c00cf151ca5be075ed0ebfb5c80323c42d6b7db67881289af4008f1f6c357aea"
-    assert server.hex() == "3c199828fd139efd216c155ad844cc81fb82fa8d7446fa7d78be803acdda951b"
-    key, iv, hp = quic.initial_key_material(quic.VERSION_1, RFC_DCID)
-    assert (key.hex(), iv.hex(), hp.hex()) == (
-        "1f369613dd76d5467730efcbe3b1a22d", "fa044b2f42a3fd3b46fb255c",
-        "9f50449e04a0e810283a1e9933adedd2")
-    key, iv, hp = quic.initial_key_material(quic.VERSION_1, RFC_DCID, server=True)
-    assert (key.hex(), iv.hex(), hp.hex()) == (
-        "cf3a5331653c364c88f0f379b6067e37", "0ac1493ca1905853b0bba03e",
-        "c206b8d9b9f0f37644430b490eeaa314")
+# RFC 9001 A.1 (v1) and RFC 9369 A.1 (v2): client and server secrets, then
+# (key, iv, hp) of the client and of the server
+RFC_KEYS = {
+    quic.VERSION_1: (
+        "c00cf151ca5be075ed0ebfb5c80323c42d6b7db67881289af4008f1f6c357aea",
+        "3c199828fd139efd216c155ad844cc81fb82fa8d7446fa7d78be803acdda951b",
+        ("1f369613dd76d5467730efcbe3b1a22d", "fa044b2f42a3fd3b46fb255c",
+         "9f50449e04a0e810283a1e9933adedd2"),
+        ("cf3a5331653c364c88f0f379b6067e37", "0ac1493ca1905853b0bba03e",
+         "c206b8d9b9f0f37644430b490eeaa314")),
+    quic.VERSION_2: (
+        "14ec9d6eb9fd7af83bf5a668bc17a7e283766aade7ecd0891f70f9ff7f4bf47b",
+        "0263db1782731bf4588e7e4d93b7463907cb8cd8200b5da55a8bd488eafc37c1",
+        ("8b1a0bc121284290a29e0971b5cd045d", "91f73e2351d8fa91660e909f",
+         "45b95e15235d6f45a6b19cbcb0294ba9"),
+        ("82db637861d55e1d011f19ea71d5d2a7", "dd13c276499c0249d3310652",
+         "edf6d05c83121201b436e16877593c3a")),
+}
 
 
-def test_rfc9369_keys():
-    """RFC 9369 A.1: QUIC v2's salt and labels."""
-    client, server = quic.initial_secrets(quic.VERSION_2, RFC_DCID)
-    assert client.hex() == "14ec9d6eb9fd7af83bf5a668bc17a7e283766aade7ecd0891f70f9ff7f4bf47b"
-    assert server.hex() == "0263db1782731bf4588e7e4d93b7463907cb8cd8200b5da55a8bd488eafc37c1"
-    key, iv, hp = quic.initial_key_material(quic.VERSION_2, RFC_DCID)
-    assert (key.hex(), iv.hex(), hp.hex()) == (
-        "8b1a0bc121284290a29e0971b5cd045d", "91f73e2351d8fa91660e909f",
-        "45b95e15235d6f45a6b19cbcb0294ba9")
+@pytest.mark.parametrize("version", sorted(RFC_KEYS))
+def test_rfc_keys(version):
+    """The salts and labels: secrets, keys, IVs and header protection keys."""
+    client, server, client_keys, server_keys = RFC_KEYS[version]
+    assert [s.hex() for s in quic.initial_secrets(version, RFC_DCID)] == [client, server]
+    for keys, is_server in ((client_keys, False), (server_keys, True)):
+        got = quic.initial_key_material(version, RFC_DCID, server=is_server)
+        assert tuple(k.hex() for k in got) == keys
 
 
 # -- building Initials (the client's side of RFC 9001 section 5) ---------------------
