@@ -561,22 +561,3 @@ def test_server_flow_gives_version_without_a_reason():
         assert quic.inspect_datagram(b"\x41" + bytes(30), state, server=True) == (None, None)
     assert state.done
 
-
-class _InspectorState:
-    """The slot the meter's inspector keeps for the QUIC parser."""
-    quic = None
-
-
-def test_inspect_gives_all_fields_when_done():
-    """The inspector's call: nothing until the flow is done, then every field."""
-    one, two = split_hello(quic.VERSION_2)
-    st = _InspectorState()
-    assert quic.inspect(one, st) == (None, None, True)
-    assert quic.inspect(two, st) == ({"quic_version": quic.VERSION_2, "quic_sni": "quic.example.net",
-                                      "quic_user_agent": "nfflowd-test/1.0"}, None, False)
-    st = _InspectorState()
-    for _ in range(quic.MAX_DATAGRAMS - 1):
-        assert quic.inspect(one, st) == (None, None, True)
-    assert quic.inspect(one, st) == ({"quic_version": quic.VERSION_2}, "quic_incomplete", False)
-    st = _InspectorState()
-    assert quic.inspect(b"\x00" * 40, st)[0] is None

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from nfflowd.l7 import tls
 
-__all__ = ["QuicState", "inspect", "inspect_datagram", "initial_keys", "initial_key_material",
+__all__ = ["QuicState", "inspect_datagram", "initial_keys", "initial_key_material",
            "initial_secrets", "InitialKeys",
            "transport_parameters", "VERSION_1", "VERSION_2", "SALTS",
            "MAX_CRYPTO", "MAX_DATAGRAMS", "MAX_PACKETS", "REASONS"]
@@ -64,7 +64,7 @@ EXT_TRANSPORT_PARAMETERS_DRAFT = 0xFFA5
 PARAM_GOOGLE_USER_AGENT = 0x3129
 
 MAX_CRYPTO = 16384      # CRYPTO bytes kept per flow (a ClientHello must fit)
-MAX_DATAGRAMS = 4       # datagrams of a flow looked at before giving up
+MAX_DATAGRAMS = 4       # datagrams of a flow looked at (the inspector's MAX_PACKETS)
 MAX_PACKETS = 8         # coalesced packets walked per datagram
 MAX_PIECES = 64         # CRYPTO frames kept per flow
 
@@ -156,14 +156,12 @@ class QuicState:
     (derived once per connection id), the CRYPTO data seen so far, and whether
     the flow is finished with (``done``: the caller stops feeding it).
 
-    ``pieces`` holds (offset, bytes) CRYPTO ranges, clipped to MAX_CRYPTO;
-    ``fields`` all the fields found so far."""
+    ``pieces`` holds (offset, bytes) CRYPTO ranges, clipped to MAX_CRYPTO."""
 
-    __slots__ = ("version", "keys", "pieces", "datagrams", "done", "fields")
+    __slots__ = ("version", "keys", "pieces", "datagrams", "done")
 
     def __init__(self):
         self.version = 0
-        self.fields: dict = {}
         self.keys: InitialKeys | None = None
         self.pieces: list[tuple[int, bytes]] = []
         self.datagrams = 0
@@ -313,24 +311,7 @@ def inspect_datagram(payload: bytes, state: QuicState,
             state.done = True
             if state.version and reason is None:
                 reason = "quic_incomplete"
-    if fields:
-        state.fields.update(fields)
     return fields, reason
-
-
-def inspect(payload: bytes, state, server: bool = False) -> tuple[dict | None, str | None, bool]:
-    """``inspect_datagram`` for the meter's inspector (``nfflowd.l7.inspect``):
-    ``state.quic`` holds the flow's ``QuicState`` (made here on first use).
-    Returns (fields, reason, more): all the flow's fields once it is done
-    (None before, or when there are none), and ``more`` while later
-    datagrams may still add some."""
-    qs = state.quic
-    if qs is None:
-        qs = state.quic = QuicState()
-    _fields, reason = inspect_datagram(payload, qs, server)
-    if qs.done:
-        return (dict(qs.fields) or None), reason, False
-    return None, reason, True
 
 
 def _server_version(buf: bytes, state: QuicState) -> tuple[dict | None, str | None]:
