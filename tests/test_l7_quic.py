@@ -252,12 +252,23 @@ def inspect(*datagrams: bytes) -> tuple[dict, list, quic.QuicState]:
     return fields, reasons, state
 
 
+def names(fields: dict, expected: dict) -> None:
+    """All the fields, the server name and user agent from the TLS parser
+    included (the version and the CRYPTO stream are checked before this):
+    skipped, saying why, where that parser is not there."""
+    if quic.tls is None:
+        pytest.skip("nfflowd.l7.tls (the TLS parser) is not there: no names read")
+    assert fields == expected
+
+
 @pytest.mark.parametrize("packet,version", [(RFC_V1_PACKET, quic.VERSION_1),
                                             (RFC_V2_PACKET, quic.VERSION_2)])
 def test_rfc_client_initial(packet, version):
     fields, reasons, state = inspect(packet)
-    assert fields == {"quic_version": version, "quic_sni": "example.com"}
+    assert state.stream() == RFC_CLIENT_PAYLOAD[4:4 + 0xF1]       # the CRYPTO frame's data
+    assert fields["quic_version"] == version
     assert reasons == [] and state.done
+    names(fields, {"quic_version": version, "quic_sni": "example.com"})
 
 
 def test_server_initial_gives_version_only():
@@ -287,21 +298,35 @@ def udp_payloads(path: Path) -> list[bytes]:
     return out
 
 
+TSHARK = {"quic.version": "quic_version",
+          "tls.handshake.extensions_server_name": "quic_sni",
+          "tls.quic.parameter.google.user_agent": "quic_user_agent",
+          "tls.handshake.length": "hello_length"}
+
+
 def tshark_fields(path: Path) -> dict:
     """What tshark reads from a capture: the QUIC version, the ClientHello's
-    server name and Google user agent (each field's values over all frames)."""
-    names = {"quic.version": "quic_version",
-             "tls.handshake.extensions_server_name": "quic_sni",
-             "tls.quic.parameter.google.user_agent": "quic_user_agent"}
+    server name, Google user agent and length (each field's values over all
+    frames)."""
     res = subprocess.run(["tshark", "-n", "-r", str(path), "-T", "fields", "-E", "occurrence=a",
-                          "-E", "aggregator=|"] + [a for f in names for a in ("-e", f)],
+                          "-E", "aggregator=|"] + [a for f in TSHARK for a in ("-e", f)],
                          capture_output=True, text=True, timeout=60, check=True)
     out: dict = {}
     for line in res.stdout.splitlines():
-        for name, value in zip(names.values(), line.split("\t")):
+        for name, value in zip(TSHARK.values(), line.split("\t")):
             for v in filter(None, value.split("|")):
-                out.setdefault(name, set()).add(int(v, 16) if name == "quic_version" else v)
+                out.setdefault(name, set()).add(v if name.startswith("quic_") and name != "quic_version"
+                                                else int(v, 0))
     return out
+
+
+def against_tshark(path: Path, fields: dict, state: quic.QuicState) -> None:
+    """The version and the ClientHello's length as tshark reads them, then
+    the names."""
+    want = tshark_fields(path)
+    assert want.pop("hello_length") == {len(state.stream()) - 4}
+    assert want["quic_version"] == {fields["quic_version"]}
+    names(as_sets(fields), want)
 
 
 def as_sets(fields: dict) -> dict:
@@ -313,10 +338,11 @@ def test_sample_capture_matches_tshark():
     """Chrome 92's draft-29 Initial: version, server name and user agent
     (transport parameters in extension 0xffa5) as tshark reads them."""
     payloads = udp_payloads(SAMPLE)
-    fields, reasons, _ = inspect(*payloads)
-    assert reasons == []
-    assert fields["quic_sni"] == "www.google.com"
-    assert as_sets(fields) == tshark_fields(SAMPLE)
+    fields, reasons, state = inspect(*payloads)
+    assert reasons == [] and state.done
+    assert b"\x00\x0ewww.google.com" in state.stream()
+    assert fields["quic_version"] == 0xFF00001D
+    against_tshark(SAMPLE, fields, state)
 
 
 # -- Initials built here, read by tshark ---------------------------------------------
@@ -356,10 +382,11 @@ def test_split_crypto_stream_matches_tshark(tmp_path, version):
     datagrams = split_hello(version)
     fields, reasons, state = inspect(*datagrams)
     assert reasons == [] and state.done
-    assert fields == {"quic_version": version, "quic_sni": "quic.example.net",
-                      "quic_user_agent": "nfflowd-test/1.0"}
+    assert state.stream() == client_hello(key_share=1216)
     write_pcap(tmp_path / "split.pcap", datagrams)
-    assert as_sets(fields) == tshark_fields(tmp_path / "split.pcap")
+    against_tshark(tmp_path / "split.pcap", fields, state)
+    names(fields, {"quic_version": version, "quic_sni": "quic.example.net",
+                   "quic_user_agent": "nfflowd-test/1.0"})
 
 
 def test_first_half_gives_version_then_the_rest():
@@ -370,8 +397,10 @@ def test_first_half_gives_version_then_the_rest():
     assert quic.inspect_datagram(one, state) == ({"quic_version": 1}, None)
     assert not state.done
     fields, reason = quic.inspect_datagram(two, state)
-    assert fields["quic_sni"] == "quic.example.net" and reason is None and state.done
+    assert reason is None and state.done and fields["quic_version"] == 1
     assert quic.inspect_datagram(two, state) == (None, None)
+    names(fields, {"quic_version": 1, "quic_sni": "quic.example.net",
+                   "quic_user_agent": "nfflowd-test/1.0"})
 
 
 @needs_tshark
@@ -382,11 +411,11 @@ def test_coalesced_initials_match_tshark(tmp_path):
     a = initial(crypto_frame(0, hello[:100]), pn=0)
     b = initial(crypto_frame(100, hello[100:]), pn=1)
     datagram = a + b + b"\x40" + bytes(range(40))
-    fields, reasons, _ = inspect(datagram)
-    assert reasons == []
-    assert fields == {"quic_version": 1, "quic_sni": "coalesced.example.org"}
+    fields, reasons, state = inspect(datagram)
+    assert reasons == [] and state.stream() == hello
     write_pcap(tmp_path / "coalesced.pcap", [datagram])
-    assert as_sets(fields) == tshark_fields(tmp_path / "coalesced.pcap")
+    against_tshark(tmp_path / "coalesced.pcap", fields, state)
+    names(fields, {"quic_version": 1, "quic_sni": "coalesced.example.org"})
 
 
 def test_later_initial_with_the_servers_connection_id():
@@ -397,24 +426,26 @@ def test_later_initial_with_the_servers_connection_id():
     first = initial(crypto_frame(0, hello[:200]), pn=0, pad_to=1200)
     later = initial(b"\x02\x00\x00\x00\x00" + crypto_frame(200, hello[200:]), pn=1,
                     dcid=b"\xaa" * 5, key_dcid=RFC_DCID, pad_to=1200)
-    fields, reasons, _ = inspect(first, later)
-    assert fields["quic_sni"] == "quic.example.net" and reasons == []
+    fields, reasons, state = inspect(first, later)
+    assert reasons == [] and state.done and state.stream() == hello
 
 
 def test_draft29_transport_parameters_extension():
     """Drafts carry the transport parameters in extension 0xffa5."""
     hello = client_hello(tp_ext=quic.EXT_TRANSPORT_PARAMETERS_DRAFT, user_agent="Chrome/x")
-    fields, reasons, _ = inspect(initial(crypto_frame(0, hello), version=0xFF00001D, pad_to=1200))
-    assert fields == {"quic_version": 0xFF00001D, "quic_sni": "quic.example.net",
-                      "quic_user_agent": "Chrome/x"}
+    fields, reasons, state = inspect(initial(crypto_frame(0, hello), version=0xFF00001D,
+                                             pad_to=1200))
+    assert reasons == [] and state.stream() == hello
+    names(fields, {"quic_version": 0xFF00001D, "quic_sni": "quic.example.net",
+                   "quic_user_agent": "Chrome/x"})
 
 
 def test_ack_frames_are_walked():
     hello = client_hello()
     ack = b"\x02" + varint(5) + varint(0) + varint(1) + varint(0) + varint(1) + varint(2)
     ack_ecn = b"\x03" + varint(5) + varint(0) + varint(0) + varint(0) + varint(1) * 3
-    fields, reasons, _ = inspect(initial(ack + ack_ecn + crypto_frame(0, hello), pad_to=1200))
-    assert fields["quic_sni"] == "quic.example.net" and reasons == []
+    fields, reasons, state = inspect(initial(ack + ack_ecn + crypto_frame(0, hello), pad_to=1200))
+    assert reasons == [] and state.done and state.stream() == hello
 
 
 # -- bounds and reasons ----------------------------------------------------------------

@@ -10,9 +10,11 @@ each Initial (AES-ECB mask), decrypts its payload (AES-128-GCM), walks its
 frames (PADDING, PING, ACK, CRYPTO; anything else ends the packet) and puts the
 CRYPTO data in place by offset.  Once the ClientHello is whole (one Initial or
 several, over the flow's first few datagrams), it goes to the TLS parser of
-``nfflowd.l7.tls``; the transport parameters extension (57; 0xffa5 in drafts)
-gives Google's user agent (parameter 0x3129, tshark's
-``tls.quic.parameter.google.user_agent``).
+``nfflowd.l7.tls`` (``parse_client_hello(message) -> (hello, reason)``, the
+hello with ``sni`` and ``extensions``, {type: data}); the transport parameters
+extension (57; 0xffa5 in drafts) gives Google's user agent (parameter 0x3129,
+tshark's ``tls.quic.parameter.google.user_agent``).  Without that module,
+the version alone.
 
 Sans-IO: bytes in, fields out.  Nothing raises on any input: what cannot be
 read gives a reason string for the caller to count.  Work is bounded: at most
@@ -32,7 +34,10 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from nfflowd.l7 import tls
+try:
+    from nfflowd.l7 import tls
+except ImportError:         # the TLS parser not there: the version alone
+    tls = None
 
 __all__ = ["QuicState", "inspect_datagram", "initial_keys", "initial_key_material",
            "initial_secrets", "InitialKeys",
@@ -269,8 +274,10 @@ def _client_hello(state: QuicState) -> tuple[dict | None, str | None]:
         return {}, "quic_crypto_too_long"
     if len(data) < size:
         return None, None
-    hello, reason = tls.parse_client_hello(data[:size])
     fields: dict = {}
+    if tls is None:
+        return fields, None
+    hello, reason = tls.parse_client_hello(data[:size])
     if hello is None:
         return fields, reason
     if hello.sni is not None:
