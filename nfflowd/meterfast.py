@@ -25,12 +25,14 @@ metered whole, through the table's batch interface (``nfflowd.meter``):
      a FIN/RST reaches it, their end of connection computed as the table
      does.  The flows whose deadline falls at or before the chunk's last
      batch boundary become records at once, a ``FlowBatch`` block
-     (``_records``); only the others enter the table (``add``);
+     (``meter.flow_columns``); only the others enter the table (``add``);
    - in Python, one flow (or FIN/RST pair, ``_pairs``) at a time: flows that
      continue an entry of the table, under the same conditions, walking only
-     the FIN/RST packets;
-   - the rest (long gaps, timeouts inside the chunk, a stale reverse flow, a
-     reverse entry) is replayed packet by packet, in file order, in a
+     the FIN/RST packets; plain flows with gaps as long as the idle timeout
+     are cut into their stretches (``_stretches``), each a flow, all but
+     the last records at once;
+   - the rest (FIN/RST flows with long gaps, an active timeout inside the
+     chunk, a stale reverse flow, a reverse entry) is replayed packet by packet, in file order, in a
      side table (``FlowTable.split``) that also gets the ``expire`` calls of
      every ``batch_size`` frames: what a TCP end does to the reverse flow
      depends on whether that one was already expired.  Then it goes back
@@ -470,6 +472,7 @@ class ChunkMeter:
         end = table.end
         created = []
         replay = []
+        gapped = []                 # (group, how it starts): flows with idle gaps
         rest = np.flatnonzero(~vec)
         L = zip([keys[i] for i in rest.tolist()], [ents[i] for i in rest.tolist()],
                 cnt[rest].tolist(), soc[rest].tolist(), sfl[rest].tolist(),
@@ -489,17 +492,28 @@ class ChunkMeter:
                         e[OCTETS] += o
                         e[FLAGS] |= f
                         continue
-                    replay.append(gi)
+                    if mg >= inactive and e[IDLE] == inactive:
+                        gapped.append((gi, 1))          # ends after its first stretch
+                    else:
+                        replay.append(gi)
                     continue
                 if mg < inactive and z - a < active:
                     end(key, e, a)
+                elif mg >= inactive:
+                    gapped.append((gi, 2))              # ended before its first packet
+                    continue
                 else:
                     replay.append(gi)
                     continue
             elif not (mg < inactive and z - a < active):
-                replay.append(gi)
+                if mg >= inactive:
+                    gapped.append((gi, 0))
+                else:
+                    replay.append(gi)
                 continue
             created.append((key, a, z, c, o, f, tq, inactive, 0, min(z + inactive, a + active)))
+        if gapped:
+            replay += self._stretches(g, gapped, created)
         if created:
             table.add(*zip(*created))
         table.flows_created += len(created)
@@ -512,6 +526,94 @@ class ChunkMeter:
             rp.extend(zip(pidx[sel].tolist(), [key] * (s1 - s0), oc[sel].tolist(),
                           fl[sel].tolist(), tos[sel].tolist()))
         return rp
+
+    def _stretches(self, g, gapped, created) -> list:
+        """Plain flows (no FIN/RST on either side in the chunk) with gaps as
+        long as the idle timeout: each stretch between such gaps is a flow
+        of its own, as the per-packet path cuts them (a packet after the
+        idle timeout ends the flow and starts the next).  ``gapped``:
+        (group, 0 no entry / 1 its first stretch continues the entry / 2 the
+        entry ended before); every stretch but the last becomes a record
+        now, the last one goes to ``created``.  A stretch as long as the
+        active timeout sends its group to the replay (returned)."""
+        table = self.table
+        active = table.active_ns
+        inactive = table.inactive_ns
+        st, starts, ends, srt = g.st, g.starts, g.ends, g.srt
+        m = g.m
+        cut = np.zeros(m, bool)
+        cut[1:] = (st[1:] - st[:-1]) >= inactive
+        cut[starts] = True
+        s0 = np.flatnonzero(cut)
+        s1 = np.append(s0[1:], m)
+        t1 = st[s0]
+        tl = st[s1 - 1]
+        long_ = np.concatenate(([0], np.cumsum(tl - t1 >= active)))
+        gs = np.array([gi for gi, _h in gapped], np.int64)
+        lo = np.searchsorted(s0, starts[gs]).tolist()
+        hi = np.searchsorted(s0, ends[gs]).tolist()
+        ll = long_.tolist()
+        keys, ents = g.keys, g.ents
+        end = table.end
+        replay = []
+        done_g = []                 # (group, first stretch, end): stretches ended here
+        cont = []                   # (group, stretch) continuing an entry
+        for (gi, how), a, b in zip(gapped, lo, hi):
+            e = ents[gi]
+            first = a + 1 if how == 1 else a
+            if ll[b] - ll[first] or (how == 1 and int(tl[a]) - e[START] >= active):
+                replay.append(gi)
+                continue
+            if how == 1:
+                cont.append((gi, a))
+            elif how == 2:
+                end(keys[gi], e, int(t1[a]))
+            done_g.append((gi, first, b - 1))
+        if cont:
+            cnt = s1 - s0
+            soc = np.add.reduceat(g.oc[srt], s0, dtype=np.int64)
+            sfl = np.bitwise_or.reduceat(g.fs, s0)
+            for gi, a in cont:
+                e = ents[gi]
+                e[LAST] = int(tl[a])
+                e[PKTS] += int(cnt[a])
+                e[OCTETS] += int(soc[a])
+                e[FLAGS] |= int(sfl[a])
+                end(keys[gi], e, e[LAST])
+        if not done_g:
+            return replay
+        # the stretches: the last of each group into the table, the others records
+        dg = np.array(done_g, np.int64)
+        n_of = dg[:, 2] - dg[:, 1] + 1
+        grp = np.repeat(dg[:, 0], n_of)
+        idx = np.repeat(dg[:, 1] - np.cumsum(n_of) + n_of, n_of) + np.arange(int(n_of.sum()))
+        last = np.zeros(len(idx), bool)
+        last[np.cumsum(n_of) - 1] = True
+        a0 = s0[idx]
+        a1 = s1[idx]
+        cnt = a1 - a0
+        soc = np.add.reduceat(g.oc[srt], s0, dtype=np.int64)[idx]
+        sfl = np.bitwise_or.reduceat(g.fs, s0)[idx]
+        tos = g.tos[srt[a0]]
+        x1 = t1[idx]
+        xl = tl[idx]
+        k = np.flatnonzero(last)
+        for gi, a, z, c, o, f, tq in zip(grp[k].tolist(), x1[k].tolist(), xl[k].tolist(),
+                                         cnt[k].tolist(), soc[k].tolist(), sfl[k].tolist(),
+                                         tos[k].tolist()):
+            created.append((keys[gi], a, z, c, o, f, tq, inactive, 0,
+                            min(z + inactive, a + active)))
+        r = np.flatnonzero(~last)
+        if len(r):
+            idle = np.full(len(r), inactive, np.int64)
+            reason = end_reason(x1[r], xl[r], idle, 0, active)
+            table.count_reasons(dict(enumerate(np.bincount(reason).tolist())))
+            table.flows_created += len(r)
+            kb = g.kb[grp[r]]
+            self.bulk.append(flow_columns(kb.view(np.uint8).reshape(len(r), 8 * g.w), cnt[r],
+                                          soc[r], x1[r], xl[r], reason, tos[r], sfl[r],
+                                          table.in_if))
+        return replay
 
     def _vector(self, kb, keys, ents, gh, starts, srt, pidx, st, fl, cnt, soc, sfl, mgap, t1,
                 tl, tos1, bound):

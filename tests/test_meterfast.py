@@ -393,3 +393,44 @@ def test_ipv6_chunks_are_vectorised(monkeypatch):
     got, refused = chunked(data, table, ChunkMeter(table, PacketParser(), 4096))
     assert refused == 0 and sorted(got) == sorted(want)
     assert {len(f.src) for f in got} == {16} and len({f.vlan for f in got}) == 2
+
+
+# flows without FIN/RST (a few have one, in an earlier chunk) with gaps around
+# the idle (4 s) and active (10 s) timeouts, over chunks of a few packets: the
+# stretches between gaps, continuing an entry, after an ended one, or new
+plain = st.tuples(st.sampled_from([0, 0, 1]), st.sampled_from([6, 6, 17]),
+                  st.sampled_from([0x10] * 12 + [0x18] * 6 + [0x11, 0x04]),
+                  st.sampled_from([4, 4, 4, 6]), st.sampled_from([(), (), (), ((0x8100, 7),)]))
+plain_steps = st.sampled_from([0, 1, 100, 500, 999, 1000, 1001, 2000, 2000, 3000, 3000, 3999,
+                               4000, 4001, 4500, 6000, 9999, 10000, 12000])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(flows=st.lists(st.tuples(plain, plain_steps), min_size=1, max_size=80),
+       batch=st.sampled_from([1, 3, 16, 4096]), chunk=st.sampled_from([100, 300, 1000, 1 << 25]),
+       fin=st.sampled_from([1, 4, 8]))
+def test_generated_flows_with_gaps(flows, batch, chunk, fin):
+    recs = []
+    for (which, proto, flags, fam, tags), dt in flows:
+        f = flags if proto == 6 else 0
+        p = (fam, which % 2, 2, proto, 1000 + which, 80, f, 1, tags, False, 0, 0, 0, 0, 0)
+        recs.append((p, dt, 0))
+    same(capture(recs), batch, chunk, active_timeout=10, inactive_timeout=4,
+         tcp_fin_timeout=fin, tcp_rst_timeout=1)
+
+
+@pytest.mark.parametrize("steps", [
+    (1000, 5000, 1000, 5000),                 # stretches of two packets
+    (3000, 3000, 3000, 3000, 5000, 1000),     # a stretch as long as the active timeout
+    (5000, 3000, 3000, 3000, 3000, 5000),     # ... after a gap
+    (1000, 1000, 4000, 1000, 4001, 1000)])    # gaps of exactly the idle timeout
+@pytest.mark.parametrize("chunk", [200, 300, 1 << 25])
+def test_idle_gaps_cut_a_flow_into_stretches(steps, chunk):
+    """One UDP flow whose gaps end it (inactive 4 s, active 10 s): a record
+    per stretch, as the per-packet path cuts it, whether its first stretch
+    continues an entry of an earlier chunk or not; a stretch reaching the
+    active timeout is replayed."""
+    p = (4, 0, 2, 17, 1000, 80, 0, 1, (), False, 0, 0, 0, 0, 0)
+    recs = [(p, 0, 0)] + [(p, d, 0) for d in steps]
+    flows = same(capture(recs), 4096, chunk, active_timeout=10, inactive_timeout=4)
+    assert len(flows) >= 3
