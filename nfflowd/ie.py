@@ -105,6 +105,20 @@ libfds's ``cesnet.xml`` / ``flowmon.xml`` (ipfixcol2's element files); PEN
   dns_qtype         8057    3  DNSQType             unsigned16    2
   dns_rcode         8057    1  DNSRCode             unsigned8     1
   dns_answers       8057   14  DNSAnswers           unsigned16    2
+
+NetFlow v9 (RFC 3954) has neither enterprise numbers nor variable-length
+fields.  ``V9_L7_ELEMENTS``: the fields that have an IANA element go under
+it (the IANA ids above 127 in v9, as for the NAT elements above; tshark
+reads them from v9 as from IPFIX), strings of a fixed length, cut at a
+character boundary and NUL-padded, as nProbe sends strings in v9; the
+others (TLS, QUIC, DNS: no IANA element) are left out of v9, counted.
+
+  field             id  name                 type          length in v9
+  http_method      459  httpRequestMethod    string        8
+  http_host        460  httpRequestHost      string        64
+  http_path        461  httpRequestTarget    string        128
+  http_user_agent  468  httpUserAgent        string        128
+  http_status      457  httpStatusCode       unsigned16    2
 """
 
 from __future__ import annotations
@@ -222,6 +236,15 @@ L7_ELEMENTS: dict[str, L7Element] = {
     "dns_qtype": _l7(CESNET_PEN, 3, "DNSQType", "unsigned16"),
     "dns_rcode": _l7(CESNET_PEN, 1, "DNSRCode", "unsigned8"),
     "dns_answers": _l7(CESNET_PEN, 14, "DNSAnswers", "unsigned16"),
+}
+
+
+V9_L7_ELEMENTS: dict[str, L7Element] = {
+    "http_method": L7Element(IE(459, 8, "8s"), "httpRequestMethod", "string"),
+    "http_host": L7Element(IE(460, 64, "64s"), "httpRequestHost", "string"),
+    "http_path": L7Element(IE(461, 128, "128s"), "httpRequestTarget", "string"),
+    "http_user_agent": L7Element(IE(468, 128, "128s"), "httpUserAgent", "string"),
+    "http_status": L7Element(IE(457, 2, "H"), "httpStatusCode", "unsigned16"),
 }
 
 

@@ -47,7 +47,6 @@ class IpfixEncoder(TemplateEncoder):
     TEMPLATE_SET_ID = TEMPLATE_SET_ID
     PAD = 1
     MAX_SIZE_LIMIT = 65535
-    L7 = True
 
     def __init__(self, domain_id: int = 0, records: Sequence[str] = RECORD_KINDS,
                  nat_event_codes: str = "rfc8158", max_size: int = 1400,

@@ -30,6 +30,7 @@ from __future__ import annotations
 import struct
 from typing import Sequence
 
+from nfflowd.ie import V9_L7_ELEMENTS
 from nfflowd.record import FlowBatch, NatEvent
 from nfflowd.template import RECORD_KINDS, TemplateEncoder
 
@@ -47,6 +48,7 @@ class NetflowV9Encoder(TemplateEncoder):
     TEMPLATE_SET_ID = TEMPLATE_FLOWSET_ID
     PAD = 4
     MAX_SIZE_LIMIT = 65507      # the largest UDP/IPv4 payload; v9 has no length field
+    L7 = V9_L7_ELEMENTS         # HTTP's IANA elements, strings of fixed length (ie.py)
 
     def __init__(self, source_id: int = 0, records: Sequence[str] = RECORD_KINDS,
                  nat_event_codes: str = "rfc8158", max_size: int = 1400,

@@ -54,21 +54,23 @@ record, as it did before the variants doubled the set).  A quiet
 exporter sends no data to carry them: ``refresh_templates(now_ms)``, called
 periodically, returns a templates-only datagram once the time refresh is due.
 
-Application fields (``FlowBatch.l7``, the meter's ``--l7``; IPFIX only,
-``L7``): a record that has some goes under a template of its flow template's
-elements followed by the enterprise elements of its fields (``ie.L7_ELEMENTS``,
-strings of variable length, RFC 7011 section 7): a template per field set,
-as exporters make them, its id stable for the encoder's life (one per (flow
-template, field set), from ``L7_TID_FIRST`` on, at most ``L7_TEMPLATES_MAX``).
-Such records are few: they are packed one by one, each in a data set of its
-own, after the other records of the batch.  A new template goes just before
-its first record (in the same datagram when both fit, else opening the
-next), and from then on with every refresh.  Fields that cannot go (a value
+Application fields (``FlowBatch.l7``, the meter's ``--l7``): a record that
+has some goes under a template of its flow template's elements followed by
+those of its fields (the encoder's ``L7`` table, ``ie.py``: in IPFIX
+ipfixprobe's enterprise elements, strings of variable length, RFC 7011
+section 7; in v9 the IANA HTTP elements, strings of fixed length): a
+template per field set, as exporters make them, its id stable for the
+encoder's life (one per (flow template, field set), from ``L7_TID_FIRST``
+on, at most ``L7_TEMPLATES_MAX``).  Such records are few: they are packed
+one by one, each in a data set of its own, after the other records of the
+batch.  A new template goes just before its first record (in the same
+datagram when both fit, else opening the next), and from then on with
+every refresh.  Fields that cannot go (no element in the protocol, a value
 out of its element's range, a JA3 that is not 32 hex digits, a record too
-large for ``max_size``, the template limit reached, NetFlow v9: no
-enterprise elements and no variable-length fields) are counted by reason in
-``l7_unexported`` and the record goes without them.  Records without
-application fields go as before, byte for byte.
+large for ``max_size``, the template limit reached) and strings cut to a
+fixed length are counted by reason in ``l7_unexported``; the record goes
+without the fields left out.  Records without application fields go as
+before, byte for byte.
 
 Options (``attach_options``, ``options.ExporterOptions``): datagrams of
 options templates and records go just before each datagram that carries
@@ -84,8 +86,8 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from nfflowd.ie import L7_ELEMENTS, element
-from nfflowd.options import varlen
+from nfflowd.ie import L7_ELEMENTS, VARLEN, element
+from nfflowd.options import fixed_string, varlen
 from nfflowd.record import (FLOW_FIELDS, NAT44_SESSION_CREATE, NAT44_SESSION_DELETE, NAT_CREATE,
                             NAT_DELETE, Flow, FlowBatch, NatEvent)
 
@@ -163,39 +165,44 @@ def data_set(template: Template, rows: Iterable[Sequence], pad: int = 4) -> byte
 
 class L7Template:
     """A flow template (``base``) followed by application fields (names of
-    ``ie.L7_ELEMENTS``): its template record; its data records are the
-    base's record then the fields' encodings (``encode_l7``)."""
+    ``table``, ``ie.L7_ELEMENTS`` or ``ie.V9_L7_ELEMENTS``): its template
+    record; its data records are the base's record then the fields'
+    encodings (``encode_l7``)."""
 
     __slots__ = ("id", "base", "fields", "names", "record")
 
-    def __init__(self, template_id: int, base: Template, fields: Sequence[str]):
+    def __init__(self, template_id: int, base: Template, fields: Sequence[str],
+                 table: dict = L7_ELEMENTS):
         if not 256 <= template_id <= 0xFFFF:
             raise ValueError("template ids are 256-65535")
-        ies = [L7_ELEMENTS[f].ie for f in fields]
+        ies = [table[f].ie for f in fields]
         self.id = template_id
         self.base = base
         self.fields = tuple(fields)
         self.names = base.names + self.fields
         self.record = (SET_HEADER.pack(template_id, len(base.names) + len(ies)) + base.record[4:]
                        + b"".join(_ENTERPRISE_FIELD.pack(ie.id | 0x8000, ie.length, ie.enterprise)
+                                  if ie.enterprise else SET_HEADER.pack(ie.id, ie.length)
                                   for ie in ies))
 
     def __repr__(self):
         return f"L7Template({self.id}, {self.base.id}, {self.fields})"
 
 
-def encode_l7(values: dict) -> tuple[tuple, bytes, list]:
+def encode_l7(values: dict, table: dict = L7_ELEMENTS) -> tuple[tuple, bytes, list]:
     """The application fields of one record (``FlowBatch.l7``'s ``{field:
-    value}``) as the tail of its data record: (the fields encoded, in
-    ``L7_ELEMENTS`` order; their bytes; the reasons of those left out).
-    Strings are UTF-8 of variable length, the JA3 the 16 bytes of its MD5
-    (as ipfixprobe sends it), integers of their element's size.  None values
-    are absent fields."""
+    value}``) as the tail of its data record under the elements of
+    ``table``: (the fields encoded, in ``table`` order; their bytes; the
+    reasons of those left out or cut).  Strings are UTF-8, of variable
+    length or cut to their element's and NUL-padded; the JA3 the 16 bytes
+    of its MD5 (as ipfixprobe sends it); integers of their element's size.
+    None values are absent fields."""
     names, parts, bad = [], [], []
     for name, v in values.items():
-        if name not in L7_ELEMENTS and v is not None:
-            bad.append(f"{name}: no element")
-    for name, el in L7_ELEMENTS.items():
+        if name not in table and v is not None:
+            bad.append(f"{name}: no element" if name not in L7_ELEMENTS
+                       else f"{name}: no element in NetFlow v9")
+    for name, el in table.items():
         v = values.get(name)
         if v is None:
             continue
@@ -204,7 +211,13 @@ def encode_l7(values: dict) -> tuple[tuple, bytes, list]:
                 bad.append(f"{name}: not a string")
                 continue
             try:
-                b = varlen(v.encode("utf-8"))
+                raw = v.encode("utf-8")
+                if el.ie.length == VARLEN:
+                    b = varlen(raw)
+                else:
+                    b = fixed_string(v, el.ie.length)
+                    if len(raw) > el.ie.length:
+                        bad.append(f"{name}: cut to {el.ie.length} bytes")
             except ValueError:              # a lone surrogate; longer than 65535 bytes
                 bad.append(f"{name}: not encodable")
                 continue
@@ -433,8 +446,7 @@ class TemplateEncoder:
     TEMPLATE_SET_ID = 0
     PAD = 1
     MAX_SIZE_LIMIT = 65535
-    L7 = False                  # application fields exported (IPFIX); else counted
-    L7_NOT_EXPORTED = "not exported in this protocol"   # the reason counted when not
+    L7: dict = L7_ELEMENTS      # the elements of the application fields (ie.py)
 
     def __init__(self, records: Sequence[str] = RECORD_KINDS, nat_event_codes: str = "rfc8158",
                  max_size: int = 1400, template_refresh_packets: int = 20,
@@ -671,10 +683,7 @@ class TemplateEncoder:
         invalid = 0
         l7 = ()
         if batch.l7 and "flows" in self.records:
-            if self.L7:
-                batch, l7 = split_l7(batch)
-            else:
-                self._l7_out(self.L7_NOT_EXPORTED, sum(len(v) for v in batch.l7.values()))
+            batch, l7 = split_l7(batch)
         flows = batch.flow_list
         if flows is None:
             try:
@@ -716,18 +725,19 @@ class TemplateEncoder:
         self._refused(NOT_IP, invalid)
         out = [g if len(g) == 4 else self._pack(*g) for g in groups.values()]
         if l7:
-            out += self._l7_groups(l7)
+            self._l7_groups(l7, out)
         return out
 
     def _l7_out(self, reason: str, n: int = 1) -> None:
         self.l7_unexported[reason] = self.l7_unexported.get(reason, 0) + n
 
-    def _l7_groups(self, items: list) -> list:
-        """Groups of one record each for the (``Flow``, fields) ``items``:
-        under the template of their field set (created when new), or their
-        flow template alone when none of their fields can go."""
-        out = []
+    def _l7_groups(self, items: list, out: list) -> None:
+        """The (``Flow``, fields) ``items`` added to the groups ``out``:
+        a group of one record each under the template of its field set
+        (created when new); when none of its fields can go, its record
+        joins its flow template's group."""
         pad, room = self.PAD, self.max_size - self.HEADER_SIZE
+        at = {g[0].id: k for k, g in enumerate(out)}
         for f, values in items:
             if f[22]:
                 t = self._zone_by_key.get((f[0], f[1])) or self._zone_by_family.get(f[0])
@@ -742,22 +752,28 @@ class TemplateEncoder:
             except (struct.error, TypeError):
                 self._refused(t.misfit(values_of), 1)
                 continue
-            fields, tail, bad = encode_l7(values)
+            fields, tail, bad = encode_l7(values, self.L7)
             for reason in bad:
                 self._l7_out(reason)
             tpl = t
             if fields:
-                # its template set (8 bytes a field) and the record, alone
-                # in a datagram
-                tset = padded(len(t.record) + 4 + 8 * len(fields), pad)
+                # its template set and the record, alone in a datagram
+                tset = padded(len(t.record) + sum(8 if self.L7[f].ie.enterprise else 4
+                                                  for f in fields), pad)
                 if tset + padded(4 + len(rec) + len(tail), pad) > room:
                     self._l7_out("record larger than max_size", len(fields))
                 else:
                     tpl = self._l7_template(t, fields) or t
             if tpl is not t:
-                rec += tail
-            out.append((_OneRecord(tpl.id, len(rec), tpl), rec, 1, None))
-        return out
+                out.append((_OneRecord(tpl.id, len(rec) + len(tail), tpl), rec + tail, 1, None))
+                continue
+            k = at.get(t.id)
+            if k is None:
+                at[t.id] = len(out)
+                out.append((t, rec, 1, None))
+            else:
+                _, blob, n, good = out[k]
+                out[k] = (t, blob + rec, n + 1, None if good is None else good + [good[-1] + 1])
 
     def _l7_template(self, base: Template, fields: tuple):
         """The template of ``base`` with ``fields``: made (and to be
@@ -769,7 +785,7 @@ class TemplateEncoder:
         if len(self._l7_templates) >= L7_TEMPLATES_MAX:
             self._l7_out("too many field sets", len(fields))
             return None
-        tpl = L7Template(L7_TID_FIRST + len(self._l7_templates), base, fields)
+        tpl = L7Template(L7_TID_FIRST + len(self._l7_templates), base, fields, self.L7)
         self._l7_templates[key] = tpl
         self.templates.append(tpl)
         self._template_sets = self._split_templates()

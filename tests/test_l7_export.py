@@ -265,14 +265,65 @@ def test_out_of_range_index_ignored():
     assert [s[0] for m in ms for s in sets(m)] == [2, TID_FLOW4]
 
 
-def test_netflow_v9_leaves_them_out_counted():
+def test_netflow_v9_leaves_out_what_has_no_iana_element():
     flows = [tls_flow(0), tls_flow(1)]
     plain = NetflowV9Encoder().encode(FlowBatch.from_flows(flows), [], T0, T0 - 1000)
     enc = NetflowV9Encoder()
     got = enc.encode(batch(flows, {1: {"tls_sni": "a.example", "tls_version": 0x0304}}), [], T0,
                      T0 - 1000)
-    assert got == plain
-    assert enc.l7_unexported == {"not exported in this protocol": 2}
+    assert got == plain         # the record joins the others, as if it had no fields
+    assert enc.l7_unexported == {"tls_sni: no element in NetFlow v9": 1,
+                                 "tls_version: no element in NetFlow v9": 1}
+
+
+def test_netflow_v9_http_fixed_length():
+    enc = NetflowV9Encoder()
+    f = fl("198.51.100.21", "203.0.113.11", 50001, 80)
+    ms = enc.encode(batch([f], {0: {"http_host": "h" * 70, "http_method": "GET",
+                                    "http_status": 200, "dns_qname": "x.example"}}),
+                    [], T0, T0 - 1000)
+    assert len(ms) == 1
+    m = ms[0]
+    assert struct.unpack_from("!HH", m)[:2] == (9, len(enc.templates) + 1)
+    off = 20
+    sid, ln = struct.unpack_from("!HH", m, off)
+    assert sid == 0
+    tset = m[off:off + ln]
+    base = next(t for t in enc.templates if t.id == TID_FLOW4)
+    want = struct.pack("!HH", L7_TID_FIRST, len(base.names) + 3) + base.record[4:] + \
+        bytes.fromhex("01cb0008" "01cc0040" "01c90002")           # 459/8, 460/64, 457/2
+    assert want in tset
+    sid, ln = struct.unpack_from("!HH", m, off + len(tset))
+    data = m[off + len(tset) + 4:off + len(tset) + ln]
+    rec = base.struct.pack(*enc._flow_get[TID_FLOW4](f)) + b"GET" + bytes(5) + b"h" * 64 + \
+        struct.pack("!H", 200)
+    assert sid == L7_TID_FIRST and data == rec + bytes(-(4 + len(rec)) % 4)
+    assert off + len(tset) + ln == len(m)
+    assert enc.l7_unexported == {"http_host: cut to 64 bytes": 1,
+                                 "dns_qname: no element in NetFlow v9": 1}
+
+
+@needs_tshark
+def test_netflow_v9_read_back_with_tshark(tmp_path):
+    flows, l7 = l7_sample()
+    enc = NetflowV9Encoder(max_size=600)
+    ms = enc.encode(batch(flows, l7), [], T0, T0 - 1000)
+    pcap = tmp_path / "v9.pcap"
+    write_pcap(pcap, ms, dport=2055)
+    assert tshark_problems(pcap, 2055) == ""
+    fields = ["cflow.http_request_method", "cflow.http_request_host",
+              "cflow.http_request_target", "cflow.http_user_agent", "cflow.http_statuscode",
+              "cflow.srcport"]
+    rows = tshark_fields(pcap, 2055, fields)
+
+    def col(k):
+        return [v for r in rows for v in r[k].split(";") if v]
+    assert col("cflow.http_request_method") == ["GET"]
+    assert col("cflow.http_request_host") == ["web.example.org"]
+    assert col("cflow.http_request_target") == [l7[4]["http_path"][:128]]
+    assert col("cflow.http_user_agent") == ["curl/8.0"]
+    assert col("cflow.http_statuscode") == ["404"]
+    assert sorted(col("cflow.srcport")) == sorted(str(f.sport) for f in flows)
 
 
 # -- independent readers ----------------------------------------------------------
