@@ -487,8 +487,21 @@ class FlowTable:
                 ks = [keys[i] for i in idx]
                 es = [entries[i] for i in idx]
                 rs = [reason[i] for i in idx] if each else reason
+            try:
+                c = np.array(es, np.int64).T
+            except OverflowError:
+                c = None
+            if c is None or (c[START] < 0).any() or (c[LAST] < 0).any():
+                # times no uint64 column holds (a pcapng's offset): Flow
+                # tuples, whose values the encoders check and refuse
+                flows = [flow_record(k, e, (rs if not each else rs[i]) if rs is not None
+                                     else end_reason(e[START], e[LAST], e[IDLE], e[STATE],
+                                                     self.active_ns), self.in_if)
+                         for i, (k, e) in enumerate(zip(ks, es))]
+                self.count(flows)
+                out.append(FlowBatch.from_flows(flows))
+                continue
             kb = np.frombuffer(b"".join(ks), np.uint8).reshape(n, klen)
-            c = np.array(es, np.int64).T
             start, last = c[START], c[LAST]
             if rs is None:
                 r = end_reason(start, last, c[IDLE], c[STATE], self.active_ns)

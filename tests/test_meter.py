@@ -83,6 +83,33 @@ def test_counts_per_direction_and_flush():
     assert f.translated is False and f.vlan == 0
 
 
+@pytest.mark.parametrize("now", [5 * S, -5 * S, -(1 << 70), 1 << 70])
+def test_records_as_columns_are_the_tuples(now):
+    """expire_into / flush_into (blocks of columns, what meter_file sends)
+    give the records and counts expire / flush_all give, IPv4 and IPv6,
+    evicted and ended ones included; times no uint64 column holds (a pcapng's
+    offset before 1970 or past 2^63 ns) stay Flow tuples the encoders refuse."""
+    from nfflowd.record import FlowBatchBuilder
+    six = ipaddress.IPv6Address("2001:db8::1").packed, ipaddress.IPv6Address("2001:db8::2").packed
+
+    def feed(t):
+        t.update(pkt(vlan=7, tos=0x10, flags=0x02), now)
+        t.update(pkt(*six, proto=17, flags=0), now + 1)
+        t.update(pkt(B, A, 80, 1000, flags=0x04), now + 2)       # RST: closing both
+        t.update(pkt(A, B, 1001, 80), now + 3)                   # evicts one (max 3)
+        t.update(pkt(*six, proto=17, flags=0), now + 40 * S)     # ends the first one
+    a, b = FlowTable(max_flows=3), FlowTable(max_flows=3)
+    feed(a)
+    feed(b)
+    want = a.expire(now + 3 * S) + a.flush_all()
+    out = FlowBatchBuilder()
+    b.expire_into(now + 3 * S, out)
+    b.flush_into(out)
+    got = out.batch().flows()
+    assert sorted(got) == sorted(want) and len(got) == 5
+    assert b.stats() == a.stats()
+
+
 def test_inactive_timeout_and_next_deadline():
     t = FlowTable(active_timeout=300, inactive_timeout=30)
     assert t.next_deadline() is None
