@@ -126,84 +126,91 @@ def candidates(chunk, protocols) -> Candidates | None:
 
 
 def _slice(c: Candidates, lo: int) -> dict:
-    """The arrays of the TCP and UDP frames among frames ``lo`` to ``lo +
-    SLICE`` of the chunk (``idx``: their place in the slice)."""
+    """The arrays of the TCP and UDP frames with payload among frames ``lo``
+    to ``lo + SLICE`` of the chunk (``idx``: their place in the slice), and
+    ``cut``.  Each step keeps only the frames the next one needs."""
     b, v16 = c.b, c.v16
     chunk = c.chunk
     _ts, cap, orig = chunk.fields()
     cap = cap[lo:lo + SLICE]
     d = chunk.offsets[lo:lo + SLICE] + 16           # frame starts
-    fend = d + cap
     vlan = None
     if chunk.linktype == 1:
         ok = cap >= 14
-        et = v16[d + 12].astype(np.int64)
-        net = d + 14
+        et = v16[d + 12]
+        hl = 14                                     # link header
         tag = (et == 0x8100) | (et == 0x88A8) | (et == 0x9100)
         if tag.any():
             ok &= ~tag | (cap >= 18)
             vlan = np.where(tag, v16[d + 14] & 0xFFF, 0)
             et = np.where(tag, v16[d + 16], et)
-            net = np.where(tag, d + 18, net)
+            hl = np.where(tag, 18, 14)
             tag2 = tag & ((et == 0x8100) | (et == 0x88A8) | (et == 0x9100))
             ok &= ~tag2 | (cap >= 22)
             et = np.where(tag2, v16[d + 20], et)
-            net = np.where(tag2, d + 22, net)
-        is4 = et == 0x0800
-        is6 = et == 0x86DD
+            hl = np.where(tag2, 22, hl)
+        net = d + hl
+        first = b[net]
+        ver = first >> 4
+        v4 = ok & (et == 0x0800)
+        v6 = ok & (et == 0x86DD)
     else:
-        ok = cap >= 1
+        hl = 0
         net = d
-        is4 = (b[d] >> 4) == 4
-        is6 = (b[d] >> 4) == 6
-    first = b[net]
-    v4 = (ok & is4 & (fend >= net + 20) & ((first >> 4) == 4) & ((first & 15) >= 5)
-          & ((v16[net + 6] & 0x3FFF) == 0))
-    v6 = ok & is6 & (fend >= net + 40) & ((first >> 4) == 6)
+        first = b[net]
+        ver = first >> 4
+        v4 = cap >= 1
+        v6 = v4.copy()
+    v4 &= (cap >= hl + 20) & (ver == 4) & ((first & 15) >= 5) & ((v16[net + 6] & 0x3FFF) == 0)
+    v6 &= (cap >= hl + 40) & (ver == 6)
     idx = np.flatnonzero(v4 | v6)
-    # from here on, the IP frames only
+    # the IP frames
     v4 = v4[idx]
     net = net[idx]
-    fend = fend[idx]
     d = d[idx]
-    wire = d + np.maximum(orig[lo:lo + SLICE][idx], cap[idx])
-    vlan = np.zeros(len(idx), np.int64) if vlan is None else vlan[idx]
-    ihl = (first[idx] & 15).astype(np.int64) << 2
-    proto = np.where(v4, b[net + 9], b[net + 6]).astype(np.int64)
-    total = v16[net + 2].astype(np.int64)
-    plen = v16[net + 4].astype(np.int64)
-    ipend = np.where(v4, np.where(total >= ihl, net + total, wire),
-                     np.where(plen > 0, net + 40 + plen, wire))
+    capi = cap[idx]
+    fend = d + capi
+    wire = d + np.maximum(orig[lo:lo + SLICE][idx], capi)
+    ihl = np.where(v4, (first[idx] & 15).astype(np.int64) << 2, 40)
+    proto = b[net + np.where(v4, 9, 6)]
+    length = v16[net + np.where(v4, 2, 4)].astype(np.int64)
+    ipend = np.where(np.where(v4, length < ihl, length == 0), wire,
+                     net + np.where(v4, length, length + 40))
     ipend = np.minimum(ipend, wire)
-    t = np.where(v4, net + ihl, net + 40)
+    t = net + ihl
     tcp = (proto == 6) & (t + 20 <= fend)
     udp = (proto == 17) & (t + 8 <= fend)
-    p = np.where(tcp, t + ((b[t + 12] >> 4).astype(np.int64) << 2), t + 8)
+    p = t + np.where(tcp, (b[t + 12] >> 4).astype(np.int64) << 2, 8)
     both = tcp | udp
     end = np.minimum(ipend, fend)
-    has = both & (p < end)
+    cut = int(np.count_nonzero(both & (p < ipend) & (ipend > fend)))
+    k = np.flatnonzero(both & (p < end))
+    # the TCP and UDP frames with payload
+    idx, v4, net, t, p, end, tcp, proto = (idx[k], v4[k], net[k], t[k], p[k], end[k], tcp[k],
+                                           proto[k].astype(np.int64))
+    vlan = np.zeros(len(idx), np.int64) if vlan is None else vlan[idx]
     pl = end - p
-    sport = v16[t].astype(np.int64)
-    dport = v16[t + 2].astype(np.int64)
+    sport = v16[t]
+    dport = v16[t + 2]
     # the parser each payload goes to: inspect.kind_of's tests, in its order
     protos = c.protocols
-    w4 = c.v32[p].astype(np.int64)
-    b0 = w4 >> 24
-    dns = (sport == 53) | (dport == 53)
+    w4 = c.v32[p]
     kind = np.zeros(len(idx), np.int8)
+    dns = (sport == 53) | (dport == 53)
     if "dns" in protos:
-        kind[has & dns] = _DNS
+        kind[dns] = _DNS
     if "quic" in protos:
         ver = c.v32[p + 1]
-        quic = (udp & (~dns if "dns" in protos else True) & (pl >= 5) & ((b0 & 0xC0) == 0xC0)
+        quic = (~tcp & (pl >= 5) & ((w4 >> 30) == 3)
                 & ((ver == 1) | (ver == 0x6B3343CF) | ((ver >> 24) == 0xFF)))
-        kind[has & quic] = _QUIC
+        if "dns" in protos:
+            quic &= ~dns
+        kind[quic] = _QUIC
     if "http" in protos:
-        kind[has & tcp & (pl >= 4) & np.isin(w4, _HTTP)] = _HTTP_K
+        kind[tcp & (pl >= 4) & np.isin(w4, _HTTP)] = _HTTP_K
     if "tls" in protos:
-        kind[has & tcp & (pl >= 2) & ((w4 >> 16) == 0x1603)] = _TLS
-    return {"idx": idx, "kind": kind, "tcp_pay": tcp & has,
-            "cut": int(np.count_nonzero(both & (p < ipend) & (ipend > fend))),
-            "proto": proto, "t": t, "p": p, "end": end,
-            "src": np.where(v4, net + 12, net + 8), "dst": np.where(v4, net + 16, net + 24),
-            "alen": np.where(v4, 4, 16), "vlan": vlan}
+        kind[tcp & (pl >= 2) & ((w4 >> 16) == 0x1603)] = _TLS
+    return {"idx": idx, "kind": kind, "tcp_pay": tcp, "cut": cut, "proto": proto, "t": t,
+            "p": p, "end": end, "src": np.where(v4, net + 12, net + 8),
+            "dst": np.where(v4, net + 16, net + 24), "alen": np.where(v4, 4, 16),
+            "vlan": vlan}
