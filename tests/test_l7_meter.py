@@ -483,3 +483,22 @@ def test_ipfixdump_reads_the_l7_elements_of_a_meter_run(capsys, tmp_path, name):
     assert want                             # the capture has fields to export
     for line, n in want.items():
         assert text.count(line) == n, line
+
+
+@needs_tshark
+@pytest.mark.parametrize("chunk_path", [True, False])
+def test_quic_version_equals_tsharks_reading(capsys, noexport, chunk_path):
+    """``--l7 quic`` alone (the QUIC parser needs no other): the Initial's
+    version, as tshark reads it; the server name too once the TLS parser
+    is there."""
+    path = PCAPS / "quic_initial-sample.pcap"
+    count = [] if chunk_path else ["-n", "1000000"]
+    rc, out, errs = meter_cli(capsys, "-r", str(path), "--l7", "quic", "--print", "--format",
+                              "json", *count, config=noexport)
+    assert rc == 0, errs
+    (r,) = map(json.loads, out.splitlines())
+    (fields,) = tshark_fields(path).values()
+    assert r["quic_version"] == fields["quic_version"] == 0xFF00001D
+    if "tls" not in _missing():
+        assert r["quic_sni"] == fields["quic_sni"]
+    assert "l7: 1 payloads inspected, 1 flow directions with fields, 1 records given them" in errs
