@@ -9,7 +9,11 @@ the file name carries the parameters): ``even`` is the original one (below),
 the others come from bench/meter_shapes.py (``pareto``: the issue's case,
 ``pareto4`` the same conversations four times as long, ``ipv6``, ``vlan``,
 ``gaps``, ``scan``, ``elephants``); ``real`` adds every capture in
-tests/data/pcaps, ``one`` a capture of one packet (start-up alone).
+tests/data/pcaps, ``one`` a capture of one packet (start-up alone), ``l7``
+TLS/HTTP/DNS conversations whose first packets carry what ``--l7`` reads
+(bench/l7_capture.py).  ``--l7 PROTOCOLS`` adds a third run per shape:
+nfflowd with ``--l7 PROTOCOLS`` (e.g. ``all``), its CPU against nfflowd
+without and against softflowd (which has no L7), alternated with them.
 
 For each, both meters run as child processes on the same file, one after
 the other (``--repeat`` alternates them), exporting NetFlow v9 to a UDP
@@ -53,6 +57,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+import l7_capture  # noqa: E402
 import meter_shapes  # noqa: E402
 
 DATA = HERE / "data"
@@ -250,8 +255,8 @@ def softflowd_argv(path: Path, port: int, max_flows: int, tmp: Path) -> list[str
             "-t", "icmp=30", "-t", "tcp.fin=5", "-t", "tcp.rst=2"]
 
 
-def run_nfflowd(path: Path, cfg: Path, max_flows: int) -> dict:
-    r = run_child(nfflowd_argv(path, cfg, max_flows))
+def run_nfflowd(path: Path, cfg: Path, max_flows: int, extra=()) -> dict:
+    r = run_child(nfflowd_argv(path, cfg, max_flows) + list(extra))
     m = re.search(r"(\d+) frames, (\d+) IP packets, \d+ bytes, (\d+) flows exported", r["out"])
     if r["rc"] != 0 or m is None:
         raise SystemExit(f"nfflowd failed on {path} (exit {r['rc']}):\n{r['out']}")
@@ -291,6 +296,8 @@ def shape_paths(names: list[str], packets: int, a) -> list[tuple[str, Path]]:
                     for p in sorted((HERE.parent / "tests" / "data" / "pcaps").glob("*.pcap"))]
         elif name == "one":
             out.append((name, meter_shapes.capture("scan", 1)))
+        elif name == "l7":
+            out.append((name, l7_capture.capture(packets)))
         elif name in meter_shapes.SHAPES:
             t = time.monotonic()
             path = meter_shapes.capture(name, packets)
@@ -298,16 +305,18 @@ def shape_paths(names: list[str], packets: int, a) -> list[tuple[str, Path]]:
                 print(f"generated {path.name} in {time.monotonic() - t:.1f} s", flush=True)
             out.append((name, path))
         else:
-            raise SystemExit(f"unknown shape {name!r}; known: one, even, real, "
+            raise SystemExit(f"unknown shape {name!r}; known: one, even, real, l7, "
                              + ", ".join(meter_shapes.SHAPES))
     return out
 
 
 def compare(name: str, path: Path, a, drain: Drain, cfg: Path, tmp: Path) -> dict:
     """``a.repeat`` runs of each meter, alternated; medians (RSS: the largest)."""
-    nf, sf = [], []
+    nf, sf, l7 = [], [], []
     for _ in range(a.repeat):
         nf.append(run_nfflowd(path, cfg, a.max_flows))
+        if a.l7:
+            l7.append(run_nfflowd(path, cfg, a.max_flows, ("--l7", a.l7)))
         if not a.no_softflowd:
             sf.append(run_softflowd(path, drain.port, a.max_flows, tmp))
     row = {"shape": name, "frames": nf[0]["frames"], "nf_cpu": statistics.median(r["cpu"] for r in nf),
@@ -316,6 +325,12 @@ def compare(name: str, path: Path, a, drain: Drain, cfg: Path, tmp: Path) -> dic
         row.update(sf_cpu=statistics.median(r["cpu"] for r in sf),
                    sf_rss=max(r["rss"] for r in sf), sf_records=sf[0]["records"],
                    ratios=[s["cpu"] / n["cpu"] for n, s in zip(nf, sf)])
+    if l7:
+        row.update(l7_cpu=statistics.median(r["cpu"] for r in l7),
+                   l7_over_off=[x["cpu"] / n["cpu"] for n, x in zip(nf, l7)],
+                   l7_line=re.search(r"l7: .*", l7[0]["out"]).group(0))
+        if sf:
+            row["l7_ratios"] = [s["cpu"] / x["cpu"] for x, s in zip(l7, sf)]
     return row
 
 
@@ -334,6 +349,12 @@ def show(row: dict) -> None:
     if sf and len(row["ratios"]) > 1:
         line += "  ratios " + " ".join(f"{r:.2f}" for r in row["ratios"])
     print(line, flush=True)
+    if "l7_cpu" in row:
+        print(f"{'  with --l7':<18} {'':>9} {row['l7_cpu']:>9.3f} "
+              f"({statistics.median(row['l7_over_off']):.2f}x the CPU without; "
+              f"{row['l7_cpu'] / row['frames'] * 1e6:.2f} us a packet)"
+              + (f", softflowd / nfflowd --l7: {statistics.median(row['l7_ratios']):.2f}"
+                 if "l7_ratios" in row else "") + f"; {row['l7_line']}", flush=True)
 
 
 DEFAULT_SHAPES = "one,even,pareto,pareto4,ipv6,vlan,gaps,scan,elephants,real"
@@ -365,6 +386,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small captures: a smoke run")
     ap.add_argument("--max-flows", type=int, default=131072, help="both meters' table size")
     ap.add_argument("--no-softflowd", action="store_true")
+    ap.add_argument("--l7", metavar="PROTOCOLS",
+                    help="also run nfflowd with --l7 PROTOCOLS (all, or tls,quic,http,dns)")
     ap.add_argument("--regenerate", action="store_true", help="even capture: write it again")
     ap.add_argument("--in-process", action="store_true",
                     help="the even capture metered in this process (meter_file), no softflowd")
