@@ -189,6 +189,9 @@ class L7Template:
         return f"L7Template({self.id}, {self.base.id}, {self.fields})"
 
 
+_ORDER: dict = {}      # id(table) -> {field: its position}: encode_l7's order
+
+
 def encode_l7(values: dict, table: dict = L7_ELEMENTS) -> tuple[tuple, bytes, list]:
     """The application fields of one record (``FlowBatch.l7``'s ``{field:
     value}``) as the tail of its data record under the elements of
@@ -198,14 +201,23 @@ def encode_l7(values: dict, table: dict = L7_ELEMENTS) -> tuple[tuple, bytes, li
     of its MD5 (as ipfixprobe sends it); integers of their element's size.
     None values are absent fields."""
     names, parts, bad = [], [], []
+    present = []
     for name, v in values.items():
-        if name not in table and v is not None:
-            bad.append(f"{name}: no element" if name not in L7_ELEMENTS
-                       else f"{name}: no element in NetFlow v9")
-    for name, el in table.items():
-        v = values.get(name)
         if v is None:
             continue
+        if name in table:
+            present.append(name)
+        else:
+            bad.append(f"{name}: no element" if name not in L7_ELEMENTS
+                       else f"{name}: no element in NetFlow v9")
+    if len(present) > 1:
+        order = _ORDER.get(id(table))
+        if order is None:
+            order = _ORDER[id(table)] = {n: i for i, n in enumerate(table)}
+        present.sort(key=order.__getitem__)
+    for name in present:
+        el = table[name]
+        v = values[name]
         if el.type == "string":
             if not isinstance(v, str):
                 bad.append(f"{name}: not a string")
@@ -758,8 +770,9 @@ class TemplateEncoder:
             tpl = t
             if fields:
                 # its template set and the record, alone in a datagram
-                tset = padded(len(t.record) + sum(8 if self.L7[f].ie.enterprise else 4
-                                                  for f in fields), pad)
+                known = self._l7_templates.get((t.id, fields))
+                tset = padded(4 + (len(known.record) if known else len(t.record) + sum(
+                    8 if self.L7[f].ie.enterprise else 4 for f in fields)), pad)
                 if tset + padded(4 + len(rec) + len(tail), pad) > room:
                     self._l7_out("record larger than max_size", len(fields))
                 else:

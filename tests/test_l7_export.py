@@ -440,3 +440,21 @@ def test_nfcapd_reads_the_flows_past_the_fields(tmp_path):
     assert sorted((r[4], r[5], r[6], r[7]) for r in rows) == sorted(
         (str(ipaddress.ip_address(f.src)), str(f.sport), str(ipaddress.ip_address(f.dst)),
          str(f.dport)) for f in flows)
+
+
+@pytest.mark.parametrize("extra, fits", [(0, True), (1, False)])
+def test_record_fit_boundary(extra, fits):
+    # a new template (4-byte set header, its record) and the record (4-byte
+    # set header) filling a datagram exactly go; one byte more does not
+    enc = IpfixEncoder(max_size=512, template_refresh_packets=0, template_refresh_seconds=0)
+    enc.encode(FlowBatch.from_flows([tls_flow()]), [], T0)
+    base = next(t for t in enc.templates if t.id == TID_FLOW4)
+    n = 512 - 16 - (4 + len(base.record) + 8) - (4 + base.size + 3) + extra     # 3: ff + length
+    assert n >= 255
+    ms = enc.encode(batch([tls_flow()], {0: {"tls_sni": "s" * n}}), [], T0)
+    if fits:
+        assert [len(m) for m in ms] == [512] and [s[0] for s in sets(ms[0])] == [2, 1024]
+        assert enc.l7_unexported == {}
+    else:
+        assert [s[0] for m in ms for s in sets(m)] == [TID_FLOW4]
+        assert enc.l7_unexported == {"record larger than max_size": 1}
