@@ -367,7 +367,7 @@ def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser,
         err("meter: no collector, the syslog mirror off and no --print: the flows are "
             "counted, not recorded")
     m = cfg.meter
-    from nfflowd.app.daemon import configure_logging
+    from nfflowd.app.logs import configure_logging
     configure_logging(cfg.log_level)     # stderr: stdout may carry --print's lines
 
     def pick(value, default):

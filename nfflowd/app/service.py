@@ -156,7 +156,8 @@ def _block_signals(cfg: Config) -> None:
 
 def _run_foreground(cfg: Config) -> Status:
     _block_signals(cfg)
-    from nfflowd.app.daemon import configure_logging, run_foreground
+    from nfflowd.app.daemon import run_foreground
+    from nfflowd.app.logs import configure_logging
     from nfflowd.app.pidfile import AlreadyRunning, PidFile
     configure_logging(cfg.log_level)
     try:
@@ -217,7 +218,8 @@ def _daemon_child(cfg: Config, w: int) -> int:               # pragma: no cover 
     _block_signals(cfg)
     import daemon
 
-    from nfflowd.app.daemon import configure_logging, run_foreground
+    from nfflowd.app.daemon import run_foreground
+    from nfflowd.app.logs import configure_logging
     from nfflowd.app.pidfile import PidFile
 
     def tell(text: str) -> None:
