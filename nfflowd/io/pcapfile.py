@@ -191,6 +191,14 @@ class CaptureReader:
         import numpy as np
         bo, nano, snaplen, linktype = self._pcap_header(f, head)
         u32 = np.dtype(bo + "u4")
+        # a file smaller than a chunk: a buffer of its size (the buffer's
+        # pages are all touched when it is made), the same single chunk
+        try:
+            rest = os.fstat(f.fileno()).st_size - f.tell()
+            if 0 <= rest < chunk_size:
+                chunk_size = max(64, rest)
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            pass
         # one buffer, refilled in place: the unread rest of a record moves to
         # its start and the file is read after it (no new 32 MB per chunk)
         store = bytearray(chunk_size + 4096)
