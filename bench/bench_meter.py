@@ -18,7 +18,8 @@ without and against softflowd (which has no L7), alternated with them.
 For each, both meters run as child processes on the same file, one after
 the other (``--repeat`` alternates them), exporting NetFlow v9 to a UDP
 socket on 127.0.0.1 that this process drains; CPU (user + system) and peak
-RSS of each child come from ``os.wait4``:
+RSS of each child come from ``os.wait4`` and GNU time; nfflowd's
+bytecode is compiled first (``compileall``), as an installed package's is:
 - nfflowd: ``python -m nfflowd -c CFG meter -r FILE --max-flows N`` (its
   start-up included: imports, configuration);
 - softflowd 1.1.0: ``softflowd -r FILE -v 9 -m N -d`` with nfflowd's
@@ -403,6 +404,10 @@ def main() -> None:
         print("softflowd not installed: nfflowd alone")
         a.no_softflowd = True
     shapes = shape_paths([s for s in a.shapes.split(",") if s], packets, a)
+    # bytecode as an installed package has it (this machine may run with
+    # PYTHONDONTWRITEBYTECODE): else every run compiles nfflowd's sources
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(HERE.parent / "nfflowd")],
+                   check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})
     drain = Drain()
     try:
         with tempfile.TemporaryDirectory(prefix="bench_meter.") as tmpdir:
