@@ -4,10 +4,13 @@ strings per RFC 7011 section 7, a template per field set; hex-level, then
 read back by libfixbuf's ipfixDump, tshark and nfcapd."""
 
 import ipaddress
+import json
+import re
 import shutil
 import socket
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -458,3 +461,94 @@ def test_record_fit_boundary(extra, fits):
     else:
         assert [s[0] for m in ms for s in sets(m)] == [TID_FLOW4]
         assert enc.l7_unexported == {"record larger than max_size": 1}
+
+
+# -- the meter's export, end to end ------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+PCAPS = ROOT / "tests" / "data" / "pcaps"
+_DUMP_LINE = re.compile(r"\((\d+/\d+)\)\s+(\w+) : (?:\(len: \d+\) )?(.*)$")
+
+# capture, protocol, element (ipfixDump's name from ELEMENTS_XML), tshark's field
+# and filter for the same values ("0x" + hex for the JA3, as ipfixDump prints it)
+ORACLE = [
+    ("tls.pcap", "tls", "TLSSNI", "tls.handshake.extensions_server_name", "tls.handshake"),
+    ("tls.pcap", "tls", "tlsJa3Fingerprint", "tls.handshake.ja3", "tls.handshake.type == 1"),
+    ("quic_initial-sample.pcap", "quic", "quicSNI", "tls.handshake.extensions_server_name",
+     "quic"),
+    ("http.pcap", "http", "httpHost", "http.host", "http.request"),
+    ("http.pcap", "http", "httpMethod", "http.request.method", "http.request"),
+    ("http.pcap", "http", "httpStatusCode", "http.response.code", "http.response"),
+    ("dns.pcap", "dns", "DNSName", "dns.qry.name", "dns"),
+    ("dns.pcap", "dns", "DNSRCode", "dns.flags.rcode", "dns.flags.response == 1"),
+]
+
+
+def meter_ipfix(tmp_path, capture, protocol) -> Path:
+    """``nfflowd meter -r capture --l7 protocol`` into an IPFIX collector on
+    127.0.0.1: its datagrams as a file."""
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        rx.bind(("127.0.0.1", 0))
+        conf = tmp_path / "nfflowd.yaml"
+        conf.write_text("export:\n  collectors:\n"
+                        f"    - {{host: 127.0.0.1, port: {rx.getsockname()[1]}, version: 10}}\n"
+                        "syslog:\n  enabled: false\n")
+        r = subprocess.run([sys.executable, "-m", "nfflowd.cli", "-c", str(conf), "meter",
+                            "-r", str(PCAPS / capture), "--l7", protocol],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        got = []
+        rx.settimeout(0.3)
+        for _ in range(10_000):                     # bounded
+            try:
+                got.append(rx.recv(65535))
+            except socket.timeout:
+                break
+    finally:
+        rx.close()
+    assert got
+    path = tmp_path / "meter.ipfix"
+    path.write_bytes(b"".join(got))
+    return path
+
+
+@pytest.mark.skipif(shutil.which("ipfixDump") is None or shutil.which("tshark") is None,
+                    reason="needs ipfixDump (libfixbuf) and tshark")
+@pytest.mark.parametrize("capture, protocol, name, field, filt", ORACLE,
+                         ids=[f"{c}-{n}" for c, _, n, _, _ in ORACLE])
+def test_meter_export_read_back_with_ipfixdump(tmp_path, capture, protocol, name, field, filt):
+    from nfflowd.l7.inspect import missing_parsers
+    if missing_parsers((protocol,)):
+        pytest.skip(f"no {protocol} parser in this nfflowd (nfflowd.l7)")
+    path = meter_ipfix(tmp_path, capture, protocol)
+    res = subprocess.run(["ipfixDump", "--in", str(path), "--element-file", str(ELEMENTS_XML),
+                          "--hexdump=16"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    exported = set()
+    for line in res.stdout.splitlines():
+        m = _DUMP_LINE.search(line.strip())
+        if m and m.group(2) == name:
+            exported.add(m.group(3).strip())
+    # what the meter found (its JSON lines), every value of it exported
+    r = subprocess.run([sys.executable, "-m", "nfflowd.cli", "meter", "-r", str(PCAPS / capture),
+                        "--l7", protocol, "--print", "--format", "json"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    key = next(k for k, e in L7_ELEMENTS.items() if e.name == name)
+    found = {str(o[key]) for o in map(json.loads, r.stdout.splitlines()) if o.get(key) is not None}
+    if name == "tlsJa3Fingerprint":
+        found = {"0x" + v for v in found}
+    assert found and exported == found
+    # and they are what tshark reads (the meter may miss some: payload cut
+    # by the capture's snaplen, a handshake it does not reassemble)
+    oracle = subprocess.run(["tshark", "-r", str(PCAPS / capture), "-Y", filt, "-T", "fields",
+                             "-e", field, "-E", "occurrence=f"],
+                            capture_output=True, text=True, timeout=60)
+    assert oracle.returncode == 0, oracle.stderr
+    want = {v for v in oracle.stdout.split("\n") if v and v != "<Root>"}
+    if name == "tlsJa3Fingerprint":
+        want = {"0x" + v for v in want}
+    assert exported - {"", "<Root>"} <= want
+    assert len(exported - {"", "<Root>"}) >= 0.8 * len(want)
