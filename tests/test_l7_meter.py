@@ -392,6 +392,7 @@ def tshark_fields(path) -> dict:
         if not udp and ("1" in hs or "2" in hs) and "tls_version" not in got:
             sv = [int(x, 0) for x in v["tls.handshake.extensions.supported_version"].split("|")
                   if x]
+            sv = [x for x in sv if (x & 0x0F0F) != 0x0A0A or x >> 8 != x & 0xFF]   # no GREASE
             got["tls_version"] = max(sv) if sv else int(v["tls.handshake.version"].split("|")[0], 0)
     return {k: f for k, f in out.items() if f}
 
