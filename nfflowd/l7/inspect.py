@@ -32,6 +32,7 @@ Bad payload never raises: the parsers' reason strings are counted in
 
 from __future__ import annotations
 
+import heapq
 import struct
 
 __all__ = ["Inspector", "Parsers", "PROTOCOLS", "MAX_PACKETS", "MIN_SNAPLEN", "parse_protocols",
@@ -209,25 +210,30 @@ class Inspector:
         feed = self._feed
         held = self._held
         done = set()
-        # payloads held from the chunks before: their next segment first
-        for key in list(held):
-            nxt = found.next_segment(key, -1)
+        later: list = []        # the next segments of held payloads, fed at their place
+
+        def next_segment(key, after):
+            nxt = found.next_segment(key, after)
             if nxt is not None:
-                j, ts, proto, p, end = nxt
-                done.add(j)
-                feed(key, ts, proto, None, bytes(buf[p:end]))
+                done.add(nxt[0])
+                heapq.heappush(later, nxt + (key,))
+
+        for key in list(held):                  # payloads held from the chunks before
+            next_segment(key, -1)
         get = self._states.get
         for i, key, ts, proto, kind, p, end in found.picked:
+            while later and later[0][0] <= i:
+                _j, ts2, proto2, p2, end2, key2 = heapq.heappop(later)
+                feed(key2, ts2, proto2, None, bytes(buf[p2:end2]))
             st = get(key)
             if (st is not None and st.done) or (done and i in done):
                 continue
             feed(key, ts, proto, kind, bytes(buf[p:end]))
             if key in held:
-                nxt = found.next_segment(key, i)
-                if nxt is not None:
-                    j, ts, proto, p, end = nxt
-                    done.add(j)
-                    feed(key, ts, proto, None, bytes(buf[p:end]))
+                next_segment(key, i)
+        while later:
+            _j, ts2, proto2, p2, end2, key2 = heapq.heappop(later)
+            feed(key2, ts2, proto2, None, bytes(buf[p2:end2]))
 
     # -- both ------------------------------------------------------------------------
     def _feed(self, key: bytes, ts_ns: int, proto: int, kind, payload: bytes) -> None:
