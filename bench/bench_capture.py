@@ -31,6 +31,17 @@ kernel (the socket's own count: PACKET_STATISTICS, pcap_stats), received
 packets per second over the receiver's busy time, and CPU time per received
 packet (user + system of the receiver process, getrusage).
 
+And the two meters as a user runs them, ``--meters`` (default both; every
+``--rounds`` alternates them): ``nfflowd``, ``python -m nfflowd meter -i
+brx`` (the ``ring+meter`` path with the export: NetFlow v9 to a UDP socket
+on 127.0.0.1 in the receiver's namespace, drained there), and ``softflowd``,
+``softflowd -i brx -v 9 -n 127.0.0.1:PORT -m 131072 -d`` on the same
+flooded interface, each started before the flood and stopped (SIGTERM;
+softflowd through its control socket) a second after it.  Printed: packets
+sent, the meter's own count of packets received and dropped (nfflowd's
+summary: the ring's PACKET_STATISTICS; softflowd's statistics: pcap_stats),
+the drop rate, and the meter's CPU time (os.wait4) per packet sent.
+
 Then the BPF filter on capture files (``meter -r --bpf``), CPU per frame over
 the flood's frames: libpcap's ``bpf_filter`` through ctypes (what
 ``nfflowd.io.bpf`` does) against a classic-BPF interpreter written in Python.
@@ -42,8 +53,11 @@ import argparse
 import ctypes
 import json
 import os
+import re
 import resource
 import select
+import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -312,6 +326,81 @@ def one(kind: str, packets: int, senders: int) -> dict:
     return out
 
 
+DRAIN_PORT = 9995
+DRAIN = ("import socket\n"
+         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+         "s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)\n"
+         f"s.bind(('127.0.0.1', {DRAIN_PORT}))\n"
+         "s.settimeout(1.0)\n"
+         "import time\n"
+         f"end = time.monotonic() + {MAX_WAIT * 2}\n"
+         "while time.monotonic() < end:\n"
+         "    try:\n"
+         "        s.recv(65536)\n"
+         "    except OSError:\n"
+         "        pass\n")
+
+
+def meter_process(kind: str, packets: int, senders: int, tmp: Path) -> dict:
+    """``nfflowd meter -i`` or ``softflowd -i`` on brx during a flood:
+    what the meter says it received and dropped, its CPU (os.wait4)."""
+    sh("ip", "-n", RX_NS, "link", "set", "lo", "up")
+    drain = subprocess.Popen(["ip", "netns", "exec", RX_NS, sys.executable, "-c", DRAIN])
+    ctl = tmp / "softflowd.ctl"
+    if kind == "nfflowd":
+        cfg = tmp / "meter.yaml"
+        cfg.write_text("export:\n  collectors:\n    - {host: 127.0.0.1, port: %d, version: 9}\n"
+                       "syslog:\n  enabled: false\n" % DRAIN_PORT)
+        argv = [sys.executable, "-m", "nfflowd", "-c", str(cfg), "meter", "-i", "brx"]
+    else:
+        argv = ["softflowd", "-i", "brx", "-v", "9", "-n", f"127.0.0.1:{DRAIN_PORT}",
+                "-m", "131072", "-d", "-p", str(tmp / "softflowd.pid"), "-c", str(ctl)]
+    log = tmp / f"{kind}.log"
+    txs = []
+    with open(log, "w") as out:
+        rx = subprocess.Popen(["ip", "netns", "exec", RX_NS, *argv], stdout=out,
+                              stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            time.sleep(2.0)                         # started, capturing
+            me = [sys.executable, str(Path(__file__).resolve())]
+            per = packets // senders
+            txs = [subprocess.Popen(["ip", "netns", "exec", TX_NS, *me, "_tx", "btx", str(per)],
+                                    stdout=subprocess.PIPE, text=True) for _ in range(senders)]
+            sent = [json.loads(t.communicate(timeout=MAX_WAIT)[0]) for t in txs]
+            time.sleep(IDLE_END)
+            stats = ""
+            if kind == "softflowd":
+                stats = sh("softflowctl", "-c", ctl, "statistics", check=False).stdout
+                sh("softflowctl", "-c", ctl, "shutdown", check=False)
+            else:
+                rx.send_signal(signal.SIGTERM)
+            _pid, status, ru = os.wait4(rx.pid, 0)
+            rx.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            for p in [rx, drain, *txs]:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+    text = log.read_text() + stats
+    if kind == "nfflowd":
+        m = re.search(r"kernel: (\d+) packets received by the socket, (\d+) dropped", text)
+        got = re.search(r"(\d+) packets captured", text)
+        received, drops = (int(m.group(1)), int(m.group(2))) if m else (None, None)
+        metered = int(got.group(1)) if got else None
+    else:
+        m = re.search(r"Packets received by libpcap: (\d+)", text)
+        d = re.search(r"Packets dropped by libpcap: (\d+)", text)
+        got = re.search(r"Packets processed: (\d+)", text)
+        received, drops = (int(m.group(1)) if m else None), (int(d.group(1)) if d else None)
+        metered = int(got.group(1)) if got else None
+    if received is None:
+        print(f"{kind}: no statistics (exit {rx.returncode}):\n{text}", file=sys.stderr)
+    total = sum(s["sent"] for s in sent)
+    return {"sent": total, "send_rate": total / max(s["seconds"] for s in sent),
+            "received": received, "drops": drops, "metered": metered,
+            "cpu": ru.ru_utime + ru.ru_stime}
+
+
 def py_bpf(prog, data: bytes, wirelen: int) -> int:
     """A minimal classic BPF interpreter (the loads, jumps, ALU and returns
     libpcap emits for simple filters): the alternative to bpf_filter through
@@ -386,7 +475,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--kinds", default="ring,pcap,pcapy,recv,ring+meter,pcap+meter,pcapy+meter",
                     help="receivers to run, comma-separated (pcapy: only if pcapy-ng is "
-                         "installed)")
+                         "installed; '' none)")
+    ap.add_argument("--meters", default="nfflowd,softflowd",
+                    help="meter processes to run on the flood, comma-separated ('' none)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces, raw sockets)", file=sys.stderr)
@@ -399,7 +490,7 @@ def main() -> int:
         print(f"{'receiver':<12} {'sent':>8} {'sent/s':>9} {'received':>9} {'dropped':>8} "
               f"{'recv/s':>9} {'CPU us/pkt':>10}")
         for r in range(a.rounds):
-            for kind in a.kinds.split(","):
+            for kind in filter(None, a.kinds.split(",")):
                 if kind.startswith("pcapy") and not have_pcapy():
                     continue
                 o = one(kind, a.packets, a.senders)
@@ -407,6 +498,23 @@ def main() -> int:
                 cpu = o["cpu"] / o["received"] * 1e6 if o["received"] else 0.0
                 print(f"{kind:<12} {o['sent']:>8} {o['send_rate']:>9.0f} {o['received']:>9} "
                       f"{o['kernel_drops']:>8} {rate:>9.0f} {cpu:>10.2f}", flush=True)
+        meters = [m for m in a.meters.split(",") if m]
+        if "softflowd" in meters and not shutil.which("softflowd"):
+            print("softflowd not installed: nfflowd alone")
+            meters.remove("softflowd")
+        if meters:
+            import tempfile
+            print(f"{'meter':<12} {'sent':>8} {'sent/s':>9} {'received':>9} {'dropped':>8} "
+                  f"{'drop %':>7} {'metered':>9} {'CPU s':>6} {'CPU us/pkt sent':>15}")
+            for r in range(a.rounds):
+                for kind in meters:
+                    with tempfile.TemporaryDirectory(prefix="bench_capture.") as tmp:
+                        o = meter_process(kind, a.packets, a.senders, Path(tmp))
+                    rate = (100 * o["drops"] / o["received"] if o["received"] else 0.0)
+                    print(f"{kind:<12} {o['sent']:>8} {o['send_rate']:>9.0f} "
+                          f"{o['received']!s:>9} {o['drops']!s:>8} {rate:>7.1f} "
+                          f"{o['metered']!s:>9} {o['cpu']:>6.2f} "
+                          f"{o['cpu'] / o['sent'] * 1e6:>15.2f}", flush=True)
     finally:
         teardown()
     # the BPF filter on capture files: libpcap's bpf_filter per frame
