@@ -36,7 +36,7 @@ import heapq
 import struct
 
 __all__ = ["Inspector", "Parsers", "PROTOCOLS", "MAX_PACKETS", "MIN_SNAPLEN", "parse_protocols",
-           "record_key", "missing_parsers", "locate", "kind_of", "batch_keys", "tls_short"]
+           "record_key", "missing_parsers", "locate", "kind_of", "batch_keys"]
 
 PROTOCOLS = ("tls", "quic", "http", "dns")
 # payload packets inspected per direction of a flow before it is done
@@ -459,7 +459,7 @@ class Parsers:
     def tls(self, payload, state):
         from nfflowd.l7 import tls
         fields, reason = tls.inspect(payload)
-        if not fields and tls_short(payload):
+        if not fields and tls.needed(payload) > len(payload):   # a record's first segment
             return None, None, True
         return fields, reason, False
 
@@ -499,8 +499,3 @@ def missing_parsers(protocols) -> list[str]:
             out.append(p)
     return out
 
-
-def tls_short(payload: bytes) -> bool:
-    """A TLS handshake record longer than ``payload`` (its first segment)."""
-    return (len(payload) >= 5 and payload[0] == 0x16 and payload[1] == 3
-            and ((payload[3] << 8) | payload[4]) + 5 > len(payload))
