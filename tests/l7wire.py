@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings, strategies as st
 
 from nfflowd.io.pcapfile import read_packets
 from nfflowd.l7.inspect import locate
@@ -76,3 +77,21 @@ def tshark(path, fields: list, *extra) -> list[dict]:
             row[f] = [x for x in v.split("|") if x != ""]
         rows.append(row)
     return rows
+
+
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def _mutate(seed: bytes, edits, cut) -> bytes:
+    b = bytearray(seed)
+    for at, v in edits:
+        b[at % len(b)] = v
+    return bytes(b[:cut])
+
+
+def mutated(seeds, span: int):
+    """A strategy: one of ``seeds`` with up to 8 bytes changed, cut to a
+    length up to ``span`` (its whole length as often as not)."""
+    return st.builds(_mutate, st.sampled_from(seeds),
+                     st.lists(st.tuples(st.integers(0, span), st.integers(0, 255)), max_size=8),
+                     st.one_of(st.integers(0, span), st.just(1 << 30)))

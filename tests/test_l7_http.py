@@ -1,10 +1,10 @@
 """nfflowd.l7.http against tshark: the repository's HTTP capture and
 requests built here; malformed and random bytes never raise."""
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from nfflowd.l7 import http
-from l7wire import PCAPS, frame, needs_tshark, payloads, tshark, write_pcap
+from l7wire import FUZZ, PCAPS, frame, mutated, needs_tshark, payloads, tshark, write_pcap
 
 FIELDS = {"http.request.method": "http_method", "http.host": "http_host",
           "http.request.uri": "http_path", "http.user_agent": "http_user_agent",
@@ -98,7 +98,6 @@ def check(p: bytes) -> None:
         assert 0 <= fields["http_status"] <= 999
 
 
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @FUZZ
@@ -108,11 +107,6 @@ def test_random_bytes_never_raise(data, head):
 
 
 @FUZZ
-@given(seed=st.sampled_from(REQUESTS + RESPONSES),
-       edits=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 255)), max_size=6),
-       cut=st.integers(0, 300))
-def test_mutated_messages_never_raise(seed, edits, cut):
-    b = bytearray(seed)
-    for at, v in edits:
-        b[at % len(b)] = v
-    check(bytes(b[:cut]))
+@given(mutated(REQUESTS + RESPONSES, 300))
+def test_mutated_messages_never_raise(payload):
+    check(payload)

@@ -103,9 +103,11 @@ def _u16_list(data: bytes, off: int, end: int) -> list[int]:
     return [(data[i] << 8) | data[i + 1] for i in range(off, end - 1, 2)]
 
 
-def _extensions(body: bytes, off: int, end: int):
-    """The extension block at ``off``: [(type, data)] or None if malformed.
-    Its absence (``off == end``) is an empty list."""
+def _extensions(body: bytes, off: int, end: int, h) -> list | None:
+    """The extension block at ``off`` into ``h.ext_types`` (every type, in
+    order) and ``h.extensions`` (the first of each type): those first
+    ``(type, data)``, or None if malformed.  Its absence (``off == end``)
+    is an empty block."""
     if off == end:
         return []
     if off + 2 > end:
@@ -124,7 +126,10 @@ def _extensions(body: bytes, off: int, end: int):
         off += 4
         if off + n > stop:
             return None
-        out.append((t, body[off:off + n]))
+        h.ext_types.append(t)
+        if t not in h.extensions:
+            h.extensions[t] = body[off:off + n]
+            out.append((t, h.extensions[t]))
         off += n
     return out
 
@@ -169,33 +174,33 @@ def _server_name(data: bytes):
     return "" if off == len(data) else None
 
 
-def _message(message: bytes, kind: int):
-    """The body of a Handshake message of type ``kind``, or a reason."""
+def _hello(message: bytes, kind: int):
+    """The body of a hello Handshake message of type ``kind`` and the offset
+    past its session id: ``(body, offset, None)`` or ``(None, 0, reason)``."""
     if len(message) < 4:
-        return None, "tls_truncated"
+        return None, 0, "tls_truncated"
     if message[0] != kind:
-        return None, "tls_not_hello"
+        return None, 0, "tls_not_hello"
     n = int.from_bytes(message[1:4], "big")
     if 4 + n > len(message):
-        return None, "tls_truncated"
-    return message[4:4 + n], None
+        return None, 0, "tls_truncated"
+    body = message[4:4 + n]
+    # version 2, random 32, session id 1+n
+    if n < 35:
+        return None, 0, "tls_bad_hello"
+    return body, 35 + body[34], None
 
 
 def parse_client_hello(message: bytes):
     """A bare ClientHello Handshake message (type 1): ``(ClientHello, None)``
     or ``(None, reason)``.  Bytes past the message are ignored."""
     try:
-        body, reason = _message(message, 1)
+        body, off, reason = _hello(message, 1)
         if body is None:
             return None, reason
         end = len(body)
-        # version 2, random 32, session id 1+n
-        if end < 35:
-            return None, "tls_bad_hello"
         h = ClientHello()
         h.legacy_version = (body[0] << 8) | body[1]
-        off = 34
-        off += 1 + body[off]
         if off + 2 > end:
             return None, "tls_bad_hello"
         n = (body[off] << 8) | body[off + 1]
@@ -209,14 +214,10 @@ def parse_client_hello(message: bytes):
         off += 1 + body[off]                       # compression methods
         if off > end:
             return None, "tls_bad_hello"
-        exts = _extensions(body, off, end)
+        exts = _extensions(body, off, end, h)
         if exts is None:
             return None, "tls_bad_extension"
         for t, data in exts:
-            h.ext_types.append(t)
-            if t in h.extensions:
-                continue
-            h.extensions[t] = data
             if t == EXT_SNI:
                 name = _server_name(data)
                 if name is None:
@@ -251,28 +252,20 @@ def parse_server_hello(message: bytes):
     """A bare ServerHello Handshake message (type 2): ``(ServerHello, None)``
     or ``(None, reason)``."""
     try:
-        body, reason = _message(message, 2)
+        body, off, reason = _hello(message, 2)
         if body is None:
             return None, reason
         end = len(body)
-        if end < 35:
-            return None, "tls_bad_hello"
         h = ServerHello()
         h.legacy_version = (body[0] << 8) | body[1]
-        off = 34
-        off += 1 + body[off]
         if off + 3 > end:
             return None, "tls_bad_hello"
         h.cipher = (body[off] << 8) | body[off + 1]
         off += 3                                   # cipher, compression method
-        exts = _extensions(body, off, end)
+        exts = _extensions(body, off, end, h)
         if exts is None:
             return None, "tls_bad_extension"
         for t, data in exts:
-            h.ext_types.append(t)
-            if t in h.extensions:
-                continue
-            h.extensions[t] = data
             if t == EXT_ALPN:
                 names = _alpn_list(data)
                 if names is None or len(names) != 1:
