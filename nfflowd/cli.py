@@ -368,7 +368,7 @@ def meter_command(config_path: str, opts, mparser: argparse.ArgumentParser,
             "counted, not recorded")
     m = cfg.meter
     from nfflowd.app.logs import configure_logging
-    configure_logging(cfg.log_level)     # stderr: stdout may carry --print's lines
+    configure_logging(cfg.log_level, lazy=True)  # stderr: stdout may carry --print's lines
 
     def pick(value, default):
         return default if value is None else value

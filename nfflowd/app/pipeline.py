@@ -19,8 +19,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-import structlog
-
+from nfflowd.app.logs import log
 from nfflowd.biflow import BiflowIpfixEncoder, BiflowPairer
 from nfflowd.errors import ConfigError
 from nfflowd.io.export import TcpCollector, UdpCollector
@@ -34,8 +33,6 @@ from nfflowd.io.syslog import SyslogSink
 
 if TYPE_CHECKING:
     from nfflowd.app.config import Collector, Config, ExportConfig
-
-log = structlog.get_logger("nfflowd")
 
 
 class V5Exporter:
