@@ -254,10 +254,7 @@ def inspect(*datagrams: bytes) -> tuple[dict, list, quic.QuicState]:
 
 def names(fields: dict, expected: dict) -> None:
     """All the fields, the server name and user agent from the TLS parser
-    included (the version and the CRYPTO stream are checked before this):
-    skipped, saying why, where that parser is not there."""
-    if quic.tls is None:
-        pytest.skip("nfflowd.l7.tls (the TLS parser) is not there: no names read")
+    included (the version and the CRYPTO stream are checked before)."""
     assert fields == expected
 
 
@@ -517,6 +514,15 @@ def test_not_a_client_hello():
     msg = b"\x02\x00\x00\x04abcd"           # a ServerHello's type
     fields, reasons, _ = inspect(initial(crypto_frame(0, msg), pad_to=1200))
     assert reasons == ["quic_not_client_hello"] and fields == {"quic_version": 1}
+
+
+def test_tls_parser_reason_comes_through():
+    """A whole ClientHello the TLS parser refuses: its reason, the version."""
+    hello = bytearray(client_hello())
+    at = hello.index(b"quic.example.net") - 2       # the name's length: past its extension
+    hello[at:at + 2] = b"\x7f\xff"
+    fields, reasons, state = inspect(initial(crypto_frame(0, bytes(hello)), pad_to=1200))
+    assert fields == {"quic_version": 1} and reasons == ["tls_bad_extension"] and state.done
 
 
 def test_frame_past_the_packet():

@@ -13,8 +13,7 @@ several, over the flow's first few datagrams), it goes to the TLS parser of
 ``nfflowd.l7.tls`` (``parse_client_hello(message) -> (hello, reason)``, the
 hello with ``sni`` and ``extensions``, {type: data}); the transport parameters
 extension (57; 0xffa5 in drafts) gives Google's user agent (parameter 0x3129,
-tshark's ``tls.quic.parameter.google.user_agent``).  Without that module,
-the version alone.
+tshark's ``tls.quic.parameter.google.user_agent``).
 
 Sans-IO: bytes in, fields out.  Nothing raises on any input: what cannot be
 read gives a reason string for the caller to count.  Work is bounded: at most
@@ -34,10 +33,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-try:
-    from nfflowd.l7 import tls
-except ImportError:         # the TLS parser not there: the version alone
-    tls = None
+from nfflowd.l7 import tls
 
 __all__ = ["QuicState", "inspect_datagram", "initial_keys", "initial_key_material",
            "initial_secrets", "InitialKeys",
@@ -275,8 +271,6 @@ def _client_hello(state: QuicState) -> tuple[dict | None, str | None]:
     if len(data) < size:
         return None, None
     fields: dict = {}
-    if tls is None:
-        return fields, None
     hello, reason = tls.parse_client_hello(data[:size])
     if hello is None:
         return fields, reason
