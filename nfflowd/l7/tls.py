@@ -25,9 +25,10 @@ point formats; GREASE values left out) and its md5, as tshark's
 from __future__ import annotations
 
 import hashlib
+import struct
 
 __all__ = ["ClientHello", "ServerHello", "parse_client_hello", "parse_server_hello",
-           "inspect", "needed", "ja3_string", "ja4", "is_grease", "MAX_RECORD", "REASONS"]
+           "inspect", "needed", "ja3_string", "ja4", "is_grease", "GREASE", "MAX_RECORD", "REASONS"]
 
 # a TLS record's payload is at most 2^14 bytes (RFC 8446 section 5.1), plus its header
 MAX_RECORD = 5 + 16384
@@ -45,9 +46,12 @@ REASONS = ("tls_truncated", "tls_bad_record", "tls_not_hello", "tls_bad_hello",
            "tls_bad_extension", "tls_too_long", "tls_parser_error")
 
 
+GREASE = frozenset(0x0A0A + 0x1010 * i for i in range(16))
+
+
 def is_grease(v: int) -> bool:
     """A GREASE value (RFC 8701): 0x0a0a, 0x1a1a, ... 0xfafa."""
-    return (v & 0x0F0F) == 0x0A0A and (v >> 8) == (v & 0xFF)
+    return v in GREASE
 
 
 class ClientHello:
@@ -100,7 +104,7 @@ class ServerHello:
 
 
 def _u16_list(data: bytes, off: int, end: int) -> list[int]:
-    return [(data[i] << 8) | data[i + 1] for i in range(off, end - 1, 2)]
+    return list(struct.unpack_from(f"!{(end - off) >> 1}H", data, off))
 
 
 def _extensions(body: bytes, off: int, end: int, h) -> list | None:
@@ -283,13 +287,16 @@ def parse_server_hello(message: bytes):
 def ja3_string(h: ClientHello) -> str:
     """Salesforce's JA3 string of a ClientHello (tshark's ja3_full)."""
     def j(vals):
-        return "-".join(str(v) for v in vals if not is_grease(v))
+        return "-".join([str(v) for v in vals if v not in GREASE])
     return ",".join((str(h.legacy_version), j(h.ciphers), j(h.ext_types), j(h.groups),
                      "-".join(str(v) for v in h.point_formats)))
 
 
 _JA4_VERSIONS = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3",
                  0x0002: "s2", 0xFEFF: "d1", 0xFEFD: "d2", 0xFEFC: "d3"}
+
+
+_HEX4 = "{:04x}".format
 
 
 def _ja4_hash(text: str) -> str:
@@ -299,8 +306,8 @@ def _ja4_hash(text: str) -> str:
 def ja4(h: ClientHello, proto: str = "t") -> str:
     """FoxIO's JA4 of a ClientHello; ``proto``: ``t`` (TCP), ``q`` (QUIC)
     or ``d`` (DTLS)."""
-    ciphers = [c for c in h.ciphers if not is_grease(c)]
-    exts = [e for e in h.ext_types if not is_grease(e)]
+    ciphers = [c for c in h.ciphers if c not in GREASE]
+    exts = [e for e in h.ext_types if e not in GREASE]
     version = _JA4_VERSIONS.get(h.version, "00")
     alpn = "00"
     if h.alpn and h.alpn[0]:
@@ -312,9 +319,9 @@ def ja4(h: ClientHello, proto: str = "t") -> str:
             alpn = hx[0] + hx[-1]
     a = (f"{proto}{version}{'d' if EXT_SNI in h.extensions else 'i'}"
          f"{min(len(ciphers), 99):02d}{min(len(exts), 99):02d}{alpn}")
-    b = _ja4_hash(",".join(f"{c:04x}" for c in sorted(ciphers)))
-    ext_text = ",".join(f"{e:04x}" for e in sorted(exts) if e not in (EXT_SNI, EXT_ALPN))
-    sigs = ",".join(f"{s:04x}" for s in h.sig_algs)
+    b = _ja4_hash(",".join(map(_HEX4, sorted(ciphers))))
+    ext_text = ",".join(map(_HEX4, sorted(e for e in exts if e != EXT_SNI and e != EXT_ALPN)))
+    sigs = ",".join(map(_HEX4, h.sig_algs))
     c = _ja4_hash(ext_text + ("_" + sigs if sigs else ""))
     return f"{a}_{b}_{c}"
 
