@@ -1,6 +1,7 @@
 """nfflowd.l7.http against tshark: the repository's HTTP capture and
 requests built here; malformed and random bytes never raise."""
 
+import pytest
 from hypothesis import given, strategies as st
 
 from nfflowd.l7 import http
@@ -36,8 +37,9 @@ def against_tshark(path) -> int:
 
 
 @needs_tshark
-def test_the_http_capture_reads_as_tshark_reads_it():
-    assert against_tshark(PCAPS / "http.pcap") >= 15
+@pytest.mark.parametrize("name,least", [("http", 17), ("idpcontent", 2)])
+def test_the_captures_read_as_tshark_reads_them(name, least):
+    assert against_tshark(PCAPS / f"{name}.pcap") >= least
 
 
 REQUESTS = [

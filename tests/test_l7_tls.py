@@ -263,3 +263,22 @@ def test_random_bytes_never_raise(data):
 @given(mutated(SEEDS, 1600))
 def test_mutated_hellos_never_raise(payload):
     check(payload)
+
+
+def test_no_sample_capture_gives_a_reason():
+    """Every payload of every sample capture, to the parser the inspector
+    would pick: fields or nothing, never a bad-payload reason (a reason
+    for a real, well-formed payload would be a false count)."""
+    from nfflowd.l7 import dns, http
+    from nfflowd.l7.inspect import PROTOCOLS, kind_of
+    parse = {"tls": lambda p, tcp: tls.inspect(p), "http": lambda p, tcp: http.inspect(p),
+             "dns": lambda p, tcp: dns.inspect(p, tcp=tcp)}
+    found = 0
+    for path in sorted(PCAPS.glob("*.pcap")):
+        for n, proto, sp, dp, payload in payloads(path):
+            kind = kind_of(frozenset(PROTOCOLS), proto, sp, dp, payload[:8])
+            if kind in parse:
+                fields, reason = parse[kind](payload, proto == 6)
+                assert reason is None, (path.name, n)
+                found += bool(fields)
+    assert found >= 120
