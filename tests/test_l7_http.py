@@ -51,6 +51,7 @@ REQUESTS = [
     b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
     b"DELETE /r/1 HTTP/1.1\r\nX-Host: not-this\r\nHost: this\r\nHost: not-this-either\r\n\r\n",
     b"PUT /p HTTP/1.1\r\nUser-Agent: only-ua\r\n\r\n",
+    b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: h\xc3\xa9\r\nUser-Agent: a\xffb\x01c\r\n\r\n",
 ]
 RESPONSES = [b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
              b"HTTP/1.0 301 Moved\r\nLocation: /\r\n\r\n",
@@ -84,7 +85,7 @@ def test_not_http_and_malformed():
     for p in (b"", b"GE", b"\x16\x03\x01\x00\x05", b"SSH-2.0-OpenSSH_9.2\r\n",
               b"BREW /pot HTTP/1.1\r\n\r\n", b"x" * 500):
         assert http.inspect(p) == (None, None), p
-    for p in (b"GET \xff\xfe\r\n\r\n", b"GET / FTP/1.0\r\n", b"GET  / HTTP/1.1\r\n",
+    for p in (b"GET \xff\xfe\r\n\r\n", b"GET / FTP/1.0\r\n", b"GET /a\tb HTTP/1.1\r\n", b"GET  / HTTP/1.1\r\n",
               b"POST /a b HTTP/1.1\r\n", b"GET / HTTP/1.1 extra\r\n"):
         assert http.inspect(p) == (None, "http_bad_request_line"), p
     for p in (b"HTTP/1.1 20 OK\r\n", b"HTTP/1.1 abc\r\n", b"HTTP/1.x 200 OK\r\n",

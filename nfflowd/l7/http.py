@@ -9,7 +9,9 @@ status.
 Headers are read up to the end of the header block or of ``MAX_HEAD`` bytes,
 whichever comes first (a header block cut by the segment gives the headers
 it has).  The path is the request target as the request line has it
-(tshark's ``http.request.uri``).  Sans-IO, never raises.
+(tshark's ``http.request.uri``); strings as tshark shows them (ASCII, any
+other byte U+FFFD; a header's value without its leading blanks).  Sans-IO,
+never raises.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ REASONS = ("http_bad_request_line", "http_bad_status_line", "http_parser_error")
 
 
 def _text(b: bytes) -> str:
-    return b.decode("utf-8", "replace")
+    """As tshark shows HTTP's strings: ASCII, each other byte U+FFFD."""
+    return b.decode("ascii", "replace")
 
 
-def _printable(b: bytes) -> bool:
-    return all(0x21 <= c < 0x7F for c in b)
+def _target(b: bytes) -> bool:
+    """A request target: no blank, no control character."""
+    return all(c > 0x20 and c != 0x7F for c in b)
 
 
 def _headers(head: bytes, fields: dict, wanted: dict) -> None:
@@ -72,9 +76,9 @@ def inspect(payload: bytes):
             return None, None
         parts = line.split(b" ")
         if (len(parts) != 3 or not parts[2].startswith(b"HTTP/1.") or len(parts[2]) != 8
-                or not parts[1] or not _printable(parts[1])):
+                or not parts[1] or not _target(parts[1])):
             return None, "http_bad_request_line"
-        fields = {"http_method": token.decode(), "http_path": parts[1].decode()}
+        fields = {"http_method": token.decode(), "http_path": _text(parts[1])}
         if eol >= 0:
             _headers(head, fields, _REQUEST_HEADERS)
         return fields, None
